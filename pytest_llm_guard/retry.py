@@ -1,0 +1,155 @@
+"""Retry decisions, each a small named function, and the tenacity policies built from them.
+
+The decisions follow the openai SDK (``_should_retry``, ``_parse_retry_after_header``)
+so a guarded client retries exactly what the SDK would, but every wait is bounded by
+the test's remaining deadline and every attempt is counted against its budget.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import math
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import httpx2
+from tenacity import AsyncRetrying, RetryCallState, Retrying, retry_if_exception, retry_if_result
+from tenacity.wait import wait_base, wait_exponential_jitter
+
+if TYPE_CHECKING:
+    from .guard import Guard
+
+MAX_RETRY_AFTER = 120.0
+"""Like the SDK: a server asking for a longer pause is not retried at all."""
+
+RETRYABLE_STATUS = frozenset({408, 409, 429})
+
+
+def parse_retry_after(headers: Mapping[str, str], now: Callable[[], float] = time.time) -> float | None:
+    """Seconds the server asks us to wait: ``retry-after-ms``, then ``retry-after`` as seconds or HTTP date."""
+    for name, divisor in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            delay = float(value)
+        except ValueError:
+            continue
+        if math.isfinite(delay):
+            return max(0.0, delay / divisor)
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        parsed = email.utils.parsedate_tz(value)
+        if parsed is None:
+            return None
+        return max(0.0, email.utils.mktime_tz(parsed) - now())
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def should_retry_status(status: int, headers: Mapping[str, str]) -> bool:
+    """Is an error response worth another attempt? ``x-should-retry`` first, then the status."""
+    if status < 400:
+        return False
+    retry_after = parse_retry_after(headers)
+    if retry_after is not None and retry_after > MAX_RETRY_AFTER:
+        return False
+    hint = headers.get("x-should-retry")
+    if hint in ("true", "false"):
+        return hint == "true"
+    return status in RETRYABLE_STATUS or status >= 500
+
+
+def is_retryable_error(exc: BaseException) -> bool:
+    """Timeouts, dropped connections and broken responses can succeed later; nothing else can."""
+    return isinstance(exc, (httpx2.TimeoutException, httpx2.NetworkError, httpx2.RemoteProtocolError))
+
+
+def _retryable_response(response: httpx2.Response) -> bool:
+    return should_retry_status(response.status_code, response.headers)
+
+
+class wait_server_hint(wait_base):
+    """Wait what the server asked for (Retry-After), else fall back to the backoff."""
+
+    def __init__(self, fallback: wait_base) -> None:
+        self.fallback = fallback
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        outcome = retry_state.outcome
+        if outcome is not None and not outcome.failed:
+            hint = parse_retry_after(outcome.result().headers)
+            if hint is not None:
+                return hint
+        return self.fallback(retry_state)
+
+
+class wait_within_deadline(wait_base):
+    """Cap a backoff so that half of the remaining deadline is left for the next attempt.
+
+    Applied to our own backoff only: a server-requested wait is honoured as asked, and
+    one longer than what remains never gets here (``Budget.check_failure`` fails the
+    test at once instead).
+    """
+
+    def __init__(self, inner: wait_base, remaining: Callable[[], float]) -> None:
+        self.inner = inner
+        self.remaining = remaining
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        return max(0.0, min(self.inner(retry_state), self.remaining() / 2))
+
+
+def _close_retried_response(retry_state: RetryCallState) -> None:
+    outcome = retry_state.outcome
+    if outcome is not None and not outcome.failed:
+        outcome.result().close()
+
+
+def _policy(guard: Guard) -> dict[str, Any]:
+    settings = guard.settings
+    backoff = wait_exponential_jitter(
+        initial=settings.backoff_initial, max=settings.backoff_max, jitter=settings.backoff_initial
+    )
+
+    def mark_retry(retry_state: RetryCallState) -> None:
+        request: httpx2.Request = retry_state.args[0]
+        request.headers["x-stainless-retry-count"] = str(retry_state.attempt_number - 1)
+
+    return dict(
+        retry=retry_if_exception(is_retryable_error) | retry_if_result(_retryable_response),
+        wait=wait_server_hint(fallback=wait_within_deadline(backoff, guard.remaining)),
+        before=mark_retry,
+        reraise=True,
+        # No stop: the test's retry budget and deadline end the loop (LLMBudgetExceeded).
+    )
+
+
+def sync_sender(guard: Guard, send: Callable[..., httpx2.Response]) -> Callable[..., httpx2.Response]:
+    """Wrap an SDK client's per-attempt ``_send_request`` in the guard's retry policy."""
+
+    def send_with_retries(request: httpx2.Request, **kwargs: Any) -> httpx2.Response:
+        retrying = Retrying(sleep=guard.sleep, before_sleep=_close_retried_response, **_policy(guard))
+        return retrying(send, request, **kwargs)
+
+    return send_with_retries
+
+
+def async_sender(
+    guard: Guard, send: Callable[..., Awaitable[httpx2.Response]]
+) -> Callable[..., Awaitable[httpx2.Response]]:
+    """The async twin of :func:`sync_sender`."""
+
+    async def close_retried_response(retry_state: RetryCallState) -> None:
+        outcome = retry_state.outcome
+        if outcome is not None and not outcome.failed:
+            await outcome.result().aclose()
+
+    async def send_with_retries(request: httpx2.Request, **kwargs: Any) -> httpx2.Response:
+        retrying = AsyncRetrying(sleep=guard.async_sleep, before_sleep=close_retried_response, **_policy(guard))
+        return await retrying(send, request, **kwargs)
+
+    return send_with_retries

@@ -1,0 +1,152 @@
+"""The one seam: every httpx2 request of a guarded test passes through here.
+
+We wrap ``httpx2.Client._send_single_request`` (and the async twin), the step where a
+client hands one request to its transport. Sitting above the transport means every
+transport is covered — the real one, vcrpy's stubs, mock transports — and a library
+that patches transports (vcrpy, respx-style mocks) keeps working underneath us. The
+patch is installed when a guarded test starts and removed when it ends; unguarded
+tests run the untouched httpx2 code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING
+
+import httpx2
+
+from . import wire
+from .errors import LLMGuardInterrupt
+from .events import AttemptEvent
+
+if TYPE_CHECKING:
+    from .guard import Guard
+
+_BODY_LIMIT = 8 * 1024 * 1024
+"""Bytes of a response kept to read its ``usage``; larger bodies are not counted."""
+
+_current: Guard | None = None
+_saved: tuple[object, object] | None = None
+
+
+def activate(guard: Guard) -> None:
+    """Route LLM traffic of this process through ``guard`` until :func:`deactivate`."""
+    global _current, _saved
+    if _current is not None:
+        raise RuntimeError(f"pytest-llm-guard: a guard for {_current.test_id} is still active")
+    _saved = (httpx2.Client._send_single_request, httpx2.AsyncClient._send_single_request)
+    _current = guard
+    httpx2.Client._send_single_request = _send_single_request  # type: ignore[method-assign]
+    httpx2.AsyncClient._send_single_request = _send_single_request_async  # type: ignore[method-assign]
+
+
+def deactivate() -> None:
+    global _current, _saved
+    if _saved is not None:
+        httpx2.Client._send_single_request, httpx2.AsyncClient._send_single_request = _saved  # type: ignore[method-assign]
+    _current = _saved = None
+
+
+def _original_sync(client: httpx2.Client, request: httpx2.Request) -> httpx2.Response:
+    assert _saved is not None
+    return _saved[0](client, request)  # type: ignore[operator]
+
+
+async def _original_async(client: httpx2.AsyncClient, request: httpx2.Request) -> httpx2.Response:
+    assert _saved is not None
+    return await _saved[1](client, request)  # type: ignore[operator]
+
+
+def _send_single_request(client: httpx2.Client, request: httpx2.Request) -> httpx2.Response:
+    guard = _current
+    if guard is None or not wire.is_llm_request(request):
+        return _original_sync(client, request)
+    event = guard.begin(request)
+    try:
+        response = _original_sync(client, request)
+    except BaseException as exc:
+        guard.fail(event, exc)
+        raise
+    if guard.responded(event, response):
+        return response
+    response.stream = _WatchedStream(response, guard, event)
+    return response
+
+
+async def _send_single_request_async(client: httpx2.AsyncClient, request: httpx2.Request) -> httpx2.Response:
+    guard = _current
+    if guard is None or not wire.is_llm_request(request):
+        return await _original_async(client, request)
+    event = guard.begin(request)
+    try:
+        response = await _original_async(client, request)
+    except BaseException as exc:
+        guard.fail(event, exc)
+        raise
+    if guard.responded(event, response):
+        return response
+    response.stream = _WatchedAsyncStream(response, guard, event)
+    return response
+
+
+class _Watch:
+    """Shared bookkeeping of a body being read: deadline per chunk, usage at the end."""
+
+    def __init__(self, response: httpx2.Response, guard: Guard, event: AttemptEvent) -> None:
+        self._inner = response.stream
+        self._content_type = response.headers.get("content-type", "")
+        self._guard = guard
+        self._event = event
+        self._body = bytearray()
+        self._done = False
+
+    def _chunk(self, chunk: bytes) -> None:
+        if len(self._body) <= _BODY_LIMIT:
+            self._body += chunk
+        self._guard.progress(self._event)
+
+    def _error(self, exc: BaseException) -> None:
+        self._done = True
+        self._guard.fail(self._event, exc)
+
+    def _end(self) -> None:
+        self._done = True
+        tokens = wire.tokens_of(self._content_type, bytes(self._body)) if len(self._body) <= _BODY_LIMIT else None
+        self._guard.succeeded(self._event, tokens)
+
+    def _closing(self) -> None:
+        if not self._done:
+            self._done = True
+            self._guard.closed_early(self._event)
+
+
+class _WatchedStream(_Watch, httpx2.SyncByteStream):
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            for chunk in self._inner:  # type: ignore[union-attr]
+                self._chunk(chunk)
+                yield chunk
+        except (Exception, LLMGuardInterrupt) as exc:
+            self._error(exc)
+            raise
+        self._end()
+
+    def close(self) -> None:
+        self._closing()
+        self._inner.close()  # type: ignore[union-attr]
+
+
+class _WatchedAsyncStream(_Watch, httpx2.AsyncByteStream):
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._inner:  # type: ignore[union-attr]
+                self._chunk(chunk)
+                yield chunk
+        except (Exception, LLMGuardInterrupt) as exc:
+            self._error(exc)
+            raise
+        self._end()
+
+    async def aclose(self) -> None:
+        self._closing()
+        await self._inner.aclose()  # type: ignore[union-attr]
