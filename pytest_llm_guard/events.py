@@ -29,6 +29,8 @@ class AttemptEvent:
     error: str | None = None
     retry_after: float | None = None
     tokens: int | None = None
+    source: str = "live"
+    """"live", or what a layer made of it ("replayed", "recorded", ...)."""
 
     @property
     def duration(self) -> float:

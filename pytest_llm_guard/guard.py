@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, TypeVar
 
 import httpx2
 import openai
@@ -17,6 +17,9 @@ from .budget import Budget, Clock
 from .config import Settings
 from .errors import LLMGuardInterrupt
 from .events import AttemptEvent, Stats
+
+if TYPE_CHECKING:
+    from .transport import Layer
 
 ClientT = TypeVar("ClientT", bound=openai.OpenAI | openai.AsyncOpenAI)
 
@@ -32,8 +35,10 @@ class Guard:
         clock: Clock = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         async_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        layers: Sequence[Layer] = (),
     ) -> None:
         self.settings = settings
+        self.layers = list(layers)
         self.test_id = test_id
         self.budget = Budget(settings, test_id=test_id, clock=clock)
         self.events: list[AttemptEvent] = []

@@ -112,7 +112,7 @@ def _close_retried_response(retry_state: RetryCallState) -> None:
 def _policy(guard: Guard) -> dict[str, Any]:
     settings = guard.settings
     backoff = wait_exponential_jitter(
-        initial=settings.backoff_initial, max=settings.backoff_max, jitter=settings.backoff_initial
+        multiplier=settings.backoff_initial, max=settings.backoff_max, jitter=settings.backoff_initial
     )
 
     def mark_retry(retry_state: RetryCallState) -> None:

@@ -10,8 +10,8 @@ tests run the untouched httpx2 code.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING, Protocol
 
 import httpx2
 
@@ -24,6 +24,25 @@ if TYPE_CHECKING:
 
 _BODY_LIMIT = 8 * 1024 * 1024
 """Bytes of a response kept to read its ``usage``; larger bodies are not counted."""
+
+Send = Callable[[httpx2.Request], httpx2.Response]
+AsyncSend = Callable[[httpx2.Request], Awaitable[httpx2.Response]]
+
+
+class Layer(Protocol):
+    """Something between the guard and the transport (cassettes, endpoint breakers).
+
+    A layer sees one attempt: it may answer it itself (a replay), refuse it (raise an
+    ``httpx2`` error or an ``LLMGuardInterrupt``), rewrite it, or pass it on with ``send``.
+    The guard has already opened the attempt's event; a layer may annotate it.
+    """
+
+    def handle(self, request: httpx2.Request, event: AttemptEvent, send: Send) -> httpx2.Response: ...
+
+    async def handle_async(
+        self, request: httpx2.Request, event: AttemptEvent, send: AsyncSend
+    ) -> httpx2.Response: ...
+
 
 _current: Guard | None = None
 _saved: tuple[object, object] | None = None
@@ -62,8 +81,14 @@ def _send_single_request(client: httpx2.Client, request: httpx2.Request) -> http
     if guard is None or not wire.is_llm_request(request):
         return _original_sync(client, request)
     event = guard.begin(request)
+
+    def send(request: httpx2.Request, depth: int = 0) -> httpx2.Response:
+        if depth == len(guard.layers):
+            return _original_sync(client, request)
+        return guard.layers[depth].handle(request, event, lambda r: send(r, depth + 1))
+
     try:
-        response = _original_sync(client, request)
+        response = send(request)
     except BaseException as exc:
         guard.fail(event, exc)
         raise
@@ -78,8 +103,14 @@ async def _send_single_request_async(client: httpx2.AsyncClient, request: httpx2
     if guard is None or not wire.is_llm_request(request):
         return await _original_async(client, request)
     event = guard.begin(request)
+
+    async def send(request: httpx2.Request, depth: int = 0) -> httpx2.Response:
+        if depth == len(guard.layers):
+            return await _original_async(client, request)
+        return await guard.layers[depth].handle_async(request, event, lambda r: send(r, depth + 1))
+
     try:
-        response = await _original_async(client, request)
+        response = await send(request)
     except BaseException as exc:
         guard.fail(event, exc)
         raise
