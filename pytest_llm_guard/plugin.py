@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import httpx2
 import openai
 import pytest
+import tenacity
 
 from . import transport
 from .config import MARKER_KEYS, OPTIONS, LLMGuardConfigError, Settings, apply_markers, load_settings
+from .errors import LLMGuardInterrupt
 from .events import Stats
 from .fault import FaultServer
 from .guard import Guard
@@ -99,8 +103,16 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
         transport.deactivate()
 
 
+_LIBRARY_DIRS = tuple(str(Path(m.__file__).parent) for m in (openai, httpx2, tenacity, transport))
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[pytest.TestReport]:
+    if call.excinfo is not None and call.excinfo.errisinstance(LLMGuardInterrupt):
+        # Show the test's and the application's frames, not the SDK's, httpx2's or ours.
+        call.excinfo.traceback = call.excinfo.traceback.filter(
+            lambda entry: not str(entry.path).startswith(_LIBRARY_DIRS)
+        )
     report = yield
     guard = item.stash.get(GUARD, None)
     if guard is not None and call.when == "teardown":

@@ -1,0 +1,236 @@
+"""Plugin behaviour end to end, through pytester: markers, configuration, fixtures, outcomes, messages."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+FAULT_CONFTEST = """
+import pytest
+
+@pytest.fixture
+def llm_client_options(llm_fault_server):
+    return {"base_url": llm_fault_server.base_url, "api_key": "sk-test"}
+"""
+
+
+@pytest.fixture
+def project(pytester: pytest.Pytester) -> pytest.Pytester:
+    pytester.makeconftest(FAULT_CONFTEST)
+    return pytester
+
+
+def test_marker_is_registered(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest("--markers")
+    result.stdout.fnmatch_lines(["@pytest.mark.llm_budget(deadline=..., call_timeout=..., retries=..., calls=..., tokens=...)*"])
+
+
+def test_marker_is_accepted_under_strict_markers(project: pytest.Pytester) -> None:
+    project.makepyfile(
+        """
+        import pytest
+        @pytest.mark.llm_budget(deadline=3)
+        def test_x(llm_guard):
+            assert llm_guard.settings.deadline == 3
+        """
+    )
+    project.runpytest("--strict-markers").assert_outcomes(passed=1)
+
+
+def test_quickstart_needs_nothing_but_the_sdk_environment(pytester: pytest.Pytester, monkeypatch) -> None:
+    from pytest_llm_guard.fault import FaultServer
+
+    with FaultServer() as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+        pytester.makepyfile(
+            """
+            import pytest
+            @pytest.mark.llm_budget(deadline=10, retries=1)
+            def test_answer(llm_client, llm_guard):
+                reply = llm_client.chat.completions.create(
+                    model=llm_guard.model, messages=[{"role": "user", "content": "ping"}]
+                )
+                assert reply.choices[0].message.content == "echo: ping"
+            """
+        )
+        result = pytester.runpytest()
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*llm-guard*", "1 guarded tests: 1 LLM calls, 1 attempts, 0 retries*"])
+
+
+def test_missing_api_key_is_explained(pytester: pytest.Pytester, monkeypatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    pytester.makepyfile("def test_x(llm_client):\n    pass\n")
+    result = pytester.runpytest()
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*cannot build the OpenAI fixture client*OPENAI_API_KEY*llm_client_options*"])
+
+
+SEED_APP = """
+import time
+import openai
+import pytest
+
+def ask_with_retries(base_url, prompt):
+    # The canonical harness loop: its own client, 5 attempts, 60 s timeout, backoff on any Exception.
+    client = openai.OpenAI(base_url=base_url, api_key="sk-app")
+    for attempt in range(5):
+        try:
+            return client.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": prompt}], timeout=60
+            )
+        except Exception:
+            time.sleep(0.01 * 2 ** attempt)
+    raise RuntimeError("gave up")
+"""
+
+
+def test_seed_scenario_hanging_endpoint_ends_at_the_deadline(project: pytest.Pytester) -> None:
+    project.makepyfile(
+        SEED_APP
+        + """
+from pytest_llm_guard.fault import Fault
+
+@pytest.mark.llm_budget(deadline=2)
+def test_agent_turn(llm_fault_server):
+    llm_fault_server.plan(then=Fault.hang())
+    ask_with_retries(llm_fault_server.base_url, "hello")
+"""
+    )
+    result = project.runpytest("--durations=1", "--durations-min=0")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*in ask_with_retries*",
+            "*LLMBudgetExceeded: LLM deadline budget spent in test_seed_scenario*"
+            "limit deadline=2.0 s, set by @pytest.mark.llm_budget*",
+            "*Attempts (*",
+            "*1. http://127.0.0.1:*/v1/chat/completions model=gpt-4o-mini: ReadTimeout*",
+        ]
+    )
+    durations = [line for line in result.outlines if " call " in line and "test_agent_turn" in line]
+    assert durations and float(durations[0].split("s")[0]) <= 3.0
+
+
+def test_except_exception_loop_cannot_outlive_the_retry_budget(project: pytest.Pytester) -> None:
+    project.makepyfile(
+        SEED_APP
+        + """
+from pytest_llm_guard.fault import Fault
+
+@pytest.mark.llm_budget(retries=1)
+def test_agent_turn(llm_fault_server):
+    llm_fault_server.plan(then=Fault.status(503))
+    try:
+        ask_with_retries(llm_fault_server.base_url, "hello")
+    finally:
+        # the SDK retries twice by default; the guard still stops the loop at the second failure
+        assert len(llm_fault_server.requests) == 2
+"""
+    )
+    result = project.runpytest()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*LLM retries budget spent*2 failed attempts*", "*HTTP 503*", "*HTTP 503*"])
+
+
+def test_bad_marker_argument_names_the_test(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+        @pytest.mark.llm_budget(deadline=-1)
+        def test_x():
+            pass
+        """
+    )
+    result = pytester.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["*test_bad_marker_argument_names_the_test.py::test_x*deadline = -1*llm_budget*positive number*"]
+    )
+
+
+def test_pyproject_error_says_key_and_file(pytester: pytest.Pytester) -> None:
+    pytester.makepyprojecttoml("[tool.pytest_llm_guard]\nretry = 3\n")
+    pytester.makepyfile("def test_x():\n    pass\n")
+    result = pytester.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*unknown key 'retry'*pyproject.toml*allowed keys: deadline, call_timeout, retries*"])
+
+
+def test_layers_resolve_in_documented_order(pytester: pytest.Pytester, monkeypatch) -> None:
+    pytester.makepyprojecttoml("[tool.pytest_llm_guard]\ndeadline = 50\nretries = 5\ncalls = 7\n")
+    pytester.makeini("[pytest]\nllm_retries = 4\nllm_calls = 8\n")  # pytest.ini wins over pyproject as inifile
+    monkeypatch.setenv("LLM_GUARD_CALLS", "9")
+    pytester.makepyfile(
+        """
+        import pytest
+        pytestmark = pytest.mark.llm_budget(tokens=1000, deadline=40)
+
+        class TestLayers:
+            pytestmark = pytest.mark.llm_budget(deadline=30)
+
+            @pytest.mark.llm_budget(deadline=20)
+            def test_x(self, llm_guard):
+                s = llm_guard.settings
+                assert (s.deadline, s.retries, s.calls, s.tokens, s.call_timeout) == (20, 4, 9, 1000, 3)
+                assert "command line" in s.source_of("call_timeout")
+        """
+    )
+    pytester.runpytest("--llm-call-timeout=3").assert_outcomes(passed=1)
+
+
+def test_guard_all_guards_unmarked_tests(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import httpx2
+        from pytest_llm_guard import transport
+        def test_x():
+            assert transport._current is not None
+        """
+    )
+    pytester.runpytest("--llm-guard-all=true").assert_outcomes(passed=1)
+
+
+def test_unguarded_tests_are_untouched_and_patches_are_undone(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import httpx2
+        import pytest
+        ORIGINAL = httpx2.Client._send_single_request, httpx2.AsyncClient._send_single_request
+
+        @pytest.mark.llm_budget(deadline=5)
+        def test_guarded():
+            assert httpx2.Client._send_single_request is not ORIGINAL[0]
+
+        def test_plain_after_guarded():
+            assert (httpx2.Client._send_single_request, httpx2.AsyncClient._send_single_request) == ORIGINAL
+        """
+    )
+    pytester.runpytest("-p", "no:randomly").assert_outcomes(passed=2)
+
+
+def test_pytest_timeout_backstop_at_deadline_plus_grace(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import time
+        import pytest
+
+        @pytest.mark.llm_budget(deadline=0.3)
+        def test_stuck_outside_llm_calls():
+            time.sleep(30)
+
+        @pytest.mark.llm_budget(deadline=0.3)
+        @pytest.mark.timeout(77)
+        def test_own_timeout_is_kept(request):
+            assert request.node.get_closest_marker("timeout").args == (77,)
+
+        @pytest.mark.llm_budget(deadline=0.3)
+        def test_backstop_value(request):
+            assert request.node.get_closest_marker("timeout").args == (0.5,)
+        """
+    )
+    result = pytester.runpytest_subprocess("--llm-timeout-grace=0.2")
+    result.assert_outcomes(failed=1, passed=2)
+    result.stdout.fnmatch_lines(["*Timeout (>0.5s) from pytest-timeout*"])
