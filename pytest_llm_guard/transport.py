@@ -11,7 +11,7 @@ tests run the untouched httpx2 code.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import httpx2
 
@@ -32,9 +32,10 @@ AsyncSend = Callable[[httpx2.Request], Awaitable[httpx2.Response]]
 class Layer(Protocol):
     """Something between the guard and the transport (cassettes, endpoint breakers).
 
-    A layer sees one attempt: it may answer it itself (a replay), refuse it (raise an
-    ``httpx2`` error or an ``LLMGuardInterrupt``), rewrite it, or pass it on with ``send``.
-    The guard has already opened the attempt's event; a layer may annotate it.
+    A layer sees one attempt at the transport level: it may answer it itself (a replay,
+    an ``httpx2.Response`` whose stream is not read yet), refuse it (raise an ``httpx2``
+    error or an ``LLMGuardInterrupt``), rewrite it, or pass it on with ``send``. The guard
+    has already opened the attempt's event; a layer may annotate it.
     """
 
     def handle(self, request: httpx2.Request, event: AttemptEvent, send: Send) -> httpx2.Response: ...
@@ -43,6 +44,8 @@ class Layer(Protocol):
         self, request: httpx2.Request, event: AttemptEvent, send: AsyncSend
     ) -> httpx2.Response: ...
 
+
+ClientT = TypeVar("ClientT", httpx2.Client, httpx2.AsyncClient)
 
 _current: Guard | None = None
 _saved: tuple[object, object] | None = None
@@ -81,14 +84,8 @@ def _send_single_request(client: httpx2.Client, request: httpx2.Request) -> http
     if guard is None or not wire.is_llm_request(request):
         return _original_sync(client, request)
     event = guard.begin(request)
-
-    def send(request: httpx2.Request, depth: int = 0) -> httpx2.Response:
-        if depth == len(guard.layers):
-            return _original_sync(client, request)
-        return guard.layers[depth].handle(request, event, lambda r: send(r, depth + 1))
-
     try:
-        response = send(request)
+        response = _original_sync(_through_layers(client, request, guard, event), request)
     except BaseException as exc:
         guard.fail(event, exc)
         raise
@@ -103,14 +100,8 @@ async def _send_single_request_async(client: httpx2.AsyncClient, request: httpx2
     if guard is None or not wire.is_llm_request(request):
         return await _original_async(client, request)
     event = guard.begin(request)
-
-    async def send(request: httpx2.Request, depth: int = 0) -> httpx2.Response:
-        if depth == len(guard.layers):
-            return await _original_async(client, request)
-        return await guard.layers[depth].handle_async(request, event, lambda r: send(r, depth + 1))
-
     try:
-        response = await send(request)
+        response = await _original_async(_through_layers(client, request, guard, event), request)
     except BaseException as exc:
         guard.fail(event, exc)
         raise
@@ -118,6 +109,52 @@ async def _send_single_request_async(client: httpx2.AsyncClient, request: httpx2
         return response
     response.stream = _WatchedAsyncStream(response, guard, event)
     return response
+
+
+def _through_layers(client: ClientT, request: httpx2.Request, guard: Guard, event: AttemptEvent) -> ClientT:
+    """The client as httpx2 sees it, with the guard's layers in front of its transport.
+
+    httpx2 keeps doing its own work around the transport (response.request, cookies,
+    elapsed time), so a response a layer makes itself is a complete httpx2 response.
+    """
+    if not guard.layers:
+        return client
+    return _ClientView(client, _LayeredTransport(client._transport_for_url(request.url), guard.layers, event))  # type: ignore[return-value]
+
+
+class _ClientView:
+    """Stands in for a client inside ``_send_single_request``, handing out another transport."""
+
+    def __init__(self, client: httpx2.Client | httpx2.AsyncClient, transport: _LayeredTransport) -> None:
+        self._client = client
+        self._transport = transport
+
+    def _transport_for_url(self, url: httpx2.URL) -> _LayeredTransport:
+        return self._transport
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._client, name)
+
+
+class _LayeredTransport(httpx2.BaseTransport, httpx2.AsyncBaseTransport):
+    """Runs the layers, innermost the client's own transport (vcrpy's stubs and mocks included)."""
+
+    def __init__(self, inner: object, layers: list[Layer], event: AttemptEvent) -> None:
+        self._inner = inner
+        self._layers = layers
+        self._event = event
+
+    def handle_request(self, request: httpx2.Request, depth: int = 0) -> httpx2.Response:
+        if depth == len(self._layers):
+            return self._inner.handle_request(request)  # type: ignore[attr-defined]
+        return self._layers[depth].handle(request, self._event, lambda r: self.handle_request(r, depth + 1))
+
+    async def handle_async_request(self, request: httpx2.Request, depth: int = 0) -> httpx2.Response:
+        if depth == len(self._layers):
+            return await self._inner.handle_async_request(request)  # type: ignore[attr-defined]
+        return await self._layers[depth].handle_async(
+            request, self._event, lambda r: self.handle_async_request(r, depth + 1)
+        )
 
 
 class _Watch:
