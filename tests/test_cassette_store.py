@@ -1,0 +1,169 @@
+"""Cassette internals as plain unit tests: keys, indexed look-up, atomic and merging saves, readable files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from vcr.record_mode import RecordMode
+from vcr.request import Request
+
+from pytest_llm_guard.cassettes import (
+    AtomicPersister,
+    LLMCassette,
+    ReadableYaml,
+    canonical_body,
+    file_safe,
+    record_mode,
+    request_key,
+)
+from pytest_llm_guard.config import Settings
+from pytest_llm_guard.errors import LLMCassetteError
+
+MATCH = ("method", "path", "body")
+
+
+def chat(content: str, host: str = "127.0.0.1:8000", **extra) -> Request:
+    body = {"model": "m", "messages": [{"role": "user", "content": content}], **extra}
+    import json
+
+    return Request("POST", f"http://{host}/v1/chat/completions", json.dumps(body), {})
+
+
+def answer(text: str) -> dict:
+    return {"status": {"code": 200, "message": "OK"}, "headers": {}, "body": {"string": text}}
+
+
+def make(path: Path, *, mode: str = "new_episodes", matcher=lambda request, recorded: None) -> LLMCassette:
+    return LLMCassette.load(
+        path=str(path),
+        serializer=ReadableYaml,
+        persister=AtomicPersister(),
+        record_mode=RecordMode(mode),
+        match_on=(),
+        match_parts=MATCH,
+        ignore=frozenset({"user"}),
+        matcher=matcher,
+    )
+
+
+def test_body_is_compared_canonically() -> None:
+    assert canonical_body('{"b": 1, "a": [1, 2]}') == canonical_body(b'{"a":[1,2],"b":1}')
+    assert canonical_body('{"a": 1, "user": "x"}', frozenset({"user"})) == canonical_body('{"a": 1}')
+    assert canonical_body("not json") == "not json"
+
+
+def test_host_and_port_are_not_part_of_the_default_key() -> None:
+    assert request_key(chat("hi", "127.0.0.1:1"), MATCH, frozenset()) == request_key(
+        chat("hi", "api.example.com:443"), MATCH, frozenset()
+    )
+    assert request_key(chat("hi", "a:1"), ("host", "port"), frozenset()) != request_key(
+        chat("hi", "b:2"), ("host", "port"), frozenset()
+    )
+
+
+def test_a_renamed_base_url_still_matches() -> None:
+    gateway = Request("POST", "https://gw.example/openai/v1/chat/completions", chat("hi").body, {})
+    assert request_key(gateway, MATCH, frozenset()) == request_key(chat("hi"), MATCH, frozenset())
+
+
+def test_identical_requests_replay_in_recorded_order(tmp_path: Path) -> None:
+    cassette = make(tmp_path / "c.yaml")
+    for text in ("first", "second"):
+        cassette.append(chat("same"), answer(text))
+    cassette.rewound = True  # as after loading from a file
+    played = [cassette.play_response(chat("same"))["body"]["string"] for _ in range(2)]
+    assert played == ["first", "second"]
+    assert not cassette.can_play_response_for(chat("same"))
+
+
+def test_look_up_only_consults_requests_with_the_same_key(tmp_path: Path) -> None:
+    calls = []
+    cassette = make(tmp_path / "c.yaml", matcher=lambda request, recorded: calls.append(recorded) or None)
+    for i in range(500):
+        cassette.append(chat(f"prompt {i}"), answer(str(i)))
+    cassette.rewound = True
+    assert cassette.play_response(chat("prompt 321", user="ignored"))["body"]["string"] == "321"
+    assert len(calls) == 1
+
+
+def test_custom_matcher_can_refuse(tmp_path: Path) -> None:
+    cassette = make(tmp_path / "c.yaml", matcher=lambda request, recorded: False)
+    cassette.append(chat("hi"), answer("x"))
+    cassette.rewound = True
+    assert not cassette.can_play_response_for(chat("hi"))
+
+
+def test_concurrent_writers_keep_each_others_interactions(tmp_path: Path) -> None:
+    path = tmp_path / "shared.yaml"
+    first, second = make(path), make(path)  # both loaded before either saved, as two xdist workers
+    first.append(chat("from worker one"), answer("1"))
+    second.append(chat("from worker two"), answer("2"))
+    first._save()
+    second._save()
+    contents = [i["request"]["body"] for i in yaml.safe_load(path.read_text())["interactions"]]
+    assert any("worker one" in c for c in contents) and any("worker two" in c for c in contents)
+
+
+def test_rerecording_replaces_rather_than_resurrects(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    old = make(path)
+    old.append(chat("hi"), answer("old"))
+    old._save()
+    again = make(path, mode="all")
+    again.append(chat("hi"), answer("new"))
+    again._save()
+    bodies = [i["response"]["body"]["string"] for i in yaml.safe_load(path.read_text())["interactions"]]
+    assert bodies == ["new"]
+
+
+def test_saved_file_is_readable_yaml_with_block_strings(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    cassette = make(path)
+    cassette.append(chat("hi"), answer('{\n  "id": 1\n}'))
+    cassette._save()
+    text = path.read_text()
+    assert "string: |-\n" in text and "!!binary" not in text
+    assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
+
+
+def test_unparseable_cassette_names_file_line_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("interactions:\n- request: {method: POST\n")
+    with pytest.raises(LLMCassetteError, match=rf"cannot parse cassette {path} at line 3, column 1"):
+        make(path)
+
+
+def test_a_yaml_file_that_is_not_a_cassette(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("just: a mapping\n")
+    with pytest.raises(LLMCassetteError, match="is not a vcrpy cassette"):
+        make(path)
+
+
+def test_empty_file_counts_as_missing(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("\n")
+    assert len(make(path)) == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("test_x", "test_x"), ("test_p[a b]", "test_p_a_b"), ("test_p[../../etc]", "test_p_etc"), ("[]", "test")],
+)
+def test_file_safe_names(name: str, expected: str) -> None:
+    assert file_safe(name) == expected
+
+
+def test_long_names_are_shortened_with_a_hash() -> None:
+    one, two = file_safe("test_" + "a" * 200 + "1"), file_safe("test_" + "a" * 200 + "2")
+    assert len(one) == 100 and one != two
+
+
+@pytest.mark.parametrize(
+    ("configured", "ci", "expected"),
+    [(None, "", "once"), (None, "true", "none"), (None, "0", "once"), ("all", "true", "all"), ("off", "", "off")],
+)
+def test_record_mode_defaults_to_replay_only_on_ci(configured, ci, expected) -> None:
+    assert record_mode(Settings(record=configured), {"CI": ci}) == expected

@@ -1,0 +1,477 @@
+"""Cassettes end to end: record against the fault server, replay offline, scrub, stream, miss, survive."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pytest_llm_guard.fault import Fault, FaultServer
+
+pytest_plugins = ["pytester"]
+
+SECRET_KEY = "sk-proj-" + "Zq7" * 15  # looks like a real key; must never be written
+
+
+@pytest.fixture
+def server() -> FaultServer:
+    with FaultServer() as running:
+        yield running
+
+
+@pytest.fixture
+def project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, server: FaultServer) -> pytest.Pytester:
+    """A user project whose clients find the fault server through the SDK's own environment."""
+    monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET_KEY)
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.delenv("LLM_GUARD_RECORD", raising=False)
+    return pytester
+
+
+def go_offline(server: FaultServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stop the server, drop the key, set CI: any network attempt would now fail the run."""
+    server.stop()
+    monkeypatch.delenv("OPENAI_API_KEY")
+    monkeypatch.setenv("CI", "true")
+
+
+def cassette(pytester: pytest.Pytester, module: str, test: str) -> Path:
+    return pytester.path / "cassettes" / module / f"{test}.yaml"
+
+
+def interactions(path: Path) -> list[dict]:
+    return yaml.safe_load(path.read_text())["interactions"]
+
+
+APP_TESTS = """
+import openai
+import pytest
+
+def app_answer(prompt):
+    client = openai.OpenAI()  # code under test builds its own client
+    reply = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": prompt}])
+    return reply.choices[0].message.content
+
+def test_fixture_client(llm_client):
+    reply = llm_client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    assert reply.choices[0].message.content == "echo: hi"
+
+@pytest.mark.llm_budget(deadline=10)
+def test_app_client():
+    assert app_answer("first") == "echo: first"
+    assert app_answer("second") == "echo: second"
+
+@pytest.mark.parametrize("word", ["a b", "c/d"])
+def test_param(llm_client, word):
+    reply = llm_client.chat.completions.create(model="m", messages=[{"role": "user", "content": word}])
+    assert reply.choices[0].message.content == f"echo: {word}"
+"""
+
+
+def test_record_then_replay_offline_with_no_key(project: pytest.Pytester, server: FaultServer, monkeypatch) -> None:
+    project.makepyfile(test_app=APP_TESTS)
+    project.runpytest().assert_outcomes(passed=4)
+    assert len(server.requests) == 5
+    assert "x-llm-guard" not in cassette(project, "test_app", "test_fixture_client").read_text()
+    assert cassette(project, "test_app", "test_app_client").is_file()
+    assert cassette(project, "test_app", "test_param_a_b").is_file()
+    assert cassette(project, "test_app", "test_param_c_d").is_file()
+
+    go_offline(server, monkeypatch)
+    result = project.runpytest()
+    result.assert_outcomes(passed=4)
+    result.stdout.fnmatch_lines(["*5 LLM calls*(5 replayed, 0 recorded, 0 live)*"])
+
+
+def test_ci_default_is_replay_only(project: pytest.Pytester, server: FaultServer, monkeypatch) -> None:
+    project.makepyfile(test_app=APP_TESTS)
+    monkeypatch.setenv("CI", "1")
+    result = project.runpytest("-k", "fixture_client")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*LLMCassetteMiss*record mode 'none'*no network request was made*"])
+    assert server.requests == []
+
+
+def test_secrets_never_reach_the_file(project: pytest.Pytester, server: FaultServer) -> None:
+    project.makepyprojecttoml(
+        """
+        [tool.pytest_llm_guard]
+        scrub_body_fields = ["user"]
+        scrub_patterns = ["acct-[0-9]+"]
+        scrub_headers = ["x-tenant"]
+        """
+    )
+    project.makepyfile(
+        """
+        import openai
+
+        def test_x():
+            client = openai.OpenAI(
+                organization="org-SECRETORG", project="proj_SECRETPROJ",
+                default_headers={"Cookie": "session=SECRETCOOKIE", "X-Tenant": "SECRETTENANT"},
+            )
+            client.chat.completions.create(
+                model="m", user="SECRETUSER",
+                messages=[{"role": "user", "content": "my account is acct-123456"}],
+            )
+
+        def test_with_key_in_query():
+            import os, httpx2
+            httpx2.post(
+                os.environ["OPENAI_BASE_URL"] + "/chat/completions?api-key=SECRETQUERY",
+                json={"model": "m", "messages": []},
+            )
+        """
+    )
+    result = project.runpytest("--llm-guard-all=true")
+    result.assert_outcomes(passed=2)
+    written = "".join(p.read_text() for p in (project.path / "cassettes").rglob("*.yaml"))
+    assert "echo: my account is REDACTED" in written  # recorded, and scrubbed inside bodies too
+    for secret in (
+        SECRET_KEY,
+        "SECRETORG",
+        "SECRETPROJ",
+        "SECRETCOOKIE",
+        "SECRETTENANT",
+        "SECRETUSER",
+        "acct-123456",
+        "SECRETQUERY",
+    ):
+        assert secret not in written
+    assert "authorization" not in written.lower()
+
+
+STREAM_TESTS = """
+import json, pathlib
+import pytest
+
+def collect(chunks):
+    return [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+
+def test_sync_stream(llm_client, request):
+    stream = llm_client.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "one two three four"}], stream=True
+    )
+    pathlib.Path("sync.json").write_text(json.dumps(collect(stream)))
+
+async def test_async_stream(async_llm_client):
+    stream = await async_llm_client.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "five six seven"}], stream=True,
+        stream_options={"include_usage": True},
+    )
+    pathlib.Path("async.json").write_text(json.dumps(collect([c async for c in stream])))
+"""
+
+
+def test_streams_record_and_replay_in_order(project: pytest.Pytester, server: FaultServer, monkeypatch) -> None:
+    project.makeini("[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n")
+    project.makepyfile(test_streams=STREAM_TESTS)
+    project.runpytest().assert_outcomes(passed=2)
+    recorded = {name: (project.path / name).read_text() for name in ("sync.json", "async.json")}
+    assert json.loads(recorded["sync.json"]) == ["echo:", " one", " two", " three", " four"]
+    body = interactions(cassette(project, "test_streams", "test_sync_stream"))[0]["response"]["body"]["string"]
+    assert body.count("data: ") == 8 and body.endswith("data: [DONE]\n\n")
+
+    go_offline(server, monkeypatch)
+    project.runpytest().assert_outcomes(passed=2)
+    assert {name: (project.path / name).read_text() for name in recorded} == recorded
+
+
+def test_recording_hands_chunks_on_as_they_arrive(project: pytest.Pytester, server: FaultServer) -> None:
+    # One byte every 20 ms: the whole stream takes over 10 s, its first event arrives at once.
+    # A recorder that buffers the body (as plain vcrpy does) could not return the first chunk in time.
+    server.plan(Fault.trickle(interval=0.02, chunk_size=1))
+    project.makepyfile(
+        """
+        import time
+        def test_first_chunk(llm_client):
+            started = time.monotonic()
+            stream = llm_client.chat.completions.create(
+                model="m", messages=[{"role": "user", "content": "a b c d e f g h"}], stream=True
+            )
+            next(iter(stream))
+            assert time.monotonic() - started < 5
+            stream.close()
+        """
+    )
+    project.runpytest().assert_outcomes(passed=1)
+    assert not cassette(project, "test_recording_hands_chunks_on_as_they_arrive", "test_first_chunk").exists()
+
+
+def test_only_the_final_success_is_recorded(project: pytest.Pytester, server: FaultServer) -> None:
+    server.plan(Fault.status(503), Fault.status(429, retry_after=0.01))
+    project.makepyfile(
+        """
+        def test_x(llm_client):
+            llm_client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+        """
+    )
+    project.runpytest("--llm-backoff-initial=0").assert_outcomes(passed=1)
+    recorded = interactions(cassette(project, "test_only_the_final_success_is_recorded", "test_x"))
+    assert [i["response"]["status"]["code"] for i in recorded] == [200]
+    assert len(server.requests) == 3
+
+
+def test_a_miss_says_what_differs_and_how_to_record(project: pytest.Pytester, server, monkeypatch) -> None:
+    project.makepyfile(
+        test_app="""
+        import os, time
+        import openai
+
+        def test_agent():
+            client = openai.OpenAI()
+            prompt = os.environ.get("PROMPT", "What is the capital of France?")
+            for attempt in range(5):  # the application's own retry loop cannot swallow the miss
+                try:
+                    return client.chat.completions.create(
+                        model="gpt-4o-mini", temperature=0, messages=[{"role": "user", "content": prompt}]
+                    )
+                except Exception:
+                    time.sleep(0.01)
+        """
+    )
+    project.runpytest("--llm-guard-all=true").assert_outcomes(passed=1)
+    go_offline(server, monkeypatch)
+    monkeypatch.setenv("PROMPT", "What is the capital of Spain?")
+    result = project.runpytest("--llm-guard-all=true")
+    result.assert_outcomes(failed=1)
+    path = cassette(project, "test_app", "test_agent")
+    result.stdout.fnmatch_lines(
+        [
+            f"*LLMCassetteMiss: No recorded response for this request in cassette {path} (record mode 'none')*",
+            "*Request: POST http://127.0.0.1:*/v1/chat/completions model=gpt-4o-mini "
+            "last user message: 'What is the capital of Spain?'",
+            "*Closest recorded request: POST http://127.0.0.1:*/v1/chat/completions; differs in",
+            "*body (recorded -> sent):",
+            '*-*"content": "What is the capital of France?",',
+            '*+*"content": "What is the capital of Spain?",',
+            "*To record it*pytest 'test_app.py::test_agent' --llm-record=new_episodes*",
+        ]
+    )
+    assert "Retrying" not in result.stdout.str()
+
+
+def test_corrupt_cassette_fails_only_its_test(project: pytest.Pytester, monkeypatch) -> None:
+    monkeypatch.setenv("CI", "true")
+    broken = project.path / "cassettes" / "test_app" / "test_broken.yaml"
+    broken.parent.mkdir(parents=True)
+    broken.write_text("version: 1\ninteractions:\n- request: {method: POST\n  uri: [\n")
+    project.makepyfile(test_app="def test_broken(llm_guard):\n    pass\n\ndef test_fine():\n    pass\n")
+    result = project.runpytest()
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines([f"*LLMCassetteError: cannot parse cassette {broken} at line 4, column *"])
+    assert broken.read_text().endswith("uri: [\n")  # left as it was for the user to inspect
+
+
+def test_opting_out_and_sharing_a_cassette(project: pytest.Pytester, server: FaultServer) -> None:
+    project.makepyfile(
+        test_app="""
+        import pytest
+
+        def ask(client, text):
+            return client.chat.completions.create(model="m", messages=[{"role": "user", "content": text}])
+
+        @pytest.mark.llm_cassette(False)
+        def test_live(llm_client):
+            ask(llm_client, "live")
+
+        @pytest.mark.llm_cassette("greetings")
+        def test_hello(llm_client):
+            ask(llm_client, "hello")
+
+        @pytest.mark.llm_cassette("greetings")
+        def test_bye(llm_client):
+            ask(llm_client, "bye")
+        """
+    )
+    result = project.runpytest("--llm-record=new_episodes")
+    result.assert_outcomes(passed=3)
+    files = sorted(p.name for p in (project.path / "cassettes" / "test_app").iterdir())
+    assert files == ["greetings.yaml"]
+    assert len(interactions(project.path / "cassettes" / "test_app" / "greetings.yaml")) == 2
+
+
+def test_bad_cassette_marker_is_a_collection_error(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("import pytest\n@pytest.mark.llm_cassette(3)\ndef test_x():\n    pass\n")
+    result = pytester.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*test_x*llm_cassette takes a cassette name (str), False, or path=...*"])
+
+
+def test_xdist_workers_keep_each_others_interactions(project: pytest.Pytester) -> None:
+    project.makepyfile(
+        test_app="""
+        import pytest
+
+        @pytest.mark.llm_cassette("shared")
+        @pytest.mark.parametrize("word", ["alpha", "beta", "gamma", "delta"])
+        def test_word(llm_client, word):
+            llm_client.chat.completions.create(model="m", messages=[{"role": "user", "content": word}])
+        """
+    )
+    project.runpytest_subprocess("-n", "2", "--llm-record=new_episodes").assert_outcomes(passed=4)
+    recorded = interactions(project.path / "cassettes" / "test_app" / "shared.yaml")
+    words = sorted(json.loads(i["request"]["body"])["messages"][0]["content"] for i in recorded)
+    assert words == ["alpha", "beta", "delta", "gamma"]
+
+
+KILLED_WRITER = """
+import sys
+from pathlib import Path
+from vcr.request import Request
+from pytest_llm_guard.cassettes import AtomicPersister, ReadableYaml
+
+path, n = Path(sys.argv[1]), 0
+persister = AtomicPersister()
+while True:
+    n += 1
+    requests = [Request("POST", f"http://x/v1/chat/completions", "x" * 200_000, {}) for _ in range(n % 5 + 1)]
+    answer = {"status": {"code": 200, "message": "OK"}, "headers": {}, "body": {"string": "y" * 200_000}}
+    responses = [answer] * len(requests)
+    persister.save_cassette(path, {"requests": requests, "responses": responses}, ReadableYaml)
+    if n == 1:
+        print("ready", flush=True)
+"""
+
+
+def test_a_killed_writer_never_leaves_half_a_cassette(tmp_path: Path) -> None:
+    path = tmp_path / "cassettes" / "test.yaml"
+    for delay in (0.0, 0.05, 0.13, 0.21):
+        writer = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(path)], stdout=subprocess.PIPE, text=True)
+        assert writer.stdout.readline() == "ready\n"
+        if delay:
+            try:
+                writer.wait(timeout=delay)
+            except subprocess.TimeoutExpired:
+                pass
+        os.kill(writer.pid, signal.SIGKILL)
+        writer.wait()
+        recorded = yaml.safe_load(path.read_text())["interactions"]
+        assert 1 <= len(recorded) <= 5
+        assert all(len(i["response"]["body"]["string"]) == 200_000 for i in recorded)
+
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "cassettes"
+
+REPLAY_SHARED = """
+import json, pathlib
+import pytest
+
+@pytest.mark.llm_cassette(path=r"{path}")
+def test_replay(llm_client):
+    results = []
+    for body in json.loads(pathlib.Path("bodies.json").read_text()):
+        if body.pop("_route") == "chat":
+            answer = llm_client.chat.completions.create(**body)
+            if body.get("stream"):
+                chunks = list(answer)
+                deltas = [c.choices[0].delta for c in chunks if c.choices]
+                results.append({{
+                    "text": "".join(d.content or "" for d in deltas),
+                    "tools": [t.function.name for d in deltas for t in (d.tool_calls or []) if t.function.name],
+                }})
+            else:
+                results.append({{"text": answer.choices[0].message.content, "tools": []}})
+        else:
+            answer = llm_client.responses.create(**body)
+            if body.get("stream"):
+                events = list(answer)
+                done = [e for e in events if e.type == "response.completed"]
+                results.append({{"text": done[0].response.output_text, "tools": []}})
+            else:
+                results.append({{"text": answer.output_text, "tools": []}})
+    pathlib.Path("results.json").write_text(json.dumps(results))
+"""
+
+
+def recorded_answers(path: Path) -> tuple[list[dict], list[dict]]:
+    """What each recorded interaction asked and answered, read straight from the file (not via the plugin)."""
+    import gzip
+
+    bodies, answers = [], []
+    for interaction in yaml.safe_load(path.read_text())["interactions"]:
+        request, response = interaction["request"], interaction["response"]
+        body = json.loads(request["body"])
+        body["_route"] = "chat" if request["uri"].endswith("/chat/completions") else "responses"
+        bodies.append(body)
+        raw = response["body"]["string"]
+        headers = {k.lower(): v for k, v in response["headers"].items()}
+        if "gzip" in headers.get("content-encoding", []):
+            raw = gzip.decompress(raw)
+        raw = raw.decode() if isinstance(raw, bytes) else raw
+        if "text/event-stream" not in headers["content-type"][0]:
+            payload = json.loads(raw)
+            text = (
+                payload["choices"][0]["message"]["content"]
+                if "choices" in payload
+                else "".join(c["text"] for o in payload["output"] if o["type"] == "message" for c in o["content"])
+            )
+            answers.append({"text": text, "tools": []})
+            continue
+        events = [
+            json.loads(line[5:]) for line in raw.splitlines() if line.startswith("data:") and "[DONE]" not in line
+        ]
+        if body["_route"] == "responses":
+            done = [e for e in events if e.get("type") == "response.completed"][0]["response"]
+            text = "".join(c["text"] for o in done["output"] if o["type"] == "message" for c in o["content"])
+            answers.append({"text": text, "tools": []})
+            continue
+        deltas = [e["choices"][0]["delta"] for e in events if e.get("choices")]
+        answers.append(
+            {
+                "text": "".join(d.get("content") or "" for d in deltas),
+                "tools": [
+                    t["function"]["name"]
+                    for d in deltas
+                    for t in d.get("tool_calls") or []
+                    if t["function"].get("name")
+                ],
+            }
+        )
+    return bodies, answers
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason=f"no shared real-world cassettes at {SHARED}")
+@pytest.mark.parametrize("name", sorted(p.name for p in SHARED.glob("*.yaml")) if SHARED.is_dir() else [])
+def test_real_world_cassettes_replay_through_the_sdk(pytester: pytest.Pytester, monkeypatch, name: str) -> None:
+    path = SHARED / name
+    for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("CI", "true")
+    bodies, answers = recorded_answers(path)
+    assert any(a["text"] or a["tools"] for a in answers)
+    (pytester.path / "bodies.json").write_text(json.dumps(bodies))
+    pytester.makepyfile(REPLAY_SHARED.format(path=path))
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=1)
+    assert json.loads((pytester.path / "results.json").read_text()) == answers
+    result.stdout.fnmatch_lines([f"*({len(bodies)} replayed, 0 recorded, 0 live)*"])
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason=f"no shared real-world cassettes at {SHARED}")
+def test_rerecording_a_real_world_cassette_scrubs_its_account_headers(project: pytest.Pytester, tmp_path) -> None:
+    original = (SHARED / "llm__responses_basic_non_streaming.yaml").read_text()
+    assert "set-cookie" in original and "openai-organization" in original
+    copy = tmp_path / "legacy.yaml"
+    copy.write_text(original)
+    project.makepyfile(
+        f"""
+        import pytest
+        @pytest.mark.llm_cassette(path=r"{copy}")
+        def test_add_one(llm_client):
+            llm_client.chat.completions.create(model="m", messages=[{{"role": "user", "content": "new"}}])
+        """
+    )
+    project.runpytest("--llm-record=new_episodes").assert_outcomes(passed=1)
+    rewritten = copy.read_text()
+    assert len(yaml.safe_load(rewritten)["interactions"]) == 2
+    for secret in ("set-cookie", "__cf_bm", "openai-organization", "openai-project", "!!binary"):
+        assert secret not in rewritten
+    assert '"output_text"' in rewritten or "pong" in rewritten  # the legacy answer is now readable text
