@@ -1,0 +1,239 @@
+"""The endpoints a session may call: ``[[tool.pytest_llm_guard.endpoints]]``, else one from the SDK's variables.
+
+Like a LiteLLM Router's model list: each endpoint has a name, a base URL, the models
+it serves, a priority (lower first) and a weight (share among equal priorities), its
+own call timeout and API key variable, and a kind: ``openai`` or ``azure`` (requests
+are addressed the way the SDK's ``AzureOpenAI`` addresses them: the deployment in the
+path, ``api-version`` in the query, the key in ``api-key``).
+
+Without a list there is one endpoint, ``default``: ``--llm-base-url`` or
+``OPENAI_BASE_URL`` (else the public API), keyed by ``OPENAI_API_KEY`` as the SDK is.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx2
+
+from . import wire
+from .config import PYPROJECT_TABLE
+from .errors import LLMGuardConfigError
+
+KINDS = ("openai", "azure")
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+ROUTE_HEADER = "x-llm-guard-route"
+"""Set by the ``llm_client`` fixtures: their requests are routed; other clients' are only guarded."""
+
+# The routes AzureOpenAI sends to /openai/deployments/{model}/... (openai/lib/azure.py).
+_AZURE_DEPLOYMENT_ROUTES = frozenset(
+    {
+        "/completions",
+        "/chat/completions",
+        "/embeddings",
+        "/audio/transcriptions",
+        "/audio/translations",
+        "/audio/speech",
+        "/images/generations",
+        "/images/edits",
+    }
+)
+_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+_ENV_VAR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    name: str
+    base_url: str
+    models: tuple[str, ...] = ()
+    """Models served; empty: any."""
+    api_key_env: str | None = None
+    """Variable holding the key; None: keep the key the client was built with."""
+    call_timeout: float | None = None
+    priority: int = 0
+    weight: float = 1.0
+    kind: str = "openai"
+    api_version: str | None = None
+
+    def serves(self, model: str | None) -> bool:
+        return not self.models or model is None or model in self.models
+
+    def owns(self, url: httpx2.URL) -> bool:
+        """Does a request to ``url`` go to this endpoint? (same origin, path under the base path)"""
+        base = httpx2.URL(self.base_url)
+        if (url.scheme, url.host, url.port) != (base.scheme, base.host, base.port):
+            return False
+        prefix = base.path.rstrip("/")
+        return url.path == prefix or url.path.startswith(prefix + "/")
+
+    def api_key(self, environ: Mapping[str, str]) -> str | None:
+        return environ.get(self.api_key_env) if self.api_key_env else None
+
+    def address(self, request: httpx2.Request, model: str | None, environ: Mapping[str, str]) -> httpx2.Request:
+        """``request`` (from a fixture client) as this endpoint must receive it: URL, auth, no routing header."""
+        route = wire.route_of(request.url.path)
+        headers = httpx2.Headers(request.headers)
+        key = self.api_key(environ)
+        params = request.url.params
+        if self.kind == "azure":
+            deployment = f"/deployments/{model}" if model and route in _AZURE_DEPLOYMENT_ROUTES else ""
+            url = httpx2.URL(self.base_url.rstrip("/") + "/openai" + deployment + route)
+            params = params.set("api-version", self.api_version or "")
+            bearer = headers.pop("authorization", "").removeprefix("Bearer ")
+            headers["api-key"] = key if key is not None else bearer
+        else:
+            url = httpx2.URL(self.base_url.rstrip("/") + route)
+            if key is not None:
+                headers["authorization"] = f"Bearer {key}"
+        return forward(request, url.copy_with(params=params), headers)
+
+
+def forward(
+    request: httpx2.Request, url: httpx2.URL | None = None, headers: httpx2.Headers | None = None
+) -> httpx2.Request:
+    """A copy of ``request`` to send on, without the routing header (Host follows the URL)."""
+    url = url or request.url
+    headers = httpx2.Headers(request.headers if headers is None else headers)
+    headers.pop(ROUTE_HEADER, None)
+    headers["host"] = url.netloc.decode("ascii")
+    return httpx2.Request(
+        request.method, url, headers=headers, stream=request.stream, extensions=dict(request.extensions)
+    )
+
+
+@dataclass(frozen=True)
+class EndpointSet:
+    """The session's endpoints; ``configured`` is False for the implicit ``default`` one."""
+
+    endpoints: tuple[Endpoint, ...]
+    configured: bool
+    source: str
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(e.name for e in self.endpoints)
+
+    def owner(self, url: httpx2.URL) -> Endpoint | None:
+        """The endpoint a request URL goes to (the longest base path wins), or None: not ours to manage."""
+        owners = [e for e in self.endpoints if e.owns(url)]
+        return max(owners, key=lambda e: len(httpx2.URL(e.base_url).path), default=None)
+
+    def check_names(self, names: Iterable[str], where: str) -> tuple[str, ...]:
+        names = tuple(names)
+        unknown = [n for n in names if n not in self.names]
+        if unknown:
+            raise LLMGuardConfigError(
+                f"pytest-llm-guard: {where} names unknown endpoints {', '.join(map(repr, unknown))}; "
+                f"known endpoints (from {self.source}): {', '.join(self.names)}"
+            )
+        return names
+
+
+def default_endpoints(base_url: str | None, environ: Mapping[str, str]) -> EndpointSet:
+    url = base_url or environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+    return EndpointSet(
+        (Endpoint("default", url.rstrip("/")),),
+        configured=False,
+        source="--llm-base-url / OPENAI_BASE_URL (no endpoints configured)",
+    )
+
+
+def load_endpoints(raw: Any, pyproject: str, *, base_url: str | None, environ: Mapping[str, str]) -> EndpointSet:
+    """Validate ``[[tool.pytest_llm_guard.endpoints]]`` (``raw`` is None when absent)."""
+    if raw is None:
+        return default_endpoints(base_url, environ)
+    source = f"[[{PYPROJECT_TABLE}.endpoints]] in {pyproject}"
+    if not isinstance(raw, list) or not raw or not all(isinstance(t, dict) for t in raw):
+        raise LLMGuardConfigError(
+            f"pytest-llm-guard: endpoints in {source} must be a non-empty array of tables "
+            f"([[{PYPROJECT_TABLE}.endpoints]] blocks with name = ..., base_url = ...)"
+        )
+    endpoints = tuple(_endpoint(table, i, source, environ) for i, table in enumerate(raw, 1))
+    seen: set[str] = set()
+    for endpoint in endpoints:
+        if endpoint.name in seen:
+            raise LLMGuardConfigError(f"pytest-llm-guard: endpoint name {endpoint.name!r} appears twice in {source}")
+        seen.add(endpoint.name)
+    return EndpointSet(endpoints, configured=True, source=source)
+
+
+_FIELDS = {
+    "name": "a name of letters, digits, '_', '.' or '-'",
+    "base_url": "an http(s) URL (for azure: the resource endpoint, https://NAME.openai.azure.com)",
+    "models": "a list of model (azure: deployment) names",
+    "api_key_env": "the name of an environment variable",
+    "call_timeout": "a positive number of seconds",
+    "priority": "a whole number (lower is tried first)",
+    "weight": "a positive number",
+    "kind": f"one of {', '.join(KINDS)}",
+    "api_version": "an Azure API version such as 2024-10-21",
+}
+
+
+def _endpoint(table: dict[str, Any], index: int, source: str, environ: Mapping[str, str]) -> Endpoint:
+    label = f"endpoint {index}" + (f" ({table['name']!r})" if isinstance(table.get("name"), str) else "")
+
+    def invalid(key: str) -> LLMGuardConfigError:
+        value = f" = {table[key]!r}" if key in table else " is missing"
+        return LLMGuardConfigError(
+            f"pytest-llm-guard: {label}: {key}{value} in {source} is not valid; {key} must be {_FIELDS[key]}"
+        )
+
+    unknown = sorted(set(table) - set(_FIELDS))
+    if unknown:
+        raise LLMGuardConfigError(
+            f"pytest-llm-guard: {label}: unknown key {unknown[0]!r} in {source}; allowed keys: {', '.join(_FIELDS)}"
+        )
+    name, base_url = table.get("name"), table.get("base_url")
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise invalid("name")
+    if not isinstance(base_url, str) or not re.match(r"^https?://[^/\s]+", base_url):
+        raise invalid("base_url")
+    models = table.get("models", [])
+    if not isinstance(models, list) or not all(isinstance(m, str) and m for m in models):
+        raise invalid("models")
+    key_env = table.get("api_key_env")
+    if key_env is not None and not (isinstance(key_env, str) and _ENV_VAR.match(key_env)):
+        raise invalid("api_key_env")
+    timeout = table.get("call_timeout")
+    if timeout is not None and not _positive(timeout):
+        raise invalid("call_timeout")
+    priority = table.get("priority", 0)
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise invalid("priority")
+    weight = table.get("weight", 1)
+    if not _positive(weight):
+        raise invalid("weight")
+    kind = table.get("kind", "openai")
+    if kind not in KINDS:
+        raise invalid("kind")
+    version = table.get("api_version")
+    if kind == "azure":
+        version = version or environ.get("OPENAI_API_VERSION")
+        if not isinstance(version, str) or not version:
+            raise LLMGuardConfigError(
+                f"pytest-llm-guard: {label}: kind = 'azure' needs api_version in {source} "
+                "(or OPENAI_API_VERSION in the environment), as AzureOpenAI does"
+            )
+    elif version is not None:
+        raise LLMGuardConfigError(f"pytest-llm-guard: {label}: api_version in {source} is for kind = 'azure' only")
+    return Endpoint(
+        name=name,
+        base_url=base_url.rstrip("/"),
+        models=tuple(models),
+        api_key_env=key_env,
+        call_timeout=float(timeout) if timeout is not None else None,
+        priority=priority,
+        weight=float(weight),
+        kind=kind,
+        api_version=version,
+    )
+
+
+def _positive(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) and value > 0

@@ -1,0 +1,469 @@
+"""Failover routing and breakers on real fault servers.
+
+In-process tests drive a real guard, router layer and openai client, with the
+router's clock injected (cooldowns pass without sleeping); pytester runs check what
+a suite sees through the plugin, including two xdist workers sharing one breaker.
+Hangs are cut by call timeouts scaled down to 0.2 s.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import openai
+import pytest
+
+from pytest_llm_guard import transport
+from pytest_llm_guard.breaker import BreakerPolicy
+from pytest_llm_guard.config import Settings
+from pytest_llm_guard.endpoints import ROUTE_HEADER, Endpoint, EndpointSet
+from pytest_llm_guard.errors import LLMBudgetExceeded, LLMEndpointUnavailable, LLMNoEndpoint
+from pytest_llm_guard.fault import Fault, FaultServer
+from pytest_llm_guard.guard import Guard
+from pytest_llm_guard.routing import Router, RouterLayer, TestPolicy
+from pytest_llm_guard.state import MemoryStore
+
+HELLO = [{"role": "user", "content": "hello there"}]
+CALL_TIMEOUT = 0.2
+
+
+@pytest.fixture(scope="module")
+def servers() -> Iterator[tuple[FaultServer, FaultServer]]:
+    with FaultServer() as primary, FaultServer() as backup:
+        yield primary, backup
+
+
+@pytest.fixture
+def primary(servers: tuple[FaultServer, FaultServer]) -> Iterator[FaultServer]:
+    servers[0].reset()
+    yield servers[0]
+    servers[0].reset()
+
+
+@pytest.fixture
+def backup(servers: tuple[FaultServer, FaultServer]) -> Iterator[FaultServer]:
+    servers[1].reset()
+    yield servers[1]
+    servers[1].reset()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Harness:
+    """One router for a 'session'; ``test()`` opens a guarded 'test' with a fixture-like client."""
+
+    def __init__(self, primary: FaultServer, backup: FaultServer) -> None:
+        self.clock = Clock()
+        self.primary, self.backup = primary, backup
+        endpoints = EndpointSet(
+            (
+                Endpoint("primary", primary.base_url, call_timeout=CALL_TIMEOUT, priority=0),
+                Endpoint("backup", backup.base_url, priority=1),
+            ),
+            configured=True,
+            source="the test",
+        )
+        policy = BreakerPolicy(failures=2, cooldown=30, cooldown_max=100)
+        self.router = Router(endpoints, MemoryStore(), policy, clock=self.clock)
+
+    @contextmanager
+    def test(self, policy: TestPolicy | None = None, **settings: Any) -> Iterator[tuple[Guard, openai.OpenAI]]:
+        values = {"backoff_initial": 0.01, "backoff_max": 0.05, "deadline": 10.0, **settings}
+        guard = Guard(Settings(**values), test_id="test_routing::case")
+        guard.layers.append(RouterLayer(self.router, guard, policy or TestPolicy()))
+        client = openai.OpenAI(base_url=self.primary.base_url, api_key="sk-test", default_headers={ROUTE_HEADER: "1"})
+        transport.activate(guard)
+        try:
+            yield guard, guard.guard(client)
+        finally:
+            transport.deactivate()
+            client.close()
+
+    def trip_primary(self) -> None:
+        """Two tests meet a 503 on the primary (breaker_failures=2) and fail over; its breaker is open."""
+        self.primary.plan(then=Fault.status(503))
+        for _ in range(2):
+            with self.test() as (_, client):
+                ask(client)
+
+    def app_client(self) -> openai.OpenAI:
+        """What code under test builds itself: aimed at the primary, no routing header, SDK retries off."""
+        return openai.OpenAI(base_url=self.primary.base_url, api_key="sk-test", max_retries=0)
+
+
+@pytest.fixture
+def harness(primary: FaultServer, backup: FaultServer) -> Harness:
+    return Harness(primary, backup)
+
+
+def ask(client: openai.OpenAI) -> str:
+    return client.chat.completions.create(model="gpt-test", messages=HELLO).choices[0].message.content
+
+
+def test_hanging_primary_fails_over_without_backoff_or_retry_budget(harness: Harness) -> None:
+    harness.primary.plan(then=Fault.hang())
+    with harness.test(backoff_initial=5, backoff_max=5, retries=0) as (guard, client):
+        started = time.monotonic()
+        assert ask(client) == "echo: hello there"
+        assert time.monotonic() - started < CALL_TIMEOUT + 1.0, "a 5 s backoff was slept before the failover"
+    first, second = guard.events
+    assert (first.endpoint_name, first.outcome, first.failover_to) == ("primary", "ReadTimeout", "backup")
+    assert (second.endpoint_name, second.outcome, second.backoff) == ("backup", "ok", 0.0)
+    assert guard.stats.failovers == 1
+    assert len(harness.primary.requests) == 1 and len(harness.backup.requests) == 1
+
+
+def test_after_the_trip_nothing_waits_on_the_primary(harness: Harness) -> None:
+    harness.primary.plan(then=Fault.hang())
+    for _ in range(5):
+        with harness.test() as (_, client):
+            assert ask(client) == "echo: hello there"
+    assert len(harness.primary.requests) == 2, "breaker_failures=2: two discoveries, then no more"
+    assert len(harness.backup.requests) == 5
+    assert "breaker open" in harness.router.status()[0]
+
+
+def test_the_routed_request_carries_the_endpoints_address_not_the_routing_header(harness: Harness) -> None:
+    harness.primary.plan(Fault.status(503))
+    with harness.test() as (_, client):
+        ask(client)
+    sent = harness.backup.requests[0]
+    assert ROUTE_HEADER not in sent.headers and sent.path == "/v1/chat/completions"
+    assert sent.headers["host"] == harness.backup.url.removeprefix("http://")
+
+
+def test_half_open_probe_after_the_cooldown_closes_when_the_server_healed(harness: Harness) -> None:
+    harness.trip_primary()
+    harness.primary.reset()  # healed
+    harness.clock.now += 29
+    with harness.test() as (guard, client):
+        ask(client)
+    assert guard.events[0].endpoint_name == "backup", "still cooling down"
+    harness.clock.now += 1
+    with harness.test() as (guard, client):
+        ask(client)
+    assert [e.endpoint_name for e in guard.events] == ["primary"], "the probe went to the primary"
+    assert "tripped 1x, now breaker closed" in harness.router.status()[0]
+    with harness.test() as (guard, client):
+        ask(client)
+    assert guard.events[0].endpoint_name == "primary"
+
+
+def test_failed_probe_reopens_for_twice_the_cooldown(harness: Harness) -> None:
+    harness.trip_primary()
+    harness.clock.now += 30
+    with harness.test() as (guard, client):
+        ask(client)
+    assert [e.endpoint_name for e in guard.events] == ["primary", "backup"], "probe failed, failover"
+    harness.clock.now += 59
+    with harness.test() as (guard, client):
+        ask(client)
+    assert [e.endpoint_name for e in guard.events] == ["backup"]
+    assert "when its probe failed (cooldown now 60 s)" in harness.router.status()[0]
+
+
+def test_everything_down_refuses_in_milliseconds_naming_the_breakers(harness: Harness) -> None:
+    harness.primary.plan(then=Fault.status(503))
+    harness.backup.plan(then=Fault.status(502))
+    with harness.test(retries=5) as (_, client), pytest.raises(LLMNoEndpoint):
+        ask(client)  # primary, backup, primary (trips), backup (trips), then nothing is left
+    with harness.test() as (guard, client):
+        started = time.monotonic()
+        with pytest.raises(LLMNoEndpoint) as info:
+            ask(client)
+        assert time.monotonic() - started < 0.5, "refused at once, not after a timeout or a backoff"
+    message = str(info.value)
+    for words in ("primary (http://", "backup (http://", "breaker open since", "HTTP 503", "HTTP 502", "next probe at"):
+        assert words in message
+    assert "on_open=fail (set by default)" in message
+    assert guard.events[0].outcome == "LLMNoEndpoint"
+
+
+def test_code_under_test_gets_a_connection_error_at_once(harness: Harness) -> None:
+    harness.trip_primary()
+    requests_before = len(harness.primary.requests)
+    with harness.test(retries=1) as (guard, _):
+        with harness.app_client() as app, pytest.raises(openai.APIConnectionError) as info:
+            ask(app)
+        assert isinstance(info.value.__cause__, LLMEndpointUnavailable)
+        assert "primary" in str(info.value.__cause__) and "breaker open" in str(info.value.__cause__)
+        assert guard.stats.failures == 1, "the refusal counts against the test's retry budget"
+        with harness.app_client() as app, pytest.raises(LLMBudgetExceeded):
+            ask(app)
+    assert len(harness.primary.requests) == requests_before
+
+
+def test_marker_endpoints_limit_what_a_test_may_use(harness: Harness) -> None:
+    only_backup = TestPolicy(endpoints=("backup",))
+    with harness.test(only_backup) as (guard, client):
+        ask(client)
+        assert [e.endpoint_name for e in guard.events] == ["backup"]
+        with harness.app_client() as app, pytest.raises(openai.APIConnectionError) as info:
+            ask(app)
+    assert "not among the endpoints this test may use" in str(info.value.__cause__)
+    assert harness.primary.requests == []
+
+
+def test_rate_limited_primary_fails_over_at_once_despite_a_long_retry_after(harness: Harness) -> None:
+    harness.primary.plan(Fault.status(429, retry_after=60))
+    with harness.test(deadline=5) as (guard, client):
+        started = time.monotonic()
+        ask(client)
+        assert time.monotonic() - started < 1.0
+    assert [e.endpoint_name for e in guard.events] == ["primary", "backup"]
+    with harness.test() as (guard, client):
+        ask(client)
+    assert [e.endpoint_name for e in guard.events] == ["backup"], "the primary's Retry-After is honoured"
+    assert len(harness.primary.requests) == 1
+
+
+def test_a_dying_endpoint_gets_no_retries_once_its_tokens_are_spent(primary: FaultServer, backup: FaultServer) -> None:
+    harness = Harness(primary, backup)
+    harness.router.policy = BreakerPolicy(failures=None, failure_rate=None, retry_tokens=4, token_ratio=0.1)
+    harness.router.endpoints = EndpointSet((Endpoint("primary", primary.base_url),), True, "the test")
+    primary.plan(then=Fault.status(503))
+    with harness.test(retries=10) as (_, client), pytest.raises(LLMNoEndpoint) as info:
+        ask(client)
+    # 4 tokens: the first failure leaves 3 (> half: one retry), the retry's failure leaves 2 (not > half).
+    assert len(primary.requests) == 2
+    assert "retry budget spent (2.0 of 4 tokens" in str(info.value)
+
+
+def test_cap_on_endpoints_tried_per_call(primary: FaultServer, backup: FaultServer) -> None:
+    harness = Harness(primary, backup)
+    harness.router.max_endpoints = 1
+    primary.plan(Fault.status(503))
+    with harness.test() as (guard, client):
+        ask(client)
+    assert [e.endpoint_name for e in guard.events] == ["primary", "primary"]
+
+
+async def test_async_clients_are_routed_too(harness: Harness) -> None:
+    harness.primary.plan(then=Fault.hang())
+    with harness.test() as (guard, _):
+        client = guard.guard(
+            openai.AsyncOpenAI(base_url=harness.primary.base_url, api_key="k", default_headers={ROUTE_HEADER: "1"})
+        )
+        completion = await client.chat.completions.create(model="gpt-test", messages=HELLO)
+        await client.close()
+    assert completion.choices[0].message.content == "echo: hello there"
+    assert [e.endpoint_name for e in guard.events] == ["primary", "backup"]
+
+
+# -- through the plugin: what a suite sees ------------------------------------------------------
+
+
+def project(pytester: pytest.Pytester, *servers: FaultServer, options: str = "") -> None:
+    """A project whose endpoints are ``servers`` in priority order (the first with a 0.2 s call timeout)."""
+    endpoints = "".join(
+        f'\n[[tool.pytest_llm_guard.endpoints]]\nname = "{name}"\nbase_url = "{server.base_url}"\npriority = {i}\n'
+        + (f"call_timeout = {CALL_TIMEOUT}\n" if i == 0 else "")
+        for i, (name, server) in enumerate(zip(("primary", "backup"), servers, strict=False))
+    )
+    pytester.makepyprojecttoml(
+        '[tool.pytest.ini_options]\nasyncio_default_fixture_loop_scope = "function"\n\n'
+        f'[tool.pytest_llm_guard]\nrecord = "off"\nbackoff_initial = 0.01\nbackoff_max = 0.05\n{options}\n{endpoints}'
+    )
+
+
+def calls_file(tests: int, calls: int) -> str:
+    return f"""
+import pytest
+
+@pytest.mark.parametrize("n", range({tests}))
+def test_calls(llm_client, n):
+    for _ in range({calls}):
+        reply = llm_client.chat.completions.create(model="gpt-test", messages=[{{"role": "user", "content": "hi"}}])
+        assert reply.choices[0].message.content == "echo: hi"
+"""
+
+
+def call_reports(result: pytest.RunResult) -> list[pytest.TestReport]:
+    reports = result.reprec.getreports("pytest_runtest_logreport")  # type: ignore[attr-defined]
+    return [r for r in reports if r.when == "call" or (r.when == "setup" and r.skipped)]
+
+
+def test_done_when_primary_hangs_20_tests_of_3_calls_cost_one_trip(
+    pytester: pytest.Pytester, primary: FaultServer, backup: FaultServer
+) -> None:
+    primary.plan(then=Fault.hang())
+    project(pytester, primary, backup)
+    pytester.makepyfile(test_app=calls_file(tests=20, calls=3))
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=20)
+    assert len(primary.requests) == 3, "three timeouts trip the breaker; nothing waits on the primary after"
+    assert len(backup.requests) == 60
+    durations = sorted(r.duration for r in call_reports(result))
+    assert sum(durations[:-1]) < 1.5, f"19 tests after the trip should take milliseconds each: {durations}"
+    assert durations[-1] < 3 * CALL_TIMEOUT + 0.5
+    result.stdout.fnmatch_lines(["3 failovers to another endpoint", "endpoint primary (*) model gpt-test: tripped 1x*"])
+
+
+@pytest.mark.parametrize("on_open", ["fail", "skip"])
+def test_everything_down_each_test_ends_fast_naming_the_open_breaker(
+    pytester: pytest.Pytester, primary: FaultServer, backup: FaultServer, on_open: str
+) -> None:
+    primary.plan(then=Fault.hang())
+    backup.plan(then=Fault.status(503))
+    project(pytester, primary, backup, options="breaker_failures = 2")
+    pytester.makepyfile(test_app=calls_file(tests=10, calls=1))
+    result = pytester.runpytest(f"--llm-on-open={on_open}", "-rs")
+    reports = call_reports(result)
+    refused = [r for r in reports if "no endpoint can take this request" in str(r.longrepr)]
+    assert len(refused) >= 8 and all(getattr(r, on_open + "ed" if on_open == "fail" else "skipped") for r in refused)
+    durations = [r.duration for r in refused]
+    assert max(durations) < 0.5 and sum(durations) < 1.0, durations  # milliseconds each, bar a scheduling hiccup
+    assert len(primary.requests) == 2 and len(backup.requests) == 2
+    reason = str(refused[-1].longrepr)
+    assert "primary (http://" in reason and "breaker open since" in reason and "ReadTimeout" in reason
+    assert "backup (http://" in reason and "HTTP 503" in reason and "next probe at" in reason
+    assert f"on_open={on_open} (set by the command line)" in reason
+
+
+def test_429_retry_after_is_honoured_by_the_next_test(pytester: pytest.Pytester, primary: FaultServer) -> None:
+    primary.plan(Fault.status(429, retry_after=0.5, should_retry=False))
+    project(pytester, primary)
+    pytester.makepyfile(
+        test_app="""
+        import openai, pytest
+
+        MESSAGES = [{"role": "user", "content": "hi"}]
+
+        def test_first_is_rate_limited(llm_client):
+            with pytest.raises(openai.RateLimitError):
+                llm_client.chat.completions.create(model="gpt-test", messages=MESSAGES)
+
+        def test_second_waits_for_the_retry_after(llm_client, llm_guard):
+            llm_client.chat.completions.create(model="gpt-test", messages=MESSAGES)
+            assert 0.3 < llm_guard.stats.backoff_seconds <= 0.5
+        """
+    )
+    pytester.runpytest().assert_outcomes(passed=2)
+    first, second = primary.requests
+    assert second.time - first.time >= 0.5
+
+
+def test_marker_chooses_endpoints_and_skips_when_they_are_down(
+    pytester: pytest.Pytester, primary: FaultServer, backup: FaultServer
+) -> None:
+    primary.plan(then=Fault.status(500))
+    project(pytester, primary, backup, options="breaker_failures = 1")
+    pytester.makepyfile(
+        test_app="""
+        import pytest
+
+        MESSAGES = [{"role": "user", "content": "hi"}]
+
+        def test_trips_the_primary(llm_client):
+            llm_client.chat.completions.create(model="gpt-test", messages=MESSAGES)
+
+        @pytest.mark.llm_breaker(endpoints=["primary"], on_open="skip")
+        def test_primary_only(llm_client):
+            llm_client.chat.completions.create(model="gpt-test", messages=MESSAGES)
+        """
+    )
+    result = pytester.runpytest("-rs")
+    result.assert_outcomes(passed=1, skipped=1)
+    result.stdout.fnmatch_lines(["SKIPPED [[]1[]] test_app.py:*: pytest-llm-guard: no endpoint can take this request*"])
+    assert len(primary.requests) == 1
+
+
+def test_marker_naming_an_unknown_endpoint_is_a_usage_error(pytester: pytest.Pytester, primary: FaultServer) -> None:
+    project(pytester, primary)
+    pytester.makepyfile(
+        test_app="""
+        import pytest
+
+        @pytest.mark.llm_breaker(endpoints=["primray"])
+        def test_typo(llm_client):
+            pass
+        """
+    )
+    result = pytester.runpytest()
+    result.stderr.fnmatch_lines(["*llm_breaker on test_app.py::test_typo names unknown endpoints 'primray'*primary*"])
+
+
+def test_bad_endpoint_config_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    pytester.makepyprojecttoml(
+        '[tool.pytest.ini_options]\nasyncio_default_fixture_loop_scope = "function"\n'
+        '[tool.pytest_llm_guard]\n[[tool.pytest_llm_guard.endpoints]]\nname = "a"\n'
+    )
+    pytester.makepyfile(test_app="def test_nothing(): pass")
+    result = pytester.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*endpoint 1 ('a'): base_url is missing in *pyproject.toml*must be an http(s) URL*"])
+
+
+@pytest.mark.parametrize(
+    ("options", "outcomes", "reason"),
+    [
+        ("max_calls = 3", {"passed": 3, "skipped": 2}, "3 LLM calls of max_calls=3 LLM calls"),
+        ('max_calls = 3\non_session_spent = "fail"', {"passed": 3, "errors": 2}, "remaining LLM tests fail"),
+        ("max_tokens = 10", {"passed": 4, "skipped": 1}, "12 tokens of max_tokens=10 tokens"),  # 3 per call
+    ],
+)
+def test_session_budgets_stop_the_remaining_llm_tests(
+    pytester: pytest.Pytester, backup: FaultServer, options: str, outcomes: dict[str, int], reason: str
+) -> None:
+    project(pytester, backup, options=options)
+    pytester.makepyfile(test_app=calls_file(tests=5, calls=1) + "\ndef test_no_llm():\n    pass\n")
+    result = pytester.runpytest("-rsf")
+    result.assert_outcomes(**{**outcomes, "passed": outcomes["passed"] + 1})
+    result.stdout.fnmatch_lines([f"*session budget spent: *{reason}*"])
+
+
+def test_session_deadline_from_the_command_line(pytester: pytest.Pytester, backup: FaultServer) -> None:
+    project(pytester, backup)
+    pytester.makepyfile(test_app=calls_file(tests=2, calls=1))
+    result = pytester.runpytest("--llm-session-deadline=0.001", "-rs")
+    result.assert_outcomes(skipped=2)
+    result.stdout.fnmatch_lines(["*of session_deadline=0.001 s (set by the command line)*"])
+    assert backup.requests == []
+
+
+def test_two_xdist_workers_share_one_breaker(
+    pytester: pytest.Pytester, primary: FaultServer, backup: FaultServer
+) -> None:
+    primary.plan(then=Fault.hang())
+    project(pytester, primary, backup)
+    pytester.makepyfile(test_app=calls_file(tests=20, calls=1))
+    result = pytester.runpytest_subprocess("-n", "2", "-p", "xdist")
+    result.assert_outcomes(passed=20)
+    # Shared: three timeouts in all trip it for both workers (the other worker may have had one request
+    # in flight at that moment); nothing is sent after, the cooldown being 30 s. Each worker on a breaker
+    # of its own would send three.
+    assert 3 <= len(primary.requests) <= 4, [r.time for r in primary.requests]
+    assert len(backup.requests) == 20
+    result.stdout.fnmatch_lines(
+        ["2 workers [[]20 items[]]", "*", "endpoint primary (*) model gpt-test: tripped 1x, now breaker open*"]
+    )
+
+
+def test_a_plugin_can_provide_the_state_store(pytester: pytest.Pytester, backup: FaultServer) -> None:
+    project(pytester, backup, options="max_calls = 5")
+    pytester.makeconftest(
+        """
+        from pytest_llm_guard.state import MemoryStore
+
+        STORE = MemoryStore()
+
+        def pytest_llm_guard_state_store(config):
+            return STORE
+        """
+    )
+    pytester.makepyfile(
+        test_app=calls_file(tests=2, calls=1)
+        + "\ndef test_the_session_counts_went_to_our_store():\n"
+        + "    from conftest import STORE\n"
+        + "    assert STORE.get('session')['calls'] == 2\n"
+    )
+    pytester.runpytest().assert_outcomes(passed=3)
