@@ -1,7 +1,15 @@
 """pytest-llm-guard: LLM calls in tests finish in bounded, explained time."""
 
 from .config import Settings
-from .errors import LLMBudgetExceeded, LLMGuardConfigError, LLMGuardInterrupt
+from .errors import (
+    LLMBudgetExceeded,
+    LLMCassetteError,
+    LLMCassetteMiss,
+    LLMEndpointUnavailable,
+    LLMGuardConfigError,
+    LLMGuardInterrupt,
+    LLMNoEndpoint,
+)
 from .events import AttemptEvent, Stats
 from .guard import Guard
 
@@ -9,8 +17,12 @@ __all__ = [
     "AttemptEvent",
     "Guard",
     "LLMBudgetExceeded",
+    "LLMCassetteError",
+    "LLMCassetteMiss",
+    "LLMEndpointUnavailable",
     "LLMGuardConfigError",
     "LLMGuardInterrupt",
+    "LLMNoEndpoint",
     "Settings",
     "Stats",
 ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+__tracebackhide__ = True  # pytest: a failed test shows where the LLM call was made, not our internals
+
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -55,13 +57,16 @@ class Budget:
         """After a failed attempt: may the test absorb it, and can a retry still make it?"""
         if self.remaining() <= 0:
             raise self.exceeded("deadline", "the deadline passed during the attempt", events)
-        failures = Stats.of(events).failures
+        # A failed attempt followed by a failover is not a retry: the call moved on to an endpoint it
+        # had not tried, at most max_endpoints - 1 times (routing.py); its time still counts.
+        failures = sum(e.failed and e.failover_to is None for e in events)
         if failures > self.settings.retries:
             raise self.exceeded("retries", f"{failures} failed attempts", events)
-        if failed.retry_after is not None and failed.retry_after > self.remaining():
+        wait = failed.retry_after if failed.failover_to is None else None  # a failover does not wait
+        if wait is not None and wait > self.remaining():
             raise self.exceeded(
                 "deadline",
-                f"the server asked to wait {failed.retry_after:g} s before retrying; "
+                f"the server asked to wait {wait:g} s before retrying; "
                 f"only {self.remaining():.2f} s remain, so the test fails now instead of sleeping into a certain miss",
                 events,
             )

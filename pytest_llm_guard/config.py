@@ -91,6 +91,51 @@ def _text(value: Any) -> str | None:
 _text.description = "a string"  # type: ignore[attr-defined]
 
 
+def _choice(*allowed: str) -> Callable[[Any], Any]:
+    def parse(value: Any) -> str | None:
+        if value is None:
+            return None
+        if not isinstance(value, str) or value.strip().lower() not in allowed:
+            raise ValueError(f"one of {', '.join(allowed)}")
+        return value.strip().lower()
+
+    parse.description = f"one of {', '.join(allowed)}"  # type: ignore[attr-defined]
+    return parse
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    """A list of names or patterns: a TOML array, or a comma-separated string elsewhere."""
+    if isinstance(value, str):
+        value = [part for part in value.split(",")]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ValueError("a list of strings")
+    return tuple(v.strip() for v in value if v.strip())
+
+
+_names.description = "a list of strings (comma-separated outside pyproject.toml)"  # type: ignore[attr-defined]
+
+
+def _subset(*allowed: str) -> Callable[[Any], Any]:
+    def parse(value: Any) -> tuple[str, ...]:
+        names = _names(value)
+        if not names or not set(names) <= set(allowed):
+            raise ValueError("subset")
+        return names
+
+    parse.description = f"a non-empty list drawn from {', '.join(allowed)}"  # type: ignore[attr-defined]
+    return parse
+
+
+def _fraction(value: Any) -> float:
+    parsed = _number(float, 0, positive=True)(value)
+    if parsed > 1:
+        raise ValueError("a fraction")
+    return parsed
+
+
+_fraction.description = "a number above 0 and at most 1"  # type: ignore[attr-defined]
+
+
 @dataclass(frozen=True)
 class Option:
     name: str
@@ -129,6 +174,48 @@ OPTIONS: dict[str, Option] = {
         Option("backoff_max", _number(float, 0, positive=False), 8.0, "largest retry backoff of guarded clients"),
         Option("base_url", _text, None, "endpoint of the llm_client fixtures (default: OPENAI_BASE_URL)"),
         Option("model", _text, "gpt-4o-mini", "model name tests read from llm_guard.model"),
+        Option(
+            "record",
+            _choice("none", "once", "new_episodes", "all", "off"),
+            None,
+            "cassette record mode: none, once, new_episodes, all, or off (live, no cassettes); "
+            "default none when CI is set, else once",
+        ),
+        Option("cassette_dir", _text, "cassettes", "cassette folder, relative to each test file's folder"),
+        Option(
+            "match_on",
+            _subset("method", "scheme", "host", "port", "path", "query", "body"),
+            ("method", "path", "body"),
+            "request parts a replay must match",
+        ),
+        Option("ignore_body_fields", _names, (), "JSON body fields left out of matching (e.g. user, metadata)"),
+        Option("scrub_headers", _names, (), "more headers never written to cassettes"),
+        Option("scrub_body_fields", _names, (), "JSON body fields redacted in cassettes"),
+        Option("scrub_patterns", _names, (), "regular expressions redacted everywhere in cassettes"),
+        Option("record_failures", _boolean, False, "also record 429/5xx responses (replays would replay the outage)"),
+        # endpoints, breakers, failover (breaker.py, routing.py) and session budgets (session.py)
+        Option(
+            "on_open", _choice("fail", "skip"), "fail", "an llm_client test finding no endpoint available: fail or skip"
+        ),
+        Option("breaker_failures", _count, 3, "consecutive failed attempts that open an endpoint's breaker"),
+        Option("breaker_failure_rate", _optional(_fraction), 0.5, "failure share over breaker_window that opens it"),
+        Option("breaker_window", _number(int, 1, positive=True), 20, "recent attempts the failure rate is taken over"),
+        Option(
+            "breaker_min_calls", _number(int, 1, positive=True), 10, "attempts in the window before the rate counts"
+        ),
+        Option(
+            "breaker_cooldown", _number(float, 0, positive=True), 30.0, "seconds a breaker stays open before a probe"
+        ),
+        Option("breaker_cooldown_max", _number(float, 0, positive=True), 300.0, "cap of the doubling cooldown"),
+        Option(
+            "retry_tokens", _number(float, 0, positive=True), 10.0, "retry token bucket of each endpoint (gRPC-style)"
+        ),
+        Option("retry_token_ratio", _number(float, 0, positive=False), 0.1, "tokens a success puts back in the bucket"),
+        Option("max_endpoints", _number(int, 1, positive=True), 3, "endpoints one llm_client call may try (failovers)"),
+        Option("session_deadline", _seconds, None, "seconds the whole session may spend on guarded tests"),
+        Option("max_calls", _count, None, "LLM calls the whole session may send, over all xdist workers"),
+        Option("max_tokens", _count, None, "tokens the whole session may spend, over all xdist workers"),
+        Option("on_session_spent", _choice("skip", "fail"), "skip", "guarded tests once a session budget is spent"),
     )
 }
 
@@ -150,6 +237,28 @@ class Settings:
     backoff_max: float = OPTIONS["backoff_max"].default
     base_url: str | None = OPTIONS["base_url"].default
     model: str | None = OPTIONS["model"].default
+    record: str | None = OPTIONS["record"].default
+    cassette_dir: str | None = OPTIONS["cassette_dir"].default
+    match_on: tuple[str, ...] = OPTIONS["match_on"].default
+    ignore_body_fields: tuple[str, ...] = OPTIONS["ignore_body_fields"].default
+    scrub_headers: tuple[str, ...] = OPTIONS["scrub_headers"].default
+    scrub_body_fields: tuple[str, ...] = OPTIONS["scrub_body_fields"].default
+    scrub_patterns: tuple[str, ...] = OPTIONS["scrub_patterns"].default
+    record_failures: bool = OPTIONS["record_failures"].default
+    on_open: str = OPTIONS["on_open"].default
+    breaker_failures: int | None = OPTIONS["breaker_failures"].default
+    breaker_failure_rate: float | None = OPTIONS["breaker_failure_rate"].default
+    breaker_window: int = OPTIONS["breaker_window"].default
+    breaker_min_calls: int = OPTIONS["breaker_min_calls"].default
+    breaker_cooldown: float = OPTIONS["breaker_cooldown"].default
+    breaker_cooldown_max: float = OPTIONS["breaker_cooldown_max"].default
+    retry_tokens: float = OPTIONS["retry_tokens"].default
+    retry_token_ratio: float = OPTIONS["retry_token_ratio"].default
+    max_endpoints: int = OPTIONS["max_endpoints"].default
+    session_deadline: float | None = OPTIONS["session_deadline"].default
+    max_calls: int | None = OPTIONS["max_calls"].default
+    max_tokens: int | None = OPTIONS["max_tokens"].default
+    on_session_spent: str = OPTIONS["on_session_spent"].default
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def source_of(self, name: str) -> str:
@@ -176,6 +285,10 @@ class Settings:
             return self
         sources = {**self.sources, **{key: source for key in parsed}}
         return dataclasses.replace(self, **parsed, sources=sources)
+
+
+SECTIONS = ("endpoints",)
+"""Keys of ``[tool.pytest_llm_guard]`` that are not options: read by their own module (``endpoints.py``)."""
 
 
 def read_pyproject(path: Path) -> dict[str, Any]:
@@ -218,7 +331,8 @@ def load_settings(
     """Session settings from every layer below the markers."""
     settings = Settings()
     if pyproject is not None:
-        settings = settings.merged(read_pyproject(pyproject), f"[{PYPROJECT_TABLE}] in {pyproject}")
+        options = {k: v for k, v in read_pyproject(pyproject).items() if k not in SECTIONS}
+        settings = settings.merged(options, f"[{PYPROJECT_TABLE}] in {pyproject}")
     settings = settings.merged({k: v for k, v in ini.items() if v not in (None, "")}, ini_source)
     settings = settings.merged(read_environment(environ), "the environment (LLM_GUARD_*)")
     return settings.merged({k: v for k, v in cli.items() if v is not None}, "the command line")

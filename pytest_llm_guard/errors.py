@@ -8,6 +8,7 @@ swallow the signal that the test is out of budget.
 
 from __future__ import annotations
 
+import httpx2
 import pytest
 
 
@@ -29,3 +30,36 @@ class LLMBudgetExceeded(LLMGuardInterrupt):
 
 class LLMGuardConfigError(pytest.UsageError):
     """Bad configuration: says which key, where it was set and what is allowed."""
+
+
+class LLMCassetteMiss(LLMGuardInterrupt):
+    """A request has no recording and the record mode forbids reaching the network.
+
+    The message names the cassette, the request, the closest recorded request with
+    what differs, and the command that records only this test.
+    """
+
+
+class LLMCassetteError(Exception):
+    """A cassette file cannot be read: its path and the parser's line and column."""
+
+
+class LLMEndpointUnavailable(httpx2.ConnectError):
+    """Code under test called an endpoint whose breaker is open (or that is rate-limited): refused at once.
+
+    The openai SDK raises it as ``APIConnectionError``, so the application's own fallback
+    runs; it counts against the test's retry budget. The message names the endpoint, its
+    breaker state, its last errors and when the next probe is due.
+    """
+
+
+class LLMNoEndpoint(LLMGuardInterrupt, pytest.fail.Exception):
+    """No endpoint can take an ``llm_client`` call now; the message says why, endpoint by endpoint.
+
+    The test fails with that message alone (no traceback through the SDK), or is
+    reported as skipped with it when ``skip`` is set (``on_open="skip"``).
+    """
+
+    def __init__(self, message: str, *, skip: bool = False) -> None:
+        super().__init__(message, pytrace=False)
+        self.skip = skip

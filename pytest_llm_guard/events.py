@@ -31,6 +31,10 @@ class AttemptEvent:
     tokens: int | None = None
     source: str = "live"
     """"live", or what a layer made of it ("replayed", "recorded", ...)."""
+    endpoint_name: str | None = None
+    """The configured endpoint that took the attempt (``endpoints.py``); None for other URLs."""
+    failover_to: str | None = None
+    """After this attempt failed, the call's next attempt goes to this other endpoint, with no backoff."""
 
     @property
     def duration(self) -> float:
@@ -42,6 +46,8 @@ class AttemptEvent:
 
     def describe(self) -> str:
         line = f"{self.endpoint}{self.path} model={self.model or '?'}: {self.outcome}"
+        if self.endpoint_name:
+            line = f"[{self.endpoint_name}] {line}"
         if self.error:
             line += f" ({self.error})"
         line += f" after {self.duration:.2f} s"
@@ -49,6 +55,8 @@ class AttemptEvent:
             line += f", retry-after {self.retry_after:g} s"
         if self.backoff:
             line += f", after {self.backoff:.2f} s backoff"
+        if self.failover_to:
+            line += f"; failover to {self.failover_to}"
         return line
 
     def to_dict(self) -> dict[str, Any]:
@@ -66,6 +74,10 @@ class Stats:
     network_seconds: float = 0.0
     backoff_seconds: float = 0.0
     tokens: int = 0
+    replayed: int = 0
+    recorded: int = 0
+    live: int = 0
+    failovers: int = 0
 
     @classmethod
     def of(cls, events: Sequence[AttemptEvent]) -> Stats:
@@ -77,4 +89,8 @@ class Stats:
             network_seconds=sum(e.duration for e in events),
             backoff_seconds=sum(e.backoff for e in events),
             tokens=sum(e.tokens or 0 for e in events),
+            replayed=sum(e.source == "replayed" for e in events),
+            recorded=sum(e.source == "recorded" for e in events),
+            live=sum(e.source == "live" for e in events),
+            failovers=sum(e.failover_to is not None for e in events),
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+__tracebackhide__ = True  # pytest: a failed test shows where the LLM call was made, not our internals
+
 import asyncio
 import threading
 import time
@@ -107,14 +109,6 @@ class Guard:
         retry_count = request.headers.get("x-stainless-retry-count", "0")
         is_retry = retry_count.isdigit() and int(retry_count) > 0
         self.budget.check_start(self.snapshot(), new_call=not is_retry)
-        cap = self.budget.attempt_timeout()
-        timeouts = request.extensions.get("timeout") or {}
-        request.extensions = {
-            **request.extensions,
-            "timeout": {
-                phase: min(cap, timeouts.get(phase) or cap) for phase in ("connect", "read", "write", "pool")
-            },
-        }
         with self._lock:
             event = AttemptEvent(
                 test=self.test_id,
@@ -128,14 +122,25 @@ class Guard:
             )
             self._backoff_before_next = 0.0
             self.events.append(event)
-            self._attempt_caps[id(event)] = cap
+        self.cap_attempt(event, request, self.budget.attempt_timeout())
         return event
+
+    def cap_attempt(self, event: AttemptEvent, request: httpx2.Request, seconds: float) -> None:
+        """Lower the attempt's time cap (body included) and its request's timeouts; a layer uses it
+        for the call_timeout of the endpoint it chose."""
+        cap = min(seconds, self._attempt_caps.get(id(event), seconds))
+        timeouts = request.extensions.get("timeout") or {}
+        request.extensions = {
+            **request.extensions,
+            "timeout": {phase: min(cap, timeouts.get(phase) or cap) for phase in ("connect", "read", "write", "pool")},
+        }
+        self._attempt_caps[id(event)] = cap
 
     def fail(self, event: AttemptEvent, error: BaseException) -> None:
         """A transport error ended the attempt; raises when the test cannot absorb it."""
         self._finish(event, type(error).__name__, error=str(error) or None)
         if not isinstance(error, LLMGuardInterrupt):
-            self._check_failure(event, error)
+            self._check_failure(event)
 
     def responded(self, event: AttemptEvent, response: httpx2.Response) -> bool:
         """Headers are in. An error status ends the attempt now; returns whether it has ended."""
@@ -144,16 +149,16 @@ class Guard:
             return False
         event.retry_after = retry.parse_retry_after(response.headers)
         self._finish(event, f"HTTP {response.status_code}")
-        self._check_failure(event, None)
+        self._check_failure(event)
         return True
 
     def progress(self, event: AttemptEvent) -> None:
         """A chunk arrived: the per-chunk read timeout restarted, so check the totals here."""
         try:
             self.budget.check_progress(self.snapshot())
-        except LLMGuardInterrupt as exc:
+        except LLMGuardInterrupt:
             self._finish(event, "deadline", error="cut at the deadline while the body was arriving")
-            raise exc
+            raise
         cap = self._attempt_caps.get(id(event), 0.0)
         if self._clock() - event.start > cap:
             raise httpx2.ReadTimeout(f"the attempt took longer than its {cap:.2f} s cap (call_timeout or deadline)")
@@ -175,8 +180,10 @@ class Guard:
         event.error = error
         self._attempt_caps.pop(id(event), None)
 
-    def _check_failure(self, event: AttemptEvent, cause: BaseException | None) -> None:
+    def _check_failure(self, event: AttemptEvent) -> None:
         try:
             self.budget.check_failure(self.snapshot(), event)
         except LLMGuardInterrupt as exc:
-            raise exc from cause
+            # The message lists every attempt with its error; chaining would print the
+            # failed attempt's whole httpcore traceback above it in the test report.
+            raise exc from None

@@ -25,6 +25,9 @@ MAX_RETRY_AFTER = 120.0
 
 RETRYABLE_STATUS = frozenset({408, 409, 429})
 
+FAILOVER_TO = "llm_guard_failover_to"
+"""Request extension a routing layer sets when the call's next attempt goes to another endpoint."""
+
 
 def parse_retry_after(headers: Mapping[str, str], now: Callable[[], float] = time.time) -> float | None:
     """Seconds the server asks us to wait: ``retry-after-ms``, then ``retry-after`` as seconds or HTTP date."""
@@ -103,6 +106,18 @@ class wait_within_deadline(wait_base):
         return max(0.0, min(self.inner(retry_state), self.remaining() / 2))
 
 
+class wait_unless_failover(wait_base):
+    """No wait when the next attempt goes to another endpoint: the backoff (or the server's
+    Retry-After) was meant for the endpoint that just failed, not for the healthy one."""
+
+    def __init__(self, inner: wait_base) -> None:
+        self.inner = inner
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        request: httpx2.Request = retry_state.args[0]
+        return 0.0 if request.extensions.get(FAILOVER_TO) else self.inner(retry_state)
+
+
 def _close_retried_response(retry_state: RetryCallState) -> None:
     outcome = retry_state.outcome
     if outcome is not None and not outcome.failed:
@@ -121,7 +136,7 @@ def _policy(guard: Guard) -> dict[str, Any]:
 
     return dict(
         retry=retry_if_exception(is_retryable_error) | retry_if_result(_retryable_response),
-        wait=wait_server_hint(fallback=wait_within_deadline(backoff, guard.remaining)),
+        wait=wait_unless_failover(wait_server_hint(fallback=wait_within_deadline(backoff, guard.remaining))),
         before=mark_retry,
         reraise=True,
         # No stop: the test's retry budget and deadline end the loop (LLMBudgetExceeded).

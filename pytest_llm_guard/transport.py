@@ -10,6 +10,8 @@ tests run the untouched httpx2 code.
 
 from __future__ import annotations
 
+__tracebackhide__ = True  # pytest: a failed test shows where the LLM call was made, not our internals
+
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
@@ -40,9 +42,7 @@ class Layer(Protocol):
 
     def handle(self, request: httpx2.Request, event: AttemptEvent, send: Send) -> httpx2.Response: ...
 
-    async def handle_async(
-        self, request: httpx2.Request, event: AttemptEvent, send: AsyncSend
-    ) -> httpx2.Response: ...
+    async def handle_async(self, request: httpx2.Request, event: AttemptEvent, send: AsyncSend) -> httpx2.Response: ...
 
 
 ClientT = TypeVar("ClientT", httpx2.Client, httpx2.AsyncClient)
@@ -183,7 +183,11 @@ class _Watch:
         self._guard.succeeded(self._event, tokens)
 
     def _closing(self) -> None:
-        if not self._done:
+        if self._done:
+            return
+        if wire.stream_finished(self._content_type, bytes(self._body)):
+            self._end()
+        else:
             self._done = True
             self._guard.closed_early(self._event)
 

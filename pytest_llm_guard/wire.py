@@ -19,6 +19,12 @@ def is_llm_request(request: httpx2.Request) -> bool:
     return "x-stainless-lang" in request.headers or bool(_LLM_PATH.search(request.url.path))
 
 
+def route_of(path: str) -> str:
+    """The API route without the base URL's prefix: ``/openai/v1/chat/completions`` -> ``/chat/completions``."""
+    match = _LLM_PATH.search(path)
+    return path[match.start() :] if match else path
+
+
 def endpoint_of(request: httpx2.Request) -> str:
     return f"{request.url.scheme}://{request.url.netloc.decode('ascii', 'replace')}"
 
@@ -77,3 +83,12 @@ def tokens_of(content_type: str, body: bytes) -> int | None:
         return _usage_tokens(json.loads(body))
     except (ValueError, UnicodeDecodeError):
         return None
+
+
+def stream_finished(content_type: str, body: bytes) -> bool:
+    """Has an SSE body reached its ``data: [DONE]`` event?
+
+    The openai SDK stops reading and closes the response at ``[DONE]``, before the
+    transport stream reports its end, so "closed at [DONE]" must count as complete.
+    """
+    return "text/event-stream" in content_type and body.rstrip().endswith(b"data: [DONE]")

@@ -2,6 +2,10 @@ from __future__ import annotations
 
 from typing import Any
 
+# httpx2 imports httpcore2 lazily, at the first request, and maps its exceptions by
+# class. pytester's in-process runs drop modules first imported inside them, so a
+# later re-import would bring new classes that map to nothing: import it up front.
+import httpcore2  # noqa: F401
 import pytest
 
 from pytest_llm_guard.fault import FaultServer

@@ -23,7 +23,9 @@ def project(pytester: pytest.Pytester) -> pytest.Pytester:
 
 def test_marker_is_registered(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest("--markers")
-    result.stdout.fnmatch_lines(["@pytest.mark.llm_budget(deadline=..., call_timeout=..., retries=..., calls=..., tokens=...)*"])
+    result.stdout.fnmatch_lines(
+        ["@pytest.mark.llm_budget(deadline=..., call_timeout=..., retries=..., calls=..., tokens=...)*"]
+    )
 
 
 def test_marker_is_accepted_under_strict_markers(project: pytest.Pytester) -> None:

@@ -1,0 +1,31 @@
+"""Hooks other plugins and conftest.py files may implement."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pytest
+from vcr.request import Request as VcrRequest
+
+if TYPE_CHECKING:
+    from .state import StateStore
+
+
+@pytest.hookspec(firstresult=True)
+def pytest_llm_cassette_match(request: VcrRequest, recorded: VcrRequest) -> bool | None:
+    """May ``recorded`` answer ``request``? Return False to refuse, True to accept, None for no opinion.
+
+    Called only for recorded requests whose key (the ``match_on`` parts) equals the
+    request's, so look-up stays indexed: a custom matcher can narrow matching; to
+    loosen it, take parts out of ``match_on``. Both requests are already scrubbed.
+    """
+
+
+@pytest.hookspec(firstresult=True)
+def pytest_llm_guard_state_store(config: pytest.Config) -> StateStore | None:
+    """The store holding breakers, rate-limit cooldowns and session budgets, or None for the default.
+
+    Called once in every process: the xdist controller and each worker. The default is
+    in memory without xdist, and SQLite in a folder the controller creates under xdist
+    (one machine). Return a network store (Redis, see ``state.py``) for xdist across machines.
+    """
