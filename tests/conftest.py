@@ -11,6 +11,23 @@ import pytest
 from pytest_llm_guard.fault import FaultServer
 
 
+@pytest.fixture(autouse=True)
+def _inner_sessions(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pytester projects run live against the fault server, on CI too (where the default is replay-only).
+
+    Tests about cassettes choose their own record mode.
+    """
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.setenv("LLM_GUARD_RECORD", "off")
+
+
+@pytest.fixture
+def pytester(pytester: pytest.Pytester) -> pytest.Pytester:
+    """pytester, with the pytest-asyncio setting whose absence makes every inner run warn."""
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    return pytester
+
+
 @pytest.fixture
 def llm_client_options(llm_fault_server: FaultServer) -> dict[str, Any]:
     """Point the guarded fixture clients at the fault server; no real key, no internet."""

@@ -19,6 +19,12 @@ pytest_plugins = ["pytester"]
 SECRET_KEY = "sk-proj-" + "Zq7" * 15  # looks like a real key; must never be written
 
 
+@pytest.fixture(autouse=True)
+def _default_record_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests are about record modes: each starts from the defaults (no CI, no LLM_GUARD_RECORD)."""
+    monkeypatch.delenv("LLM_GUARD_RECORD", raising=False)
+
+
 @pytest.fixture
 def server() -> FaultServer:
     with FaultServer() as running:
@@ -30,8 +36,6 @@ def project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, server: 
     """A user project whose clients find the fault server through the SDK's own environment."""
     monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
     monkeypatch.setenv("OPENAI_API_KEY", SECRET_KEY)
-    monkeypatch.delenv("CI", raising=False)
-    monkeypatch.delenv("LLM_GUARD_RECORD", raising=False)
     return pytester
 
 
@@ -185,9 +189,9 @@ def test_streams_record_and_replay_in_order(project: pytest.Pytester, server: Fa
 
 
 def test_recording_hands_chunks_on_as_they_arrive(project: pytest.Pytester, server: FaultServer) -> None:
-    # One byte every 20 ms: the whole stream takes over 10 s, its first event arrives at once.
+    # 200 bytes a second: the first event is in after ~0.8 s, the whole stream only after ~8 s.
     # A recorder that buffers the body (as plain vcrpy does) could not return the first chunk in time.
-    server.plan(Fault.trickle(interval=0.02, chunk_size=1))
+    server.plan(Fault.trickle(interval=0.05, chunk_size=10))
     project.makepyfile(
         """
         import time
@@ -197,7 +201,7 @@ def test_recording_hands_chunks_on_as_they_arrive(project: pytest.Pytester, serv
                 model="m", messages=[{"role": "user", "content": "a b c d e f g h"}], stream=True
             )
             next(iter(stream))
-            assert time.monotonic() - started < 5
+            assert time.monotonic() - started < 4
             stream.close()
         """
     )
