@@ -28,36 +28,26 @@ def request(i: int) -> Request:
     return Request("POST", "http://127.0.0.1:8000/v1/chat/completions", json.dumps(body), {})
 
 
-def write_cassette(path: Path, size: int) -> None:
-    cassette = LLMCassette(
-        str(path),
-        serializer=ReadableYaml,
-        persister=AtomicPersister(),
-        record_mode=RecordMode.ALL,
-        match_on=(),
-        match_parts=("method", "path", "body"),
-        ignore=frozenset(),
-        matcher=lambda a, b: None,
-    )
-    for i in range(size):
-        reply = {"choices": [{"message": {"role": "assistant", "content": f"answer {i}"}}]}
-        cassette.append(
-            request(i), {"status": {"code": 200, "message": "OK"}, "headers": {}, "body": {"string": json.dumps(reply)}}
-        )
-    cassette._save()
-
-
-def ours(path: Path) -> Cassette:
+def ours(path: Path, mode: RecordMode = RecordMode.NONE) -> LLMCassette:
     return LLMCassette.load(
         path=str(path),
         serializer=ReadableYaml,
         persister=AtomicPersister(),
-        record_mode=RecordMode.NONE,
+        record_mode=mode,
         match_on=(),
         match_parts=("method", "path", "body"),
         ignore=frozenset(),
-        matcher=lambda a, b: None,
+        matcher=lambda request, recorded: None,
     )
+
+
+def write_cassette(path: Path, size: int) -> None:
+    cassette = ours(path, RecordMode.ALL)
+    for i in range(size):
+        reply = {"choices": [{"message": {"role": "assistant", "content": f"answer {i}"}}]}
+        answer = {"status": {"code": 200, "message": "OK"}, "headers": {}, "body": {"string": json.dumps(reply)}}
+        cassette.append(request(i), answer)
+    cassette._save()
 
 
 def plain_vcrpy(path: Path) -> Cassette:

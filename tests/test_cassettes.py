@@ -479,3 +479,44 @@ def test_rerecording_a_real_world_cassette_scrubs_its_account_headers(project: p
     for secret in ("set-cookie", "__cf_bm", "openai-organization", "openai-project", "!!binary"):
         assert secret not in rewritten
     assert '"output_text"' in rewritten or "pong" in rewritten  # the legacy answer is now readable text
+
+
+def test_plain_vcrpy_works_inside_a_guarded_test_and_its_cassette_replays(
+    project: pytest.Pytester, server: FaultServer, monkeypatch
+) -> None:
+    project.makepyfile(
+        test_vcr="""
+        import openai
+        import pytest
+        import vcr
+
+        @pytest.mark.llm_cassette(False)
+        def test_recorded_by_vcrpy(llm_guard):
+            with vcr.use_cassette("plain.yaml", record_mode="once"):
+                reply = openai.OpenAI().chat.completions.create(
+                    model="m", messages=[{"role": "user", "content": "from vcrpy"}]
+                )
+            assert reply.choices[0].message.content == "echo: from vcrpy"
+            assert llm_guard.stats.attempts == 1  # vcrpy's stub sits under the guard's seam
+        """
+    )
+    project.runpytest().assert_outcomes(passed=1)
+    assert len(interactions(project.path / "plain.yaml")) == 1  # written by vcrpy, in its own format
+
+    go_offline(server, monkeypatch)
+    project.makepyfile(
+        test_vcr="""
+        import openai
+        import pytest
+
+        @pytest.mark.llm_cassette(path="plain.yaml")
+        def test_replayed_by_the_plugin():
+            reply = openai.OpenAI().chat.completions.create(
+                model="m", messages=[{"role": "user", "content": "from vcrpy"}]
+            )
+            assert reply.choices[0].message.content == "echo: from vcrpy"
+        """
+    )
+    result = project.runpytest()
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*(1 replayed, 0 recorded, 0 live)*"])

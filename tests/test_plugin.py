@@ -163,7 +163,9 @@ def test_pyproject_error_says_key_and_file(pytester: pytest.Pytester) -> None:
 
 def test_layers_resolve_in_documented_order(pytester: pytest.Pytester, monkeypatch) -> None:
     pytester.makepyprojecttoml("[tool.pytest_llm_guard]\ndeadline = 50\nretries = 5\ncalls = 7\n")
-    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\nllm_retries = 4\nllm_calls = 8\n")  # pytest.ini wins over pyproject as inifile
+    pytester.makeini(
+        "[pytest]\nasyncio_default_fixture_loop_scope = function\nllm_retries = 4\nllm_calls = 8\n"
+    )  # pytest.ini wins over pyproject as inifile
     monkeypatch.setenv("LLM_GUARD_CALLS", "9")
     pytester.makepyfile(
         """
