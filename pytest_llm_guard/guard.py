@@ -5,6 +5,7 @@ from __future__ import annotations
 __tracebackhide__ = True  # pytest: a failed test shows where the LLM call was made, not our internals
 
 import asyncio
+import math
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -129,12 +130,14 @@ class Guard:
         """Lower the attempt's time cap (body included) and its request's timeouts; a layer uses it
         for the call_timeout of the endpoint it chose."""
         cap = min(seconds, self._attempt_caps.get(id(event), seconds))
+        self._attempt_caps[id(event)] = cap
+        if math.isinf(cap):  # no deadline, no call_timeout: the client's own timeouts stand
+            return
         timeouts = request.extensions.get("timeout") or {}
         request.extensions = {
             **request.extensions,
             "timeout": {phase: min(cap, timeouts.get(phase) or cap) for phase in ("connect", "read", "write", "pool")},
         }
-        self._attempt_caps[id(event)] = cap
 
     def fail(self, event: AttemptEvent, error: BaseException) -> None:
         """A transport error ended the attempt; raises when the test cannot absorb it."""
