@@ -28,6 +28,7 @@ import re
 import tempfile
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,7 @@ from vcr.serializers import compat, yamlserializer
 
 from . import wire
 from .config import OPTIONS, Settings
-from .errors import LLMCassetteError, LLMCassetteMiss
+from .errors import LLMCassetteError, LLMCassetteMiss, LLMGuardConfigError
 from .events import AttemptEvent
 from .scrub import Scrubber
 from .transport import AsyncSend, Send
@@ -73,12 +74,39 @@ def file_safe(name: str, limit: int = 100) -> str:
     return f"{safe[: limit - 13]}-{digest}"
 
 
-def default_path(test_file: Path, test_name: str, settings: Settings, name: str | None = None) -> Path:
-    """``<test file dir>/<cassette_dir>/<module>/<test or given name>.yaml``."""
-    folder = Path(settings.cassette_dir or "cassettes")
-    if not folder.is_absolute():
-        folder = test_file.parent / folder
-    return folder / test_file.stem / f"{file_safe(name or test_name)}.yaml"
+MARKER = "llm_cassette"
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What ``@pytest.mark.llm_cassette`` asks for: no cassette, a shared name, or a path."""
+
+    enabled: bool = True
+    name: str | None = None
+    path: str | Path | None = None
+
+    @classmethod
+    def from_marker(cls, marker: Any | None) -> Choice:
+        if marker is None:
+            return cls()
+        args, kwargs = marker.args, dict(marker.kwargs)
+        path = kwargs.pop("path", None)
+        name = kwargs.pop("name", args[0] if args else None)
+        if kwargs or len(args) > 1 or not (name is None or name is False or isinstance(name, str)):
+            raise LLMGuardConfigError(
+                f"@pytest.mark.{MARKER} takes a cassette name (str), False, or path=...; "
+                f"got args={args!r} kwargs={marker.kwargs!r}"
+            )
+        if path is not None and not isinstance(path, (str, Path)):
+            raise LLMGuardConfigError(f"@pytest.mark.{MARKER}(path=...) must be a str or Path, got {path!r}")
+        return cls(enabled=name is not False, name=name or None, path=path)
+
+    def path_for(self, test_file: Path, test_name: str, settings: Settings) -> Path:
+        """The explicit path (relative to the test file), else ``<cassette_dir>/<module>/<name>.yaml``."""
+        if self.path is not None:
+            return test_file.parent / self.path
+        folder = test_file.parent / (settings.cassette_dir or "cassettes")
+        return folder / test_file.stem / f"{file_safe(self.name or test_name)}.yaml"
 
 
 # -- matching ------------------------------------------------------------------------

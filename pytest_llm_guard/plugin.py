@@ -31,7 +31,6 @@ CASSETTE = pytest.StashKey["cassettes.CassetteLayer"]()
 ENVIRONMENT = pytest.StashKey[pytest.MonkeyPatch]()
 GUARD_FIXTURES = frozenset({"llm_guard", "llm_client", "async_llm_client"})
 BUDGET_MARKER = "llm_budget"
-CASSETTE_MARKER = "llm_cassette"
 REPLAY_PLACEHOLDER_KEY = "sk-llm-guard-replay-placeholder"
 
 
@@ -55,8 +54,8 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     config.addinivalue_line(
         "markers",
-        f"{CASSETTE_MARKER}(name=None, *, path=None): pytest-llm-guard cassette of this test: a shared cassette "
-        f"name in the same folder, an explicit path, or {CASSETTE_MARKER}(False) for live calls without one.",
+        f"{cassettes.MARKER}(name=None, *, path=None): pytest-llm-guard cassette of this test: a shared cassette "
+        f"name in the same folder, an explicit path, or {cassettes.MARKER}(False) for live calls without one.",
     )
     inipath = config.inipath
     pyproject = inipath if inipath is not None and inipath.name == "pyproject.toml" else None
@@ -79,28 +78,10 @@ def _settings_for(item: pytest.Item, base: Settings) -> Settings | None:
         return None
     try:
         settings = apply_markers(base, item.iter_markers(BUDGET_MARKER), item.nodeid)
-        _cassette_request(item)
+        cassettes.Choice.from_marker(item.get_closest_marker(cassettes.MARKER))
     except LLMGuardConfigError as exc:
         raise LLMGuardConfigError(f"{item.nodeid}: {exc}") from None
     return settings
-
-
-def _cassette_request(item: pytest.Item) -> tuple[bool, str | None, str | None]:
-    """(enabled, shared name, explicit path) from the closest ``llm_cassette`` marker."""
-    marker = item.get_closest_marker(CASSETTE_MARKER)
-    if marker is None:
-        return True, None, None
-    args, kwargs = marker.args, dict(marker.kwargs)
-    path = kwargs.pop("path", None)
-    name = kwargs.pop("name", args[0] if args else None)
-    if kwargs or len(args) > 1 or not (name is None or name is False or isinstance(name, str)):
-        raise LLMGuardConfigError(
-            f"@pytest.mark.{CASSETTE_MARKER} takes a cassette name (str), False, or path=...; "
-            f"got args={args!r} kwargs={marker.kwargs!r}"
-        )
-    if path is not None and not isinstance(path, (str, Path)):
-        raise LLMGuardConfigError(f"@pytest.mark.{CASSETTE_MARKER}(path=...) must be a str or Path, got {path!r}")
-    return name is not False, name or None, path
 
 
 def _hard_timeout(config: pytest.Config, item: pytest.Item, settings: Settings) -> float | None:
@@ -159,13 +140,11 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         return
     _check_session_budget(item)
     mode = cassettes.record_mode(guard.settings)
-    enabled, name, path = _cassette_request(item)
-    if mode == "off" or not enabled:
+    choice = cassettes.Choice.from_marker(item.get_closest_marker(cassettes.MARKER))
+    if mode == "off" or not choice.enabled:
         return
-    cassette_path = Path(path) if path else cassettes.default_path(item.path, item.name, guard.settings, name)
-    if not cassette_path.is_absolute():
-        cassette_path = item.path.parent / cassette_path
     settings = guard.settings
+    cassette_path = choice.path_for(item.path, item.name, settings)
     try:
         layer = cassettes.open_cassette(
             cassette_path,

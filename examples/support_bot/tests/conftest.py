@@ -21,6 +21,7 @@ def _record_against_the_fault_server() -> None:
         yield
         return
     with FaultServer() as server:
+
         def task(word: str):
             return lambda body: word in body["messages"][0]["content"]
 
