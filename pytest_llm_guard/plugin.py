@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import openai
 import pytest
 
@@ -233,8 +234,17 @@ def llm_client(llm_guard: Guard, llm_client_options: dict[str, Any]) -> Iterator
 
 @pytest.fixture
 def async_llm_client(llm_guard: Guard, llm_client_options: dict[str, Any]) -> openai.AsyncOpenAI:
-    """A real ``openai.AsyncOpenAI`` with the guard applied (its connections close with it)."""
-    return llm_guard.guard(_build(openai.AsyncOpenAI, llm_client_options))
+    """A real ``openai.AsyncOpenAI`` with the guard applied.
+
+    A sync fixture, so it works under pytest-asyncio and anyio alike; since it cannot
+    await a close at teardown, it keeps no idle connections (each closes after its
+    response) and so leaves none open on the test's event loop.
+    """
+    options = {"http_client": openai.DefaultAsyncHttpx2Client(limits=_NO_IDLE_CONNECTIONS), **llm_client_options}
+    return llm_guard.guard(_build(openai.AsyncOpenAI, options))
+
+
+_NO_IDLE_CONNECTIONS = httpx2.Limits(max_connections=1000, max_keepalive_connections=0)
 
 
 def _build(cls: type, options: dict[str, Any]) -> Any:

@@ -357,6 +357,7 @@ def test_a_killed_writer_never_leaves_half_a_cassette(tmp_path: Path) -> None:
                 pass
         os.kill(writer.pid, signal.SIGKILL)
         writer.wait()
+        writer.stdout.close()
         recorded = yaml.safe_load(path.read_text())["interactions"]
         assert 1 <= len(recorded) <= 5
         assert all(len(i["response"]["body"]["string"]) == 200_000 for i in recorded)

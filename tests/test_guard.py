@@ -195,6 +195,7 @@ async def test_async_hang_is_cut_at_the_deadline(async_llm_client, llm_fault_ser
 def test_without_limits_the_clients_own_timeouts_stand(llm_fault_server: FaultServer, llm_guard) -> None:
     import httpx2
 
-    response = httpx2.Client(timeout=None).post(llm_fault_server.base_url + "/chat/completions", json={"model": "m"})
+    with httpx2.Client(timeout=None) as client:
+        response = client.post(llm_fault_server.base_url + "/chat/completions", json={"model": "m"})
     assert response.status_code == 200
     assert llm_guard.stats.attempts == 1
