@@ -126,7 +126,7 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
         try:
             return (yield)
         finally:
-            transport.deactivate()
+            transport.deactivate(guard)
             item.config.stash[SESSION].add(guard.stats)
             layer = item.stash.get(CASSETTE, None)
             if layer is not None:

@@ -47,26 +47,33 @@ class Layer(Protocol):
 
 ClientT = TypeVar("ClientT", httpx2.Client, httpx2.AsyncClient)
 
-_current: Guard | None = None
+_guards: list[Guard] = []
+"""Active guards, innermost last (a pytester session inside a guarded test nests one)."""
 _saved: tuple[object, object] | None = None
+
+
+def current() -> Guard | None:
+    """The guard LLM traffic goes through now, if any."""
+    return _guards[-1] if _guards else None
 
 
 def activate(guard: Guard) -> None:
     """Route LLM traffic of this process through ``guard`` until :func:`deactivate`."""
-    global _current, _saved
-    if _current is not None:
-        raise RuntimeError(f"pytest-llm-guard: a guard for {_current.test_id} is still active")
-    _saved = (httpx2.Client._send_single_request, httpx2.AsyncClient._send_single_request)
-    _current = guard
-    httpx2.Client._send_single_request = _send_single_request  # type: ignore[method-assign]
-    httpx2.AsyncClient._send_single_request = _send_single_request_async  # type: ignore[method-assign]
+    global _saved
+    if not _guards:
+        _saved = (httpx2.Client._send_single_request, httpx2.AsyncClient._send_single_request)
+        httpx2.Client._send_single_request = _send_single_request  # type: ignore[method-assign]
+        httpx2.AsyncClient._send_single_request = _send_single_request_async  # type: ignore[method-assign]
+    _guards.append(guard)
 
 
-def deactivate() -> None:
-    global _current, _saved
-    if _saved is not None:
+def deactivate(guard: Guard) -> None:
+    """Undo :func:`activate`; the last guard out restores httpx2's own methods."""
+    global _saved
+    _guards.remove(guard)
+    if not _guards and _saved is not None:
         httpx2.Client._send_single_request, httpx2.AsyncClient._send_single_request = _saved  # type: ignore[method-assign]
-    _current = _saved = None
+        _saved = None
 
 
 def _original_sync(client: httpx2.Client, request: httpx2.Request) -> httpx2.Response:
@@ -80,7 +87,7 @@ async def _original_async(client: httpx2.AsyncClient, request: httpx2.Request) -
 
 
 def _send_single_request(client: httpx2.Client, request: httpx2.Request) -> httpx2.Response:
-    guard = _current
+    guard = current()
     if guard is None or not wire.is_llm_request(request):
         return _original_sync(client, request)
     event = guard.begin(request)
@@ -96,7 +103,7 @@ def _send_single_request(client: httpx2.Client, request: httpx2.Request) -> http
 
 
 async def _send_single_request_async(client: httpx2.AsyncClient, request: httpx2.Request) -> httpx2.Response:
-    guard = _current
+    guard = current()
     if guard is None or not wire.is_llm_request(request):
         return await _original_async(client, request)
     event = guard.begin(request)

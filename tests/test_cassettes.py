@@ -320,7 +320,9 @@ def test_xdist_workers_keep_each_others_interactions(project: pytest.Pytester) -
             llm_client.chat.completions.create(model="m", messages=[{"role": "user", "content": word}])
         """
     )
-    project.runpytest_subprocess("-n", "2", "--llm-record=new_episodes").assert_outcomes(passed=4)
+    result = project.runpytest_subprocess("-n", "2", "--llm-record=new_episodes")
+    result.assert_outcomes(passed=4)
+    result.stdout.fnmatch_lines(["*4 guarded tests: 4 LLM calls*(0 replayed, 4 recorded, 0 live)*"])  # workers' stats
     recorded = interactions(project.path / "cassettes" / "test_app" / "shared.yaml")
     words = sorted(json.loads(i["request"]["body"])["messages"][0]["content"] for i in recorded)
     assert words == ["alpha", "beta", "delta", "gamma"]

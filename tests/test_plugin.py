@@ -191,7 +191,7 @@ def test_guard_all_guards_unmarked_tests(pytester: pytest.Pytester) -> None:
         import httpx2
         from pytest_llm_guard import transport
         def test_x():
-            assert transport._current is not None
+            assert transport.current() is not None
         """
     )
     pytester.runpytest("--llm-guard-all=true").assert_outcomes(passed=1)
@@ -238,3 +238,38 @@ def test_pytest_timeout_backstop_at_deadline_plus_grace(pytester: pytest.Pyteste
     result = pytester.runpytest_subprocess("--llm-timeout-grace=0.2")
     result.assert_outcomes(failed=1, passed=2)
     result.stdout.fnmatch_lines(["*Timeout (>0.5s) from pytest-timeout*"])
+
+
+def test_a_pytester_session_inside_a_guarded_test_nests(project: pytest.Pytester) -> None:
+    project.makepyfile(
+        test_outer="""
+        import httpx2
+        import pytest
+        from pytest_llm_guard import transport
+
+        pytest_plugins = ["pytester"]
+
+        @pytest.mark.llm_budget(deadline=30)
+        def test_outer(pytester, llm_fault_server):
+            outer = transport.current()
+            pytester.makepyfile(test_inner=(
+                "import openai\\n"
+                "def test_inner(llm_guard):\\n"
+                f"    openai.OpenAI(base_url='{llm_fault_server.base_url}', api_key='k').models.list()\\n"
+                "    assert llm_guard.stats.attempts == 1\\n"
+            ))
+            pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
+            assert transport.current() is outer
+            assert len(llm_fault_server.requests) == 1
+        """
+    )
+    project.runpytest().assert_outcomes(passed=1)
+    assert transport_restored()
+
+
+def transport_restored() -> bool:
+    import httpx2
+
+    from pytest_llm_guard import transport
+
+    return transport.current() is None and httpx2.Client._send_single_request.__module__ == "httpx2._client"

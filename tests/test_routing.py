@@ -85,7 +85,7 @@ class Harness:
         try:
             yield guard, guard.guard(client)
         finally:
-            transport.deactivate()
+            transport.deactivate(guard)
             client.close()
 
     def trip_primary(self) -> None:
