@@ -258,7 +258,8 @@ class AtomicPersister:
     the cassette, so an interrupted run (Ctrl-C, pytest-timeout, SIGKILL) leaves
     the old file or the new one, never half of one. Saves hold an exclusive lock
     on the folder and re-read the file first: interactions another worker wrote
-    since this cassette was loaded are kept.
+    since this cassette was loaded are kept. Holding the lock, a save also removes
+    the temporary files of writers killed before their rename.
     """
 
     def __init__(self) -> None:
@@ -281,6 +282,8 @@ class AtomicPersister:
                     if fingerprint not in ours and fingerprint not in self._loaded:
                         requests.append(q)
                         responses.append(r)
+            for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a writer killed mid-write
+                stale.unlink(missing_ok=True)
             _write_atomically(path, serialize({"requests": requests, "responses": responses}, serializer))
 
     @staticmethod

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pytest_llm_guard.cassettes import AtomicPersister, ReadableYaml
 from pytest_llm_guard.fault import Fault, FaultServer
 
 pytest_plugins = ["pytester"]
@@ -363,6 +364,8 @@ def test_a_killed_writer_never_leaves_half_a_cassette(tmp_path: Path) -> None:
         recorded = yaml.safe_load(path.read_text())["interactions"]
         assert 1 <= len(recorded) <= 5
         assert all(len(i["response"]["body"]["string"]) == 200_000 for i in recorded)
+    AtomicPersister().save_cassette(path, {"requests": [], "responses": []}, ReadableYaml)
+    assert [p.name for p in path.parent.iterdir()] == ["test.yaml"]  # killed writers' temporary files are gone
 
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "cassettes"
