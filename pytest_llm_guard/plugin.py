@@ -58,6 +58,7 @@ def pytest_configure(config: pytest.Config) -> None:
         f"{cassettes.MARKER}(name=None, *, path=None): pytest-llm-guard cassette of this test: a shared cassette "
         f"name in the same folder, an explicit path, or {cassettes.MARKER}(False) for live calls without one.",
     )
+    transport.check_seam()
     inipath = config.inipath
     pyproject = inipath if inipath is not None and inipath.name == "pyproject.toml" else None
     if pyproject is None and (config.rootpath / "pyproject.toml").is_file():

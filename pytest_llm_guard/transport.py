@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 import httpx2
 
 from . import wire
-from .errors import LLMGuardInterrupt
+from .errors import LLMGuardConfigError, LLMGuardInterrupt
 from .events import AttemptEvent
 
 if TYPE_CHECKING:
@@ -50,6 +50,16 @@ ClientT = TypeVar("ClientT", httpx2.Client, httpx2.AsyncClient)
 _guards: list[Guard] = []
 """Active guards, innermost last (a pytester session inside a guarded test nests one)."""
 _saved: tuple[object, object] | None = None
+
+
+def check_seam() -> None:
+    """Fail the session at start, not mid-test, if httpx2 no longer has the method we wrap."""
+    if not all(hasattr(cls, "_send_single_request") for cls in (httpx2.Client, httpx2.AsyncClient)):
+        raise LLMGuardConfigError(
+            f"pytest-llm-guard: httpx2 {httpx2.__version__} has no Client._send_single_request, the seam "
+            "the guard wraps. Install the httpx2 version the openai SDK depends on "
+            "(pip install 'openai>=3,<4'), or report the new httpx2 release."
+        )
 
 
 def current() -> Guard | None:

@@ -273,3 +273,16 @@ def transport_restored() -> bool:
     from pytest_llm_guard import transport
 
     return transport.current() is None and httpx2.Client._send_single_request.__module__ == "httpx2._client"
+
+
+def test_an_httpx2_without_the_seam_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(
+        """
+        import httpx2
+        del httpx2.Client._send_single_request  # as a future httpx2 might
+        """
+    )
+    pytester.makepyfile("def test_x():\n    pass\n")
+    result = pytester.runpytest_subprocess()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*httpx2 * has no Client._send_single_request, the seam the guard wraps*"])
