@@ -344,7 +344,7 @@ def test_429_retry_after_is_honoured_by_the_next_test(pytester: pytest.Pytester,
 
         def test_second_waits_for_the_retry_after(llm_client, llm_guard):
             llm_client.chat.completions.create(model="gpt-test", messages=MESSAGES)
-            assert 0.3 < llm_guard.stats.backoff_seconds <= 0.5
+            assert 0 < llm_guard.stats.backoff_seconds <= 0.5  # what was left of the 429's Retry-After
         """
     )
     pytester.runpytest().assert_outcomes(passed=2)
