@@ -26,6 +26,7 @@ import json
 import os
 import re
 import tempfile
+import threading
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -151,16 +152,18 @@ class LLMCassette(Cassette):
         self._ignore = ignore
         self._matcher = matcher
         self._index: defaultdict[tuple[str, ...], list[int]] = defaultdict(list)
+        self._appending = threading.Lock()
         super().__init__(*args, **kwargs)
 
     def _key(self, request: VcrRequest) -> tuple[str, ...]:
         return request_key(request, self._match_parts, self._ignore)
 
     def append(self, request: VcrRequest, response: dict[str, Any]) -> None:
-        before = len(self.data)
-        super().append(request, response)
-        if len(self.data) > before:
-            self._index[self._key(self.data[-1][0])].append(before)
+        with self._appending:  # code under test may record from several threads at once
+            before = len(self.data)
+            super().append(request, response)
+            if len(self.data) > before:
+                self._index[self._key(self.data[-1][0])].append(before)
 
     def _responses(self, request: VcrRequest) -> Iterator[tuple[int, dict[str, Any]]]:
         request = self._before_record_request(request)
@@ -521,6 +524,7 @@ class CassetteLayer:
 
     def _miss(self, vcr_request: VcrRequest) -> LLMCassetteMiss:
         path = Path(self.cassette._path)
+        vcr_request = self.cassette.filter_request(vcr_request)  # scrubbed: the message lands in CI logs
         body = vcr_request.body
         payload: Any = None
         with contextlib.suppress(ValueError, TypeError, UnicodeDecodeError):

@@ -8,12 +8,35 @@ swallow the signal that the test is out of budget.
 
 from __future__ import annotations
 
+import importlib
+from pathlib import Path
+
 import httpx2
 import pytest
 
 
 class LLMGuardInterrupt(BaseException):
     """Ends the current test at once; no ``except Exception`` can catch it."""
+
+
+_LIBRARIES = ("openai", "httpx2", "httpcore2", "tenacity", "pytest_llm_guard", "_pytest", "pluggy")
+
+
+def failure_text(excinfo: pytest.ExceptionInfo[BaseException], root: Path) -> str:
+    """How a test the guard ended is reported: the message, then the test's and the application's frames.
+
+    The message comes first, so pytest's one-line summary shows it. No frames of the
+    SDK, httpx2 or the guard: pytest would print their arguments, and a request's URL
+    may carry a key in its query string; the message already lists every attempt.
+    """
+    libraries = tuple(str(Path(importlib.import_module(name).__file__).parent) for name in _LIBRARIES)
+    own = [e for e in excinfo.traceback if not str(e.path).startswith(libraries)] or [excinfo.traceback[-1]]
+    lines = []
+    for entry in own:
+        path = Path(entry.path)
+        shown = path.relative_to(root) if path.is_relative_to(root) else path
+        lines.append(f"{shown}:{entry.lineno + 1}: in {entry.name}\n    {str(entry.statement).strip()}")
+    return "\n".join([f"{excinfo.typename}: {excinfo.value}", "", "Where the LLM call was made:", *lines])
 
 
 class LLMBudgetExceeded(LLMGuardInterrupt):

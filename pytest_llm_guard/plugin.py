@@ -17,7 +17,7 @@ import pytest
 from . import cassettes, hooks, routing, transport
 from .config import MARKER_KEYS, OPTIONS, LLMGuardConfigError, Settings, apply_markers, load_settings, read_pyproject
 from .endpoints import ROUTE_HEADER, load_endpoints
-from .errors import LLMCassetteError, LLMNoEndpoint
+from .errors import LLMCassetteError, LLMGuardInterrupt, LLMNoEndpoint, failure_text
 from .events import Stats
 from .fault import FaultServer
 from .guard import Guard
@@ -170,6 +170,9 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[pytest.TestReport]:
     report = yield
+    excinfo = call.excinfo
+    if excinfo is not None and excinfo.errisinstance(LLMGuardInterrupt) and not excinfo.errisinstance(LLMNoEndpoint):
+        report.longrepr = failure_text(excinfo, item.config.rootpath)
     _skip_when_no_endpoint(item, call, report)
     guard = item.stash.get(GUARD, None)
     if guard is not None and call.when == "teardown":

@@ -526,3 +526,27 @@ def test_plain_vcrpy_works_inside_a_guarded_test_and_its_cassette_replays(
     result = project.runpytest()
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*(1 replayed, 0 recorded, 0 live)*"])
+
+
+def test_a_miss_message_carries_no_secret(project: pytest.Pytester, server: FaultServer, monkeypatch) -> None:
+    go_offline(server, monkeypatch)
+    monkeypatch.setenv("TOKEN_IN_QUERY", "QUERYSECRET")  # from the environment: pytest prints source, not env
+    monkeypatch.setenv("SOME_API_KEY", "sk-proj-" + "K3y" * 10)
+    project.makepyfile(
+        """
+        import os
+        import httpx2
+
+        def test_x(llm_guard):
+            key = os.environ["SOME_API_KEY"]
+            httpx2.post(
+                "http://127.0.0.1:9/v1/chat/completions?api-key=" + os.environ["TOKEN_IN_QUERY"],
+                headers={"Authorization": "Bearer " + key},
+                json={"model": "m", "messages": [{"role": "user", "content": "my key is " + key}]},
+            )
+        """
+    )
+    result = project.runpytest()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*LLMCassetteMiss*", "*api-key=REDACTED*last user message: 'my key is REDACTED'*"])
+    assert "QUERYSECRET" not in result.stdout.str() and "K3yK3y" not in result.stdout.str()
