@@ -293,8 +293,10 @@ class AtomicPersister:
     def _read(path: Path, serializer: Any) -> tuple[list, list]:
         try:
             text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             raise CassetteNotFoundError() from None
+        except OSError as exc:
+            raise LLMCassetteError(f"cannot read cassette {path}: {exc}") from None
         except UnicodeDecodeError as exc:
             raise LLMCassetteError(f"cassette {path} is not UTF-8 text ({exc}); delete it and re-record") from None
         if not text.strip():

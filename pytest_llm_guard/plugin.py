@@ -131,7 +131,15 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
             item.config.stash[SESSION].add(guard.stats)
             layer = item.stash.get(CASSETTE, None)
             if layer is not None:
-                layer.save()
+                _save(item, layer)
+
+
+def _save(item: pytest.Item, layer: cassettes.CassetteLayer) -> None:
+    """A cassette that cannot be written (disk full, read-only folder) warns; the session goes on."""
+    try:
+        layer.save()
+    except OSError as exc:
+        item.warn(pytest.PytestWarning(f"pytest-llm-guard: cassette of {item.nodeid} not saved: {exc}"))
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -550,3 +550,19 @@ def test_a_miss_message_carries_no_secret(project: pytest.Pytester, server: Faul
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*LLMCassetteMiss*", "*api-key=REDACTED*last user message: 'my key is REDACTED'*"])
     assert "QUERYSECRET" not in result.stdout.str() and "K3yK3y" not in result.stdout.str()
+
+
+def test_a_cassette_that_cannot_be_written_warns_and_the_session_goes_on(project: pytest.Pytester) -> None:
+    (project.path / "cassettes").write_text("a file where the cassette folder should be")
+    project.makepyfile(
+        test_app="""
+        def test_one(llm_client):
+            llm_client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+
+        def test_two():
+            pass
+        """
+    )
+    result = project.runpytest()
+    result.assert_outcomes(passed=2, warnings=1)
+    result.stdout.fnmatch_lines(["*pytest-llm-guard: cassette of test_app.py::test_one not saved*"])
