@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from .config import OPTIONS
 from .errors import LLMGuardInterrupt
 from .retry import is_retryable_error
 
@@ -75,14 +76,14 @@ def clock_time(when: float) -> str:
 class BreakerPolicy:
     """When a breaker opens and how long it stays open (``breaker_*`` options)."""
 
-    failures: int | None = 3
-    failure_rate: float | None = 0.5
-    window: int = 20
-    min_calls: int = 10
-    cooldown: float = 30.0
-    cooldown_max: float = 300.0
-    retry_tokens: float = 10.0
-    token_ratio: float = 0.1
+    failures: int | None = OPTIONS["breaker_failures"].default
+    failure_rate: float | None = OPTIONS["breaker_failure_rate"].default
+    window: int = OPTIONS["breaker_window"].default
+    min_calls: int = OPTIONS["breaker_min_calls"].default
+    cooldown: float = OPTIONS["breaker_cooldown"].default
+    cooldown_max: float = OPTIONS["breaker_cooldown_max"].default
+    retry_tokens: float = OPTIONS["retry_tokens"].default
+    token_ratio: float = OPTIONS["retry_token_ratio"].default
 
     def __post_init__(self) -> None:
         if self.min_calls > self.window:

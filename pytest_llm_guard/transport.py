@@ -106,10 +106,7 @@ def _send_single_request(client: httpx2.Client, request: httpx2.Request) -> http
     except BaseException as exc:
         guard.fail(event, exc)
         raise
-    if guard.responded(event, response):
-        return response
-    response.stream = _WatchedStream(response, guard, event)
-    return response
+    return _watched(guard, event, response, _WatchedStream)
 
 
 async def _send_single_request_async(client: httpx2.AsyncClient, request: httpx2.Request) -> httpx2.Response:
@@ -122,9 +119,13 @@ async def _send_single_request_async(client: httpx2.AsyncClient, request: httpx2
     except BaseException as exc:
         guard.fail(event, exc)
         raise
-    if guard.responded(event, response):
-        return response
-    response.stream = _WatchedAsyncStream(response, guard, event)
+    return _watched(guard, event, response, _WatchedAsyncStream)
+
+
+def _watched(guard: Guard, event: AttemptEvent, response: httpx2.Response, stream: type[_Watch]) -> httpx2.Response:
+    """An error status has ended the attempt already; any other body is watched as it arrives."""
+    if not guard.responded(event, response):
+        response.stream = stream(response, guard, event)  # type: ignore[assignment]
     return response
 
 
