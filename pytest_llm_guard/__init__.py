@@ -1,20 +1,33 @@
-"""pytest-llm-guard: LLM calls in tests finish in bounded, explained time."""
+"""pytest-llm-guard: LLM calls in tests finish in bounded, explained time.
+
+Names that need httpx2 or the openai SDK load on first use, so a suite that never
+uses the plugin does not pay for importing them.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
 from .config import Settings
 from .errors import (
     LLMBudgetExceeded,
     LLMCassetteError,
     LLMCassetteMiss,
-    LLMEndpointUnavailable,
     LLMGuardConfigError,
     LLMGuardInterrupt,
     LLMNoEndpoint,
 )
-from .events import AttemptEvent, Stats
-from .guard import Guard
+from .ledger import Attempt, Stats
+
+if TYPE_CHECKING:
+    from .guard import Guard
+    from .routing import LLMEndpointUnavailable
+
+_LAZY = {"Guard": ".guard", "LLMEndpointUnavailable": ".routing"}
 
 __all__ = [
-    "AttemptEvent",
+    "Attempt",
     "Guard",
     "LLMBudgetExceeded",
     "LLMCassetteError",
@@ -26,3 +39,9 @@ __all__ = [
     "Settings",
     "Stats",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import OPTIONS
+from .config import Settings
 from .errors import LLMGuardInterrupt
 from .retry import is_retryable_error
 
@@ -70,28 +70,6 @@ def describe_error(status: int | None, error: BaseException | None, limit: int =
 def clock_time(when: float) -> str:
     """Wall-clock time of day with tenths, for messages (``14:03:07.2``)."""
     return time.strftime("%H:%M:%S", time.localtime(when)) + f".{int(when * 10) % 10}"
-
-
-@dataclass(frozen=True)
-class BreakerPolicy:
-    """When a breaker opens and how long it stays open (``breaker_*`` options)."""
-
-    failures: int | None = OPTIONS["breaker_failures"].default
-    failure_rate: float | None = OPTIONS["breaker_failure_rate"].default
-    window: int = OPTIONS["breaker_window"].default
-    min_calls: int = OPTIONS["breaker_min_calls"].default
-    cooldown: float = OPTIONS["breaker_cooldown"].default
-    cooldown_max: float = OPTIONS["breaker_cooldown_max"].default
-    retry_tokens: float = OPTIONS["retry_tokens"].default
-    token_ratio: float = OPTIONS["retry_token_ratio"].default
-
-    def __post_init__(self) -> None:
-        if self.min_calls > self.window:
-            raise ValueError(f"breaker_min_calls ({self.min_calls}) cannot exceed breaker_window ({self.window})")
-        if self.cooldown_max < self.cooldown:
-            raise ValueError(
-                f"breaker_cooldown_max ({self.cooldown_max:g}) cannot be below breaker_cooldown ({self.cooldown:g})"
-            )
 
 
 @dataclass(frozen=True)
@@ -136,7 +114,7 @@ class Breaker:
         self.state, self.probe_until = "half_open", now + lease
         return Verdict(True, probe=True)
 
-    def record(self, outcome: Outcome, now: float, error: str | None, policy: BreakerPolicy) -> None:
+    def record(self, outcome: Outcome, now: float, error: str | None, policy: Settings) -> None:
         if outcome is Outcome.FAILURE and error:
             self.errors = [*self.errors, f"{error} at {clock_time(now)}"][-_ERRORS_KEPT:]
         if self.state == "open":
@@ -145,7 +123,7 @@ class Breaker:
             if outcome is Outcome.SUCCESS:
                 self._close()
             elif outcome is Outcome.FAILURE:
-                cooldown = min((self.cooldown or policy.cooldown) * 2, policy.cooldown_max)
+                cooldown = min((self.cooldown or policy.breaker_cooldown) * 2, policy.breaker_cooldown_max)
                 self._open(now, cooldown, f"when its probe failed (cooldown now {cooldown:g} s)")
             else:
                 self.probe_until = None  # no verdict: the next caller probes
@@ -154,16 +132,20 @@ class Breaker:
             return
         failed = outcome is Outcome.FAILURE
         self.consecutive = self.consecutive + 1 if failed else 0
-        self.recent = (self.recent + ("1" if failed else "0"))[-policy.window :]
+        self.recent = (self.recent + ("1" if failed else "0"))[-policy.breaker_window :]
         why = self._trip_reason(policy) if failed else None
         if why:
-            self._open(now, policy.cooldown, why)
+            self._open(now, policy.breaker_cooldown, why)
 
-    def _trip_reason(self, policy: BreakerPolicy) -> str | None:
-        if policy.failures is not None and self.consecutive >= policy.failures:
+    def _trip_reason(self, policy: Settings) -> str | None:
+        if policy.breaker_failures is not None and self.consecutive >= policy.breaker_failures:
             return f"after {self.consecutive} consecutive failures"
         calls, failures = len(self.recent), self.recent.count("1")
-        if policy.failure_rate is not None and calls >= policy.min_calls and failures / calls >= policy.failure_rate:
+        if (
+            policy.breaker_failure_rate is not None
+            and calls >= policy.breaker_min_calls
+            and failures / calls >= policy.breaker_failure_rate
+        ):
             return f"after {failures} failures in the last {calls} attempts"
         return None
 
@@ -218,7 +200,7 @@ class EndpointHealth:
         return self.breakers.setdefault(model, Breaker())
 
     def admit(
-        self, model: str, now: float, policy: BreakerPolicy, *, retry: bool, lease: float, max_wait: float = 0.0
+        self, model: str, now: float, policy: Settings, *, retry: bool, lease: float, max_wait: float = 0.0
     ) -> Verdict:
         """Check cooldown and retry tokens first (they refuse without touching the breaker), then the breaker."""
         tokens = policy.retry_tokens if self.tokens is None else self.tokens
@@ -226,7 +208,7 @@ class EndpointHealth:
             return Verdict(
                 False,
                 f"retry budget spent ({tokens:.1f} of {policy.retry_tokens:g} tokens; retries resume above "
-                f"{policy.retry_tokens / 2:g}, each success adds {policy.token_ratio:g})",
+                f"{policy.retry_tokens / 2:g}, each success adds {policy.retry_token_ratio:g})",
             )
         wait = self.not_before - now
         if wait > max_wait:
@@ -238,7 +220,7 @@ class EndpointHealth:
         verdict = self.breaker(model).admit(now, lease)
         return dataclasses.replace(verdict, wait=max(0.0, wait)) if verdict.ok else verdict
 
-    def peek(self, model: str, now: float, policy: BreakerPolicy, *, retry: bool) -> Verdict:
+    def peek(self, model: str, now: float, policy: Settings, *, retry: bool) -> Verdict:
         """:meth:`admit` without taking a probe: for predicting where a retry would go."""
         copy = EndpointHealth.load(dataclasses.asdict(self))
         return copy.admit(model, now, policy, retry=retry, lease=0.0)
@@ -248,14 +230,14 @@ class EndpointHealth:
         model: str,
         outcome: Outcome,
         now: float,
-        policy: BreakerPolicy,
+        policy: Settings,
         *,
         error: str | None = None,
         retry_after: float | None = None,
     ) -> None:
         tokens = policy.retry_tokens if self.tokens is None else self.tokens
         if outcome is Outcome.SUCCESS:
-            self.tokens = min(policy.retry_tokens, tokens + policy.token_ratio)
+            self.tokens = min(policy.retry_tokens, tokens + policy.retry_token_ratio)
         elif outcome in (Outcome.FAILURE, Outcome.THROTTLED):
             self.tokens = max(0.0, tokens - 1)
         if outcome is Outcome.THROTTLED and retry_after is not None and now + retry_after > self.not_before:

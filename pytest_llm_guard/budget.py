@@ -1,4 +1,8 @@
-"""Per-test spending: what a test may still use, and the one place that says no."""
+"""Per-test spending: what a test may still use, and the one place that says no.
+
+The budget decides; it reads the ledger's running totals (never re-scans attempts)
+and leaves the wording of its refusals to ``report.py``.
+"""
 
 from __future__ import annotations
 
@@ -6,98 +10,86 @@ __tracebackhide__ = True  # pytest: a failed test shows where the LLM call was m
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
-from .config import OPTIONS, Settings
+from . import report
+from .config import Settings
 from .errors import LLMBudgetExceeded
-from .events import AttemptEvent, Stats
+from .ledger import Attempt, Ledger
 
 Clock = Callable[[], float]
 
-_ADVICE = {
-    "deadline": "raise `deadline`, or make the endpoint answer faster (see the attempts)",
-    "retries": "raise `retries`, or fix what makes the attempts fail (see below)",
-    "calls": "raise `calls`, or find the loop that keeps calling",
-    "tokens": "raise `tokens`, or send shorter prompts / ask for shorter answers",
-}
-
 
 class Budget:
-    """Deadline, retry, call and token limits of one test, checked against its events."""
+    """Deadline, retry, call and token limits of one test, checked against its ledger."""
 
-    def __init__(self, settings: Settings, *, test_id: str, clock: Clock = time.monotonic) -> None:
+    def __init__(self, settings: Settings, ledger: Ledger, *, clock: Clock = time.monotonic) -> None:
         self.settings = settings
-        self.test_id = test_id
+        self.ledger = ledger
         self.clock = clock
         self.started = clock()
+        self._deadline_at = math.inf if settings.deadline is None else self.started + settings.deadline
 
     def elapsed(self) -> float:
         return self.clock() - self.started
 
     def remaining(self) -> float:
         """Seconds left before the deadline (``math.inf`` without one)."""
-        if self.settings.deadline is None:
-            return math.inf
-        return self.settings.deadline - self.elapsed()
+        return self._deadline_at - self.clock()
 
-    def attempt_timeout(self) -> float:
-        """The most one attempt may take now: call_timeout, capped by the deadline."""
-        call_timeout = self.settings.call_timeout if self.settings.call_timeout is not None else math.inf
-        return max(0.0, min(call_timeout, self.remaining()))
+    def attempt_cap(self) -> tuple[float, str | None]:
+        """The most one attempt may take now, body included, and the limit that sets it."""
+        remaining = self.remaining()
+        call_timeout = self.settings.call_timeout
+        if call_timeout is not None and call_timeout <= remaining:
+            return call_timeout, "call_timeout"
+        if math.isinf(remaining):
+            return math.inf, None
+        return max(0.0, remaining), "deadline"
 
-    def check_start(self, events: Sequence[AttemptEvent], *, new_call: bool) -> None:
-        """Before an attempt: is there time, and (for a new call) call budget left?"""
+    def refuse_start(self, *, new_call: bool) -> tuple[str, str] | None:
+        """Before an attempt: no time left, or (for a new call) no call budget? The budget and why."""
         if self.remaining() <= 0:
-            raise self.exceeded("deadline", "no time left to start another attempt", events)
+            return "deadline", "no time left to start another attempt"
         limit = self.settings.calls
-        if new_call and limit is not None and Stats.of(events).calls >= limit:
-            raise self.exceeded("calls", f"a call beyond the {limit} allowed was about to be sent", events)
+        if new_call and limit is not None and self.ledger.calls >= limit:
+            return "calls", f"a call beyond the {limit} allowed was about to be sent"
+        return None
 
-    def check_failure(self, events: Sequence[AttemptEvent], failed: AttemptEvent) -> None:
+    def check_failure(self, failed: Attempt) -> None:
         """After a failed attempt: may the test absorb it, and can a retry still make it?"""
         if self.remaining() <= 0:
-            raise self.exceeded("deadline", "the deadline passed during the attempt", events)
+            raise self.exceeded("deadline", "the deadline passed during the attempt")
         # A failed attempt followed by a failover is not a retry: the call moved on to an endpoint it
         # had not tried, at most max_endpoints - 1 times (routing.py); its time still counts.
-        failures = sum(e.failed and e.failover_to is None for e in events)
-        if failures > self.settings.retries:
-            raise self.exceeded("retries", f"{failures} failed attempts", events)
+        counted = self.ledger.counted_failures
+        if counted > self.settings.retries:
+            if failed.cause and "call_timeout" in failed.cause:
+                raise self.exceeded(
+                    "call_timeout",
+                    f"{report.plural(counted, 'failed attempt')}, the last cut at its {failed.cause} "
+                    f"({failed.cap:.2f} s), and retries={self.settings.retries} absorbs no more",
+                )
+            raise self.exceeded("retries", report.plural(counted, "failed attempt"))
         wait = failed.retry_after if failed.failover_to is None else None  # a failover does not wait
         if wait is not None and wait > self.remaining():
             raise self.exceeded(
                 "deadline",
                 f"the server asked to wait {wait:g} s before retrying; "
                 f"only {self.remaining():.2f} s remain, so the test fails now instead of sleeping into a certain miss",
-                events,
             )
 
-    def check_progress(self, events: Sequence[AttemptEvent]) -> None:
+    def check_progress(self) -> None:
         """While a body streams in: the read timeout restarts per chunk, the deadline does not."""
         if self.remaining() <= 0:
-            raise self.exceeded("deadline", "the deadline passed while the response was still arriving", events)
+            raise self.exceeded("deadline", "the deadline passed while the response was still arriving")
 
-    def check_tokens(self, events: Sequence[AttemptEvent]) -> None:
+    def check_tokens(self) -> None:
         limit = self.settings.tokens
-        spent = Stats.of(events).tokens
-        if limit is not None and spent > limit:
-            raise self.exceeded("tokens", f"{spent} tokens used", events)
+        if limit is not None and self.ledger.tokens > limit:
+            raise self.exceeded("tokens", f"{self.ledger.tokens} tokens used")
 
-    def exceeded(self, budget: str, what: str, events: Sequence[AttemptEvent]) -> LLMBudgetExceeded:
-        limit = self.settings.deadline if budget == "deadline" else getattr(self.settings, budget)
-        unit = " s" if budget == "deadline" else ""
-        where = self.settings.source_of(budget)
-        last = events[-1] if events else None
-        lines = [
-            f"LLM {budget} budget spent in {self.test_id}: {what} "
-            f"(limit {budget}={limit}{unit}, set by {where}; {self.elapsed():.2f} s elapsed).",
-        ]
-        if last is not None:
-            lines.append(f"Endpoint {last.endpoint}, model {last.model or '?'}.")
-        lines.append(f"Attempts ({len(events)}):")
-        lines.extend(f"  {i}. {event.describe()}" for i, event in enumerate(events, 1))
-        option = OPTIONS[budget]
-        lines.append(
-            f"What to do: {_ADVICE[budget]}; the limit is set with "
-            f"@pytest.mark.llm_budget({budget}=...), {option.flag} or {option.env}."
+    def exceeded(self, budget: str, what: str) -> LLMBudgetExceeded:
+        return LLMBudgetExceeded(
+            budget, report.budget_message(budget, what, self.settings, self.ledger, elapsed=self.elapsed())
         )
-        return LLMBudgetExceeded(budget, "\n".join(lines))

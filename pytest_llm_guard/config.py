@@ -13,7 +13,7 @@ import dataclasses
 import math
 import os
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -160,105 +160,88 @@ class Option:
 _seconds = _optional(_number(float, 0, positive=True))
 _count = _optional(_number(int, 1, positive=True))
 
-OPTIONS: dict[str, Option] = {
-    o.name: o
-    for o in (
-        Option("deadline", _seconds, 120.0, "wall-clock seconds a test may spend, from its start", True),
-        Option("call_timeout", _seconds, 30.0, "seconds one LLM attempt may take, body included", True),
-        Option("retries", _number(int, 0, positive=False), 2, "failed LLM attempts a test may absorb in total", True),
-        Option("calls", _count, None, "LLM requests a test may send (runaway agent loops)", True),
-        Option("tokens", _count, None, "total tokens (from `usage`) a test may spend", True),
-        Option("guard_all", _boolean, False, "guard every test, not only those using the fixtures or markers"),
-        Option("timeout_grace", _number(float, 0, positive=False), 5.0, "pytest-timeout backstop: deadline + this"),
-        Option("backoff_initial", _number(float, 0, positive=False), 0.5, "first retry backoff of guarded clients"),
-        Option("backoff_max", _number(float, 0, positive=False), 8.0, "largest retry backoff of guarded clients"),
-        Option("base_url", _text, None, "endpoint of the llm_client fixtures (default: OPENAI_BASE_URL)"),
-        Option("model", _text, "gpt-4o-mini", "model name tests read from llm_guard.model"),
-        Option(
-            "record",
-            _choice("none", "once", "new_episodes", "all", "off"),
-            None,
-            "cassette record mode: none, once, new_episodes, all, or off (live, no cassettes); "
-            "default none when CI is set, else once",
-        ),
-        Option("cassette_dir", _text, "cassettes", "cassette folder, relative to each test file's folder"),
-        Option(
-            "match_on",
-            _subset("method", "scheme", "host", "port", "path", "query", "body"),
-            ("method", "path", "body"),
-            "request parts a replay must match",
-        ),
-        Option("ignore_body_fields", _names, (), "JSON body fields left out of matching (e.g. user, metadata)"),
-        Option("scrub_headers", _names, (), "more headers never written to cassettes"),
-        Option("scrub_body_fields", _names, (), "JSON body fields redacted in cassettes"),
-        Option("scrub_patterns", _names, (), "regular expressions redacted everywhere in cassettes"),
-        Option("record_failures", _boolean, False, "also record 429/5xx responses (replays would replay the outage)"),
-        # endpoints, breakers, failover (breaker.py, routing.py) and session budgets (session.py)
-        Option(
-            "on_open", _choice("fail", "skip"), "fail", "an llm_client test finding no endpoint available: fail or skip"
-        ),
-        Option("breaker_failures", _count, 3, "consecutive failed attempts that open an endpoint's breaker"),
-        Option("breaker_failure_rate", _optional(_fraction), 0.5, "failure share over breaker_window that opens it"),
-        Option("breaker_window", _number(int, 1, positive=True), 20, "recent attempts the failure rate is taken over"),
-        Option(
-            "breaker_min_calls", _number(int, 1, positive=True), 10, "attempts in the window before the rate counts"
-        ),
-        Option(
-            "breaker_cooldown", _number(float, 0, positive=True), 30.0, "seconds a breaker stays open before a probe"
-        ),
-        Option("breaker_cooldown_max", _number(float, 0, positive=True), 300.0, "cap of the doubling cooldown"),
-        Option(
-            "retry_tokens", _number(float, 0, positive=True), 10.0, "retry token bucket of each endpoint (gRPC-style)"
-        ),
-        Option("retry_token_ratio", _number(float, 0, positive=False), 0.1, "tokens a success puts back in the bucket"),
-        Option("max_endpoints", _number(int, 1, positive=True), 3, "endpoints one llm_client call may try (failovers)"),
-        Option("session_deadline", _seconds, None, "seconds the whole session may spend on guarded tests"),
-        Option("max_calls", _count, None, "LLM calls the whole session may send, over all xdist workers"),
-        Option("max_tokens", _count, None, "tokens the whole session may spend, over all xdist workers"),
-        Option("on_session_spent", _choice("skip", "fail"), "skip", "guarded tests once a session budget is spent"),
-    )
-}
 
-MARKER_KEYS = tuple(name for name, option in OPTIONS.items() if option.in_marker)
+def _option(default: Any, parse: Callable[[Any], Any], help: str, *, marker: bool = False) -> Any:
+    """A settings field that is also an option: its parser, help and marker use live beside its default."""
+    return field(default=default, metadata={"parse": parse, "help": help, "in_marker": marker})
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Resolved options for the session or for one test, with where each came from."""
+    """Resolved options for the session or for one test, with where each came from.
 
-    deadline: float | None = OPTIONS["deadline"].default
-    call_timeout: float | None = OPTIONS["call_timeout"].default
-    retries: int = OPTIONS["retries"].default
-    calls: int | None = OPTIONS["calls"].default
-    tokens: int | None = OPTIONS["tokens"].default
-    guard_all: bool = OPTIONS["guard_all"].default
-    timeout_grace: float = OPTIONS["timeout_grace"].default
-    backoff_initial: float = OPTIONS["backoff_initial"].default
-    backoff_max: float = OPTIONS["backoff_max"].default
-    base_url: str | None = OPTIONS["base_url"].default
-    model: str | None = OPTIONS["model"].default
-    record: str | None = OPTIONS["record"].default
-    cassette_dir: str | None = OPTIONS["cassette_dir"].default
-    match_on: tuple[str, ...] = OPTIONS["match_on"].default
-    ignore_body_fields: tuple[str, ...] = OPTIONS["ignore_body_fields"].default
-    scrub_headers: tuple[str, ...] = OPTIONS["scrub_headers"].default
-    scrub_body_fields: tuple[str, ...] = OPTIONS["scrub_body_fields"].default
-    scrub_patterns: tuple[str, ...] = OPTIONS["scrub_patterns"].default
-    record_failures: bool = OPTIONS["record_failures"].default
-    on_open: str = OPTIONS["on_open"].default
-    breaker_failures: int | None = OPTIONS["breaker_failures"].default
-    breaker_failure_rate: float | None = OPTIONS["breaker_failure_rate"].default
-    breaker_window: int = OPTIONS["breaker_window"].default
-    breaker_min_calls: int = OPTIONS["breaker_min_calls"].default
-    breaker_cooldown: float = OPTIONS["breaker_cooldown"].default
-    breaker_cooldown_max: float = OPTIONS["breaker_cooldown_max"].default
-    retry_tokens: float = OPTIONS["retry_tokens"].default
-    retry_token_ratio: float = OPTIONS["retry_token_ratio"].default
-    max_endpoints: int = OPTIONS["max_endpoints"].default
-    session_deadline: float | None = OPTIONS["session_deadline"].default
-    max_calls: int | None = OPTIONS["max_calls"].default
-    max_tokens: int | None = OPTIONS["max_tokens"].default
-    on_session_spent: str = OPTIONS["on_session_spent"].default
+    Each field below is one option: the flag, the ini key and the environment variable
+    are derived from its name (:data:`OPTIONS`), so an option is declared here only.
+    """
+
+    deadline: float | None = _option(
+        120.0, _seconds, "wall-clock seconds a test may spend, from its start", marker=True
+    )
+    call_timeout: float | None = _option(30.0, _seconds, "seconds one LLM attempt may take, body included", marker=True)
+    retries: int = _option(
+        2, _number(int, 0, positive=False), "failed LLM attempts a test may absorb in total", marker=True
+    )
+    calls: int | None = _option(None, _count, "LLM requests a test may send (runaway agent loops)", marker=True)
+    tokens: int | None = _option(None, _count, "total tokens (from `usage`) a test may spend", marker=True)
+    guard_all: bool = _option(False, _boolean, "guard every test, not only those using the fixtures or markers")
+    timeout_grace: float = _option(5.0, _number(float, 0, positive=False), "pytest-timeout backstop: deadline + this")
+    backoff_initial: float = _option(0.5, _number(float, 0, positive=False), "first retry backoff of guarded clients")
+    backoff_max: float = _option(8.0, _number(float, 0, positive=False), "largest retry backoff of guarded clients")
+    base_url: str | None = _option(None, _text, "endpoint of the llm_client fixtures (default: OPENAI_BASE_URL)")
+    model: str | None = _option("gpt-4o-mini", _text, "model name tests read from llm_guard.model")
+    record: str | None = _option(
+        None,
+        _choice("none", "once", "new_episodes", "all", "off"),
+        "cassette record mode: none, once, new_episodes, all, or off (live, no cassettes); "
+        "default none when CI is set, else once",
+    )
+    cassette_dir: str | None = _option("cassettes", _text, "cassette folder, relative to each test file's folder")
+    match_on: tuple[str, ...] = _option(
+        ("method", "path", "body"),
+        _subset("method", "scheme", "host", "port", "path", "query", "body"),
+        "request parts a replay must match",
+    )
+    ignore_body_fields: tuple[str, ...] = _option(
+        (), _names, "JSON body fields left out of matching (e.g. user, metadata)"
+    )
+    scrub_headers: tuple[str, ...] = _option((), _names, "more headers never written to cassettes")
+    scrub_body_fields: tuple[str, ...] = _option((), _names, "JSON body fields redacted in cassettes")
+    scrub_patterns: tuple[str, ...] = _option((), _names, "regular expressions redacted everywhere in cassettes")
+    record_failures: bool = _option(False, _boolean, "also record 429/5xx responses (replays would replay the outage)")
+    # endpoints, breakers, failover (breaker.py, routing.py) and session budgets (session.py)
+    on_open: str = _option(
+        "fail", _choice("fail", "skip"), "an llm_client test finding no endpoint available: fail or skip"
+    )
+    breaker_failures: int | None = _option(3, _count, "consecutive failed attempts that open an endpoint's breaker")
+    breaker_failure_rate: float | None = _option(
+        0.5, _optional(_fraction), "failure share over breaker_window that opens it"
+    )
+    breaker_window: int = _option(20, _number(int, 1, positive=True), "recent attempts the failure rate is taken over")
+    breaker_min_calls: int = _option(
+        10, _number(int, 1, positive=True), "attempts in the window before the rate counts"
+    )
+    breaker_cooldown: float = _option(
+        30.0, _number(float, 0, positive=True), "seconds a breaker stays open before a probe"
+    )
+    breaker_cooldown_max: float = _option(300.0, _number(float, 0, positive=True), "cap of the doubling cooldown")
+    retry_tokens: float = _option(
+        10.0, _number(float, 0, positive=True), "retry token bucket of each endpoint (gRPC-style)"
+    )
+    retry_token_ratio: float = _option(
+        0.1, _number(float, 0, positive=False), "tokens a success puts back in the bucket"
+    )
+    max_endpoints: int = _option(3, _number(int, 1, positive=True), "endpoints one llm_client call may try (failovers)")
+    session_deadline: float | None = _option(None, _seconds, "seconds the whole session may spend on guarded tests")
+    max_calls: int | None = _option(None, _count, "LLM calls the whole session may send, over all xdist workers")
+    max_tokens: int | None = _option(None, _count, "tokens the whole session may spend, over all xdist workers")
+    on_session_spent: str = _option("skip", _choice("skip", "fail"), "guarded tests once a session budget is spent")
+    # per test only, from the llm_breaker and llm_cassette markers
+    endpoints: tuple[str, ...] | None = None
+    """Endpoints the test may use (``llm_breaker(endpoints=...)``); None: all."""
+    cassette: bool = True
+    """False: ``llm_cassette(False)``, live calls without a cassette."""
+    cassette_name: str | None = None
+    cassette_path: str | Path | None = None
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def source_of(self, name: str) -> str:
@@ -285,6 +268,30 @@ class Settings:
             return self
         sources = {**self.sources, **{key: source for key in parsed}}
         return dataclasses.replace(self, **parsed, sources=sources)
+
+    def checked(self) -> Settings:
+        """Options that must agree with each other, checked once every layer is applied."""
+        for low, high in (
+            ("breaker_min_calls", "breaker_window"),
+            ("breaker_cooldown", "breaker_cooldown_max"),
+            ("backoff_initial", "backoff_max"),
+        ):
+            if getattr(self, low) > getattr(self, high):
+                raise LLMGuardConfigError(
+                    f"pytest-llm-guard: {low} = {getattr(self, low):g} (set by {self.source_of(low)}) cannot exceed "
+                    f"{high} = {getattr(self, high):g} (set by {self.source_of(high)}); "
+                    "lower the first or raise the second"
+                )
+        return self
+
+
+OPTIONS: dict[str, Option] = {
+    f.name: Option(f.name, f.metadata["parse"], f.default, f.metadata["help"], f.metadata["in_marker"])
+    for f in dataclasses.fields(Settings)
+    if "parse" in f.metadata
+}
+
+MARKER_KEYS = tuple(name for name, option in OPTIONS.items() if option.in_marker)
 
 
 SECTIONS = ("endpoints",)
@@ -335,17 +342,92 @@ def load_settings(
         settings = settings.merged(options, f"[{PYPROJECT_TABLE}] in {pyproject}")
     settings = settings.merged({k: v for k, v in ini.items() if v not in (None, "")}, ini_source)
     settings = settings.merged(read_environment(environ), "the environment (LLM_GUARD_*)")
-    return settings.merged({k: v for k, v in cli.items() if v is not None}, "the command line")
+    return settings.merged({k: v for k, v in cli.items() if v is not None}, "the command line").checked()
 
 
-def apply_markers(settings: Settings, markers: Iterable[Any], where: str) -> Settings:
-    """Merge ``llm_budget`` markers given closest first (as ``iter_markers`` yields them)."""
+BUDGET_MARKER = "llm_budget"
+BREAKER_MARKER = "llm_breaker"
+CASSETTE_MARKER = "llm_cassette"
+MARKERS = {
+    BUDGET_MARKER: f"{BUDGET_MARKER}({', '.join(f'{k}=...' for k in MARKER_KEYS)}): pytest-llm-guard per-test limits: "
+    "deadline seconds from the test's start, retries (failed LLM attempts absorbed in total), "
+    "call_timeout seconds per attempt, calls (LLM requests) and tokens (from usage).",
+    BREAKER_MARKER: f"{BREAKER_MARKER}(endpoints=[names], on_open='fail'|'skip'): pytest-llm-guard: the endpoints "
+    "this test may use, and whether it fails or skips when none of them is available.",
+    CASSETTE_MARKER: f"{CASSETTE_MARKER}(name=None, *, path=None): pytest-llm-guard cassette of this test: a shared "
+    f"cassette name in the same folder, an explicit path, or {CASSETTE_MARKER}(False) for live calls without one.",
+}
+
+
+def apply_markers(
+    settings: Settings,
+    markers: Iterable[Any],
+    where: str,
+    *,
+    endpoint_names: Sequence[str] = (),
+    endpoints_source: str = "",
+) -> Settings:
+    """One test's settings: every ``llm_*`` marker, given closest first (as ``iter_markers`` yields them).
+
+    Farther markers (module, then class) apply first, so the closest wins per key.
+    Wrong keys or values raise :class:`LLMGuardConfigError` naming the marker and the test.
+    """
     for marker in reversed(list(markers)):
         source = f"@pytest.mark.{marker.name} on {where}"
-        if marker.args:
-            raise LLMGuardConfigError(
-                f"pytest-llm-guard: {source} takes keyword arguments only "
-                f"({', '.join(MARKER_KEYS)}), got positional {marker.args!r}"
-            )
-        settings = settings.merged(marker.kwargs, source, allowed=MARKER_KEYS)
+        if marker.name == BUDGET_MARKER:
+            if marker.args:
+                raise LLMGuardConfigError(
+                    f"pytest-llm-guard: {source} takes keyword arguments only "
+                    f"({', '.join(MARKER_KEYS)}), got positional {marker.args!r}"
+                )
+            settings = settings.merged(marker.kwargs, source, allowed=MARKER_KEYS)
+        elif marker.name == BREAKER_MARKER:
+            settings = _breaker_marker(settings, marker, source, endpoint_names, endpoints_source)
+        elif marker.name == CASSETTE_MARKER:
+            settings = _cassette_marker(settings, marker, source)
     return settings
+
+
+def _breaker_marker(
+    settings: Settings, marker: Any, source: str, endpoint_names: Sequence[str], endpoints_source: str
+) -> Settings:
+    unknown = set(marker.kwargs) - {"endpoints", "on_open"}
+    if marker.args or unknown:
+        raise LLMGuardConfigError(
+            f"pytest-llm-guard: {source} takes endpoints=[names] and on_open='fail'|'skip' only, "
+            f"got args={marker.args!r} kwargs={marker.kwargs!r}"
+        )
+    if "on_open" in marker.kwargs:
+        settings = settings.merged({"on_open": marker.kwargs["on_open"]}, source)
+    if "endpoints" not in marker.kwargs:
+        return settings
+    names = marker.kwargs["endpoints"]
+    if isinstance(names, str) or not isinstance(names, (list, tuple)) or not names:
+        raise LLMGuardConfigError(f"pytest-llm-guard: {source}: endpoints must be a non-empty list of names")
+    unknown_names = [n for n in names if n not in endpoint_names]
+    if unknown_names:
+        raise LLMGuardConfigError(
+            f"pytest-llm-guard: {source} names unknown endpoints {', '.join(map(repr, unknown_names))}; "
+            f"known endpoints (from {endpoints_source}): {', '.join(endpoint_names)}"
+        )
+    return dataclasses.replace(settings, endpoints=tuple(names), sources={**settings.sources, "endpoints": source})
+
+
+def _cassette_marker(settings: Settings, marker: Any, source: str) -> Settings:
+    args, kwargs = marker.args, dict(marker.kwargs)
+    path = kwargs.pop("path", None)
+    name = kwargs.pop("name", args[0] if args else None)
+    if kwargs or len(args) > 1 or not (name is None or name is False or isinstance(name, str)):
+        raise LLMGuardConfigError(
+            f"pytest-llm-guard: {source} takes a cassette name (str), False, or path=...; "
+            f"got args={args!r} kwargs={marker.kwargs!r}"
+        )
+    if path is not None and not isinstance(path, (str, Path)):
+        raise LLMGuardConfigError(f"pytest-llm-guard: {source}: path must be a str or Path, got {path!r}")
+    return dataclasses.replace(
+        settings,
+        cassette=name is not False,
+        cassette_name=name or None,
+        cassette_path=path,
+        sources={**settings.sources, "cassette": source},
+    )

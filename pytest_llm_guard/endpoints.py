@@ -14,36 +14,26 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
-import httpx2
-
-from . import wire
 from .config import PYPROJECT_TABLE
+from .dialect import ENDPOINT_KINDS, for_kind
 from .errors import LLMGuardConfigError
 
-KINDS = ("openai", "azure")
-DEFAULT_BASE_URL = "https://api.openai.com/v1"
-ROUTE_HEADER = "x-llm-guard-route"
-"""Set by the ``llm_client`` fixtures: their requests are routed; other clients' are only guarded."""
+if TYPE_CHECKING:
+    import httpx2
 
-# The routes AzureOpenAI sends to /openai/deployments/{model}/... (openai/lib/azure.py).
-_AZURE_DEPLOYMENT_ROUTES = frozenset(
-    {
-        "/completions",
-        "/chat/completions",
-        "/embeddings",
-        "/audio/transcriptions",
-        "/audio/translations",
-        "/audio/speech",
-        "/images/generations",
-        "/images/edits",
-    }
-)
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _ENV_VAR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin(scheme: str, host: str, port: int | None) -> tuple[str, str, int | None]:
+    return scheme, host.lower(), port if port is not None else _DEFAULT_PORTS.get(scheme)
 
 
 @dataclass(frozen=True)
@@ -59,51 +49,41 @@ class Endpoint:
     weight: float = 1.0
     kind: str = "openai"
     api_version: str | None = None
+    _origin: tuple[str, str, int | None] = field(init=False, repr=False, compare=False)
+    _prefix: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.base_url)
+        object.__setattr__(self, "_origin", _origin(parts.scheme, parts.hostname or "", parts.port))
+        object.__setattr__(self, "_prefix", parts.path.rstrip("/"))
 
     def serves(self, model: str | None) -> bool:
         return not self.models or model is None or model in self.models
 
     def owns(self, url: httpx2.URL) -> bool:
         """Does a request to ``url`` go to this endpoint? (same origin, path under the base path)"""
-        base = httpx2.URL(self.base_url)
-        if (url.scheme, url.host, url.port) != (base.scheme, base.host, base.port):
+        if _origin(url.scheme, url.host, url.port) != self._origin:
             return False
-        prefix = base.path.rstrip("/")
-        return url.path == prefix or url.path.startswith(prefix + "/")
+        return url.path == self._prefix or url.path.startswith(self._prefix + "/")
+
+    @property
+    def base_path_length(self) -> int:
+        return len(self._prefix)
 
     def api_key(self, environ: Mapping[str, str]) -> str | None:
         return environ.get(self.api_key_env) if self.api_key_env else None
 
     def address(self, request: httpx2.Request, model: str | None, environ: Mapping[str, str]) -> httpx2.Request:
-        """``request`` (from a fixture client) as this endpoint must receive it: URL, auth, no routing header."""
-        route = wire.route_of(request.url.path)
-        headers = httpx2.Headers(request.headers)
-        key = self.api_key(environ)
-        params = request.url.params
-        if self.kind == "azure":
-            deployment = f"/deployments/{model}" if model and route in _AZURE_DEPLOYMENT_ROUTES else ""
-            url = httpx2.URL(self.base_url.rstrip("/") + "/openai" + deployment + route)
-            params = params.set("api-version", self.api_version or "")
-            bearer = headers.pop("authorization", "").removeprefix("Bearer ")
-            headers["api-key"] = key if key is not None else bearer
-        else:
-            url = httpx2.URL(self.base_url.rstrip("/") + route)
-            if key is not None:
-                headers["authorization"] = f"Bearer {key}"
-        return forward(request, url.copy_with(params=params), headers)
+        """``request`` (from a fixture client) as this endpoint must receive it: URL, auth, Host."""
+        import httpx2
 
-
-def forward(
-    request: httpx2.Request, url: httpx2.URL | None = None, headers: httpx2.Headers | None = None
-) -> httpx2.Request:
-    """A copy of ``request`` to send on, without the routing header (Host follows the URL)."""
-    url = url or request.url
-    headers = httpx2.Headers(request.headers if headers is None else headers)
-    headers.pop(ROUTE_HEADER, None)
-    headers["host"] = url.netloc.decode("ascii")
-    return httpx2.Request(
-        request.method, url, headers=headers, stream=request.stream, extensions=dict(request.extensions)
-    )
+        url, headers = for_kind(self.kind).address(
+            self.kind, self.base_url, self.api_version, request, model, self.api_key(environ)
+        )
+        headers["host"] = url.netloc.decode("ascii")
+        return httpx2.Request(
+            request.method, url, headers=headers, stream=request.stream, extensions=dict(request.extensions)
+        )
 
 
 @dataclass(frozen=True)
@@ -121,17 +101,7 @@ class EndpointSet:
     def owner(self, url: httpx2.URL) -> Endpoint | None:
         """The endpoint a request URL goes to (the longest base path wins), or None: not ours to manage."""
         owners = [e for e in self.endpoints if e.owns(url)]
-        return max(owners, key=lambda e: len(httpx2.URL(e.base_url).path), default=None)
-
-    def check_names(self, names: Iterable[str], where: str) -> tuple[str, ...]:
-        names = tuple(names)
-        unknown = [n for n in names if n not in self.names]
-        if unknown:
-            raise LLMGuardConfigError(
-                f"pytest-llm-guard: {where} names unknown endpoints {', '.join(map(repr, unknown))}; "
-                f"known endpoints (from {self.source}): {', '.join(self.names)}"
-            )
-        return names
+        return max(owners, key=lambda e: e.base_path_length, default=None)
 
 
 def default_endpoints(base_url: str | None, environ: Mapping[str, str]) -> EndpointSet:
@@ -170,7 +140,7 @@ _FIELDS = {
     "call_timeout": "a positive number of seconds",
     "priority": "a whole number (lower is tried first)",
     "weight": "a positive number",
-    "kind": f"one of {', '.join(KINDS)}",
+    "kind": f"one of {', '.join(ENDPOINT_KINDS)}",
     "api_version": "an Azure API version such as 2024-10-21",
 }
 
@@ -210,7 +180,7 @@ def _endpoint(table: dict[str, Any], index: int, source: str, environ: Mapping[s
     if not _positive(weight):
         raise invalid("weight")
     kind = table.get("kind", "openai")
-    if kind not in KINDS:
+    if kind not in ENDPOINT_KINDS:
         raise invalid("kind")
     version = table.get("api_version")
     if kind == "azure":

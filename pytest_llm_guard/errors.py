@@ -4,14 +4,26 @@ Budget and cassette errors derive from ``BaseException`` on purpose, as pytest's
 own outcome exceptions do: application code under test often wraps LLM calls in
 ``except Exception: sleep(); retry`` loops, and such a loop must not be able to
 swallow the signal that the test is out of budget.
+
+The tree::
+
+    BaseException
+      LLMGuardInterrupt           ends the test at once; no ``except Exception`` catches it
+        LLMBudgetExceeded         a deadline, retry, call_timeout, call or token budget is spent
+        LLMCassetteMiss           replay only, and no recording answers the request
+        LLMNoEndpoint             no endpoint can take an llm_client call (also a pytest failure)
+    Exception
+      LLMCassetteError            a cassette file cannot be read
+      pytest.UsageError
+        LLMGuardConfigError       bad configuration or marker arguments
+      httpx2.ConnectError
+        LLMEndpointUnavailable    (routing.py) code under test called an endpoint whose breaker is open
+
+Nothing here imports httpx2: the plugin registers with pytest without loading it.
 """
 
 from __future__ import annotations
 
-import importlib
-from pathlib import Path
-
-import httpx2
 import pytest
 
 
@@ -19,31 +31,11 @@ class LLMGuardInterrupt(BaseException):
     """Ends the current test at once; no ``except Exception`` can catch it."""
 
 
-_LIBRARIES = ("openai", "httpx2", "httpcore2", "tenacity", "pytest_llm_guard", "_pytest", "pluggy")
-
-
-def failure_text(excinfo: pytest.ExceptionInfo[BaseException], root: Path) -> str:
-    """How a test the guard ended is reported: the message, then the test's and the application's frames.
-
-    The message comes first, so pytest's one-line summary shows it. No frames of the
-    SDK, httpx2 or the guard: pytest would print their arguments, and a request's URL
-    may carry a key in its query string; the message already lists every attempt.
-    """
-    libraries = tuple(str(Path(importlib.import_module(name).__file__).parent) for name in _LIBRARIES)
-    own = [e for e in excinfo.traceback if not str(e.path).startswith(libraries)] or [excinfo.traceback[-1]]
-    lines = []
-    for entry in own:
-        path = Path(entry.path)
-        shown = path.relative_to(root) if path.is_relative_to(root) else path
-        lines.append(f"{shown}:{entry.lineno + 1}: in {entry.name}\n    {str(entry.statement).strip()}")
-    return "\n".join([f"{excinfo.typename}: {excinfo.value}", "", "Where the LLM call was made:", *lines])
-
-
 class LLMBudgetExceeded(LLMGuardInterrupt):
-    """A test spent its deadline, retry, call or token budget.
+    """A test spent its deadline, retry, call_timeout, call or token budget.
 
-    ``budget`` names which one ("deadline", "retries", "calls", "tokens"); the
-    message lists what was spent and every attempt with its outcome.
+    ``budget`` names which one ("deadline", "retries", "call_timeout", "calls",
+    "tokens"); the message lists what was spent and every attempt with its outcome.
     """
 
     def __init__(self, budget: str, message: str) -> None:
@@ -65,15 +57,6 @@ class LLMCassetteMiss(LLMGuardInterrupt):
 
 class LLMCassetteError(Exception):
     """A cassette file cannot be read: its path and the parser's line and column."""
-
-
-class LLMEndpointUnavailable(httpx2.ConnectError):
-    """Code under test called an endpoint whose breaker is open (or that is rate-limited): refused at once.
-
-    The openai SDK raises it as ``APIConnectionError``, so the application's own fallback
-    runs; it counts against the test's retry budget. The message names the endpoint, its
-    breaker state, its last errors and when the next probe is due.
-    """
 
 
 class LLMNoEndpoint(LLMGuardInterrupt, pytest.fail.Exception):

@@ -1,4 +1,18 @@
-"""The per-test guard: budget + event log, fed by the transport seam, read by tests and reports."""
+"""The per-test guard: the ledger, the budget and the layer chain, fed by the transport seam.
+
+What a request meets, in order (built once per test, written down once here)::
+
+    guarded client's retry loop (retry.py; llm_client, async_llm_client, llm_guard.guard())
+      -> httpx2 client -> the seam (transport.py): the guard opens an attempt, checks the
+         budget, caps the attempt's timeouts
+        -> cassette layer (cassettes/layer.py): replay, or record what comes back
+          -> routing layer (routing.py): choose or refuse the endpoint, feed its breaker
+            -> the client's own transport (vcrpy's stubs or mocks included) -> network
+      <- the seam watches the body: deadline and call cap per chunk, usage at the end
+
+Only the seam and the layers write attempts; the budget, the retry policy and
+reports read them.
+"""
 
 from __future__ import annotations
 
@@ -6,25 +20,40 @@ __tracebackhide__ = True  # pytest: a failed test shows where the LLM call was m
 
 import asyncio
 import math
-import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import httpx2
-import openai
-from openai._base_client import AsyncAPIClient, SyncAPIClient
 
-from . import retry, wire
+from . import retry
 from .budget import Budget, Clock
 from .config import Settings
+from .dialect import Dialect, origin_of, request_json
 from .errors import LLMGuardInterrupt
-from .events import AttemptEvent, Stats
+from .ledger import CALL, Attempt, Call, Ledger, Stats
 
 if TYPE_CHECKING:
-    from .transport import Layer
+    import openai
 
-ClientT = TypeVar("ClientT", bound=openai.OpenAI | openai.AsyncOpenAI)
+ClientT = TypeVar("ClientT", bound="openai.OpenAI | openai.AsyncOpenAI")
+Send = Callable[[httpx2.Request], httpx2.Response]
+AsyncSend = Callable[[httpx2.Request], Awaitable[httpx2.Response]]
+
+
+class Layer(Protocol):
+    """Something between the seam and the transport (cassettes, routing).
+
+    A layer sees one attempt at the transport level: it may answer it itself (a replay,
+    an ``httpx2.Response`` whose stream is not read yet), refuse it (raise an ``httpx2``
+    error or an ``LLMGuardInterrupt``), rewrite it, or pass it on with ``send``. The seam
+    has already opened the attempt; a layer records on it what it alone knows
+    (source, endpoint, failover).
+    """
+
+    def handle(self, request: httpx2.Request, attempt: Attempt, send: Send) -> httpx2.Response: ...
+
+    async def handle_async(self, request: httpx2.Request, attempt: Attempt, send: AsyncSend) -> httpx2.Response: ...
 
 
 class Guard:
@@ -38,19 +67,19 @@ class Guard:
         clock: Clock = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         async_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        layers: Sequence[Layer] = (),
     ) -> None:
         self.settings = settings
-        self.layers = list(layers)
         self.test_id = test_id
-        self.budget = Budget(settings, test_id=test_id, clock=clock)
-        self.events: list[AttemptEvent] = []
+        self.ledger = Ledger(test_id)
+        self.budget = Budget(settings, self.ledger, clock=clock)
+        self.layers: tuple[Layer, ...] = ()
         self._clock = clock
         self._sleep = sleep
         self._async_sleep = async_sleep
-        self._lock = threading.Lock()
-        self._backoff_before_next = 0.0
-        self._attempt_caps: dict[int, float] = {}
+
+    def use_layers(self, *, cassette: Layer | None = None, routing: Layer | None = None) -> None:
+        """Build the chain once, in its one order: cassette outside routing (a replay needs no endpoint)."""
+        self.layers = tuple(layer for layer in (cassette, routing) if layer is not None)
 
     # -- what tests use -------------------------------------------------------------
 
@@ -60,15 +89,16 @@ class Guard:
 
     @property
     def stats(self) -> Stats:
-        return Stats.of(self.snapshot())
+        return self.ledger.stats()
+
+    @property
+    def events(self) -> list[Attempt]:
+        """Every attempt so far, oldest first (a copy)."""
+        return self.ledger.snapshot()
 
     def remaining(self) -> float:
         """Seconds left before this test's deadline (``math.inf`` without one)."""
         return self.budget.remaining()
-
-    def snapshot(self) -> list[AttemptEvent]:
-        with self._lock:
-            return list(self.events)
 
     def guard(self, client: ClientT) -> ClientT:
         """A copy of ``client`` whose retries are the guard's (the SDK's own are turned off).
@@ -77,116 +107,135 @@ class Guard:
         Traffic of unguarded clients is still capped and counted at the transport seam;
         this adds budget-aware retries on top.
         """
-        if not isinstance(client, (SyncAPIClient, AsyncAPIClient)):
-            raise TypeError(
-                f"llm_guard.guard() takes an openai client (OpenAI, AsyncOpenAI, AzureOpenAI, ...), "
-                f"got {type(client).__name__}"
-            )
-        guarded = client.with_options(max_retries=0)
-        if isinstance(guarded, AsyncAPIClient):
-            guarded._send_request = retry.async_sender(self, guarded._send_request)  # type: ignore[method-assign]
-        else:
-            guarded._send_request = retry.sync_sender(self, guarded._send_request)  # type: ignore[method-assign]
-        return guarded
+        return retry.guarded_client(self, client, routed=False)
+
+    def fixture_client(self, client: ClientT) -> ClientT:
+        """:meth:`guard`, and the client's calls are routed over the configured endpoints."""
+        return retry.guarded_client(self, client, routed=True)
 
     # -- what the retry loop uses ---------------------------------------------------
 
     def sleep(self, seconds: float) -> None:
-        self._note_backoff(seconds)
         self._sleep(seconds)
 
     async def async_sleep(self, seconds: float) -> None:
-        self._note_backoff(seconds)
         await self._async_sleep(seconds)
 
-    def _note_backoff(self, seconds: float) -> None:
-        with self._lock:
-            self._backoff_before_next += seconds
+    # -- what the seam uses ---------------------------------------------------------
 
-    # -- what the transport seam uses -----------------------------------------------
+    def begin(self, request: httpx2.Request, dialect: Dialect) -> Attempt:
+        """Open the attempt, check the budget, cap the attempt's timeouts by the time left."""
+        call: Call | None = request.extensions.get(CALL)
+        if call is None:  # a client the guard does not wrap: its SDK's own retries are told by a header
+            number = dialect.retry_number(request) + 1
+            kind, backoff = ("first" if number == 1 else "retry"), 0.0
+            call_number = self.ledger.new_call() if number == 1 else max(1, self.ledger.calls)
+        else:
+            call.attempts += 1
+            number = call.attempts
+            kind = "first" if number == 1 else "failover" if call.failover_to else "retry"
+            if number == 1:
+                call.number = self.ledger.new_call()
+            call_number, backoff, call.backoff = call.number, call.backoff, 0.0
+        attempt = Attempt(
+            test=self.test_id,
+            call=call_number,
+            number=number,
+            kind=kind,
+            endpoint=origin_of(request.url),
+            path=request.url.path,
+            model=dialect.model_of(request, request_json(request)),
+            start=self._clock(),
+            wall_start=time.time(),
+            backoff=backoff,
+        )
+        refusal = self.budget.refuse_start(new_call=kind == "first")
+        if refusal is not None:
+            attempt.source = "refused"
+            self.ledger.open(attempt)
+            self._close(attempt, "LLMBudgetExceeded", error=f"{refusal[0]} budget spent")
+            raise self.budget.exceeded(*refusal)
+        self.ledger.open(attempt)
+        self.cap(attempt, request, *self.budget.attempt_cap())
+        return attempt
 
-    def begin(self, request: httpx2.Request) -> AttemptEvent:
-        """Check the budget, cap the attempt's timeouts by the deadline, open its event."""
-        retry_count = request.headers.get("x-stainless-retry-count", "0")
-        is_retry = retry_count.isdigit() and int(retry_count) > 0
-        self.budget.check_start(self.snapshot(), new_call=not is_retry)
-        with self._lock:
-            event = AttemptEvent(
-                test=self.test_id,
-                endpoint=wire.endpoint_of(request),
-                path=request.url.path,
-                model=wire.model_of(request),
-                start=self._clock(),
-                wall_start=time.time(),
-                retry=is_retry,
-                backoff=self._backoff_before_next,
-            )
-            self._backoff_before_next = 0.0
-            self.events.append(event)
-        self.cap_attempt(event, request, self.budget.attempt_timeout())
-        return event
+    def cap(self, attempt: Attempt, request: httpx2.Request, seconds: float, by: str | None) -> None:
+        """Lower the attempt's time cap (body included) and its request's timeouts.
 
-    def cap_attempt(self, event: AttemptEvent, request: httpx2.Request, seconds: float) -> None:
-        """Lower the attempt's time cap (body included) and its request's timeouts; a layer uses it
-        for the call_timeout of the endpoint it chose."""
-        cap = min(seconds, self._attempt_caps.get(id(event), seconds))
-        self._attempt_caps[id(event)] = cap
-        if math.isinf(cap):  # no deadline, no call_timeout: the client's own timeouts stand
+        ``by`` names the limit, so an attempt cut by it can say which; a layer lowers the cap
+        for the call_timeout of the endpoint it chose.
+        """
+        if seconds >= attempt.cap:
             return
         timeouts = request.extensions.get("timeout") or {}
+        own = max((t for t in timeouts.values() if t is not None), default=math.inf)
+        attempt.cap, attempt.cap_by, attempt.cap_binds = seconds, by, seconds < own
         request.extensions = {
             **request.extensions,
-            "timeout": {phase: min(cap, timeouts.get(phase) or cap) for phase in ("connect", "read", "write", "pool")},
+            "timeout": {
+                phase: min(seconds, timeouts.get(phase) or seconds) for phase in ("connect", "read", "write", "pool")
+            },
         }
 
-    def fail(self, event: AttemptEvent, error: BaseException) -> None:
-        """A transport error ended the attempt; raises when the test cannot absorb it."""
-        self._finish(event, type(error).__name__, error=str(error) or None)
-        if not isinstance(error, LLMGuardInterrupt):
-            self._check_failure(event)
+    def refused(self, attempt: Attempt, error: BaseException) -> None:
+        """A layer refused the attempt: nothing was sent."""
+        attempt.source = "refused"
+        self.fail(attempt, error)
 
-    def responded(self, event: AttemptEvent, response: httpx2.Response) -> bool:
+    def fail(self, attempt: Attempt, error: BaseException) -> None:
+        """An error ended the attempt; raises when the test cannot absorb it."""
+        if isinstance(error, LLMGuardInterrupt):
+            self._close(attempt, type(error).__name__, error=_first_line(error))
+            return
+        if isinstance(error, httpx2.TimeoutException) and attempt.cap_binds and attempt.cause is None:
+            attempt.cause = attempt.cap_by  # the client's timeouts were ours: the cap cut it
+        if not self._close(attempt, type(error).__name__, error=str(error) or None):
+            return
+        self._check_failure(attempt)
+
+    def responded(self, attempt: Attempt, response: httpx2.Response) -> bool:
         """Headers are in. An error status ends the attempt now; returns whether it has ended."""
-        event.status = response.status_code
+        attempt.status = response.status_code
         if response.status_code < 400:
             return False
-        event.retry_after = retry.parse_retry_after(response.headers)
-        self._finish(event, f"HTTP {response.status_code}")
-        self._check_failure(event)
+        attempt.retry_after = retry.parse_retry_after(response.headers)
+        self._close(attempt, f"HTTP {response.status_code}")
+        self._check_failure(attempt)
         return True
 
-    def progress(self, event: AttemptEvent) -> None:
+    def progress(self, attempt: Attempt) -> None:
         """A chunk arrived: the per-chunk read timeout restarted, so check the totals here."""
         try:
-            self.budget.check_progress(self.snapshot())
+            self.budget.check_progress()
         except LLMGuardInterrupt:
-            self._finish(event, "deadline", error="cut at the deadline while the body was arriving")
+            attempt.cause = "deadline"
+            self._close(attempt, "cut", error="cut at the deadline while the body was arriving")
             raise
-        cap = self._attempt_caps.get(id(event), 0.0)
-        if self._clock() - event.start > cap:
-            raise httpx2.ReadTimeout(f"the attempt took longer than its {cap:.2f} s cap (call_timeout or deadline)")
+        if self._clock() - attempt.start > attempt.cap:
+            attempt.cause = attempt.cap_by
+            raise httpx2.ReadTimeout(f"the attempt took longer than its {attempt.cap:.2f} s cap ({attempt.cap_by})")
 
-    def succeeded(self, event: AttemptEvent, tokens: int | None) -> None:
-        self._finish(event, "ok")
-        event.tokens = tokens
-        self.budget.check_tokens(self.snapshot())
+    def succeeded(self, attempt: Attempt, tokens: int | None) -> None:
+        attempt.tokens = tokens
+        self._close(attempt, "ok")
+        self.budget.check_tokens()
 
-    def closed_early(self, event: AttemptEvent) -> None:
+    def closed_early(self, attempt: Attempt) -> None:
         """The caller stopped reading the body: the attempt counts as answered."""
-        self._finish(event, "ok", error="body not read to the end")
+        self._close(attempt, "ok", error="body not read to the end")
 
-    def _finish(self, event: AttemptEvent, outcome: str, *, error: str | None = None) -> None:
-        if event.end is not None:
-            return
-        event.end = self._clock()
-        event.outcome = outcome
-        event.error = error
-        self._attempt_caps.pop(id(event), None)
+    def _close(self, attempt: Attempt, outcome: str, *, error: str | None = None) -> bool:
+        return self.ledger.close(attempt, self._clock(), outcome, error=error)
 
-    def _check_failure(self, event: AttemptEvent) -> None:
+    def _check_failure(self, attempt: Attempt) -> None:
         try:
-            self.budget.check_failure(self.snapshot(), event)
+            self.budget.check_failure(attempt)
         except LLMGuardInterrupt as exc:
             # The message lists every attempt with its error; chaining would print the
             # failed attempt's whole httpcore traceback above it in the test report.
             raise exc from None
+
+
+def _first_line(error: BaseException) -> str | None:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else None

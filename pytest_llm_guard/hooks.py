@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import pytest
-from vcr.request import Request as VcrRequest
 
 if TYPE_CHECKING:
+    from vcr.request import Request as VcrRequest
+
     from .state import StateStore
 
 

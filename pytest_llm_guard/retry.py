@@ -17,6 +17,8 @@ import httpx2
 from tenacity import AsyncRetrying, RetryCallState, Retrying, retry_if_exception, retry_if_result
 from tenacity.wait import wait_base, wait_exponential_jitter
 
+from .ledger import CALL, Call
+
 if TYPE_CHECKING:
     from .guard import Guard
 
@@ -24,9 +26,6 @@ MAX_RETRY_AFTER = 120.0
 """Like the SDK: a server asking for a longer pause is not retried at all."""
 
 RETRYABLE_STATUS = frozenset({408, 409, 429})
-
-FAILOVER_TO = "llm_guard_failover_to"
-"""Request extension a routing layer sets when the call's next attempt goes to another endpoint."""
 
 
 def parse_retry_after(headers: Mapping[str, str], now: Callable[[], float] = time.time) -> float | None:
@@ -114,14 +113,8 @@ class wait_unless_failover(wait_base):
         self.inner = inner
 
     def __call__(self, retry_state: RetryCallState) -> float:
-        request: httpx2.Request = retry_state.args[0]
-        return 0.0 if request.extensions.get(FAILOVER_TO) else self.inner(retry_state)
-
-
-def _close_retried_response(retry_state: RetryCallState) -> None:
-    outcome = retry_state.outcome
-    if outcome is not None and not outcome.failed:
-        outcome.result().close()
+        call: Call | None = retry_state.args[0].extensions.get(CALL)
+        return 0.0 if call is not None and call.failover_to else self.inner(retry_state)
 
 
 def _policy(guard: Guard) -> dict[str, Any]:
@@ -131,6 +124,7 @@ def _policy(guard: Guard) -> dict[str, Any]:
     )
 
     def mark_retry(retry_state: RetryCallState) -> None:
+        # As the SDK's own loop does, so a server sees which attempt this is.
         request: httpx2.Request = retry_state.args[0]
         request.headers["x-stainless-retry-count"] = str(retry_state.attempt_number - 1)
 
@@ -143,28 +137,68 @@ def _policy(guard: Guard) -> dict[str, Any]:
     )
 
 
-def sync_sender(guard: Guard, send: Callable[..., httpx2.Response]) -> Callable[..., httpx2.Response]:
-    """Wrap an SDK client's per-attempt ``_send_request`` in the guard's retry policy."""
+def _close_retried_response(retry_state: RetryCallState) -> None:
+    outcome = retry_state.outcome
+    if outcome is not None and not outcome.failed:
+        outcome.result().close()
+
+
+async def _aclose_retried_response(retry_state: RetryCallState) -> None:
+    outcome = retry_state.outcome
+    if outcome is not None and not outcome.failed:
+        await outcome.result().aclose()
+
+
+def sync_sender(guard: Guard, send: Callable[..., httpx2.Response], *, routed: bool) -> Callable[..., httpx2.Response]:
+    """Wrap an SDK client's per-attempt ``_send_request`` in the guard's retry policy.
+
+    The request carries its :class:`~ledger.Call` from attempt to attempt; one
+    ``Retrying`` per call, as tenacity requires for concurrent calls.
+    """
 
     def send_with_retries(request: httpx2.Request, **kwargs: Any) -> httpx2.Response:
-        retrying = Retrying(sleep=guard.sleep, before_sleep=_close_retried_response, **_policy(guard))
+        call = request.extensions[CALL] = Call(routed=routed)
+
+        def sleep(seconds: float) -> None:
+            call.backoff += seconds
+            guard.sleep(seconds)
+
+        retrying = Retrying(sleep=sleep, before_sleep=_close_retried_response, **_policy(guard))
         return retrying(send, request, **kwargs)
 
     return send_with_retries
 
 
 def async_sender(
-    guard: Guard, send: Callable[..., Awaitable[httpx2.Response]]
+    guard: Guard, send: Callable[..., Awaitable[httpx2.Response]], *, routed: bool
 ) -> Callable[..., Awaitable[httpx2.Response]]:
     """The async twin of :func:`sync_sender`."""
 
-    async def close_retried_response(retry_state: RetryCallState) -> None:
-        outcome = retry_state.outcome
-        if outcome is not None and not outcome.failed:
-            await outcome.result().aclose()
-
     async def send_with_retries(request: httpx2.Request, **kwargs: Any) -> httpx2.Response:
-        retrying = AsyncRetrying(sleep=guard.async_sleep, before_sleep=close_retried_response, **_policy(guard))
+        call = request.extensions[CALL] = Call(routed=routed)
+
+        async def sleep(seconds: float) -> None:
+            call.backoff += seconds
+            await guard.async_sleep(seconds)
+
+        retrying = AsyncRetrying(sleep=sleep, before_sleep=_aclose_retried_response, **_policy(guard))
         return await retrying(send, request, **kwargs)
 
     return send_with_retries
+
+
+def guarded_client(guard: Guard, client: Any, *, routed: bool) -> Any:
+    """A copy of an openai client whose retries are the guard's (the SDK's own are turned off)."""
+    from openai._base_client import AsyncAPIClient, SyncAPIClient
+
+    if not isinstance(client, (SyncAPIClient, AsyncAPIClient)):
+        raise TypeError(
+            f"llm_guard.guard() takes an openai client (OpenAI, AsyncOpenAI, AzureOpenAI, ...), "
+            f"got {type(client).__name__}"
+        )
+    guarded = client.with_options(max_retries=0)
+    if isinstance(guarded, AsyncAPIClient):
+        guarded._send_request = async_sender(guard, guarded._send_request, routed=routed)
+    else:
+        guarded._send_request = sync_sender(guard, guarded._send_request, routed=routed)
+    return guarded

@@ -5,12 +5,13 @@ What a test sees: one discovery of a dead endpoint, shared by the whole session
 milliseconds, or a fast fail/skip whose reason names the endpoint, its breaker
 state, its last errors and when the next probe is due.
 
-- Requests of the ``llm_client`` fixtures carry :data:`~endpoints.ROUTE_HEADER`. With
+- Calls of the ``llm_client`` fixtures are marked routed (their :class:`~ledger.Call`). With
   endpoints configured they are *routed*: each attempt goes to the first available
   endpoint serving the model (priority, then weight), endpoints this call has not
   tried first, at most ``max_endpoints`` of them per call. When the next attempt will
-  go elsewhere, the failed attempt is marked (``failover_to``) and the retry policy
-  skips the backoff meant for the failed endpoint.
+  go elsewhere, the failed attempt and its call are marked (``failover_to``), the retry
+  policy skips the backoff meant for the failed endpoint, and the next attempt is a
+  failover, not a retry.
 - Requests of any other client (code under test) to a known endpoint are not moved;
   when the endpoint is not available they fail at once with
   :class:`~errors.LLMEndpointUnavailable`, which the SDK raises as ``APIConnectionError``.
@@ -32,82 +33,39 @@ import math
 import os
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import httpx2
 
-from . import wire
-from .breaker import BreakerPolicy, EndpointHealth, Outcome, Verdict, classify, describe_error
-from .config import OPTIONS, Settings
-from .endpoints import ROUTE_HEADER, Endpoint, EndpointSet, forward
-from .errors import LLMEndpointUnavailable, LLMGuardConfigError, LLMNoEndpoint
-from .events import AttemptEvent
-from .retry import FAILOVER_TO, parse_retry_after
+from . import report
+from .breaker import EndpointHealth, Outcome, Verdict, classify, describe_error
+from .config import BREAKER_MARKER, Settings
+from .dialect import origin_of
+from .endpoints import Endpoint, EndpointSet
+from .errors import LLMNoEndpoint
+from .ledger import CALL, Attempt, Call
+from .retry import parse_retry_after
 from .state import StateStore
-from .transport import AsyncSend, Send
 
 if TYPE_CHECKING:
-    from .guard import Guard
+    from .guard import AsyncSend, Guard, Send
 
 log = logging.getLogger("pytest_llm_guard")
 
-BREAKER_MARKER = "llm_breaker"
-TRIED = "llm_guard_tried"
-"""Request extension: the endpoints this call's attempts went to, in order."""
 _LEASE_MARGIN = 1.0
 """Seconds a half-open probe is held beyond its attempt's cap before another caller may probe."""
 
 
-def breaker_policy(settings: Settings) -> BreakerPolicy:
-    try:
-        return BreakerPolicy(
-            failures=settings.breaker_failures,
-            failure_rate=settings.breaker_failure_rate,
-            window=settings.breaker_window,
-            min_calls=settings.breaker_min_calls,
-            cooldown=settings.breaker_cooldown,
-            cooldown_max=settings.breaker_cooldown_max,
-            retry_tokens=settings.retry_tokens,
-            token_ratio=settings.retry_token_ratio,
-        )
-    except ValueError as exc:
-        raise LLMGuardConfigError(f"pytest-llm-guard: {exc}") from None
+class LLMEndpointUnavailable(httpx2.ConnectError):
+    """Code under test called an endpoint whose breaker is open (or that is rate-limited): refused at once.
 
-
-@dataclass(frozen=True)
-class TestPolicy:
-    """From ``@pytest.mark.llm_breaker``: which endpoints a test may use, what happens when none can answer."""
-
-    __test__ = False  # not a test class, whatever pytest thinks of the name
-
-    endpoints: tuple[str, ...] | None = None
-    on_open: str = OPTIONS["on_open"].default
-    on_open_source: str = "default"
-
-
-def test_policy(markers: Iterable[Any], settings: Settings, endpoints: EndpointSet, where: str) -> TestPolicy:
-    """Merge ``llm_breaker`` markers given closest first; unknown keys or endpoint names are errors."""
-    policy = TestPolicy(on_open=settings.on_open, on_open_source=settings.source_of("on_open"))
-    for marker in reversed(list(markers)):
-        source = f"@pytest.mark.{BREAKER_MARKER} on {where}"
-        unknown = set(marker.kwargs) - {"endpoints", "on_open"}
-        if marker.args or unknown:
-            raise LLMGuardConfigError(
-                f"pytest-llm-guard: {source} takes endpoints=[names] and on_open='fail'|'skip' only, "
-                f"got args={marker.args!r} kwargs={marker.kwargs!r}"
-            )
-        if "endpoints" in marker.kwargs:
-            names = marker.kwargs["endpoints"]
-            if isinstance(names, str) or not isinstance(names, (list, tuple)) or not names:
-                raise LLMGuardConfigError(f"pytest-llm-guard: {source}: endpoints must be a non-empty list of names")
-            policy = TestPolicy(endpoints.check_names(names, source), policy.on_open, policy.on_open_source)
-        if "on_open" in marker.kwargs:
-            on_open = settings.merged({"on_open": marker.kwargs["on_open"]}, source).on_open
-            policy = TestPolicy(policy.endpoints, on_open, source)
-    return policy
+    The openai SDK raises it as ``APIConnectionError``, so the application's own fallback
+    runs; it counts against the test's retry budget. The message names the endpoint, its
+    breaker state, its last errors and when the next probe is due.
+    """
 
 
 class Router:
@@ -117,9 +75,8 @@ class Router:
         self,
         endpoints: EndpointSet,
         store: StateStore,
-        policy: BreakerPolicy,
+        policy: Settings,
         *,
-        max_endpoints: int = OPTIONS["max_endpoints"].default,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         environ: Mapping[str, str] = os.environ,
@@ -127,7 +84,7 @@ class Router:
         self.endpoints = endpoints
         self.store = store
         self.policy = policy
-        self.max_endpoints = max_endpoints
+        self.max_endpoints = policy.max_endpoints
         self.clock = clock
         self.rng = rng or random.Random()
         self.environ = environ
@@ -207,6 +164,7 @@ class _Plan:
     """Where one attempt goes: ``endpoint`` None means not ours to manage, send it as it is."""
 
     request: httpx2.Request
+    call: Call | None
     endpoint: Endpoint | None = None
     model: str = "*"
     routed: bool = False
@@ -214,81 +172,80 @@ class _Plan:
 
 
 class RouterLayer:
-    """The :class:`~transport.Layer` of one test: picks, refuses, records (see the module docstring)."""
+    """The routing layer of one test: picks, refuses, records (see the module docstring)."""
 
     def __init__(
         self,
         router: Router,
         guard: Guard,
-        policy: TestPolicy,
         *,
         sleep: Callable[[float], None] = time.sleep,
         async_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.router = router
         self.guard = guard
-        self.policy = policy
+        self.settings = guard.settings
         self._sleep = sleep
         self._async_sleep = async_sleep
 
-    def handle(self, request: httpx2.Request, event: AttemptEvent, send: Send) -> httpx2.Response:
-        plan = self._plan(request, event)
+    def handle(self, request: httpx2.Request, attempt: Attempt, send: Send) -> httpx2.Response:
+        plan = self._plan(request, attempt)
         if plan.wait:
             self._sleep(plan.wait)
-        with self._recording(plan, request, event) as done:
+        with self._recording(plan, attempt) as done:
             return done(send(plan.request))
 
-    async def handle_async(self, request: httpx2.Request, event: AttemptEvent, send: AsyncSend) -> httpx2.Response:
-        plan = self._plan(request, event)
+    async def handle_async(self, request: httpx2.Request, attempt: Attempt, send: AsyncSend) -> httpx2.Response:
+        plan = self._plan(request, attempt)
         if plan.wait:
             await self._async_sleep(plan.wait)
-        with self._recording(plan, request, event) as done:
+        with self._recording(plan, attempt) as done:
             return done(await send(plan.request))
 
     # -- choosing ---------------------------------------------------------------------
 
-    def _plan(self, request: httpx2.Request, event: AttemptEvent) -> _Plan:
-        fixture = ROUTE_HEADER in request.headers
-        model = event.model or "*"
+    def _plan(self, request: httpx2.Request, attempt: Attempt) -> _Plan:
+        call: Call | None = request.extensions.get(CALL)
+        fixture = call is not None and call.routed
+        plan = _Plan(request, call, model=attempt.model or "*")
         if fixture and self.router.endpoints.configured:
-            choices = self._order(self.router.candidates(event.model, self.policy.endpoints), request)
+            choices = self._order(self.router.candidates(attempt.model, self.settings.endpoints), call)
             if not choices:
-                raise self._no_endpoint_serves(event.model)
-            plan = _Plan(request, model=model, routed=True)
+                raise self._no_endpoint_serves(attempt.model)
+            plan.routed = True
         else:
             owner = self.router.endpoints.owner(request.url)
-            plan = _Plan(forward(request) if fixture else request, model=model)
             if owner is None:
                 return plan
-            if self.policy.endpoints is not None and owner.name not in self.policy.endpoints:
-                raise self._refusal([(owner, Verdict(False, self._not_allowed()))], request, event, fixture)
+            if self.settings.endpoints is not None and owner.name not in self.settings.endpoints:
+                raise self._refusal([(owner, Verdict(False, self._not_allowed()))], attempt, fixture)
             choices = [owner]
-        refusals = self._admit_first(plan, choices, event, max_wait=0.0)
+        refusals = self._admit_first(plan, choices, attempt, max_wait=0.0)
         remaining = self.guard.remaining()
         rate_limited = [e for e, verdict in refusals if 0 < verdict.wait < remaining]
         if plan.endpoint is None and rate_limited:  # honour the shortest Retry-After that fits the deadline
-            self._admit_first(plan, rate_limited, event, max_wait=remaining)
+            self._admit_first(plan, rate_limited, attempt, max_wait=remaining)
         if plan.endpoint is None:
-            raise self._refusal(refusals, request, event, fixture)
-        self._send_to(plan, request, event)
+            raise self._refusal(refusals, attempt, fixture)
+        self._send_to(plan, attempt)
         return plan
 
-    def _order(self, choices: list[Endpoint], request: httpx2.Request) -> list[Endpoint]:
+    def _order(self, choices: list[Endpoint], call: Call | None) -> list[Endpoint]:
         """Endpoints the call has not tried first, unless it has tried ``max_endpoints`` already."""
-        tried = request.extensions.get(TRIED, ())
+        tried = call.tried if call is not None else []
         fresh = [e for e in choices if e.name not in tried]
         used = [e for e in choices if e.name in tried]
         return used if len(set(tried)) >= self.router.max_endpoints else fresh + used
 
     def _admit_first(
-        self, plan: _Plan, choices: list[Endpoint], event: AttemptEvent, *, max_wait: float
+        self, plan: _Plan, choices: list[Endpoint], attempt: Attempt, *, max_wait: float
     ) -> list[tuple[Endpoint, Verdict]]:
         """Admit the first endpoint that can take the attempt (after at most ``max_wait``); returns the refusals."""
         refusals = []
         for endpoint in choices:
-            cap = min(self.guard.budget.attempt_timeout(), endpoint.call_timeout or math.inf)
+            cap = min(self.guard.budget.attempt_cap()[0], endpoint.call_timeout or math.inf)
             verdict = self.router.admit(
-                endpoint, plan.model, retry=event.retry, lease=cap + _LEASE_MARGIN, max_wait=max_wait
+                endpoint, plan.model, retry=attempt.number > 1, lease=cap + _LEASE_MARGIN, max_wait=max_wait
             )
             if verdict.ok:
                 plan.endpoint, plan.wait = endpoint, verdict.wait
@@ -296,48 +253,47 @@ class RouterLayer:
             refusals.append((endpoint, verdict))
         return refusals
 
-    def _send_to(self, plan: _Plan, request: httpx2.Request, event: AttemptEvent) -> None:
+    def _send_to(self, plan: _Plan, attempt: Attempt) -> None:
         endpoint = plan.endpoint
         assert endpoint is not None
         if plan.routed:
-            plan.request = endpoint.address(request, event.model, self.router.environ)
-        cap = min(endpoint.call_timeout or math.inf, self.guard.budget.attempt_timeout() - plan.wait)
-        self.guard.cap_attempt(event, plan.request, max(0.0, cap))
-        tried = request.extensions.get(TRIED, ())
-        if tried and tried[-1] != endpoint.name:
-            log.warning("%s: failover %s -> %s (model %s)", event.test, tried[-1], endpoint.name, plan.model)
-        request.extensions[TRIED] = (*tried, endpoint.name)
-        request.extensions.pop(FAILOVER_TO, None)
-        event.endpoint_name = endpoint.name
-        event.endpoint, event.path = wire.endpoint_of(plan.request), plan.request.url.path
-        event.backoff += plan.wait  # the Retry-After wait happens before sending: not network time
-        event.start += plan.wait
+            plan.request = endpoint.address(plan.request, attempt.model, self.router.environ)
+        call = plan.call
+        if call is not None:
+            previous = call.tried[-1] if call.tried else None
+            if attempt.number > 1:  # the ledger's words: another endpoint is a failover, the same one a retry
+                attempt.kind = "failover" if previous is not None and previous != endpoint.name else "retry"
+            if attempt.kind == "failover":
+                log.warning("%s: failover %s -> %s (model %s)", attempt.test, previous, endpoint.name, plan.model)
+            call.tried.append(endpoint.name)
+            call.failover_to = None
+        attempt.endpoint_name = endpoint.name
+        attempt.endpoint, attempt.path = origin_of(plan.request.url), plan.request.url.path
+        attempt.backoff += plan.wait  # the Retry-After wait happens before sending: not network time
+        attempt.start += plan.wait
+        if endpoint.call_timeout is not None:
+            self.guard.cap(attempt, plan.request, endpoint.call_timeout, f"call_timeout of endpoint {endpoint.name}")
+        if plan.wait:
+            self.guard.cap(attempt, plan.request, max(0.0, self.guard.budget.attempt_cap()[0] - plan.wait), "deadline")
 
     # -- recording --------------------------------------------------------------------
 
     @contextmanager
-    def _recording(
-        self, plan: _Plan, request: httpx2.Request, event: AttemptEvent
-    ) -> Iterator[Callable[[httpx2.Response], httpx2.Response]]:
+    def _recording(self, plan: _Plan, attempt: Attempt) -> Iterator[Callable[[httpx2.Response], httpx2.Response]]:
         """Feed the attempt's outcome to its endpoint's health: ``done(response)``, or the error raised."""
 
         def done(response: httpx2.Response) -> httpx2.Response:
-            self._finished(plan, request, event, response, None)
+            self._finished(plan, attempt, response, None)
             return response
 
         try:
             yield done
         except BaseException as exc:
-            self._finished(plan, request, event, None, exc)
+            self._finished(plan, attempt, None, exc)
             raise
 
     def _finished(
-        self,
-        plan: _Plan,
-        request: httpx2.Request,
-        event: AttemptEvent,
-        response: httpx2.Response | None,
-        error: BaseException | None,
+        self, plan: _Plan, attempt: Attempt, response: httpx2.Response | None, error: BaseException | None
     ) -> None:
         if plan.endpoint is None:
             return
@@ -351,48 +307,42 @@ class RouterLayer:
             error=describe_error(status, error) if outcome is Outcome.FAILURE else None,
             retry_after=retry_after if outcome is Outcome.THROTTLED else None,
         )
-        if plan.routed and outcome in (Outcome.FAILURE, Outcome.THROTTLED):
-            following = self._next_endpoint(request, event)
-            if following is not None and following.name not in request.extensions.get(TRIED, ()):
-                event.failover_to = request.extensions[FAILOVER_TO] = following.name
+        call = plan.call
+        if plan.routed and call is not None and outcome in (Outcome.FAILURE, Outcome.THROTTLED):
+            following = self._next_endpoint(call, attempt)
+            if following is not None and following.name not in call.tried:
+                attempt.failover_to = call.failover_to = following.name
 
-    def _next_endpoint(self, request: httpx2.Request, event: AttemptEvent) -> Endpoint | None:
+    def _next_endpoint(self, call: Call, attempt: Attempt) -> Endpoint | None:
         """Where a retry of this call would go now (without taking a probe)."""
-        choices = self._order(self.router.candidates(event.model, self.policy.endpoints), request)
-        model = event.model or "*"
+        choices = self._order(self.router.candidates(attempt.model, self.settings.endpoints), call)
+        model = attempt.model or "*"
         return next((e for e in choices if self.router.peek(e, model, retry=True).ok), None)
 
     # -- refusing ---------------------------------------------------------------------
 
     def _not_allowed(self) -> str:
-        names = ", ".join(self.policy.endpoints or ())
+        names = ", ".join(self.settings.endpoints or ())
         return f"not among the endpoints this test may use (@pytest.mark.{BREAKER_MARKER}(endpoints=[{names}]))"
 
-    def _refusal(
-        self, refusals: list[tuple[Endpoint, Verdict]], request: httpx2.Request, event: AttemptEvent, fixture: bool
-    ) -> BaseException:
-        headline = (
-            f"pytest-llm-guard: no endpoint can take this request (model {event.model or '?'}) "
-            f"of {event.test} now; nothing was sent:"
+    def _refusal(self, refusals: list[tuple[Endpoint, Verdict]], attempt: Attempt, fixture: bool) -> BaseException:
+        attempt.source = "refused"
+        message = report.no_endpoint(
+            attempt.test,
+            attempt.model,
+            [(e.name, e.base_url, verdict.reason) for e, verdict in refusals],
+            self.guard.ledger,
+            fixture=fixture,
+            on_open=self.settings.on_open,
+            on_open_source=self.settings.source_of("on_open"),
+            breaker_marker=BREAKER_MARKER,
         )
-        lines = [headline] + [f"  - {e.name} ({e.base_url}): {verdict.reason}" for e, verdict in refusals]
         if not fixture:
-            lines.append(
-                "The openai SDK raises this as APIConnectionError so the code's own fallback can run; "
-                "the refusal counts against the test's retry budget."
-            )
-            return LLMEndpointUnavailable("\n".join(lines), request=request)
-        other = "skip" if self.policy.on_open == "fail" else "fail"
-        lines.append(
-            f"on_open={self.policy.on_open} (set by {self.policy.on_open_source}); "
-            f"on_open='{other}' (@pytest.mark.{BREAKER_MARKER}, {OPTIONS['on_open'].flag}) would {other} instead. "
-            "What to do: fix or wait for the endpoint, or add a healthy one to "
-            "[[tool.pytest_llm_guard.endpoints]]."
-        )
-        return LLMNoEndpoint("\n".join(lines), skip=self.policy.on_open == "skip")
+            return LLMEndpointUnavailable(message)
+        return LLMNoEndpoint(message, skip=self.settings.on_open == "skip")
 
     def _no_endpoint_serves(self, model: str | None) -> LLMNoEndpoint:
-        allowed = self.policy.endpoints or self.router.endpoints.names
+        allowed = self.settings.endpoints or self.router.endpoints.names
         served = "; ".join(
             f"{e.name}: {', '.join(e.models) or 'any'}" for e in self.router.endpoints.endpoints if e.name in allowed
         )

@@ -11,25 +11,18 @@ import json
 import os
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from vcr.request import Request as VcrRequest
+from .dialect import KEY_HEADERS
+
+if TYPE_CHECKING:
+    from vcr.request import Request as VcrRequest
 
 REDACTED = "REDACTED"
 
-SECRET_HEADERS = frozenset(
-    {
-        "authorization",
-        "proxy-authorization",
-        "api-key",
-        "x-api-key",
-        "openai-organization",
-        "openai-project",
-        "cookie",
-        "set-cookie",
-    }
-)
+SECRET_HEADERS = KEY_HEADERS | {"proxy-authorization", "cookie", "set-cookie"}
+"""Every dialect's credential headers, and the web's."""
 SECRET_QUERY = frozenset({"api-key", "api_key", "apikey", "key", "access_token", "token", "code"})
 _SECRET_HEADER_WORDS = re.compile(
     r"(api[-_]?key|authorization|secret|cookie|password|session[-_]?id|access[-_]?token|auth[-_]?token)",

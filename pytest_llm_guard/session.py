@@ -1,24 +1,41 @@
-"""Session budgets: a deadline from the session's start, and calls and tokens summed over every test.
+"""What a pytest session shares across its tests and xdist workers: the state store, the router, session budgets.
 
 Why in the state store: under ``pytest -n`` each worker runs part of the suite, and a
-limit that each worker counted alone would allow N times what was asked. The check
-happens when a guarded test starts; once a limit is spent the remaining guarded
-tests skip (or fail, ``on_session_spent``) with the reason, and the session ends as
-usual: reports are written, nothing is killed. A test already running finishes under
-its own budget.
+breaker or a limit that each worker kept alone would rediscover a dead endpoint, or
+allow N times what was asked. The xdist controller creates an SQLite store and hands
+its folder to the workers; a lone process keeps it in memory; a plugin may return a
+network store (``pytest_llm_guard_state_store``).
+
+Session budgets are checked when a guarded test starts; once a limit is spent the
+remaining guarded tests skip (or fail, ``on_session_spent``) with the reason, and the
+session ends as usual: reports are written, nothing is killed. A test already running
+finishes under its own budget.
+
+The router (breakers and failover) needs httpx2, so it is built when the first guarded
+test asks for it.
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from .config import OPTIONS, Settings
-from .events import Stats
-from .state import StateStore
+from . import report
+from .config import Settings
+from .endpoints import EndpointSet
+from .ledger import Stats
+from .state import MemoryStore, SqliteStore, StateStore
+
+if TYPE_CHECKING:
+    from .routing import Router
 
 KEY = "session"
+STATE_FOLDER_INPUT = "llm_guard_state_folder"
+"""xdist ``workerinput`` key: the folder of the SQLite store the controller created."""
 
 
 class SessionBudget:
@@ -59,18 +76,73 @@ class SessionBudget:
         s = self.settings
         record = self.store.get(KEY)
         elapsed = self.clock() - record.get("started", self.clock())
-        for name, used, limit, unit in (
-            ("session_deadline", elapsed, s.session_deadline, " s"),
-            ("max_calls", record.get("calls", 0), s.max_calls, " LLM calls"),
-            ("max_tokens", record.get("tokens", 0), s.max_tokens, " tokens"),
+        for name, used, limit in (
+            ("session_deadline", elapsed, s.session_deadline),
+            ("max_calls", record.get("calls", 0), s.max_calls),
+            ("max_tokens", record.get("tokens", 0), s.max_tokens),
         ):
             if limit is not None and used >= limit:
-                shown = f"{used:.1f}" if unit == " s" else str(used)
-                option = OPTIONS[name]
-                return (
-                    f"pytest-llm-guard: session budget spent: {shown}{unit} of {name}={limit:g}{unit} "
-                    f"(set by {s.source_of(name)}), summed over all workers; the remaining LLM tests "
-                    f"{'fail' if s.on_session_spent == 'fail' else 'are skipped'} (on_session_spent="
-                    f"{s.on_session_spent}). Raise {option.flag} / {option.env} to run more."
-                )
+                return report.session_spent(s, name, used, limit)
         return None
+
+
+class Session:
+    """One per pytest process: opened at configure, closed at unconfigure."""
+
+    def __init__(self, settings: Settings, endpoints: EndpointSet, store: StateStore, folder: Path | None) -> None:
+        self.settings = settings
+        self.endpoints = endpoints
+        self.store = store
+        self.folder = folder
+        """The SQLite folder this process created (the xdist controller) and must remove."""
+        self.budget = SessionBudget(settings, store)
+        self._router: Router | None = None
+
+    @classmethod
+    def open(
+        cls,
+        settings: Settings,
+        endpoints: EndpointSet,
+        *,
+        plugin_store: StateStore | None,
+        workerinput: Mapping[str, Any] | None,
+        distributed: bool,
+    ) -> Session:
+        """A plugin's store; else an xdist worker opens the controller's SQLite file, the controller
+        creates it (to hand over, and remove at the end), and a lone process stays in memory."""
+        folder = None
+        if plugin_store is not None:
+            store: StateStore = plugin_store
+        elif workerinput is not None and STATE_FOLDER_INPUT in workerinput:
+            store = SqliteStore.in_folder(Path(workerinput[STATE_FOLDER_INPUT]))
+        elif distributed:
+            folder = Path(tempfile.mkdtemp(prefix="pytest-llm-guard-"))
+            store = SqliteStore.in_folder(folder)
+        else:
+            store = MemoryStore()
+        session = cls(settings, endpoints, store, folder)
+        if workerinput is None:
+            session.budget.start()
+        return session
+
+    @property
+    def router(self) -> Router:
+        if self._router is None:
+            from .routing import Router
+
+            self._router = Router(self.endpoints, self.store, self.settings)
+        return self._router
+
+    def endpoint_status(self) -> list[str]:
+        """Breakers that tripped this session (none to tell if no guarded test ran here)."""
+        return self._router.status() if self._router is not None else []
+
+    def configure_node(self, node: Any) -> None:
+        """xdist: hand the controller's store folder to a worker."""
+        if self.folder is not None:
+            node.workerinput[STATE_FOLDER_INPUT] = str(self.folder)
+
+    def close(self) -> None:
+        self.store.close()
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)

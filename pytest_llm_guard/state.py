@@ -28,7 +28,6 @@ share breakers. ``change`` is a pure function of the record, so running it again
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -76,6 +75,8 @@ class SqliteStore:
     FILENAME = "llm-guard-state.sqlite3"
 
     def __init__(self, path: Path, *, timeout: float = 30.0) -> None:
+        import sqlite3  # only under xdist: a lone process never pays for it
+
         self.path = path
         self._db = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
         self._lock = threading.Lock()  # one connection per process, shared by its threads

@@ -5,11 +5,19 @@ from __future__ import annotations
 import httpx2
 import pytest
 
-from pytest_llm_guard.breaker import BreakerPolicy, EndpointHealth, Outcome, classify
+from pytest_llm_guard.breaker import EndpointHealth, Outcome, classify
+from pytest_llm_guard.config import LLMGuardConfigError, Settings
 from pytest_llm_guard.errors import LLMBudgetExceeded
 
 F, S, T, N = Outcome.FAILURE, Outcome.SUCCESS, Outcome.THROTTLED, Outcome.NEUTRAL
-POLICY = BreakerPolicy(failures=3, failure_rate=0.5, window=10, min_calls=6, cooldown=30, cooldown_max=100)
+POLICY = Settings(
+    breaker_failures=3,
+    breaker_failure_rate=0.5,
+    breaker_window=10,
+    breaker_min_calls=6,
+    breaker_cooldown=30,
+    breaker_cooldown_max=100,
+)
 MODEL = "gpt-test"
 
 
@@ -61,7 +69,7 @@ def test_failure_rate_is_over_a_sliding_window() -> None:
 
 
 def test_rate_or_count_can_be_switched_off() -> None:
-    only_rate = BreakerPolicy(failures=None, failure_rate=0.5, window=4, min_calls=4)
+    only_rate = Settings(breaker_failures=None, breaker_failure_rate=0.5, breaker_window=4, breaker_min_calls=4)
     health = EndpointHealth()
     feed(health, [S, F, F], policy=only_rate)
     assert state(health) == "closed"
@@ -170,7 +178,7 @@ def test_a_shorter_retry_after_does_not_shorten_the_cooldown() -> None:
 
 
 def test_retry_tokens_failures_spend_successes_refund() -> None:
-    policy = BreakerPolicy(failures=None, failure_rate=None, retry_tokens=4, token_ratio=0.5)
+    policy = Settings(breaker_failures=None, breaker_failure_rate=None, retry_tokens=4, retry_token_ratio=0.5)
     health = EndpointHealth()
     assert health.admit(MODEL, 0, policy, retry=True, lease=1).ok
     feed(health, [F, F], policy=policy)  # 4 -> 2: not above half any more
@@ -204,10 +212,20 @@ def test_peek_takes_no_probe() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"window": 5, "min_calls": 6}, "breaker_min_calls (6) cannot exceed breaker_window (5)"),
-        ({"cooldown": 10, "cooldown_max": 5}, "breaker_cooldown_max (5) cannot be below breaker_cooldown (10)"),
+        (
+            {"breaker_window": 5, "breaker_min_calls": 6},
+            "breaker_min_calls = 6 (set by default) cannot exceed breaker_window = 5",
+        ),
+        (
+            {"breaker_cooldown": 10, "breaker_cooldown_max": 5},
+            "breaker_cooldown = 10 (set by default) cannot exceed breaker_cooldown_max = 5",
+        ),
+        (
+            {"backoff_initial": 10, "backoff_max": 1},
+            "backoff_initial = 10 (set by default) cannot exceed backoff_max = 1",
+        ),
     ],
 )
-def test_inconsistent_policy(kwargs, message) -> None:
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        BreakerPolicy(**kwargs)
+def test_inconsistent_options_are_a_usage_error(kwargs, message) -> None:
+    with pytest.raises(LLMGuardConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        Settings(**kwargs).checked()

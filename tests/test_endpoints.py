@@ -10,7 +10,7 @@ import openai
 import pytest
 
 from pytest_llm_guard.config import LLMGuardConfigError, load_settings
-from pytest_llm_guard.endpoints import ROUTE_HEADER, Endpoint, load_endpoints
+from pytest_llm_guard.endpoints import Endpoint, load_endpoints
 
 HELLO = [{"role": "user", "content": "hi"}]
 
@@ -138,9 +138,7 @@ def sent_by(client: Any, call: str = "chat") -> httpx2.Request:
 
 
 def fixture_request(call: str) -> httpx2.Request:
-    routed = openai.OpenAI(
-        base_url="http://localhost/v1", api_key="fixture-key", max_retries=0, default_headers={ROUTE_HEADER: "1"}
-    )
+    routed = openai.OpenAI(base_url="http://localhost/v1", api_key="fixture-key", max_retries=0)
     return sent_by(routed, call)
 
 
@@ -160,7 +158,7 @@ def test_azure_endpoint_is_addressed_as_azure_openai_does(call: str) -> None:
     addressed = azure.address(request, "my-deployment" if call != "models" else None, {"AZ": "azure-key"})
     assert addressed.url == reference.url
     assert addressed.headers["api-key"] == reference.headers["api-key"] == "azure-key"
-    assert "authorization" not in addressed.headers and ROUTE_HEADER not in addressed.headers
+    assert "authorization" not in addressed.headers
     assert addressed.headers["host"] == "res.openai.azure.com"
     assert addressed.read() == request.read()
 

@@ -59,7 +59,9 @@ def test_quickstart_needs_nothing_but_the_sdk_environment(pytester: pytest.Pytes
         )
         result = pytester.runpytest()
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["*llm-guard*", "1 guarded tests: 1 LLM calls, 1 attempts, 0 retries*"])
+    result.stdout.fnmatch_lines(
+        ["*llm-guard*", "1 guarded test: 1 LLM call, 1 attempt (1 live), 0 retries, 0 failovers, 0 failed attempts;*"]
+    )
 
 
 def test_missing_api_key_is_explained(pytester: pytest.Pytester, monkeypatch) -> None:
@@ -108,7 +110,7 @@ def test_agent_turn(llm_fault_server):
             "LLMBudgetExceeded: LLM deadline budget spent in test_seed_scenario*"
             "limit deadline=2.0 s, set by @pytest.mark.llm_budget*",
             "Attempts (1):",
-            "  1. http://127.0.0.1:*/v1/chat/completions model=gpt-4o-mini: ReadTimeout*",
+            "  1. call 1: http://127.0.0.1:*/v1/chat/completions model=gpt-4o-mini: ReadTimeout*",
             "What to do: raise `deadline`*",
             "Where the LLM call was made:",
             "test_seed_scenario_hanging_endpoint_ends_at_the_deadline.py:*: in test_agent_turn",
@@ -288,7 +290,7 @@ def test_an_httpx2_without_the_seam_is_a_usage_error(pytester: pytest.Pytester) 
         del httpx2.Client._send_single_request  # as a future httpx2 might
         """
     )
-    pytester.makepyfile("def test_x():\n    pass\n")
+    pytester.makepyfile("import pytest\n@pytest.mark.llm_budget(deadline=5)\ndef test_x():\n    pass\n")
     result = pytester.runpytest_subprocess()
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*httpx2 * has no Client._send_single_request, the seam the guard wraps*"])

@@ -17,13 +17,12 @@ import openai
 import pytest
 
 from pytest_llm_guard import transport
-from pytest_llm_guard.breaker import BreakerPolicy
 from pytest_llm_guard.config import Settings
-from pytest_llm_guard.endpoints import ROUTE_HEADER, Endpoint, EndpointSet
-from pytest_llm_guard.errors import LLMBudgetExceeded, LLMEndpointUnavailable, LLMNoEndpoint
+from pytest_llm_guard.endpoints import Endpoint, EndpointSet
+from pytest_llm_guard.errors import LLMBudgetExceeded, LLMNoEndpoint
 from pytest_llm_guard.fault import Fault, FaultServer
 from pytest_llm_guard.guard import Guard
-from pytest_llm_guard.routing import Router, RouterLayer, TestPolicy
+from pytest_llm_guard.routing import LLMEndpointUnavailable, Router, RouterLayer
 from pytest_llm_guard.state import MemoryStore
 
 HELLO = [{"role": "user", "content": "hello there"}]
@@ -72,18 +71,18 @@ class Harness:
             configured=True,
             source="the test",
         )
-        policy = BreakerPolicy(failures=2, cooldown=30, cooldown_max=100)
+        policy = Settings(breaker_failures=2, breaker_cooldown=30, breaker_cooldown_max=100)
         self.router = Router(endpoints, MemoryStore(), policy, clock=self.clock)
 
     @contextmanager
-    def test(self, policy: TestPolicy | None = None, **settings: Any) -> Iterator[tuple[Guard, openai.OpenAI]]:
+    def test(self, **settings: Any) -> Iterator[tuple[Guard, openai.OpenAI]]:
         values = {"backoff_initial": 0.01, "backoff_max": 0.05, "deadline": 10.0, **settings}
         guard = Guard(Settings(**values), test_id="test_routing::case")
-        guard.layers.append(RouterLayer(self.router, guard, policy or TestPolicy()))
-        client = openai.OpenAI(base_url=self.primary.base_url, api_key="sk-test", default_headers={ROUTE_HEADER: "1"})
+        guard.use_layers(routing=RouterLayer(self.router, guard))
+        client = openai.OpenAI(base_url=self.primary.base_url, api_key="sk-test")
         transport.activate(guard)
         try:
-            yield guard, guard.guard(client)
+            yield guard, guard.fixture_client(client)
         finally:
             transport.deactivate(guard)
             client.close()
@@ -132,12 +131,12 @@ def test_after_the_trip_nothing_waits_on_the_primary(harness: Harness) -> None:
     assert "breaker open" in harness.router.status()[0]
 
 
-def test_the_routed_request_carries_the_endpoints_address_not_the_routing_header(harness: Harness) -> None:
+def test_the_routed_request_carries_the_endpoints_address_and_nothing_of_ours(harness: Harness) -> None:
     harness.primary.plan(Fault.status(503))
     with harness.test() as (_, client):
         ask(client)
     sent = harness.backup.requests[0]
-    assert ROUTE_HEADER not in sent.headers and sent.path == "/v1/chat/completions"
+    assert not [h for h in sent.headers if "llm-guard" in h] and sent.path == "/v1/chat/completions"
     assert sent.headers["host"] == harness.backup.url.removeprefix("http://")
 
 
@@ -203,8 +202,7 @@ def test_code_under_test_gets_a_connection_error_at_once(harness: Harness) -> No
 
 
 def test_marker_endpoints_limit_what_a_test_may_use(harness: Harness) -> None:
-    only_backup = TestPolicy(endpoints=("backup",))
-    with harness.test(only_backup) as (guard, client):
+    with harness.test(endpoints=("backup",)) as (guard, client):
         ask(client)
         assert [e.endpoint_name for e in guard.events] == ["backup"]
         with harness.app_client() as app, pytest.raises(openai.APIConnectionError) as info:
@@ -228,7 +226,9 @@ def test_rate_limited_primary_fails_over_at_once_despite_a_long_retry_after(harn
 
 def test_a_dying_endpoint_gets_no_retries_once_its_tokens_are_spent(primary: FaultServer, backup: FaultServer) -> None:
     harness = Harness(primary, backup)
-    harness.router.policy = BreakerPolicy(failures=None, failure_rate=None, retry_tokens=4, token_ratio=0.1)
+    harness.router.policy = Settings(
+        breaker_failures=None, breaker_failure_rate=None, retry_tokens=4, retry_token_ratio=0.1
+    )
     harness.router.endpoints = EndpointSet((Endpoint("primary", primary.base_url),), True, "the test")
     primary.plan(then=Fault.status(503))
     with harness.test(retries=10) as (_, client), pytest.raises(LLMNoEndpoint) as info:
@@ -250,9 +250,7 @@ def test_cap_on_endpoints_tried_per_call(primary: FaultServer, backup: FaultServ
 async def test_async_clients_are_routed_too(harness: Harness) -> None:
     harness.primary.plan(then=Fault.hang())
     with harness.test() as (guard, _):
-        client = guard.guard(
-            openai.AsyncOpenAI(base_url=harness.primary.base_url, api_key="k", default_headers={ROUTE_HEADER: "1"})
-        )
+        client = guard.fixture_client(openai.AsyncOpenAI(base_url=harness.primary.base_url, api_key="k"))
         completion = await client.chat.completions.create(model="gpt-test", messages=HELLO)
         await client.close()
     assert completion.choices[0].message.content == "echo: hello there"
@@ -300,14 +298,20 @@ def test_done_when_primary_hangs_20_tests_of_3_calls_cost_one_trip(
     primary.plan(then=Fault.hang())
     project(pytester, primary, backup)
     pytester.makepyfile(test_app=calls_file(tests=20, calls=3))
-    result = pytester.runpytest()
+    result = pytester.runpytest("-o", "log_cli=true", "-o", "log_cli_level=WARNING")
     result.assert_outcomes(passed=20)
     assert len(primary.requests) == 3, "three timeouts trip the breaker; nothing waits on the primary after"
     assert len(backup.requests) == 60
     durations = sorted(r.duration for r in call_reports(result))
     assert sum(durations[:-1]) < 1.5, f"19 tests after the trip should take milliseconds each: {durations}"
     assert durations[-1] < 3 * CALL_TIMEOUT + 0.5
-    result.stdout.fnmatch_lines(["3 failovers to another endpoint", "endpoint primary (*) model gpt-test: tripped 1x*"])
+    result.stdout.fnmatch_lines(
+        [
+            "20 guarded tests: 60 LLM calls, 63 attempts (63 live), 0 retries, 3 failovers, 3 failed attempts;*",
+            "endpoint primary (*) model gpt-test: tripped 1x*",
+        ]
+    )
+    assert result.stdout.str().count("failover primary -> backup") == 3, "one log line per failover"
 
 
 @pytest.mark.parametrize("on_open", ["fail", "skip"])

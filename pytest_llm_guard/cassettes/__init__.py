@@ -1,0 +1,68 @@
+"""LLM cassettes on vcrpy: recorded once, committed, replayed with no key, no network and no secrets.
+
+vcrpy provides the cassette model, the record modes, the file format and
+decompression; this package makes them right for LLM traffic:
+
+- ``matching.py``: look-up is indexed by a canonical request key (method, API route,
+  JSON body with keys sorted), so replay cost stays flat however large a cassette
+  grows; a miss is explained by the closest recording and a diff;
+- ``files.py``: files are written atomically under a folder lock, readable (block
+  strings), and a file that cannot be read fails its test with the parser's line and column;
+- ``vcr_bridge.py``: the one module that touches vcrpy (its cassette, persister,
+  serializer and request types), keeping what another pytest-xdist worker wrote;
+- ``layer.py``: the cassette as a guard layer at the transport boundary, so a streamed
+  response reaches the caller chunk by chunk while it is recorded and replays as the
+  same events in order; only successful answers are written; secrets are scrubbed
+  (``scrub.py``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+from ..config import Settings
+from .layer import CassetteLayer, open_cassette
+from .matching import canonical_body, request_key
+from .vcr_bridge import AtomicPersister, LLMCassette, ReadableYaml
+
+__all__ = [
+    "AtomicPersister",
+    "CassetteLayer",
+    "LLMCassette",
+    "ReadableYaml",
+    "canonical_body",
+    "file_safe",
+    "open_cassette",
+    "path_for",
+    "record_mode",
+    "request_key",
+]
+
+
+def record_mode(settings: Settings, environ: Mapping[str, str] = os.environ) -> str:
+    """The configured mode, else ``none`` on CI (CI must never reach a real endpoint) and ``once`` elsewhere."""
+    if settings.record is not None:
+        return settings.record
+    ci = environ.get("CI", "").strip().lower()
+    return "none" if ci not in ("", "0", "false", "no") else "once"
+
+
+def file_safe(name: str, limit: int = 100) -> str:
+    """A file name for a test id: parametrize ids made safe, long names shortened with a hash."""
+    safe = re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_") or "test"
+    if len(safe) <= limit:
+        return safe
+    digest = hashlib.sha1(name.encode()).hexdigest()[:12]
+    return f"{safe[: limit - 13]}-{digest}"
+
+
+def path_for(test_file: Path, test_name: str, settings: Settings) -> Path:
+    """The marker's path (relative to the test file), else ``<cassette_dir>/<module>/<name>.yaml``."""
+    if settings.cassette_path is not None:
+        return test_file.parent / settings.cassette_path
+    folder = test_file.parent / (settings.cassette_dir or "cassettes")
+    return folder / test_file.stem / f"{file_safe(settings.cassette_name or test_name)}.yaml"

@@ -1,0 +1,225 @@
+"""The cassette as a guard layer: replay what is recorded, record what comes back, explain a miss."""
+
+from __future__ import annotations
+
+__tracebackhide__ = True  # pytest: a failed test shows where the LLM call was made, not our internals
+
+import json
+import re
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx2
+
+from ..config import OPTIONS, Settings
+from ..dialect import Dialect, dialect_for
+from ..errors import LLMCassetteMiss
+from ..scrub import Scrubber
+from . import vcr_bridge
+
+if TYPE_CHECKING:
+    from ..guard import AsyncSend, Send
+    from ..ledger import Attempt
+
+
+def _events(body: bytes) -> list[bytes]:
+    """Split an SSE body into its events so a replayed stream arrives event by event, as recorded."""
+    parts = re.split(rb"(?<=\n\n)", body)
+    return [part for part in parts if part] or [body]
+
+
+class _Replay(httpx2.SyncByteStream, httpx2.AsyncByteStream):
+    def __init__(self, chunks: list[bytes]) -> None:
+        self._chunks = chunks
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self._chunks
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for chunk in self._chunks:
+            yield chunk
+
+
+class _Tee(httpx2.SyncByteStream, httpx2.AsyncByteStream):
+    """Hands each chunk on as it arrives and keeps a copy; a complete body is recorded once.
+
+    Complete means read to its end, or closed at a stream's end event (the dialect
+    says which); a body cut short (an error, a caller that stopped reading) is not recorded.
+    """
+
+    def __init__(self, inner: Any, finished: Callable[[bytes], bool], on_complete: Callable[[bytes], None]) -> None:
+        self._inner = inner
+        self._finished = finished
+        self._on_complete = on_complete
+        self._body = bytearray()
+        self._recorded = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self._inner:
+            self._body += chunk
+            yield chunk
+        self._complete()
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._inner:
+            self._body += chunk
+            yield chunk
+        self._complete()
+
+    def close(self) -> None:
+        if self._finished(bytes(self._body)):
+            self._complete()
+        self._inner.close()
+
+    async def aclose(self) -> None:
+        if self._finished(bytes(self._body)):
+            self._complete()
+        await self._inner.aclose()
+
+    def _complete(self) -> None:
+        if not self._recorded:
+            self._recorded = True
+            self._on_complete(bytes(self._body))
+
+
+class CassetteLayer:
+    """The guard layer that replays from, or records into, one test's cassette."""
+
+    def __init__(self, cassette: vcr_bridge.LLMCassette, *, nodeid: str, mode: str, record_failures: bool) -> None:
+        self.cassette = cassette
+        self.nodeid = nodeid
+        self.mode = mode
+        self.record_failures = record_failures
+
+    def handle(self, request: httpx2.Request, attempt: Attempt, send: Send) -> httpx2.Response:
+        recorded = self._vcr_request(request, request.read())
+        replay = self._replay(request, recorded, attempt)
+        return replay if replay is not None else self._record(request, send(request), recorded, attempt)
+
+    async def handle_async(self, request: httpx2.Request, attempt: Attempt, send: AsyncSend) -> httpx2.Response:
+        recorded = self._vcr_request(request, await request.aread())
+        replay = self._replay(request, recorded, attempt)
+        return replay if replay is not None else self._record(request, await send(request), recorded, attempt)
+
+    def save(self) -> None:
+        self.cassette.save()
+
+    @staticmethod
+    def _vcr_request(request: httpx2.Request, body: bytes) -> Any:
+        return vcr_bridge.vcr_request(request.method, str(request.url), body, dict(request.headers))
+
+    def _replay(self, request: httpx2.Request, recorded: Any, attempt: Attempt) -> httpx2.Response | None:
+        if self.cassette.can_play_response_for(recorded):
+            attempt.source = "replayed"
+            return self._response(request, self.cassette.play_response(recorded))
+        if self.cassette.write_protected:
+            attempt.source = "refused"
+            raise self._miss(recorded)
+        return None
+
+    @staticmethod
+    def _response(request: httpx2.Request, recorded: dict[str, Any]) -> httpx2.Response:
+        status, headers, body, message = vcr_bridge.playable(recorded)
+        names = {name.lower(): value for name, value in headers}
+        streamed = "text/event-stream" in names.get("content-type", "") and not names.get("content-encoding")
+        return httpx2.Response(
+            status,
+            headers=headers,
+            stream=_Replay(_events(body) if streamed else [body]),
+            extensions={"reason_phrase": message.encode("ascii", "replace")} if message else {},
+            request=request,
+        )
+
+    def _record(
+        self, request: httpx2.Request, response: httpx2.Response, recorded: Any, attempt: Attempt
+    ) -> httpx2.Response:
+        if response.status_code >= 400 and not self.record_failures:
+            return response
+        dialect: Dialect | None = dialect_for(request)
+        content_type = response.headers.get("content-type", "")
+
+        def finished(body: bytes) -> bool:
+            return dialect is not None and dialect.stream_finished(content_type, body)
+
+        def on_complete(body: bytes) -> None:
+            headers: dict[str, list[str]] = defaultdict(list)
+            for name, value in response.headers.multi_items():
+                headers[name].append(value)
+            self.cassette.append(
+                recorded,
+                {
+                    "status": {"code": response.status_code, "message": response.reason_phrase},
+                    "headers": dict(headers),
+                    "body": {"string": body},
+                },
+            )
+            attempt.source = "recorded"
+
+        response.stream = _Tee(response.stream, finished, on_complete)
+        return response
+
+    def _miss(self, recorded: Any) -> LLMCassetteMiss:
+        path = self.cassette.path
+        shown = self.cassette.scrubbed(recorded)  # the message lands in CI logs
+        payload: Any = None
+        try:
+            payload = json.loads(shown.body) if shown.body else None
+        except (ValueError, TypeError, UnicodeDecodeError):
+            payload = None
+        model = payload.get("model") if isinstance(payload, dict) else None
+        last = _last_user_message(payload)
+        lines = [
+            f"No recorded response for this request in cassette {path} (record mode {self.mode!r}); "
+            "no network request was made.",
+            f"Request: {shown.method} {shown.uri} model={model or '?'}"
+            + (f" last user message: {last!r}" if last else ""),
+        ]
+        nearest = self.cassette.closest(shown) if path.exists() else None
+        if not path.exists():
+            lines.append("The cassette file does not exist.")
+        elif nearest is None:
+            lines.append("The cassette holds no interactions.")
+        else:
+            stored, differences = nearest
+            lines.append(f"Closest recorded request: {stored.method} {stored.uri}; differs in")
+            lines.extend("  " + line for line in differences)
+        option = OPTIONS["record"]
+        lines.append(
+            f"To record it (needs a real endpoint and key): pytest '{self.nodeid}' {option.flag}=new_episodes "
+            f"(or {option.flag}=all to re-record the test from scratch); CI replays only ({option.env} or CI)."
+        )
+        return LLMCassetteMiss("\n".join(lines))
+
+
+def _last_user_message(payload: Any, limit: int = 80) -> str:
+    if not isinstance(payload, dict):
+        return ""
+    messages = payload.get("messages") or payload.get("input")
+    if isinstance(messages, str):
+        text = messages
+    elif isinstance(messages, list):
+        users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+        content = users[-1].get("content") if users else ""
+        if isinstance(content, list):
+            content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+        text = content if isinstance(content, str) else ""
+    else:
+        return ""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def open_cassette(
+    path: Path, settings: Settings, *, mode: str, nodeid: str, matcher: vcr_bridge.Matcher, scrubber: Scrubber
+) -> CassetteLayer:
+    """Load (or start) a test's cassette; raises :class:`LLMCassetteError` for an unreadable file."""
+    cassette = vcr_bridge.load(
+        path,
+        mode=mode,
+        match_on=settings.match_on,
+        ignore=frozenset(settings.ignore_body_fields),
+        matcher=matcher,
+        scrubber=scrubber,
+    )
+    return CassetteLayer(cassette, nodeid=nodeid, mode=mode, record_failures=settings.record_failures)

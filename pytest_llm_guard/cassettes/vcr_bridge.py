@@ -1,0 +1,231 @@
+"""The one module that touches vcrpy: its cassette, persister, serializer and request types.
+
+Why a bridge: vcrpy gives us record modes, the file format and decompression, but our
+look-up, saving and hooks reach into its internals (``Cassette._responses``,
+``_old_interactions``, ``_save``, ``filter_request``...). Keeping every such touch here
+means a vcrpy release that moves them breaks one file.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from vcr.cassette import Cassette
+from vcr.filters import decode_response
+from vcr.persisters.filesystem import CassetteNotFoundError
+from vcr.record_mode import RecordMode
+from vcr.request import Request as VcrRequest
+from vcr.serialize import deserialize, serialize
+from vcr.serializers import compat, yamlserializer
+
+from ..errors import LLMCassetteError
+from ..scrub import Scrubber
+from . import files
+from .matching import closest, request_key
+
+Matcher = Callable[[VcrRequest, VcrRequest], "bool | None"]
+
+
+class LLMCassette(Cassette):
+    """A vcrpy cassette whose look-up is a dict access instead of a scan running every matcher."""
+
+    def __init__(
+        self, *args: Any, match_parts: tuple[str, ...], ignore: frozenset[str], matcher: Matcher, **kwargs: Any
+    ) -> None:
+        self._match_parts = match_parts
+        self._ignore = ignore
+        self._matcher = matcher
+        self._index: defaultdict[tuple[str, ...], list[int]] = defaultdict(list)
+        self._appending = threading.Lock()
+        super().__init__(*args, **kwargs)
+
+    @property
+    def path(self) -> Path:
+        return Path(self._path)
+
+    def _key(self, request: VcrRequest) -> tuple[str, ...]:
+        return request_key(request, self._match_parts, self._ignore)
+
+    def append(self, request: VcrRequest, response: dict[str, Any]) -> None:
+        with self._appending:  # code under test may record from several threads at once
+            before = len(self.data)
+            super().append(request, response)
+            if len(self.data) > before:
+                self._index[self._key(self.data[-1][0])].append(before)
+
+    def _responses(self, request: VcrRequest) -> Iterator[tuple[int, dict[str, Any]]]:
+        request = self._before_record_request(request)
+        for index in self._index.get(self._key(request), ()):
+            stored, response = self.data[index]
+            if self._matcher(request, stored) is not False:
+                yield index, response
+
+    def _new_interactions(self) -> list[tuple[VcrRequest, dict[str, Any]]]:
+        old = {self._key(request) for request, _ in self._old_interactions}
+        return [(request, response) for request, response in self.data if self._key(request) not in old]
+
+    def _rerecorded_interactions(self) -> list[tuple[VcrRequest, dict[str, Any]]]:
+        loaded, recorded = self.data[: self._loaded_count], self.data[self._loaded_count :]
+        if self.drop_unused_requests:
+            return recorded
+        fresh = {self._key(request) for request, _ in recorded}
+        return [(r, response) for r, response in loaded if self._key(r) not in fresh] + recorded
+
+    def save(self) -> None:
+        if self.dirty:
+            self._save()
+
+    def scrubbed(self, request: VcrRequest) -> VcrRequest:
+        """The request as it would be written (and is matched): scrubbed, pretty-printed."""
+        return self.filter_request(request)
+
+    def closest(self, request: VcrRequest) -> tuple[VcrRequest, list[str]] | None:
+        """The recorded request most like ``request``, with a readable diff of what differs (misses only)."""
+        request = self._before_record_request(request)
+        stored = ((r, self._key(r)) for r, _ in self.data)
+        return closest(self._key(request), stored, self._match_parts)
+
+
+class ReadableYaml:
+    """vcrpy's YAML format: read by vcrpy's safe loader, written with readable strings."""
+
+    @staticmethod
+    def serialize(cassette_dict: dict[str, Any]) -> str:
+        return files.dump_yaml(cassette_dict)
+
+    @staticmethod
+    def deserialize(text: str) -> Any:
+        return yamlserializer.deserialize(text)
+
+
+def _fingerprint(request: VcrRequest, response: dict[str, Any]) -> str:
+    return json.dumps(
+        [compat.convert_to_unicode(request._to_dict()), compat.convert_to_unicode(copy.deepcopy(response))],
+        sort_keys=True,
+        default=repr,
+    )
+
+
+class AtomicPersister:
+    """vcrpy persister: clear errors on load; atomic, merging saves.
+
+    A save writes a temporary file in the cassette's folder and renames it over
+    the cassette, so an interrupted run (Ctrl-C, pytest-timeout, SIGKILL) leaves
+    the old file or the new one, never half of one. Saves hold an exclusive lock
+    on the folder and re-read the file first: interactions another worker wrote
+    since this cassette was loaded are kept. Holding the lock, a save also removes
+    the temporary files of writers killed before their rename.
+    """
+
+    def __init__(self) -> None:
+        self._loaded: set[str] = set()
+
+    def load_cassette(self, cassette_path: str | Path, serializer: Any) -> tuple[list, list]:
+        requests, responses = self._read(Path(cassette_path), serializer)
+        self._loaded = {_fingerprint(q, r) for q, r in zip(requests, responses, strict=True)}
+        return requests, responses
+
+    def save_cassette(self, cassette_path: str | Path, cassette_dict: dict[str, Any], serializer: Any) -> None:
+        path = Path(cassette_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with files.locked(path.parent):
+            requests, responses = list(cassette_dict["requests"]), list(cassette_dict["responses"])
+            ours = {_fingerprint(q, r) for q, r in zip(requests, responses, strict=True)}
+            try:
+                theirs = zip(*self._read(path, serializer), strict=True)
+            except (CassetteNotFoundError, LLMCassetteError):
+                theirs = zip((), (), strict=True)
+            for q, r in theirs:
+                fingerprint = _fingerprint(q, r)
+                if fingerprint not in ours and fingerprint not in self._loaded:
+                    requests.append(q)
+                    responses.append(r)
+            files.remove_stale_temporaries(path)
+            files.write_atomically(path, serialize({"requests": requests, "responses": responses}, serializer))
+
+    @staticmethod
+    def _read(path: Path, serializer: Any) -> tuple[list, list]:
+        text = files.read_text(path)
+        if text is None:
+            raise CassetteNotFoundError()
+        try:
+            requests, responses, *_ = deserialize(text, serializer)
+        except Exception as exc:  # yaml errors, or valid YAML that is not a cassette
+            raise files.unreadable(path, exc) from None
+        return requests, responses
+
+
+def _pretty_json(body: Any) -> Any:
+    try:
+        return json.dumps(json.loads(body), indent=2, ensure_ascii=False)
+    except (ValueError, TypeError, UnicodeDecodeError):
+        return body
+
+
+def header(headers: dict[str, Any], name: str) -> str:
+    """A header of a vcrpy response dict (values are lists), case-insensitively."""
+    for key, values in headers.items():
+        if key.lower() == name and values:
+            return values[0]
+    return ""
+
+
+def _readable_response(scrubber: Scrubber) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """``before_record_response``: decompress, pretty-print JSON, drop a now wrong length, scrub."""
+
+    def before_record_response(response: dict[str, Any]) -> dict[str, Any]:
+        response = decode_response(response)
+        headers = response["headers"]
+        if "json" in header(headers, "content-type") and not header(headers, "content-encoding"):
+            response["body"]["string"] = _pretty_json(response["body"]["string"])
+            response["headers"] = {k: v for k, v in headers.items() if k.lower() != "content-length"}
+        return scrubber.response(response)
+
+    return before_record_response
+
+
+def _readable_request(scrubber: Scrubber) -> Callable[[VcrRequest], VcrRequest]:
+    """``before_record_request`` (also run before matching): scrub, pretty-print a JSON body."""
+
+    def before_record_request(request: VcrRequest) -> VcrRequest:
+        request = scrubber.request(request)
+        request.body = _pretty_json(request.body)
+        request.headers = {k: v for k, v in request.headers.items() if k.lower() != "content-length"}
+        return request
+
+    return before_record_request
+
+
+def vcr_request(method: str, url: str, body: bytes, headers: dict[str, str]) -> VcrRequest:
+    return VcrRequest(method, url, body, headers)
+
+
+def playable(recorded: dict[str, Any]) -> tuple[int, list[tuple[str, str]], bytes, str | None]:
+    """A recorded response as status, header pairs, body bytes and reason phrase."""
+    recorded = compat.convert_to_bytes(copy.deepcopy(recorded))
+    headers = [(name, value) for name, values in recorded["headers"].items() for value in values]
+    return recorded["status"]["code"], headers, recorded["body"]["string"] or b"", recorded["status"].get("message")
+
+
+def load(
+    path: Path, *, mode: str, match_on: tuple[str, ...], ignore: frozenset[str], matcher: Matcher, scrubber: Scrubber
+) -> LLMCassette:
+    """Load (or start) a cassette; raises :class:`LLMCassetteError` for an unreadable file."""
+    return LLMCassette.load(
+        path=str(path),
+        serializer=ReadableYaml,
+        persister=AtomicPersister(),
+        record_mode=RecordMode(mode),
+        match_on=(),
+        before_record_request=_readable_request(scrubber),
+        before_record_response=_readable_response(scrubber),
+        match_parts=match_on,
+        ignore=ignore,
+        matcher=matcher,
+    )

@@ -1,0 +1,197 @@
+"""The ledger: one record per attempt, running totals, and the words every count uses.
+
+- A **call** is one request as the code under test sees it: one ``create(...)``.
+- An **attempt** is one try of a call. Its **source** says what happened to it:
+  ``live`` (sent to an endpoint), ``recorded`` (sent, and its answer written to a
+  cassette), ``replayed`` (answered from a cassette) or ``refused`` (nothing was sent:
+  a breaker was open, a budget was spent, a cassette had no answer).
+- A **retry** is a further attempt of a call after a failure, on the same endpoint.
+  A **failover** is a further attempt on another endpoint: never a retry.
+- **Network seconds** are the time of live and recorded attempts only.
+
+Budgets, ``llm_guard.stats``, failure messages, the terminal summary and reports all
+read these records and totals; only the transport seam and the layers write them.
+Totals are updated once per attempt, so a test's thousandth call costs what its first did.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+SOURCES = ("live", "recorded", "replayed", "refused")
+NETWORK_SOURCES = frozenset({"live", "recorded"})
+CALL = "pytest_llm_guard.call"
+"""Request extension holding the :class:`Call` a guarded client's attempts belong to."""
+
+
+@dataclass
+class Call:
+    """One call of a guarded client, carried on its request across attempts (``request.extensions[CALL]``).
+
+    The retry loop, the seam and the routing layer share what they know of the call
+    here, instead of in headers or side tables.
+    """
+
+    routed: bool = False
+    """Sent by an ``llm_client`` fixture: the routing layer may choose its endpoint."""
+    number: int = 0
+    """Its number in the test's ledger, once its first attempt began."""
+    attempts: int = 0
+    tried: list[str] = field(default_factory=list)
+    """Configured endpoints its attempts went to, in order."""
+    failover_to: str | None = None
+    """Set when the last attempt failed and the next goes to this other endpoint (no backoff)."""
+    backoff: float = 0.0
+    """Seconds slept since the last attempt (backoff or Retry-After), charged to the next attempt."""
+
+
+@dataclass
+class Attempt:
+    """One try of a call, as seen at the httpx2 seam.
+
+    ``start``/``end`` are read from the guard's clock (monotonic seconds);
+    ``wall_start`` is ``time.time()`` at the start, for timelines.
+    """
+
+    test: str
+    call: int
+    number: int
+    """1 for a call's first attempt."""
+    kind: str
+    """``first``, ``retry`` or ``failover``."""
+    endpoint: str
+    path: str
+    model: str | None
+    start: float
+    wall_start: float
+    cap: float = float("inf")
+    """The most this attempt may take, body included."""
+    cap_by: str | None = None
+    """The limit that set ``cap``: ``call_timeout``, ``deadline``, or an endpoint's call_timeout."""
+    cap_binds: bool = field(default=False, repr=False)
+    """Whether ``cap`` is below the client's own timeouts (a timeout then is the cap's doing)."""
+    backoff: float = 0.0
+    """Seconds waited before it: backoff, a server's Retry-After, a rate-limit cooldown."""
+    end: float | None = None
+    source: str = "live"
+    outcome: str = "pending"
+    """``ok``, ``HTTP <status>``, or the error's name (``ReadTimeout``, ``LLMCassetteMiss``, ...)."""
+    cause: str | None = None
+    """Which limit cut the attempt, when one did (as ``cap_by``)."""
+    status: int | None = None
+    error: str | None = None
+    retry_after: float | None = None
+    tokens: int | None = None
+    endpoint_name: str | None = None
+    """The configured endpoint that took the attempt; None for other URLs."""
+    failover_to: str | None = None
+    """After this attempt failed, the call's next attempt went to this other endpoint."""
+
+    @property
+    def duration(self) -> float:
+        return 0.0 if self.end is None else self.end - self.start
+
+    @property
+    def failed(self) -> bool:
+        return self.outcome not in ("ok", "pending")
+
+    @property
+    def retry(self) -> bool:
+        return self.kind == "retry"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Stats:
+    """A test's totals in the ledger's words (``llm_guard.stats``)."""
+
+    calls: int = 0
+    attempts: int = 0
+    retries: int = 0
+    failovers: int = 0
+    failures: int = 0
+    """Failed attempts, whatever followed them."""
+    live: int = 0
+    recorded: int = 0
+    replayed: int = 0
+    refused: int = 0
+    network_seconds: float = 0.0
+    backoff_seconds: float = 0.0
+    tokens: int = 0
+
+
+class Ledger:
+    """The attempts of one test and their running totals; thread-safe (code under test may use threads)."""
+
+    def __init__(self, test: str) -> None:
+        self.test = test
+        self.attempts: list[Attempt] = []
+        self.calls = 0
+        self.retries = 0
+        self.failovers = 0
+        self.failures = 0
+        self.counted_failures = 0
+        """Failures the ``retries`` budget absorbs: failed attempts not followed by a failover."""
+        self.tokens = 0
+        self.network_seconds = 0.0
+        self.backoff_seconds = 0.0
+        self.by_source = dict.fromkeys(SOURCES, 0)
+        self._lock = threading.Lock()
+
+    def open(self, attempt: Attempt) -> None:
+        """A call counts from its first attempt; the rest counts when the attempt ends (a layer may
+        still change its kind, its source or its wait until then)."""
+        with self._lock:
+            self.attempts.append(attempt)
+            if attempt.kind == "first":
+                self.calls += 1
+
+    def new_call(self) -> int:
+        """The number the next call gets."""
+        return self.calls + 1
+
+    def close(self, attempt: Attempt, end: float, outcome: str, *, error: str | None = None) -> bool:
+        """End an attempt once; returns False when it had ended already."""
+        with self._lock:
+            if attempt.end is not None:
+                return False
+            attempt.end, attempt.outcome, attempt.error = end, outcome, error
+            if attempt.kind == "retry":
+                self.retries += 1
+            elif attempt.kind == "failover":
+                self.failovers += 1
+            self.backoff_seconds += attempt.backoff
+            self.by_source[attempt.source] += 1
+            if attempt.source in NETWORK_SOURCES:
+                self.network_seconds += end - attempt.start
+            if attempt.failed:
+                self.failures += 1
+                if attempt.failover_to is None:
+                    self.counted_failures += 1
+            self.tokens += attempt.tokens or 0
+            return True
+
+    def snapshot(self) -> list[Attempt]:
+        with self._lock:
+            return list(self.attempts)
+
+    def stats(self) -> Stats:
+        with self._lock:
+            return Stats(
+                calls=self.calls,
+                attempts=len(self.attempts),
+                retries=self.retries,
+                failovers=self.failovers,
+                failures=self.failures,
+                live=self.by_source["live"],
+                recorded=self.by_source["recorded"],
+                replayed=self.by_source["replayed"],
+                refused=self.by_source["refused"],
+                network_seconds=self.network_seconds,
+                backoff_seconds=self.backoff_seconds,
+                tokens=self.tokens,
+            )

@@ -1,0 +1,238 @@
+"""Everything written for people: failure messages, skip reasons, the terminal summary.
+
+It only reads: the ledger (attempts and totals), the settings (limits and where they
+were set), and endpoint health lines. One wording for every count, the ledger's
+(``ledger.py``); plurals done right; the attempts listed before any advice that
+refers to them.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .config import OPTIONS, Settings
+
+if TYPE_CHECKING:
+    import pytest
+
+    from .ledger import Attempt, Ledger
+
+_PLURALS = {"retry": "retries", "LLM call": "LLM calls", "guarded test": "guarded tests"}
+
+
+def plural(count: int, word: str) -> str:
+    return f"{count} {word if count == 1 else _PLURALS.get(word, word + 's')}"
+
+
+def _short(text: str, limit: int = 160) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def describe(attempt: Attempt) -> str:
+    """One attempt on one line: where it went, what came of it, how long it took, what followed."""
+    line = f"{attempt.endpoint}{attempt.path} model={attempt.model or '?'}: "
+    if attempt.endpoint_name:
+        line = f"[{attempt.endpoint_name}] {line}"
+    if attempt.source == "refused":
+        return (
+            line + f"refused, not sent ({attempt.outcome}" + (f": {_short(attempt.error)})" if attempt.error else ")")
+        )
+    line += attempt.outcome
+    if attempt.error:
+        line += f" ({_short(attempt.error)})"
+    line += f" after {attempt.duration:.2f} s"
+    if attempt.cause:
+        line += f", cut at its {attempt.cause}"
+    if attempt.source != "live":
+        line += f", {attempt.source}"
+    if attempt.retry_after is not None:
+        line += f", retry-after {attempt.retry_after:g} s"
+    if attempt.backoff:
+        line += f", after {attempt.backoff:.2f} s backoff"
+    if attempt.failover_to:
+        line += f"; failover to {attempt.failover_to}"
+    return line
+
+
+def attempt_lines(attempts: Sequence[Attempt]) -> list[str]:
+    lines = [f"Attempts ({len(attempts)}):"]
+    for i, attempt in enumerate(attempts, 1):
+        kind = "" if attempt.kind == "first" else f", {attempt.kind}"
+        lines.append(f"  {i}. call {attempt.call}{kind}: {describe(attempt)}")
+    return lines
+
+
+def endpoints_line(attempts: Sequence[Attempt]) -> str | None:
+    """Every endpoint the test's attempts went to, in order of first use."""
+    seen = dict.fromkeys((f"{a.endpoint} ({a.endpoint_name})" if a.endpoint_name else a.endpoint) for a in attempts)
+    models = dict.fromkeys(a.model or "?" for a in attempts)
+    if not seen:
+        return None
+    label = "Endpoint" if len(seen) == 1 else "Endpoints"
+    return f"{label} {', '.join(seen)}; model {', '.join(models)}."
+
+
+_ADVICE = {
+    "deadline": "raise `deadline`, or make the endpoint answer faster (see the attempts above)",
+    "retries": "raise `retries`, or fix what makes the attempts fail (see the attempts above)",
+    "call_timeout": "raise `call_timeout`, or make the endpoint answer faster (see the attempts above)",
+    "calls": "raise `calls`, or find the loop that keeps calling",
+    "tokens": "raise `tokens`, or send shorter prompts / ask for shorter answers",
+}
+
+
+def budget_message(budget: str, what: str, settings: Settings, ledger: Ledger, *, elapsed: float) -> str:
+    """The text of ``LLMBudgetExceeded``: the cause, the limit and its source, every attempt, what to do."""
+    limit = getattr(settings, budget)
+    unit = " s" if budget in ("deadline", "call_timeout") else ""
+    shown = f"{limit:g}" if isinstance(limit, float) and budget != "deadline" else limit
+    attempts = ledger.snapshot()
+    lines = [
+        f"LLM {budget} budget spent in {ledger.test}: {what} "
+        f"(limit {budget}={shown}{unit}, set by {settings.source_of(budget)}; {elapsed:.2f} s elapsed).",
+    ]
+    where = endpoints_line(attempts)
+    if where:
+        lines.append(where)
+    lines.extend(attempt_lines(attempts))
+    option = OPTIONS[budget]
+    lines.append(
+        f"What to do: {_ADVICE[budget]}; the limit is set with "
+        f"@pytest.mark.llm_budget({budget}=...), {option.flag} or {option.env}."
+    )
+    return "\n".join(lines)
+
+
+def no_endpoint(
+    test: str,
+    model: str | None,
+    refusals: Iterable[tuple[str, str, str]],
+    ledger: Ledger,
+    *,
+    fixture: bool,
+    on_open: str,
+    on_open_source: str,
+    breaker_marker: str,
+) -> str:
+    """Why no endpoint could take an attempt: endpoint by endpoint (name, base URL, reason)."""
+    sent = any(a.source in ("live", "recorded") for a in ledger.snapshot())
+    headline = f"pytest-llm-guard: no endpoint can take this request (model {model or '?'}) of {test} now; " + (
+        "this attempt was not sent:" if sent else "nothing was sent:"
+    )
+    lines = [headline] + [f"  - {name} ({url}): {reason}" for name, url, reason in refusals]
+    if not fixture:
+        lines.append(
+            "The openai SDK raises this as APIConnectionError so the code's own fallback can run; "
+            "the refusal counts against the test's retry budget."
+        )
+        return "\n".join(lines)
+    if sent:
+        lines.extend(attempt_lines(ledger.snapshot()))
+    other = "skip" if on_open == "fail" else "fail"
+    lines.append(
+        f"on_open={on_open} (set by {on_open_source}); on_open='{other}' (@pytest.mark.{breaker_marker}, "
+        f"{OPTIONS['on_open'].flag}) would {other} instead. What to do: fix or wait for the endpoint, or add a "
+        "healthy one to [[tool.pytest_llm_guard.endpoints]]."
+    )
+    return "\n".join(lines)
+
+
+def session_spent(settings: Settings, name: str, used: float, limit: float) -> str:
+    unit = {"session_deadline": " s", "max_calls": " LLM calls", "max_tokens": " tokens"}[name]
+    shown = f"{used:.1f}" if name == "session_deadline" else str(int(used))
+    option = OPTIONS[name]
+    action = "fail" if settings.on_session_spent == "fail" else "are skipped"
+    return (
+        f"pytest-llm-guard: session budget spent: {shown}{unit} of {name}={limit:g}{unit} "
+        f"(set by {settings.source_of(name)}), summed over all workers; the remaining LLM tests {action} "
+        f"(on_session_spent={settings.on_session_spent}). Raise {option.flag} / {option.env} to run more."
+    )
+
+
+# -- failure reports ------------------------------------------------------------------
+
+_HIDDEN_MODULES = (
+    "openai",
+    "httpx2",
+    "httpcore2",
+    "tenacity",
+    "pytest_llm_guard",
+    "_pytest",
+    "pluggy",
+    "pytest_asyncio",
+    "anyio",
+    "asyncio",
+    "concurrent",
+    "threading",
+    "contextlib",
+    "selectors",
+    "vcr",
+    "wrapt",
+)
+
+
+def _hidden_prefixes() -> tuple[str, ...]:
+    prefixes = []
+    for name in _HIDDEN_MODULES:
+        module = sys.modules.get(name)
+        file = getattr(module, "__file__", None)
+        if file:
+            path = Path(file)
+            prefixes.append(str(path.parent) if path.name == "__init__.py" else str(path))
+    return tuple(prefixes)
+
+
+def failure_text(excinfo: pytest.ExceptionInfo[BaseException], root: Path) -> str:
+    """How a test the guard ended is reported: the message, then the test's and the application's frames.
+
+    The message comes first, so pytest's one-line summary shows it. No frames of the
+    SDK, httpx2, asyncio, pytest or the guard: pytest would print their arguments, and a
+    request's URL may carry a key in its query string; the message already lists every attempt.
+    """
+    hidden = _hidden_prefixes()
+    own = [e for e in excinfo.traceback if not str(e.path).startswith(hidden)] or [excinfo.traceback[-1]]
+    lines = []
+    for entry in own:
+        path = Path(entry.path)
+        shown = path.relative_to(root) if path.is_relative_to(root) else path
+        lines.append(f"{shown}:{entry.lineno + 1}: in {entry.name}\n    {str(entry.statement).strip()}")
+    return "\n".join([f"{excinfo.typename}: {excinfo.value}", "", "Where the LLM call was made:", *lines])
+
+
+# -- the terminal summary ---------------------------------------------------------------
+
+SUMMED = (
+    "calls",
+    "attempts",
+    "retries",
+    "failovers",
+    "failures",
+    "live",
+    "recorded",
+    "replayed",
+    "refused",
+    "network_seconds",
+    "backoff_seconds",
+    "tokens",
+)
+
+
+def summary_lines(per_test: Sequence[Mapping[str, Any]], endpoint_status: Iterable[str]) -> list[str]:
+    """The session's totals in the ledger's words, then endpoints whose breakers tripped."""
+    if not any(t["attempts"] for t in per_test):
+        return []
+    total = {key: sum(t[key] for t in per_test) for key in SUMMED}
+    sources = ", ".join(f"{total[s]} {s}" for s in ("live", "recorded", "replayed", "refused") if total[s])
+    lines = [
+        f"{plural(len(per_test), 'guarded test')}: {plural(total['calls'], 'LLM call')}, "
+        f"{plural(total['attempts'], 'attempt')} ({sources or 'none sent'}), {plural(total['retries'], 'retry')}, "
+        f"{plural(total['failovers'], 'failover')}, {plural(total['failures'], 'failed attempt')}; "
+        f"{total['network_seconds']:.2f} s on the network, {total['backoff_seconds']:.2f} s in backoff, "
+        f"{plural(total['tokens'], 'token')}"
+    ]
+    lines.extend(f"endpoint {line}" for line in endpoint_status)
+    return lines
