@@ -19,6 +19,7 @@ import openai
 import pytest
 
 from pytest_llm_guard.fault import DEFAULT_MODEL, Fault, FaultServer, fake_embedding
+from pytest_llm_guard.fault import server as server_module
 
 USER = [{"role": "user", "content": "hello big world"}]
 
@@ -162,6 +163,75 @@ def test_handler_exception_answers_500_and_logs(
     assert "boom in when" in capsys.readouterr().err
     server.reset()
     assert chat(client).choices[0].message.content.startswith("echo:")
+
+
+def raw_exchange(server: FaultServer, data: bytes) -> bytes:
+    """Send bytes on a fresh connection; everything the server sends until it closes the connection."""
+    with socket.create_connection((server.host, int(server.url.rsplit(":", 1)[1])), timeout=2) as raw:
+        raw.sendall(data)
+        received = b""
+        while chunk := raw.recv(65536):  # a kept-alive connection would time out here
+            received += chunk
+    return received
+
+
+def chat_request(*headers: bytes, version: bytes = b"HTTP/1.1") -> bytes:
+    body = json.dumps({"messages": USER}).encode()
+    head = [b"POST /v1/chat/completions " + version, *headers, b"Content-Length: %d" % len(body)]
+    return b"\r\n".join(head) + b"\r\n\r\n" + body
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [chat_request(b"Connection: close"), chat_request(version=b"HTTP/1.0")],
+    ids=["connection-close", "http-1.0"],
+)
+def test_connection_ends_after_the_answer_when_the_client_asks(server: FaultServer, request_bytes: bytes) -> None:
+    received = raw_exchange(server, request_bytes)
+    assert received.startswith(b"HTTP/1.1 200 OK\r\n") and b"\r\nConnection: close\r\n" in received
+    assert received.endswith(b"}")
+
+
+def test_expect_100_continue_is_answered_before_the_body(server: FaultServer) -> None:
+    received = raw_exchange(server, chat_request(b"Expect: 100-continue", b"Connection: close"))
+    assert received.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n")
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"GET /v1/models HTTP/1.1\r\nno colon here\r\n\r\n", 400),
+        (b"OPTIONS /v1/models HTTP/1.1\r\n\r\n", 501),
+        (b"GET /v1/models HTTP/2.0\r\n\r\n", 505),
+        (b"GET /v1/models HTTP/1.1\r\n" + b"x-many: 1\r\n" * 101 + b"\r\n", 431),
+    ],
+    ids=["header-without-colon", "unsupported-method", "http-2", "too-many-headers"],
+)
+def test_unreadable_requests_get_a_json_error_and_a_closed_connection(
+    server: FaultServer, request_bytes: bytes, status: int
+) -> None:
+    head, _, body = raw_exchange(server, request_bytes).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 %d " % status) and b"\r\nConnection: close" in head
+    assert "could not parse the request" in json.loads(body)["error"]["message"]
+    assert server.requests == []
+
+
+def test_a_healthy_answer_is_one_write_a_stream_one_per_event(
+    server: FaultServer, client: openai.OpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes: list[bytes] = []
+    send = server_module._Handler._send
+
+    def counting_send(handler: Any, data: bytes) -> None:
+        writes.append(data)
+        send(handler, data)
+
+    monkeypatch.setattr(server_module._Handler, "_send", counting_send)
+    chat(client)
+    assert len(writes) == 1 and writes[0].startswith(b"HTTP/1.1 200 OK\r\n") and writes[0].endswith(b"}")
+    writes.clear()
+    events = list(chat(client, stream=True))
+    assert len(writes) == 1 + len(events) + 2  # head, each event, "[DONE]", the terminating chunk
 
 
 # ----------------------------------------------------------------------------- scripted replies

@@ -18,19 +18,20 @@ import traceback
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import MappingProxyType
 from typing import Any
 from urllib.parse import parse_qsl
 
 from .dialect import Call, Dialect, Reply, Response, RouteTable, registered
 from .faults import CutStream, Fault, Hang, Malformed, Ok, Reset, Status, Trickle, count
+from .http11 import BadRequest, read_head, response_head
 
 __all__ = ["FaultServer", "RecordedRequest"]
 
 _DISCONNECTS = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
 _POLL = 0.05  # how often waiting handlers look for reset()/stop() or a departed client
 _NO_QUERY: Mapping[str, str] = MappingProxyType({})
+_OK = Ok()  # the fallback of every route until plan(then=...)
 
 
 @dataclass(frozen=True)
@@ -222,21 +223,17 @@ class FaultServer:
         """Take the route's next fault and log the request with it in one step, so log order is plan order."""
         with self._lock:
             queue = self._queues.get(route)
-            fault = queue.popleft() if queue else self._then.get(route, Ok())
+            fault = queue.popleft() if queue else self._then.get(route, _OK)
             self._log.append(record(fault))
             return fault, len(self._log)
 
 
-class _HTTPServer(ThreadingHTTPServer):
+class _HTTPServer(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
     daemon_threads = True
     block_on_close = False  # stop() joins handlers itself, with a deadline
     request_queue_size = 64
     fault_server: FaultServer
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind does a reverse DNS lookup that can stall without a network.
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[:2]
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         if isinstance(sys.exc_info()[1], _DISCONNECTS):
@@ -245,10 +242,14 @@ class _HTTPServer(ThreadingHTTPServer):
         traceback.print_exc()
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, as the openai SDK reuses connections
-    disable_nagle_algorithm = True  # answers go out in several writes: Nagle + delayed ACK cost 40 ms each
+class _Handler(socketserver.StreamRequestHandler):
+    """HTTP/1.1 with keep-alive, as the SDKs reuse connections; requests are read by ``http11.py``."""
+
+    disable_nagle_algorithm = True  # TCP_NODELAY: streams and trickles go out in pieces, each at once
     server: _HTTPServer
+    command = path = ""
+    headers: dict[str, str]
+    close_connection = False
     _dialect: Dialect  # whose error format this request's answers use: its route's, else the default
 
     def setup(self) -> None:
@@ -263,22 +264,28 @@ class _Handler(BaseHTTPRequestHandler):
             with self.server.fault_server._lock:
                 self.server.fault_server._conns.pop(self.connection, None)
 
-    def log_message(self, format: str, *args: Any) -> None:
-        """No access log: tests read ``server.requests`` instead; failures go to stderr."""
-
-    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        """Unparseable requests get a JSON error, like every other answer."""
-        self.close_connection = True
-        self._dialect = self.server.fault_server._table.default
-        self._refuse(code, f"{message or 'Bad request'}; FaultServer could not parse the request")
+    def handle(self) -> None:
+        while not self.close_connection:
+            self._serve()
 
     def _serve(self) -> None:
         self._head_sent = False
         self._dialect = self.server.fault_server._table.default
         try:
+            head = read_head(self.rfile)
+            if head is None:
+                self.close_connection = True
+                return
+            self.command, self.path, self.headers = head.method, head.target, head.headers
+            self.close_connection = not head.keep_alive
+            if head.expects_continue:  # an interim answer: the real one is still to come
+                self.connection.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
             self._dispatch()
         except _DISCONNECTS:
             self.close_connection = True
+        except BadRequest as exc:
+            self.close_connection = True
+            self._refuse(exc.status, f"{exc}; FaultServer could not parse the request")
         except Exception:
             print(f"FaultServer: error answering {self.command} {self.path}:", file=sys.stderr)
             traceback.print_exc()
@@ -289,19 +296,17 @@ class _Handler(BaseHTTPRequestHandler):
                 except OSError:
                     pass
 
-    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
-
     def _dispatch(self) -> None:
         fs = self.server.fault_server
         release = fs._release
         arrived = time.monotonic()
         path, _, query_string = self.path.partition("?")
-        length = self.headers.get("Content-Length", "0")
-        if not (length.isascii() and length.isdigit()) or "Transfer-Encoding" in self.headers:
+        length = self.headers.get("content-length", "0")
+        if not (length.isascii() and length.isdigit()) or "transfer-encoding" in self.headers:
             self.close_connection = True
             self._refuse(400, "FaultServer needs a request body framed by a valid Content-Length")
             return
-        raw = self.rfile.read(int(length))
+        raw = self.rfile.read(int(length)) if length != "0" else b""
         if len(raw) < int(length):  # the client went away mid-body
             self.close_connection = True
             return
@@ -309,7 +314,7 @@ class _Handler(BaseHTTPRequestHandler):
             body = _json.loads(raw) if raw else None
         except ValueError:
             body = None
-        headers = MappingProxyType({k.lower(): v for k, v in self.headers.items()})
+        headers = MappingProxyType(self.headers)
         query = MappingProxyType(dict(parse_qsl(query_string, keep_blank_values=True))) if query_string else _NO_QUERY
         found = fs._table.find(self.command, path)
         name = found[0].name if found else None
@@ -366,21 +371,19 @@ class _Handler(BaseHTTPRequestHandler):
             kept = min(fault.after_chunks, len(response.pieces) - 2) if response.streamed else 0
             self._send(head + b"".join(response.pieces[:kept]))
             self._abort()
-        else:
-            self._send(head)
+        elif response.streamed:
+            self._send(head)  # then each event as it would come from a model
             for piece in response.pieces:
                 self._send(piece)
+        else:
+            self._send(head + b"".join(response.pieces))  # one write: no partial answers to wait on
 
     def _head(self, response: Response) -> bytes:
-        reason = self.responses.get(response.status, ("Error",))[0]
-        lines = [f"HTTP/1.1 {response.status} {reason}"] + [f"{k}: {v}" for k, v in response.headers]
-        if self.close_connection:
-            lines.append("Connection: close")
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        return response_head(response.status, response.headers, self.close_connection)
 
     def _send(self, data: bytes) -> None:
         self._head_sent = True
-        self.wfile.write(data)  # unbuffered: each call reaches the socket at once
+        self.connection.sendall(data)  # each call reaches the socket at once
 
     def _send_all(self, response: Response) -> None:
         self._send(self._head(response) + b"".join(response.pieces))
