@@ -15,8 +15,11 @@ import json as _json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import unquote
+
+from .faults import count
 
 __all__ = [
     "Call",
@@ -77,6 +80,41 @@ class Reply:
     when: str | Callable[[dict], bool] | None
     model: str | None
     usage: Mapping[str, int]  # overrides of prompt_tokens / completion_tokens / total_tokens
+
+    @classmethod
+    def scripted(
+        cls,
+        text: str | None = None,
+        *,
+        json: Any = None,
+        tool_calls: Sequence[Mapping[str, Any]] | None = None,
+        when: str | Callable[[dict], bool] | None = None,
+        model: str | None = None,
+        usage: Mapping[str, int] | None = None,
+    ) -> Reply:
+        """The reply ``FaultServer.reply()`` describes (see there), or a ValueError saying what is wrong."""
+        if text is not None and json is not None:
+            raise ValueError("reply() takes text= or json=, not both")
+        if text is None and json is None and not tool_calls:
+            raise ValueError("reply() needs text=, json= or tool_calls=")
+        if text is not None and not isinstance(text, str):
+            raise ValueError(f"reply(text=...) must be a str, got {text!r}; use json= for objects")
+        if when is not None and not isinstance(when, str) and not callable(when):
+            raise ValueError(f"reply(when=...) must be None, a substring or a callable, got {when!r}")
+        calls = []
+        for call in tool_calls or ():
+            if not isinstance(call, Mapping) or not isinstance(call.get("name"), str):
+                raise ValueError(f"each tool call needs a str 'name', got {call!r}")
+            arguments = call.get("arguments", {})
+            calls.append((call["name"], arguments if isinstance(arguments, str) else _json.dumps(arguments)))
+        overrides = dict(usage or {})
+        for key, value in overrides.items():
+            if key not in ("prompt_tokens", "completion_tokens", "total_tokens"):
+                allowed = "prompt_tokens, completion_tokens, total_tokens"
+                raise ValueError(f"reply(usage=...) keys are {allowed}; got {key!r}")
+            count(f"reply(usage={{{key!r}: ...}})", value, 0)
+        content = _json.dumps(json) if json is not None else text
+        return cls(content, tuple(calls), when, model, MappingProxyType(overrides))
 
     def matches(self, body: dict, last_user: str) -> bool:
         if self.when is None:

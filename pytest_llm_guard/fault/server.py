@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from .dialect import Call, Dialect, Reply, Response, RouteTable, registered
-from .faults import CutStream, Fault, Hang, Malformed, Ok, Reset, Status, Trickle, count
+from .faults import CutStream, Fault, Hang, Malformed, Ok, Reset, Status, Trickle
 from .http11 import BadRequest, read_head, response_head
 
 __all__ = ["FaultServer", "RecordedRequest"]
@@ -174,28 +174,7 @@ class FaultServer:
         ``tool_calls=[{"name": ..., "arguments": {...}}]`` answers with tool calls.
         ``usage`` overrides the word-count token numbers.
         """
-        if text is not None and json is not None:
-            raise ValueError("reply() takes text= or json=, not both")
-        if text is None and json is None and not tool_calls:
-            raise ValueError("reply() needs text=, json= or tool_calls=")
-        if text is not None and not isinstance(text, str):
-            raise ValueError(f"reply(text=...) must be a str, got {text!r}; use json= for objects")
-        if when is not None and not isinstance(when, str) and not callable(when):
-            raise ValueError(f"reply(when=...) must be None, a substring or a callable, got {when!r}")
-        calls = []
-        for call in tool_calls or ():
-            if not isinstance(call, Mapping) or not isinstance(call.get("name"), str):
-                raise ValueError(f"each tool call needs a str 'name', got {call!r}")
-            arguments = call.get("arguments", {})
-            calls.append((call["name"], arguments if isinstance(arguments, str) else _json.dumps(arguments)))
-        usage = dict(usage or {})
-        for key, value in usage.items():
-            if key not in ("prompt_tokens", "completion_tokens", "total_tokens"):
-                allowed = "prompt_tokens, completion_tokens, total_tokens"
-                raise ValueError(f"reply(usage=...) keys are {allowed}; got {key!r}")
-            count(f"reply(usage={{{key!r}: ...}})", value, 0)
-        content = _json.dumps(json) if json is not None else text
-        reply = Reply(content, tuple(calls), when, model, MappingProxyType(usage))
+        reply = Reply.scripted(text, json=json, tool_calls=tool_calls, when=when, model=model, usage=usage)
         with self._lock:
             self._replies = (*self._replies, reply)
 
