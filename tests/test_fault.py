@@ -573,6 +573,84 @@ def test_faults_are_immutable_values() -> None:
         fault.code = 500  # type: ignore[misc]
 
 
+# ----------------------------------------------------------------------------- Azure OpenAI paths
+
+
+@pytest.fixture
+def azure(server: FaultServer) -> Iterator[openai.AzureOpenAI]:
+    with openai.AzureOpenAI(
+        azure_endpoint=server.url, api_version="2024-10-21", api_key="azure-key", max_retries=0, timeout=5
+    ) as c:
+        yield c
+
+
+def test_azure_client_gets_the_same_answers(server: FaultServer, azure: openai.AzureOpenAI) -> None:
+    result = azure.chat.completions.create(model="my-deployment", messages=USER)
+    assert result.choices[0].message.content == "echo: hello big world" and result.model == "my-deployment"
+    streamed = azure.chat.completions.create(model="my-deployment", messages=USER, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == "echo: hello big world"
+    embedded = azure.embeddings.create(model="my-embedder", input="a b")
+    assert embedded.data[0].embedding == fake_embedding("a b") and embedded.model == "my-embedder"
+    server.reply("scripted", model="gpt-scripted")
+    assert [m.id for m in azure.models.list()] == [DEFAULT_MODEL, "gpt-scripted"]
+
+
+def test_azure_requests_are_logged_with_key_query_and_route(server: FaultServer, azure: openai.AzureOpenAI) -> None:
+    azure.chat.completions.create(model="my-deployment", messages=USER)
+    azure.embeddings.create(model="my-embedder", input="x")
+    chat_call, embedding_call = server.requests
+    assert chat_call.path == "/openai/deployments/my-deployment/chat/completions"
+    assert (chat_call.route, chat_call.method, chat_call.fault) == ("chat", "POST", Fault.ok())
+    assert chat_call.headers["api-key"] == "azure-key" and "authorization" not in chat_call.headers
+    assert chat_call.query == {"api-version": "2024-10-21"}
+    assert (embedding_call.path, embedding_call.route) == ("/openai/deployments/my-embedder/embeddings", "embeddings")
+    assert server.requests_to("chat") == [chat_call]
+    assert server.requests_to("/openai/deployments/any-deployment/embeddings") == [embedding_call]
+
+
+def test_the_deployment_is_the_model_when_the_body_names_none(server: FaultServer) -> None:
+    url = server.url + "/openai/deployments/team%20gpt/chat/completions?api-version=2024-10-21"
+    response = httpx2.post(url, json={"messages": USER})
+    assert response.status_code == 200 and response.json()["model"] == "team gpt"
+
+
+def test_a_chat_plan_applies_to_openai_and_azure_paths_in_arrival_order(
+    server: FaultServer, client: openai.OpenAI, azure: openai.AzureOpenAI
+) -> None:
+    server.plan(Fault.status(429), Fault.status(503), then=Fault.status(500, message="fallback"))
+    with pytest.raises(openai.RateLimitError):
+        azure.chat.completions.create(model="d", messages=USER)
+    with pytest.raises(openai.InternalServerError):
+        chat(client)
+    with pytest.raises(openai.InternalServerError, match="fallback"):
+        azure.chat.completions.create(model="d", messages=USER)
+    server.plan(Fault.cut_stream(1), route="/openai/deployments/d/chat/completions")  # a path names its route
+    with pytest.raises(openai.APIConnectionError):
+        list(chat(client, stream=True))
+    assert azure.embeddings.create(model="e", input="x").data  # other routes keep their own plans
+    assert [r.route for r in server.requests] == ["chat"] * 4 + ["embeddings"]
+
+
+def test_azure_path_without_api_version_is_a_404_before_the_plan(server: FaultServer, client: openai.OpenAI) -> None:
+    server.plan(Fault.status(503))
+    response = httpx2.post(server.url + "/openai/deployments/d/chat/completions", json={"messages": USER})
+    assert response.status_code == 404
+    error = response.json()["error"]
+    assert error["code"] == "404" and "api-version" in error["message"] and "AzureOpenAI" in error["message"]
+    assert server.requests[0].fault is None and server.requests[0].route == "chat"
+    with pytest.raises(openai.InternalServerError):  # the 503 is still planned
+        chat(client)
+
+
+def test_azure_faults_use_the_same_error_bodies(server: FaultServer, azure: openai.AzureOpenAI) -> None:
+    server.plan(Fault.status(401), Fault.malformed(), route="embeddings")
+    with pytest.raises(openai.AuthenticationError) as info:
+        azure.embeddings.create(model="e", input="x")
+    assert info.value.body["code"] == "invalid_api_key"
+    with pytest.raises(ValueError):
+        azure.embeddings.create(model="e", input="x")
+
+
 # ----------------------------------------------------------------------------- log and reset
 
 

@@ -14,11 +14,18 @@ Stdlib only, so it can run anywhere the tests run. One job per module:
 
 - ``faults.py``: the fault values (``Fault.status(503)``, ``Fault.hang()``, ...) and their checks.
 - ``server.py``: the HTTP server, the plan, scripted replies, the request log, faults applied.
+- ``http11.py``: reading a request's head off the socket, writing an answer's head.
 - ``dialect.py``: what an API dialect gives the server: routes (method + path template
   -> answer builder), its error body, its broken answer; the route table the server
   looks every answer up in.
-- ``openai_api.py``: the OpenAI dialect: its routes, chat (JSON and server-sent
-  events), embeddings and models answers, error bodies.
+- ``openai_api.py``: the OpenAI dialect: its routes (``/v1/...`` and Azure OpenAI's
+  ``/openai/deployments/<deployment>/...``), chat (JSON and server-sent events),
+  embeddings and models answers, error bodies.
+
+Plans and the request log go by route name (``"chat"``, ``"embeddings"``,
+``"models"``); a path passed to ``plan()`` or ``requests_to()`` stands for the route
+that answers it. Azure's paths share the names of their ``/v1`` counterparts, so
+``plan(Fault.status(429))`` meets the next chat request on either.
 
 Another API is another dialect. The Anthropic Messages API, say, would be an
 ``anthropic_api.py`` that builds a ``Dialect`` with a ``Route("messages", "POST",

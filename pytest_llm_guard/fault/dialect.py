@@ -164,7 +164,8 @@ class Route:
     one path segment each (``/openai/deployments/{deployment}/embeddings``). ``name`` is
     what ``plan(route=...)`` and ``requests_to(...)`` call it: routes that answer the same
     thing share a name, and with it their fault plan. ``check`` may turn a request
-    down before the plan is consulted (the answer it returns is sent, no fault applied).
+    down first, before its body is checked and the plan consulted: the answer it
+    returns is sent as it is, the request logged with no fault.
     """
 
     name: str

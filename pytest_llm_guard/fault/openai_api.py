@@ -1,10 +1,18 @@
-"""The OpenAI HTTP API as the fault server answers it.
+"""The OpenAI HTTP API as the fault server answers it, on OpenAI's paths and Azure OpenAI's.
 
 Routes, answers (chat completions as JSON or as a stream of server-sent events,
 embeddings, models), error bodies and the broken answer of ``Fault.malformed()``.
 Answers are deterministic: a chat echoes the last user message unless a scripted
 reply matches, token counts are whitespace-separated words, embeddings are derived
 from a hash of the text.
+
+``openai.AzureOpenAI(azure_endpoint=server.url, api_version=..., api_key=...)`` sends
+``/openai/deployments/<deployment>/chat/completions`` (and ``/embeddings``) and lists
+models at ``/openai/models``, each with ``?api-version=`` and the key in ``api-key``.
+Those paths get the same answers (the deployment is the model when the body names
+none) and share the route names, so a plan for ``"chat"`` applies to OpenAI's and
+Azure's chat paths alike, in arrival order. Without ``api-version`` Azure answers 404,
+and so does the server, before the plan is consulted.
 """
 
 from __future__ import annotations
@@ -69,6 +77,17 @@ def _text(content: Any) -> str:
     if isinstance(content, list):
         return " ".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
     return ""
+
+
+def _needs_api_version(call: Call) -> Response | None:
+    """Azure's 404 for a request without ``?api-version=``; None when it has one."""
+    if call.query.get("api-version"):
+        return None
+    message = (
+        f"Resource not found: {call.method} {call.path} has no api-version query parameter. Azure OpenAI "
+        "answers 404 without one; build the client with openai.AzureOpenAI(api_version=...)."
+    )
+    return json_response(404, {"error": {"code": "404", "message": message}})
 
 
 def _model(call: Call) -> str:
@@ -149,6 +168,9 @@ DIALECT = Dialect(
         Route("chat", "POST", ROUTES["chat"], chat),
         Route("embeddings", "POST", ROUTES["embeddings"], embeddings),
         Route("models", "GET", ROUTES["models"], models),
+        Route("chat", "POST", "/openai/deployments/{deployment}/chat/completions", chat, _needs_api_version),
+        Route("embeddings", "POST", "/openai/deployments/{deployment}/embeddings", embeddings, _needs_api_version),
+        Route("models", "GET", "/openai/models", models, _needs_api_version),
     ),
     error=error,
     malformed=malformed,

@@ -306,12 +306,10 @@ class _Handler(socketserver.StreamRequestHandler):
             self._refuse(404, f"Unknown route {self.command} {path}; FaultServer answers {fs._table.describe()}")
             return
         route, self._dialect, params = found
-        if self.command == "POST" and not isinstance(body, dict):
-            fs._turn_down(record(None))
-            self._refuse(400, "Request body must be a JSON object")
-            return
         call = Call(self.command, path, params, query, headers, body if isinstance(body, dict) else {}, fs._replies)
         refusal = route.check(call) if route.check else None
+        if refusal is None and self.command == "POST" and not isinstance(body, dict):
+            refusal = self._dialect.error(400, "Request body must be a JSON object", ())
         if refusal is not None:
             fs._turn_down(record(None))
             self._send_all(refusal)
