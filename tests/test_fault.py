@@ -133,6 +133,7 @@ def test_unknown_route_is_openai_style_404(server: FaultServer, client: openai.O
     error = response.json()["error"]
     assert set(error) >= {"message", "type", "code"} and "/v1/chat/completions" in error["message"]
     assert httpx2.get(server.url + "/v1/chat/completions").status_code == 404  # wrong method
+    assert [(r.method, r.fault) for r in server.requests_to("chat")] == [("GET", None)]
     with pytest.raises(openai.NotFoundError):
         client.completions.create(model="m", prompt="x")
 

@@ -231,14 +231,19 @@ class RouteTable:
                 return route, dialect, params
         return None
 
+    def name_for_path(self, path: str) -> str | None:
+        """The name of the first route whose path this is, whatever the method."""
+        for dialect in self.dialects:
+            for route in dialect.routes:
+                if route.match(path) is not None:
+                    return route.name
+        return None
+
     def name_of(self, route: str) -> str:
         """The route name for a short name or any path one of the routes answers; ValueError if none."""
-        if route in self.names:
-            return route
-        for dialect in self.dialects:
-            for candidate in dialect.routes:
-                if candidate.match(route) is not None:
-                    return candidate.name
+        name = route if route in self.names else self.name_for_path(route)
+        if name is not None:
+            return name
         allowed = ", ".join(f"{name!r} ({path})" for name, path in self.names.items())
         raise ValueError(f"unknown route {route!r}; use one of {allowed}")
 

@@ -45,7 +45,7 @@ class RecordedRequest:
     body: bytes
     time: float  # time.monotonic() at arrival
     fault: Fault | None  # None for requests turned down before the plan (404, bad JSON)
-    route: str | None = None  # the route's name ("chat", ...); None when no route matched
+    route: str | None = None  # the name ("chat", ...) of the route whose path this is; None for other paths
     query: Mapping[str, str] = field(default_factory=lambda: _NO_QUERY)  # read-only
 
 
@@ -296,7 +296,7 @@ class _Handler(socketserver.StreamRequestHandler):
         headers = MappingProxyType(self.headers)
         query = MappingProxyType(dict(parse_qsl(query_string, keep_blank_values=True))) if query_string else _NO_QUERY
         found = fs._table.find(self.command, path)
-        name = found[0].name if found else None
+        name = found[0].name if found else fs._table.name_for_path(path)  # a wrong method still names it
 
         def record(fault: Fault | None) -> RecordedRequest:
             return RecordedRequest(self.command, path, headers, body, raw, arrived, fault, name, query)
