@@ -4,9 +4,9 @@ The server (``server.py``) knows HTTP and how to apply faults; a dialect knows o
 API: which method and path it answers, with what body, how its error bodies and a
 broken answer look. A dialect is a :class:`Dialect` value whose :class:`Route` table
 maps method + path template to an answer builder. The server finds every answer
-through a :class:`RouteTable` built from the dialects registered when it starts, so
-an API is added by writing one module that builds a ``Dialect`` and registering it
-in ``__init__.py``.
+through a :class:`RouteTable` built from the dialects registered when it is
+constructed, so an API is added by writing one module that builds a ``Dialect`` and
+registering it in ``__init__.py``.
 """
 
 from __future__ import annotations
