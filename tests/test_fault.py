@@ -19,6 +19,7 @@ import openai
 import pytest
 
 from pytest_llm_guard.fault import DEFAULT_MODEL, Fault, FaultServer, fake_embedding
+from pytest_llm_guard.fault import server as server_module
 
 USER = [{"role": "user", "content": "hello big world"}]
 
@@ -132,6 +133,7 @@ def test_unknown_route_is_openai_style_404(server: FaultServer, client: openai.O
     error = response.json()["error"]
     assert set(error) >= {"message", "type", "code"} and "/v1/chat/completions" in error["message"]
     assert httpx2.get(server.url + "/v1/chat/completions").status_code == 404  # wrong method
+    assert [(r.method, r.fault) for r in server.requests_to("chat")] == [("GET", None)]
     with pytest.raises(openai.NotFoundError):
         client.completions.create(model="m", prompt="x")
 
@@ -162,6 +164,75 @@ def test_handler_exception_answers_500_and_logs(
     assert "boom in when" in capsys.readouterr().err
     server.reset()
     assert chat(client).choices[0].message.content.startswith("echo:")
+
+
+def raw_exchange(server: FaultServer, data: bytes) -> bytes:
+    """Send bytes on a fresh connection; everything the server sends until it closes the connection."""
+    with socket.create_connection((server.host, int(server.url.rsplit(":", 1)[1])), timeout=2) as raw:
+        raw.sendall(data)
+        received = b""
+        while chunk := raw.recv(65536):  # a kept-alive connection would time out here
+            received += chunk
+    return received
+
+
+def chat_request(*headers: bytes, version: bytes = b"HTTP/1.1") -> bytes:
+    body = json.dumps({"messages": USER}).encode()
+    head = [b"POST /v1/chat/completions " + version, *headers, b"Content-Length: %d" % len(body)]
+    return b"\r\n".join(head) + b"\r\n\r\n" + body
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [chat_request(b"Connection: close"), chat_request(version=b"HTTP/1.0")],
+    ids=["connection-close", "http-1.0"],
+)
+def test_connection_ends_after_the_answer_when_the_client_asks(server: FaultServer, request_bytes: bytes) -> None:
+    received = raw_exchange(server, request_bytes)
+    assert received.startswith(b"HTTP/1.1 200 OK\r\n") and b"\r\nConnection: close\r\n" in received
+    assert received.endswith(b"}")
+
+
+def test_expect_100_continue_is_answered_before_the_body(server: FaultServer) -> None:
+    received = raw_exchange(server, chat_request(b"Expect: 100-continue", b"Connection: close"))
+    assert received.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n")
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"GET /v1/models HTTP/1.1\r\nno colon here\r\n\r\n", 400),
+        (b"OPTIONS /v1/models HTTP/1.1\r\n\r\n", 501),
+        (b"GET /v1/models HTTP/2.0\r\n\r\n", 505),
+        (b"GET /v1/models HTTP/1.1\r\n" + b"x-many: 1\r\n" * 101 + b"\r\n", 431),
+    ],
+    ids=["header-without-colon", "unsupported-method", "http-2", "too-many-headers"],
+)
+def test_unreadable_requests_get_a_json_error_and_a_closed_connection(
+    server: FaultServer, request_bytes: bytes, status: int
+) -> None:
+    head, _, body = raw_exchange(server, request_bytes).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 %d " % status) and b"\r\nConnection: close" in head
+    assert "could not parse the request" in json.loads(body)["error"]["message"]
+    assert server.requests == []
+
+
+def test_a_healthy_answer_is_one_write_a_stream_one_per_event(
+    server: FaultServer, client: openai.OpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes: list[bytes] = []
+    send = server_module._Handler._send
+
+    def counting_send(handler: Any, data: bytes) -> None:
+        writes.append(data)
+        send(handler, data)
+
+    monkeypatch.setattr(server_module._Handler, "_send", counting_send)
+    chat(client)
+    assert len(writes) == 1 and writes[0].startswith(b"HTTP/1.1 200 OK\r\n") and writes[0].endswith(b"}")
+    writes.clear()
+    events = list(chat(client, stream=True))
+    assert len(writes) == 1 + len(events) + 2  # head, each event, "[DONE]", the terminating chunk
 
 
 # ----------------------------------------------------------------------------- scripted replies
@@ -501,6 +572,84 @@ def test_faults_are_immutable_values() -> None:
     assert fault == Fault.status(429, retry_after=1, headers={"a": "b"}) and hash(fault)
     with pytest.raises(dataclasses.FrozenInstanceError):
         fault.code = 500  # type: ignore[misc]
+
+
+# ----------------------------------------------------------------------------- Azure OpenAI paths
+
+
+@pytest.fixture
+def azure(server: FaultServer) -> Iterator[openai.AzureOpenAI]:
+    with openai.AzureOpenAI(
+        azure_endpoint=server.url, api_version="2024-10-21", api_key="azure-key", max_retries=0, timeout=5
+    ) as c:
+        yield c
+
+
+def test_azure_client_gets_the_same_answers(server: FaultServer, azure: openai.AzureOpenAI) -> None:
+    result = azure.chat.completions.create(model="my-deployment", messages=USER)
+    assert result.choices[0].message.content == "echo: hello big world" and result.model == "my-deployment"
+    streamed = azure.chat.completions.create(model="my-deployment", messages=USER, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == "echo: hello big world"
+    embedded = azure.embeddings.create(model="my-embedder", input="a b")
+    assert embedded.data[0].embedding == fake_embedding("a b") and embedded.model == "my-embedder"
+    server.reply("scripted", model="gpt-scripted")
+    assert [m.id for m in azure.models.list()] == [DEFAULT_MODEL, "gpt-scripted"]
+
+
+def test_azure_requests_are_logged_with_key_query_and_route(server: FaultServer, azure: openai.AzureOpenAI) -> None:
+    azure.chat.completions.create(model="my-deployment", messages=USER)
+    azure.embeddings.create(model="my-embedder", input="x")
+    chat_call, embedding_call = server.requests
+    assert chat_call.path == "/openai/deployments/my-deployment/chat/completions"
+    assert (chat_call.route, chat_call.method, chat_call.fault) == ("chat", "POST", Fault.ok())
+    assert chat_call.headers["api-key"] == "azure-key" and "authorization" not in chat_call.headers
+    assert chat_call.query == {"api-version": "2024-10-21"}
+    assert (embedding_call.path, embedding_call.route) == ("/openai/deployments/my-embedder/embeddings", "embeddings")
+    assert server.requests_to("chat") == [chat_call]
+    assert server.requests_to("/openai/deployments/any-deployment/embeddings") == [embedding_call]
+
+
+def test_the_deployment_is_the_model_when_the_body_names_none(server: FaultServer) -> None:
+    url = server.url + "/openai/deployments/team%20gpt/chat/completions?api-version=2024-10-21"
+    response = httpx2.post(url, json={"messages": USER})
+    assert response.status_code == 200 and response.json()["model"] == "team gpt"
+
+
+def test_a_chat_plan_applies_to_openai_and_azure_paths_in_arrival_order(
+    server: FaultServer, client: openai.OpenAI, azure: openai.AzureOpenAI
+) -> None:
+    server.plan(Fault.status(429), Fault.status(503), then=Fault.status(500, message="fallback"))
+    with pytest.raises(openai.RateLimitError):
+        azure.chat.completions.create(model="d", messages=USER)
+    with pytest.raises(openai.InternalServerError):
+        chat(client)
+    with pytest.raises(openai.InternalServerError, match="fallback"):
+        azure.chat.completions.create(model="d", messages=USER)
+    server.plan(Fault.cut_stream(1), route="/openai/deployments/d/chat/completions")  # a path names its route
+    with pytest.raises(openai.APIConnectionError):
+        list(chat(client, stream=True))
+    assert azure.embeddings.create(model="e", input="x").data  # other routes keep their own plans
+    assert [r.route for r in server.requests] == ["chat"] * 4 + ["embeddings"]
+
+
+def test_azure_path_without_api_version_is_a_404_before_the_plan(server: FaultServer, client: openai.OpenAI) -> None:
+    server.plan(Fault.status(503))
+    response = httpx2.post(server.url + "/openai/deployments/d/chat/completions", json={"messages": USER})
+    assert response.status_code == 404
+    error = response.json()["error"]
+    assert error["code"] == "404" and "api-version" in error["message"] and "AzureOpenAI" in error["message"]
+    assert server.requests[0].fault is None and server.requests[0].route == "chat"
+    with pytest.raises(openai.InternalServerError):  # the 503 is still planned
+        chat(client)
+
+
+def test_azure_faults_use_the_same_error_bodies(server: FaultServer, azure: openai.AzureOpenAI) -> None:
+    server.plan(Fault.status(401), Fault.malformed(), route="embeddings")
+    with pytest.raises(openai.AuthenticationError) as info:
+        azure.embeddings.create(model="e", input="x")
+    assert info.value.body["code"] == "invalid_api_key"
+    with pytest.raises(ValueError):
+        azure.embeddings.create(model="e", input="x")
 
 
 # ----------------------------------------------------------------------------- log and reset

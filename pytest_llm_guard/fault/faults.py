@@ -1,0 +1,182 @@
+"""The fault values: what the server does with one request, checked when they are built.
+
+Values only: no sockets and no API formats here. The server applies them
+(``server.py``); how an error or a broken body looks on the wire is the dialect's
+business (``openai_api.py``), so the same ``Fault.status(429)`` becomes an OpenAI error
+body on an OpenAI route and would become another API's error body on its routes.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["CutStream", "Fault", "Hang", "Malformed", "Ok", "Reset", "Status", "Trickle"]
+
+
+def seconds(what: str, value: Any) -> float:
+    """``value`` as a float of seconds, or a ValueError naming ``what``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{what} must be a finite number of seconds >= 0, got {value!r}")
+    return float(value)
+
+
+def count(what: str, value: Any, minimum: int) -> int:
+    """``value`` as an int >= ``minimum``, or a ValueError naming ``what``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{what} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Fault:
+    """What the server does with one request. Build values with the constructors below."""
+
+    def __post_init__(self) -> None:
+        if type(self) is Fault:
+            raise TypeError("Fault() is abstract; build faults with Fault.ok(), Fault.status(503), ...")
+
+    @staticmethod
+    def ok(delay: float = 0.0) -> Ok:
+        """Answer normally after ``delay`` seconds: a slow but healthy upstream."""
+        return Ok(delay)
+
+    @staticmethod
+    def hang() -> Hang:
+        """Read the request, never answer, until the client gives up, ``reset()`` or ``stop()``."""
+        return Hang()
+
+    @staticmethod
+    def status(
+        code: int,
+        *,
+        retry_after: float | str | None = None,
+        retry_after_ms: float | None = None,
+        should_retry: bool | None = None,
+        headers: Mapping[str, str] | None = None,
+        message: str | None = None,
+    ) -> Status:
+        """Answer with an HTTP error and the API's error body (rate limits, outages, auth)."""
+        return Status(code, retry_after, retry_after_ms, should_retry, headers or (), message)
+
+    @staticmethod
+    def reset(after_bytes: int = 0) -> Reset:
+        """Abort the connection with a TCP RST after ``after_bytes`` bytes of the real response."""
+        return Reset(after_bytes)
+
+    @staticmethod
+    def trickle(interval: float = 0.05, chunk_size: int = 1) -> Trickle:
+        """Send headers, then the body ``chunk_size`` bytes every ``interval`` s: a stalling upstream."""
+        return Trickle(interval, chunk_size)
+
+    @staticmethod
+    def malformed() -> Malformed:
+        """Answer 200 with a body that is not valid JSON (or an SSE event that is not)."""
+        return Malformed()
+
+    @staticmethod
+    def cut_stream(after_chunks: int) -> CutStream:
+        """Send ``after_chunks`` SSE events, then drop the connection before the stream's last event."""
+        return CutStream(after_chunks)
+
+
+@dataclass(frozen=True)
+class Ok(Fault):
+    """See Fault.ok()."""
+
+    delay: float = 0.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "delay", seconds("Fault.ok(delay=...)", self.delay))
+
+
+@dataclass(frozen=True)
+class Hang(Fault):
+    """See Fault.hang()."""
+
+
+@dataclass(frozen=True)
+class Status(Fault):
+    """See Fault.status()."""
+
+    code: int
+    retry_after: float | str | None = None
+    retry_after_ms: float | None = None
+    should_retry: bool | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+    message: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.code, bool) or not isinstance(self.code, int) or not 400 <= self.code <= 599:
+            raise ValueError(
+                f"Fault.status(code) needs an HTTP error code from 400 to 599, got {self.code!r}; "
+                "use Fault.ok() for a normal answer"
+            )
+        if self.retry_after is not None and not isinstance(self.retry_after, str):
+            seconds("Fault.status(retry_after=...)", self.retry_after)
+        if self.retry_after_ms is not None:
+            seconds("Fault.status(retry_after_ms=...)", self.retry_after_ms)
+        if self.should_retry is not None and not isinstance(self.should_retry, bool):
+            raise ValueError(f"Fault.status(should_retry=...) must be True, False or None, not {self.should_retry!r}")
+        if isinstance(self.headers, Mapping):
+            object.__setattr__(self, "headers", tuple(self.headers.items()))
+        verbatim = [("retry-after", self.retry_after)] if isinstance(self.retry_after, str) else []
+        for name, value in [*self.headers, *verbatim]:
+            if not isinstance(name, str) or not isinstance(value, str) or re.search(r"[\r\n]", name + value):
+                raise ValueError(f"Fault.status header {name!r}: {value!r} must be str without CR/LF")
+
+    @property
+    def error_message(self) -> str:
+        """The message the error body carries."""
+        return self.message or f"Injected fault: HTTP {self.code}"
+
+    def response_headers(self) -> list[tuple[str, str]]:
+        """The headers this fault adds to the error answer, in the order they are sent."""
+        headers = []
+        if self.retry_after is not None:
+            headers.append(("retry-after", str(self.retry_after)))
+        if self.retry_after_ms is not None:
+            headers.append(("retry-after-ms", str(self.retry_after_ms)))
+        if self.should_retry is not None:
+            headers.append(("x-should-retry", "true" if self.should_retry else "false"))
+        return headers + list(self.headers)
+
+
+@dataclass(frozen=True)
+class Reset(Fault):
+    """See Fault.reset()."""
+
+    after_bytes: int = 0
+
+    def __post_init__(self) -> None:
+        count("Fault.reset(after_bytes=...)", self.after_bytes, 0)
+
+
+@dataclass(frozen=True)
+class Trickle(Fault):
+    """See Fault.trickle()."""
+
+    interval: float = 0.05
+    chunk_size: int = 1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "interval", seconds("Fault.trickle(interval=...)", self.interval))
+        count("Fault.trickle(chunk_size=...)", self.chunk_size, 1)
+
+
+@dataclass(frozen=True)
+class Malformed(Fault):
+    """See Fault.malformed()."""
+
+
+@dataclass(frozen=True)
+class CutStream(Fault):
+    """See Fault.cut_stream()."""
+
+    after_chunks: int
+
+    def __post_init__(self) -> None:
+        count("Fault.cut_stream(after_chunks)", self.after_chunks, 0)
