@@ -49,6 +49,9 @@ class Dialect:
         """How many times the SDK that sent ``request`` has retried it already (0: a new call)."""
         return 0
 
+    def mark_retry(self, request: httpx2.Request, retries_taken: int) -> None:
+        """Tag a retried request as its SDK's own retry loop would, so a server sees which attempt it is."""
+
     def tokens_of(self, content_type: str, body: bytes) -> int | None:
         """Total tokens a response reports, or None when it reports none."""
         raise NotImplementedError
@@ -131,6 +134,9 @@ class OpenAIDialect(Dialect):
     def retry_number(self, request: httpx2.Request) -> int:
         count = request.headers.get("x-stainless-retry-count", "0")
         return int(count) if count.isdigit() else 0
+
+    def mark_retry(self, request: httpx2.Request, retries_taken: int) -> None:
+        request.headers["x-stainless-retry-count"] = str(retries_taken)
 
     def tokens_of(self, content_type: str, body: bytes) -> int | None:
         if "text/event-stream" in content_type:

@@ -36,6 +36,9 @@ from .ledger import CALL, Attempt, Call, Ledger, Stats
 if TYPE_CHECKING:
     import openai
 
+CLIENT_TIMEOUT = "pytest_llm_guard.client_timeout"
+"""Request extension: the timeouts the client asked for, before the guard capped them."""
+
 ClientT = TypeVar("ClientT", bound="openai.OpenAI | openai.AsyncOpenAI")
 Send = Callable[[httpx2.Request], httpx2.Response]
 AsyncSend = Callable[[httpx2.Request], Awaitable[httpx2.Response]]
@@ -167,7 +170,11 @@ class Guard:
         """
         if seconds >= attempt.cap:
             return
-        timeouts = request.extensions.get("timeout") or {}
+        # The client's own timeouts, kept apart from our caps: a guarded client sends the same
+        # request object again on a retry, and each attempt is capped afresh.
+        timeouts = request.extensions.get(CLIENT_TIMEOUT)
+        if timeouts is None:
+            timeouts = request.extensions[CLIENT_TIMEOUT] = request.extensions.get("timeout") or {}
         own = max((t for t in timeouts.values() if t is not None), default=math.inf)
         attempt.cap, attempt.cap_by, attempt.cap_binds = seconds, by, seconds < own
         request.extensions = {

@@ -5,8 +5,10 @@
   ``live`` (sent to an endpoint), ``recorded`` (sent, and its answer written to a
   cassette), ``replayed`` (answered from a cassette) or ``refused`` (nothing was sent:
   a breaker was open, a budget was spent, a cassette had no answer).
-- A **retry** is a further attempt of a call after a failure, on the same endpoint.
-  A **failover** is a further attempt on another endpoint: never a retry.
+- A **retry** is a further attempt of a call after a failure, after a backoff, charged
+  to the ``retries`` budget. A **failover** is a further attempt moved at once (no
+  backoff) to an endpoint the call has not tried yet: never a retry, never charged.
+  (A call that has tried every endpoint goes back to one it tried: that is a retry.)
 - **Network seconds** are the time of live and recorded attempts only.
 
 Budgets, ``llm_guard.stats``, failure messages, the terminal summary and reports all
@@ -17,7 +19,7 @@ Totals are updated once per attempt, so a test's thousandth call costs what its 
 from __future__ import annotations
 
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 SOURCES = ("live", "recorded", "replayed", "refused")
@@ -102,7 +104,7 @@ class Attempt:
         return self.kind == "retry"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return dict(vars(self))  # flat: every field is a plain value
 
 
 @dataclass(frozen=True)

@@ -58,8 +58,8 @@ def describe(attempt: Attempt) -> str:
     return line
 
 
-def attempt_lines(attempts: Sequence[Attempt]) -> list[str]:
-    lines = [f"Attempts ({len(attempts)}):"]
+def attempt_lines(attempts: Sequence[Attempt], title: str = "Attempts") -> list[str]:
+    lines = [f"{title} ({len(attempts)}):"]
     for i, attempt in enumerate(attempts, 1):
         kind = "" if attempt.kind == "first" else f", {attempt.kind}"
         lines.append(f"  {i}. call {attempt.call}{kind}: {describe(attempt)}")
@@ -112,14 +112,16 @@ def no_endpoint(
     model: str | None,
     refusals: Iterable[tuple[str, str, str]],
     ledger: Ledger,
+    refused: Attempt,
     *,
     fixture: bool,
     on_open: str,
     on_open_source: str,
     breaker_marker: str,
 ) -> str:
-    """Why no endpoint could take an attempt: endpoint by endpoint (name, base URL, reason)."""
-    sent = any(a.source in ("live", "recorded") for a in ledger.snapshot())
+    """Why no endpoint could take the ``refused`` attempt: endpoint by endpoint (name, base URL, reason)."""
+    earlier = [a for a in ledger.snapshot() if a is not refused]
+    sent = any(a.source in ("live", "recorded") for a in earlier)
     headline = f"pytest-llm-guard: no endpoint can take this request (model {model or '?'}) of {test} now; " + (
         "this attempt was not sent:" if sent else "nothing was sent:"
     )
@@ -130,8 +132,8 @@ def no_endpoint(
             "the refusal counts against the test's retry budget."
         )
         return "\n".join(lines)
-    if sent:
-        lines.extend(attempt_lines(ledger.snapshot()))
+    if earlier:
+        lines.extend(attempt_lines(earlier, "Earlier attempts"))
     other = "skip" if on_open == "fail" else "fail"
     lines.append(
         f"on_open={on_open} (set by {on_open_source}); on_open='{other}' (@pytest.mark.{breaker_marker}, "

@@ -17,6 +17,7 @@ import httpx2
 from tenacity import AsyncRetrying, RetryCallState, Retrying, retry_if_exception, retry_if_result
 from tenacity.wait import wait_base, wait_exponential_jitter
 
+from .dialect import dialect_for
 from .ledger import CALL, Call
 
 if TYPE_CHECKING:
@@ -117,16 +118,18 @@ class wait_unless_failover(wait_base):
         return 0.0 if call is not None and call.failover_to else self.inner(retry_state)
 
 
-def _policy(guard: Guard) -> dict[str, Any]:
+def policy(guard: Guard) -> dict[str, Any]:
+    """The guard's retry policy as ``Retrying`` keyword arguments: built once per test, stateless."""
     settings = guard.settings
     backoff = wait_exponential_jitter(
         multiplier=settings.backoff_initial, max=settings.backoff_max, jitter=settings.backoff_initial
     )
 
     def mark_retry(retry_state: RetryCallState) -> None:
-        # As the SDK's own loop does, so a server sees which attempt this is.
         request: httpx2.Request = retry_state.args[0]
-        request.headers["x-stainless-retry-count"] = str(retry_state.attempt_number - 1)
+        dialect = dialect_for(request)
+        if dialect is not None and retry_state.attempt_number > 1:
+            dialect.mark_retry(request, retry_state.attempt_number - 1)
 
     return dict(
         retry=retry_if_exception(is_retryable_error) | retry_if_result(_retryable_response),
@@ -156,15 +159,17 @@ def sync_sender(guard: Guard, send: Callable[..., httpx2.Response], *, routed: b
     ``Retrying`` per call, as tenacity requires for concurrent calls.
     """
 
-    def send_with_retries(request: httpx2.Request, **kwargs: Any) -> httpx2.Response:
+    kwargs = policy(guard)
+
+    def send_with_retries(request: httpx2.Request, **send_kwargs: Any) -> httpx2.Response:
         call = request.extensions[CALL] = Call(routed=routed)
 
         def sleep(seconds: float) -> None:
             call.backoff += seconds
             guard.sleep(seconds)
 
-        retrying = Retrying(sleep=sleep, before_sleep=_close_retried_response, **_policy(guard))
-        return retrying(send, request, **kwargs)
+        retrying = Retrying(sleep=sleep, before_sleep=_close_retried_response, **kwargs)
+        return retrying(send, request, **send_kwargs)
 
     return send_with_retries
 
@@ -174,15 +179,17 @@ def async_sender(
 ) -> Callable[..., Awaitable[httpx2.Response]]:
     """The async twin of :func:`sync_sender`."""
 
-    async def send_with_retries(request: httpx2.Request, **kwargs: Any) -> httpx2.Response:
+    kwargs = policy(guard)
+
+    async def send_with_retries(request: httpx2.Request, **send_kwargs: Any) -> httpx2.Response:
         call = request.extensions[CALL] = Call(routed=routed)
 
         async def sleep(seconds: float) -> None:
             call.backoff += seconds
             await guard.async_sleep(seconds)
 
-        retrying = AsyncRetrying(sleep=sleep, before_sleep=_aclose_retried_response, **_policy(guard))
-        return await retrying(send, request, **kwargs)
+        retrying = AsyncRetrying(sleep=sleep, before_sleep=_aclose_retried_response, **kwargs)
+        return await retrying(send, request, **send_kwargs)
 
     return send_with_retries
 

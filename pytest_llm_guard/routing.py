@@ -260,10 +260,8 @@ class RouterLayer:
             plan.request = endpoint.address(plan.request, attempt.model, self.router.environ)
         call = plan.call
         if call is not None:
-            previous = call.tried[-1] if call.tried else None
-            if attempt.number > 1:  # the ledger's words: another endpoint is a failover, the same one a retry
-                attempt.kind = "failover" if previous is not None and previous != endpoint.name else "retry"
             if attempt.kind == "failover":
+                previous = call.tried[-1] if call.tried else "?"
                 log.warning("%s: failover %s -> %s (model %s)", attempt.test, previous, endpoint.name, plan.model)
             call.tried.append(endpoint.name)
             call.failover_to = None
@@ -332,6 +330,7 @@ class RouterLayer:
             attempt.model,
             [(e.name, e.base_url, verdict.reason) for e, verdict in refusals],
             self.guard.ledger,
+            attempt,
             fixture=fixture,
             on_open=self.settings.on_open,
             on_open_source=self.settings.source_of("on_open"),

@@ -116,8 +116,9 @@ def test_hanging_primary_fails_over_without_backoff_or_retry_budget(harness: Har
         assert time.monotonic() - started < CALL_TIMEOUT + 1.0, "a 5 s backoff was slept before the failover"
     first, second = guard.events
     assert (first.endpoint_name, first.outcome, first.failover_to) == ("primary", "ReadTimeout", "backup")
-    assert (second.endpoint_name, second.outcome, second.backoff) == ("backup", "ok", 0.0)
-    assert guard.stats.failovers == 1
+    assert (second.endpoint_name, second.outcome, second.backoff, second.kind) == ("backup", "ok", 0.0, "failover")
+    stats = guard.stats
+    assert (stats.calls, stats.attempts, stats.retries, stats.failovers) == (1, 2, 0, 1), "a failover is not a retry"
     assert len(harness.primary.requests) == 1 and len(harness.backup.requests) == 1
 
 

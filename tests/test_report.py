@@ -1,0 +1,100 @@
+"""What a person reads when the guard ends a test: the true cause, every attempt, the right knob, our frames hidden."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+
+from pytest_llm_guard import LLMBudgetExceeded
+from pytest_llm_guard.fault import Fault, FaultServer
+from pytest_llm_guard.ledger import Attempt
+from pytest_llm_guard.report import describe, plural
+
+pytest_plugins = ["pytester"]
+
+HELLO = [{"role": "user", "content": "hello there"}]
+
+
+@pytest.mark.parametrize(
+    ("count", "word", "expected"),
+    [
+        (1, "failed attempt", "1 failed attempt"),
+        (2, "failed attempt", "2 failed attempts"),
+        (0, "retry", "0 retries"),
+        (1, "retry", "1 retry"),
+        (3, "LLM call", "3 LLM calls"),
+        (1, "guarded test", "1 guarded test"),
+    ],
+)
+def test_plurals(count: int, word: str, expected: str) -> None:
+    assert plural(count, word) == expected
+
+
+def test_an_attempt_line_says_what_happened_and_what_cut_it() -> None:
+    attempt = Attempt("t", 1, 2, "retry", "http://h", "/v1/chat/completions", "m", 10.0, 0.0, end=10.5)
+    attempt.outcome, attempt.cause, attempt.backoff = "ReadTimeout", "call_timeout", 0.25
+    assert describe(attempt) == (
+        "http://h/v1/chat/completions model=m: ReadTimeout after 0.50 s, cut at its call_timeout, after 0.25 s backoff"
+    )
+
+
+@pytest.mark.llm_budget(call_timeout=0.5, retries=0, deadline=10)
+def test_an_attempt_cut_by_call_timeout_names_call_timeout_not_retries(
+    llm_client: openai.OpenAI, llm_fault_server: FaultServer
+) -> None:
+    llm_fault_server.plan(then=Fault.trickle(interval=0.05, chunk_size=1))
+    with pytest.raises(LLMBudgetExceeded) as info:
+        llm_client.chat.completions.create(model="m", messages=HELLO, timeout=60)
+    message = str(info.value)
+    assert info.value.budget == "call_timeout"
+    assert "1 failed attempt, the last cut at its call_timeout" in message
+    assert "limit call_timeout=0.5 s" in message
+    assert "What to do: raise `call_timeout`" in message
+    assert message.index("Attempts (1):") < message.index("see the attempts above")
+
+
+@pytest.mark.llm_budget(call_timeout=0.5, retries=1, deadline=10)
+def test_a_hang_cut_by_call_timeout_is_named_as_such(llm_client: openai.OpenAI, llm_fault_server: FaultServer) -> None:
+    llm_fault_server.plan(then=Fault.hang())
+    with pytest.raises(LLMBudgetExceeded) as info:
+        llm_client.chat.completions.create(model="m", messages=HELLO, timeout=60)
+    assert info.value.budget == "call_timeout"
+    assert str(info.value).count("ReadTimeout") == 2 and "2 failed attempts" in str(info.value)
+
+
+@pytest.mark.llm_budget(retries=0)
+def test_an_error_the_client_timeout_did_not_cause_keeps_retries_as_the_cause(
+    llm_client: openai.OpenAI, llm_fault_server: FaultServer
+) -> None:
+    llm_fault_server.plan(then=Fault.status(503))
+    with pytest.raises(LLMBudgetExceeded) as info:
+        llm_client.chat.completions.create(model="m", messages=HELLO)
+    assert info.value.budget == "retries"
+    assert "1 failed attempt (limit retries=0" in str(info.value)
+
+
+ASYNC_HANG = """
+import openai
+import pytest
+from pytest_llm_guard.fault import Fault
+
+@pytest.mark.asyncio
+@pytest.mark.llm_budget(deadline=0.5)
+async def test_turn(llm_fault_server):
+    llm_fault_server.plan(then=Fault.hang())
+    client = openai.AsyncOpenAI(base_url=llm_fault_server.base_url, api_key="sk-app", max_retries=0)
+    try:
+        await client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], timeout=60)
+    finally:
+        await client.close()
+"""
+
+
+def test_an_async_failure_shows_only_the_tests_frames(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_async=ASYNC_HANG)
+    result = pytester.runpytest()
+    result.assert_outcomes(failed=1)
+    output = result.stdout.str()
+    result.stdout.fnmatch_lines(["Where the LLM call was made:", "test_async.py:*: in test_turn"])
+    for hidden in ("asyncio", "pytest_asyncio", "concurrent", "_pytest", "openai/", "httpx2"):
+        assert f"{hidden}" not in output.split("Where the LLM call was made:")[1].split("=====")[0], hidden
