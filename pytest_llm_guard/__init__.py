@@ -18,13 +18,13 @@ from .errors import (
     LLMGuardInterrupt,
     LLMNoEndpoint,
 )
-from .ledger import Attempt, Stats
 
 if TYPE_CHECKING:
     from .guard import Guard
+    from .ledger import Attempt, Stats
     from .routing import LLMEndpointUnavailable
 
-_LAZY = {"Guard": ".guard", "LLMEndpointUnavailable": ".routing"}
+_LAZY = {"Attempt": ".ledger", "Stats": ".ledger", "Guard": ".guard", "LLMEndpointUnavailable": ".routing"}
 
 __all__ = [
     "Attempt",

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from . import hooks, report
+from . import hooks
 from .config import MARKERS, OPTIONS, Settings, apply_markers, load_settings, read_pyproject
 from .endpoints import load_endpoints
 from .errors import LLMCassetteError, LLMGuardConfigError, LLMGuardInterrupt, LLMNoEndpoint
@@ -137,33 +137,84 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         timeout = _hard_timeout(config, item, settings)
         if timeout is not None:
             item.add_marker(pytest.mark.timeout(timeout))
-    if guarded:
+    if guarded and not config.pluginmanager.has_plugin(GUARDED_TESTS):
         from . import transport
 
         transport.check_seam()  # a usage error now, not a failure in every guarded test
+        config.pluginmanager.register(GuardedTests(), GUARDED_TESTS)
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
-    settings = item.stash.get(ITEM_SETTINGS, None)
-    if settings is None:
-        return (yield)
-    from . import transport
-    from .guard import Guard
+GUARDED_TESTS = "llm_guard_guarded_tests"
 
-    guard = Guard(settings, test_id=item.nodeid)
-    item.stash[GUARD] = guard
-    transport.activate(guard)
-    with pytest.MonkeyPatch.context() as environment:
-        item.stash[ENVIRONMENT] = environment
-        try:
+
+class GuardedTests:
+    """The per-test hooks, registered only once a guarded test is collected: a suite without
+    one never runs them, and its tests pay nothing per test."""
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+        settings = item.stash.get(ITEM_SETTINGS, None)
+        if settings is None:
             return (yield)
-        finally:
-            transport.deactivate(guard)
-            item.config.stash[SESSION].budget.add(guard.stats)
-            layer = item.stash.get(CASSETTE, None)
-            if layer is not None:
-                _save(item, layer)
+        from . import transport
+        from .guard import Guard
+
+        guard = Guard(settings, test_id=item.nodeid)
+        item.stash[GUARD] = guard
+        transport.activate(guard)
+        with pytest.MonkeyPatch.context() as environment:
+            item.stash[ENVIRONMENT] = environment
+            try:
+                return (yield)
+            finally:
+                transport.deactivate(guard)
+                item.config.stash[SESSION].budget.add(guard.stats)
+                layer = item.stash.get(CASSETTE, None)
+                if layer is not None:
+                    _save(item, layer)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        """Before the test's fixtures: session budgets, then its layers; an unreadable cassette errors it only."""
+        guard = item.stash.get(GUARD, None)
+        if guard is None:
+            return
+        session = item.config.stash[SESSION]
+        reason = session.budget.spent()
+        if reason is not None and session.settings.on_session_spent == "fail":
+            pytest.fail(reason, pytrace=False)
+        if reason is not None:
+            pytest.skip(reason)
+        from .routing import RouterLayer
+
+        guard.use_layers(cassette=_open_cassette(item, guard), routing=RouterLayer(session.router, guard))
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[pytest.TestReport]:
+        report_ = yield
+        guard = item.stash.get(GUARD, None)
+        if guard is None:
+            return report_
+        from . import report
+
+        excinfo = call.excinfo
+        if (
+            excinfo is not None
+            and excinfo.errisinstance(LLMGuardInterrupt)
+            and not excinfo.errisinstance(LLMNoEndpoint)
+        ):
+            report_.longrepr = report.failure_text(excinfo, item.config.rootpath)
+        if excinfo is not None and excinfo.errisinstance(LLMNoEndpoint) and excinfo.value.skip:
+            # on_open="skip": reported as a skip at the test's location, as skip markers are
+            path, line = item.reportinfo()[:2]
+            report_.outcome = "skipped"
+            report_.longrepr = (os.fspath(path), (line or 0) + 1, str(excinfo.value))
+        if call.when == "teardown":
+            report_.llm_guard = {  # type: ignore[attr-defined]
+                "stats": dataclasses.asdict(guard.stats),
+                "attempts": [a.to_dict() for a in guard.events],
+            }
+        return report_
 
 
 def _save(item: pytest.Item, layer: CassetteLayer) -> None:
@@ -172,23 +223,6 @@ def _save(item: pytest.Item, layer: CassetteLayer) -> None:
         layer.save()
     except OSError as exc:
         item.warn(pytest.PytestWarning(f"pytest-llm-guard: cassette of {item.nodeid} not saved: {exc}"))
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_setup(item: pytest.Item) -> None:
-    """Before the test's fixtures: session budgets, then its layers; an unreadable cassette errors this test only."""
-    guard = item.stash.get(GUARD, None)
-    if guard is None:
-        return
-    session = item.config.stash[SESSION]
-    reason = session.budget.spent()
-    if reason is not None and session.settings.on_session_spent == "fail":
-        pytest.fail(reason, pytrace=False)
-    if reason is not None:
-        pytest.skip(reason)
-    from .routing import RouterLayer
-
-    guard.use_layers(cassette=_open_cassette(item, guard), routing=RouterLayer(session.router, guard))
 
 
 def _open_cassette(item: pytest.Item, guard: Guard) -> CassetteLayer | None:
@@ -220,28 +254,6 @@ def _open_cassette(item: pytest.Item, guard: Guard) -> CassetteLayer | None:
     return layer
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[pytest.TestReport]:
-    report_ = yield
-    guard = item.stash.get(GUARD, None)
-    if guard is None:
-        return report_
-    excinfo = call.excinfo
-    if excinfo is not None and excinfo.errisinstance(LLMGuardInterrupt) and not excinfo.errisinstance(LLMNoEndpoint):
-        report_.longrepr = report.failure_text(excinfo, item.config.rootpath)
-    if excinfo is not None and excinfo.errisinstance(LLMNoEndpoint) and excinfo.value.skip:
-        # on_open="skip": reported as a skip at the test's location, as skip markers are
-        path, line = item.reportinfo()[:2]
-        report_.outcome = "skipped"
-        report_.longrepr = (os.fspath(path), (line or 0) + 1, str(excinfo.value))
-    if call.when == "teardown":
-        report_.llm_guard = {  # type: ignore[attr-defined]
-            "stats": dataclasses.asdict(guard.stats),
-            "attempts": [a.to_dict() for a in guard.events],
-        }
-    return report_
-
-
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     per_test = [
         r.llm_guard["stats"]
@@ -251,6 +263,8 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     ]
     if not any(t["attempts"] for t in per_test):
         return
+    from . import report
+
     session = terminalreporter.config.stash[SESSION]
     terminalreporter.write_sep("-", "llm-guard")
     for line in report.summary_lines(per_test, session.router.status()):

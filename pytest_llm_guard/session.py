@@ -24,13 +24,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import report
 from .config import Settings
 from .endpoints import EndpointSet
-from .ledger import Stats
 from .state import MemoryStore, SqliteStore, StateStore
 
 if TYPE_CHECKING:
+    from .ledger import Stats
     from .routing import Router
 
 KEY = "session"
@@ -82,6 +81,8 @@ class SessionBudget:
             ("max_tokens", record.get("tokens", 0), s.max_tokens),
         ):
             if limit is not None and used >= limit:
+                from . import report
+
                 return report.session_spent(s, name, used, limit)
         return None
 
