@@ -152,24 +152,50 @@ async def _aclose_retried_response(retry_state: RetryCallState) -> None:
         await outcome.result().aclose()
 
 
+def _needs_retry(outcome: Any) -> bool:
+    if isinstance(outcome, BaseException):
+        return is_retryable_error(outcome)
+    return _retryable_response(outcome)
+
+
+def _unwrap(outcome: Any) -> httpx2.Response:
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
+
+
 def sync_sender(guard: Guard, send: Callable[..., httpx2.Response], *, routed: bool) -> Callable[..., httpx2.Response]:
     """Wrap an SDK client's per-attempt ``_send_request`` in the guard's retry policy.
 
     The request carries its :class:`~ledger.Call` from attempt to attempt; one
-    ``Retrying`` per call, as tenacity requires for concurrent calls.
+    ``Retrying`` per call, as tenacity requires for concurrent calls. Most calls succeed
+    at once, so the first attempt is made directly, and tenacity takes over only when a
+    retry is due, with that attempt handed to it as its first outcome: the happy path
+    pays nothing for the retry machinery, and the retry path is tenacity's, attempt
+    numbers, waits and hooks included.
     """
 
     kwargs = policy(guard)
 
     def send_with_retries(request: httpx2.Request, **send_kwargs: Any) -> httpx2.Response:
         call = request.extensions[CALL] = Call(routed=routed)
+        try:
+            first: Any = send(request, **send_kwargs)
+        except Exception as exc:
+            first = exc
+        if not _needs_retry(first):
+            return _unwrap(first)
+        made = [first]
+
+        def attempt(request: httpx2.Request, **send_kwargs: Any) -> httpx2.Response:
+            return _unwrap(made.pop()) if made else send(request, **send_kwargs)
 
         def sleep(seconds: float) -> None:
             call.backoff += seconds
             guard.sleep(seconds)
 
         retrying = Retrying(sleep=sleep, before_sleep=_close_retried_response, **kwargs)
-        return retrying(send, request, **send_kwargs)
+        return retrying(attempt, request, **send_kwargs)
 
     return send_with_retries
 
@@ -183,13 +209,23 @@ def async_sender(
 
     async def send_with_retries(request: httpx2.Request, **send_kwargs: Any) -> httpx2.Response:
         call = request.extensions[CALL] = Call(routed=routed)
+        try:
+            first: Any = await send(request, **send_kwargs)
+        except Exception as exc:
+            first = exc
+        if not _needs_retry(first):
+            return _unwrap(first)
+        made = [first]
+
+        async def attempt(request: httpx2.Request, **send_kwargs: Any) -> httpx2.Response:
+            return _unwrap(made.pop()) if made else await send(request, **send_kwargs)
 
         async def sleep(seconds: float) -> None:
             call.backoff += seconds
             await guard.async_sleep(seconds)
 
         retrying = AsyncRetrying(sleep=sleep, before_sleep=_aclose_retried_response, **kwargs)
-        return await retrying(send, request, **send_kwargs)
+        return await retrying(attempt, request, **send_kwargs)
 
     return send_with_retries
 
