@@ -10,7 +10,6 @@ error can say which key, where it was set and what is allowed.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import LLMGuardConfigError
+from .values import boolean, choice, count, fraction, names, number, optional, seconds, subset, text
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -28,112 +28,6 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 ENV_PREFIX = "LLM_GUARD_"
 INI_PREFIX = "llm_"
 PYPROJECT_TABLE = "tool.pytest_llm_guard"
-
-
-def _number(kind: type, minimum: float, *, positive: bool) -> Callable[[Any], Any]:
-    """A parser for a non-negative (or positive) int/float that also reads strings."""
-    what = ("a positive " if positive else "a non-negative ") + ("whole number" if kind is int else "number")
-
-    def parse(value: Any) -> Any:
-        if isinstance(value, bool):
-            raise ValueError(what)
-        if isinstance(value, str):
-            value = value.strip()
-            try:
-                value = int(value) if kind is int else float(value)
-            except ValueError:
-                raise ValueError(what) from None
-        if kind is int and isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
-            raise ValueError(what)
-        if math.isnan(value) or math.isinf(value) or value < minimum or (positive and value == 0):
-            raise ValueError(what)
-        return kind(value)
-
-    parse.description = what  # type: ignore[attr-defined]
-    return parse
-
-
-def _optional(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """Allow "off"/"none" (or ``None`` in a marker) to switch a limit off."""
-
-    def parse_optional(value: Any) -> Any:
-        if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "off", "")):
-            return None
-        return parse(value)
-
-    parse_optional.description = f"{parse.description}, or none/off"  # type: ignore[attr-defined]
-    return parse_optional
-
-
-def _boolean(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"):
-        return True
-    if isinstance(value, str) and value.strip().lower() in ("0", "false", "no", "off"):
-        return False
-    raise ValueError("true or false")
-
-
-_boolean.description = "true or false"  # type: ignore[attr-defined]
-
-
-def _text(value: Any) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise ValueError("a string")
-    return value.strip() or None
-
-
-_text.description = "a string"  # type: ignore[attr-defined]
-
-
-def _choice(*allowed: str) -> Callable[[Any], Any]:
-    def parse(value: Any) -> str | None:
-        if value is None:
-            return None
-        if not isinstance(value, str) or value.strip().lower() not in allowed:
-            raise ValueError(f"one of {', '.join(allowed)}")
-        return value.strip().lower()
-
-    parse.description = f"one of {', '.join(allowed)}"  # type: ignore[attr-defined]
-    return parse
-
-
-def _names(value: Any) -> tuple[str, ...]:
-    """A list of names or patterns: a TOML array, or a comma-separated string elsewhere."""
-    if isinstance(value, str):
-        value = [part for part in value.split(",")]
-    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-        raise ValueError("a list of strings")
-    return tuple(v.strip() for v in value if v.strip())
-
-
-_names.description = "a list of strings (comma-separated outside pyproject.toml)"  # type: ignore[attr-defined]
-
-
-def _subset(*allowed: str) -> Callable[[Any], Any]:
-    def parse(value: Any) -> tuple[str, ...]:
-        names = _names(value)
-        if not names or not set(names) <= set(allowed):
-            raise ValueError("subset")
-        return names
-
-    parse.description = f"a non-empty list drawn from {', '.join(allowed)}"  # type: ignore[attr-defined]
-    return parse
-
-
-def _fraction(value: Any) -> float:
-    parsed = _number(float, 0, positive=True)(value)
-    if parsed > 1:
-        raise ValueError("a fraction")
-    return parsed
-
-
-_fraction.description = "a number above 0 and at most 1"  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -157,10 +51,6 @@ class Option:
         return "--llm-" + self.name.replace("_", "-")
 
 
-_seconds = _optional(_number(float, 0, positive=True))
-_count = _optional(_number(int, 1, positive=True))
-
-
 def _option(default: Any, parse: Callable[[Any], Any], help: str, *, marker: bool = False) -> Any:
     """A settings field that is also an option: its parser, help and marker use live beside its default."""
     return field(default=default, metadata={"parse": parse, "help": help, "in_marker": marker})
@@ -174,67 +64,63 @@ class Settings:
     are derived from its name (:data:`OPTIONS`), so an option is declared here only.
     """
 
-    deadline: float | None = _option(
-        120.0, _seconds, "wall-clock seconds a test may spend, from its start", marker=True
-    )
-    call_timeout: float | None = _option(30.0, _seconds, "seconds one LLM attempt may take, body included", marker=True)
+    deadline: float | None = _option(120.0, seconds, "wall-clock seconds a test may spend, from its start", marker=True)
+    call_timeout: float | None = _option(30.0, seconds, "seconds one LLM attempt may take, body included", marker=True)
     retries: int = _option(
-        2, _number(int, 0, positive=False), "failed LLM attempts a test may absorb in total", marker=True
+        2, number(int, 0, positive=False), "failed LLM attempts a test may absorb in total", marker=True
     )
-    calls: int | None = _option(None, _count, "LLM requests a test may send (runaway agent loops)", marker=True)
-    tokens: int | None = _option(None, _count, "total tokens (from `usage`) a test may spend", marker=True)
-    guard_all: bool = _option(False, _boolean, "guard every test, not only those using the fixtures or markers")
-    timeout_grace: float = _option(5.0, _number(float, 0, positive=False), "pytest-timeout backstop: deadline + this")
-    backoff_initial: float = _option(0.5, _number(float, 0, positive=False), "first retry backoff of guarded clients")
-    backoff_max: float = _option(8.0, _number(float, 0, positive=False), "largest retry backoff of guarded clients")
-    base_url: str | None = _option(None, _text, "endpoint of the llm_client fixtures (default: OPENAI_BASE_URL)")
-    model: str | None = _option("gpt-4o-mini", _text, "model name tests read from llm_guard.model")
+    calls: int | None = _option(None, count, "LLM requests a test may send (runaway agent loops)", marker=True)
+    tokens: int | None = _option(None, count, "total tokens (from `usage`) a test may spend", marker=True)
+    guard_all: bool = _option(False, boolean, "guard every test, not only those using the fixtures or markers")
+    timeout_grace: float = _option(5.0, number(float, 0, positive=False), "pytest-timeout backstop: deadline + this")
+    backoff_initial: float = _option(0.5, number(float, 0, positive=False), "first retry backoff of guarded clients")
+    backoff_max: float = _option(8.0, number(float, 0, positive=False), "largest retry backoff of guarded clients")
+    base_url: str | None = _option(None, text, "endpoint of the llm_client fixtures (default: OPENAI_BASE_URL)")
+    model: str | None = _option("gpt-4o-mini", text, "model name tests read from llm_guard.model")
     record: str | None = _option(
         None,
-        _choice("none", "once", "new_episodes", "all", "off"),
+        choice("none", "once", "new_episodes", "all", "off"),
         "cassette record mode: none, once, new_episodes, all, or off (live, no cassettes); "
         "default none when CI is set, else once",
     )
-    cassette_dir: str | None = _option("cassettes", _text, "cassette folder, relative to each test file's folder")
+    cassette_dir: str | None = _option("cassettes", text, "cassette folder, relative to each test file's folder")
     match_on: tuple[str, ...] = _option(
         ("method", "path", "body"),
-        _subset("method", "scheme", "host", "port", "path", "query", "body"),
+        subset("method", "scheme", "host", "port", "path", "query", "body"),
         "request parts a replay must match",
     )
     ignore_body_fields: tuple[str, ...] = _option(
-        (), _names, "JSON body fields left out of matching (e.g. user, metadata)"
+        (), names, "JSON body fields left out of matching (e.g. user, metadata)"
     )
-    scrub_headers: tuple[str, ...] = _option((), _names, "more headers never written to cassettes")
-    scrub_body_fields: tuple[str, ...] = _option((), _names, "JSON body fields redacted in cassettes")
-    scrub_patterns: tuple[str, ...] = _option((), _names, "regular expressions redacted everywhere in cassettes")
-    record_failures: bool = _option(False, _boolean, "also record 429/5xx responses (replays would replay the outage)")
+    scrub_headers: tuple[str, ...] = _option((), names, "more headers never written to cassettes")
+    scrub_body_fields: tuple[str, ...] = _option((), names, "JSON body fields redacted in cassettes")
+    scrub_patterns: tuple[str, ...] = _option((), names, "regular expressions redacted everywhere in cassettes")
+    record_failures: bool = _option(False, boolean, "also record 429/5xx responses (replays would replay the outage)")
     # endpoints, breakers, failover (breaker.py, routing.py) and session budgets (session.py)
     on_open: str = _option(
-        "fail", _choice("fail", "skip"), "an llm_client test finding no endpoint available: fail or skip"
+        "fail", choice("fail", "skip"), "an llm_client test finding no endpoint available: fail or skip"
     )
-    breaker_failures: int | None = _option(3, _count, "consecutive failed attempts that open an endpoint's breaker")
+    breaker_failures: int | None = _option(3, count, "consecutive failed attempts that open an endpoint's breaker")
     breaker_failure_rate: float | None = _option(
-        0.5, _optional(_fraction), "failure share over breaker_window that opens it"
+        0.5, optional(fraction), "failure share over breaker_window that opens it"
     )
-    breaker_window: int = _option(20, _number(int, 1, positive=True), "recent attempts the failure rate is taken over")
-    breaker_min_calls: int = _option(
-        10, _number(int, 1, positive=True), "attempts in the window before the rate counts"
-    )
+    breaker_window: int = _option(20, number(int, 1, positive=True), "recent attempts the failure rate is taken over")
+    breaker_min_calls: int = _option(10, number(int, 1, positive=True), "attempts in the window before the rate counts")
     breaker_cooldown: float = _option(
-        30.0, _number(float, 0, positive=True), "seconds a breaker stays open before a probe"
+        30.0, number(float, 0, positive=True), "seconds a breaker stays open before a probe"
     )
-    breaker_cooldown_max: float = _option(300.0, _number(float, 0, positive=True), "cap of the doubling cooldown")
+    breaker_cooldown_max: float = _option(300.0, number(float, 0, positive=True), "cap of the doubling cooldown")
     retry_tokens: float = _option(
-        10.0, _number(float, 0, positive=True), "retry token bucket of each endpoint (gRPC-style)"
+        10.0, number(float, 0, positive=True), "retry token bucket of each endpoint (gRPC-style)"
     )
     retry_token_ratio: float = _option(
-        0.1, _number(float, 0, positive=False), "tokens a success puts back in the bucket"
+        0.1, number(float, 0, positive=False), "tokens a success puts back in the bucket"
     )
-    max_endpoints: int = _option(3, _number(int, 1, positive=True), "endpoints one llm_client call may try (failovers)")
-    session_deadline: float | None = _option(None, _seconds, "seconds the whole session may spend on guarded tests")
-    max_calls: int | None = _option(None, _count, "LLM calls the whole session may send, over all xdist workers")
-    max_tokens: int | None = _option(None, _count, "tokens the whole session may spend, over all xdist workers")
-    on_session_spent: str = _option("skip", _choice("skip", "fail"), "guarded tests once a session budget is spent")
+    max_endpoints: int = _option(3, number(int, 1, positive=True), "endpoints one llm_client call may try (failovers)")
+    session_deadline: float | None = _option(None, seconds, "seconds the whole session may spend on guarded tests")
+    max_calls: int | None = _option(None, count, "LLM calls the whole session may send, over all xdist workers")
+    max_tokens: int | None = _option(None, count, "tokens the whole session may spend, over all xdist workers")
+    on_session_spent: str = _option("skip", choice("skip", "fail"), "guarded tests once a session budget is spent")
     # per test only, from the llm_breaker and llm_cassette markers
     endpoints: tuple[str, ...] | None = None
     """Endpoints the test may use (``llm_breaker(endpoints=...)``); None: all."""
@@ -401,16 +287,16 @@ def _breaker_marker(
         settings = settings.merged({"on_open": marker.kwargs["on_open"]}, source)
     if "endpoints" not in marker.kwargs:
         return settings
-    names = marker.kwargs["endpoints"]
-    if isinstance(names, str) or not isinstance(names, (list, tuple)) or not names:
+    chosen = marker.kwargs["endpoints"]
+    if isinstance(chosen, str) or not isinstance(chosen, (list, tuple)) or not chosen:
         raise LLMGuardConfigError(f"pytest-llm-guard: {source}: endpoints must be a non-empty list of names")
-    unknown_names = [n for n in names if n not in endpoint_names]
+    unknown_names = [n for n in chosen if n not in endpoint_names]
     if unknown_names:
         raise LLMGuardConfigError(
             f"pytest-llm-guard: {source} names unknown endpoints {', '.join(map(repr, unknown_names))}; "
             f"known endpoints (from {endpoints_source}): {', '.join(endpoint_names)}"
         )
-    return dataclasses.replace(settings, endpoints=tuple(names), sources={**settings.sources, "endpoints": source})
+    return dataclasses.replace(settings, endpoints=tuple(chosen), sources={**settings.sources, "endpoints": source})
 
 
 def _cassette_marker(settings: Settings, marker: Any, source: str) -> Settings:
