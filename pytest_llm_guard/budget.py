@@ -70,7 +70,11 @@ class Budget:
                     f"{report.plural(counted, 'failed attempt')}, the last cut at its {failed.cause} "
                     f"({failed.cap:.2f} s), and retries={self.settings.retries} absorbs no more",
                 )
-            raise self.exceeded("retries", report.plural(counted, "failed attempt"))
+            free = self.ledger.failures - counted
+            what = report.plural(counted, "failed attempt") + " charged to retries"
+            if free:
+                what += f" (and {report.plural(free, 'failed attempt')} followed by a failover, not charged)"
+            raise self.exceeded("retries", what)
         wait = failed.retry_after if failed.failover_to is None else None  # a failover does not wait
         if wait is not None and wait > self.remaining():
             raise self.exceeded(

@@ -70,7 +70,7 @@ def test_an_error_the_client_timeout_did_not_cause_keeps_retries_as_the_cause(
     with pytest.raises(LLMBudgetExceeded) as info:
         llm_client.chat.completions.create(model="m", messages=HELLO)
     assert info.value.budget == "retries"
-    assert "1 failed attempt (limit retries=0" in str(info.value)
+    assert "1 failed attempt charged to retries (limit retries=0" in str(info.value)
 
 
 ASYNC_HANG = """

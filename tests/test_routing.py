@@ -188,6 +188,23 @@ def test_everything_down_refuses_in_milliseconds_naming_the_breakers(harness: Ha
     assert guard.events[0].outcome == "LLMNoEndpoint"
 
 
+def test_a_spent_retry_budget_counts_what_it_lists(harness: Harness) -> None:
+    harness.primary.plan(then=Fault.status(503))
+    harness.backup.plan(then=Fault.status(502))
+    with harness.test(retries=1) as (guard, client), pytest.raises(LLMBudgetExceeded) as info:
+        ask(client)  # primary, failover to backup, then a retry on the primary
+    message = str(info.value)
+    assert info.value.budget == "retries"
+    assert "2 failed attempts charged to retries (and 1 failed attempt followed by a failover, not charged)" in message
+    assert (
+        "Attempts (3):" in message and "call 1, failover: [backup]" in message and "call 1, retry: [primary]" in message
+    )
+    assert (
+        "Endpoints http://127.0.0.1:" in message and "(primary), http://127.0.0.1:" in message
+    )  # every endpoint tried
+    assert "nothing was sent" not in message
+
+
 def test_code_under_test_gets_a_connection_error_at_once(harness: Harness) -> None:
     harness.trip_primary()
     requests_before = len(harness.primary.requests)
