@@ -63,7 +63,7 @@ class Budget:
         # A failed attempt followed by a failover is not a retry: the call moved on to an endpoint it
         # had not tried, at most max_endpoints - 1 times (routing.py); its time still counts.
         counted = self.ledger.counted_failures
-        if counted > self.settings.retries:
+        if self.settings.retries is not None and counted > self.settings.retries:
             if failed.cause and "call_timeout" in failed.cause:
                 raise self.exceeded(
                     "call_timeout",

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import LLMGuardConfigError
-from .values import boolean, choice, count, fraction, names, number, optional, seconds, subset, text
+from .values import boolean, choice, count, fraction, names, number, optional, patterns, seconds, subset, text
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -66,8 +66,8 @@ class Settings:
 
     deadline: float | None = _option(120.0, seconds, "wall-clock seconds a test may spend, from its start", marker=True)
     call_timeout: float | None = _option(30.0, seconds, "seconds one LLM attempt may take, body included", marker=True)
-    retries: int = _option(
-        2, number(int, 0, positive=False), "failed LLM attempts a test may absorb in total", marker=True
+    retries: int | None = _option(
+        2, optional(number(int, 0, positive=False)), "failed LLM attempts a test may absorb in total", marker=True
     )
     calls: int | None = _option(None, count, "LLM requests a test may send (runaway agent loops)", marker=True)
     tokens: int | None = _option(None, count, "total tokens (from `usage`) a test may spend", marker=True)
@@ -94,7 +94,7 @@ class Settings:
     )
     scrub_headers: tuple[str, ...] = _option((), names, "more headers never written to cassettes")
     scrub_body_fields: tuple[str, ...] = _option((), names, "JSON body fields redacted in cassettes")
-    scrub_patterns: tuple[str, ...] = _option((), names, "regular expressions redacted everywhere in cassettes")
+    scrub_patterns: tuple[str, ...] = _option((), patterns, "regular expressions redacted everywhere in cassettes")
     record_failures: bool = _option(False, boolean, "also record 429/5xx responses (replays would replay the outage)")
     # endpoints, breakers, failover (breaker.py, routing.py) and session budgets (session.py)
     on_open: str = _option(
@@ -145,10 +145,11 @@ class Settings:
             option = OPTIONS[key]
             try:
                 parsed[key] = option.parse(raw)
-            except ValueError:
+            except ValueError as exc:
+                description = option.parse.description  # type: ignore[attr-defined]
+                detail = f" ({exc})" if str(exc) not in ("", description) and " " in str(exc) else ""
                 raise LLMGuardConfigError(
-                    f"pytest-llm-guard: {key} = {raw!r} in {source} is not valid; "
-                    f"{key} must be {option.parse.description}"  # type: ignore[attr-defined]
+                    f"pytest-llm-guard: {key} = {raw!r} in {source} is not valid; {key} must be {description}{detail}"
                 ) from None
         if not parsed:
             return self
@@ -199,18 +200,29 @@ def read_pyproject(path: Path) -> dict[str, Any]:
     return table
 
 
-def read_environment(environ: Mapping[str, str]) -> dict[str, str]:
-    """``LLM_GUARD_*`` variables by option name; an unknown one is an error, not a silent typo."""
+def read_environment(environ: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
+    """``LLM_GUARD_*`` variables by option name, and warnings for the unknown ones (a typo says what was meant)."""
+    import difflib
+
     values: dict[str, str] = {}
+    warnings: list[str] = []
+    known = [o.env for o in OPTIONS.values()]
     for var, value in environ.items():
         if not var.startswith(ENV_PREFIX):
             continue
         name = var[len(ENV_PREFIX) :].lower()
         if name not in OPTIONS:
-            known = ", ".join(o.env for o in OPTIONS.values())
-            raise LLMGuardConfigError(f"pytest-llm-guard: unknown environment variable {var}; known: {known}")
+            close = difflib.get_close_matches(var, known, n=1)
+            hint = f"did you mean {close[0]}?" if close else f"the variables are {', '.join(known)}"
+            warnings.append(f"pytest-llm-guard: unknown environment variable {var} is ignored; {hint}")
+            continue
+        if not value.strip():
+            raise LLMGuardConfigError(
+                f"pytest-llm-guard: {var} is set but empty in the environment; unset it, or give a value "
+                "(none or off switches a limit off)"
+            )
         values[name] = value
-    return values
+    return values, warnings
 
 
 def load_settings(
@@ -219,16 +231,26 @@ def load_settings(
     ini: Mapping[str, Any],
     ini_source: str,
     cli: Mapping[str, Any],
+    overridden: Mapping[str, str] = {},
     environ: Mapping[str, str] = os.environ,
-) -> Settings:
-    """Session settings from every layer below the markers."""
+) -> tuple[Settings, list[str]]:
+    """Session settings from every layer below the markers, and warnings to show.
+
+    ``overridden``: ini keys given on the command line with ``-o``, by option name: they
+    are attributed to the command line, not to the ini file.
+    """
     settings = Settings()
     if pyproject is not None:
         options = {k: v for k, v in read_pyproject(pyproject).items() if k not in SECTIONS}
         settings = settings.merged(options, f"[{PYPROJECT_TABLE}] in {pyproject}")
-    settings = settings.merged({k: v for k, v in ini.items() if v not in (None, "")}, ini_source)
-    settings = settings.merged(read_environment(environ), "the environment (LLM_GUARD_*)")
-    return settings.merged({k: v for k, v in cli.items() if v is not None}, "the command line").checked()
+    from_ini = {k: v for k, v in ini.items() if v not in (None, "") and k not in overridden}
+    settings = settings.merged(from_ini, ini_source)
+    for name, raw in overridden.items():
+        settings = settings.merged({name: raw}, f"the command line (-o {INI_PREFIX}{name}={raw})")
+    from_environment, warnings = read_environment(environ)
+    settings = settings.merged(from_environment, "the environment (LLM_GUARD_*)")
+    settings = settings.merged({k: v for k, v in cli.items() if v is not None}, "the command line")
+    return settings.checked(), warnings
 
 
 BUDGET_MARKER = "llm_budget"

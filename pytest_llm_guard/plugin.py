@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from . import hooks
-from .config import MARKERS, OPTIONS, Settings, apply_markers, load_settings, read_pyproject
+from .config import INI_PREFIX, MARKERS, OPTIONS, Settings, apply_markers, load_settings, read_pyproject
 from .endpoints import load_endpoints
 from .errors import LLMCassetteError, LLMGuardConfigError, LLMGuardInterrupt, LLMNoEndpoint
 from .session import Session
@@ -55,12 +55,15 @@ def pytest_configure(config: pytest.Config) -> None:
     pyproject = inipath if inipath is not None and inipath.name == "pyproject.toml" else None
     if pyproject is None and (config.rootpath / "pyproject.toml").is_file():
         pyproject = config.rootpath / "pyproject.toml"
-    settings = load_settings(
+    settings, warnings = load_settings(
         pyproject=pyproject,
         ini={o.name: config.getini(o.ini) for o in OPTIONS.values()},
         ini_source=f"the pytest ini keys llm_* in {inipath or 'the ini file'}",
         cli={o.name: config.getoption(f"llm_{o.name}") for o in OPTIONS.values()},
+        overridden=_ini_overrides(config),
     )
+    for warning in warnings:
+        config.issue_config_time_warning(pytest.PytestConfigWarning(warning), stacklevel=2)
     config.stash[SETTINGS] = settings
     raw = read_pyproject(pyproject).get("endpoints") if pyproject is not None else None
     endpoints = load_endpoints(raw, str(pyproject), base_url=settings.base_url, environ=os.environ)
@@ -74,6 +77,17 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[SESSION] = session
     if session.folder is not None:
         config.pluginmanager.register(_XdistHandoff(session), "llm_guard_xdist_state")
+
+
+def _ini_overrides(config: pytest.Config) -> dict[str, str]:
+    """``-o llm_<name>=value`` options, by option name."""
+    found = {}
+    for override in config.getoption("override_ini", None) or ():
+        key, _, value = override.partition("=")
+        name = key.strip().removeprefix(INI_PREFIX)
+        if key.strip().startswith(INI_PREFIX) and name in OPTIONS:
+            found[name] = value
+    return found
 
 
 class _XdistHandoff:

@@ -94,6 +94,22 @@ def names(value: Any) -> tuple[str, ...]:
 names.description = "a list of strings (comma-separated outside pyproject.toml)"  # type: ignore[attr-defined]
 
 
+def patterns(value: Any) -> tuple[str, ...]:
+    """Regular expressions, each compiled here so a typo is a usage error, not a crash mid-test."""
+    import re
+
+    found = names(value)
+    for pattern in found:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"{pattern!r} is not a regular expression: {exc}") from None
+    return found
+
+
+patterns.description = "a list of regular expressions (comma-separated outside pyproject.toml)"  # type: ignore[attr-defined]
+
+
 def subset(*allowed: str) -> Callable[[Any], Any]:
     def parse(value: Any) -> tuple[str, ...]:
         found = names(value)

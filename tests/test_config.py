@@ -9,10 +9,18 @@ import pytest
 from pytest_llm_guard.config import LLMGuardConfigError, Settings, apply_markers, load_settings
 
 
-def load(tmp_path: Path, *, toml: str = "", ini=None, env=None, cli=None) -> Settings:
+def load(tmp_path: Path, *, toml: str = "", ini=None, env=None, cli=None, overridden=None) -> Settings:
     pyproject = tmp_path / "pyproject.toml"
     pyproject.write_text(toml)
-    return load_settings(pyproject=pyproject, ini=ini or {}, ini_source="pytest.ini", cli=cli or {}, environ=env or {})
+    settings, _ = load_settings(
+        pyproject=pyproject,
+        ini=ini or {},
+        ini_source="pytest.ini",
+        cli=cli or {},
+        overridden=overridden or {},
+        environ=env or {},
+    )
+    return settings
 
 
 def test_documented_defaults(tmp_path: Path) -> None:
@@ -61,9 +69,36 @@ def test_bad_pyproject_says_what_and_where(tmp_path: Path, toml: str, words: lis
         assert word in str(info.value)
 
 
-def test_unknown_environment_variable_is_an_error(tmp_path: Path) -> None:
-    with pytest.raises(LLMGuardConfigError, match="LLM_GUARD_DEADLNE.*LLM_GUARD_DEADLINE"):
-        load(tmp_path, env={"LLM_GUARD_DEADLNE": "3"})
+def test_an_unknown_environment_variable_is_a_warning_with_a_suggestion(tmp_path: Path) -> None:
+    settings, warnings = load_settings(
+        pyproject=None, ini={}, ini_source="ini", cli={}, environ={"LLM_GUARD_DEADLNE": "3", "LLM_GUARD_RETRIES": "1"}
+    )
+    assert settings.retries == 1
+    assert warnings == [
+        "pytest-llm-guard: unknown environment variable LLM_GUARD_DEADLNE is ignored; did you mean LLM_GUARD_DEADLINE?"
+    ]
+
+
+def test_an_empty_environment_variable_is_a_usage_error(tmp_path: Path) -> None:
+    with pytest.raises(LLMGuardConfigError, match="LLM_GUARD_DEADLINE is set but empty in the environment; unset it"):
+        load(tmp_path, env={"LLM_GUARD_DEADLINE": ""})
+
+
+def test_ini_values_given_with_dash_o_belong_to_the_command_line(tmp_path: Path) -> None:
+    with pytest.raises(LLMGuardConfigError, match=r"deadline = 'abc' in the command line \(-o llm_deadline=abc\)"):
+        load(tmp_path, ini={"deadline": "abc"}, overridden={"deadline": "abc"})
+
+
+def test_an_invalid_scrub_pattern_is_a_usage_error_naming_the_key(tmp_path: Path) -> None:
+    with pytest.raises(LLMGuardConfigError) as info:
+        load(tmp_path, toml='[tool.pytest_llm_guard]\nscrub_patterns = ["(unclosed"]\n')
+    message = str(info.value)
+    assert "scrub_patterns = ['(unclosed'] in [tool.pytest_llm_guard]" in message
+    assert "'(unclosed' is not a regular expression: missing ), unterminated subpattern" in message
+
+
+def test_retries_none_switches_the_retry_limit_off() -> None:
+    assert apply_markers(Settings(), [FakeMarker(retries=None)], "t.py::test").retries is None
 
 
 def test_bad_command_line_value(tmp_path: Path) -> None:

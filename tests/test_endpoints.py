@@ -93,7 +93,7 @@ def test_the_endpoints_table_is_not_an_unknown_option(tmp_path: Path) -> None:
     pyproject.write_text(
         '[tool.pytest_llm_guard]\nbreaker_cooldown = 5\n[[tool.pytest_llm_guard.endpoints]]\nname = "a"\nbase_url = "http://x"\n'
     )
-    settings = load_settings(pyproject=pyproject, ini={}, ini_source="ini", cli={}, environ={})
+    settings, _ = load_settings(pyproject=pyproject, ini={}, ini_source="ini", cli={}, environ={})
     assert settings.breaker_cooldown == 5.0
 
 
