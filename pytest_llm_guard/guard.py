@@ -32,6 +32,7 @@ from .config import Settings
 from .dialect import Dialect, origin_of, request_json
 from .errors import LLMGuardInterrupt
 from .ledger import CALL, Attempt, Call, Ledger, Stats
+from .scrub import Scrubber
 
 if TYPE_CHECKING:
     import openai
@@ -70,9 +71,14 @@ class Guard:
         clock: Clock = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         async_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        scrubber: Scrubber | None = None,
     ) -> None:
         self.settings = settings
         self.test_id = test_id
+        self.scrubber = scrubber or Scrubber(
+            headers=settings.scrub_headers, body_fields=settings.scrub_body_fields, patterns=settings.scrub_patterns
+        )
+        """Everything this test writes for people or to disk passes it (``scrub.py``)."""
         self.ledger = Ledger(test_id)
         self.budget = Budget(settings, self.ledger, clock=clock)
         self.layers: tuple[Layer, ...] = ()
@@ -128,6 +134,7 @@ class Guard:
 
     def begin(self, request: httpx2.Request, dialect: Dialect) -> Attempt:
         """Open the attempt, check the budget, cap the attempt's timeouts by the time left."""
+        self.scrubber.learn(request.headers, str(request.url) if request.url.query else "")
         call: Call | None = request.extensions.get(CALL)
         if call is None:  # a client the guard does not wrap: its SDK's own retries are told by a header
             number = dialect.retry_number(request) + 1

@@ -46,6 +46,33 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     for option in OPTIONS.values():
         group.addoption(option.flag, dest=f"llm_{option.name}", default=None, help=option.help)
         parser.addini(option.ini, f"pytest-llm-guard: {option.help} (default {option.default})", default=None)
+    group.addoption(
+        "--llm-audit",
+        action="store_true",
+        default=False,
+        help="scan every cassette under the root directory for credential-shaped strings and exit "
+        "(non-zero when one is found), running no test: for pre-commit hooks and CI",
+    )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> int | None:
+    if not config.getoption("llm_audit"):
+        return None
+    from .audit import audit
+
+    scanned, found = audit(config.rootpath)
+
+    def write(line: str) -> None:
+        print(line)  # before configure: no terminal reporter yet
+
+    for line in found:
+        write(line)
+    verdict = f"{len(found)} credential-shaped strings found" if found else "no credential-shaped strings found"
+    write(f"pytest-llm-guard audit: {scanned} cassettes under {config.rootpath}, {verdict}")
+    if found:
+        write("Re-record those cassettes (their scrubbing now redacts such strings), or edit the lines above.")
+    return 1 if found else 0
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -172,11 +199,12 @@ class GuardedTests:
             return (yield)
         from . import transport
         from .guard import Guard
+        from .scrub import scrubbed_logs
 
         guard = Guard(settings, test_id=item.nodeid)
         item.stash[GUARD] = guard
         transport.activate(guard)
-        with pytest.MonkeyPatch.context() as environment:
+        with pytest.MonkeyPatch.context() as environment, scrubbed_logs(guard.scrubber):
             item.stash[ENVIRONMENT] = environment
             try:
                 return (yield)
@@ -217,7 +245,7 @@ class GuardedTests:
             and excinfo.errisinstance(LLMGuardInterrupt)
             and not excinfo.errisinstance(LLMNoEndpoint)
         ):
-            report_.longrepr = report.failure_text(excinfo, item.config.rootpath)
+            report_.longrepr = guard.scrubber.text(report.failure_text(excinfo, item.config.rootpath))
         if excinfo is not None and excinfo.errisinstance(LLMNoEndpoint) and excinfo.value.skip:
             # on_open="skip": reported as a skip at the test's location, as skip markers are
             path, line = item.reportinfo()[:2]
@@ -234,14 +262,15 @@ class GuardedTests:
 def _save(item: pytest.Item, layer: CassetteLayer) -> None:
     """A cassette that cannot be written (disk full, read-only folder) warns; the session goes on."""
     try:
-        layer.save()
+        warning = layer.save()
     except OSError as exc:
-        item.warn(pytest.PytestWarning(f"pytest-llm-guard: cassette of {item.nodeid} not saved: {exc}"))
+        warning = f"pytest-llm-guard: cassette of {item.nodeid} not saved: {exc}"
+    if warning is not None:
+        item.warn(pytest.PytestWarning(warning))
 
 
 def _open_cassette(item: pytest.Item, guard: Guard) -> CassetteLayer | None:
     from . import cassettes
-    from .scrub import Scrubber
 
     settings = guard.settings
     mode = cassettes.record_mode(settings)
@@ -255,9 +284,7 @@ def _open_cassette(item: pytest.Item, guard: Guard) -> CassetteLayer | None:
             mode=mode,
             nodeid=item.nodeid,
             matcher=lambda request, recorded: item.ihook.pytest_llm_cassette_match(request=request, recorded=recorded),
-            scrubber=Scrubber(
-                headers=settings.scrub_headers, body_fields=settings.scrub_body_fields, patterns=settings.scrub_patterns
-            ),
+            scrubber=guard.scrubber,
         )
     except LLMCassetteError as exc:
         pytest.fail(f"{type(exc).__name__}: {exc}", pytrace=False)

@@ -1,16 +1,26 @@
-"""Secrets never reach a cassette: headers, query parameters, body fields and patterns are redacted.
+"""Secrets never reach a cassette, a message, a report or a log.
 
-Applied to every request before it is matched or written and to every response
-before it is written, so a scrubbed recording and a live request compare equal.
+One scrubber per guarded test. It redacts what is known *when the text is written*:
+the values of ``*_API_KEY`` variables at that moment and at every earlier moment of
+the test (a fixture may set a key and unset it before the cassette is saved), every
+credential a request of the test carried (bearer tokens, ``api-key``, ``x-api-key``,
+key query parameters), configured headers, body fields and patterns, and anything
+shaped like a credential (``SHAPES``). Applied to every request before it is matched
+or written, to every response before it is written, again to the whole cassette when
+it is saved, and to failure messages, reports and the log records of the HTTP and
+cassette libraries.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import logging
 import os
 import re
-from collections.abc import Iterable, Mapping
+import threading
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -28,8 +38,42 @@ _SECRET_HEADER_WORDS = re.compile(
     r"(api[-_]?key|authorization|secret|cookie|password|session[-_]?id|access[-_]?token|auth[-_]?token)",
     re.IGNORECASE,
 )
-_KEY_LIKE = re.compile(r"\b(sk|sess|rk)-[A-Za-z0-9_\-]{16,}")
-"""OpenAI-style keys (``sk-...``, ``sk-proj-...``) wherever they appear."""
+
+SHAPES: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("Anthropic API key", re.compile(r"\bsk-ant-[A-Za-z0-9_\-]{16,}")),
+    ("OpenAI API key", re.compile(r"\b(?:sk|sess|rk)-(?!ant-)[A-Za-z0-9_\-]{16,}")),
+    ("AWS access key", re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b")),
+    ("Google API key", re.compile(r"\bAIza[0-9A-Za-z_\-]{35}")),
+    ("JSON Web Token", re.compile(r"\beyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}")),
+    ("bearer token", re.compile(r"(?i)\bbearer\s+([A-Za-z0-9._~+/\-]{16,}=*)")),
+    ("Azure api-key", re.compile(r"(?i)api-key['\"]?(?:\s*[:=]\s*|:\s*\n\s*-\s*)['\"]?([0-9a-f]{32})\b")),
+)
+"""Credential shapes, for redaction and for ``--llm-audit``: (kind, pattern); a group, if any, is the secret."""
+_MIN_SECRET = 8
+"""Shorter values are not treated as secrets (they would redact ordinary words)."""
+_HEADER_VALUES = re.compile(
+    r"""(?ix)
+    (['"]?(?:set-cookie|cookie|authorization|proxy-authorization|api-key|x-api-key)['"]?\s*[:=]\s*)
+    (\[[^\]]*\]|'[^']*'|"[^"]*"|[^,}\s]+)
+    """
+)
+"""Header values inside log text (``'set-cookie': ['...']``, ``authorization: Bearer ...``)."""
+_QUERY_VALUES = re.compile(r"(?i)([?&](?:api[-_]?key|key|access_token|token|code)=)[^&\s'\"]+")
+
+
+def find_shapes(text: str) -> Iterator[tuple[str, int, int]]:
+    """(kind, start, end) of every credential-shaped string in ``text``."""
+    for kind, pattern in SHAPES:
+        for match in pattern.finditer(text):
+            start, end = match.span(match.lastindex or 0)
+            yield kind, start, end
+
+
+def redact_shapes(text: str) -> str:
+    spans = sorted({(start, end) for _, start, end in find_shapes(text)}, reverse=True)
+    for start, end in spans:
+        text = text[:start] + REDACTED + text[end:]
+    return text
 
 
 class Scrubber:
@@ -45,20 +89,61 @@ class Scrubber:
     ) -> None:
         self.headers = SECRET_HEADERS | {h.lower() for h in headers}
         self.body_fields = frozenset(body_fields)
-        known_keys = [re.escape(v) for k, v in environ.items() if k.endswith("API_KEY") and len(v) >= 8]
-        self.patterns = [re.compile(p) for p in (*patterns, *known_keys)] + [_KEY_LIKE]
+        self._patterns = [re.compile(p) for p in patterns]
+        self._environ = environ
+        self._secrets: set[str] = set()
+        self._exact: re.Pattern[str] | None = None
+        self._lock = threading.Lock()
+        self.refresh()
+
+    # -- what is known --------------------------------------------------------------
+
+    def refresh(self) -> None:
+        """Take in the ``*_API_KEY`` values set now (a fixture may have set one since the test began)."""
+        self._add(v for k, v in self._environ.items() if k.upper().endswith("API_KEY"))
+
+    def learn(self, headers: Mapping[str, str], url: str) -> None:
+        """Take in the credentials a request carries, wherever they may show up later."""
+        found = []
+        for name in ("authorization", "proxy-authorization", "api-key", "x-api-key"):
+            value = headers.get(name)
+            if value:
+                found.append(value.split(" ", 1)[1] if value.lower().startswith("bearer ") else value)
+        query = urlsplit(url).query
+        if query:
+            found.extend(v for k, v in parse_qsl(query, True) if k.lower() in SECRET_QUERY)
+        self._add(found)
+
+    def _add(self, values: Iterable[str]) -> None:
+        fresh = {v.strip() for v in values if v and len(v.strip()) >= _MIN_SECRET} - self._secrets
+        if fresh:
+            with self._lock:
+                self._secrets |= fresh
+                ordered = sorted(self._secrets, key=len, reverse=True)
+                self._exact = re.compile("|".join(re.escape(s) for s in ordered))
+
+    # -- redaction --------------------------------------------------------------------
 
     def is_secret_header(self, name: str) -> bool:
         lower = name.lower()
         return lower in self.headers or bool(_SECRET_HEADER_WORDS.search(lower))
 
     def text(self, value: str) -> str:
-        for pattern in self.patterns:
+        for pattern in self._patterns:
             value = pattern.sub(REDACTED, value)
-        return value
+        exact = self._exact
+        if exact is not None:
+            value = exact.sub(REDACTED, value)
+        return redact_shapes(value)
+
+    def log_text(self, value: str) -> str:
+        """Text of a log record: also header values and key query parameters, which logs print whole."""
+        value = _HEADER_VALUES.sub(lambda m: m.group(1) + f"'{REDACTED}'", value)
+        value = _QUERY_VALUES.sub(lambda m: m.group(1) + REDACTED, value)
+        return self.text(value)
 
     def body(self, body: Any) -> Any:
-        """Redact configured JSON fields and patterns in a body (bytes or str); binary passes through."""
+        """Redact configured JSON fields and secrets in a body (bytes or str); binary passes through."""
         if body is None:
             return None
         raw = body if isinstance(body, str) else body.decode("utf-8") if _is_utf8(body) else None
@@ -100,6 +185,33 @@ class Scrubber:
         }
         response["body"]["string"] = self.body(response["body"]["string"])
         return response
+
+
+LOGGERS = ("vcr", "httpx2", "httpcore2", "httpx", "httpcore", "openai", "anthropic", "urllib3", "pytest_llm_guard")
+"""Loggers whose records may carry requests, headers or URLs: scrubbed while a guarded test runs."""
+
+
+@contextlib.contextmanager
+def scrubbed_logs(scrubber: Scrubber) -> Iterator[None]:
+    """While it is open, log records of :data:`LOGGERS` carry scrubbed text (vcrpy's INFO records print
+    whole response headers, cookies included; httpx2's DEBUG records print URLs with their query)."""
+    previous = logging.getLogRecordFactory()
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        if record.name.startswith(LOGGERS):
+            try:
+                message = record.getMessage()
+            except Exception:  # a malformed record is the logging library's business
+                return record
+            record.msg, record.args = scrubber.log_text(message), None
+        return record
+
+    logging.setLogRecordFactory(factory)
+    try:
+        yield
+    finally:
+        logging.setLogRecordFactory(previous)
 
 
 def _is_utf8(data: bytes) -> bool:

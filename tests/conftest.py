@@ -2,11 +2,17 @@ from __future__ import annotations
 
 from typing import Any
 
-# httpx2 imports httpcore2 lazily, at the first request, and maps its exceptions by
-# class. pytester's in-process runs drop modules first imported inside them, so a
-# later re-import would bring new classes that map to nothing: import it up front.
+# pytester's in-process runs drop the modules first imported inside them, and the
+# plugin imports httpx2, openai, vcrpy and tenacity only when a guarded test starts:
+# a later run would re-import fresh copies while objects of the old ones live on
+# (httpx2 also imports httpcore2 lazily and maps its exceptions by class). Import
+# them once, up front, as a suite that uses them at module level does anyway.
 import httpcore2  # noqa: F401
+import httpx2  # noqa: F401
+import openai  # noqa: F401
 import pytest
+import tenacity  # noqa: F401
+import vcr  # noqa: F401
 
 from pytest_llm_guard.fault import FaultServer
 

@@ -20,6 +20,7 @@ from pytest_llm_guard.cassettes import (
 )
 from pytest_llm_guard.config import Settings
 from pytest_llm_guard.errors import LLMCassetteError
+from pytest_llm_guard.scrub import Scrubber
 
 MATCH = ("method", "path", "body")
 
@@ -39,7 +40,7 @@ def make(path: Path, *, mode: str = "new_episodes", matcher=lambda request, reco
     return LLMCassette.load(
         path=str(path),
         serializer=ReadableYaml,
-        persister=AtomicPersister(),
+        persister=AtomicPersister(Scrubber()),
         record_mode=RecordMode(mode),
         match_on=(),
         match_parts=MATCH,

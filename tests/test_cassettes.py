@@ -14,6 +14,7 @@ import yaml
 
 from pytest_llm_guard.cassettes import AtomicPersister, ReadableYaml
 from pytest_llm_guard.fault import Fault, FaultServer
+from pytest_llm_guard.scrub import Scrubber
 
 pytest_plugins = ["pytester"]
 
@@ -334,9 +335,10 @@ import sys
 from pathlib import Path
 from vcr.request import Request
 from pytest_llm_guard.cassettes import AtomicPersister, ReadableYaml
+from pytest_llm_guard.scrub import Scrubber
 
 path, n = Path(sys.argv[1]), 0
-persister = AtomicPersister()
+persister = AtomicPersister(Scrubber())
 while True:
     n += 1
     requests = [Request("POST", f"http://x/v1/chat/completions", "x" * 200_000, {}) for _ in range(n % 5 + 1)]
@@ -364,7 +366,7 @@ def test_a_killed_writer_never_leaves_half_a_cassette(tmp_path: Path) -> None:
         recorded = yaml.safe_load(path.read_text())["interactions"]
         assert 1 <= len(recorded) <= 5
         assert all(len(i["response"]["body"]["string"]) == 200_000 for i in recorded)
-    AtomicPersister().save_cassette(path, {"requests": [], "responses": []}, ReadableYaml)
+    AtomicPersister(Scrubber()).save_cassette(path, {"requests": [], "responses": []}, ReadableYaml)
     assert [p.name for p in path.parent.iterdir()] == ["test.yaml"]  # killed writers' temporary files are gone
 
 

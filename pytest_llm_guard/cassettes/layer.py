@@ -16,7 +16,7 @@ import httpx2
 from ..config import OPTIONS, Settings
 from ..dialect import Dialect, dialect_for
 from ..errors import LLMCassetteMiss
-from ..scrub import Scrubber
+from ..scrub import Scrubber, find_shapes
 from . import vcr_bridge
 
 if TYPE_CHECKING:
@@ -87,24 +87,45 @@ class _Tee(httpx2.SyncByteStream, httpx2.AsyncByteStream):
 class CassetteLayer:
     """The guard layer that replays from, or records into, one test's cassette."""
 
-    def __init__(self, cassette: vcr_bridge.LLMCassette, *, nodeid: str, mode: str, record_failures: bool) -> None:
+    def __init__(
+        self,
+        cassette: vcr_bridge.LLMCassette,
+        scrubber: Scrubber,
+        *,
+        nodeid: str,
+        mode: str,
+        record_failures: bool,
+    ) -> None:
         self.cassette = cassette
+        self.scrubber = scrubber
         self.nodeid = nodeid
         self.mode = mode
         self.record_failures = record_failures
+        self.redacted: dict[str, int] = {}
+        """Credential-shaped strings found in what was recorded, by kind: redacted, and worth a warning."""
 
     def handle(self, request: httpx2.Request, attempt: Attempt, send: Send) -> httpx2.Response:
+        self.scrubber.refresh()  # a key set since the last request is a secret too
         recorded = self._vcr_request(request, request.read())
         replay = self._replay(request, recorded, attempt)
         return replay if replay is not None else self._record(request, send(request), recorded, attempt)
 
     async def handle_async(self, request: httpx2.Request, attempt: Attempt, send: AsyncSend) -> httpx2.Response:
+        self.scrubber.refresh()
         recorded = self._vcr_request(request, await request.aread())
         replay = self._replay(request, recorded, attempt)
         return replay if replay is not None else self._record(request, await send(request), recorded, attempt)
 
-    def save(self) -> None:
+    def save(self) -> str | None:
+        """Write what was recorded; returns a warning when credential-shaped strings had to be redacted."""
         self.cassette.save()
+        if not self.redacted:
+            return None
+        kinds = ", ".join(f"{kind} x{count}" for kind, count in sorted(self.redacted.items()))
+        return (
+            f"pytest-llm-guard: credential-shaped strings were redacted from cassette {self.cassette.path} "
+            f"before it was written ({kinds}); check what the test sends and records."
+        )
 
     @staticmethod
     def _vcr_request(request: httpx2.Request, body: bytes) -> Any:
@@ -144,6 +165,7 @@ class CassetteLayer:
             return dialect is not None and dialect.stream_finished(content_type, body)
 
         def on_complete(body: bytes) -> None:
+            self._note_shapes(recorded, body)
             headers: dict[str, list[str]] = defaultdict(list)
             for name, value in response.headers.multi_items():
                 headers[name].append(value)
@@ -159,6 +181,13 @@ class CassetteLayer:
 
         response.stream = _Tee(response.stream, finished, on_complete)
         return response
+
+    def _note_shapes(self, recorded: Any, body: bytes) -> None:
+        texts = [recorded.uri, str(recorded.body or b""), body.decode("utf-8", "replace")]
+        texts += [f"{k}: {v}" for k, v in recorded.headers.items() if not self.scrubber.is_secret_header(k)]
+        for text in texts:
+            for kind, _, _ in find_shapes(text):
+                self.redacted[kind] = self.redacted.get(kind, 0) + 1
 
     def _miss(self, recorded: Any) -> LLMCassetteMiss:
         path = self.cassette.path
@@ -190,7 +219,7 @@ class CassetteLayer:
             f"To record it (needs a real endpoint and key): pytest '{self.nodeid}' {option.flag}=new_episodes "
             f"(or {option.flag}=all to re-record the test from scratch); CI replays only ({option.env} or CI)."
         )
-        return LLMCassetteMiss("\n".join(lines))
+        return LLMCassetteMiss(self.scrubber.text("\n".join(lines)))
 
 
 def _last_user_message(payload: Any, limit: int = 80) -> str:
@@ -222,4 +251,4 @@ def open_cassette(
         matcher=matcher,
         scrubber=scrubber,
     )
-    return CassetteLayer(cassette, nodeid=nodeid, mode=mode, record_failures=settings.record_failures)
+    return CassetteLayer(cassette, scrubber, nodeid=nodeid, mode=mode, record_failures=settings.record_failures)

@@ -123,8 +123,9 @@ class AtomicPersister:
     the temporary files of writers killed before their rename.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, scrubber: Scrubber) -> None:
         self._loaded: set[str] = set()
+        self._scrubber = scrubber
 
     def load_cassette(self, cassette_path: str | Path, serializer: Any) -> tuple[list, list]:
         requests, responses = self._read(Path(cassette_path), serializer)
@@ -147,7 +148,9 @@ class AtomicPersister:
                     requests.append(q)
                     responses.append(r)
             files.remove_stale_temporaries(path)
-            files.write_atomically(path, serialize({"requests": requests, "responses": responses}, serializer))
+            # Scrubbed once more as a whole, with every secret known now (some are learned late).
+            text = self._scrubber.text(serialize({"requests": requests, "responses": responses}, serializer))
+            files.write_atomically(path, text)
 
     @staticmethod
     def _read(path: Path, serializer: Any) -> tuple[list, list]:
@@ -220,7 +223,7 @@ def load(
     return LLMCassette.load(
         path=str(path),
         serializer=ReadableYaml,
-        persister=AtomicPersister(),
+        persister=AtomicPersister(scrubber),
         record_mode=RecordMode(mode),
         match_on=(),
         before_record_request=_readable_request(scrubber),
