@@ -52,12 +52,8 @@ class Dialect:
     def mark_retry(self, request: httpx2.Request, retries_taken: int) -> None:
         """Tag a retried request as its SDK's own retry loop would, so a server sees which attempt it is."""
 
-    def tokens_of(self, content_type: str, body: bytes) -> int | None:
-        """Total tokens a response reports, or None when it reports none."""
-        raise NotImplementedError
-
-    def stream_finished(self, content_type: str, body: bytes) -> bool:
-        """Has a streamed body reached the event that ends it?"""
+    def reader(self, content_type: str) -> BodyReader:
+        """Follows one response body as it arrives: is it a true answer, and how many tokens did it use?"""
         raise NotImplementedError
 
     def address(
@@ -71,6 +67,25 @@ class Dialect:
     ) -> tuple[httpx2.URL, httpx2.Headers]:
         """URL and headers with which an endpoint of ``kind`` must receive ``request``."""
         raise NotImplementedError
+
+
+class BodyReader:
+    """One response body, chunk by chunk. The base reader accepts any body (audio, images...)."""
+
+    tokens: int | None = None
+    ended: bool = True
+    """Whether the body reached what ends it (a stream's end event); a plain body ends when it ends."""
+    events_expected: bool = False
+    """A stream of events, which must reach its end event to be whole."""
+    events: int = 0
+
+    def feed(self, chunk: bytes) -> str | None:
+        """Take a chunk before it reaches the caller; returns what is wrong with the body so far, if anything."""
+        return None
+
+    def finish(self) -> str | None:
+        """The transport reported the end; returns what is wrong with the whole body, if anything."""
+        return None
 
 
 # -- OpenAI (and Azure OpenAI) ---------------------------------------------------------
@@ -110,6 +125,82 @@ def _usage_tokens(obj: Any) -> int | None:
     return sum(counted) if counted else None
 
 
+class _JsonReader(BodyReader):
+    """A JSON body: it must parse; ``usage`` gives the tokens."""
+
+    _LIMIT = 8 * 1024 * 1024
+
+    def __init__(self) -> None:
+        self._body = bytearray()
+
+    def feed(self, chunk: bytes) -> str | None:
+        if len(self._body) <= self._LIMIT:
+            self._body += chunk
+        return None
+
+    def finish(self) -> str | None:
+        if len(self._body) > self._LIMIT:
+            return None  # too large to keep: neither judged nor counted
+        try:
+            self.tokens = _usage_tokens(json.loads(self._body))
+        except (ValueError, UnicodeDecodeError):
+            return "malformed JSON"
+        return None
+
+
+_END_TYPES = frozenset({"response.completed", "response.incomplete", "response.failed", "error"})
+"""Responses API events that end a stream (chat completions end with ``data: [DONE]``)."""
+
+
+class _EventStreamReader(BodyReader):
+    """Server-sent events: each ``data:`` must be JSON, and the stream must reach its end event."""
+
+    events_expected = True
+
+    def __init__(self) -> None:
+        self._pending = bytearray()
+        self.events = 0
+        self.ended = False
+
+    def feed(self, chunk: bytes) -> str | None:
+        self._pending += chunk
+        while True:
+            end = self._pending.find(b"\n\n")
+            if end < 0:
+                return None
+            event = bytes(self._pending[:end])
+            del self._pending[: end + 2]
+            problem = self._event(event)
+            if problem:
+                return problem
+
+    def _event(self, event: bytes) -> str | None:
+        lines = event.replace(b"\r\n", b"\n").split(b"\n")
+        data = b"\n".join(line[5:].removeprefix(b" ") for line in lines if line.startswith(b"data:"))
+        if not data:
+            return None  # a comment or a keep-alive
+        self.events += 1
+        if data.strip() == b"[DONE]":
+            self.ended = True
+            return None
+        try:
+            payload = json.loads(data)
+        except (ValueError, UnicodeDecodeError):
+            return f"malformed JSON in event {self.events} of a stream"
+        if isinstance(payload, dict):
+            found = _usage_tokens(payload)
+            self.tokens = found if found is not None else self.tokens
+            self.ended = self.ended or payload.get("type") in _END_TYPES
+        return None
+
+    def finish(self) -> str | None:
+        problem = self._event(bytes(self._pending)) if self._pending.strip() else None
+        self._pending.clear()
+        if problem or self.ended:
+            return problem
+        return f"stream ended before its end event after {self.events} events"
+
+
 class OpenAIDialect(Dialect):
     """The OpenAI HTTP API as the ``openai`` SDK speaks it, including ``AzureOpenAI``'s addressing."""
 
@@ -138,26 +229,12 @@ class OpenAIDialect(Dialect):
     def mark_retry(self, request: httpx2.Request, retries_taken: int) -> None:
         request.headers["x-stainless-retry-count"] = str(retries_taken)
 
-    def tokens_of(self, content_type: str, body: bytes) -> int | None:
+    def reader(self, content_type: str) -> BodyReader:
         if "text/event-stream" in content_type:
-            tokens = None
-            for line in body.splitlines():
-                if line.startswith(b"data:") and b"usage" in line:
-                    try:
-                        found = _usage_tokens(json.loads(line[5:]))
-                    except ValueError:
-                        continue
-                    tokens = found if found is not None else tokens
-            return tokens
-        try:
-            return _usage_tokens(json.loads(body))
-        except (ValueError, UnicodeDecodeError):
-            return None
-
-    def stream_finished(self, content_type: str, body: bytes) -> bool:
-        # The SDK stops reading and closes the response at [DONE], before the transport
-        # stream reports its end, so "closed at [DONE]" must count as complete.
-        return "text/event-stream" in content_type and body.rstrip().endswith(b"data: [DONE]")
+            return _EventStreamReader()
+        if "json" in content_type:
+            return _JsonReader()
+        return BodyReader()
 
     def address(
         self,

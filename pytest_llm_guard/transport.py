@@ -29,9 +29,6 @@ if TYPE_CHECKING:
     from .guard import Guard, Layer
     from .ledger import Attempt
 
-_BODY_LIMIT = 8 * 1024 * 1024
-"""Bytes of a response kept to read its ``usage``; larger bodies are not counted."""
-
 _guards: list[Guard] = []
 """Active guards, innermost last (a pytester session inside a guarded test nests one)."""
 _saved: tuple[object, object] | None = None
@@ -150,39 +147,67 @@ class _LayeredTransport(httpx2.BaseTransport, httpx2.AsyncBaseTransport):
         )
 
 
+class LLMMalformedResponse(httpx2.RemoteProtocolError):
+    """A successful status whose body is not what the API sends: JSON that does not parse, a broken event.
+
+    A transport error, so the SDK and the guard's retries treat it like a dropped connection
+    (retried while nothing has reached the caller yet); never written to a cassette.
+    """
+
+
+class LLMStreamCut(httpx2.RemoteProtocolError):
+    """A stream that ended before its dialect's end event: the answer is partial."""
+
+
 class _Watch:
-    """Bookkeeping of a body being read: deadline and cap per chunk, usage and stream end at the end."""
+    """A body being read: deadline and cap per chunk; checked by its dialect; usage counted at the end."""
 
     def __init__(self, response: httpx2.Response, guard: Guard, attempt: Attempt, dialect: Dialect) -> None:
         self._inner = response.stream
-        self._content_type = response.headers.get("content-type", "")
+        self._reader = dialect.reader(response.headers.get("content-type", ""))
         self._guard = guard
         self._attempt = attempt
-        self._dialect = dialect
-        self._body = bytearray()
+        self._status = response.status_code
         self._done = False
 
     def _chunk(self, chunk: bytes) -> None:
-        if len(self._body) <= _BODY_LIMIT:
-            self._body += chunk
         self._guard.progress(self._attempt)
+        problem = self._reader.feed(chunk)
+        if problem:
+            raise LLMMalformedResponse(f"{problem} in a {self._status} from {self._attempt.endpoint}")
 
-    def _error(self, exc: BaseException) -> None:
+    def _error(self, exc: BaseException) -> BaseException:
+        """The body broke off: fail the attempt, naming a cut stream as such. Returns what to raise."""
+        if self._reader.events_expected and isinstance(exc, httpx2.TransportError) and not isinstance(
+            exc, (httpx2.TimeoutException, LLMMalformedResponse, LLMStreamCut)
+        ):
+            exc = LLMStreamCut(
+                f"stream from {self._attempt.endpoint} ended before its end event after "
+                f"{self._reader.events} events ({type(exc).__name__}: {exc})"
+            )
         self._done = True
         self._guard.fail(self._attempt, exc)
+        return exc
 
     def _end(self) -> None:
         self._done = True
-        body = bytes(self._body) if len(self._body) <= _BODY_LIMIT else None
-        tokens = self._dialect.tokens_of(self._content_type, body) if body is not None else None
-        self._guard.succeeded(self._attempt, tokens)
+        problem = self._reader.finish()
+        if problem:
+            error: BaseException = (
+                LLMMalformedResponse(f"{problem} in a {self._status} from {self._attempt.endpoint}")
+                if self._reader.ended
+                else LLMStreamCut(f"{problem}, from {self._attempt.endpoint}")
+            )
+            self._guard.fail(self._attempt, error)
+            raise error
+        self._guard.succeeded(self._attempt, self._reader.tokens)
 
     def _closed(self) -> None:
         """After the inner stream closed (a cassette records on close, before the attempt ends)."""
         if self._done:
             return
-        if self._dialect.stream_finished(self._content_type, bytes(self._body)):
-            self._end()
+        if self._reader.events_expected and self._reader.ended:
+            self._end()  # the SDK closes a stream at its end event, before the transport's end
         else:
             self._done = True
             self._guard.closed_early(self._attempt)
@@ -195,8 +220,10 @@ class _WatchedStream(_Watch, httpx2.SyncByteStream):
                 self._chunk(chunk)
                 yield chunk
         except (Exception, LLMGuardInterrupt) as exc:
-            self._error(exc)
-            raise
+            raised = self._error(exc)
+            if raised is exc:
+                raise
+            raise raised from None  # the message says it all; httpcore's frames add nothing
         self._end()
 
     def close(self) -> None:
@@ -213,8 +240,10 @@ class _WatchedAsyncStream(_Watch, httpx2.AsyncByteStream):
                 self._chunk(chunk)
                 yield chunk
         except (Exception, LLMGuardInterrupt) as exc:
-            self._error(exc)
-            raise
+            raised = self._error(exc)
+            if raised is exc:
+                raise
+            raise raised from None
         self._end()
 
     async def aclose(self) -> None:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import httpx2
 
 from ..config import OPTIONS, Settings
-from ..dialect import Dialect, dialect_for
+from ..dialect import BodyReader, Dialect, dialect_for
 from ..errors import LLMCassetteMiss
 from ..scrub import Scrubber, find_shapes
 from . import vcr_bridge
@@ -43,44 +43,52 @@ class _Replay(httpx2.SyncByteStream, httpx2.AsyncByteStream):
 
 
 class _Tee(httpx2.SyncByteStream, httpx2.AsyncByteStream):
-    """Hands each chunk on as it arrives and keeps a copy; a complete body is recorded once.
+    """Hands each chunk on as it arrives and keeps a copy; a true answer is recorded once.
 
-    Complete means read to its end, or closed at a stream's end event (the dialect
-    says which); a body cut short (an error, a caller that stopped reading) is not recorded.
+    True means read to its end, or closed at a stream's end event, and judged whole by the
+    dialect's reader (JSON that parses, every event intact); a body cut short, broken or
+    abandoned by its caller is never recorded.
     """
 
-    def __init__(self, inner: Any, finished: Callable[[bytes], bool], on_complete: Callable[[bytes], None]) -> None:
+    def __init__(self, inner: Any, reader: BodyReader, on_complete: Callable[[bytes], None]) -> None:
         self._inner = inner
-        self._finished = finished
+        self._reader = reader
         self._on_complete = on_complete
         self._body = bytearray()
+        self._broken = False
         self._recorded = False
+
+    def _keep(self, chunk: bytes) -> None:
+        self._body += chunk
+        self._broken = self._broken or self._reader.feed(chunk) is not None
 
     def __iter__(self) -> Iterator[bytes]:
         for chunk in self._inner:
-            self._body += chunk
+            self._keep(chunk)
             yield chunk
         self._complete()
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         async for chunk in self._inner:
-            self._body += chunk
+            self._keep(chunk)
             yield chunk
         self._complete()
 
     def close(self) -> None:
-        if self._finished(bytes(self._body)):
+        if self._reader.events_expected and self._reader.ended:
             self._complete()
         self._inner.close()
 
     async def aclose(self) -> None:
-        if self._finished(bytes(self._body)):
+        if self._reader.events_expected and self._reader.ended:
             self._complete()
         await self._inner.aclose()
 
     def _complete(self) -> None:
-        if not self._recorded:
-            self._recorded = True
+        if self._recorded:
+            return
+        self._recorded = True
+        if not self._broken and self._reader.finish() is None:
             self._on_complete(bytes(self._body))
 
 
@@ -160,9 +168,7 @@ class CassetteLayer:
             return response
         dialect: Dialect | None = dialect_for(request)
         content_type = response.headers.get("content-type", "")
-
-        def finished(body: bytes) -> bool:
-            return dialect is not None and dialect.stream_finished(content_type, body)
+        reader = dialect.reader(content_type) if dialect is not None else BodyReader()
 
         def on_complete(body: bytes) -> None:
             self._note_shapes(recorded, body)
@@ -179,7 +185,7 @@ class CassetteLayer:
             )
             attempt.source = "recorded"
 
-        response.stream = _Tee(response.stream, finished, on_complete)
+        response.stream = _Tee(response.stream, reader, on_complete)
         return response
 
     def _note_shapes(self, recorded: Any, body: bytes) -> None:

@@ -1,0 +1,99 @@
+"""Only true answers are recorded, and broken ones are failed attempts named as such."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import openai
+import pytest
+import yaml
+
+from pytest_llm_guard.fault import Fault, FaultServer
+from pytest_llm_guard.transport import LLMMalformedResponse, LLMStreamCut
+
+pytest_plugins = ["pytester"]
+
+HELLO = [{"role": "user", "content": "hello there"}]
+
+
+@pytest.mark.llm_budget(retries=2)
+def test_a_malformed_200_is_a_failed_attempt_retried_like_a_5xx(
+    llm_client: openai.OpenAI, llm_fault_server: FaultServer, llm_guard
+) -> None:
+    llm_fault_server.plan(Fault.malformed())
+    assert (
+        llm_client.chat.completions.create(model="m", messages=HELLO).choices[0].message.content == "echo: hello there"
+    )
+    first, second = llm_guard.events
+    assert (first.outcome, first.error) == (
+        "LLMMalformedResponse",
+        f"malformed JSON in a 200 from {llm_fault_server.url}",
+    )
+    assert (second.kind, second.outcome) == ("retry", "ok")
+
+
+def test_a_malformed_200_reaches_an_application_client_as_a_connection_error(
+    llm_fault_server: FaultServer, llm_guard
+) -> None:
+    llm_fault_server.plan(then=Fault.malformed())
+    client = openai.OpenAI(base_url=llm_fault_server.base_url, api_key="sk-app", max_retries=0)
+    with pytest.raises(openai.APIConnectionError) as info:
+        client.chat.completions.create(model="m", messages=HELLO)
+    assert isinstance(info.value.__cause__, LLMMalformedResponse)
+    assert [(a.outcome, a.failed) for a in llm_guard.events] == [("LLMMalformedResponse", True)]
+
+
+def test_a_stream_cut_midway_says_so_to_the_caller(
+    llm_client: openai.OpenAI, llm_fault_server: FaultServer, llm_guard
+) -> None:
+    llm_fault_server.plan(Fault.cut_stream(after_chunks=2))
+    stream = llm_client.chat.completions.create(model="m", messages=HELLO, stream=True)
+    with pytest.raises(openai.APIConnectionError) as info:  # the SDK wraps what breaks a stream
+        for _ in stream:
+            pass
+    cut = info.value.__cause__
+    assert isinstance(cut, LLMStreamCut) and "ended before its end event after 2 events" in str(cut)
+    assert cut.__cause__ is None and cut.__suppress_context__  # no httpcore chain under it
+    assert llm_guard.events[0].outcome == "LLMStreamCut" and len(llm_fault_server.requests) == 1
+
+
+def test_a_malformed_stream_event_is_not_handed_on(llm_client: openai.OpenAI, llm_fault_server: FaultServer) -> None:
+    llm_fault_server.plan(Fault.malformed())
+    stream = llm_client.chat.completions.create(model="m", messages=HELLO, stream=True)
+    with pytest.raises(openai.APIConnectionError) as info:
+        list(stream)
+    assert isinstance(info.value.__cause__, LLMMalformedResponse)
+    assert "malformed JSON in event 1 of a stream in a 200 from" in str(info.value.__cause__)
+
+
+def recorded(project: pytest.Pytester) -> list[dict]:
+    return [
+        i for p in (project.path / "cassettes").rglob("*.yaml") for i in yaml.safe_load(p.read_text())["interactions"]
+    ]
+
+
+BROKEN = """
+import openai
+import pytest
+
+def test_malformed_then_ok(llm_client):
+    llm_client.chat.completions.create(model="m", messages=[{"role": "user", "content": "one"}])
+
+def test_cut_stream(llm_client):
+    messages = [{"role": "user", "content": "two"}]
+    with pytest.raises(openai.APIConnectionError):
+        for _ in llm_client.chat.completions.create(model="m", messages=messages, stream=True):
+            pass
+"""
+
+
+def test_broken_answers_are_never_recorded(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    with FaultServer() as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+        server.plan(Fault.malformed(), Fault.ok(), Fault.cut_stream(after_chunks=1))
+        pytester.makepyfile(test_app=BROKEN)
+        pytester.runpytest("--llm-record=once").assert_outcomes(passed=2)
+    bodies = [i["response"]["body"]["string"] for i in recorded(pytester)]
+    assert len(bodies) == 1 and "echo: one" in bodies[0]  # the retry's answer; not the malformed one, not the cut
+    assert not Path(pytester.path / "cassettes" / "test_app" / "test_cut_stream.yaml").exists()
