@@ -33,6 +33,7 @@ ITEM_SETTINGS = pytest.StashKey["Settings | None"]()
 GUARD = pytest.StashKey["Guard"]()
 CASSETTE = pytest.StashKey["CassetteLayer"]()
 ENVIRONMENT = pytest.StashKey[pytest.MonkeyPatch]()
+FAILED = pytest.StashKey[bool]()
 GUARD_FIXTURES = frozenset({"llm_guard", "llm_client", "async_llm_client"})
 REPLAY_PLACEHOLDER_KEY = "sk-llm-guard-replay-placeholder"
 
@@ -204,16 +205,20 @@ class GuardedTests:
         guard = Guard(settings, test_id=item.nodeid)
         item.stash[GUARD] = guard
         transport.activate(guard)
+        interrupted = False
         with pytest.MonkeyPatch.context() as environment, scrubbed_logs(guard.scrubber):
             item.stash[ENVIRONMENT] = environment
             try:
                 return (yield)
+            except BaseException:  # Ctrl-C, pytest-timeout's thread method, an exit
+                interrupted = True
+                raise
             finally:
                 transport.deactivate(guard)
                 item.config.stash[SESSION].budget.add(guard.stats)
                 layer = item.stash.get(CASSETTE, None)
                 if layer is not None:
-                    _save(item, layer)
+                    _save(item, layer, failed=interrupted or item.stash.get(FAILED, False))
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
@@ -240,6 +245,8 @@ class GuardedTests:
         from . import report
 
         excinfo = call.excinfo
+        if report_.failed:
+            item.stash[FAILED] = True
         if (
             excinfo is not None
             and excinfo.errisinstance(LLMGuardInterrupt)
@@ -259,10 +266,10 @@ class GuardedTests:
         return report_
 
 
-def _save(item: pytest.Item, layer: CassetteLayer) -> None:
+def _save(item: pytest.Item, layer: CassetteLayer, *, failed: bool) -> None:
     """A cassette that cannot be written (disk full, read-only folder) warns; the session goes on."""
     try:
-        warning = layer.save()
+        warning = layer.save(test_failed=failed)
     except OSError as exc:
         warning = f"pytest-llm-guard: cassette of {item.nodeid} not saved: {exc}"
     if warning is not None:
@@ -277,6 +284,7 @@ def _open_cassette(item: pytest.Item, guard: Guard) -> CassetteLayer | None:
     if mode == "off" or not settings.cassette:
         return None
     path = cassettes.path_for(item.path, item.name, settings)
+    mode = cassettes.effective_mode(mode, item.config.stash[SESSION].existed_at_start(path))
     try:
         layer = cassettes.open_cassette(
             path,
@@ -289,8 +297,7 @@ def _open_cassette(item: pytest.Item, guard: Guard) -> CassetteLayer | None:
     except LLMCassetteError as exc:
         pytest.fail(f"{type(exc).__name__}: {exc}", pytrace=False)
     item.stash[CASSETTE] = layer
-    replay_only = mode == "none" or (mode == "once" and path.exists())
-    if replay_only and not os.environ.get("OPENAI_API_KEY"):
+    if layer.replay_only and not os.environ.get("OPENAI_API_KEY"):
         item.stash[ENVIRONMENT].setenv("OPENAI_API_KEY", REPLAY_PLACEHOLDER_KEY)
     return layer
 

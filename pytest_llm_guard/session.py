@@ -138,6 +138,19 @@ class Session:
         """Breakers that tripped this session (none to tell if no guarded test ran here)."""
         return self._router.status() if self._router is not None else []
 
+    def existed_at_start(self, path: Path) -> bool:
+        """Did this cassette exist when the session (any xdist worker of it) first opened it?
+
+        ``once`` means "record a cassette that did not exist when the session started":
+        every test sharing a cassette created in this session may record into it.
+        """
+        exists = path.exists()
+
+        def change(record: dict[str, Any]) -> bool:
+            return bool(record.setdefault("existed", exists))
+
+        return self.store.update(f"cassette:{path.resolve()}", change)
+
     def configure_node(self, node: Any) -> None:
         """xdist: hand the controller's store folder to a worker."""
         if self.folder is not None:

@@ -97,3 +97,86 @@ def test_broken_answers_are_never_recorded(pytester: pytest.Pytester, monkeypatc
     bodies = [i["response"]["body"]["string"] for i in recorded(pytester)]
     assert len(bodies) == 1 and "echo: one" in bodies[0]  # the retry's answer; not the malformed one, not the cut
     assert not Path(pytester.path / "cassettes" / "test_app" / "test_cut_stream.yaml").exists()
+
+
+FAILS_WHILE_RECORDING = """
+import openai
+import pytest
+
+def ask(content):
+    return openai.OpenAI().chat.completions.create(model="m", messages=[{"role": "user", "content": content}])
+
+def test_fails():
+    ask("first")
+    assert False, "the application broke after its first call"
+
+def test_interrupted():
+    ask("first")
+    raise KeyboardInterrupt
+"""
+
+
+@pytest.mark.parametrize("test", ["test_fails", "test_interrupted"])
+def test_a_test_that_fails_while_recording_leaves_no_new_cassette(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, test: str
+) -> None:
+    with FaultServer() as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+        pytester.makepyfile(test_app=FAILS_WHILE_RECORDING)
+        pytester.runpytest_subprocess("--llm-guard-all=true", "--llm-record=once", "-k", test)
+        assert len(server.requests) == 1
+    assert not (pytester.path / "cassettes" / "test_app" / f"{test}.yaml").exists()
+
+
+def test_new_episodes_keeps_the_complete_interactions_of_a_failing_test(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = pytester.path / "cassettes" / "test_app" / "test_fails.yaml"
+    with FaultServer() as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+        pytester.makepyfile(
+            test_app=FAILS_WHILE_RECORDING.replace('assert False, "the application', '# "the application')
+        )
+        pytester.runpytest("--llm-guard-all=true", "--llm-record=once", "-k", "test_fails").assert_outcomes(passed=1)
+        pytester.makepyfile(
+            test_app=FAILS_WHILE_RECORDING.replace('ask("first")\n    assert', 'ask("second")\n    assert')
+        )
+        pytester.runpytest("--llm-guard-all=true", "--llm-record=new_episodes", "-k", "test_fails").assert_outcomes(
+            failed=1
+        )
+    texts = [i["request"]["body"] for i in yaml.safe_load(path.read_text())["interactions"]]
+    assert len(texts) == 2 and "second" in texts[1]
+
+
+SHARED = """
+import openai
+import pytest
+
+@pytest.mark.llm_cassette("shared")
+@pytest.mark.parametrize("n", range(20))
+def test_shared(n):
+    client = openai.OpenAI()
+    for turn in range(3):
+        content = f"test {n} turn {turn}"
+        reply = client.chat.completions.create(model="m", messages=[{"role": "user", "content": content}])
+        assert reply.choices[0].message.content == f"echo: {content}"
+"""
+
+
+@pytest.mark.parametrize("workers", [[], ["-n", "2", "-p", "xdist"]], ids=["serial", "xdist"])
+def test_a_cassette_shared_by_20_tests_records_in_once_mode(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, workers: list[str]
+) -> None:
+    pytester.makepyfile(test_app=SHARED)
+    with FaultServer() as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+        result = pytester.runpytest_subprocess("--llm-guard-all=true", "--llm-record=once", *workers)
+        result.assert_outcomes(passed=20)
+        assert len(server.requests) == 60
+    shared = yaml.safe_load((pytester.path / "cassettes" / "test_app" / "shared.yaml").read_text())
+    assert len(shared["interactions"]) == 60
+    monkeypatch.delenv("OPENAI_API_KEY")  # the next session in once mode only replays: offline, no key
+    pytester.runpytest_subprocess("--llm-guard-all=true", "--llm-record=once", *workers).assert_outcomes(passed=20)

@@ -35,6 +35,7 @@ __all__ = [
     "LLMCassette",
     "ReadableYaml",
     "canonical_body",
+    "effective_mode",
     "file_safe",
     "open_cassette",
     "path_for",
@@ -49,6 +50,12 @@ def record_mode(settings: Settings, environ: Mapping[str, str] = os.environ) -> 
         return settings.record
     ci = environ.get("CI", "").strip().lower()
     return "none" if ci not in ("", "0", "false", "no") else "once"
+
+
+def effective_mode(mode: str, existed_at_start: bool) -> str:
+    """``once`` on a cassette this session created records what it is missing (a cassette shared by
+    several tests, or xdist workers); one that existed when the session started only replays."""
+    return "new_episodes" if mode == "once" and not existed_at_start else mode
 
 
 def file_safe(name: str, limit: int = 100) -> str:

@@ -109,6 +109,8 @@ class CassetteLayer:
         self.nodeid = nodeid
         self.mode = mode
         self.record_failures = record_failures
+        self.existed = cassette.path.exists()
+        """Whether the file existed when this test opened it."""
         self.redacted: dict[str, int] = {}
         """Credential-shaped strings found in what was recorded, by kind: redacted, and worth a warning."""
 
@@ -124,8 +126,20 @@ class CassetteLayer:
         replay = self._replay(request, recorded, attempt)
         return replay if replay is not None else self._record(request, await send(request), recorded, attempt)
 
-    def save(self) -> str | None:
-        """Write what was recorded; returns a warning when credential-shaped strings had to be redacted."""
+    @property
+    def replay_only(self) -> bool:
+        return self.cassette.write_protected
+
+    def save(self, *, test_failed: bool) -> str | None:
+        """Write what was recorded; returns a warning when credential-shaped strings had to be redacted.
+
+        A test that failed or was interrupted while recording keeps nothing of a cassette it
+        started (the next run records afresh, rather than replaying half a conversation), nor
+        overwrites one it was re-recording (``all``); in ``new_episodes`` its complete
+        interactions are added.
+        """
+        if test_failed and (not self.existed or self.mode != "new_episodes"):
+            return None
         self.cassette.save()
         if not self.redacted:
             return None
