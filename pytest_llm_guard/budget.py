@@ -93,7 +93,8 @@ class Budget:
         if limit is not None and self.ledger.tokens > limit:
             raise self.exceeded("tokens", f"{self.ledger.tokens} tokens used")
 
-    def exceeded(self, budget: str, what: str) -> LLMBudgetExceeded:
-        return LLMBudgetExceeded(
-            budget, report.budget_message(budget, what, self.settings, self.ledger, elapsed=self.elapsed())
+    def exceeded(self, budget: str, what: str, *, in_call: bool = True) -> LLMBudgetExceeded:
+        message = report.budget_message(
+            budget, what, self.settings, self.ledger, elapsed=self.elapsed(), in_call=in_call
         )
+        return LLMBudgetExceeded(budget, message, in_call=in_call)

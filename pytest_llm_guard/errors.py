@@ -38,9 +38,11 @@ class LLMBudgetExceeded(LLMGuardInterrupt):
     "tokens"); the message lists what was spent and every attempt with its outcome.
     """
 
-    def __init__(self, budget: str, message: str) -> None:
+    def __init__(self, budget: str, message: str, *, in_call: bool = True) -> None:
         super().__init__(message)
         self.budget = budget
+        self.in_call = in_call
+        """False when the deadline passed while the test ran its own code, outside any LLM call."""
 
 
 class LLMGuardConfigError(pytest.UsageError):

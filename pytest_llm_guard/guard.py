@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 import httpx2
 
 from . import retry
+from .alarm import Alarm
 from .budget import Budget, Clock
 from .config import Settings
 from .dialect import Dialect, origin_of, request_json
@@ -82,6 +83,9 @@ class Guard:
         self.ledger = Ledger(test_id)
         self.budget = Budget(settings, self.ledger, clock=clock)
         self.layers: tuple[Layer, ...] = ()
+        self.alarm: Alarm | None = None
+        """The main thread's SIGALRM schedule while the test runs, where the platform has one."""
+        self._deadline_deferred = False
         self._clock = clock
         self._sleep = sleep
         self._async_sleep = async_sleep
@@ -89,6 +93,51 @@ class Guard:
     def use_layers(self, *, cassette: Layer | None = None, routing: Layer | None = None) -> None:
         """Build the chain once, in its one order: cassette outside routing (a replay needs no endpoint)."""
         self.layers = tuple(layer for layer in (cassette, routing) if layer is not None)
+
+    def arm(self, alarm: Alarm) -> None:
+        """The deadline binds the whole test: at the deadline, and at deadline + ``timeout_grace``
+        for code that swallowed the first interruption."""
+        self.alarm = alarm
+        deadline = self.settings.deadline
+        if deadline is None:
+            return
+        alarm.at(self.budget.started + deadline, self._deadline_passed)
+        alarm.at(self.budget.started + deadline + self.settings.timeout_grace, self._backstop)
+
+    def _deadline_passed(self) -> None:
+        in_flight = [a for a in self.ledger.snapshot() if a.end is None]
+        if in_flight and _event_loop_running() and not self._deadline_deferred:
+            # An async attempt is cut inside its own task (its timeouts are capped at the deadline),
+            # where the test's code can see the exception; raising here would break the event loop.
+            self._deadline_deferred = True
+            self.alarm.at(self._clock() + _ASYNC_DEFERRAL, self._deadline_passed)  # type: ignore[union-attr]
+            return
+        for attempt in in_flight:
+            attempt.cause = "deadline"
+            self._close(attempt, "cut", error="cut at the deadline")
+        arriving = any(a.status is not None for a in in_flight)
+        raise self.budget.exceeded(
+            "deadline",
+            "the deadline passed while the response was still arriving"
+            if arriving
+            else "the deadline passed during the attempt"
+            if in_flight
+            else "the deadline passed while the test was running its own code, outside any LLM call "
+            "(a sleep, a backoff, a loop)",
+            in_call=bool(in_flight),
+        )
+
+    def _backstop(self) -> None:
+        import pytest
+
+        grace = self.settings.timeout_grace
+        pytest.fail(
+            f"Timeout: {self.test_id} is still running {grace:g} s after its LLM deadline "
+            f"(deadline={self.settings.deadline:g} s): the code under test caught the deadline's "
+            "LLMBudgetExceeded (an `except BaseException:`?) or blocked the signal. "
+            "pytest-llm-guard's backstop at deadline + timeout_grace ended it.",
+            pytrace=False,
+        )
 
     # -- what tests use -------------------------------------------------------------
 
@@ -184,12 +233,64 @@ class Guard:
             timeouts = request.extensions[CLIENT_TIMEOUT] = request.extensions.get("timeout") or {}
         own = max((t for t in timeouts.values() if t is not None), default=math.inf)
         attempt.cap, attempt.cap_by, attempt.cap_binds = seconds, by, seconds < own
+        if isinstance(attempt.headers_timer, int):
+            self.headers_in(attempt)
+            self.await_headers(attempt)
+        elif isinstance(attempt.headers_timer, asyncio.TimerHandle):
+            self.headers_in(attempt)
+            self.await_headers_async(attempt)
         request.extensions = {
             **request.extensions,
             "timeout": {
                 phase: min(seconds, timeouts.get(phase) or seconds) for phase in ("connect", "read", "write", "pool")
             },
         }
+
+    def await_headers(self, attempt: Attempt) -> None:
+        """A status line and headers trickling in never time out by themselves: cut them at the cap."""
+        if self.alarm is not None and not math.isinf(attempt.cap):
+            attempt.headers_timer = self.alarm.at(attempt.start + attempt.cap, lambda: self._headers_late(attempt))
+
+    def await_headers_async(self, attempt: Attempt) -> None:
+        if math.isinf(attempt.cap):
+            return
+        loop, task = asyncio.get_running_loop(), asyncio.current_task()
+        if task is None:
+            return
+
+        def late() -> None:
+            attempt.headers_timer = "late"
+            task.cancel()
+
+        attempt.headers_timer = loop.call_at(loop.time() + attempt.start + attempt.cap - self._clock(), late)
+
+    def headers_in(self, attempt: Attempt) -> None:
+        timer, attempt.headers_timer = attempt.headers_timer, None
+        if isinstance(timer, int) and self.alarm is not None:
+            self.alarm.cancel(timer)
+        elif isinstance(timer, asyncio.TimerHandle):
+            timer.cancel()
+
+    def headers_late(self, attempt: Attempt) -> bool:
+        """After an async cancellation: was it the header timer's? (then the task was not cancelled)"""
+        if attempt.headers_timer != "late":
+            return False
+        attempt.headers_timer = None
+        task = asyncio.current_task()
+        if task is not None and hasattr(task, "uncancel"):  # Python 3.11+: the cancellation was ours
+            task.uncancel()
+        return True
+
+    def late_headers_error(self, attempt: Attempt) -> httpx2.ReadTimeout:
+        attempt.cause = attempt.cap_by
+        return httpx2.ReadTimeout(
+            f"no response headers within the attempt's {attempt.cap:.2f} s cap ({attempt.cap_by}); "
+            "the server sent its status line and headers too slowly, or not at all"
+        )
+
+    def _headers_late(self, attempt: Attempt) -> None:
+        attempt.headers_timer = None
+        raise self.late_headers_error(attempt)
 
     def refused(self, attempt: Attempt, error: BaseException) -> None:
         """A layer refused the attempt: nothing was sent."""
@@ -248,6 +349,18 @@ class Guard:
             # The message lists every attempt with its error; chaining would print the
             # failed attempt's whole httpcore traceback above it in the test report.
             raise exc from None
+
+
+_ASYNC_DEFERRAL = 0.5
+"""Seconds the alarm leaves an async attempt's own, deadline-capped timeouts to end it in its task."""
+
+
+def _event_loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _first_line(error: BaseException) -> str | None:

@@ -74,6 +74,8 @@ class Attempt:
     """The limit that set ``cap``: ``call_timeout``, ``deadline``, or an endpoint's call_timeout."""
     cap_binds: bool = field(default=False, repr=False)
     """Whether ``cap`` is below the client's own timeouts (a timeout then is the cap's doing)."""
+    headers_timer: Any = field(default=None, repr=False, compare=False)
+    """While the response headers are awaited: the timer that cuts the attempt at its cap."""
     backoff: float = 0.0
     """Seconds waited before it: backoff, a server's Retry-After, a rate-limit cooldown."""
     end: float | None = None
@@ -104,7 +106,9 @@ class Attempt:
         return self.kind == "retry"
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(vars(self))  # flat: every field is a plain value
+        record = dict(vars(self))  # flat: every field is a plain value
+        del record["headers_timer"], record["cap_binds"]
+        return record
 
 
 @dataclass(frozen=True)
@@ -142,7 +146,7 @@ class Ledger:
         self.network_seconds = 0.0
         self.backoff_seconds = 0.0
         self.by_source = dict.fromkeys(SOURCES, 0)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entered when the deadline's alarm interrupts an update
 
     def open(self, attempt: Attempt) -> None:
         """A call counts from its first attempt; the rest counts when the attempt ends (a layer may

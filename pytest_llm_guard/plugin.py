@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +35,7 @@ GUARD = pytest.StashKey["Guard"]()
 CASSETTE = pytest.StashKey["CassetteLayer"]()
 ENVIRONMENT = pytest.StashKey[pytest.MonkeyPatch]()
 FAILED = pytest.StashKey[bool]()
+OWN_TIMEOUT = pytest.StashKey[bool]()
 GUARD_FIXTURES = frozenset({"llm_guard", "llm_client", "async_llm_client"})
 REPLAY_PLACEHOLDER_KEY = "sk-llm-guard-replay-placeholder"
 
@@ -153,8 +155,9 @@ def _settings_for(item: pytest.Item, base: Settings, session: Session) -> Settin
 
 
 def _hard_timeout(config: pytest.Config, item: pytest.Item, settings: Settings) -> float | None:
-    """pytest-timeout backstop at deadline + grace, unless the test has a timeout of its own."""
-    if settings.deadline is None or item.get_closest_marker("timeout") is not None:
+    """Without SIGALRM (Windows), pytest-timeout's timer is the backstop: at deadline + grace, unless
+    the test has a timeout of its own. Elsewhere the guard's own alarm binds the deadline."""
+    if hasattr(signal, "setitimer") or settings.deadline is None or item.get_closest_marker("timeout") is not None:
         return None
     if not config.pluginmanager.hasplugin("timeout"):
         return None
@@ -193,17 +196,37 @@ class GuardedTests:
     """The per-test hooks, registered only once a guarded test is collected: a suite without
     one never runs them, and its tests pay nothing per test."""
 
-    @pytest.hookimpl(wrapper=True)
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+        """The guard and its alarm, outside everything else (pytest-timeout asks for the alarm)."""
         settings = item.stash.get(ITEM_SETTINGS, None)
         if settings is None:
             return (yield)
-        from . import transport
+        from .alarm import Alarm
         from .guard import Guard
-        from .scrub import scrubbed_logs
 
         guard = Guard(settings, test_id=item.nodeid)
         item.stash[GUARD] = guard
+        alarm = Alarm() if Alarm.available() else None
+        if alarm is not None:
+            guard.arm(alarm)
+            alarm.start()
+        try:
+            return (yield)
+        finally:
+            if alarm is not None:
+                alarm.stop()
+
+    @pytest.hookimpl(wrapper=True, specname="pytest_runtest_protocol")
+    def pytest_runtest_protocol_guarded(self, item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+        """The seam and the scrubbed logs while the test runs; then its cassette, saved where
+        pytest still collects warnings."""
+        guard = item.stash.get(GUARD, None)
+        if guard is None:
+            return (yield)
+        from . import transport
+        from .scrub import scrubbed_logs
+
         transport.activate(guard)
         interrupted = False
         with pytest.MonkeyPatch.context() as environment, scrubbed_logs(guard.scrubber):
@@ -219,6 +242,27 @@ class GuardedTests:
                 layer = item.stash.get(CASSETTE, None)
                 if layer is not None:
                     _save(item, layer, failed=interrupted or item.stash.get(FAILED, False))
+
+    @pytest.hookimpl(tryfirst=True, optionalhook=True)
+    def pytest_timeout_set_timer(self, item: pytest.Item, settings: Any) -> bool | None:
+        """A user's signal-method timeout joins the guard's alarm (one SIGALRM timer per process);
+        a thread-method timeout stays pytest-timeout's."""
+        guard = item.stash.get(GUARD, None)
+        if guard is None or guard.alarm is None or settings.method != "signal":
+            return None
+        import pytest_timeout
+
+        def timed_out() -> None:
+            __tracebackhide__ = True
+            pytest_timeout.timeout_sigalrm(item, settings)
+
+        guard.alarm.at(guard.budget.clock() + settings.timeout, timed_out)
+        item.stash[OWN_TIMEOUT] = True
+        return True
+
+    @pytest.hookimpl(tryfirst=True, optionalhook=True)
+    def pytest_timeout_cancel_timer(self, item: pytest.Item) -> bool | None:
+        return True if item.stash.get(OWN_TIMEOUT, False) else None
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:

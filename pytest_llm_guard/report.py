@@ -85,7 +85,9 @@ _ADVICE = {
 }
 
 
-def budget_message(budget: str, what: str, settings: Settings, ledger: Ledger, *, elapsed: float) -> str:
+def budget_message(
+    budget: str, what: str, settings: Settings, ledger: Ledger, *, elapsed: float, in_call: bool = True
+) -> str:
     """The text of ``LLMBudgetExceeded``: the cause, the limit and its source, every attempt, what to do."""
     limit = getattr(settings, budget)
     unit = " s" if budget in ("deadline", "call_timeout") else ""
@@ -98,10 +100,14 @@ def budget_message(budget: str, what: str, settings: Settings, ledger: Ledger, *
     where = endpoints_line(attempts)
     if where:
         lines.append(where)
-    lines.extend(attempt_lines(attempts))
+    if attempts:
+        lines.extend(attempt_lines(attempts))
     option = OPTIONS[budget]
+    advice = (
+        _ADVICE[budget] if in_call else "raise `deadline`, or cut the test's own waiting (its sleeps, backoffs, loops)"
+    )
     lines.append(
-        f"What to do: {_ADVICE[budget]}; the limit is set with "
+        f"What to do: {advice}; the limit is set with "
         f"@pytest.mark.llm_budget({budget}=...), {option.flag} or {option.env}."
     )
     return "\n".join(lines)
@@ -197,12 +203,13 @@ def failure_text(excinfo: pytest.ExceptionInfo[BaseException], root: Path) -> st
     """
     hidden = _hidden_prefixes()
     own = [e for e in excinfo.traceback if not str(e.path).startswith(hidden)] or [excinfo.traceback[-1]]
+    title = "Where the LLM call was made:" if getattr(excinfo.value, "in_call", True) else "Where the test was:"
     lines = []
     for entry in own:
         path = Path(entry.path)
         shown = path.relative_to(root) if path.is_relative_to(root) else path
         lines.append(f"{shown}:{entry.lineno + 1}: in {entry.name}\n    {str(entry.statement).strip()}")
-    return "\n".join([f"{excinfo.typename}: {excinfo.value}", "", "Where the LLM call was made:", *lines])
+    return "\n".join([f"{excinfo.typename}: {excinfo.value}", "", title, *lines])
 
 
 # -- the terminal summary ---------------------------------------------------------------

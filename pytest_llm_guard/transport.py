@@ -17,6 +17,7 @@ from __future__ import annotations
 
 __tracebackhide__ = True  # pytest: a failed test shows where the LLM call was made, not our internals
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING
 
@@ -74,11 +75,14 @@ def _send_single_request(client: httpx2.Client, request: httpx2.Request) -> http
     if dialect is None:
         return _saved[0](client, request)  # type: ignore[index,operator]
     attempt = guard.begin(request, dialect)  # type: ignore[union-attr]
+    guard.await_headers(attempt)  # type: ignore[union-attr]
     try:
         response = _saved[0](_through_layers(client, request, guard, attempt), request)  # type: ignore[index,operator]
     except BaseException as exc:
+        guard.headers_in(attempt)  # type: ignore[union-attr]
         guard.fail(attempt, exc)  # type: ignore[union-attr]
         raise
+    guard.headers_in(attempt)  # type: ignore[union-attr]
     if not guard.responded(attempt, response):  # type: ignore[union-attr]
         response.stream = _WatchedStream(response, guard, attempt, dialect)  # type: ignore[arg-type,assignment]
     return response
@@ -90,11 +94,22 @@ async def _send_single_request_async(client: httpx2.AsyncClient, request: httpx2
     if dialect is None:
         return await _saved[1](client, request)  # type: ignore[index,operator]
     attempt = guard.begin(request, dialect)  # type: ignore[union-attr]
+    guard.await_headers_async(attempt)  # type: ignore[union-attr]
     try:
         response = await _saved[1](_through_layers(client, request, guard, attempt), request)  # type: ignore[index,operator]
+    except asyncio.CancelledError:
+        if not guard.headers_late(attempt):  # type: ignore[union-attr]
+            guard.headers_in(attempt)  # type: ignore[union-attr]
+            guard.fail(attempt, asyncio.CancelledError())  # type: ignore[union-attr]
+            raise
+        error = guard.late_headers_error(attempt)  # type: ignore[union-attr]
+        guard.fail(attempt, error)  # type: ignore[union-attr]
+        raise error from None
     except BaseException as exc:
+        guard.headers_in(attempt)  # type: ignore[union-attr]
         guard.fail(attempt, exc)  # type: ignore[union-attr]
         raise
+    guard.headers_in(attempt)  # type: ignore[union-attr]
     if not guard.responded(attempt, response):  # type: ignore[union-attr]
         response.stream = _WatchedAsyncStream(response, guard, attempt, dialect)  # type: ignore[arg-type,assignment]
     return response
@@ -178,8 +193,10 @@ class _Watch:
 
     def _error(self, exc: BaseException) -> BaseException:
         """The body broke off: fail the attempt, naming a cut stream as such. Returns what to raise."""
-        if self._reader.events_expected and isinstance(exc, httpx2.TransportError) and not isinstance(
-            exc, (httpx2.TimeoutException, LLMMalformedResponse, LLMStreamCut)
+        if (
+            self._reader.events_expected
+            and isinstance(exc, httpx2.TransportError)
+            and not isinstance(exc, (httpx2.TimeoutException, LLMMalformedResponse, LLMStreamCut))
         ):
             exc = LLMStreamCut(
                 f"stream from {self._attempt.endpoint} ended before its end event after "

@@ -68,9 +68,10 @@ class Fault:
         return Reset(after_bytes)
 
     @staticmethod
-    def trickle(interval: float = 0.05, chunk_size: int = 1) -> Trickle:
-        """Send headers, then the body ``chunk_size`` bytes every ``interval`` s: a stalling upstream."""
-        return Trickle(interval, chunk_size)
+    def trickle(interval: float = 0.05, chunk_size: int = 1, *, headers: bool = False) -> Trickle:
+        """Send the body ``chunk_size`` bytes every ``interval`` s: a stalling upstream. With
+        ``headers=True`` the status line and headers trickle too (no client read timeout fires)."""
+        return Trickle(interval, chunk_size, headers)
 
     @staticmethod
     def malformed() -> Malformed:
@@ -161,10 +162,13 @@ class Trickle(Fault):
 
     interval: float = 0.05
     chunk_size: int = 1
+    headers: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "interval", seconds("Fault.trickle(interval=...)", self.interval))
         count("Fault.trickle(chunk_size=...)", self.chunk_size, 1)
+        if not isinstance(self.headers, bool):
+            raise ValueError(f"Fault.trickle(headers=...) must be True or False, got {self.headers!r}")
 
 
 @dataclass(frozen=True)

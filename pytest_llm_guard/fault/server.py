@@ -336,8 +336,11 @@ class _Handler(socketserver.StreamRequestHandler):
             self._send((head + b"".join(response.pieces))[: fault.after_bytes])
             self._abort(rst=True)
         elif isinstance(fault, Trickle):
-            self._send(head)
             body = b"".join(response.pieces)
+            if fault.headers:
+                body = head + body
+            else:
+                self._send(head)
             for start in range(0, len(body), fault.chunk_size):
                 if self._wait(release, fault.interval):
                     self._abort()
