@@ -1,0 +1,132 @@
+"""Record the examples' cassettes against the fault server: no API key, no network.
+
+    python examples/record.py                 # every example
+    python examples/record.py trip_agent      # some of them
+
+For each example: start a ``FaultServer``, script the answers a model would give
+(text, JSON, tool calls), point the example at it (``OPENAI_BASE_URL``,
+``AZURE_OPENAI_ENDPOINT``, and its configured endpoints in a copy of its
+pyproject.toml), delete its cassettes and run its suite with ``--llm-record=all``. Then
+replay the suite as CI does (``CI=true``, no key, server stopped) and check that no
+cassette holds a key.
+
+To record against a real endpoint instead, no script is needed: see README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from pytest_llm_guard.fault import FaultServer
+
+HERE = Path(__file__).resolve().parent
+KEY = "key-for-the-fault-server"
+"""Sent while recording; a real key would be scrubbed the same way. Never in a cassette."""
+KEY_VARIABLES = ("OPENAI_API_KEY", "AZURE_OPENAI_API_KEY", "AZURE_OPENAI_EUS_API_KEY")
+
+
+# -- what the model answers, per example ---------------------------------------------
+
+
+def _system(body: dict) -> str:
+    return body["messages"][0]["content"]
+
+
+def _user(body: dict) -> str:
+    return next(m["content"] for m in reversed(body["messages"]) if m["role"] == "user")
+
+
+def support_bot(server: FaultServer) -> None:
+    def classify(*words: str) -> Callable[[dict], bool]:
+        return lambda body: _system(body).startswith("Classify") and any(w in _user(body) for w in words)
+
+    server.reply(json={"category": "other"}, when=classify(""))
+    server.reply(json={"category": "billing"}, when=classify("charged", "invoice", "refund"))
+    server.reply(json={"category": "bug"}, when=classify("crash", "error"))
+    server.reply(
+        "Sorry about the double charge! We have started a refund for the second payment; "
+        "it will reach your card in 3-5 business days.",
+        when=lambda body: "reply" in _system(body),
+    )
+
+
+SCRIPTS: dict[str, Callable[[FaultServer], None]] = {
+    "support_bot": support_bot,
+}
+
+
+# -- recording and checking ----------------------------------------------------------
+
+
+def _environment(**values: str) -> dict[str, str]:
+    """This environment without CI, keys, endpoints or llm-guard settings, plus ``values``."""
+    dropped = {"CI", "OPENAI_BASE_URL", "AZURE_OPENAI_ENDPOINT", "OPENAI_API_VERSION", *KEY_VARIABLES}
+    env = {k: v for k, v in os.environ.items() if k not in dropped and not k.startswith("LLM_GUARD_")}
+    return {**env, **values}
+
+
+def _pytest(folder: Path, *args: str, env: dict[str, str]) -> None:
+    command = [sys.executable, "-m", "pytest", str(folder), "-q", "-p", "no:cacheprovider", *args]
+    print("$", " ".join(command), flush=True)
+    subprocess.run(command, env=env, check=True)
+
+
+def _recording_config(folder: Path, url: str, scratch: Path) -> list[str]:
+    """A copy of the example's pyproject.toml whose endpoints are the fault server, as pytest options."""
+    text = (folder / "pyproject.toml").read_text()
+    if "[[tool.pytest_llm_guard.endpoints]]" not in text:
+        return []
+    text = re.sub(r'(?m)^base_url = ".*"$', f'base_url = "{url}"', text)
+    text = text.replace('pythonpath = ["."]', f"pythonpath = [{str(folder)!r}]")
+    (scratch / "pyproject.toml").write_text(text)
+    return ["-c", str(scratch / "pyproject.toml"), "--rootdir", str(folder)]
+
+
+def record(name: str) -> None:
+    folder = HERE / name
+    shutil.rmtree(folder / "tests" / "cassettes", ignore_errors=True)
+    with FaultServer() as server, tempfile.TemporaryDirectory() as scratch:
+        SCRIPTS[name](server)
+        env = _environment(
+            OPENAI_BASE_URL=server.base_url,
+            AZURE_OPENAI_ENDPOINT=server.url,
+            **dict.fromkeys(KEY_VARIABLES, KEY),
+        )
+        _pytest(folder, "--llm-record=all", *_recording_config(folder, server.url, Path(scratch)), env=env)
+
+
+def check(name: str) -> None:
+    """Replay as CI does, then look for anything key-like in the cassettes."""
+    folder = HERE / name
+    _pytest(folder, env=_environment(CI="true"))
+    for cassette in sorted((folder / "tests" / "cassettes").rglob("*.yaml")):
+        text = cassette.read_text()
+        found = [word for word in ("sk-", KEY, "authorization:", "api-key:") if word in text.lower()]
+        if found:
+            sys.exit(f"{cassette}: holds {', '.join(found)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("examples", nargs="*", help=f"some of {', '.join(SCRIPTS)} (default: all)")
+    names = parser.parse_args().examples or list(SCRIPTS)
+    unknown = sorted(set(names) - set(SCRIPTS))
+    if unknown:
+        parser.error(f"no recording script for {', '.join(unknown)}; known: {', '.join(SCRIPTS)}")
+    for name in names:
+        record(name)
+    for name in names:
+        check(name)
+    print(f"recorded and replayed offline: {', '.join(names)}")
+
+
+if __name__ == "__main__":
+    main()
