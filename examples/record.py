@@ -58,8 +58,40 @@ def support_bot(server: FaultServer) -> None:
     )
 
 
+def trip_agent(server: FaultServer) -> None:
+    def turn(city: str, *, tools_answered: bool) -> Callable[[dict], bool]:
+        def matches(body: dict) -> bool:
+            answered = any(m.get("role") == "tool" for m in body["messages"])
+            return city in _user(body) and answered == tools_answered
+
+        return matches
+
+    server.reply(
+        tool_calls=[{"name": "get_weather", "arguments": {"city": "Lisbon", "date": "2026-12-05"}}],
+        when=turn("Lisbon", tools_answered=False),
+    )
+    server.reply(
+        "Saturday looks like a good beach day in Lisbon: sunny, with a high of 17 °C, a low of 10 °C "
+        "and no rain. The sea will be cold, so take a towel and a warm layer for the evening.",
+        when=turn("Lisbon", tools_answered=True),
+    )
+    server.reply(
+        tool_calls=[
+            {"name": "convert_currency", "arguments": {"amount": 150, "from_currency": "EUR", "to_currency": "JPY"}},
+            {"name": "get_weather", "arguments": {"city": "Tokyo", "date": "2026-12-06"}},
+        ],
+        when=turn("Tokyo", tools_answered=False),
+    )
+    server.reply(
+        "150 EUR is about 24,300 JPY, plenty for a day of trains, temples and ramen. Light rain is "
+        "forecast in Tokyo on 6 December (high 12 °C, low 6 °C), so take an umbrella.",
+        when=turn("Tokyo", tools_answered=True),
+    )
+
+
 SCRIPTS: dict[str, Callable[[FaultServer], None]] = {
     "support_bot": support_bot,
+    "trip_agent": trip_agent,
 }
 
 
