@@ -10,6 +10,11 @@ pyproject.toml), delete its cassettes and run its suite with ``--llm-record=all`
 replay the suite as CI does (``CI=true``, no key, server stopped) and check that no
 cassette holds a key.
 
+The fault server's embeddings are hashes of the text, which rank passages at random;
+docs_search needs vectors that mean something, so while recording this script answers
+embeddings with a small keyword model (``topic_vector`` below), in the server's 8
+dimensions.
+
 To record against a real endpoint instead, no script is needed: see README.md.
 """
 
@@ -26,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pytest_llm_guard.fault import FaultServer
+from pytest_llm_guard.fault import openai_api as fault_openai_api
 
 HERE = Path(__file__).resolve().parent
 KEY = "key-for-the-fault-server"
@@ -89,9 +95,42 @@ def trip_agent(server: FaultServer) -> None:
     )
 
 
+TOPICS = (
+    ("refund", "money back", "pro rata"),
+    ("password", "reset", "log in", "link"),
+    ("export", "download", "csv", "spreadsheet", "zip", "data"),
+    ("single sign-on", "sso", "saml", "identity provider"),
+    ("invoice", "pdf", "bill"),
+    ("plan", "annual", "yearly", "monthly"),
+    ("settings", "admin"),
+)
+
+
+def topic_vector(text: str) -> list[float]:
+    """A keyword stand-in for an embedding model: one dimension per topic, plus a constant."""
+    lower = text.lower()
+    return [float(sum(lower.count(word) for word in words)) for words in TOPICS] + [0.5]
+
+
+def docs_search(server: FaultServer) -> None:
+    def about(text: str) -> Callable[[dict], bool]:
+        return lambda body: text in _user(body)
+
+    server.reply(
+        json={
+            "answer": "The password reset link is valid for 1 hour; if it has expired, ask for a new one "
+            "from Settings > Security > Reset password.",
+            "sources": ["password-reset"],
+        },
+        when=about("password reset link"),
+    )
+    server.reply(json={"answer": "I don't know.", "sources": []}, when=about("Bitcoin"))
+
+
 SCRIPTS: dict[str, Callable[[FaultServer], None]] = {
     "support_bot": support_bot,
     "trip_agent": trip_agent,
+    "docs_search": docs_search,
 }
 
 
@@ -125,14 +164,19 @@ def _recording_config(folder: Path, url: str, scratch: Path) -> list[str]:
 def record(name: str) -> None:
     folder = HERE / name
     shutil.rmtree(folder / "tests" / "cassettes", ignore_errors=True)
-    with FaultServer() as server, tempfile.TemporaryDirectory() as scratch:
-        SCRIPTS[name](server)
-        env = _environment(
-            OPENAI_BASE_URL=server.base_url,
-            AZURE_OPENAI_ENDPOINT=server.url,
-            **dict.fromkeys(KEY_VARIABLES, KEY),
-        )
-        _pytest(folder, "--llm-record=all", *_recording_config(folder, server.url, Path(scratch)), env=env)
+    hashed_embedding = fault_openai_api.fake_embedding
+    fault_openai_api.fake_embedding = topic_vector  # what the server answers embeddings with, read per request
+    try:
+        with FaultServer() as server, tempfile.TemporaryDirectory() as scratch:
+            SCRIPTS[name](server)
+            env = _environment(
+                OPENAI_BASE_URL=server.base_url,
+                AZURE_OPENAI_ENDPOINT=server.url,
+                **dict.fromkeys(KEY_VARIABLES, KEY),
+            )
+            _pytest(folder, "--llm-record=all", *_recording_config(folder, server.url, Path(scratch)), env=env)
+    finally:
+        fault_openai_api.fake_embedding = hashed_embedding
 
 
 def check(name: str) -> None:
@@ -153,6 +197,8 @@ def main() -> None:
     unknown = sorted(set(names) - set(SCRIPTS))
     if unknown:
         parser.error(f"no recording script for {', '.join(unknown)}; known: {', '.join(SCRIPTS)}")
+    if not hasattr(fault_openai_api, "fake_embedding"):
+        sys.exit("pytest_llm_guard.fault.openai_api.fake_embedding is gone: update record() where topic_vector is set")
     for name in names:
         record(name)
     for name in names:
