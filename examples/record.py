@@ -127,10 +127,50 @@ def docs_search(server: FaultServer) -> None:
     server.reply(json={"answer": "I don't know.", "sources": []}, when=about("Bitcoin"))
 
 
+def azure_notes(server: FaultServer) -> None:
+    def task(prompt_start: str, text: str = "") -> Callable[[dict], bool]:
+        return lambda body: _system(body).startswith(prompt_start) and text in _user(body)
+
+    server.reply(
+        json={
+            "summary": "The export bug is fixed and the team agreed to retire the old CSV importer.",
+            "decisions": ["Drop the old CSV importer."],
+            "action_items": [
+                {"owner": "Ana", "task": "Ship the export bug patch", "due": "2026-12-03"},
+                {"owner": "Ben", "task": "Update the release notes", "due": "2026-12-04"},
+                {
+                    "owner": "Chloé",
+                    "task": "Email the three customers still using the CSV importer",
+                    "due": "2026-12-11",
+                },
+            ],
+        },
+        when=task("Summarise", "export bug"),
+    )
+    server.reply(
+        json={
+            "summary": "The offsite moves to March at the same venue.",
+            "decisions": ["Move the offsite to March, same venue."],
+            "action_items": [],
+        },
+        when=task("Summarise", "offsite"),
+    )
+    server.reply(
+        "Subject: Follow-up: export fix and CSV importer\n\n"
+        "Hi all, the export bug is fixed and we are dropping the old CSV importer.\n"
+        "- Ana: ship the export patch by 2026-12-03\n"
+        "- Ben: update the release notes by 2026-12-04\n"
+        "- Chloé: email the customers still using the CSV importer by 2026-12-11\n"
+        "Thanks!",
+        when=task("Write a short follow-up email"),
+    )
+
+
 SCRIPTS: dict[str, Callable[[FaultServer], None]] = {
     "support_bot": support_bot,
     "trip_agent": trip_agent,
     "docs_search": docs_search,
+    "azure_notes": azure_notes,
 }
 
 
