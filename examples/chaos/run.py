@@ -37,7 +37,7 @@ breaker_failures = 2        # consecutive failures that open an endpoint's break
 [[tool.pytest_llm_guard.endpoints]]
 name = "primary"
 base_url = "{primary}"
-call_timeout = {call_timeout:g}           # 20 s, scaled
+call_timeout = {call_timeout:g}  # 20 s, scaled
 priority = 0
 
 [[tool.pytest_llm_guard.endpoints]]
