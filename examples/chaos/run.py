@@ -69,7 +69,8 @@ def main() -> int:
         real = 1 / args.scale
         print(f"primary {primary.base_url}: accepts requests, never answers")
         print(f"backup  {backup.base_url}: answers")
-        print(f"{len(questions)} questions; every timeout and sleep x {args.scale:g} (a 60 s timeout takes {60 * args.scale:g} s)")
+        scaled = f"every timeout and sleep x {args.scale:g} (a 60 s timeout takes {60 * args.scale:g} s)"
+        print(f"{len(questions)} questions; {scaled}")
 
         print("\n1) Unguarded: the harness as it runs today, with its own client on the primary (OPENAI_BASE_URL)")
         unguarded_start = time.monotonic()
@@ -84,7 +85,8 @@ def main() -> int:
                 outcome = f"RuntimeError: {exc}"
             print(f"  {question}: {time.monotonic() - started:.2f} s -> {outcome}")
         unguarded = time.monotonic() - unguarded_start
-        print(f"  {answered}/{len(questions)} answered in {unguarded:.2f} s (at real scale {unguarded * real / 60:.1f} min)")
+        at_real_scale = f"at real scale {unguarded * real / 60:.1f} min"
+        print(f"  {answered}/{len(questions)} answered in {unguarded:.2f} s ({at_real_scale})")
 
         print("\n2) Guarded: the same harness in a pytest session with pytest-llm-guard, configured as:\n")
         config = Path(scratch, "pyproject.toml")
