@@ -52,6 +52,8 @@ def main() -> int:
     parser.add_argument("--scale", type=float, default=0.01, help="time scale (default 0.01: 60 s -> 0.6 s)")
     parser.add_argument("--questions", type=int, default=3, help="how many questions the harness asks (default 3)")
     args = parser.parse_args()
+    if not (0 < args.scale <= 1 and 1 <= args.questions <= 4):
+        parser.error("--scale must be in (0, 1] and --questions from 1 to 4")
     os.environ["HARNESS_TIME_SCALE"] = str(args.scale)  # before harness reads it
     import harness
 
