@@ -6,14 +6,15 @@ import openai
 import pytest
 from support_bot import classify, draft_reply
 
-from pytest_llm_guard import LLMBudgetExceeded
-from pytest_llm_guard.fault import Fault
-
 
 @pytest.mark.llm_budget(calls=1)
 @pytest.mark.parametrize(
     ("ticket", "team"),
-    [("I was charged twice this month", "billing"), ("The app crashes when I upload a photo", "bug")],
+    [
+        ("I was charged twice this month", "billing"),
+        ("The app crashes when I upload a photo", "bug"),
+        ("Can I change the colour of my dashboard?", "other"),
+    ],
 )
 def test_tickets_go_to_the_right_team(ticket: str, team: str) -> None:
     assert classify(ticket) == team  # the application's own client, guarded and replayed
@@ -23,14 +24,4 @@ def test_reply_offers_a_refund(llm_client: openai.OpenAI, llm_guard) -> None:
     reply = draft_reply("I was charged twice this month", client=llm_client)
     assert "refund" in reply.lower()
     assert llm_guard.stats.calls == 1
-
-
-@pytest.mark.llm_cassette(False)
-@pytest.mark.llm_budget(deadline=1)
-def test_a_hanging_endpoint_costs_one_second_not_five_minutes(llm_fault_server, monkeypatch) -> None:
-    # Unguarded, this loop would wait 5 x 60 s plus backoff. The guard ends it at the deadline.
-    llm_fault_server.plan(then=Fault.hang())
-    monkeypatch.setenv("OPENAI_BASE_URL", llm_fault_server.base_url)
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-not-used")
-    with pytest.raises(LLMBudgetExceeded, match="deadline"):
-        classify("I was charged twice this month")
+    assert llm_guard.stats.tokens > 0  # counted from the answer's usage, replayed or live
