@@ -1,14 +1,23 @@
-"""The HTML report: report data shown as text, never markup, in one self-contained page."""
+"""The HTML report: data shown as text, never markup, in one self-contained page; checked in a real browser."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
 import hashlib
 import json
+import os
 import re
+import shutil
+import socket
+import struct
+import subprocess
 import sys
+import tempfile
+import time
 from collections import Counter
+from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -294,3 +303,215 @@ def test_the_sample_report_keeps_the_contract() -> None:
         assert stats["backoff_seconds"] == pytest.approx(sum(a["backoff"] for a in attempts))
     for key in TOTAL_KEYS:
         assert report["session"]["totals"][key] == pytest.approx(sum(t["stats"][key] for t in report["tests"]))
+
+
+# -- in a real browser ------------------------------------------------------------------
+
+
+class DevTools:
+    """The few Chrome DevTools Protocol calls this test needs, over one websocket (standard library only)."""
+
+    def __init__(self, url: str, timeout: float) -> None:
+        host, port, path = re.fullmatch(r"ws://([^:/]+):(\d+)(/.*)", url).groups()  # type: ignore[union-attr]
+        self.sock = socket.create_connection((host, int(port)), timeout=timeout)
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall(
+            f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        head = b""
+        while not head.endswith(b"\r\n\r\n"):
+            head += self._read(1)
+        assert head.startswith(b"HTTP/1.1 101"), head
+        self.session: str | None = None
+        self.events: list[dict[str, Any]] = []
+        self.last_id = 0
+
+    def _read(self, count: int) -> bytes:
+        data = b""
+        while len(data) < count:
+            chunk = self.sock.recv(count - len(data))
+            if not chunk:
+                raise ConnectionError("the browser closed its DevTools connection")
+            data += chunk
+        return data
+
+    def _send(self, message: dict[str, Any]) -> None:
+        payload, mask = json.dumps(message).encode(), os.urandom(4)
+        size = len(payload)
+        assert size < 65536, "this client sends only short commands"
+        length = bytes([0x80 | size]) if size < 126 else bytes([0x80 | 126]) + struct.pack(">H", size)
+        self.sock.sendall(b"\x81" + length + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+
+    def _receive(self) -> dict[str, Any]:
+        message = b""
+        while True:
+            first, second = self._read(2)
+            size = second & 0x7F
+            if size == 126:
+                size = struct.unpack(">H", self._read(2))[0]
+            elif size == 127:
+                size = struct.unpack(">Q", self._read(8))[0]
+            data, opcode = self._read(size), first & 0x0F
+            if opcode == 8:
+                raise ConnectionError("the browser closed its DevTools connection")
+            if opcode in (0, 1):  # text, and its continuations
+                message += data
+                if first & 0x80:
+                    return json.loads(message)
+
+    def send(self, method: str, **params: Any) -> dict[str, Any]:
+        self.last_id += 1
+        message = {"id": self.last_id, "method": method, "params": params}
+        self._send({**message, "sessionId": self.session} if self.session else message)
+        while True:
+            reply = self._receive()
+            if reply.get("id") != self.last_id:
+                self.events.append(reply)
+            elif "error" in reply:
+                raise RuntimeError(f"{method}: {reply['error']}")
+            else:
+                return reply.get("result", {})
+
+    def wait_for(self, method: str) -> None:
+        while not any(e.get("method") == method for e in self.events):
+            self.events.append(self._receive())
+
+    def js(self, expression: str) -> Any:
+        result = self.send("Runtime.evaluate", expression=expression, returnByValue=True)
+        assert "exceptionDetails" not in result, result["exceptionDetails"]
+        return result["result"].get("value")
+
+    def problems(self) -> list[str]:
+        """Console errors, uncaught exceptions and error log entries (a refused load, a CSP violation)."""
+        found = []
+        for event in self.events:
+            method, params = event.get("method"), event.get("params", {})
+            if method == "Runtime.consoleAPICalled" and params["type"] in ("error", "assert"):
+                found.append(f"console.{params['type']}: {params['args']}")
+            elif method == "Runtime.exceptionThrown":
+                found.append(f"exception: {params['exceptionDetails']}")
+            elif method == "Log.entryAdded" and params["entry"]["level"] == "error":
+                found.append(f"log: {params['entry']['text']}")
+        return found
+
+    def requests(self) -> list[str]:
+        return [e["params"]["request"]["url"] for e in self.events if e.get("method") == "Network.requestWillBeSent"]
+
+
+def chromium_binary() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        if found := shutil.which(name):
+            return found
+    pytest.skip("no chromium binary on PATH (Debian: apt-get install chromium); the HTML report is not opened")
+
+
+def devtools_address(browser: subprocess.Popen[bytes], profile: Path, timeout: float) -> tuple[str, str]:
+    """The port and path Chromium writes to its profile once DevTools listens (asked for on port 0)."""
+    port_file, until = profile / "DevToolsActivePort", time.monotonic() + timeout
+    while True:
+        lines = port_file.read_text().split() if port_file.exists() else []
+        if len(lines) >= 2:
+            return lines[0], lines[1]
+        assert browser.poll() is None, f"chromium exited with {browser.returncode} before DevTools listened"
+        assert time.monotonic() < until, f"chromium did not open DevTools within {timeout} s"
+        time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def page_in_chromium(binary: str, url: str, timeout: float = 8.0) -> Iterator[DevTools]:
+    """Headless Chromium with one blank page, watched from before it loads ``url`` (1400 x 1000 CSS px)."""
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
+        # --no-sandbox: CI runs as root, where Chromium's sandbox refuses to start.
+        browser = subprocess.Popen(
+            [binary, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--no-default-browser-check",
+             "--disable-extensions", "--disable-background-networking", "--disable-component-update",
+             "--disable-sync", f"--user-data-dir={profile}", "--remote-debugging-port=0", "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        tools = None
+        try:
+            port, path = devtools_address(browser, Path(profile), timeout)
+            tools = DevTools(f"ws://127.0.0.1:{port}{path}", timeout)
+            target = tools.send("Target.createTarget", url="about:blank")["targetId"]
+            tools.session = tools.send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+            for domain in ("Page", "Runtime", "Log", "Network"):
+                tools.send(f"{domain}.enable")
+            tools.send("Emulation.setDeviceMetricsOverride", width=1400, height=1000, deviceScaleFactor=1, mobile=False)
+            tools.send("Page.navigate", url=url)
+            tools.wait_for("Page.loadEventFired")
+            yield tools
+        finally:
+            if tools is not None:
+                tools.sock.close()
+            browser.terminate()
+            try:
+                browser.wait(5)
+            except subprocess.TimeoutExpired:
+                browser.kill()
+                browser.wait()
+
+
+ROWS = "Array.from(document.querySelectorAll('#tests tbody tr.test'))"
+FILTER = "(f => { f.value = %s; f.dispatchEvent(new Event('input')); })(document.getElementById('filter'))"
+
+
+def test_the_report_opens_in_chromium_without_errors_and_sorts(tmp_path: Path) -> None:
+    binary = chromium_binary()
+    report = sample()
+    attempts = [a for t in report["tests"] for a in t["attempts"]]
+    page = tmp_path / "report.html"
+    page.write_text(render(report), encoding="utf-8")
+    started = time.monotonic()
+
+    with page_in_chromium(binary, page.as_uri()) as browser:
+        assert browser.js(f"{ROWS}.length") == len(report["tests"])
+        assert browser.js("document.querySelectorAll('.attempt').length") == 0  # timelines wait for their rows
+        browser.js(f"{ROWS}.forEach(r => r.querySelector('button.tg').click())")
+        bars = browser.js(
+            "Array.from(document.querySelectorAll('#tests svg.timeline rect.attempt'))"
+            ".map(b => [b.dataset.category, b.getBoundingClientRect().width])"
+        )
+        assert Counter(category for category, _ in bars) == Counter(
+            a["source"] if a["source"] in ("replayed", "refused") else a["category"] for a in attempts
+        )
+        assert min(width for _, width in bars) >= 3  # a refused or replayed attempt of ~0 s is still seen
+        assert browser.js("document.querySelectorAll('#tests rect.backoff').length") == sum(
+            1 for a in attempts if a["backoff"] > 0
+        )
+        assert browser.js("document.querySelectorAll('#tests g.failover').length") == 3
+        assert browser.js("document.querySelectorAll('#endpoints rect.span').length") >= len(report["endpoints"])
+        assert browser.js("document.documentElement.scrollWidth <= document.documentElement.clientWidth")
+
+        # numbers sort largest first, then smallest first; ties keep the report's order
+        browser.js("document.querySelector('th[data-key=duration] button').click()")
+        assert browser.js(f"{ROWS}.map(r => r.cells[0].textContent)") == [
+            t["nodeid"] for t in sorted(report["tests"], key=lambda t: -t["duration"])
+        ]
+        assert browser.js("document.querySelector('th[data-key=duration]').getAttribute('aria-sort')") == "descending"
+        browser.js("document.querySelector('th[data-key=duration] button').click()")
+        assert browser.js(f"{ROWS}.map(r => r.cells[0].textContent)") == [
+            t["nodeid"] for t in sorted(report["tests"], key=lambda t: t["duration"])
+        ]
+        # each open timeline moved with its row
+        assert browser.js(f"{ROWS}.every(r => r.nextElementSibling === r.llmDetail)")
+
+        browser.js(FILTER % json.dumps("fails_over"))
+        assert browser.js(f"{ROWS}.filter(r => !r.hidden).length") == 3
+        assert browser.js("document.getElementById('shown').textContent") == f"3 of {len(report['tests'])} tests"
+        browser.js(FILTER % json.dumps(""))
+
+        height = browser.js("document.documentElement.scrollHeight")
+        shot = browser.send(
+            "Page.captureScreenshot",
+            format="png",
+            captureBeyondViewport=True,
+            clip={"x": 0, "y": 0, "width": 1400, "height": height, "scale": 1},
+        )
+        assert browser.problems() == []
+        assert browser.requests() == [page.as_uri()]  # the page fetched nothing of its own
+
+    screenshot = tmp_path / "report.png"
+    screenshot.write_bytes(base64.b64decode(shot["data"]))
+    assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert time.monotonic() - started < 10
