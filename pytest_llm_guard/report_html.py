@@ -817,7 +817,7 @@ table.attempts th,table.attempts td{padding:3px 8px;border-bottom:1px solid var(
 vertical-align:top}
 table.attempts th{color:var(--muted);font-weight:600}
 table.attempts td.where{overflow-wrap:anywhere;font-family:ui-monospace,"DejaVu Sans Mono",monospace;font-size:11.5px}
-.panels{display:grid;grid-template-columns:repeat(auto-fill,minmax(560px,1fr));gap:12px}
+.panels{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(560px,100%),1fr));gap:12px}
 .panel{background:var(--card);border:1px solid var(--line);border-radius:6px;padding:12px 14px;min-width:0}
 .panel .url{font-weight:400;color:var(--muted);font-family:ui-monospace,"DejaVu Sans Mono",monospace;font-size:12px;
 overflow-wrap:anywhere}
