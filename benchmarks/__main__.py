@@ -50,6 +50,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def describe(unit: Unit, sample: Sample) -> str:
     if sample.error:
         return f"ERROR {sample.error}"
+    if sample.skipped:
+        return f"skipped: {sample.skipped}"
     return f"session {sample.session_s:.3f} s, process {sample.process_s:.2f} s, requests {sample.requests}"
 
 
@@ -77,16 +79,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     scenarios = [s for s in scenarios if not wanted or s.id in wanted]
     units = [unit for scenario in scenarios for unit in scenario.units]
-    samples: dict[str, list[Sample]] = {unit.key: [] for unit in units}
+    measured = list({u.key: u for u in [*units, *(u.same_as for u in units if u.same_as)] if not u.same_as}.values())
+    samples: dict[str, list[Sample]] = {unit.key: [] for unit in [*units, *measured]}
     run = run_info(args.scale, args.repeats, args.quick)
     started = time.perf_counter()
     root = Path(tempfile.mkdtemp(prefix="llm-guard-bench-"))
     runner = Runner(args.scale, root, keep=args.keep)
     try:
         for repeat in range(1, args.repeats + 1):
-            for unit, sample in run_repeat(runner, units, args.jobs):
+            for unit, sample in run_repeat(runner, measured, args.jobs):
                 samples[unit.key].append(sample)
                 print(f"[{repeat}/{args.repeats}] {unit.key}: {describe(unit, sample)}", flush=True)
+            for unit in units:
+                if unit.same_as:
+                    samples[unit.key].append(samples[unit.same_as.key][-1])
     finally:
         if args.keep:
             print(f"generated projects kept in {root}")
@@ -102,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table)
     print(
-        f"{len(units)} units x {args.repeats} repeat(s) in {run['duration_s']} s; "
+        f"{len(measured)} units x {args.repeats} repeat(s) in {run['duration_s']} s; "
         f"written to {args.out / 'latest.md'} and latest.json"
     )
     failed = [key for key, got in samples.items() if any(s.error for s in got)]

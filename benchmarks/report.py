@@ -74,7 +74,7 @@ def rows_of(scenario: Scenario, samples: dict[str, list[Sample]]) -> list[Row]:
     value = scenario.value or default_value
     rows = []
     for unit in scenario.units:
-        good = [s for s in samples.get(unit.key, []) if s.error is None]
+        good = [s for s in samples.get(unit.key, []) if s.error is None and s.skipped is None]
         rows.append(Row(unit, [value(unit, s) for s in good], good))
     return rows
 
@@ -103,8 +103,8 @@ def scenario_json(scenario: Scenario, samples: dict[str, list[Sample]], run: dic
             "size": unit.size,
             "values": row.values,
             **spread(row.values),
-            "session_s": [s.session_s for s in every],
-            "process_s": [s.process_s for s in every],
+            "session_s": [s.session_s for s in every if not s.skipped],
+            "process_s": [s.process_s for s in every if not s.skipped],
             "requests": [s.requests for s in every],
             "outcomes": every[-1].outcomes if every else {},
             "extra": [s.extra for s in every if s.extra],
@@ -116,6 +116,7 @@ def scenario_json(scenario: Scenario, samples: dict[str, list[Sample]], run: dic
             "note": unit.note,
             "ratio_to_guard": ratio,
             "errors": [s.error for s in every if s.error],
+            "skipped": next((s.skipped for s in every if s.skipped), None),
         }
         if unit.contender == GUARD and ideal and row.values:
             entry["ratio_to_ideal"] = row.median / ideal.median
@@ -224,6 +225,8 @@ def markdown(results: dict[str, Any]) -> str:
             value = f"{number(row['median'])} ({number(row['min'])}–{number(row['max'])})"
             if row["errors"]:
                 value += f" ⚠ {len(row['errors'])} failed run(s)"
+            if row["skipped"]:
+                value = "not run: " + row["skipped"]
             process = [p for p in row["process_s"] if p is not None]
             process_text = number(sorted(process)[len(process) // 2]) if process else "—"
             if row["contender"] == GUARD and row.get("ratio_to_ideal"):

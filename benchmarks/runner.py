@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from pytest_llm_guard.fault import FaultServer
 # contender runs with the same set of plugins loaded. (pytest-recording and cassetter
 # both add --record-mode: with both loaded pytest refuses to start.)
 OPTIONAL_PLUGINS = ("llm_guard", "recording", "cassetter", "asyncio")
+PLUGIN_MODULES = {"recording": "pytest_recording", "cassetter": "cassetter"}  # the `bench` extra's
 # Variables of the benchmark's own environment that would change a generated project's behaviour.
 SCRUBBED_ENV = (
     "PYTEST_ADDOPTS",
@@ -66,6 +68,7 @@ class Unit:
     wait_bound: bool = False  # spends its time waiting on timeouts: may run beside other wait-bound units
     keep_folder: str | None = None  # a folder kept across repeats (recorded cassettes), else a fresh one
     prepare: Unit | None = None  # run once before the first repeat (recording cassettes), not measured
+    same_as: Unit | None = None  # not run itself: shows that unit's samples (one healthy run, several ideals)
     check: Callable[[Context, dict[str, FaultServer], Sample], None] | None = None  # scenario-specific readings
     note: str = ""
     timeout: float = 300.0
@@ -86,6 +89,7 @@ class Sample:
     metrics: dict[str, list[float]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    skipped: str | None = None  # why the unit could not run here (a package of the `bench` extra missing)
 
 
 TIMING_CONFTEST = """\
@@ -158,6 +162,10 @@ class Runner:
         return Path(tempfile.mkdtemp(prefix=unit.key.replace("/", "-") + "-", dir=self.root))
 
     def run(self, unit: Unit) -> Sample:
+        missing = [name for name in unit.plugins if name in PLUGIN_MODULES and not find_spec(PLUGIN_MODULES[name])]
+        if missing:
+            wanted = ", ".join(PLUGIN_MODULES[name] for name in missing)
+            return Sample(None, 0.0, {}, {}, skipped=f"not installed ({wanted}): pip install -e '.[bench]'")
         if unit.prepare is not None and unit.prepare.key not in self._prepared:
             started = time.perf_counter()
             sample = self.run(unit.prepare)

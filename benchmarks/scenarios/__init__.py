@@ -66,7 +66,7 @@ def default_value(unit: Unit, sample: Sample) -> float:
 def find(rows: list[Row], contender: str, size: int | None = None) -> Row | None:
     for row in rows:
         if row.unit.contender == contender and (size is None or row.unit.size == size):
-            return row
+            return row if row.values else None
     return None
 
 

@@ -16,7 +16,7 @@ from pytest_llm_guard.fault import Fault
 from ..projects import ATTEMPT_TIMEOUT, scaled_guard
 from ..runner import Context, Unit
 from . import GUARD, IDEAL, NAIVE, SDK, TENACITY, Row, Scenario, Target, find
-from .suites import suite_files
+from .suites import healthy_unit, suite_files
 
 BREAKER_FAILURES = 3
 
@@ -57,8 +57,9 @@ def outage_units(scenario: str, backup_plan, tests: int, calls: int, scale: floa
         scenario,
         IDEAL,
         None,
-        {"backup": healthy},
-        lambda c: suite_files(c, "raw", tests, calls, primary="backup"),
+        {},
+        lambda c: {},
+        same_as=healthy_unit(tests, calls),
         note=f"the same suite against a healthy endpoint (raw client, plugin off) + {BREAKER_FAILURES} x "
         f"the {ATTEMPT_TIMEOUT:g} s attempt timeout ({detect_cost(scale):.2f} s)",
         offset=detect_cost(scale),

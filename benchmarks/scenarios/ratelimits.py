@@ -14,7 +14,8 @@ from pytest_llm_guard.fault import Fault
 from ..projects import scaled_guard
 from ..runner import Context, Sample, Unit
 from . import GUARD, IDEAL, NAIVE, SDK, TENACITY, Row, Scenario, Target, find
-from .suites import suite_files
+from .outages import sizes
+from .suites import healthy_unit, suite_files
 
 STORM = 8  # 429 answers before the endpoint recovers
 RETRY_AFTER = 2.0  # seconds each 429 asks for (real time)
@@ -36,7 +37,7 @@ def count_early(context: Context, servers: dict, sample: Sample) -> None:
 
 
 def s3(quick: bool, scale: float) -> Scenario:
-    tests, calls = (2, 3) if quick else (20, 3)
+    tests, calls = sizes(quick)  # S1's: one healthy run serves every ideal
     servers = {"api": partial(storm, scale)}
 
     def unit(contender: str, how: str, **extra) -> Unit:
@@ -52,8 +53,9 @@ def s3(quick: bool, scale: float) -> Scenario:
         "S3",
         IDEAL,
         None,
-        {"api": lambda server: None},
-        lambda c: suite_files(c, "raw", tests, calls, primary="api"),
+        {},
+        lambda c: {},
+        same_as=healthy_unit(tests, calls),
         offset=STORM * RETRY_AFTER * scale,
         note=f"the same suite against a healthy endpoint (raw client, plugin off) + the {STORM} waits of "
         f"{RETRY_AFTER:g} s asked for",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..projects import app, pyproject, sdk_conftest
-from ..runner import Context
+from ..runner import Context, Unit
 
 SUITE = """\
 import pytest
@@ -58,3 +58,17 @@ def suite_files(
         "benchapp.py": app(context.scale),
         "test_suite.py": test,
     }
+
+
+def healthy_unit(tests: int, calls: int) -> Unit:
+    """The suite against a healthy endpoint, raw client, plugin off: the ideals' measured part.
+
+    S1, S2 and S3 share it (``same_as``): one run per repeat serves them all.
+    """
+    return Unit(
+        "healthy",
+        "raw client, plugin off",
+        None,
+        {"backup": lambda server: None},
+        lambda context: suite_files(context, "raw", tests, calls, primary="backup"),
+    )
