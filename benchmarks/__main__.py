@@ -14,7 +14,8 @@ import shutil
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 from .report import markdown, merge, run_info, scenario_json
@@ -55,18 +56,22 @@ def describe(unit: Unit, sample: Sample) -> str:
     return f"session {sample.session_s:.3f} s, process {sample.process_s:.2f} s, requests {sample.requests}"
 
 
-def run_repeat(runner: Runner, units: list[Unit], jobs: int) -> list[tuple[Unit, Sample]]:
+def run_repeat(runner: Runner, units: list[Unit], jobs: int, done: Callable[[Unit, Sample], None]) -> None:
     """Every unit once. The wait-bound ones (asleep on timeouts) run side by side first; the rest
     one at a time (``jobs`` at a time when asked), so they never compete with each other for CPU."""
     waiting = [unit for unit in units if unit.wait_bound]
     others = [unit for unit in units if not unit.wait_bound]
     if jobs <= 1:
-        done = list(zip(waiting, runner.run_side_by_side(waiting), strict=True)) if waiting else []
-        return done + [(unit, runner.run(unit)) for unit in others]
+        for unit, sample in zip(waiting, runner.run_side_by_side(waiting), strict=True):
+            done(unit, sample)
+        for unit in others:
+            done(unit, runner.run(unit))
+        return
     with ThreadPoolExecutor(max_workers=max(1, len(waiting))) as side, ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = [(unit, side.submit(runner.run, unit)) for unit in waiting]
-        futures += [(unit, pool.submit(runner.run, unit)) for unit in others]
-        return [(unit, future.result()) for unit, future in futures]
+        futures = {side.submit(runner.run, unit): unit for unit in waiting}
+        futures.update({pool.submit(runner.run, unit): unit for unit in others})
+        for future in as_completed(futures):
+            done(futures[future], future.result())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,9 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     runner = Runner(args.scale, root, keep=args.keep)
     try:
         for repeat in range(1, args.repeats + 1):
-            for unit, sample in run_repeat(runner, measured, args.jobs):
+
+            def done(unit: Unit, sample: Sample, repeat: int = repeat) -> None:
                 samples[unit.key].append(sample)
                 print(f"[{repeat}/{args.repeats}] {unit.key}: {describe(unit, sample)}", flush=True)
+
+            run_repeat(runner, measured, args.jobs, done)
             for unit in units:
                 if unit.same_as:
                     samples[unit.key].append(samples[unit.same_as.key][-1])

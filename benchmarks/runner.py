@@ -212,6 +212,7 @@ class Runner:
         except subprocess.TimeoutExpired:
             return Sample(None, time.perf_counter() - started, {}, {}, error=f"timed out after {unit.timeout} s")
         process_s = time.perf_counter() - started
+        (context.folder / ".bench-output.txt").write_text(done.stdout + done.stderr)  # for --keep
         if not result.exists():
             tail = (done.stdout + done.stderr).strip().splitlines()[-15:]
             return Sample(None, process_s, {}, {}, error="pytest wrote no timing:\n" + "\n".join(tail))

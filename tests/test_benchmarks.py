@@ -28,7 +28,7 @@ EXPECTED = {
     "S3": FAULTS,
     "S4": [GUARD, "raw client in a guarded test", "raw client, plugin off"],
     "S5": CASSETTE_LIBRARIES,
-    "S6": [GUARD],
+    "S6": [GUARD, GUARD + ", no probe"],
     "S7": CASSETTE_LIBRARIES,
     "S8": [GUARD + " installed", "plugin disabled (-p no:llm_guard)"],
 }

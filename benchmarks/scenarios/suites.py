@@ -1,4 +1,8 @@
-"""The test suite most scenarios share: N tests of M calls each, written for each contender."""
+"""The test suite most scenarios share: N tests of M calls each, written for each contender.
+
+A test makes its calls, then checks the answers (as an evaluation does): a call that
+raises ends its test; one that gives up quietly (the naive loop returns None) does not.
+"""
 
 from __future__ import annotations
 
@@ -15,8 +19,8 @@ URLS = {urls!r}
 
 @pytest.mark.parametrize("i", range({tests}))
 def test_answers(i{fixtures}):
-    for j in range({calls}):
-        assert {call}
+    answers = [{call} for j in range({calls})]
+    assert all(answers)
 """
 
 # What one call looks like for each way of calling; `text` is the question.
