@@ -61,10 +61,13 @@ def versions() -> dict[str, str | None]:
             found[name] = None
     root = Path(__file__).resolve().parent.parent
     try:
-        commit = subprocess.run(
-            ["git", "-C", str(root), "describe", "--always", "--dirty"], capture_output=True, text=True, timeout=10
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
+        git = ["git", "-C", str(root)]
+        commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        # Only changes to the code measured count: not the README, not the results being written.
+        code = ["pytest_llm_guard", "benchmarks", "pyproject.toml", ":!benchmarks/results"]
+        changed = subprocess.run([*git, "status", "--porcelain", "--", *code], capture_output=True, text=True).stdout
+        commit += " with uncommitted changes" if commit and changed.strip() else ""
+    except OSError:
         commit = ""
     found["commit"] = commit or None
     return found
