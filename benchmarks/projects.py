@@ -62,6 +62,8 @@ def sdk_conftest(scale: float) -> str:
 # Retry-After it honours (120 s) run on the benchmark's clock, like every other duration.
 import openai._base_client as _sdk
 
+for _name in ("INITIAL_RETRY_DELAY", "MAX_RETRY_DELAY", "MAX_RETRY_AFTER_DELAY"):
+    assert hasattr(_sdk, _name), f"openai moved {{_name}}: update the time scaling in benchmarks/projects.py"
 _sdk.INITIAL_RETRY_DELAY = 0.5 * {scale!r}
 _sdk.MAX_RETRY_DELAY = 8.0 * {scale!r}
 _sdk.MAX_RETRY_AFTER_DELAY = 120.0 * {scale!r}
