@@ -1,0 +1,148 @@
+"""S4 and S8: what the plugin costs when all is well.
+
+S4: per call, on a healthy zero-latency endpoint (the fault server answers at once).
+S8: to a suite that never calls an LLM, per test (2,000 plain tests) and fixed (one test).
+"""
+
+from __future__ import annotations
+
+from ..projects import app, pyproject, sdk_conftest
+from ..runner import Context, Sample, Unit
+from . import GUARD, Row, Scenario, Target, find
+
+RAW_OFF = "raw client, plugin off"
+RAW_GUARDED = "raw client in a guarded test"
+
+LOOP = """\
+import pytest
+
+import benchapp
+
+URL = {url!r}
+
+
+{marker}def test_calls({fixtures}):
+    chat_client = {client}
+    for i in range({calls}):
+        reply = chat_client.chat.completions.create(model=benchapp.MODEL, messages=benchapp.messages(f"q{{i}}"))
+        assert reply.choices[0].message.content
+"""
+# A deadline no healthy call comes near: S4 measures the guard's bookkeeping, not a limit firing.
+BUDGET = "@pytest.mark.llm_budget(deadline=600)\n"
+
+
+def s4(quick: bool, scale: float) -> Scenario:
+    sizes = (20,) if quick else (200, 2000)
+    shapes = {
+        GUARD: ("llm_client", "llm_client", BUDGET),
+        RAW_GUARDED: ("", "benchapp.client(URL, benchapp.SDK_DEFAULT_TIMEOUT)", BUDGET),
+        RAW_OFF: ("", "benchapp.client(URL, benchapp.SDK_DEFAULT_TIMEOUT)", ""),
+    }
+
+    def unit(contender: str, calls: int) -> Unit:
+        fixtures, client, marker = shapes[contender]
+
+        def files(context: Context) -> dict[str, str]:
+            url = context.urls["api"]
+            return {
+                "pyproject.toml": pyproject({"base_url": url, "model": "gpt-4o-mini"}),
+                "conftest.py": sdk_conftest(context.scale),
+                "benchapp.py": app(context.scale),
+                "test_calls.py": LOOP.format(url=url, marker=marker, fixtures=fixtures, client=client, calls=calls),
+            }
+
+        plugins = () if contender == RAW_OFF else ("llm_guard",)
+        return Unit("S4", contender, calls, {"api": lambda server: None}, files, plugins=plugins, work=calls)
+
+    units = [unit(contender, calls) for calls in sizes for contender in shapes]
+
+    def value(unit: Unit, sample: Sample) -> float:
+        assert sample.session_s is not None
+        return sample.session_s * 1000 / unit.work
+
+    def targets(rows: list[Row]) -> list[Target]:
+        out = []
+        for contender in (GUARD, RAW_GUARDED):
+            ratios = {}
+            for calls in sizes:
+                mine, base = find(rows, contender, calls), find(rows, RAW_OFF, calls)
+                if mine and base:
+                    ratios[calls] = mine.median / base.median
+            if len(ratios) == len(sizes):
+                shown = ", ".join(f"{ratio:.2f}x at {calls}" for calls, ratio in ratios.items())
+                flat = max(ratios.values()) - min(ratios.values()) <= 0.10
+                out.append(
+                    Target(
+                        f"{contender}: <= 1.10x per call, flat from {sizes[0]} to {sizes[-1]}",
+                        shown,
+                        all(r <= 1.10 for r in ratios.values()) and flat,
+                    )
+                )
+        return out
+
+    return Scenario(
+        "S4",
+        "Per-call overhead, healthy zero-latency endpoint",
+        f"One test making {' or '.join(str(s) for s in sizes)} calls in a row to an endpoint that answers at once; "
+        "the SDK's client with its defaults. Records off: live calls.",
+        "ms per call (session time / calls)",
+        units,
+        targets=targets,
+        value=value,
+    )
+
+
+PLAIN = """\
+def test_{i}():
+    assert {i} + 1 > {i}
+"""
+
+
+def s8(quick: bool, scale: float) -> Scenario:
+    files_count, per_file = (2, 10) if quick else (20, 100)
+    many = files_count * per_file
+    installed, disabled = GUARD + " installed", "plugin disabled (-p no:llm_guard)"
+
+    def unit(contender: str, tests: int) -> Unit:
+        def files(context: Context) -> dict[str, str]:
+            out = {"pyproject.toml": pyproject()}
+            count = files_count if tests > 1 else 1
+            for f in range(count):
+                body = "".join(PLAIN.format(i=f * per_file + i) for i in range(per_file if tests > 1 else 1))
+                out[f"test_plain_{f}.py"] = body
+            return out
+
+        plugins = ("llm_guard",) if contender == installed else ()
+        return Unit("S8", contender, tests, {}, files, plugins=plugins, work=tests)
+
+    units = [unit(contender, tests) for tests in (many, 1) for contender in (installed, disabled)]
+
+    def value(unit: Unit, sample: Sample) -> float:
+        if unit.size == 1:  # the fixed cost is paid at start-up: whole-process time
+            return sample.process_s * 1000
+        assert sample.session_s is not None
+        return sample.session_s * 1000 / unit.work
+
+    def targets(rows: list[Row]) -> list[Target]:
+        out = []
+        on, off = find(rows, installed, 1), find(rows, disabled, 1)
+        if on and off:
+            fixed = on.median - off.median
+            out.append(Target("<= 30 ms fixed (one test, whole process)", f"{fixed:+.0f} ms", fixed <= 30))
+        on, off = find(rows, installed, many), find(rows, disabled, many)
+        if on and off:
+            share = on.median / off.median - 1
+            out.append(Target(f"<= 2% per test ({many} plain tests, session)", f"{share:+.1%}", share <= 0.02))
+        return out
+
+    return Scenario(
+        "S8",
+        "Cost to a suite that does not use the plugin",
+        f"{many} plain tests in {files_count} files, then a single test; the plugin installed against the "
+        "plugin disabled (which pytest then never imports).",
+        "ms per test (session) for the suite; whole-process ms for one test",
+        units,
+        targets=targets,
+        value=value,
+        ratios=False,
+    )

@@ -1,0 +1,106 @@
+"""The benchmark harness still runs: `python -m benchmarks --quick` on tiny sizes.
+
+Timings are never asserted (a busy machine makes any of them miss); what is checked is
+that every scenario ran, every contender has its row, and the JSON and the markdown
+are well formed. Rows of contenders whose package (the `bench` extra) is not installed
+say so instead of holding numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+GUARD = "pytest-llm-guard"
+FAULTS = [GUARD, "ideal", "naive loop", "SDK defaults + fallback", "tenacity"]
+CASSETTE_LIBRARIES = [GUARD, "pytest-recording (vcrpy)", "cassetter", "live call, no cassette"]
+EXPECTED = {
+    "S0": ["fault server alone (http.client)"],
+    "S1": FAULTS,
+    "S2": FAULTS,
+    "S3": FAULTS,
+    "S4": [GUARD, "raw client in a guarded test", "raw client, plugin off"],
+    "S5": CASSETTE_LIBRARIES,
+    "S6": [GUARD, GUARD + ", no probe"],
+    "S7": CASSETTE_LIBRARIES,
+    "S8": [GUARD + " installed", "plugin disabled (-p no:llm_guard)"],
+}
+BENCH_EXTRA = {"pytest-recording (vcrpy)": "pytest_recording", "cassetter": "cassetter"}
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Path]:
+    out = tmp_path_factory.mktemp("bench")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LLM_GUARD_", "PYTEST_"))}
+    env["CI"] = "true"  # generated projects must set their record mode, not inherit replay-only
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    return done, out
+
+
+def test_the_quick_run_succeeds_and_prints_the_table(quick_run) -> None:
+    done, _ = quick_run
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    assert "## Targets" in done.stdout and "## Results" in done.stdout
+
+
+def test_every_scenario_has_a_row_for_every_contender(quick_run) -> None:
+    _, out = quick_run
+    results = json.loads((out / "latest.json").read_text())
+    scenarios = {s["id"]: s for s in results["scenarios"]}
+    assert sorted(scenarios) == sorted(EXPECTED)
+    for sid, contenders in EXPECTED.items():
+        assert {row["contender"] for row in scenarios[sid]["rows"]} == set(contenders), sid
+
+
+def test_rows_hold_measurements_or_say_why_not(quick_run) -> None:
+    _, out = quick_run
+    results = json.loads((out / "latest.json").read_text())
+    for scenario in results["scenarios"]:
+        run = scenario["run"]
+        assert run["quick"] and run["machine"]["cores"] and run["versions"]["pytest-llm-guard"]
+        for row in scenario["rows"]:
+            where = f"{scenario['id']} {row['contender']} {row['size']}"
+            assert not row["errors"], where
+            if row["skipped"]:
+                assert row["contender"] in BENCH_EXTRA, where
+                continue
+            assert row["values"] and row["min"] <= row["median"] <= row["max"], where
+            assert all(s is not None and s > 0 for s in row["session_s"]), where
+        for target in scenario["targets"]:
+            assert set(target) == {"goal", "measured", "met", "note"}
+
+
+def test_replays_reach_no_server(quick_run) -> None:
+    _, out = quick_run
+    s5 = next(s for s in json.loads((out / "latest.json").read_text())["scenarios"] if s["id"] == "S5")
+    for row in s5["rows"]:
+        if row["contender"] != "live call, no cassette" and not row["skipped"]:
+            assert all(sum(r.values()) == 0 for r in row["requests"]), row["contender"]
+
+
+def test_the_markdown_names_every_scenario_and_contender(quick_run) -> None:
+    _, out = quick_run
+    table = (out / "latest.md").read_text()
+    for sid, contenders in EXPECTED.items():
+        assert f"| **{sid}** |" in table
+        for contender in contenders:
+            assert f"| {sid} | {contender} |" in table
+    header = next(line for line in table.splitlines() if line.startswith("| | contender |"))
+    width = header.count("|")
+    results = table[table.index("## Results") :].splitlines()
+    rows = [line for line in results if line.startswith("| S")]
+    assert rows and all(line.count("|") == width for line in rows)
