@@ -86,6 +86,9 @@ class Guard:
         self.alarm: Alarm | None = None
         """The main thread's SIGALRM schedule while the test runs, where the platform has one."""
         self._deadline_deferred = False
+        self.interruptible = False
+        """True while the test's own code runs (setup, call, teardown): the alarm raises only then,
+        never inside pytest's bookkeeping between phases."""
         self._clock = clock
         self._sleep = sleep
         self._async_sleep = async_sleep
@@ -105,6 +108,8 @@ class Guard:
         alarm.at(self.budget.started + deadline + self.settings.timeout_grace, self._backstop)
 
     def _deadline_passed(self) -> None:
+        if not self.interruptible:
+            return
         in_flight = [a for a in self.ledger.snapshot() if a.end is None]
         if in_flight and _event_loop_running() and not self._deadline_deferred:
             # An async attempt is cut inside its own task (its timeouts are capped at the deadline),
@@ -128,6 +133,8 @@ class Guard:
         )
 
     def _backstop(self) -> None:
+        if not self.interruptible:
+            return
         import pytest
 
         grace = self.settings.timeout_grace

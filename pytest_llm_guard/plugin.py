@@ -183,10 +183,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if timeout is not None:
             item.add_marker(pytest.mark.timeout(timeout))
     if guarded and not config.pluginmanager.has_plugin(GUARDED_TESTS):
-        from . import transport
-
-        transport.check_seam()  # a usage error now, not a failure in every guarded test
+        _load_the_guard(base)
         config.pluginmanager.register(GuardedTests(), GUARDED_TESTS)
+
+
+def _load_the_guard(settings: Settings) -> None:
+    """Import what guarded tests use now, once, so no test's deadline pays for it (openai alone
+    takes a third of a second); and fail with a usage error now if httpx2 lost the seam."""
+    import openai  # noqa: F401
+
+    from . import guard, routing, transport  # noqa: F401
+
+    if settings.record != "off":
+        from . import cassettes  # noqa: F401
+    transport.check_seam()
 
 
 GUARDED_TESTS = "llm_guard_guarded_tests"
@@ -243,6 +253,18 @@ class GuardedTests:
                 if layer is not None:
                     _save(item, layer, failed=interrupted or item.stash.get(FAILED, False))
 
+    @pytest.hookimpl(wrapper=True, tryfirst=True, specname="pytest_runtest_setup")
+    def pytest_runtest_setup_phase(self, item: pytest.Item) -> Iterator[None]:
+        return (yield from _interruptible(item))
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True, specname="pytest_runtest_call")
+    def pytest_runtest_call_phase(self, item: pytest.Item) -> Iterator[None]:
+        return (yield from _interruptible(item))
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True, specname="pytest_runtest_teardown")
+    def pytest_runtest_teardown_phase(self, item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+        return (yield from _interruptible(item))
+
     @pytest.hookimpl(tryfirst=True, optionalhook=True)
     def pytest_timeout_set_timer(self, item: pytest.Item, settings: Any) -> bool | None:
         """A user's signal-method timeout joins the guard's alarm (one SIGALRM timer per process);
@@ -282,6 +304,8 @@ class GuardedTests:
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[pytest.TestReport]:
+        if call.excinfo is not None and item.stash.get(GUARD, None) is not None:
+            call.excinfo = _with_line_numbers(call.excinfo)
         report_ = yield
         guard = item.stash.get(GUARD, None)
         if guard is None:
@@ -308,6 +332,37 @@ class GuardedTests:
                 "attempts": [a.to_dict() for a in guard.events],
             }
         return report_
+
+
+def _with_line_numbers(excinfo: pytest.ExceptionInfo[BaseException]) -> pytest.ExceptionInfo[BaseException]:
+    """An exception raised by the alarm's signal handler can carry a traceback entry without a line
+    number (CPython), which pytest cannot format: give such entries their frame's line."""
+    import types
+
+    entries, tb = [], excinfo.tb
+    while tb is not None:
+        entries.append(tb)
+        tb = tb.tb_next
+    if all(entry.tb_lineno is not None for entry in entries):
+        return excinfo
+    rebuilt = None
+    for entry in reversed(entries):
+        line = entry.tb_lineno if entry.tb_lineno is not None else (entry.tb_frame.f_lineno or 1)
+        rebuilt = types.TracebackType(rebuilt, entry.tb_frame, entry.tb_lasti, line)
+    value = excinfo.value.with_traceback(rebuilt)
+    return pytest.ExceptionInfo.from_exc_info((type(value), value, rebuilt))
+
+
+def _interruptible(item: pytest.Item) -> Iterator[None]:
+    """The test's own code runs (a setup, call or teardown phase): its deadline may interrupt it."""
+    guard = item.stash.get(GUARD, None)
+    if guard is None:
+        return (yield)
+    guard.interruptible = True
+    try:
+        return (yield)
+    finally:
+        guard.interruptible = False
 
 
 def _save(item: pytest.Item, layer: CassetteLayer, *, failed: bool) -> None:

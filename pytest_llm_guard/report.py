@@ -204,12 +204,20 @@ def failure_text(excinfo: pytest.ExceptionInfo[BaseException], root: Path) -> st
     hidden = _hidden_prefixes()
     own = [e for e in excinfo.traceback if not str(e.path).startswith(hidden)] or [excinfo.traceback[-1]]
     title = "Where the LLM call was made:" if getattr(excinfo.value, "in_call", True) else "Where the test was:"
-    lines = []
-    for entry in own:
-        path = Path(entry.path)
-        shown = path.relative_to(root) if path.is_relative_to(root) else path
-        lines.append(f"{shown}:{entry.lineno + 1}: in {entry.name}\n    {str(entry.statement).strip()}")
+    lines = [_frame_line(entry, root) for entry in own]
     return "\n".join([f"{excinfo.typename}: {excinfo.value}", "", title, *lines])
+
+
+def _frame_line(entry: Any, root: Path) -> str:
+    """``path:line: in name`` and its statement; a frame without source (generated code) shows no statement."""
+    path = Path(entry.path)
+    shown = path.relative_to(root) if path.is_relative_to(root) else path
+    try:
+        line = f"{entry.lineno + 1}"
+        statement = "\n    " + str(entry.statement).strip()
+    except (AssertionError, TypeError, IndexError):
+        line, statement = "?", ""
+    return f"{shown}:{line}: in {entry.name}{statement}"
 
 
 # -- the terminal summary ---------------------------------------------------------------
