@@ -20,6 +20,7 @@ __tracebackhide__ = True  # pytest: a failed test shows where the LLM call was m
 
 import asyncio
 import math
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol, TypeVar
@@ -321,7 +322,9 @@ class Guard:
         if response.status_code < 400:
             return False
         attempt.retry_after = retry.parse_retry_after(response.headers)
-        self._close(attempt, f"HTTP {response.status_code}")
+        refused = response.status_code in (401, 403)
+        error = f"the endpoint refused the credentials; {key_source(response.request)}" if refused else None
+        self._close(attempt, f"HTTP {response.status_code}", error=error)
         self._check_failure(attempt)
         return True
 
@@ -356,6 +359,19 @@ class Guard:
             # The message lists every attempt with its error; chaining would print the
             # failed attempt's whole httpcore traceback above it in the test report.
             raise exc from None
+
+
+def key_source(request: httpx2.Request) -> str:
+    """Where the key a request carried came from: the environment variable holding it, if one does."""
+    value = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+    for header in ("api-key", "x-api-key"):
+        value = value or request.headers.get(header, "").strip()
+    if not value:
+        return "the request carried no key"
+    names = sorted(name for name, held in os.environ.items() if held.strip() == value)
+    if names:
+        return f"the key came from {' / '.join(names)}"
+    return "the key was passed to the client directly (no environment variable holds it)"
 
 
 _ASYNC_DEFERRAL = 0.5

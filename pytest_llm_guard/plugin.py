@@ -321,6 +321,9 @@ class GuardedTests:
             and not excinfo.errisinstance(LLMNoEndpoint)
         ):
             report_.longrepr = guard.scrubber.text(report.failure_text(excinfo, item.config.rootpath))
+        elif excinfo is not None and (cause := report.guard_cause(excinfo.value)) is not None:
+            text = report.failure_text(excinfo, item.config.rootpath, cause=cause, attempts=guard.events)
+            report_.longrepr = guard.scrubber.text(text)
         if excinfo is not None and excinfo.errisinstance(LLMNoEndpoint) and excinfo.value.skip:
             # on_open="skip": reported as a skip at the test's location, as skip markers are
             path, line = item.reportinfo()[:2]

@@ -106,6 +106,9 @@ def budget_message(
     advice = (
         _ADVICE[budget] if in_call else "raise `deadline`, or cut the test's own waiting (its sleeps, backoffs, loops)"
     )
+    last = attempts[-1] if attempts else None
+    if budget == "retries" and last is not None and last.status in (401, 403):
+        advice = f"fix the credentials ({last.error}); retrying cannot help, and `retries` only bounds it"
     lines.append(
         f"What to do: {advice}; the limit is set with "
         f"@pytest.mark.llm_budget({budget}=...), {option.flag} or {option.env}."
@@ -194,18 +197,40 @@ def _hidden_prefixes() -> tuple[str, ...]:
     return tuple(prefixes)
 
 
-def failure_text(excinfo: pytest.ExceptionInfo[BaseException], root: Path) -> str:
+def failure_text(
+    excinfo: pytest.ExceptionInfo[BaseException],
+    root: Path,
+    *,
+    cause: BaseException | None = None,
+    attempts: Sequence[Attempt] = (),
+) -> str:
     """How a test the guard ended is reported: the message, then the test's and the application's frames.
 
     The message comes first, so pytest's one-line summary shows it. No frames of the
     SDK, httpx2, asyncio, pytest or the guard: pytest would print their arguments, and a
     request's URL may carry a key in its query string; the message already lists every attempt.
+    ``cause``: the guard's error under an exception the SDK raised (a malformed answer, a
+    cut stream), shown in a line, with the test's ``attempts``.
     """
     hidden = _hidden_prefixes()
     own = [e for e in excinfo.traceback if not str(e.path).startswith(hidden)] or [excinfo.traceback[-1]]
     title = "Where the LLM call was made:" if getattr(excinfo.value, "in_call", True) else "Where the test was:"
-    lines = [_frame_line(entry, root) for entry in own]
-    return "\n".join([f"{excinfo.typename}: {excinfo.value}", "", title, *lines])
+    lines = [f"{excinfo.typename}: {excinfo.value}"]
+    if cause is not None:
+        lines.append(f"  caused by {type(cause).__name__}: {cause}")
+        lines.extend(attempt_lines(attempts))
+    return "\n".join([*lines, "", title, *(_frame_line(entry, root) for entry in own)])
+
+
+def guard_cause(error: BaseException) -> BaseException | None:
+    """The guard's own error (a malformed answer, a cut stream) in ``error``'s chain, if any."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if type(error).__name__ in ("LLMMalformedResponse", "LLMStreamCut"):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def _frame_line(entry: Any, root: Path) -> str:

@@ -83,7 +83,12 @@ def _send_single_request(client: httpx2.Client, request: httpx2.Request) -> http
         guard.fail(attempt, exc)  # type: ignore[union-attr]
         raise
     guard.headers_in(attempt)  # type: ignore[union-attr]
-    if not guard.responded(attempt, response):  # type: ignore[union-attr]
+    try:
+        ended = guard.responded(attempt, response)  # type: ignore[union-attr]
+    except BaseException:  # the test cannot absorb this answer: its connection goes back now
+        response.close()
+        raise
+    if not ended:
         response.stream = _WatchedStream(response, guard, attempt, dialect)  # type: ignore[arg-type,assignment]
     return response
 
@@ -110,7 +115,12 @@ async def _send_single_request_async(client: httpx2.AsyncClient, request: httpx2
         guard.fail(attempt, exc)  # type: ignore[union-attr]
         raise
     guard.headers_in(attempt)  # type: ignore[union-attr]
-    if not guard.responded(attempt, response):  # type: ignore[union-attr]
+    try:
+        ended = guard.responded(attempt, response)  # type: ignore[union-attr]
+    except BaseException:
+        await response.aclose()
+        raise
+    if not ended:
         response.stream = _WatchedAsyncStream(response, guard, attempt, dialect)  # type: ignore[arg-type,assignment]
     return response
 

@@ -139,7 +139,29 @@ def test_unparseable_cassette_names_file_line_and_column(tmp_path: Path) -> None
 def test_a_yaml_file_that_is_not_a_cassette(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("just: a mapping\n")
-    with pytest.raises(LLMCassetteError, match="is not a vcrpy cassette"):
+    with pytest.raises(LLMCassetteError, match="cannot be replayed: it has no 'interactions' list") as info:
+        make(path)
+    assert "delete" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("response", "missing"),
+    [
+        ("{status: {code: 200}, body: {string: ok}}", "interaction 2 has no response.headers"),
+        ("{status: {}, headers: {}, body: {string: ok}}", "interaction 2 has no response.status.code"),
+        ("{status: {code: 200}, headers: {}, body: {}}", "interaction 2 has no response.body.string"),
+    ],
+)
+def test_a_cassette_missing_a_field_names_the_interaction_and_the_field(
+    tmp_path: Path, response: str, missing: str
+) -> None:
+    path = tmp_path / "c.yaml"
+    request = "{method: POST, uri: 'http://h/v1/chat/completions', body: '{}', headers: {}}"
+    good = "{status: {code: 200, message: OK}, headers: {}, body: {string: ok}}"
+    path.write_text(
+        f"interactions:\n- request: {request}\n  response: {good}\n- request: {request}\n  response: {response}\n"
+    )
+    with pytest.raises(LLMCassetteError, match=rf"cassette {path} cannot be replayed: {missing}\. It may have been"):
         make(path)
 
 

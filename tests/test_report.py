@@ -98,3 +98,32 @@ def test_an_async_failure_shows_only_the_tests_frames(pytester: pytest.Pytester)
     result.stdout.fnmatch_lines(["Where the LLM call was made:", "test_async.py:*: in test_turn"])
     for hidden in ("asyncio", "pytest_asyncio", "concurrent", "_pytest", "openai/", "httpx2"):
         assert f"{hidden}" not in output.split("Where the LLM call was made:")[1].split("=====")[0], hidden
+
+
+REFUSED_KEY = """
+import time
+import openai
+import pytest
+from pytest_llm_guard.fault import Fault
+
+@pytest.mark.llm_budget(retries=1)
+def test_agent(llm_fault_server, monkeypatch):
+    monkeypatch.setenv("MY_LLM_KEY", "sk-expired-0000")
+    llm_fault_server.plan(then=Fault.status(401))
+    client = openai.OpenAI(base_url=llm_fault_server.base_url, api_key="sk-expired-0000", max_retries=0)
+    for attempt in range(5):  # the naive loop retries even a 401
+        try:
+            return client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+        except Exception:
+            time.sleep(0.01)
+"""
+
+
+def test_a_refused_key_is_named_with_the_variable_it_came_from(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_key=REFUSED_KEY)
+    result = pytester.runpytest()
+    result.assert_outcomes(failed=1)
+    output = result.stdout.str()
+    assert "HTTP 401 (the endpoint refused the credentials; the key came from MY_LLM_KEY)" in output
+    assert "What to do: fix the credentials" in output and "answer faster" not in output
+    assert "sk-expired-0000" not in output

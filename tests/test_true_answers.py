@@ -180,3 +180,33 @@ def test_a_cassette_shared_by_20_tests_records_in_once_mode(
     assert len(shared["interactions"]) == 60
     monkeypatch.delenv("OPENAI_API_KEY")  # the next session in once mode only replays: offline, no key
     pytester.runpytest_subprocess("--llm-guard-all=true", "--llm-record=once", *workers).assert_outcomes(passed=20)
+
+
+def test_a_broken_answer_that_fails_a_test_is_reported_in_a_few_lines(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_app="""
+        import openai
+        from pytest_llm_guard.fault import Fault
+
+        def test_agent(llm_fault_server, llm_guard):
+            llm_fault_server.plan(then=Fault.cut_stream(after_chunks=2))
+            client = openai.OpenAI(base_url=llm_fault_server.base_url, api_key="sk-app", max_retries=0)
+            messages = [{"role": "user", "content": "hi"}]
+            stream = client.chat.completions.create(model="m", messages=messages, stream=True)
+            print("".join(chunk.choices[0].delta.content or "" for chunk in stream))
+        """
+    )
+    result = pytester.runpytest()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "APIConnectionError: Connection error.",
+            "  caused by LLMStreamCut: stream from http://127.0.0.1:* ended before its end event after 2 events*",
+            "Attempts (1):",
+            "  1. call 1: http://127.0.0.1:*/v1/chat/completions model=m: LLMStreamCut*",
+            "",
+            "Where the LLM call was made:",
+            "test_app.py:*: in test_agent",
+        ]
+    )
+    assert "httpcore2" not in result.stdout.str() and "_base_client.py" not in result.stdout.str()

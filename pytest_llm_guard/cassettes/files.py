@@ -45,21 +45,30 @@ def read_text(path: Path) -> str | None:
     except OSError as exc:
         raise LLMCassetteError(f"cannot read cassette {path}: {exc}") from None
     except UnicodeDecodeError as exc:
-        raise LLMCassetteError(f"cassette {path} is not UTF-8 text ({exc}); delete it and re-record") from None
+        raise LLMCassetteError(
+            f"cassette {path} is not UTF-8 text ({exc}); fix it, or record the test again (--llm-record=all)"
+        ) from None
     return text if text.strip() else None
 
 
 def unreadable(path: Path, exc: Exception) -> LLMCassetteError:
-    """The error for a file that is not a cassette: where the parser stopped, and what to do."""
+    """The error for a file that cannot be used: where the parser stopped, or what is missing, and what to do.
+
+    Never advice to delete it: it may be a cassette another tool wrote, in a format of its own.
+    """
     if isinstance(exc, yaml.YAMLError):
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
         return LLMCassetteError(
-            f"cannot parse cassette {path}{where}: {problem}. Fix the file, or delete it and record again."
+            f"cannot parse cassette {path}{where}: {problem}. Fix the file, or record the test again "
+            "(--llm-record=all)."
         )
+    detail = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
     return LLMCassetteError(
-        f"{path} is not a vcrpy cassette ({type(exc).__name__}: {exc}); delete it and record again."
+        f"cassette {path} cannot be replayed: {detail}. It may have been written by another tool or edited by "
+        "hand: fix it, point this test elsewhere (@pytest.mark.llm_cassette(path=...)), or record it again "
+        "(--llm-record=all)."
     )
 
 

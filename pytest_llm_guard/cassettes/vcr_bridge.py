@@ -101,7 +101,39 @@ class ReadableYaml:
 
     @staticmethod
     def deserialize(text: str) -> Any:
-        return yamlserializer.deserialize(text)
+        data = yamlserializer.deserialize(text)
+        problem = _missing_field(data)
+        if problem:
+            raise ValueError(problem)
+        return data
+
+
+_REQUIRED = {
+    "request": ("method", "uri", "body", "headers"),
+    "response": ("status", "headers", "body"),
+}
+
+
+def _missing_field(data: Any) -> str | None:
+    """What a cassette lacks that replay needs, named by interaction number and field."""
+    if not isinstance(data, dict) or not isinstance(data.get("interactions"), list):
+        return "it has no 'interactions' list"
+    for number, interaction in enumerate(data["interactions"], 1):
+        if not isinstance(interaction, dict):
+            return f"interaction {number} is not a mapping"
+        for part, fields in _REQUIRED.items():
+            value = interaction.get(part)
+            if not isinstance(value, dict):
+                return f"interaction {number} has no {part}"
+            missing = [f for f in fields if f not in value]
+            if missing:
+                return f"interaction {number} has no {part}.{missing[0]}"
+        response = interaction["response"]
+        if not isinstance(response["status"], dict) or "code" not in response["status"]:
+            return f"interaction {number} has no response.status.code"
+        if not isinstance(response["body"], dict) or "string" not in response["body"]:
+            return f"interaction {number} has no response.body.string"
+    return None
 
 
 def _fingerprint(request: VcrRequest, response: dict[str, Any]) -> str:
