@@ -34,6 +34,7 @@ from .errors import LLMGuardInterrupt
 from .retry import is_retryable_error
 
 _ERRORS_KEPT = 3
+_TRANSITIONS_KEPT = 50
 
 
 class Outcome(enum.Enum):
@@ -96,6 +97,13 @@ class Breaker:
     errors: list[str] = field(default_factory=list)
     trips: int = 0
     why: str = ""
+    transitions: list[dict[str, Any]] = field(default_factory=list)
+    """The last state changes, oldest first: ``{"time", "from", "to", "why"}``, for reports."""
+
+    def _move(self, now: float, to: str, why: str) -> None:
+        change = {"time": now, "from": self.state, "to": to, "why": why}
+        self.transitions = [*self.transitions, change][-_TRANSITIONS_KEPT:]
+        self.state = to
 
     def next_probe(self) -> float | None:
         if self.state == "open" and self.opened_at is not None and self.cooldown is not None:
@@ -111,7 +119,9 @@ class Breaker:
         due = self.next_probe()
         if due is not None and now < due:
             return Verdict(False, self.describe(now))
-        self.state, self.probe_until = "half_open", now + lease
+        if self.state == "open":
+            self._move(now, "half_open", "cooldown over: one probe")
+        self.probe_until = now + lease
         return Verdict(True, probe=True)
 
     def record(self, outcome: Outcome, now: float, error: str | None, policy: Settings) -> None:
@@ -121,7 +131,7 @@ class Breaker:
             return  # a late answer to an attempt sent before the trip changes nothing
         if self.state == "half_open":
             if outcome is Outcome.SUCCESS:
-                self._close()
+                self._close(now)
             elif outcome is Outcome.FAILURE:
                 cooldown = min((self.cooldown or policy.breaker_cooldown) * 2, policy.breaker_cooldown_max)
                 self._open(now, cooldown, f"when its probe failed (cooldown now {cooldown:g} s)")
@@ -150,11 +160,13 @@ class Breaker:
         return None
 
     def _open(self, now: float, cooldown: float, why: str) -> None:
-        self.state, self.opened_at, self.cooldown, self.probe_until = "open", now, cooldown, None
+        self._move(now, "open", why)
+        self.opened_at, self.cooldown, self.probe_until = now, cooldown, None
         self.trips, self.why = self.trips + 1, why
 
-    def _close(self) -> None:
-        self.state, self.consecutive, self.recent = "closed", 0, ""
+    def _close(self, now: float) -> None:
+        self._move(now, "closed", "its probe succeeded")
+        self.consecutive, self.recent = 0, ""
         self.opened_at = self.cooldown = self.probe_until = None
 
     def describe(self, now: float) -> str:

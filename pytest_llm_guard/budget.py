@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __tracebackhide__ = True  # pytest: a failed test shows where the LLM call was made, not our internals
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from .errors import LLMBudgetExceeded
 from .ledger import Attempt, Ledger
 
 Clock = Callable[[], float]
+log = logging.getLogger("pytest_llm_guard")
 
 
 class Budget:
@@ -88,13 +90,20 @@ class Budget:
         if self.remaining() <= 0:
             raise self.exceeded("deadline", "the deadline passed while the response was still arriving")
 
-    def check_tokens(self) -> None:
+    def check_spending(self) -> None:
+        """After an answer: tokens, and money where prices are configured."""
         limit = self.settings.tokens
         if limit is not None and self.ledger.tokens > limit:
             raise self.exceeded("tokens", f"{self.ledger.tokens} tokens used")
+        money = self.settings.cost
+        if money is not None and (self.ledger.cost or 0.0) > money:
+            spent = self.ledger.cost or 0.0
+            raise self.exceeded("cost", f"{spent:.4f} {self.settings.currency} spent")
 
     def exceeded(self, budget: str, what: str, *, in_call: bool = True) -> LLMBudgetExceeded:
+        """The exception that ends the test, worded by ``report.py``, and logged as it happens."""
         message = report.budget_message(
             budget, what, self.settings, self.ledger, elapsed=self.elapsed(), in_call=in_call
         )
+        log.error("%s", message.splitlines()[0])
         return LLMBudgetExceeded(budget, message, in_call=in_call)

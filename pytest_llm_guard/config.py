@@ -71,6 +71,9 @@ class Settings:
     )
     calls: int | None = _option(None, count, "LLM requests a test may send (runaway agent loops)", marker=True)
     tokens: int | None = _option(None, count, "total tokens (from `usage`) a test may spend", marker=True)
+    cost: float | None = _option(
+        None, seconds, "money a test may spend, from its tokens and the configured prices", marker=True
+    )
     guard_all: bool = _option(False, boolean, "guard every test, not only those using the fixtures or markers")
     timeout_grace: float = _option(5.0, number(float, 0, positive=False), "pytest-timeout backstop: deadline + this")
     backoff_initial: float = _option(0.5, number(float, 0, positive=False), "first retry backoff of guarded clients")
@@ -120,7 +123,15 @@ class Settings:
     session_deadline: float | None = _option(None, seconds, "seconds the whole session may spend on guarded tests")
     max_calls: int | None = _option(None, count, "LLM calls the whole session may send, over all xdist workers")
     max_tokens: int | None = _option(None, count, "tokens the whole session may spend, over all xdist workers")
+    max_cost: float | None = _option(None, seconds, "money the whole session may spend, over all xdist workers")
     on_session_spent: str = _option("skip", choice("skip", "fail"), "guarded tests once a session budget is spent")
+    # reports (report.py, report_json.py, report_html.py)
+    durations: int = _option(
+        5, number(int, 0, positive=False), "guarded tests listed by where their time went (0: all)"
+    )
+    report: str | None = _option(None, text, "write the JSON report (every attempt, per test and endpoint) here")
+    report_html: str | None = _option(None, text, "write the HTML report (tests, timelines, endpoints) here")
+    currency: str = _option("USD", text, "what the configured prices are in, for reports")
     # per test only, from the llm_breaker and llm_cassette markers
     endpoints: tuple[str, ...] | None = None
     """Endpoints the test may use (``llm_breaker(endpoints=...)``); None: all."""
@@ -181,8 +192,8 @@ OPTIONS: dict[str, Option] = {
 MARKER_KEYS = tuple(name for name, option in OPTIONS.items() if option.in_marker)
 
 
-SECTIONS = ("endpoints",)
-"""Keys of ``[tool.pytest_llm_guard]`` that are not options: read by their own module (``endpoints.py``)."""
+SECTIONS = ("endpoints", "prices")
+"""Keys of ``[tool.pytest_llm_guard]`` that are tables, not options: read by ``endpoints.py`` and ``prices.py``."""
 
 
 def read_pyproject(path: Path) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -69,10 +70,19 @@ class Dialect:
         raise NotImplementedError
 
 
+@dataclass(frozen=True)
+class Usage:
+    """Tokens a response reports: in all, and (where it says) of the prompt and of the answer."""
+
+    total: int
+    input: int | None = None
+    output: int | None = None
+
+
 class BodyReader:
     """One response body, chunk by chunk. The base reader accepts any body (audio, images...)."""
 
-    tokens: int | None = None
+    usage: Usage | None = None
     ended: bool = True
     """Whether the body reached what ends it (a stream's end event); a plain body ends when it ends."""
     events_expected: bool = False
@@ -109,7 +119,7 @@ _AZURE_DEPLOYMENT_ROUTES = frozenset(
 )
 
 
-def _usage_tokens(obj: Any) -> int | None:
+def _usage(obj: Any) -> Usage | None:
     if not isinstance(obj, dict):
         return None
     usage = obj.get("usage")
@@ -117,12 +127,15 @@ def _usage_tokens(obj: Any) -> int | None:
         usage = obj["response"].get("usage")  # Responses API stream: response.completed
     if not isinstance(usage, dict):
         return None
-    total = usage.get("total_tokens")
-    if isinstance(total, int):
-        return total
-    parts = [usage.get(k) for k in ("prompt_tokens", "completion_tokens", "input_tokens", "output_tokens")]
-    counted = [p for p in parts if isinstance(p, int)]
-    return sum(counted) if counted else None
+
+    def count(*keys: str) -> int | None:
+        return next((usage[k] for k in keys if isinstance(usage.get(k), int)), None)
+
+    prompt, completion = count("prompt_tokens", "input_tokens"), count("completion_tokens", "output_tokens")
+    total = count("total_tokens")
+    if total is None and prompt is None and completion is None:
+        return None
+    return Usage(total if total is not None else (prompt or 0) + (completion or 0), prompt, completion)
 
 
 class _JsonReader(BodyReader):
@@ -142,7 +155,7 @@ class _JsonReader(BodyReader):
         if len(self._body) > self._LIMIT:
             return None  # too large to keep: neither judged nor counted
         try:
-            self.tokens = _usage_tokens(json.loads(self._body))
+            self.usage = _usage(json.loads(self._body))
         except (ValueError, UnicodeDecodeError):
             return "malformed JSON"
         return None
@@ -188,8 +201,7 @@ class _EventStreamReader(BodyReader):
         except (ValueError, UnicodeDecodeError):
             return f"malformed JSON in event {self.events} of a stream"
         if isinstance(payload, dict):
-            found = _usage_tokens(payload)
-            self.tokens = found if found is not None else self.tokens
+            self.usage = _usage(payload) or self.usage
             self.ended = self.ended or payload.get("type") in _END_TYPES
         return None
 

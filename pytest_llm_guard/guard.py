@@ -19,6 +19,7 @@ from __future__ import annotations
 __tracebackhide__ = True  # pytest: a failed test shows where the LLM call was made, not our internals
 
 import asyncio
+import logging
 import math
 import os
 import time
@@ -27,17 +28,20 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import httpx2
 
-from . import retry
+from . import report, retry
 from .alarm import Alarm
 from .budget import Budget, Clock
 from .config import Settings
-from .dialect import Dialect, origin_of, request_json
+from .dialect import Dialect, Usage, origin_of, request_json
 from .errors import LLMGuardInterrupt
 from .ledger import CALL, Attempt, Call, Ledger, Stats
+from .prices import Prices
 from .scrub import Scrubber
 
 if TYPE_CHECKING:
     import openai
+
+log = logging.getLogger("pytest_llm_guard")
 
 CLIENT_TIMEOUT = "pytest_llm_guard.client_timeout"
 """Request extension: the timeouts the client asked for, before the guard capped them."""
@@ -74,6 +78,8 @@ class Guard:
         sleep: Callable[[float], None] = time.sleep,
         async_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         scrubber: Scrubber | None = None,
+        prices: Prices | None = None,
+        on_attempt: Callable[[Attempt], None] | None = None,
     ) -> None:
         self.settings = settings
         self.test_id = test_id
@@ -81,6 +87,9 @@ class Guard:
             headers=settings.scrub_headers, body_fields=settings.scrub_body_fields, patterns=settings.scrub_patterns
         )
         """Everything this test writes for people or to disk passes it (``scrub.py``)."""
+        self.prices = prices or Prices()
+        self.on_attempt = on_attempt
+        """Called with every attempt as it ends (the ``pytest_llm_guard_attempt`` hook)."""
         self.ledger = Ledger(test_id)
         self.budget = Budget(settings, self.ledger, clock=clock)
         self.layers: tuple[Layer, ...] = ()
@@ -340,17 +349,27 @@ class Guard:
             attempt.cause = attempt.cap_by
             raise httpx2.ReadTimeout(f"the attempt took longer than its {attempt.cap:.2f} s cap ({attempt.cap_by})")
 
-    def succeeded(self, attempt: Attempt, tokens: int | None) -> None:
-        attempt.tokens = tokens
+    def succeeded(self, attempt: Attempt, usage: Usage | None) -> None:
+        if usage is not None:
+            attempt.tokens, attempt.input_tokens, attempt.output_tokens = usage.total, usage.input, usage.output
+            attempt.cost = self.prices.cost(attempt.model, usage.total, usage.input, usage.output)
         self._close(attempt, "ok")
-        self.budget.check_tokens()
+        self.budget.check_spending()
 
     def closed_early(self, attempt: Attempt) -> None:
         """The caller stopped reading the body: the attempt counts as answered."""
         self._close(attempt, "ok", error="body not read to the end")
 
+    def since_start(self, attempt: Attempt) -> float:
+        return self._clock() - attempt.start
+
     def _close(self, attempt: Attempt, outcome: str, *, error: str | None = None) -> bool:
-        return self.ledger.close(attempt, self._clock(), outcome, error=error)
+        if not self.ledger.close(attempt, self._clock(), outcome, error=error):
+            return False
+        log.info("%s: attempt %s", self.test_id, report.describe(attempt))
+        if self.on_attempt is not None:
+            self.on_attempt(attempt)
+        return True
 
     def _check_failure(self, attempt: Attempt) -> None:
         try:

@@ -9,6 +9,7 @@ import pytest
 if TYPE_CHECKING:
     from vcr.request import Request as VcrRequest
 
+    from .ledger import Attempt
     from .state import StateStore
 
 
@@ -29,4 +30,14 @@ def pytest_llm_guard_state_store(config: pytest.Config) -> StateStore | None:
     Called once in every process: the xdist controller and each worker. The default is
     in memory without xdist, and SQLite in a folder the controller creates under xdist
     (one machine). Return a network store (Redis, see ``state.py``) for xdist across machines.
+    """
+
+
+@pytest.hookspec
+def pytest_llm_guard_attempt(record: Attempt) -> None:
+    """Called after each attempt of a guarded test ends, with its record (``pytest_llm_guard.Attempt``).
+
+    For shipping records elsewhere (OpenTelemetry, a dashboard) without forking: the record
+    is final (outcome, times, tokens, cost, source, endpoint); do not change it. Runs on the
+    process that made the attempt (an xdist worker), in the thread that made it.
     """

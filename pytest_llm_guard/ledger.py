@@ -19,10 +19,14 @@ Totals are updated once per attempt, so a test's thousandth call costs what its 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 SOURCES = ("live", "recorded", "replayed", "refused")
+CATEGORIES = ("ok", "timeout", "http_4xx", "http_429", "http_5xx", "reset", "malformed", "cut", "refused", "replayed")
+"""What came of an attempt: an answer, a timeout, an error status, a dropped connection (``reset``),
+a broken body (``malformed``), a body cut short (``cut``), nothing sent, or a replay."""
 NETWORK_SOURCES = frozenset({"live", "recorded"})
 CALL = "pytest_llm_guard.call"
 """Request extension holding the :class:`Call` a guarded client's attempts belong to."""
@@ -88,6 +92,12 @@ class Attempt:
     error: str | None = None
     retry_after: float | None = None
     tokens: int | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cost: float | None = None
+    """Money, from ``tokens`` and the configured prices of ``model``; None without a price."""
+    first_chunk: float | None = None
+    """Seconds from the attempt's start to the first chunk of its body."""
     endpoint_name: str | None = None
     """The configured endpoint that took the attempt; None for other URLs."""
     failover_to: str | None = None
@@ -105,9 +115,29 @@ class Attempt:
     def retry(self) -> bool:
         return self.kind == "retry"
 
+    @property
+    def category(self) -> str:
+        """What came of it, in a few words reports group by: see :data:`CATEGORIES`."""
+        if self.source in ("refused", "replayed"):
+            return self.source
+        outcome = self.outcome
+        if outcome in ("ok", "pending"):
+            return outcome
+        if outcome.startswith("HTTP "):
+            status = int(outcome[5:]) if outcome[5:].isdigit() else 0
+            return "http_429" if status == 429 else "http_5xx" if status >= 500 else "http_4xx"
+        if outcome == "LLMMalformedResponse":
+            return "malformed"
+        if outcome in ("LLMStreamCut", "cut", "CancelledError"):
+            return "cut"
+        if outcome.endswith("Timeout"):
+            return "timeout"
+        return "reset"
+
     def to_dict(self) -> dict[str, Any]:
         record = dict(vars(self))  # flat: every field is a plain value
         del record["headers_timer"], record["cap_binds"]
+        record["category"] = self.category
         return record
 
 
@@ -128,6 +158,8 @@ class Stats:
     network_seconds: float = 0.0
     backoff_seconds: float = 0.0
     tokens: int = 0
+    cost: float | None = None
+    """Money spent, where prices are configured for the models used (None: no price known)."""
 
 
 class Ledger:
@@ -143,6 +175,7 @@ class Ledger:
         self.counted_failures = 0
         """Failures the ``retries`` budget absorbs: failed attempts not followed by a failover."""
         self.tokens = 0
+        self.cost: float | None = None
         self.network_seconds = 0.0
         self.backoff_seconds = 0.0
         self.by_source = dict.fromkeys(SOURCES, 0)
@@ -179,6 +212,8 @@ class Ledger:
                 if attempt.failover_to is None:
                     self.counted_failures += 1
             self.tokens += attempt.tokens or 0
+            if attempt.cost is not None:
+                self.cost = (self.cost or 0.0) + attempt.cost
             return True
 
     def snapshot(self) -> list[Attempt]:
@@ -200,4 +235,37 @@ class Ledger:
                 network_seconds=self.network_seconds,
                 backoff_seconds=self.backoff_seconds,
                 tokens=self.tokens,
+                cost=self.cost,
             )
+
+
+def attribution(attempts: Iterable[Mapping[str, Any]], duration: float) -> list[dict[str, Any]]:
+    """Where a test's wall time went: its attempts by category, its waits, and the rest (its own code).
+
+    ``backoff`` is the time between a failed attempt's end and the next attempt's start,
+    whoever waited (a guarded client's backoff, a Retry-After, the application's own
+    ``time.sleep``). Reads attempt records (``Attempt.to_dict()``), so it serves the xdist
+    controller too. Attempts made at the same time (threads, ``asyncio.gather``) can add up
+    to more than the test took; ``other`` is then 0.
+    """
+    seconds: dict[str, float] = dict.fromkeys(CATEGORIES, 0.0)
+    counts: dict[str, int] = dict.fromkeys(CATEGORIES, 0)
+    backoff, previous = 0.0, None
+    for attempt in sorted(attempts, key=lambda a: a["start"]):
+        category = attempt["category"] if attempt["category"] in seconds else "reset"
+        end = attempt["end"] if attempt["end"] is not None else attempt["start"]
+        seconds[category] += end - attempt["start"]
+        counts[category] += 1
+        if previous is not None and previous["category"] not in ("ok", "replayed"):
+            backoff += max(0.0, attempt["start"] - previous["end"])
+        previous = {"category": category, "end": end}
+    parts: list[dict[str, Any]] = [
+        {"what": category, "seconds": seconds[category], "attempts": counts[category]}
+        for category in CATEGORIES
+        if counts[category]
+    ]
+    if backoff:
+        parts.append({"what": "backoff", "seconds": backoff})
+    spent = sum(part["seconds"] for part in parts)
+    parts.append({"what": "other", "seconds": max(0.0, duration - spent)})
+    return parts

@@ -7,9 +7,9 @@ guarded test is collected, so a suite that never uses the plugin does not pay fo
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +19,7 @@ from . import hooks
 from .config import INI_PREFIX, MARKERS, OPTIONS, Settings, apply_markers, load_settings, read_pyproject
 from .endpoints import load_endpoints
 from .errors import LLMCassetteError, LLMGuardConfigError, LLMGuardInterrupt, LLMNoEndpoint
+from .prices import load_prices
 from .session import Session
 
 if TYPE_CHECKING:
@@ -36,6 +37,8 @@ CASSETTE = pytest.StashKey["CassetteLayer"]()
 ENVIRONMENT = pytest.StashKey[pytest.MonkeyPatch]()
 FAILED = pytest.StashKey[bool]()
 OWN_TIMEOUT = pytest.StashKey[bool]()
+STARTED = pytest.StashKey[float]()
+OUTCOME = pytest.StashKey["tuple[str, float]"]()
 GUARD_FIXTURES = frozenset({"llm_guard", "llm_client", "async_llm_client"})
 REPLAY_PLACEHOLDER_KEY = "sk-llm-guard-replay-placeholder"
 
@@ -95,16 +98,18 @@ def pytest_configure(config: pytest.Config) -> None:
     for warning in warnings:
         config.issue_config_time_warning(pytest.PytestConfigWarning(warning), stacklevel=2)
     config.stash[SETTINGS] = settings
-    raw = read_pyproject(pyproject).get("endpoints") if pyproject is not None else None
-    endpoints = load_endpoints(raw, str(pyproject), base_url=settings.base_url, environ=os.environ)
+    table = read_pyproject(pyproject) if pyproject is not None else {}
+    endpoints = load_endpoints(table.get("endpoints"), str(pyproject), base_url=settings.base_url, environ=os.environ)
     session = Session.open(
         settings,
         endpoints,
         plugin_store=config.hook.pytest_llm_guard_state_store(config=config),
         workerinput=getattr(config, "workerinput", None),
         distributed=config.getoption("dist", "no") != "no" and bool(config.getoption("tx", None)),
+        prices=load_prices(table.get("prices"), str(pyproject)),
     )
     config.stash[SESSION] = session
+    config.pluginmanager.register(_Records(session), "llm_guard_records")
     if session.folder is not None:
         config.pluginmanager.register(_XdistHandoff(session), "llm_guard_xdist_state")
 
@@ -118,6 +123,18 @@ def _ini_overrides(config: pytest.Config) -> dict[str, str]:
         if key.strip().startswith(INI_PREFIX) and name in OPTIONS:
             found[name] = value
     return found
+
+
+class _Records:
+    """Collects guarded tests' records, from this process or (under xdist) a worker's."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        test = getattr(report, "llm_guard", None)
+        if isinstance(test, dict):
+            self.session.records.append(test)
 
 
 class _XdistHandoff:
@@ -215,8 +232,15 @@ class GuardedTests:
         from .alarm import Alarm
         from .guard import Guard
 
-        guard = Guard(settings, test_id=item.nodeid)
+        session = item.config.stash[SESSION]
+        guard = Guard(
+            settings,
+            test_id=item.nodeid,
+            prices=session.prices,
+            on_attempt=lambda attempt: item.ihook.pytest_llm_guard_attempt(record=attempt),
+        )
         item.stash[GUARD] = guard
+        item.stash[STARTED] = time.time()
         alarm = Alarm() if Alarm.available() else None
         if alarm is not None:
             guard.arm(alarm)
@@ -329,12 +353,25 @@ class GuardedTests:
             path, line = item.reportinfo()[:2]
             report_.outcome = "skipped"
             report_.longrepr = (os.fspath(path), (line or 0) + 1, str(excinfo.value))
+        _note_phase(item, report_)
         if call.when == "teardown":
-            report_.llm_guard = {  # type: ignore[attr-defined]
-                "stats": dataclasses.asdict(guard.stats),
-                "attempts": [a.to_dict() for a in guard.events],
-            }
+            from . import report_json
+
+            outcome, duration = item.stash[OUTCOME]
+            test = report_json.record(guard, item.nodeid, outcome, duration, item.stash[STARTED])
+            report_.llm_guard = test  # type: ignore[attr-defined]  # travels to the xdist controller
+            report_.user_properties.extend(report_json.junit_properties(test))
         return report_
+
+
+def _note_phase(item: pytest.Item, report_: pytest.TestReport) -> None:
+    """The test's outcome as a person reads it (its call's, or an error in setup or teardown) and its duration."""
+    outcome, duration = item.stash.get(OUTCOME, ("passed", 0.0))
+    if report_.failed:
+        outcome = "failed" if report_.when == "call" else "error" if outcome == "passed" else outcome
+    elif report_.skipped and report_.when != "teardown":
+        outcome = "skipped"
+    item.stash[OUTCOME] = (outcome, duration + report_.duration)
 
 
 def _with_line_numbers(excinfo: pytest.ExceptionInfo[BaseException]) -> pytest.ExceptionInfo[BaseException]:
@@ -405,20 +442,63 @@ def _open_cassette(item: pytest.Item, guard: Guard) -> CassetteLayer | None:
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    per_test = [
-        r.llm_guard["stats"]
-        for reports in terminalreporter.stats.values()
-        for r in reports
-        if isinstance(getattr(r, "llm_guard", None), dict)
-    ]
-    if not any(t["attempts"] for t in per_test):
-        return
-    from . import report
-
     session = terminalreporter.config.stash[SESSION]
+    if not any(test["stats"]["attempts"] for test in session.records):
+        return
+    from . import report, report_json
+
+    settings = session.settings
+    verbosity = terminalreporter.config.get_verbosity()
     terminalreporter.write_sep("-", "llm-guard")
-    for line in report.summary_lines(per_test, session.router.status()):
-        terminalreporter.write_line(line)
+    terminalreporter.write_line(report.totals_line([t["stats"] for t in session.records], settings.currency))
+    for line in session.router.status():
+        terminalreporter.write_line(f"endpoint {line}")
+    if verbosity < 0:
+        return
+    slowest = report.slowest_lines(session.records, settings.durations)
+    if slowest:
+        shown = "all" if settings.durations == 0 else f"{len(slowest)} slowest"
+        terminalreporter.write_line(f"where the time went ({shown} guarded tests; {OPTIONS['durations'].flag}=N):")
+        for line in slowest:
+            terminalreporter.write_line(f"  {line}")
+    if verbosity > 0:
+        for line in report.endpoint_lines(report_json.endpoints(session.records, session.router.health())):
+            terminalreporter.write_line(line)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """The controller (or the only process) writes the JSON and HTML reports, from every worker's records."""
+    config = session.config
+    guard_session = config.stash.get(SESSION, None)
+    if guard_session is None or hasattr(config, "workerinput"):
+        return
+    settings = guard_session.settings
+    if not (settings.report or settings.report_html):
+        return
+    from . import report_json
+
+    health = guard_session.router.health() if guard_session.records else []
+    data = report_json.build(
+        guard_session.records, health, duration=time.monotonic() - guard_session.started, currency=settings.currency
+    )
+    for option, path in (("report", settings.report), ("report_html", settings.report_html)):
+        if not path:
+            continue
+        target = config.invocation_params.dir / path  # an absolute path stays as it is
+        try:
+            if option == "report":
+                report_json.write(target, data)
+            else:
+                from .cassettes.files import write_atomically
+                from .report_html import render
+
+                write_atomically(target, render(data))
+            said = f"pytest-llm-guard: {OPTIONS[option].flag.removeprefix('--llm-')} written to {target}"
+        except OSError as exc:
+            said = f"pytest-llm-guard: the {OPTIONS[option].flag} file {target} could not be written: {exc}"
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(said)
 
 
 # -- fixtures -------------------------------------------------------------------------

@@ -82,6 +82,7 @@ _ADVICE = {
     "call_timeout": "raise `call_timeout`, or make the endpoint answer faster (see the attempts above)",
     "calls": "raise `calls`, or find the loop that keeps calling",
     "tokens": "raise `tokens`, or send shorter prompts / ask for shorter answers",
+    "cost": "raise `cost`, or use a cheaper model / shorter prompts",
 }
 
 
@@ -90,7 +91,7 @@ def budget_message(
 ) -> str:
     """The text of ``LLMBudgetExceeded``: the cause, the limit and its source, every attempt, what to do."""
     limit = getattr(settings, budget)
-    unit = " s" if budget in ("deadline", "call_timeout") else ""
+    unit = " s" if budget in ("deadline", "call_timeout") else f" {settings.currency}" if budget == "cost" else ""
     shown = f"{limit:g}" if isinstance(limit, float) and budget != "deadline" else limit
     attempts = ledger.snapshot()
     lines = [
@@ -153,8 +154,10 @@ def no_endpoint(
 
 
 def session_spent(settings: Settings, name: str, used: float, limit: float) -> str:
-    unit = {"session_deadline": " s", "max_calls": " LLM calls", "max_tokens": " tokens"}[name]
-    shown = f"{used:.1f}" if name == "session_deadline" else str(int(used))
+    unit = {"session_deadline": " s", "max_calls": " LLM calls", "max_tokens": " tokens"}.get(
+        name, f" {settings.currency}"
+    )
+    shown = f"{used:.1f}" if name == "session_deadline" else f"{used:.4f}" if name == "max_cost" else str(int(used))
     option = OPTIONS[name]
     action = "fail" if settings.on_session_spent == "fail" else "are skipped"
     return (
@@ -263,18 +266,86 @@ SUMMED = (
 )
 
 
-def summary_lines(per_test: Sequence[Mapping[str, Any]], endpoint_status: Iterable[str]) -> list[str]:
-    """The session's totals in the ledger's words, then endpoints whose breakers tripped."""
-    if not any(t["attempts"] for t in per_test):
-        return []
-    total = {key: sum(t[key] for t in per_test) for key in SUMMED}
+def totals(per_test: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The session's stats: each test's summed; cost None when no test had a price."""
+    total: dict[str, Any] = {key: sum(t[key] for t in per_test) for key in SUMMED}
+    costs = [t["cost"] for t in per_test if t.get("cost") is not None]
+    total["cost"] = sum(costs) if costs else None
+    return total
+
+
+def totals_line(per_test: Sequence[Mapping[str, Any]], currency: str) -> str:
+    """The session's totals in the ledger's words."""
+    return totals_sentence(len(per_test), totals(per_test), currency)
+
+
+def totals_sentence(tests: int, total: Mapping[str, Any], currency: str = "") -> str:
+    """Totals (``totals()``) as one sentence: the terminal summary's, and the HTML report's header."""
     sources = ", ".join(f"{total[s]} {s}" for s in ("live", "recorded", "replayed", "refused") if total[s])
-    lines = [
-        f"{plural(len(per_test), 'guarded test')}: {plural(total['calls'], 'LLM call')}, "
+    line = (
+        f"{plural(tests, 'guarded test')}: {plural(total['calls'], 'LLM call')}, "
         f"{plural(total['attempts'], 'attempt')} ({sources or 'none sent'}), {plural(total['retries'], 'retry')}, "
         f"{plural(total['failovers'], 'failover')}, {plural(total['failures'], 'failed attempt')}; "
         f"{total['network_seconds']:.2f} s on the network, {total['backoff_seconds']:.2f} s in backoff, "
         f"{plural(total['tokens'], 'token')}"
-    ]
-    lines.extend(f"endpoint {line}" for line in endpoint_status)
+    )
+    if total.get("cost") is not None:
+        line += f", {total['cost']:.4f} {currency}".rstrip()
+    return line
+
+
+_LABELS = {
+    "ok": "ok call",
+    "timeout": "timeout",
+    "http_4xx": "HTTP 4xx answer",
+    "http_429": "429 answer",
+    "http_5xx": "HTTP 5xx answer",
+    "reset": "dropped connection",
+    "malformed": "malformed answer",
+    "cut": "cut answer",
+    "refused": "refused attempt",
+    "replayed": "replayed call",
+}
+
+
+def attribution_text(parts: Sequence[Mapping[str, Any]]) -> str:
+    """``300.0s in 5 timeouts + 8.1s backoff + 4.3s in 2 ok calls + 0.0s other``"""
+    words = []
+    for part in parts:
+        if part["what"] in ("backoff", "other"):
+            words.append(f"{part['seconds']:.1f}s {part['what']}")
+        else:
+            words.append(f"{part['seconds']:.1f}s in {plural(part['attempts'], _LABELS[part['what']])}")
+    return " + ".join(words)
+
+
+def slowest_lines(records: Sequence[Mapping[str, Any]], count: int) -> list[str]:
+    """The ``count`` slowest guarded tests (0: all), one line each: where their time went."""
+    ranked = sorted(records, key=lambda r: r["duration"], reverse=True)
+    shown = ranked if count == 0 else ranked[:count]
+    return [f"{r['nodeid']} {r['duration']:.1f}s = {attribution_text(r['attribution'])}" for r in shown]
+
+
+def endpoint_lines(endpoints: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Per endpoint: attempts by category, latency, breaker transitions (with -v)."""
+    lines = []
+    for e in endpoints:
+        counts = ", ".join(f"{n} {category}" for category, n in e["attempts_by_category"].items())
+        latency = e["latency"]
+        lines.append(
+            f"endpoint {e['name']}: {counts}; latency p50 {_seconds(latency['p50'])}, p95 {_seconds(latency['p95'])}"
+        )
+        lines.extend(
+            f"  {clock(t['time'])} {t['model']}: breaker {t['from']} -> {t['to']} {t['why']}" for t in e["transitions"]
+        )
     return lines
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f} s"
+
+
+def clock(when: float) -> str:
+    import time
+
+    return time.strftime("%H:%M:%S", time.localtime(when))

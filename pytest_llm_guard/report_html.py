@@ -35,6 +35,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from .report import attribution_text, totals_sentence
+
 SCHEMA = 1
 
 # Bar colours by category; "replayed" and "refused" colour an attempt by its source, so a
@@ -67,19 +69,6 @@ LEGEND = {
     "cut": "stream cut",
     "refused": "refused (not sent)",
 }
-NOUNS = {
-    "ok": ("ok call", "ok calls"),
-    "replayed": ("replayed answer", "replayed answers"),
-    "timeout": ("timeout", "timeouts"),
-    "http_429": ("429 answer", "429 answers"),
-    "http_5xx": ("5xx answer", "5xx answers"),
-    "http_4xx": ("4xx answer", "4xx answers"),
-    "reset": ("reset", "resets"),
-    "malformed": ("malformed answer", "malformed answers"),
-    "cut": ("cut stream", "cut streams"),
-    "refused": ("refused attempt", "refused attempts"),
-}
-"""How the attribution sentence names the attempts of each kind (\"300.0 s in 5 timeouts\")."""
 STATES = {"closed": "#cfe9d8", "half_open": "#f3c969", "open": "#e0605a"}
 OUTCOMES = ("passed", "failed", "skipped", "error")
 SOURCES = ("live", "recorded", "replayed", "refused")
@@ -252,18 +241,14 @@ def _defs() -> str:
 # -- header: the session in the ledger's words ------------------------------------------
 
 
-def totals_sentence(tests: int, totals: Mapping[str, Any]) -> str:
-    """The session's totals as the terminal summary words them (``report.summary_lines``)."""
-    count = {key: _int(totals.get(key)) for key in ("calls", "attempts", "retries", "failovers", "failures", "tokens")}
-    sources = ", ".join(f"{_int(totals.get(s))} {s}" for s in SOURCES if _int(totals.get(s)))
-    return (
-        f"{_plural(tests, 'guarded test')}: {_plural(count['calls'], 'LLM call')}, "
-        f"{_plural(count['attempts'], 'attempt')} ({sources or 'none sent'}), "
-        f"{_plural(count['retries'], 'retry', 'retries')}, {_plural(count['failovers'], 'failover')}, "
-        f"{_plural(count['failures'], 'failed attempt')}; "
-        f"{_num(totals.get('network_seconds')):.2f} s on the network, "
-        f"{_num(totals.get('backoff_seconds')):.2f} s in backoff, {_plural(count['tokens'], 'token')}"
-    )
+def _totals_sentence(tests: int, totals: Mapping[str, Any], currency: str) -> str:
+    """The terminal summary's sentence (``report.totals_sentence``), from numbers read as numbers."""
+    counted = {
+        key: _int(totals.get(key))
+        for key in (*SOURCES, "calls", "attempts", "retries", "failovers", "failures", "tokens")
+    }
+    seconds = {key: _num(totals.get(key)) for key in ("network_seconds", "backoff_seconds")}
+    return totals_sentence(tests, {**counted, **seconds, "cost": _opt(totals.get("cost"))}, currency)
 
 
 def _header(
@@ -293,8 +278,9 @@ def _header(
         ("in backoff", _secs(_num(totals.get("backoff_seconds"))), ""),
         ("tokens", f"{_int(totals.get('tokens')):,}", ""),
     ]
+    currency = str(session.get("currency") or "")
     if session.get("cost") is not None:
-        tiles.append(("cost", _cost(_num(session.get("cost"))), ""))
+        tiles.append(("cost", _cost(_num(session.get("cost"))), currency))
     tile_html = "".join(
         f'<div class="tile"><div class="v">{_e(value)}</div><div class="k">{_e(label)}</div>'
         + (f'<div class="s">{_e(sub)}</div>' if sub else "")
@@ -305,7 +291,7 @@ def _header(
         "<header><h1>pytest-llm-guard report</h1>"
         f'<p class="meta">Session of {_num(session.get("duration")):.1f} s, written {_e(written)}'
         f" · pytest-llm-guard {_e(report.get('plugin_version') or '?')}</p>"
-        f'<p class="sentence">{_e(totals_sentence(count, totals))}</p>'
+        f'<p class="sentence">{_e(_totals_sentence(count, totals, currency))}</p>'
         f'<div class="tiles">{tile_html}</div></header>'
     )
 
@@ -376,7 +362,7 @@ def _test_row(i: int, test: Mapping[str, Any], with_cost: bool) -> str:
         f'<td class="c-outcome"><span class="badge o-{outcome}">{_e(test.get("outcome") or "?")}</span></td>',
         f'<td class="c-num" data-v="{duration!r}">{_secs(duration)}</td>',
         f'<td class="c-attr" data-v="{lost!r}">{_attribution_bar(parts, duration)}'
-        f'<div class="attr-text">{_e(attribution_text(parts))}</div></td>',
+        f'<div class="attr-text">{_e(_attribution_text(parts))}</div></td>',
     ]
     for key in ("calls", "attempts", "retries", "failovers", "tokens"):
         value = _int(stats.get(key))
@@ -387,20 +373,17 @@ def _test_row(i: int, test: Mapping[str, Any], with_cost: bool) -> str:
     return f'<tr class="test o-{outcome}" data-i="{i}">{"".join(cells)}</tr>'
 
 
-def attribution_text(parts: Iterable[Mapping[str, Any]]) -> str:
-    """Where a test's wall time went, in words: \"300.0 s in 5 timeouts + 8.1 s backoff + 0.2 s other\"."""
-    words = []
-    for part in parts:
-        what, seconds = part.get("what"), _num(part.get("seconds"))
-        if what == "backoff":
-            words.append(f"{seconds:.1f} s backoff")
-        elif what == "other":
-            words.append(f"{seconds:.1f} s other")
-        else:
-            name = what if isinstance(what, str) else "?"
-            one, many = NOUNS.get(name, (f"{name} attempt", f"{name} attempts"))
-            words.append(f"{seconds:.1f} s in {_plural(_int(part.get('attempts')), one, many)}")
-    return " + ".join(words) or "no time recorded"
+def _attribution_text(parts: Iterable[Mapping[str, Any]]) -> str:
+    """The terminal summary's words for where the time went (``report.attribution_text``)."""
+    clean = [
+        {"what": part.get("what") if part.get("what") in _WHATS else "other", "seconds": _num(part.get("seconds")),
+         "attempts": _int(part.get("attempts"))}
+        for part in parts
+    ]  # fmt: skip
+    return attribution_text(clean) or "no time recorded"
+
+
+_WHATS = frozenset(COLOURS) | {"backoff"}
 
 
 def _attribution_bar(parts: Sequence[Mapping[str, Any]], duration: float) -> str:
@@ -417,7 +400,7 @@ def _attribution_bar(parts: Sequence[Mapping[str, Any]], duration: float) -> str
         fill = 'fill="url(#llmg-hatch)"' if what == "backoff" else f'class="c-{_key(what, COLOURS)}"'
         rects.append(
             f'<rect x="{x:.2f}" y="0" width="{width:.2f}" height="10" {fill}>'
-            f"<title>{_e(attribution_text([part]))}</title></rect>"
+            f"<title>{_e(_attribution_text([part]))}</title></rect>"
         )
         x += width
     return f'<svg class="attr" viewBox="0 0 1000 10" preserveAspectRatio="none">{"".join(rects)}</svg>'

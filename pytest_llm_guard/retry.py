@@ -8,6 +8,7 @@ the test's remaining deadline and every attempt is counted against its budget.
 from __future__ import annotations
 
 import email.utils
+import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -22,6 +23,8 @@ from .ledger import CALL, Call
 
 if TYPE_CHECKING:
     from .guard import Guard
+
+log = logging.getLogger("pytest_llm_guard")
 
 MAX_RETRY_AFTER = 120.0
 """Like the SDK: a server asking for a longer pause is not retried at all."""
@@ -140,6 +143,12 @@ def policy(guard: Guard) -> dict[str, Any]:
     )
 
 
+def _log_retry(guard: Guard, call: Call, retry_state: RetryCallState) -> None:
+    wait = retry_state.next_action.sleep if retry_state.next_action is not None else 0.0
+    where = f"failover to {call.failover_to}" if call.failover_to else f"retry in {wait:.2f} s"
+    log.info("%s: call %s, attempt %s failed: %s", guard.test_id, call.number, retry_state.attempt_number, where)
+
+
 def _close_retried_response(retry_state: RetryCallState) -> None:
     outcome = retry_state.outcome
     if outcome is not None and not outcome.failed:
@@ -194,7 +203,11 @@ def sync_sender(guard: Guard, send: Callable[..., httpx2.Response], *, routed: b
             call.backoff += seconds
             guard.sleep(seconds)
 
-        retrying = Retrying(sleep=sleep, before_sleep=_close_retried_response, **kwargs)
+        def before_sleep(retry_state: RetryCallState) -> None:
+            _log_retry(guard, call, retry_state)
+            _close_retried_response(retry_state)
+
+        retrying = Retrying(sleep=sleep, before_sleep=before_sleep, **kwargs)
         return retrying(attempt, request, **send_kwargs)
 
     return send_with_retries
@@ -224,7 +237,11 @@ def async_sender(
             call.backoff += seconds
             await guard.async_sleep(seconds)
 
-        retrying = AsyncRetrying(sleep=sleep, before_sleep=_aclose_retried_response, **kwargs)
+        async def before_sleep(retry_state: RetryCallState) -> None:
+            _log_retry(guard, call, retry_state)
+            await _aclose_retried_response(retry_state)
+
+        retrying = AsyncRetrying(sleep=sleep, before_sleep=before_sleep, **kwargs)
         return await retrying(attempt, request, **send_kwargs)
 
     return send_with_retries

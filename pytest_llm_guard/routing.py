@@ -110,13 +110,16 @@ class Router:
         if missing is not None:
             return missing
 
-        def change(record: dict[str, Any]) -> Verdict:
+        def change(record: dict[str, Any]) -> tuple[Verdict, list[dict[str, Any]]]:
             health = EndpointHealth.load(record)
+            before = len(health.breaker(model).transitions)
             verdict = health.admit(model, self.clock(), self.policy, retry=retry, lease=lease, max_wait=max_wait)
             health.dump(record)
-            return verdict
+            return verdict, health.breaker(model).transitions[before:]
 
-        return self.store.update(self._key(endpoint), change)
+        verdict, moved = self.store.update(self._key(endpoint), change)
+        self._log(endpoint, model, moved)
+        return verdict
 
     def peek(self, endpoint: Endpoint, model: str, *, retry: bool) -> Verdict:
         """:meth:`admit` without taking the probe: where would a retry go?"""
@@ -135,12 +138,30 @@ class Router:
         error: str | None = None,
         retry_after: float | None = None,
     ) -> None:
-        def change(record: dict[str, Any]) -> None:
+        def change(record: dict[str, Any]) -> list[dict[str, Any]]:
             health = EndpointHealth.load(record)
+            before = len(health.breaker(model).transitions)
             health.record(model, outcome, self.clock(), self.policy, error=error, retry_after=retry_after)
             health.dump(record)
+            return health.breaker(model).transitions[before:]
 
-        self.store.update(self._key(endpoint), change)
+        self._log(endpoint, model, self.store.update(self._key(endpoint), change))
+
+    @staticmethod
+    def _log(endpoint: Endpoint, model: str, moved: list[dict[str, Any]]) -> None:
+        for change in moved:
+            log.warning(
+                "breaker of %s, model %s: %s -> %s %s",
+                endpoint.name,
+                model,
+                change["from"],
+                change["to"],
+                change["why"],
+            )
+
+    def health(self) -> list[tuple[Endpoint, EndpointHealth]]:
+        """Every endpoint and its shared health now (for reports)."""
+        return [(e, EndpointHealth.load(self.store.get(self._key(e)))) for e in self.endpoints.endpoints]
 
     def status(self) -> list[str]:
         """One line per breaker that tripped or endpoint that was rate-limited this session."""

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from .config import Settings
 from .endpoints import EndpointSet
+from .prices import Prices
 from .state import MemoryStore, SqliteStore, StateStore
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ class SessionBudget:
     @property
     def limited(self) -> bool:
         s = self.settings
-        return s.session_deadline is not None or s.max_calls is not None or s.max_tokens is not None
+        return any(limit is not None for limit in (s.session_deadline, s.max_calls, s.max_tokens, s.max_cost))
 
     def start(self) -> None:
         """Mark the session's start, once: by the xdist controller, or the only process."""
@@ -65,6 +66,7 @@ class SessionBudget:
         def change(record: dict[str, Any]) -> None:
             record["calls"] = record.get("calls", 0) + stats.calls
             record["tokens"] = record.get("tokens", 0) + stats.tokens
+            record["cost"] = record.get("cost", 0.0) + (stats.cost or 0.0)
 
         self.store.update(KEY, change)
 
@@ -79,6 +81,7 @@ class SessionBudget:
             ("session_deadline", elapsed, s.session_deadline),
             ("max_calls", record.get("calls", 0), s.max_calls),
             ("max_tokens", record.get("tokens", 0), s.max_tokens),
+            ("max_cost", record.get("cost", 0.0), s.max_cost),
         ):
             if limit is not None and used >= limit:
                 from . import report
@@ -90,9 +93,20 @@ class SessionBudget:
 class Session:
     """One per pytest process: opened at configure, closed at unconfigure."""
 
-    def __init__(self, settings: Settings, endpoints: EndpointSet, store: StateStore, folder: Path | None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        endpoints: EndpointSet,
+        store: StateStore,
+        folder: Path | None,
+        prices: Prices | None = None,
+    ) -> None:
         self.settings = settings
         self.endpoints = endpoints
+        self.prices = prices or Prices()
+        self.started = time.monotonic()
+        self.records: list[dict[str, Any]] = []
+        """Every guarded test's record (``report_json.record``), from every worker: for the reports."""
         self.store = store
         self.folder = folder
         """The SQLite folder this process created (the xdist controller) and must remove."""
@@ -108,6 +122,7 @@ class Session:
         plugin_store: StateStore | None,
         workerinput: Mapping[str, Any] | None,
         distributed: bool,
+        prices: Prices | None = None,
     ) -> Session:
         """A plugin's store; else an xdist worker opens the controller's SQLite file, the controller
         creates it (to hand over, and remove at the end), and a lone process stays in memory."""
@@ -121,7 +136,7 @@ class Session:
             store = SqliteStore.in_folder(folder)
         else:
             store = MemoryStore()
-        session = cls(settings, endpoints, store, folder)
+        session = cls(settings, endpoints, store, folder, prices)
         if workerinput is None:
             session.budget.start()
         return session

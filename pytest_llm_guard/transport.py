@@ -196,6 +196,8 @@ class _Watch:
         self._done = False
 
     def _chunk(self, chunk: bytes) -> None:
+        if self._attempt.first_chunk is None:
+            self._attempt.first_chunk = self._guard.since_start(self._attempt)
         self._guard.progress(self._attempt)
         problem = self._reader.feed(chunk)
         if problem:
@@ -227,7 +229,7 @@ class _Watch:
             )
             self._guard.fail(self._attempt, error)
             raise error
-        self._guard.succeeded(self._attempt, self._reader.tokens)
+        self._guard.succeeded(self._attempt, self._reader.usage)
 
     def _closed(self) -> None:
         """After the inner stream closed (a cassette records on close, before the attempt ends)."""

@@ -220,19 +220,26 @@ def test_unreadable_requests_get_a_json_error_and_a_closed_connection(
 def test_a_healthy_answer_is_one_write_a_stream_one_per_event(
     server: FaultServer, client: openai.OpenAI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    writes: list[bytes] = []
+    writes: list[tuple[Any, bytes]] = []
     send = server_module._Handler._send
 
     def counting_send(handler: Any, data: bytes) -> None:
-        writes.append(data)
+        writes.append((handler, data))
         send(handler, data)
+
+    def by_the_handler_that_answered(head: bytes) -> list[bytes]:
+        """Only the writes of the connection that answered (a handler of an earlier test may still write)."""
+        answering = next(h for h, data in writes if data.startswith(head))
+        return [data for h, data in writes if h is answering]
 
     monkeypatch.setattr(server_module._Handler, "_send", counting_send)
     chat(client)
-    assert len(writes) == 1 and writes[0].startswith(b"HTTP/1.1 200 OK\r\n") and writes[0].endswith(b"}")
+    answer = by_the_handler_that_answered(b"HTTP/1.1 200 OK\r\nContent-Type: application/json")
+    assert len(answer) == 1 and answer[0].endswith(b"}")
     writes.clear()
     events = list(chat(client, stream=True))
-    assert len(writes) == 1 + len(events) + 2  # head, each event, "[DONE]", the terminating chunk
+    streamed = by_the_handler_that_answered(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream")
+    assert len(streamed) == 1 + len(events) + 2  # head, each event, "[DONE]", the terminating chunk
 
 
 # ----------------------------------------------------------------------------- scripted replies

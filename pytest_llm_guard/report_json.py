@@ -1,0 +1,159 @@
+"""The machine-readable reports: per-test records, the JSON report (``--llm-report``) and JUnit properties.
+
+A record is built on the process that ran the test (an xdist worker included) and
+travels to the controller on the test's teardown report; the controller builds one
+report from all of them. The JSON format is versioned (``"schema": 1``) and documented in
+``docs/report-schema.json``; ``report_html.py`` draws the same dictionary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import report
+from .ledger import attribution
+
+if TYPE_CHECKING:
+    from .breaker import EndpointHealth
+    from .endpoints import Endpoint
+    from .guard import Guard
+
+SCHEMA = 1
+_ATTEMPT_FIELDS = (
+    "call", "number", "kind", "source", "outcome", "category", "status", "error", "cause", "endpoint",
+    "endpoint_name", "path", "model", "tokens", "input_tokens", "output_tokens", "cost", "first_chunk",
+    "backoff", "retry_after", "failover_to",
+)  # fmt: skip
+
+
+def record(guard: Guard, nodeid: str, outcome: str, duration: float, started: float) -> dict[str, Any]:
+    """One guarded test: its totals, where its time went, and every attempt (times from its start)."""
+    attempts = []
+    for attempt in guard.events:
+        entry = {name: getattr(attempt, name) if name != "category" else attempt.category for name in _ATTEMPT_FIELDS}
+        if entry["error"]:
+            entry["error"] = guard.scrubber.text(entry["error"])
+        entry["offset"] = attempt.start - guard.budget.started
+        entry["duration"] = attempt.duration
+        entry["start"], entry["end"] = attempt.start, attempt.end
+        attempts.append(entry)
+    stats = dataclasses.asdict(guard.stats)
+    return {
+        "nodeid": nodeid,
+        "outcome": outcome,
+        "duration": duration,
+        "started": started,
+        "stats": stats,
+        "cost": stats["cost"],
+        "attribution": attribution(attempts, duration),
+        "attempts": attempts,
+    }
+
+
+def junit_properties(test: Mapping[str, Any]) -> list[tuple[str, object]]:
+    """Per-test ``<property>`` elements, so CI dashboards can chart them."""
+    stats = test["stats"]
+    properties: list[tuple[str, object]] = [
+        ("llm_calls", stats["calls"]),
+        ("llm_attempts", stats["attempts"]),
+        ("llm_retries", stats["retries"]),
+        ("llm_failovers", stats["failovers"]),
+        ("llm_seconds", round(stats["network_seconds"], 3)),
+        ("llm_backoff_seconds", round(stats["backoff_seconds"], 3)),
+        ("llm_tokens", stats["tokens"]),
+        ("llm_replayed", stats["replayed"]),
+        ("llm_live", stats["live"]),
+    ]
+    if stats["cost"] is not None:
+        properties.append(("llm_cost", round(stats["cost"], 6)))
+    return properties
+
+
+def _percentile(values: Sequence[float], share: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(share * len(ordered)) - 1)]
+
+
+def endpoints(
+    tests: Iterable[Mapping[str, Any]], health: Iterable[tuple[Endpoint, EndpointHealth]]
+) -> list[dict[str, Any]]:
+    """Per endpoint: attempts by category, latency p50/p95 of whole attempts and of first chunks, transitions."""
+    grouped: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    for test in tests:
+        for attempt in test["attempts"]:
+            if attempt["source"] != "replayed":
+                grouped[attempt["endpoint_name"] or attempt["endpoint"]].append(attempt)
+    configured = {endpoint.name: (endpoint, state) for endpoint, state in health}
+    names = list(grouped) + [name for name in configured if name not in grouped]
+    found = []
+    for name in names:
+        attempts = grouped.get(name, [])
+        counts: dict[str, int] = defaultdict(int)
+        for attempt in attempts:
+            counts[attempt["category"]] += 1
+        sent = [a for a in attempts if a["source"] in ("live", "recorded") and a["end"] is not None]
+        chunks = [a["first_chunk"] for a in sent if a["first_chunk"] is not None]
+        endpoint, state = configured.get(name, (None, None))
+        transitions = []
+        if state is not None:
+            for model, breaker in state.breakers.items():
+                transitions.extend({**t, "model": model} for t in breaker.transitions)
+        found.append(
+            {
+                "name": name,
+                "base_url": endpoint.base_url if endpoint is not None else name,
+                "attempts_by_category": dict(counts),
+                "latency": {"p50": _percentile([a["duration"] for a in sent], 0.5),
+                            "p95": _percentile([a["duration"] for a in sent], 0.95)},
+                "first_chunk": {"p50": _percentile(chunks, 0.5), "p95": _percentile(chunks, 0.95)},
+                "transitions": sorted(transitions, key=lambda t: t["time"]),
+            }
+        )  # fmt: skip
+    return found
+
+
+def build(
+    tests: Sequence[Mapping[str, Any]],
+    health: Iterable[tuple[Endpoint, EndpointHealth]],
+    *,
+    duration: float,
+    currency: str = "USD",
+) -> dict[str, Any]:
+    """The whole report, schema 1."""
+    try:
+        plugin_version = version("pytest-llm-guard")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        plugin_version = "unknown"
+    totals = report.totals([t["stats"] for t in tests]) if tests else report.totals([])
+    return {
+        "schema": SCHEMA,
+        "created": datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds"),
+        "plugin_version": plugin_version,
+        "session": {
+            "duration": duration,
+            "tests": len(tests),
+            "totals": totals,
+            "cost": totals["cost"],
+            "currency": currency,
+        },
+        "tests": list(tests),
+        "endpoints": endpoints(tests, health),
+    }
+
+
+def write(path: Path, data: Mapping[str, Any]) -> None:
+    """Atomically: a report is whole or absent, never half written."""
+    from .cassettes.files import write_atomically
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(path, json.dumps(data, indent=1, default=str) + "\n")
