@@ -17,6 +17,7 @@ from .errors import (
     LLMGuardConfigError,
     LLMGuardInterrupt,
     LLMNoEndpoint,
+    LLMUnguardedRequest,
 )
 
 if TYPE_CHECKING:
@@ -36,6 +37,7 @@ __all__ = [
     "LLMGuardConfigError",
     "LLMGuardInterrupt",
     "LLMNoEndpoint",
+    "LLMUnguardedRequest",
     "Settings",
     "Stats",
 ]

@@ -37,6 +37,29 @@ class Option:
     default: Any
     help: str
     in_marker: bool = False
+    shown: str | None = None
+
+    @property
+    def boolean(self) -> bool:
+        return self.parse is boolean
+
+    @property
+    def shown_default(self) -> str:
+        if self.shown is not None:
+            return self.shown
+        if self.default is None:
+            return "off"
+        if isinstance(self.default, bool):
+            return "true" if self.default else "false"
+        if isinstance(self.default, tuple):
+            return ", ".join(self.default) or "none"
+        return f"{self.default:g}" if isinstance(self.default, float) else str(self.default)
+
+    @property
+    def described(self) -> str:
+        """The help text: what it does, what it accepts, its default, once each."""
+        accepts = "" if self.boolean else f"; {self.parse.description}"  # type: ignore[attr-defined]
+        return f"{self.help}{accepts} (default: {self.shown_default})"
 
     @property
     def env(self) -> str:
@@ -51,9 +74,14 @@ class Option:
         return "--llm-" + self.name.replace("_", "-")
 
 
-def _option(default: Any, parse: Callable[[Any], Any], help: str, *, marker: bool = False) -> Any:
-    """A settings field that is also an option: its parser, help and marker use live beside its default."""
-    return field(default=default, metadata={"parse": parse, "help": help, "in_marker": marker})
+def _option(
+    default: Any, parse: Callable[[Any], Any], help: str, *, marker: bool = False, shown: str | None = None
+) -> Any:
+    """A settings field that is also an option: its parser, help and marker use live beside its default.
+
+    ``shown``: the default as ``--help`` words it, when the value alone would mislead (None).
+    """
+    return field(default=default, metadata={"parse": parse, "help": help, "in_marker": marker, "shown": shown})
 
 
 @dataclass(frozen=True)
@@ -75,16 +103,25 @@ class Settings:
         None, seconds, "money a test may spend, from its tokens and the configured prices", marker=True
     )
     guard_all: bool = _option(False, boolean, "guard every test, not only those using the fixtures or markers")
-    timeout_grace: float = _option(5.0, number(float, 0, positive=False), "pytest-timeout backstop: deadline + this")
+    unguarded: str = _option(
+        "warn",
+        choice("allow", "warn", "fail"),
+        "a test that is not guarded sends an LLM request: allow it, warn (and list the test), or fail (refuse it)",
+    )
+    timeout_grace: float = _option(
+        5.0,
+        number(float, 0, positive=False),
+        "seconds after the deadline at which the backstop ends a test that swallowed it",
+    )
     backoff_initial: float = _option(0.5, number(float, 0, positive=False), "first retry backoff of guarded clients")
     backoff_max: float = _option(8.0, number(float, 0, positive=False), "largest retry backoff of guarded clients")
-    base_url: str | None = _option(None, text, "endpoint of the llm_client fixtures (default: OPENAI_BASE_URL)")
+    base_url: str | None = _option(None, text, "endpoint of the llm_client fixtures", shown="OPENAI_BASE_URL")
     model: str | None = _option("gpt-4o-mini", text, "model name tests read from llm_guard.model")
     record: str | None = _option(
         None,
         choice("none", "once", "new_episodes", "all", "off"),
-        "cassette record mode: none, once, new_episodes, all, or off (live, no cassettes); "
-        "default none when CI is set, else once",
+        "cassette record mode (off: live calls, no cassettes)",
+        shown="none when CI is set, else once",
     )
     cassette_dir: str | None = _option("cassettes", text, "cassette folder, relative to each test file's folder")
     match_on: tuple[str, ...] = _option(
@@ -184,7 +221,9 @@ class Settings:
 
 
 OPTIONS: dict[str, Option] = {
-    f.name: Option(f.name, f.metadata["parse"], f.default, f.metadata["help"], f.metadata["in_marker"])
+    f.name: Option(
+        f.name, f.metadata["parse"], f.default, f.metadata["help"], f.metadata["in_marker"], f.metadata["shown"]
+    )
     for f in dataclasses.fields(Settings)
     if "parse" in f.metadata
 }

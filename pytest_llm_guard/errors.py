@@ -12,6 +12,7 @@ The tree::
         LLMBudgetExceeded         a deadline, retry, call_timeout, call or token budget is spent
         LLMCassetteMiss           replay only, and no recording answers the request
         LLMNoEndpoint             no endpoint can take an llm_client call (also a pytest failure)
+        LLMUnguardedRequest       a test that is not guarded sent an LLM request (unguarded = "fail")
     Exception
       LLMCassetteError            a cassette file cannot be read
       pytest.UsageError
@@ -71,3 +72,10 @@ class LLMNoEndpoint(LLMGuardInterrupt, pytest.fail.Exception):
     def __init__(self, message: str, *, skip: bool = False) -> None:
         super().__init__(message, pytrace=False)
         self.skip = skip
+
+
+class LLMUnguardedRequest(LLMGuardInterrupt):
+    """A test that is not guarded sent an LLM request and ``unguarded = "fail"``: refused, nothing sent.
+
+    The message names the test, the request and the two ways to guard it.
+    """

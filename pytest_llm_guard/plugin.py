@@ -7,8 +7,10 @@ guarded test is collected, so a suite that never uses the plugin does not pay fo
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -18,7 +20,7 @@ import pytest
 from . import hooks
 from .config import INI_PREFIX, MARKERS, OPTIONS, Settings, apply_markers, load_settings, read_pyproject
 from .endpoints import load_endpoints
-from .errors import LLMCassetteError, LLMGuardConfigError, LLMGuardInterrupt, LLMNoEndpoint
+from .errors import LLMCassetteError, LLMGuardConfigError, LLMGuardInterrupt, LLMNoEndpoint, LLMUnguardedRequest
 from .prices import load_prices
 from .session import Session
 
@@ -39,6 +41,7 @@ FAILED = pytest.StashKey[bool]()
 OWN_TIMEOUT = pytest.StashKey[bool]()
 STARTED = pytest.StashKey[float]()
 OUTCOME = pytest.StashKey["tuple[str, float]"]()
+UNGUARDED = pytest.StashKey["list[str]"]()
 GUARD_FIXTURES = frozenset({"llm_guard", "llm_client", "async_llm_client"})
 REPLAY_PLACEHOLDER_KEY = "sk-llm-guard-replay-placeholder"
 
@@ -50,8 +53,23 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("llm-guard", "pytest-llm-guard: deadlines and budgets for LLM calls")
     for option in OPTIONS.values():
-        group.addoption(option.flag, dest=f"llm_{option.name}", default=None, help=option.help)
-        parser.addini(option.ini, f"pytest-llm-guard: {option.help} (default {option.default})", default=None)
+        if option.boolean:  # a flag (--llm-guard-all, or --llm-guard-all=false), and --no-llm-guard-all
+            group.addoption(option.flag, dest=f"llm_{option.name}", nargs="?", const="true", default=None,
+                            metavar="true|false", help=option.described)  # fmt: skip
+            group.addoption("--no-" + option.flag.removeprefix("--"), dest=f"llm_{option.name}",
+                            action="store_const", const="false", help=f"the opposite of {option.flag}")  # fmt: skip
+        else:
+            group.addoption(option.flag, dest=f"llm_{option.name}", default=None, metavar=option.name.upper(),
+                            help=option.described)  # fmt: skip
+        parser.addini(option.ini, f"pytest-llm-guard: {option.described}", default=None)
+    if importlib.util.find_spec("pytest_recording") is None:  # installed, it owns the option
+        group.addoption(
+            "--record-mode",
+            dest="llm_record_mode",
+            choices=("once", "new_episodes", "none", "all", "rewrite"),
+            default=None,
+            help="pytest-recording's name for --llm-record (rewrite: all)",
+        )
     group.addoption(
         "--llm-audit",
         action="store_true",
@@ -92,7 +110,7 @@ def pytest_configure(config: pytest.Config) -> None:
         pyproject=pyproject,
         ini={o.name: config.getini(o.ini) for o in OPTIONS.values()},
         ini_source=f"the pytest ini keys llm_* in {inipath or 'the ini file'}",
-        cli={o.name: config.getoption(f"llm_{o.name}") for o in OPTIONS.values()},
+        cli={o.name: config.getoption(f"llm_{o.name}") for o in OPTIONS.values()} | _record_mode(config),
         overridden=_ini_overrides(config),
     )
     for warning in warnings:
@@ -112,6 +130,14 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(_Records(session), "llm_guard_records")
     if session.folder is not None:
         config.pluginmanager.register(_XdistHandoff(session), "llm_guard_xdist_state")
+
+
+def _record_mode(config: pytest.Config) -> dict[str, str]:
+    """pytest-recording's ``--record-mode``, when it is ours to read (--llm-record wins)."""
+    mode = config.getoption("llm_record_mode", None)
+    if not mode or config.getoption("llm_record", None):
+        return {}
+    return {"record": "all" if mode == "rewrite" else mode}
 
 
 def _ini_overrides(config: pytest.Config) -> dict[str, str]:
@@ -135,6 +161,9 @@ class _Records:
         test = getattr(report, "llm_guard", None)
         if isinstance(test, dict):
             self.session.records.append(test)
+        unguarded = getattr(report, "llm_unguarded", None)
+        if isinstance(unguarded, dict):
+            self.session.unguarded.append(unguarded)
 
 
 class _XdistHandoff:
@@ -202,6 +231,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if guarded and not config.pluginmanager.has_plugin(GUARDED_TESTS):
         _load_the_guard(base)
         config.pluginmanager.register(GuardedTests(), GUARDED_TESTS)
+    watched = base.unguarded != "allow" and "httpx2" in sys.modules  # without httpx2 no test can call an LLM
+    if watched and not guarded_all(items) and not config.pluginmanager.has_plugin(UNGUARDED_TESTS):
+        config.pluginmanager.register(UnguardedTests(base), UNGUARDED_TESTS)
+
+
+def guarded_all(items: list[pytest.Item]) -> bool:
+    return all(item.stash.get(ITEM_SETTINGS, None) is not None for item in items)
 
 
 def _load_the_guard(settings: Settings) -> None:
@@ -217,6 +253,54 @@ def _load_the_guard(settings: Settings) -> None:
 
 
 GUARDED_TESTS = "llm_guard_guarded_tests"
+UNGUARDED_TESTS = "llm_guard_unguarded_tests"
+
+
+class UnguardedTests:
+    """Watches tests that are not guarded for LLM requests (``unguarded``: warn or fail), so none
+    goes live unnoticed: registered only when httpx2 is loaded and some test is not guarded."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+        if item.stash.get(ITEM_SETTINGS, None) is not None:
+            return (yield)
+        from . import transport
+        from .dialect import origin_of
+
+        sent: list[str] = item.stash.setdefault(UNGUARDED, [])
+
+        def noticed(request: Any) -> None:
+            where = f"{request.method} {origin_of(request.url)}{request.url.path}"
+            if self.settings.unguarded == "fail":
+                from . import report
+
+                raise LLMUnguardedRequest(report.unguarded_refusal(item.nodeid, where, self.settings))
+            sent.append(where)
+
+        transport.watch(noticed)
+        try:
+            return (yield)
+        finally:
+            transport.unwatch(noticed)
+            if sent:
+                item.warn(
+                    pytest.PytestWarning(
+                        f"pytest-llm-guard: {item.nodeid} is not guarded, yet sent {len(sent)} LLM request(s) "
+                        f"({sent[0]}): not replayed, not recorded, not counted. Guard it with an llm_* marker or "
+                        "the llm_guard fixture, or set guard_all = true"
+                    )
+                )
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[pytest.TestReport]:
+        report_ = yield
+        sent = item.stash.get(UNGUARDED, None)
+        if sent and call.when == "teardown":
+            report_.llm_unguarded = {"nodeid": item.nodeid, "requests": sent}  # type: ignore[attr-defined]
+        return report_
 
 
 class GuardedTests:
@@ -393,6 +477,12 @@ def _with_line_numbers(excinfo: pytest.ExceptionInfo[BaseException]) -> pytest.E
     return pytest.ExceptionInfo.from_exc_info((type(value), value, rebuilt))
 
 
+def _uses_pytest_recording(item: pytest.Item) -> bool:
+    """A test with pytest-recording's ``vcr`` marker keeps its own cassettes (its ``vcr`` fixture, autouse,
+    installs one only then); the guard's deadlines and budgets still apply."""
+    return item.get_closest_marker("vcr") is not None
+
+
 def _interruptible(item: pytest.Item) -> Iterator[None]:
     """The test's own code runs (a setup, call or teardown phase): its deadline may interrupt it."""
     guard = item.stash.get(GUARD, None)
@@ -420,7 +510,7 @@ def _open_cassette(item: pytest.Item, guard: Guard) -> CassetteLayer | None:
 
     settings = guard.settings
     mode = cassettes.record_mode(settings)
-    if mode == "off" or not settings.cassette:
+    if mode == "off" or not settings.cassette or _uses_pytest_recording(item):
         return None
     path = cassettes.path_for(item.path, item.name, settings)
     mode = cassettes.effective_mode(mode, item.config.stash[SESSION].existed_at_start(path))
@@ -436,13 +526,22 @@ def _open_cassette(item: pytest.Item, guard: Guard) -> CassetteLayer | None:
     except LLMCassetteError as exc:
         pytest.fail(f"{type(exc).__name__}: {exc}", pytrace=False)
     item.stash[CASSETTE] = layer
-    if layer.replay_only and not os.environ.get("OPENAI_API_KEY"):
-        item.stash[ENVIRONMENT].setenv("OPENAI_API_KEY", REPLAY_PLACEHOLDER_KEY)
+    if layer.replay_only:  # CI needs no secret: the SDKs only insist that a key is set
+        endpoints = item.config.stash[SESSION].endpoints.endpoints
+        for name in ("OPENAI_API_KEY", "AZURE_OPENAI_API_KEY", *(e.api_key_env for e in endpoints if e.api_key_env)):
+            if not os.environ.get(name):
+                item.stash[ENVIRONMENT].setenv(name, REPLAY_PLACEHOLDER_KEY)
     return layer
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     session = terminalreporter.config.stash[SESSION]
+    if session.unguarded:
+        from . import report
+
+        terminalreporter.write_sep("-", "llm-guard: unguarded LLM requests")
+        for line in report.unguarded_lines(session.unguarded):
+            terminalreporter.write_line(line)
     if not any(test["stats"]["attempts"] for test in session.records):
         return
     from . import report, report_json

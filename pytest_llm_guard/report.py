@@ -349,3 +349,27 @@ def clock(when: float) -> str:
     import time
 
     return time.strftime("%H:%M:%S", time.localtime(when))
+
+
+_GUARD_IT = (
+    "guard it with an llm_* marker (@pytest.mark.llm_budget()) or the llm_guard fixture, "
+    "or guard every test: guard_all = true in [tool.pytest_llm_guard] (--llm-guard-all)"
+)
+
+
+def unguarded_refusal(test: str, request: str, settings: Settings) -> str:
+    return (
+        f"pytest-llm-guard: {test} is not guarded, yet sent an LLM request ({request}); refused, nothing was sent "
+        f"(unguarded = fail, set by {settings.source_of('unguarded')}). To let it through, {_GUARD_IT}."
+    )
+
+
+def unguarded_lines(tests: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Tests that went live without a guard: nothing of theirs was replayed, recorded, bounded or counted."""
+    lines = [
+        f"{plural(len(tests), 'test')} sent LLM requests without a guard: not replayed, not recorded, not "
+        f'bounded, not counted (unguarded = warn; "fail" refuses them):'
+    ]
+    lines.extend(f"  {t['nodeid']}: {plural(len(t['requests']), 'request')}, first {t['requests'][0]}" for t in tests)
+    lines.append(f"To fix: {_GUARD_IT}.")
+    return lines

@@ -107,6 +107,8 @@ class Session:
         self.started = time.monotonic()
         self.records: list[dict[str, Any]] = []
         """Every guarded test's record (``report_json.record``), from every worker: for the reports."""
+        self.unguarded: list[dict[str, Any]] = []
+        """Tests that were not guarded yet sent LLM requests (``unguarded = "warn"``)."""
         self.store = store
         self.folder = folder
         """The SQLite folder this process created (the xdist controller) and must remove."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 __tracebackhide__ = True  # pytest: a failed test shows where the LLM call was made, not our internals
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING
 
 import httpx2
@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 
 _guards: list[Guard] = []
 """Active guards, innermost last (a pytester session inside a guarded test nests one)."""
+_watchers: list[Callable[[httpx2.Request], None]] = []
+"""While a test that is not guarded runs: told of each LLM request (it may refuse it by raising)."""
 _saved: tuple[object, object] | None = None
 
 
@@ -50,29 +52,54 @@ def current() -> Guard | None:
     return _guards[-1] if _guards else None
 
 
-def activate(guard: Guard) -> None:
-    """Route LLM traffic of this process through ``guard`` until :func:`deactivate`."""
+def _patch() -> None:
     global _saved
-    if not _guards:
+    if _saved is None:
         _saved = (httpx2.Client._send_single_request, httpx2.AsyncClient._send_single_request)
         httpx2.Client._send_single_request = _send_single_request  # type: ignore[method-assign]
         httpx2.AsyncClient._send_single_request = _send_single_request_async  # type: ignore[method-assign]
+
+
+def _unpatch() -> None:
+    global _saved
+    if not _guards and not _watchers and _saved is not None:
+        httpx2.Client._send_single_request, httpx2.AsyncClient._send_single_request = _saved  # type: ignore[method-assign]
+        _saved = None
+
+
+def activate(guard: Guard) -> None:
+    """Route LLM traffic of this process through ``guard`` until :func:`deactivate`."""
+    _patch()
     _guards.append(guard)
 
 
 def deactivate(guard: Guard) -> None:
-    """Undo :func:`activate`; the last guard out restores httpx2's own methods."""
-    global _saved
+    """Undo :func:`activate`; the last one out restores httpx2's own methods."""
     _guards.remove(guard)
-    if not _guards and _saved is not None:
-        httpx2.Client._send_single_request, httpx2.AsyncClient._send_single_request = _saved  # type: ignore[method-assign]
-        _saved = None
+    _unpatch()
+
+
+def watch(watcher: Callable[[httpx2.Request], None]) -> None:
+    """While a test that is not guarded runs, tell ``watcher`` of its LLM requests (nothing else is done)."""
+    _patch()
+    _watchers.append(watcher)
+
+
+def unwatch(watcher: Callable[[httpx2.Request], None]) -> None:
+    _watchers.remove(watcher)
+    _unpatch()
+
+
+def _unguarded(request: httpx2.Request) -> None:
+    if _watchers and dialect_for(request) is not None:
+        _watchers[-1](request)
 
 
 def _send_single_request(client: httpx2.Client, request: httpx2.Request) -> httpx2.Response:
     guard = current()
     dialect = dialect_for(request) if guard is not None else None
     if dialect is None:
+        _unguarded(request)
         return _saved[0](client, request)  # type: ignore[index,operator]
     attempt = guard.begin(request, dialect)  # type: ignore[union-attr]
     guard.await_headers(attempt)  # type: ignore[union-attr]
@@ -97,6 +124,7 @@ async def _send_single_request_async(client: httpx2.AsyncClient, request: httpx2
     guard = current()
     dialect = dialect_for(request) if guard is not None else None
     if dialect is None:
+        _unguarded(request)
         return await _saved[1](client, request)  # type: ignore[index,operator]
     attempt = guard.begin(request, dialect)  # type: ignore[union-attr]
     guard.await_headers_async(attempt)  # type: ignore[union-attr]

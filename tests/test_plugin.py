@@ -220,7 +220,8 @@ def test_unguarded_tests_are_untouched_and_patches_are_undone(pytester: pytest.P
             assert (httpx2.Client._send_single_request, httpx2.AsyncClient._send_single_request) == ORIGINAL
         """
     )
-    pytester.runpytest("-p", "no:randomly").assert_outcomes(passed=2)
+    # unguarded = "allow": a test that is not guarded runs httpx2's own code (by default the seam watches it)
+    pytester.runpytest("-p", "no:randomly", "--llm-unguarded=allow").assert_outcomes(passed=2)
 
 
 def test_the_deadline_binds_code_outside_llm_calls_and_the_backstop_binds_code_that_swallows_it(
@@ -340,3 +341,64 @@ def test_an_httpx2_without_the_seam_is_a_usage_error(pytester: pytest.Pytester) 
     result = pytester.runpytest_subprocess()
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*httpx2 * has no Client._send_single_request, the seam the guard wraps*"])
+
+
+def test_boolean_options_are_flags(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_x(request):\n    assert request.config.getoption('llm_guard_all') == 'true'\n")
+    pytester.runpytest("--llm-guard-all").assert_outcomes(passed=1)
+    pytester.makepyfile("def test_x(request):\n    assert request.config.getoption('llm_guard_all') == 'false'\n")
+    pytester.runpytest("--no-llm-guard-all").assert_outcomes(passed=1)
+
+
+def test_help_shows_each_default_once(pytester: pytest.Pytester) -> None:
+    help_text = " ".join(pytester.runpytest("--help").stdout.str().split())
+    assert "endpoint of the llm_client fixtures; a string (default: OPENAI_BASE_URL)" in help_text
+    assert "(default: none when CI is set, else once)" in help_text
+    assert "(default None)" not in help_text and "(default: OPENAI_BASE_URL) (default" not in help_text
+
+
+UNMARKED = """
+import openai
+
+def test_unmarked(fault_url):
+    openai.OpenAI(base_url=fault_url, api_key="sk-real-looking").models.list()
+
+def test_plain():
+    assert True
+"""
+
+FAULT_URL = """
+import pytest
+from pytest_llm_guard.fault import FaultServer
+
+@pytest.fixture(scope="session")
+def fault_url():
+    with FaultServer() as server:
+        yield server.base_url
+"""
+
+
+def test_an_unmarked_test_that_calls_an_llm_is_listed_on_ci(pytester: pytest.Pytester, monkeypatch) -> None:
+    monkeypatch.setenv("CI", "true")
+    pytester.makeconftest(FAULT_URL)
+    pytester.makepyfile(test_app=UNMARKED)
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=2, warnings=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*test_app.py::test_unmarked is not guarded, yet sent 1 LLM request(s) (GET http://127.0.0.1:*/v1/models)*",
+            "*llm-guard: unguarded LLM requests*",
+            "1 test sent LLM requests without a guard: not replayed, not recorded, not bounded, not counted*",
+            "  test_app.py::test_unmarked: 1 request, first GET http://127.0.0.1:*/v1/models",
+            "To fix: guard it with an llm_* marker*guard_all = true*",
+        ]
+    )
+
+
+def test_unguarded_fail_refuses_the_request(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(FAULT_URL)
+    pytester.makepyfile(test_app=UNMARKED)
+    result = pytester.runpytest("--llm-unguarded=fail")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*LLMUnguardedRequest: pytest-llm-guard: test_app.py::test_unmarked is not guarded*"])
+    assert "refused, nothing was sent (unguarded = fail, set by the command line)" in result.stdout.str()

@@ -68,8 +68,15 @@ def file_safe(name: str, limit: int = 100) -> str:
 
 
 def path_for(test_file: Path, test_name: str, settings: Settings) -> Path:
-    """The marker's path (relative to the test file), else ``<cassette_dir>/<module>/<name>.yaml``."""
+    """The marker's path (relative to the test file), else ``<cassette_dir>/<module>/<name>.yaml``.
+
+    The name is made file-safe (``test_x_gpt-4o``); a cassette pytest-recording wrote under
+    the raw name (``test_x[gpt-4o].yaml``) is used when it is there and ours is not.
+    """
     if settings.cassette_path is not None:
         return test_file.parent / settings.cassette_path
-    folder = test_file.parent / (settings.cassette_dir or "cassettes")
-    return folder / test_file.stem / f"{file_safe(settings.cassette_name or test_name)}.yaml"
+    folder = test_file.parent / (settings.cassette_dir or "cassettes") / test_file.stem
+    name = settings.cassette_name or test_name
+    ours = folder / f"{file_safe(name)}.yaml"
+    theirs = folder / f"{name}.yaml"
+    return theirs if not ours.exists() and "/" not in name and theirs.exists() else ours

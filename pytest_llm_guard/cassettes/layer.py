@@ -225,8 +225,9 @@ class CassetteLayer:
             f"Request: {shown.method} {shown.uri} model={model or '?'}"
             + (f" last user message: {last!r}" if last else ""),
         ]
-        nearest = self.cassette.closest(shown) if path.exists() else None
-        if not path.exists():
+        # self.existed, not path.exists(): no blocking file I/O on an event loop's request path
+        nearest = self.cassette.closest(shown) if self.existed else None
+        if not self.existed:
             lines.append("The cassette file does not exist.")
         elif nearest is None:
             lines.append("The cassette holds no interactions.")
