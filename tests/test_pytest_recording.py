@@ -84,3 +84,35 @@ def test_a_cassette_in_another_format_is_reported_never_to_be_deleted(pytester: 
     result.stdout.fnmatch_lines(["*cassette *test_x.yaml cannot be replayed: interaction 1 has no request.method*"])
     assert "delete it" not in result.stdout.str()
     assert json.dumps(yaml.safe_load((folder / "test_x.yaml").read_text()))  # left as it was
+
+
+ASYNC_REPLAY = """
+import openai
+import pytest
+from blockbuster import blockbuster_ctx
+
+@pytest.fixture
+def blockbuster():
+    with blockbuster_ctx() as bb:
+        yield bb
+
+@pytest.mark.asyncio
+async def test_async_replay_and_miss(async_llm_client, blockbuster):
+    reply = await async_llm_client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+    assert reply.choices[0].message.content == "echo: hi"
+    from pytest_llm_guard import LLMCassetteMiss
+    with pytest.raises(LLMCassetteMiss):
+        await async_llm_client.chat.completions.create(model="m", messages=[{"role": "user", "content": "new"}])
+"""
+
+
+def test_the_async_request_path_does_no_blocking_io(pytester: pytest.Pytester, monkeypatch) -> None:
+    pytest.importorskip("blockbuster", reason="blockbuster is in the dev extra: pip install -e '.[dev]'")
+    pytester.makepyfile(test_app=ASYNC_REPLAY)
+    with FaultServer() as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+        pytester.makepyfile(test_app=ASYNC_REPLAY.replace("blockbuster):", "):").split("    from pytest_llm")[0])
+        pytester.runpytest("--llm-record=once").assert_outcomes(passed=1)  # recorded, without the checker
+    pytester.makepyfile(test_app=ASYNC_REPLAY)
+    pytester.runpytest("--llm-record=none").assert_outcomes(passed=1)  # replayed and missed under blockbuster
