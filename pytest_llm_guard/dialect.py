@@ -98,6 +98,44 @@ class BodyReader:
         return None
 
 
+class _Decoding(BodyReader):
+    """Hands a ``gzip``/``deflate`` body to its reader decompressed (servers compress JSON and streams)."""
+
+    def __init__(self, reader: BodyReader, encoding: str) -> None:
+        import zlib
+
+        self._reader = reader
+        self._zlib = zlib.decompressobj(zlib.MAX_WBITS | 16 if encoding == "gzip" else zlib.MAX_WBITS)
+        self.events_expected = reader.events_expected
+
+    def _sync(self) -> None:
+        self.usage, self.ended, self.events = self._reader.usage, self._reader.ended, self._reader.events
+
+    def feed(self, chunk: bytes) -> str | None:
+        try:
+            problem = self._reader.feed(self._zlib.decompress(chunk))
+        except Exception:  # zlib.error: a broken compressed body
+            problem = "a compressed body that does not decompress"
+        self._sync()
+        return problem
+
+    def finish(self) -> str | None:
+        problem = self._reader.finish()
+        self._sync()
+        return problem
+
+
+def decoding(reader: BodyReader, content_encoding: str) -> BodyReader:
+    """``reader`` for a body sent with ``content_encoding``: decompressed where the stdlib can; a body in
+    another encoding (br, zstd) is passed unread, neither judged nor counted."""
+    encoding = content_encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return reader
+    if encoding in ("gzip", "x-gzip", "deflate"):
+        return _Decoding(reader, "gzip" if "gzip" in encoding else "deflate")
+    return BodyReader()
+
+
 # -- OpenAI (and Azure OpenAI) ---------------------------------------------------------
 
 _OPENAI_ROUTE = re.compile(

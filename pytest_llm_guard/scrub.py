@@ -166,7 +166,8 @@ class Scrubber:
 
     def request(self, request: VcrRequest) -> VcrRequest:
         """A scrubbed copy, for ``before_record_request`` (also used before matching)."""
-        request = copy.deepcopy(request)
+        request = copy.copy(request)  # shallow: the fields below are replaced, never changed in place
+        request.headers = dict(request.headers)
         for name in list(request.headers):
             if self.is_secret_header(name):
                 del request.headers[name]

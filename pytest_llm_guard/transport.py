@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import httpx2
 
-from .dialect import Dialect, dialect_for
+from .dialect import Dialect, decoding, dialect_for
 from .errors import LLMGuardConfigError, LLMGuardInterrupt
 
 if TYPE_CHECKING:
@@ -116,7 +116,7 @@ def _send_single_request(client: httpx2.Client, request: httpx2.Request) -> http
         response.close()
         raise
     if not ended:
-        response.stream = _WatchedStream(response, guard, attempt, dialect)  # type: ignore[arg-type,assignment]
+        _watch(response, guard, attempt, dialect, _WatchedStream)  # type: ignore[union-attr,arg-type]
     return response
 
 
@@ -149,8 +149,16 @@ async def _send_single_request_async(client: httpx2.AsyncClient, request: httpx2
         await response.aclose()
         raise
     if not ended:
-        response.stream = _WatchedAsyncStream(response, guard, attempt, dialect)  # type: ignore[arg-type,assignment]
+        _watch(response, guard, attempt, dialect, _WatchedAsyncStream)  # type: ignore[union-attr,arg-type]
     return response
+
+
+def _watch(response: httpx2.Response, guard: Guard, attempt: Attempt, dialect: Dialect, kind: type[_Watch]) -> None:
+    """Watch the body as it arrives; a body a mock transport handed over whole (decoded) is judged at once."""
+    if response.is_stream_consumed:
+        kind(response, guard, attempt, dialect, decoded=True).whole(response.content)
+    else:
+        response.stream = kind(response, guard, attempt, dialect)  # type: ignore[assignment]
 
 
 def _through_layers(client: object, request: httpx2.Request, guard: Guard, attempt: Attempt) -> object:
@@ -215,9 +223,12 @@ class LLMStreamCut(httpx2.RemoteProtocolError):
 class _Watch:
     """A body being read: deadline and cap per chunk; checked by its dialect; usage counted at the end."""
 
-    def __init__(self, response: httpx2.Response, guard: Guard, attempt: Attempt, dialect: Dialect) -> None:
+    def __init__(
+        self, response: httpx2.Response, guard: Guard, attempt: Attempt, dialect: Dialect, *, decoded: bool = False
+    ) -> None:
         self._inner = response.stream
-        self._reader = dialect.reader(response.headers.get("content-type", ""))
+        reader = dialect.reader(response.headers.get("content-type", ""))
+        self._reader = reader if decoded else decoding(reader, response.headers.get("content-encoding", ""))
         self._guard = guard
         self._attempt = attempt
         self._status = response.status_code
@@ -258,6 +269,14 @@ class _Watch:
             self._guard.fail(self._attempt, error)
             raise error
         self._guard.succeeded(self._attempt, self._reader.usage)
+
+    def whole(self, body: bytes) -> None:
+        try:
+            self._chunk(body)
+        except (Exception, LLMGuardInterrupt) as exc:
+            raised = self._error(exc)
+            raise raised from None
+        self._end()
 
     def _closed(self) -> None:
         """After the inner stream closed (a cassette records on close, before the attempt ends)."""

@@ -210,3 +210,30 @@ def test_a_broken_answer_that_fails_a_test_is_reported_in_a_few_lines(pytester: 
         ]
     )
     assert "httpcore2" not in result.stdout.str() and "_base_client.py" not in result.stdout.str()
+
+
+@pytest.mark.parametrize("whole", [False, True], ids=["streamed", "handed-over-whole"])
+def test_a_gzip_answer_is_judged_and_counted_decompressed(llm_guard, whole: bool) -> None:
+    import gzip
+    import json as _json
+
+    import httpx2
+
+    body = _json.dumps({"id": "x", "object": "chat.completion", "created": 1, "model": "m", "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 2, "completion_tokens": 1, "total_tokens": 3}}).encode()  # fmt: skip
+
+    def answer(request: httpx2.Request) -> httpx2.Response:
+        headers = {"content-type": "application/json", "content-encoding": "gzip"}
+        if whole:  # as a mock transport's content=: already read, httpx2 holds it decoded
+            return httpx2.Response(200, headers=headers, content=gzip.compress(body))
+        return httpx2.Response(200, headers=headers, stream=httpx2.ByteStream(gzip.compress(body)))
+
+    client = openai.OpenAI(
+        base_url="http://llm.test/v1",
+        api_key="sk-x",
+        http_client=openai.DefaultHttpx2Client(transport=httpx2.MockTransport(answer)),
+    )
+    assert client.chat.completions.create(model="m", messages=HELLO).choices[0].message.content == "hi"
+    (attempt,) = llm_guard.events
+    assert (attempt.outcome, attempt.tokens) == ("ok", 3)

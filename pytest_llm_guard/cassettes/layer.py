@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import httpx2
 
 from ..config import OPTIONS, Settings
-from ..dialect import BodyReader, Dialect, dialect_for
+from ..dialect import BodyReader, Dialect, decoding, dialect_for
 from ..errors import LLMCassetteMiss
 from ..scrub import Scrubber, find_shapes
 from . import vcr_bridge
@@ -154,9 +154,10 @@ class CassetteLayer:
         return vcr_bridge.vcr_request(request.method, str(request.url), body, dict(request.headers))
 
     def _replay(self, request: httpx2.Request, recorded: Any, attempt: Attempt) -> httpx2.Response | None:
-        if self.cassette.can_play_response_for(recorded):
+        answer = self.cassette.replay(recorded)
+        if answer is not None:
             attempt.source = "replayed"
-            return self._response(request, self.cassette.play_response(recorded))
+            return self._response(request, answer)
         if self.cassette.write_protected:
             attempt.source = "refused"
             raise self._miss(recorded)
@@ -182,7 +183,10 @@ class CassetteLayer:
             return response
         dialect: Dialect | None = dialect_for(request)
         content_type = response.headers.get("content-type", "")
-        reader = dialect.reader(content_type) if dialect is not None else BodyReader()
+        reader = decoding(
+            dialect.reader(content_type) if dialect is not None else BodyReader(),
+            response.headers.get("content-encoding", ""),
+        )
 
         def on_complete(body: bytes) -> None:
             self._note_shapes(recorded, body)

@@ -43,6 +43,7 @@ class LLMCassette(Cassette):
         self._matcher = matcher
         self._index: defaultdict[tuple[str, ...], list[int]] = defaultdict(list)
         self._appending = threading.Lock()
+        self._loading = False
         super().__init__(*args, **kwargs)
 
     @property
@@ -52,12 +53,45 @@ class LLMCassette(Cassette):
     def _key(self, request: VcrRequest) -> tuple[str, ...]:
         return request_key(request, self._match_parts, self._ignore)
 
+    def _load(self) -> None:
+        self._loading = True
+        try:
+            super()._load()
+        finally:
+            self._loading = False
+
     def append(self, request: VcrRequest, response: dict[str, Any]) -> None:
         with self._appending:  # code under test may record from several threads at once
             before = len(self.data)
-            super().append(request, response)
+            if self._loading:
+                # As the file has it: scrubbed when it was recorded, and again whenever it is saved.
+                # vcrpy's hooks (a scrub, a deep copy, decompression) would cost a replay of a
+                # thousand interactions most of a second, for nothing replay needs.
+                self.data.append((request, response))
+            else:
+                super().append(request, response)
             if len(self.data) > before:
                 self._index[self._key(self.data[-1][0])].append(before)
+
+    def replay(self, request: VcrRequest) -> dict[str, Any] | None:
+        """The first recording of ``request`` not played yet (marked played now), or None.
+
+        One scrub and one index look-up, where vcrpy's can_play_response_for and
+        play_response would each scrub and scan.
+        """
+        if self.record_mode == RecordMode.ALL or not (self.rewound or self.allow_playback_repeats):
+            return None
+        request = self._before_record_request(request)
+        for index in self._index.get(self._key(request), ()):
+            stored, response = self.data[index]
+            if (self.play_counts[index] == 0 or self.allow_playback_repeats) and self._matcher(
+                request, stored
+            ) is not False:
+                if self.play_counts[index] == 0 and index < self._loaded_count:
+                    self._played_interactions.append((stored, response))
+                self.play_counts[index] += 1
+                return response
+        return None
 
     def _responses(self, request: VcrRequest) -> Iterator[tuple[int, dict[str, Any]]]:
         request = self._before_record_request(request)
@@ -156,27 +190,33 @@ class AtomicPersister:
     """
 
     def __init__(self, scrubber: Scrubber) -> None:
-        self._loaded: set[str] = set()
+        self._loaded: tuple[list, list] = ([], [])
         self._scrubber = scrubber
+        self._request = _readable_request(scrubber)
+        self._response = _readable_response(scrubber)
 
     def load_cassette(self, cassette_path: str | Path, serializer: Any) -> tuple[list, list]:
         requests, responses = self._read(Path(cassette_path), serializer)
-        self._loaded = {_fingerprint(q, r) for q, r in zip(requests, responses, strict=True)}
+        self._loaded = (list(requests), copy.deepcopy(responses))  # fingerprinted only if it is saved
         return requests, responses
 
     def save_cassette(self, cassette_path: str | Path, cassette_dict: dict[str, Any], serializer: Any) -> None:
         path = Path(cassette_path)
         path.parent.mkdir(parents=True, exist_ok=True)
         with files.locked(path.parent):
-            requests, responses = list(cassette_dict["requests"]), list(cassette_dict["responses"])
+            # Every interaction written is scrubbed and made readable now, those loaded from the file
+            # too (a cassette another tool wrote keeps its cookies until it is saved here).
+            requests = [self._request(q) for q in cassette_dict["requests"]]
+            responses = [self._response(copy.deepcopy(r)) for r in cassette_dict["responses"]]
             ours = {_fingerprint(q, r) for q, r in zip(requests, responses, strict=True)}
+            loaded = {_fingerprint(q, r) for q, r in zip(*self._loaded, strict=True)}
             try:
                 theirs = zip(*self._read(path, serializer), strict=True)
             except (CassetteNotFoundError, LLMCassetteError):
                 theirs = zip((), (), strict=True)
             for q, r in theirs:
                 fingerprint = _fingerprint(q, r)
-                if fingerprint not in ours and fingerprint not in self._loaded:
+                if fingerprint not in ours and fingerprint not in loaded:
                     requests.append(q)
                     responses.append(r)
             files.remove_stale_temporaries(path)
