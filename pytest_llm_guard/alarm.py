@@ -17,8 +17,11 @@ __tracebackhide__ = True
 import signal
 import threading
 import time
+import types
 from collections.abc import Callable
 from typing import Any
+
+import pytest
 
 Action = Callable[[], None]
 
@@ -76,3 +79,20 @@ class Alarm:
         self._schedule()
         for _, _, action in due:
             action()  # raises in the main thread, wherever it was
+
+
+def with_line_numbers(excinfo: pytest.ExceptionInfo[BaseException]) -> pytest.ExceptionInfo[BaseException]:
+    """An exception raised by the alarm's signal handler can carry a traceback entry without a line
+    number (CPython), which pytest cannot format: give such entries their frame's line."""
+    entries, tb = [], excinfo.tb
+    while tb is not None:
+        entries.append(tb)
+        tb = tb.tb_next
+    if all(entry.tb_lineno is not None for entry in entries):
+        return excinfo
+    rebuilt = None
+    for entry in reversed(entries):
+        line = entry.tb_lineno if entry.tb_lineno is not None else (entry.tb_frame.f_lineno or 1)
+        rebuilt = types.TracebackType(rebuilt, entry.tb_frame, entry.tb_lasti, line)
+    value = excinfo.value.with_traceback(rebuilt)
+    return pytest.ExceptionInfo.from_exc_info((type(value), value, rebuilt))

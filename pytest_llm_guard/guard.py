@@ -366,7 +366,8 @@ class Guard:
     def _close(self, attempt: Attempt, outcome: str, *, error: str | None = None) -> bool:
         if not self.ledger.close(attempt, self._clock(), outcome, error=error):
             return False
-        log.info("%s: attempt %s", self.test_id, report.describe(attempt))
+        if log.isEnabledFor(logging.INFO):
+            log.info("%s: attempt %s", self.test_id, report.describe(attempt))
         if self.on_attempt is not None:
             self.on_attempt(attempt)
         return True

@@ -157,3 +157,47 @@ def write(path: Path, data: Mapping[str, Any]) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(path, json.dumps(data, indent=1, default=str) + "\n")
+
+
+def note_phase(
+    previous: tuple[str, float], when: str, failed: bool, skipped: bool, seconds: float
+) -> tuple[str, float]:
+    """A test's outcome as a person reads it (its call's, or an error in setup or teardown) and its duration,
+    after one more phase."""
+    outcome, duration = previous
+    if failed:
+        outcome = "failed" if when == "call" else "error" if outcome == "passed" else outcome
+    elif skipped and when != "teardown":
+        outcome = "skipped"
+    return outcome, duration + seconds
+
+
+def write_reports(
+    tests: Sequence[Mapping[str, Any]],
+    health: Iterable[tuple[Endpoint, EndpointHealth]],
+    *,
+    duration: float,
+    currency: str,
+    json_path: Path | None,
+    html_path: Path | None,
+) -> list[str]:
+    """Write the JSON and HTML reports asked for; returns what to tell the user about each."""
+    from .cassettes.files import write_atomically
+
+    data = build(tests, health, duration=duration, currency=currency)
+    said = []
+    for name, path in (("report", json_path), ("report-html", html_path)):
+        if path is None:
+            continue
+        try:
+            if name == "report":
+                write(path, data)
+            else:
+                from .report_html import render
+
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_atomically(path, render(data))
+            said.append(f"pytest-llm-guard: {name} written to {path}")
+        except OSError as exc:
+            said.append(f"pytest-llm-guard: the --llm-{name} file {path} could not be written: {exc}")
+    return said

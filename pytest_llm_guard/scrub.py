@@ -49,6 +49,7 @@ SHAPES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("Azure api-key", re.compile(r"(?i)api-key['\"]?(?:\s*[:=]\s*|:\s*\n\s*-\s*)['\"]?([0-9a-f]{32})\b")),
 )
 """Credential shapes, for redaction and for ``--llm-audit``: (kind, pattern); a group, if any, is the secret."""
+_CREDENTIAL_HEADERS = frozenset({b"authorization", b"proxy-authorization", b"api-key", b"x-api-key"})
 _MIN_SECRET = 8
 """Shorter values are not treated as secrets (they would redact ordinary words)."""
 _HEADER_VALUES = re.compile(
@@ -92,6 +93,7 @@ class Scrubber:
         self._patterns = [re.compile(p) for p in patterns]
         self._environ = environ
         self._secrets: set[str] = set()
+        self._raw_seen: set[bytes] = set()
         self._exact: re.Pattern[str] | None = None
         self._lock = threading.Lock()
         self.refresh()
@@ -102,17 +104,23 @@ class Scrubber:
         """Take in the ``*_API_KEY`` values set now (a fixture may have set one since the test began)."""
         self._add(v for k, v in self._environ.items() if k.upper().endswith("API_KEY"))
 
-    def learn(self, headers: Mapping[str, str], url: str) -> None:
-        """Take in the credentials a request carries, wherever they may show up later."""
+    def learn(self, headers: Any, url: str) -> None:
+        """Take in the credentials a request carries, wherever they may show up later.
+
+        Runs on every attempt: one pass over the raw headers, and nothing more for a
+        credential already known.
+        """
         found = []
-        for name in ("authorization", "proxy-authorization", "api-key", "x-api-key"):
-            value = headers.get(name)
-            if value:
-                found.append(value.split(" ", 1)[1] if value.lower().startswith("bearer ") else value)
-        query = urlsplit(url).query
+        for name, value in getattr(headers, "raw", None) or [(k.encode(), v.encode()) for k, v in headers.items()]:
+            if name.lower() in _CREDENTIAL_HEADERS and value not in self._raw_seen:
+                self._raw_seen.add(value)
+                text = value.decode("latin-1")
+                found.append(text.split(" ", 1)[1] if text.lower().startswith("bearer ") else text)
+        query = urlsplit(url).query if url else ""
         if query:
             found.extend(v for k, v in parse_qsl(query, True) if k.lower() in SECRET_QUERY)
-        self._add(found)
+        if found:
+            self._add(found)
 
     def _add(self, values: Iterable[str]) -> None:
         fresh = {v.strip() for v in values if v and len(v.strip()) >= _MIN_SECRET} - self._secrets

@@ -1,0 +1,346 @@
+"""The per-test protocol: what runs around each test, once collection has said which tests are guarded.
+
+Around a guarded test: its guard and the deadline's alarm (outermost, so pytest-timeout
+can hand its own timer to the alarm), then the seam, scrubbed logs and its cassette
+(inside pytest's warnings capture, so a cassette's warning reaches the summary), its
+phases marked interruptible, and its record on the teardown report. Around a test that
+is not guarded, where httpx2 is loaded: a watch for LLM requests (``unguarded``).
+Neither is registered when no test needs it, so a plain suite pays nothing per test.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from .alarm import with_line_numbers
+from .config import Settings
+from .errors import LLMCassetteError, LLMGuardInterrupt, LLMNoEndpoint, LLMUnguardedRequest
+from .session import Session
+
+if TYPE_CHECKING:
+    from .cassettes import CassetteLayer
+    from .guard import Guard
+
+SETTINGS = pytest.StashKey[Settings]()
+SESSION = pytest.StashKey[Session]()
+ITEM_SETTINGS = pytest.StashKey["Settings | None"]()
+GUARD = pytest.StashKey["Guard"]()
+CASSETTE = pytest.StashKey["CassetteLayer"]()
+ENVIRONMENT = pytest.StashKey[pytest.MonkeyPatch]()
+FAILED = pytest.StashKey[bool]()
+OWN_TIMEOUT = pytest.StashKey[bool]()
+STARTED = pytest.StashKey[float]()
+OUTCOME = pytest.StashKey["tuple[str, float]"]()
+UNGUARDED = pytest.StashKey["list[str]"]()
+REPLAY_PLACEHOLDER_KEY = "sk-llm-guard-replay-placeholder"
+
+
+def prepare(config: pytest.Config, items: list[pytest.Item], base: Settings) -> None:
+    """After collection: the backstop marker where there is no SIGALRM, and the hooks the tests need."""
+    guarded = [item for item in items if item.stash.get(ITEM_SETTINGS, None) is not None]
+    for item in guarded:
+        timeout = _hard_timeout(config, item, item.stash[ITEM_SETTINGS])
+        if timeout is not None:
+            item.add_marker(pytest.mark.timeout(timeout))
+    if guarded and not config.pluginmanager.has_plugin(GUARDED_TESTS):
+        _load_the_guard(base)
+        config.pluginmanager.register(GuardedTests(), GUARDED_TESTS)
+    watched = base.unguarded != "allow" and "httpx2" in sys.modules  # without httpx2 no test can call an LLM
+    if watched and len(guarded) < len(items) and not config.pluginmanager.has_plugin(UNGUARDED_TESTS):
+        config.pluginmanager.register(UnguardedTests(base), UNGUARDED_TESTS)
+
+
+def _hard_timeout(config: pytest.Config, item: pytest.Item, settings: Settings) -> float | None:
+    """Without SIGALRM (Windows), pytest-timeout's timer is the backstop: at deadline + grace, unless
+    the test has a timeout of its own. Elsewhere the guard's own alarm binds the deadline."""
+    if hasattr(signal, "setitimer") or settings.deadline is None or item.get_closest_marker("timeout") is not None:
+        return None
+    if not config.pluginmanager.hasplugin("timeout"):
+        return None
+    import pytest_timeout
+
+    backstop = settings.deadline + settings.timeout_grace
+    session_timeout = pytest_timeout.get_env_settings(config).timeout
+    if session_timeout and session_timeout <= backstop:
+        return None
+    return backstop
+
+
+def _load_the_guard(settings: Settings) -> None:
+    """Import what guarded tests use now, once, so no test's deadline pays for it (openai alone
+    takes a third of a second); and fail with a usage error now if httpx2 lost the seam."""
+    import openai  # noqa: F401
+
+    from . import guard, routing, transport  # noqa: F401
+
+    if settings.record != "off":
+        from . import cassettes  # noqa: F401
+    transport.check_seam()
+
+
+GUARDED_TESTS = "llm_guard_guarded_tests"
+UNGUARDED_TESTS = "llm_guard_unguarded_tests"
+
+
+class UnguardedTests:
+    """Watches tests that are not guarded for LLM requests (``unguarded``: warn or fail), so none
+    goes live unnoticed: registered only when httpx2 is loaded and some test is not guarded."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+        if item.stash.get(ITEM_SETTINGS, None) is not None:
+            return (yield)
+        from . import transport
+        from .dialect import origin_of
+
+        sent: list[str] = item.stash.setdefault(UNGUARDED, [])
+
+        def noticed(request: Any) -> None:
+            where = f"{request.method} {origin_of(request.url)}{request.url.path}"
+            if self.settings.unguarded == "fail":
+                from . import report
+
+                raise LLMUnguardedRequest(report.unguarded_refusal(item.nodeid, where, self.settings))
+            sent.append(where)
+
+        transport.watch(noticed)
+        try:
+            return (yield)
+        finally:
+            transport.unwatch(noticed)
+            if sent:
+                item.warn(
+                    pytest.PytestWarning(
+                        f"pytest-llm-guard: {item.nodeid} is not guarded, yet sent {len(sent)} LLM request(s) "
+                        f"({sent[0]}): not replayed, not recorded, not counted. Guard it with an llm_* marker or "
+                        "the llm_guard fixture, or set guard_all = true"
+                    )
+                )
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[pytest.TestReport]:
+        report_ = yield
+        sent = item.stash.get(UNGUARDED, None)
+        if sent and call.when == "teardown":
+            report_.llm_unguarded = {"nodeid": item.nodeid, "requests": sent}  # type: ignore[attr-defined]
+        return report_
+
+
+class GuardedTests:
+    """The per-test hooks, registered only once a guarded test is collected: a suite without
+    one never runs them, and its tests pay nothing per test."""
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+        """The guard and its alarm, outside everything else (pytest-timeout asks for the alarm)."""
+        settings = item.stash.get(ITEM_SETTINGS, None)
+        if settings is None:
+            return (yield)
+        from .alarm import Alarm
+        from .guard import Guard
+
+        session = item.config.stash[SESSION]
+        guard = Guard(
+            settings,
+            test_id=item.nodeid,
+            prices=session.prices,
+            on_attempt=_attempt_hook(item),
+        )
+        item.stash[GUARD] = guard
+        item.stash[STARTED] = time.time()
+        alarm = Alarm() if Alarm.available() else None
+        if alarm is not None:
+            guard.arm(alarm)
+            alarm.start()
+        try:
+            return (yield)
+        finally:
+            if alarm is not None:
+                alarm.stop()
+
+    @pytest.hookimpl(wrapper=True, specname="pytest_runtest_protocol")
+    def pytest_runtest_protocol_guarded(self, item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+        """The seam and the scrubbed logs while the test runs; then its cassette, saved where
+        pytest still collects warnings."""
+        guard = item.stash.get(GUARD, None)
+        if guard is None:
+            return (yield)
+        from . import transport
+        from .scrub import scrubbed_logs
+
+        transport.activate(guard)
+        interrupted = False
+        with pytest.MonkeyPatch.context() as environment, scrubbed_logs(guard.scrubber):
+            item.stash[ENVIRONMENT] = environment
+            try:
+                return (yield)
+            except BaseException:  # Ctrl-C, pytest-timeout's thread method, an exit
+                interrupted = True
+                raise
+            finally:
+                transport.deactivate(guard)
+                item.config.stash[SESSION].budget.add(guard.stats)
+                layer = item.stash.get(CASSETTE, None)
+                if layer is not None:
+                    _save(item, layer, failed=interrupted or item.stash.get(FAILED, False))
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True, specname="pytest_runtest_setup")
+    def pytest_runtest_setup_phase(self, item: pytest.Item) -> Iterator[None]:
+        return (yield from _interruptible(item))
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True, specname="pytest_runtest_call")
+    def pytest_runtest_call_phase(self, item: pytest.Item) -> Iterator[None]:
+        return (yield from _interruptible(item))
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True, specname="pytest_runtest_teardown")
+    def pytest_runtest_teardown_phase(self, item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+        return (yield from _interruptible(item))
+
+    @pytest.hookimpl(tryfirst=True, optionalhook=True)
+    def pytest_timeout_set_timer(self, item: pytest.Item, settings: Any) -> bool | None:
+        """A user's signal-method timeout joins the guard's alarm (one SIGALRM timer per process);
+        a thread-method timeout stays pytest-timeout's."""
+        guard = item.stash.get(GUARD, None)
+        if guard is None or guard.alarm is None or settings.method != "signal":
+            return None
+        import pytest_timeout
+
+        def timed_out() -> None:
+            __tracebackhide__ = True
+            pytest_timeout.timeout_sigalrm(item, settings)
+
+        guard.alarm.at(guard.budget.clock() + settings.timeout, timed_out)
+        item.stash[OWN_TIMEOUT] = True
+        return True
+
+    @pytest.hookimpl(tryfirst=True, optionalhook=True)
+    def pytest_timeout_cancel_timer(self, item: pytest.Item) -> bool | None:
+        return True if item.stash.get(OWN_TIMEOUT, False) else None
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        """Before the test's fixtures: session budgets, then its layers; an unreadable cassette errors it only."""
+        guard = item.stash.get(GUARD, None)
+        if guard is None:
+            return
+        session = item.config.stash[SESSION]
+        reason = session.budget.spent()
+        if reason is not None and session.settings.on_session_spent == "fail":
+            pytest.fail(reason, pytrace=False)
+        if reason is not None:
+            pytest.skip(reason)
+        from .routing import RouterLayer
+
+        guard.use_layers(cassette=_open_cassette(item, guard), routing=RouterLayer(session.router, guard))
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[pytest.TestReport]:
+        if call.excinfo is not None and item.stash.get(GUARD, None) is not None:
+            call.excinfo = with_line_numbers(call.excinfo)
+        report_ = yield
+        guard = item.stash.get(GUARD, None)
+        if guard is None:
+            return report_
+        from . import report, report_json
+
+        excinfo = call.excinfo
+        if report_.failed:
+            item.stash[FAILED] = True
+        if (
+            excinfo is not None
+            and excinfo.errisinstance(LLMGuardInterrupt)
+            and not excinfo.errisinstance(LLMNoEndpoint)
+        ):
+            report_.longrepr = guard.scrubber.text(report.failure_text(excinfo, item.config.rootpath))
+        elif excinfo is not None and (cause := report.guard_cause(excinfo.value)) is not None:
+            text = report.failure_text(excinfo, item.config.rootpath, cause=cause, attempts=guard.events)
+            report_.longrepr = guard.scrubber.text(text)
+        if excinfo is not None and excinfo.errisinstance(LLMNoEndpoint) and excinfo.value.skip:
+            # on_open="skip": reported as a skip at the test's location, as skip markers are
+            path, line = item.reportinfo()[:2]
+            report_.outcome = "skipped"
+            report_.longrepr = (os.fspath(path), (line or 0) + 1, str(excinfo.value))
+        item.stash[OUTCOME] = report_json.note_phase(
+            item.stash.get(OUTCOME, ("passed", 0.0)), report_.when, report_.failed, report_.skipped, report_.duration
+        )
+        if call.when == "teardown":
+            outcome, duration = item.stash[OUTCOME]
+            test = report_json.record(guard, item.nodeid, outcome, duration, item.stash[STARTED])
+            report_.llm_guard = test  # type: ignore[attr-defined]  # travels to the xdist controller
+            report_.user_properties.extend(report_json.junit_properties(test))
+        return report_
+
+
+def _uses_pytest_recording(item: pytest.Item) -> bool:
+    """A test with pytest-recording's ``vcr`` marker keeps its own cassettes (its ``vcr`` fixture, autouse,
+    installs one only then); the guard's deadlines and budgets still apply."""
+    return item.get_closest_marker("vcr") is not None
+
+
+def _attempt_hook(item: pytest.Item) -> Any:
+    """``pytest_llm_guard_attempt``, called per attempt only where some plugin implements it."""
+    hook = item.ihook.pytest_llm_guard_attempt
+    if not hook.get_hookimpls():
+        return None
+    return lambda attempt: hook(record=attempt)
+
+
+def _interruptible(item: pytest.Item) -> Iterator[None]:
+    """The test's own code runs (a setup, call or teardown phase): its deadline may interrupt it."""
+    guard = item.stash.get(GUARD, None)
+    if guard is None:
+        return (yield)
+    guard.interruptible = True
+    try:
+        return (yield)
+    finally:
+        guard.interruptible = False
+
+
+def _save(item: pytest.Item, layer: CassetteLayer, *, failed: bool) -> None:
+    """A cassette that cannot be written (disk full, read-only folder) warns; the session goes on."""
+    try:
+        warning = layer.save(test_failed=failed)
+    except OSError as exc:
+        warning = f"pytest-llm-guard: cassette of {item.nodeid} not saved: {exc}"
+    if warning is not None:
+        item.warn(pytest.PytestWarning(warning))
+
+
+def _open_cassette(item: pytest.Item, guard: Guard) -> CassetteLayer | None:
+    from . import cassettes
+
+    settings = guard.settings
+    mode = cassettes.record_mode(settings)
+    if mode == "off" or not settings.cassette or _uses_pytest_recording(item):
+        return None
+    path = cassettes.path_for(item.path, item.name, settings)
+    mode = cassettes.effective_mode(mode, item.config.stash[SESSION].existed_at_start(path))
+    try:
+        layer = cassettes.open_cassette(
+            path,
+            settings,
+            mode=mode,
+            nodeid=item.nodeid,
+            matcher=lambda request, recorded: item.ihook.pytest_llm_cassette_match(request=request, recorded=recorded),
+            scrubber=guard.scrubber,
+        )
+    except LLMCassetteError as exc:
+        pytest.fail(f"{type(exc).__name__}: {exc}", pytrace=False)
+    item.stash[CASSETTE] = layer
+    if layer.replay_only:  # CI needs no secret: the SDKs only insist that a key is set
+        endpoints = item.config.stash[SESSION].endpoints.endpoints
+        for name in ("OPENAI_API_KEY", "AZURE_OPENAI_API_KEY", *(e.api_key_env for e in endpoints if e.api_key_env)):
+            if not os.environ.get(name):
+                item.stash[ENVIRONMENT].setenv(name, REPLAY_PLACEHOLDER_KEY)
+    return layer
