@@ -15,7 +15,8 @@ One :class:`EndpointHealth` per endpoint holds:
   success closes it, its failure re-opens it with the cooldown doubled up to
   ``cooldown_max``;
 - ``not_before``: a 429's Retry-After, honoured by every test until it passes;
-- a gRPC-style retry token bucket: each failed or rate-limited attempt takes a token, each
+- a gRPC-style retry token bucket: each failed attempt takes a token (a 429 does not: its
+  Retry-After is honoured instead), each
   success puts back ``token_ratio``; the endpoint takes retries only while more
   than half the tokens are left, so a dying endpoint cannot become a retry storm
   even before its breaker opens.
@@ -250,7 +251,7 @@ class EndpointHealth:
         tokens = policy.retry_tokens if self.tokens is None else self.tokens
         if outcome is Outcome.SUCCESS:
             self.tokens = min(policy.retry_tokens, tokens + policy.retry_token_ratio)
-        elif outcome in (Outcome.FAILURE, Outcome.THROTTLED):
+        elif outcome is Outcome.FAILURE:  # a 429 is the endpoint pacing us, honoured through not_before
             self.tokens = max(0.0, tokens - 1)
         if outcome is Outcome.THROTTLED and retry_after is not None and now + retry_after > self.not_before:
             self.not_before, self.throttled_by = now + retry_after, f"HTTP 429 Retry-After {retry_after:g} s"

@@ -229,3 +229,11 @@ def test_peek_takes_no_probe() -> None:
 def test_inconsistent_options_are_a_usage_error(kwargs, message) -> None:
     with pytest.raises(LLMGuardConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         Settings(**kwargs).checked()
+
+
+def test_a_429_spends_no_retry_token_its_retry_after_paces_instead() -> None:
+    health = EndpointHealth()
+    policy = Settings(breaker_failures=None, breaker_failure_rate=None, retry_tokens=4)
+    for _ in range(8):
+        health.record(MODEL, Outcome.THROTTLED, 0, policy, retry_after=0.0)
+    assert health.admit(MODEL, 1, policy, retry=True, lease=1).ok, "a storm of 429s leaves retries possible"
