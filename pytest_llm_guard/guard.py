@@ -309,11 +309,6 @@ class Guard:
         attempt.headers_timer = None
         raise self.late_headers_error(attempt)
 
-    def refused(self, attempt: Attempt, error: BaseException) -> None:
-        """A layer refused the attempt: nothing was sent."""
-        attempt.source = "refused"
-        self.fail(attempt, error)
-
     def fail(self, attempt: Attempt, error: BaseException) -> None:
         """An error ended the attempt; raises when the test cannot absorb it."""
         if isinstance(error, LLMGuardInterrupt):
