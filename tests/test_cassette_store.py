@@ -15,6 +15,7 @@ from pytest_llm_guard.cassettes import (
     ReadableYaml,
     canonical_body,
     file_safe,
+    path_for,
     record_mode,
     request_key,
 )
@@ -173,10 +174,25 @@ def test_empty_file_counts_as_missing(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("name", "expected"),
-    [("test_x", "test_x"), ("test_p[a b]", "test_p_a_b"), ("test_p[../../etc]", "test_p_etc"), ("[]", "test")],
+    [("test_x", "test_x"), ("test_p[a b]", "test_p_a_b-"), ("test_p[../../etc]", "test_p_etc-"), ("[]", "test-")],
 )
 def test_file_safe_names(name: str, expected: str) -> None:
-    assert file_safe(name) == expected
+    """A name that had to change ends with a hash of the raw id; one that did not is kept as it is."""
+    safe = file_safe(name)
+    assert safe.startswith(expected) and len(safe) == len(expected) + (12 if expected.endswith("-") else 0)
+
+
+def test_ids_that_sanitise_alike_get_distinct_files() -> None:
+    assert file_safe("test_q[What is 2+2?]") != file_safe("test_q[What is 2*2?]")
+
+
+def test_a_cassette_under_its_earlier_name_is_still_found(tmp_path: Path) -> None:
+    test_file = tmp_path / "test_app.py"
+    folder = tmp_path / "cassettes" / "test_app"
+    assert path_for(test_file, "test_q[a b]", Settings()) == folder / f"{file_safe('test_q[a b]')}.yaml"
+    folder.mkdir(parents=True)
+    (folder / "test_q_a_b.yaml").write_text("interactions: []\n")  # committed before names had a hash
+    assert path_for(test_file, "test_q[a b]", Settings()) == folder / "test_q_a_b.yaml"
 
 
 def test_long_names_are_shortened_with_a_hash() -> None:

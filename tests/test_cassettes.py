@@ -87,8 +87,8 @@ def test_record_then_replay_offline_with_no_key(project: pytest.Pytester, server
     assert len(server.requests) == 5
     assert "x-llm-guard" not in cassette(project, "test_app", "test_fixture_client").read_text()
     assert cassette(project, "test_app", "test_app_client").is_file()
-    assert cassette(project, "test_app", "test_param_a_b").is_file()
-    assert cassette(project, "test_app", "test_param_c_d").is_file()
+    assert len(list((project.path / "cassettes" / "test_app").glob("test_param_a_b-*.yaml"))) == 1
+    assert len(list((project.path / "cassettes" / "test_app").glob("test_param_c_d-*.yaml"))) == 1
 
     go_offline(server, monkeypatch)
     result = project.runpytest()
@@ -570,3 +570,21 @@ def test_a_cassette_that_cannot_be_written_warns_and_the_session_goes_on(project
     result = project.runpytest()
     result.assert_outcomes(passed=2, warnings=1)
     result.stdout.fnmatch_lines(["*pytest-llm-guard: cassette of test_app.py::test_one not saved*"])
+
+
+def test_parametrize_ids_that_sanitise_alike_record_separate_cassettes(project: pytest.Pytester, server) -> None:
+    project.makepyfile(
+        test_app="""
+        import pytest
+
+        @pytest.mark.parametrize("question", ["What is 2+2?", "What is 2*2?"])
+        def test_q(llm_client, question):
+            reply = llm_client.chat.completions.create(model="m", messages=[{"role": "user", "content": question}])
+            assert reply.choices[0].message.content == f"echo: {question}"
+        """
+    )
+    project.runpytest().assert_outcomes(passed=2)
+    files = sorted((project.path / "cassettes" / "test_app").glob("*.yaml"))
+    assert len(files) == 2
+    asked = sorted(json.loads(interactions(f)[0]["request"]["body"])["messages"][0]["content"] for f in files)
+    assert asked == ["What is 2*2?", "What is 2+2?"]

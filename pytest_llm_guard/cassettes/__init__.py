@@ -58,10 +58,15 @@ def effective_mode(mode: str, existed_at_start: bool) -> str:
     return "new_episodes" if mode == "once" and not existed_at_start else mode
 
 
+def _sanitised(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_") or "test"
+
+
 def file_safe(name: str, limit: int = 100) -> str:
-    """A file name for a test id: parametrize ids made safe, long names shortened with a hash."""
-    safe = re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_") or "test"
-    if len(safe) <= limit:
+    """A file name for a test id, one per id: a name that had to change (parametrize ids, long
+    names) gets a short hash of the raw id, so ``q[2+2]`` and ``q[2*2]`` get files of their own."""
+    safe = _sanitised(name)
+    if safe == name and len(safe) <= limit:
         return safe
     digest = hashlib.sha1(name.encode()).hexdigest()[:12]
     return f"{safe[: limit - 13]}-{digest}"
@@ -70,13 +75,16 @@ def file_safe(name: str, limit: int = 100) -> str:
 def path_for(test_file: Path, test_name: str, settings: Settings) -> Path:
     """The marker's path (relative to the test file), else ``<cassette_dir>/<module>/<name>.yaml``.
 
-    The name is made file-safe (``test_x_gpt-4o``); a cassette pytest-recording wrote under
-    the raw name (``test_x[gpt-4o].yaml``) is used when it is there and ours is not.
+    The name is made file-safe (``test_x_gpt-4o-<hash>``). When that file is not there, an
+    existing cassette under an earlier name is used: ours before the hash was added
+    (``test_x_gpt-4o.yaml``), or pytest-recording's raw name (``test_x[gpt-4o].yaml``).
     """
     if settings.cassette_path is not None:
         return test_file.parent / settings.cassette_path
     folder = test_file.parent / (settings.cassette_dir or "cassettes") / test_file.stem
     name = settings.cassette_name or test_name
     ours = folder / f"{file_safe(name)}.yaml"
-    theirs = folder / f"{name}.yaml"
-    return theirs if not ours.exists() and "/" not in name and theirs.exists() else ours
+    if ours.exists():
+        return ours
+    earlier = [folder / f"{_sanitised(name)}.yaml"] + ([folder / f"{name}.yaml"] if "/" not in name else [])
+    return next((path for path in earlier if path.exists()), ours)
