@@ -325,7 +325,8 @@ def _open_cassette(item: pytest.Item, guard: Guard) -> CassetteLayer | None:
     if mode == "off" or not settings.cassette or _uses_pytest_recording(item):
         return None
     path = cassettes.path_for(item.path, item.name, settings)
-    mode = cassettes.effective_mode(mode, item.config.stash[SESSION].existed_at_start(path))
+    session = item.config.stash[SESSION]
+    mode = cassettes.effective_mode(mode, session.existed_at_start(path))
     try:
         layer = cassettes.open_cassette(
             path,
@@ -334,6 +335,7 @@ def _open_cassette(item: pytest.Item, guard: Guard) -> CassetteLayer | None:
             nodeid=item.nodeid,
             matcher=lambda request, recorded: item.ihook.pytest_llm_cassette_match(request=request, recorded=recorded),
             scrubber=guard.scrubber,
+            session_started=session.started_at,
         )
     except LLMCassetteError as exc:
         pytest.fail(f"{type(exc).__name__}: {exc}", pytrace=False)

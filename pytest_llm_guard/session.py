@@ -49,14 +49,14 @@ class SessionBudget:
         s = self.settings
         return any(limit is not None for limit in (s.session_deadline, s.max_calls, s.max_tokens, s.max_cost))
 
-    def start(self) -> None:
-        """Mark the session's start, once: by the xdist controller, or the only process."""
+    def start(self) -> float:
+        """Mark the session's start, once: by the xdist controller, or the only process. Returns it."""
         now = self.clock()
 
-        def change(record: dict[str, Any]) -> None:
-            record.setdefault("started", now)
+        def change(record: dict[str, Any]) -> float:
+            return float(record.setdefault("started", now))
 
-        self.store.update(KEY, change)
+        return self.store.update(KEY, change)
 
     def add(self, stats: Stats) -> None:
         """A guarded test ended: add what it spent."""
@@ -113,6 +113,7 @@ class Session:
         self.folder = folder
         """The SQLite folder this process created (the xdist controller) and must remove."""
         self.budget = SessionBudget(settings, store)
+        self._started_at: float | None = None
         self._router: Router | None = None
 
     @classmethod
@@ -140,8 +141,16 @@ class Session:
             store = MemoryStore()
         session = cls(settings, endpoints, store, folder, prices)
         if workerinput is None:
-            session.budget.start()
+            session._started_at = session.budget.start()
         return session
+
+    @property
+    def started_at(self) -> float:
+        """When the session started (``time.time()``), the same for every xdist worker: what a cassette
+        held "before this session" is judged by it (``once``, and ``all`` replacing the old file)."""
+        if self._started_at is None:
+            self._started_at = float(self.store.get(KEY).get("started", time.time()))
+        return self._started_at
 
     @property
     def router(self) -> Router:
@@ -156,12 +165,16 @@ class Session:
         return self._router.status() if self._router is not None else []
 
     def existed_at_start(self, path: Path) -> bool:
-        """Did this cassette exist when the session (any xdist worker of it) first opened it?
+        """Did this cassette exist when the session started? Judged when the session (any xdist
+        worker of it) first opens it, by the file's time: a cassette another session wrote since
+        this one started did not exist for this one.
 
         ``once`` means "record a cassette that did not exist when the session started":
         every test sharing a cassette created in this session may record into it.
         """
-        exists = path.exists()
+        from .cassettes.files import written_before
+
+        exists = written_before(path, self.started_at)
 
         def change(record: dict[str, Any]) -> bool:
             return bool(record.setdefault("existed", exists))

@@ -588,3 +588,114 @@ def test_parametrize_ids_that_sanitise_alike_record_separate_cassettes(project: 
     assert len(files) == 2
     asked = sorted(json.loads(interactions(f)[0]["request"]["body"])["messages"][0]["content"] for f in files)
     assert asked == ["What is 2*2?", "What is 2+2?"]
+
+
+SHARED_CASSETTE_TESTS = """
+import pytest
+
+@pytest.mark.llm_cassette("shared")
+@pytest.mark.parametrize("n", range({tests}))
+def test_ask(llm_client, n):
+    for turn in range(3):
+        prompt = f"test {{n}} turn {{turn}}"
+        reply = llm_client.chat.completions.create(model="m", messages=[{{"role": "user", "content": prompt}}])
+        assert reply.choices[0].message.content == f"echo: {{prompt}}"
+"""
+
+
+def answer_ids(path: Path) -> list[int]:
+    """The fault server numbers its answers: which request of the server's life each recording is."""
+    return [int(json.loads(i["response"]["body"]["string"])["id"].rsplit("-", 1)[1]) for i in interactions(path)]
+
+
+BARRIER = """
+import os
+import time
+from pathlib import Path
+
+def pytest_collection_finish(session):
+    '''Both sessions have started (and noted their start) before either runs a test.'''
+    here = Path(__file__).parent
+    (here / f"ready-{os.environ['SESSION_NAME']}").touch()
+    deadline = time.monotonic() + 60
+    while not ((here / "ready-A").exists() and (here / "ready-B").exists()):
+        assert time.monotonic() < deadline, "the other session never started"
+        time.sleep(0.01)
+"""
+
+
+def run_two_sessions(project: pytest.Pytester, *args: str) -> list[tuple[int, str]]:
+    """Sessions A and B of the same project at once, started together (BARRIER)."""
+    project.makeconftest(BARRIER)
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
+            cwd=project.path,
+            env={**os.environ, "SESSION_NAME": name},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for name in ("A", "B")
+    ]
+    outputs = [run.communicate(timeout=120)[0] for run in runs]
+    return [(run.returncode, output) for run, output in zip(runs, outputs, strict=True)]
+
+
+def test_rerecording_under_xdist_replaces_every_old_answer(project: pytest.Pytester) -> None:
+    tests = 10
+    project.makepyfile(test_app=SHARED_CASSETTE_TESTS.format(tests=tests))
+    project.runpytest("--llm-record=all").assert_outcomes(passed=tests)
+    shared = project.path / "cassettes" / "test_app" / "shared.yaml"
+    assert sorted(answer_ids(shared)) == list(range(1, tests * 3 + 1))
+
+    result = project.runpytest_subprocess("-n", "2", "--llm-record=all")
+    result.assert_outcomes(passed=tests)
+    assert sorted(answer_ids(shared)) == list(range(tests * 3 + 1, 2 * tests * 3 + 1))  # all new, none old
+
+
+def test_two_sessions_rerecording_at_once_keep_only_new_answers(project: pytest.Pytester) -> None:
+    tests = 6
+    project.makepyfile(test_app=SHARED_CASSETTE_TESTS.format(tests=tests))
+    project.runpytest("--llm-record=all").assert_outcomes(passed=tests)
+    shared = project.path / "cassettes" / "test_app" / "shared.yaml"
+
+    for code, output in run_two_sessions(project, "--llm-record=all"):
+        assert code == 0, output
+    ids = answer_ids(shared)
+    assert len(ids) == tests * 3 and min(ids) > tests * 3  # one answer per request, each from a new session
+
+
+ONCE_TESTS = """
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+ME = os.environ["SESSION_NAME"]
+SHARED = Path(__file__).parent / "cassettes" / "test_app" / "shared.yaml"
+
+def test_b_starts_asking_once_a_has_saved():
+    deadline = time.monotonic() + 60
+    while ME == "B" and not SHARED.exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+@pytest.mark.llm_cassette("shared")
+@pytest.mark.parametrize("n", range(3))
+def test_ask(llm_client, n):
+    llm_client.chat.completions.create(model="m", messages=[{"role": "user", "content": f"{ME} {n}"}])
+"""
+
+
+def test_once_judges_a_cassette_by_this_sessions_start(project: pytest.Pytester) -> None:
+    """Session B started before A created the cassette: for B it did not exist, so B records into it."""
+    project.makepyfile(test_app=ONCE_TESTS)
+    for code, output in run_two_sessions(project, "--llm-record=once"):
+        assert code == 0, output
+    asked = sorted(
+        json.loads(i["request"]["body"])["messages"][0]["content"]
+        for i in interactions(project.path / "cassettes" / "test_app" / "shared.yaml")
+    )
+    assert asked == ["A 0", "A 1", "A 2", "B 0", "B 1", "B 2"]

@@ -51,6 +51,14 @@ def read_text(path: Path) -> str | None:
     return text if text.strip() else None
 
 
+def written_before(path: Path, moment: float) -> bool:
+    """Whether ``path`` exists and was last written before ``moment`` (``time.time()``)."""
+    try:
+        return path.stat().st_mtime < moment
+    except OSError:
+        return False
+
+
 def unreadable(path: Path, exc: Exception) -> LLMCassetteError:
     """The error for a file that cannot be used: where the parser stopped, or what is missing, and what to do.
 

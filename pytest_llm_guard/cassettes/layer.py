@@ -265,7 +265,14 @@ def _last_user_message(payload: Any, limit: int = 80) -> str:
 
 
 def open_cassette(
-    path: Path, settings: Settings, *, mode: str, nodeid: str, matcher: vcr_bridge.Matcher, scrubber: Scrubber
+    path: Path,
+    settings: Settings,
+    *,
+    mode: str,
+    nodeid: str,
+    matcher: vcr_bridge.Matcher,
+    scrubber: Scrubber,
+    session_started: float | None = None,
 ) -> CassetteLayer:
     """Load (or start) a test's cassette; raises :class:`LLMCassetteError` for an unreadable file."""
     cassette = vcr_bridge.load(
@@ -275,5 +282,6 @@ def open_cassette(
         ignore=frozenset(settings.ignore_body_fields),
         matcher=matcher,
         scrubber=scrubber,
+        session_started=session_started,
     )
     return CassetteLayer(cassette, scrubber, nodeid=nodeid, mode=mode, record_failures=settings.record_failures)

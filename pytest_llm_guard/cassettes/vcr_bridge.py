@@ -9,6 +9,7 @@ means a vcrpy release that moves them breaks one file.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import threading
 from collections import defaultdict
@@ -30,6 +31,14 @@ from . import files
 from .matching import closest, request_key
 
 Matcher = Callable[[VcrRequest, VcrRequest], "bool | None"]
+Key = Callable[[VcrRequest], tuple[str, ...]]
+ABANDONED = "abandoned"
+"""Cassette metadata: requests whose streamed answer the caller abandoned and that could not be
+read to its end, by :func:`note_id`, each with the test, the request and the reason."""
+
+
+def note_id(key: tuple[str, ...]) -> str:
+    return hashlib.sha1(json.dumps(key).encode()).hexdigest()[:12]
 
 
 class LLMCassette(Cassette):
@@ -59,6 +68,8 @@ class LLMCassette(Cassette):
             super()._load()
         finally:
             self._loading = False
+        if self.record_mode == RecordMode.ALL:  # notes of the file's old recordings go with them
+            self._metadata = {}
 
     def append(self, request: VcrRequest, response: dict[str, Any]) -> None:
         with self._appending:  # code under test may record from several threads at once
@@ -105,11 +116,20 @@ class LLMCassette(Cassette):
         return [(request, response) for request, response in self.data if self._key(request) not in old]
 
     def _rerecorded_interactions(self) -> list[tuple[VcrRequest, dict[str, Any]]]:
-        loaded, recorded = self.data[: self._loaded_count], self.data[self._loaded_count :]
-        if self.drop_unused_requests:
-            return recorded
-        fresh = {self._key(request) for request, _ in recorded}
-        return [(r, response) for r, response in loaded if self._key(r) not in fresh] + recorded
+        """``all``: only what this test recorded. What the file held is the persister's to merge:
+        what this session wrote is kept, what it held before the session is replaced."""
+        return self.data[self._loaded_count :]
+
+    def note_abandoned(self, request: VcrRequest, note: dict[str, str]) -> None:
+        """Keep in the cassette why this request's answer could not be recorded (a miss then says so)."""
+        notes = self._metadata.setdefault(ABANDONED, {})
+        notes[note_id(self._key(self._before_record_request(request)))] = note
+        self.dirty = True
+
+    def abandoned(self, scrubbed: VcrRequest) -> dict[str, str] | None:
+        """The note of a recording of this (scrubbed) request that was abandoned, if there is one."""
+        notes = self._metadata.get(ABANDONED)
+        return notes.get(note_id(self._key(scrubbed))) if isinstance(notes, dict) else None
 
     def save(self) -> None:
         if self.dirty:
@@ -187,18 +207,25 @@ class AtomicPersister:
     on the folder and re-read the file first: interactions another worker wrote
     since this cassette was loaded are kept. Holding the lock, a save also removes
     the temporary files of writers killed before their rename.
+
+    Re-recording (``rerecord_since``, the session's start): the session's first write
+    replaces what the file held before the session; later writes (any worker, any
+    session started meanwhile) keep what was written since, except the requests they
+    recorded again. Judged by the file's time under the lock, so every writer agrees.
     """
 
-    def __init__(self, scrubber: Scrubber) -> None:
+    def __init__(self, scrubber: Scrubber, *, key: Key | None = None, rerecord_since: float | None = None) -> None:
         self._loaded: tuple[list, list] = ([], [])
         self._scrubber = scrubber
+        self._key = key or (lambda request: (request.method, request.uri, str(request.body)))
+        self._rerecord_since = rerecord_since
         self._request = _readable_request(scrubber)
         self._response = _readable_response(scrubber)
 
-    def load_cassette(self, cassette_path: str | Path, serializer: Any) -> tuple[list, list]:
-        requests, responses = self._read(Path(cassette_path), serializer)
+    def load_cassette(self, cassette_path: str | Path, serializer: Any) -> tuple[Any, ...]:
+        requests, responses, metadata = self._read(Path(cassette_path), serializer)
         self._loaded = (list(requests), copy.deepcopy(responses))  # fingerprinted only if it is saved
-        return requests, responses
+        return (requests, responses, metadata) if metadata else (requests, responses)
 
     def save_cassette(self, cassette_path: str | Path, cassette_dict: dict[str, Any], serializer: Any) -> None:
         path = Path(cassette_path)
@@ -206,34 +233,60 @@ class AtomicPersister:
         with files.locked(path.parent):
             # Every interaction written is scrubbed and made readable now, those loaded from the file
             # too (a cassette another tool wrote keeps its cookies until it is saved here).
-            requests = [self._request(q) for q in cassette_dict["requests"]]
-            responses = [self._response(copy.deepcopy(r)) for r in cassette_dict["responses"]]
-            ours = {_fingerprint(q, r) for q, r in zip(requests, responses, strict=True)}
-            loaded = {_fingerprint(q, r) for q, r in zip(*self._loaded, strict=True)}
-            try:
-                theirs = zip(*self._read(path, serializer), strict=True)
-            except (CassetteNotFoundError, LLMCassetteError):
-                theirs = zip((), (), strict=True)
-            for q, r in theirs:
-                fingerprint = _fingerprint(q, r)
-                if fingerprint not in ours and fingerprint not in loaded:
-                    requests.append(q)
-                    responses.append(r)
+            ours = [
+                (self._request(q), self._response(copy.deepcopy(r)))
+                for q, r in zip(cassette_dict["requests"], cassette_dict["responses"], strict=True)
+            ]
+            theirs, their_metadata = self._theirs(path, serializer)
+            if self._rerecord_since is not None:
+                again = {self._key(q) for q, _ in ours}
+                interactions = [(q, r) for q, r in theirs if self._key(q) not in again] + ours
+            else:
+                known = {_fingerprint(q, r) for q, r in ours}
+                known |= {_fingerprint(q, r) for q, r in zip(*self._loaded, strict=True)}
+                interactions = ours + [(q, r) for q, r in theirs if _fingerprint(q, r) not in known]
+            metadata = self._merged_metadata(their_metadata, cassette_dict.get("metadata") or {}, interactions)
             files.remove_stale_temporaries(path)
+            data: dict[str, Any] = {"requests": [q for q, _ in interactions], "responses": [r for _, r in interactions]}
+            if metadata:
+                data["metadata"] = metadata
             # Scrubbed once more as a whole, with every secret known now (some are learned late).
-            text = self._scrubber.text(serialize({"requests": requests, "responses": responses}, serializer))
-            files.write_atomically(path, text)
+            files.write_atomically(path, self._scrubber.text(serialize(data, serializer)))
+
+    def _theirs(self, path: Path, serializer: Any) -> tuple[list[tuple[VcrRequest, Any]], dict[str, Any]]:
+        """What the file holds now (call holding the lock): nothing when it is being re-recorded and
+        was last written before the session started."""
+        if self._rerecord_since is not None and files.written_before(path, self._rerecord_since):
+            return [], {}
+        try:
+            requests, responses, metadata = self._read(path, serializer)
+        except (CassetteNotFoundError, LLMCassetteError):
+            return [], {}
+        return list(zip(requests, responses, strict=True)), metadata
+
+    def _merged_metadata(
+        self, theirs: dict[str, Any], ours: dict[str, Any], interactions: list[tuple[VcrRequest, Any]]
+    ) -> dict[str, Any]:
+        """Both sides' metadata; a note of an abandoned recording goes once the request is recorded."""
+        merged = {**theirs, **ours}
+        notes = {**(theirs.get(ABANDONED) or {}), **(ours.get(ABANDONED) or {})}
+        recorded = {note_id(self._key(q)) for q, _ in interactions}
+        notes = {nid: note for nid, note in notes.items() if nid not in recorded}
+        merged.pop(ABANDONED, None)
+        if notes:
+            merged[ABANDONED] = notes
+        return merged
 
     @staticmethod
-    def _read(path: Path, serializer: Any) -> tuple[list, list]:
+    def _read(path: Path, serializer: Any) -> tuple[list, list, dict[str, Any]]:
         text = files.read_text(path)
         if text is None:
             raise CassetteNotFoundError()
         try:
-            requests, responses, *_ = deserialize(text, serializer)
+            requests, responses, *metadata = deserialize(text, serializer)
         except Exception as exc:  # yaml errors, or valid YAML that is not a cassette
             raise files.unreadable(path, exc) from None
-        return requests, responses
+        return requests, responses, (metadata[0] if metadata and isinstance(metadata[0], dict) else {})
 
 
 def _pretty_json(body: Any) -> Any:
@@ -289,13 +342,27 @@ def playable(recorded: dict[str, Any]) -> tuple[int, list[tuple[str, str]], byte
 
 
 def load(
-    path: Path, *, mode: str, match_on: tuple[str, ...], ignore: frozenset[str], matcher: Matcher, scrubber: Scrubber
+    path: Path,
+    *,
+    mode: str,
+    match_on: tuple[str, ...],
+    ignore: frozenset[str],
+    matcher: Matcher,
+    scrubber: Scrubber,
+    session_started: float | None = None,
 ) -> LLMCassette:
-    """Load (or start) a cassette; raises :class:`LLMCassetteError` for an unreadable file."""
+    """Load (or start) a cassette; raises :class:`LLMCassetteError` for an unreadable file.
+
+    ``session_started`` (``time.time()``): in ``all`` mode, what the file held before it is replaced.
+    """
+    rerecord_since = session_started if mode == "all" else None
+    persister = AtomicPersister(
+        scrubber, key=lambda request: request_key(request, match_on, ignore), rerecord_since=rerecord_since
+    )
     return LLMCassette.load(
         path=str(path),
         serializer=ReadableYaml,
-        persister=AtomicPersister(scrubber),
+        persister=persister,
         record_mode=RecordMode(mode),
         match_on=(),
         before_record_request=_readable_request(scrubber),
