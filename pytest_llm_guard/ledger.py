@@ -216,6 +216,18 @@ class Ledger:
                 self.cost = (self.cost or 0.0) + attempt.cost
             return True
 
+    def change_source(self, attempt: Attempt, source: str) -> None:
+        """Correct what happened to an attempt after it ended (a recording that was never saved is
+        ``live``), so every count tells what is on disk."""
+        with self._lock:
+            if attempt.end is not None:
+                self.by_source[attempt.source] -= 1
+                self.by_source[source] += 1
+                if (attempt.source in NETWORK_SOURCES) != (source in NETWORK_SOURCES):
+                    sign = 1 if source in NETWORK_SOURCES else -1
+                    self.network_seconds += sign * (attempt.end - attempt.start)
+            attempt.source = source
+
     def snapshot(self) -> list[Attempt]:
         with self._lock:
             return list(self.attempts)

@@ -170,8 +170,7 @@ class GuardedTests:
 
     @pytest.hookimpl(wrapper=True, specname="pytest_runtest_protocol")
     def pytest_runtest_protocol_guarded(self, item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
-        """The seam and the scrubbed logs while the test runs; then its cassette, saved where
-        pytest still collects warnings."""
+        """The seam and the scrubbed logs while the test runs."""
         guard = item.stash.get(GUARD, None)
         if guard is None:
             return (yield)
@@ -179,20 +178,13 @@ class GuardedTests:
         from .scrub import scrubbed_logs
 
         transport.activate(guard)
-        interrupted = False
         with pytest.MonkeyPatch.context() as environment, scrubbed_logs(guard.scrubber):
             item.stash[ENVIRONMENT] = environment
             try:
                 return (yield)
-            except BaseException:  # Ctrl-C, pytest-timeout's thread method, an exit
-                interrupted = True
-                raise
             finally:
                 transport.deactivate(guard)
                 item.config.stash[SESSION].budget.add(guard.stats)
-                layer = item.stash.get(CASSETTE, None)
-                if layer is not None:
-                    _save(item, layer, failed=interrupted or item.stash.get(FAILED, False))
 
     @pytest.hookimpl(wrapper=True, tryfirst=True, specname="pytest_runtest_setup")
     def pytest_runtest_setup_phase(self, item: pytest.Item) -> Iterator[None]:
@@ -243,6 +235,15 @@ class GuardedTests:
 
         guard.use_layers(cassette=_open_cassette(item, guard), routing=RouterLayer(session.router, guard))
 
+    @pytest.hookimpl(trylast=True)
+    def pytest_runtest_teardown(self, item: pytest.Item, nextitem: pytest.Item | None) -> None:
+        """After the test's fixtures are finalised, its cassette is saved: in a plain hook, so a file
+        that cannot be written warns (under ``-W error``: errors this test), never the session. A test
+        interrupted before its teardown (Ctrl-C, an exit) saves nothing."""
+        layer = item.stash.get(CASSETTE, None)
+        if layer is not None:
+            _save(item, layer, failed=item.stash.get(FAILED, False))
+
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[pytest.TestReport]:
         if call.excinfo is not None and item.stash.get(GUARD, None) is not None:
@@ -274,6 +275,9 @@ class GuardedTests:
             item.stash.get(OUTCOME, ("passed", 0.0)), report_.when, report_.failed, report_.skipped, report_.duration
         )
         if call.when == "teardown":
+            layer = item.stash.get(CASSETTE, None)
+            for attempt in layer.recorded if layer is not None and not layer.saved else ():
+                guard.ledger.change_source(attempt, "live")  # counts tell what reached the file
             outcome, duration = item.stash[OUTCOME]
             test = report_json.record(guard, item.nodeid, outcome, duration, item.stash[STARTED])
             report_.llm_guard = test  # type: ignore[attr-defined]  # travels to the xdist controller

@@ -569,7 +569,16 @@ def test_a_cassette_that_cannot_be_written_warns_and_the_session_goes_on(project
     )
     result = project.runpytest()
     result.assert_outcomes(passed=2, warnings=1)
-    result.stdout.fnmatch_lines(["*pytest-llm-guard: cassette of test_app.py::test_one not saved*"])
+    result.stdout.fnmatch_lines(
+        [
+            "*pytest-llm-guard: cassette of test_app.py::test_one not saved*",
+            "*1 guarded test: 1 LLM call, 1 attempt (1 live)*",  # not "1 recorded": nothing reached a file
+        ]
+    )
+
+    strict = project.runpytest("-W", "error::pytest.PytestWarning")
+    strict.assert_outcomes(passed=2, errors=1)  # the warning errors that test's teardown, not the session
+    assert "INTERNALERROR" not in strict.stdout.str()
 
 
 def test_parametrize_ids_that_sanitise_alike_record_separate_cassettes(project: pytest.Pytester, server) -> None:

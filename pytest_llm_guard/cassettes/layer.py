@@ -113,6 +113,10 @@ class CassetteLayer:
         """Whether the file existed when this test opened it."""
         self.redacted: dict[str, int] = {}
         """Credential-shaped strings found in what was recorded, by kind: redacted, and worth a warning."""
+        self.recorded: list[Attempt] = []
+        """Attempts whose answer this test recorded: ``recorded`` once saved, else they were only ``live``."""
+        self.saved = False
+        """Whether what the test recorded reached the file (set by :meth:`save`)."""
 
     def handle(self, request: httpx2.Request, attempt: Attempt, send: Send) -> httpx2.Response:
         self.scrubber.refresh()  # a key set since the last request is a secret too
@@ -141,6 +145,7 @@ class CassetteLayer:
         if test_failed and (not self.existed or self.mode != "new_episodes"):
             return None
         self.cassette.save()
+        self.saved = True
         if not self.redacted:
             return None
         kinds = ", ".join(f"{kind} x{count}" for kind, count in sorted(self.redacted.items()))
@@ -202,6 +207,7 @@ class CassetteLayer:
                 },
             )
             attempt.source = "recorded"
+            self.recorded.append(attempt)
 
         response.stream = _Tee(response.stream, reader, on_complete)
         return response
