@@ -243,6 +243,24 @@ class GuardedTests:
         layer = item.stash.get(CASSETTE, None)
         if layer is not None:
             _save(item, layer, failed=item.stash.get(FAILED, False))
+            for warning in layer.abandoned_warnings():
+                item.warn(pytest.PytestWarning(warning))
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> None:
+        """The test returned: answers it stopped reading are read on and recorded, while its client
+        and event loop are still there (fixtures end later), and count as answered. Its deadline no
+        longer interrupts."""
+        guard = item.stash.get(GUARD, None)
+        if guard is None:
+            return
+        guard.interruptible = False
+        layer = item.stash.get(CASSETTE, None)
+        if layer is not None:
+            layer.finish_bodies()
+        for attempt in guard.events:
+            if attempt.end is None and attempt.status is not None:  # answered, its body left unread
+                guard.closed_early(attempt)
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[pytest.TestReport]:
@@ -276,8 +294,9 @@ class GuardedTests:
         )
         if call.when == "teardown":
             layer = item.stash.get(CASSETTE, None)
-            for attempt in layer.recorded if layer is not None and not layer.saved else ():
-                guard.ledger.change_source(attempt, "live")  # counts tell what reached the file
+            for attempt in layer.recorded if layer is not None else ():
+                # counts tell what reached the file (an answer read on after its close ended as live)
+                guard.ledger.change_source(attempt, "recorded" if layer.saved else "live")
             outcome, duration = item.stash[OUTCOME]
             test = report_json.record(guard, item.nodeid, outcome, duration, item.stash[STARTED])
             report_.llm_guard = test  # type: ignore[attr-defined]  # travels to the xdist controller
@@ -340,6 +359,7 @@ def _open_cassette(item: pytest.Item, guard: Guard) -> CassetteLayer | None:
             matcher=lambda request, recorded: item.ihook.pytest_llm_cassette_match(request=request, recorded=recorded),
             scrubber=guard.scrubber,
             session_started=session.started_at,
+            clock=guard.budget.clock,
         )
     except LLMCassetteError as exc:
         pytest.fail(f"{type(exc).__name__}: {exc}", pytrace=False)

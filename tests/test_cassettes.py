@@ -191,9 +191,9 @@ def test_streams_record_and_replay_in_order(project: pytest.Pytester, server: Fa
 
 
 def test_recording_hands_chunks_on_as_they_arrive(project: pytest.Pytester, server: FaultServer) -> None:
-    # 200 bytes a second: the first event is in after ~0.8 s, the whole stream only after ~8 s.
+    # 400 bytes a second: the first event is in after ~0.4 s, the whole stream only after ~4 s.
     # A recorder that buffers the body (as plain vcrpy does) could not return the first chunk in time.
-    server.plan(Fault.trickle(interval=0.05, chunk_size=10))
+    server.plan(Fault.trickle(interval=0.05, chunk_size=20))
     project.makepyfile(
         """
         import time
@@ -203,12 +203,13 @@ def test_recording_hands_chunks_on_as_they_arrive(project: pytest.Pytester, serv
                 model="m", messages=[{"role": "user", "content": "a b c d e f g h"}], stream=True
             )
             next(iter(stream))
-            assert time.monotonic() - started < 4
+            assert time.monotonic() - started < 2
             stream.close()
         """
     )
     project.runpytest().assert_outcomes(passed=1)
-    assert not cassette(project, "test_recording_hands_chunks_on_as_they_arrive", "test_first_chunk").exists()
+    recorded = interactions(cassette(project, "test_recording_hands_chunks_on_as_they_arrive", "test_first_chunk"))
+    assert recorded[0]["response"]["body"]["string"].endswith("data: [DONE]\n\n")  # read on after close, whole
 
 
 def test_only_the_final_success_is_recorded(project: pytest.Pytester, server: FaultServer) -> None:
@@ -708,3 +709,76 @@ def test_once_judges_a_cassette_by_this_sessions_start(project: pytest.Pytester)
         for i in interactions(project.path / "cassettes" / "test_app" / "shared.yaml")
     )
     assert asked == ["A 0", "A 1", "A 2", "B 0", "B 1", "B 2"]
+
+
+ABANDONING_TESTS = """
+import pytest
+
+def ask(client, prompt):
+    return client.chat.completions.create(model="m", messages=[{"role": "user", "content": prompt}], stream=True)
+
+def test_breaks_out(llm_client):
+    for chunk in ask(llm_client, "one two three four"):
+        break  # the stream is left open: the SDK closes it only when it is garbage
+
+def test_closes_early(llm_client):
+    with ask(llm_client, "five six seven") as stream:
+        next(iter(stream))
+
+@pytest.mark.asyncio
+async def test_breaks_out_async(async_llm_client):
+    stream = await async_llm_client.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "eight nine"}], stream=True
+    )
+    async for chunk in stream:
+        break
+"""
+
+
+def test_a_stream_the_caller_abandons_is_read_on_and_recorded_whole(
+    project: pytest.Pytester, server: FaultServer, monkeypatch
+) -> None:
+    project.makepyfile(test_app=ABANDONING_TESTS)
+    project.runpytest("--llm-record=new_episodes").assert_outcomes(passed=3)
+    for test in ("test_breaks_out", "test_closes_early", "test_breaks_out_async"):
+        (recorded,) = interactions(cassette(project, "test_app", test))
+        assert recorded["response"]["body"]["string"].endswith("data: [DONE]\n\n"), test
+
+    go_offline(server, monkeypatch)
+    result = project.runpytest()
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(["*3 guarded tests: 3 LLM calls, 3 attempts (3 replayed)*"])
+
+
+def test_an_abandoned_stream_that_cannot_be_read_in_time_warns_and_its_miss_says_so(
+    project: pytest.Pytester, server: FaultServer, monkeypatch
+) -> None:
+    server.plan(Fault.trickle(interval=0.05, chunk_size=20))  # the whole answer takes ~4 s
+    project.makepyfile(
+        test_app="""
+        import pytest
+
+        @pytest.mark.llm_budget(call_timeout=1)
+        def test_breaks_out(llm_client):
+            stream = llm_client.chat.completions.create(
+                model="m", messages=[{"role": "user", "content": "a b c d e f g h"}], stream=True
+            )
+            for chunk in stream:
+                break
+        """
+    )
+    result = project.runpytest("--llm-record=new_episodes")
+    result.assert_outcomes(passed=1, warnings=1)  # the caller is unaffected
+    result.stdout.fnmatch_lines(
+        [
+            "*test_breaks_out stopped reading an answer before its end (POST /v1/chat/completions), and the rest "
+            "could not be read to record it: the rest did not arrive within the attempt's 1.00 s cap (call_timeout)*",
+        ]
+    )
+
+    go_offline(server, monkeypatch)
+    result = project.runpytest()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        ["*LLMCassetteMiss*", "*Its recording was abandoned, not missed: test_app.py::test_breaks_out stopped*"]
+    )

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 __tracebackhide__ = True  # pytest: a failed test shows where the LLM call was made, not our internals
 
+import asyncio
 import json
+import math
 import re
+import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -46,50 +49,146 @@ class _Tee(httpx2.SyncByteStream, httpx2.AsyncByteStream):
     """Hands each chunk on as it arrives and keeps a copy; a true answer is recorded once.
 
     True means read to its end, or closed at a stream's end event, and judged whole by the
-    dialect's reader (JSON that parses, every event intact); a body cut short, broken or
-    abandoned by its caller is never recorded.
+    dialect's reader (JSON that parses, every event intact); a body cut short or broken is
+    never recorded. A body its caller stopped reading (closed early, or left open) is read
+    on by :meth:`finish` when the test's call ends, within the attempt's time left, and
+    recorded whole; the caller's close returns at once. When the rest cannot be read,
+    ``on_abandoned`` is told why.
     """
 
-    def __init__(self, inner: Any, reader: BodyReader, on_complete: Callable[[bytes], None]) -> None:
+    def __init__(
+        self,
+        inner: Any,
+        reader: BodyReader,
+        attempt: Attempt,
+        clock: Callable[[], float],
+        on_complete: Callable[[bytes], None],
+        on_abandoned: Callable[[str], None],
+        *,
+        loop: asyncio.AbstractEventLoop | None,
+    ) -> None:
         self._inner = inner
         self._reader = reader
+        self.attempt = attempt
+        self._clock = clock
         self._on_complete = on_complete
+        self._on_abandoned = on_abandoned
+        self._loop = loop
+        """The event loop of an async body: the only one it can be read on."""
         self._body = bytearray()
-        self._broken = False
-        self._recorded = False
+        self._problem: str | None = None
+        self._settled = False
+        """Recorded, found broken, or abandoned: nothing more to do with the body."""
+        self._closed = False
+        self._chunks: Any = None
+        """The one iterator over ``inner``: the caller's reading and :meth:`finish` continue the same one."""
+
+    @property
+    def pending(self) -> bool:
+        """The caller stopped reading a healthy body before its end: the rest is still to be read."""
+        return not self._settled and not self.attempt.failed
 
     def _keep(self, chunk: bytes) -> None:
         self._body += chunk
-        self._broken = self._broken or self._reader.feed(chunk) is not None
+        self._problem = self._problem or self._reader.feed(chunk)
 
     def __iter__(self) -> Iterator[bytes]:
-        for chunk in self._inner:
+        self._chunks = self._chunks or iter(self._inner)
+        for chunk in self._chunks:
             self._keep(chunk)
             yield chunk
         self._complete()
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self._inner:
+        self._chunks = self._chunks or self._inner.__aiter__()
+        async for chunk in self._chunks:
             self._keep(chunk)
             yield chunk
         self._complete()
 
-    def close(self) -> None:
+    def _closing(self) -> bool:
+        """The caller closes the body: whether to close the inner stream now (else :meth:`finish` will)."""
         if self._reader.events_expected and self._reader.ended:
             self._complete()
-        self._inner.close()
+        return not self.pending
+
+    def close(self) -> None:
+        if not self._closed and self._closing():
+            self._closed = True
+            self._inner.close()
 
     async def aclose(self) -> None:
-        if self._reader.events_expected and self._reader.ended:
-            self._complete()
-        await self._inner.aclose()
+        if not self._closed and self._closing():
+            self._closed = True
+            await self._inner.aclose()
 
-    def _complete(self) -> None:
-        if self._recorded:
+    def finish(self) -> None:
+        """The test's call has ended: read what its caller left unread, and close the body."""
+        if not self.pending:
             return
-        self._recorded = True
-        if not self._broken and self._reader.finish() is None:
+        if self._loop is None:
+            self._drain()
+            self.close()
+        elif self._loop.is_closed() or self._loop.is_running():
+            self._abandon(
+                "the test's event loop was no longer available to read the rest of this async answer; "
+                "read it to its end or close it before the test returns"
+            )
+        else:
+            self._loop.run_until_complete(self._drain_async())
+            self._loop.run_until_complete(self.aclose())
+
+    def _time_left(self) -> float:
+        return self.attempt.start + self.attempt.cap - self._clock()
+
+    def _drain(self) -> None:
+        """Read the rest, checking the attempt's time left as each chunk arrives (a read itself
+        waits at most the attempt's read timeout, which the guard capped)."""
+        self._chunks = self._chunks or iter(self._inner)
+        try:
+            for chunk in self._chunks:
+                self._keep(chunk)
+                if self._problem is not None:
+                    break
+                if self._time_left() <= 0 and not self._reader.ended:
+                    return self._abandon(self._late())
+        except Exception as exc:
+            return self._abandon(f"reading the rest failed: {type(exc).__name__}: {exc}")
+        return self._complete(drained=True)
+
+    async def _drain_async(self) -> None:
+        self._chunks = self._chunks or self._inner.__aiter__()
+        left = self._time_left()
+        try:
+            async with asyncio.timeout(left if left != math.inf else None):
+                async for chunk in self._chunks:
+                    self._keep(chunk)
+                    if self._problem is not None:
+                        break
+        except TimeoutError:
+            return self._abandon(self._late())
+        except Exception as exc:
+            return self._abandon(f"reading the rest failed: {type(exc).__name__}: {exc}")
+        return self._complete(drained=True)
+
+    def _late(self) -> str:
+        cap = f"{self.attempt.cap:.2f} s cap ({self.attempt.cap_by})" if self.attempt.cap_by else "time"
+        return f"the rest did not arrive within the attempt's {cap}; {len(self._body)} bytes had arrived"
+
+    def _complete(self, *, drained: bool = False) -> None:
+        if self._settled:
+            return
+        self._settled = True
+        problem = self._problem or self._reader.finish()
+        if problem is None:
             self._on_complete(bytes(self._body))
+        elif drained:  # the caller read a healthy start; what the guard read on was not
+            self._on_abandoned(f"the rest was not a whole answer: {problem}")
+
+    def _abandon(self, reason: str) -> None:
+        if not self._settled:
+            self._settled = True
+            self._on_abandoned(reason)
 
 
 class CassetteLayer:
@@ -103,6 +202,7 @@ class CassetteLayer:
         nodeid: str,
         mode: str,
         record_failures: bool,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.cassette = cassette
         self.scrubber = scrubber
@@ -117,18 +217,44 @@ class CassetteLayer:
         """Attempts whose answer this test recorded: ``recorded`` once saved, else they were only ``live``."""
         self.saved = False
         """Whether what the test recorded reached the file (set by :meth:`save`)."""
+        self.clock = clock
+        """The guard's clock: an attempt's time left is read from it."""
+        self._bodies: list[_Tee] = []
+        self._abandoned: list[tuple[str, str]] = []
 
     def handle(self, request: httpx2.Request, attempt: Attempt, send: Send) -> httpx2.Response:
         self.scrubber.refresh()  # a key set since the last request is a secret too
         recorded = self._vcr_request(request, request.read())
         replay = self._replay(request, recorded, attempt)
-        return replay if replay is not None else self._record(request, send(request), recorded, attempt)
+        if replay is not None:
+            return replay
+        return self._record(request, send(request), recorded, attempt, is_async=False)
 
     async def handle_async(self, request: httpx2.Request, attempt: Attempt, send: AsyncSend) -> httpx2.Response:
         self.scrubber.refresh()
         recorded = self._vcr_request(request, await request.aread())
         replay = self._replay(request, recorded, attempt)
-        return replay if replay is not None else self._record(request, await send(request), recorded, attempt)
+        if replay is not None:
+            return replay
+        return self._record(request, await send(request), recorded, attempt, is_async=True)
+
+    def finish_bodies(self) -> None:
+        """The test's call has ended: answers it stopped reading are read to their end and recorded
+        (within their attempt's time left)."""
+        for body in self._bodies:
+            body.finish()
+
+    def abandoned_warnings(self) -> list[str]:
+        """One warning per streamed answer the test stopped reading that could not be recorded."""
+        return [
+            self.scrubber.text(
+                f"pytest-llm-guard: {self.nodeid} stopped reading an answer before its end ({what}), and the "
+                f"rest could not be read to record it: {reason}. Cassette {self.cassette.path} notes the "
+                "recording as abandoned, and a replay of it will miss saying so. Read the stream to its end, "
+                "or give the call more time (deadline, call_timeout), and record again."
+            )
+            for what, reason in self._abandoned
+        ]
 
     @property
     def replay_only(self) -> bool:
@@ -182,7 +308,7 @@ class CassetteLayer:
         )
 
     def _record(
-        self, request: httpx2.Request, response: httpx2.Response, recorded: Any, attempt: Attempt
+        self, request: httpx2.Request, response: httpx2.Response, recorded: Any, attempt: Attempt, *, is_async: bool
     ) -> httpx2.Response:
         if response.status_code >= 400 and not self.record_failures:
             return response
@@ -206,10 +332,21 @@ class CassetteLayer:
                     "body": {"string": body},
                 },
             )
-            attempt.source = "recorded"
+            if attempt.end is None:  # else it ended as live, and the test's record is corrected
+                attempt.source = "recorded"
             self.recorded.append(attempt)
 
-        response.stream = _Tee(response.stream, reader, on_complete)
+        def on_abandoned(reason: str) -> None:
+            what = f"{request.method} {request.url.path}"
+            self._abandoned.append((what, reason))
+            self.cassette.note_abandoned(
+                recorded, {"test": self.nodeid, "request": what, "reason": self.scrubber.text(reason)}
+            )
+
+        loop = asyncio.get_running_loop() if is_async else None
+        body = _Tee(response.stream, reader, attempt, self.clock, on_complete, on_abandoned, loop=loop)
+        self._bodies.append(body)
+        response.stream = body
         return response
 
     def _note_shapes(self, recorded: Any, body: bytes) -> None:
@@ -237,6 +374,13 @@ class CassetteLayer:
         ]
         # self.existed, not path.exists(): no blocking file I/O on an event loop's request path
         nearest = self.cassette.closest(shown) if self.existed else None
+        note = self.cassette.abandoned(shown)
+        if note is not None:
+            lines.append(
+                f"Its recording was abandoned, not missed: {note.get('test', 'a test')} stopped reading the "
+                f"answer before its end, and the rest could not be read ({note.get('reason', 'no reason kept')}). "
+                "Recording it needs the whole answer: read the stream to its end, or give the call more time."
+            )
         if not self.existed:
             lines.append("The cassette file does not exist.")
         elif nearest is None:
@@ -279,6 +423,7 @@ def open_cassette(
     matcher: vcr_bridge.Matcher,
     scrubber: Scrubber,
     session_started: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> CassetteLayer:
     """Load (or start) a test's cassette; raises :class:`LLMCassetteError` for an unreadable file."""
     cassette = vcr_bridge.load(
@@ -290,4 +435,6 @@ def open_cassette(
         scrubber=scrubber,
         session_started=session_started,
     )
-    return CassetteLayer(cassette, scrubber, nodeid=nodeid, mode=mode, record_failures=settings.record_failures)
+    return CassetteLayer(
+        cassette, scrubber, nodeid=nodeid, mode=mode, record_failures=settings.record_failures, clock=clock
+    )
