@@ -43,12 +43,21 @@ SHAPES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("Anthropic API key", re.compile(r"\bsk-ant-[A-Za-z0-9_\-]{16,}")),
     ("OpenAI API key", re.compile(r"\b(?:sk|sess|rk)-(?!ant-)[A-Za-z0-9_\-]{16,}")),
     ("AWS access key", re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b")),
-    ("Google API key", re.compile(r"\bAIza[0-9A-Za-z_\-]{35}")),
+    ("Google API key", re.compile(r"\bAIza[0-9A-Za-z_\-]{35}(?![0-9A-Za-z_\-])")),
     ("JSON Web Token", re.compile(r"\beyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}")),
+    (
+        "authorization value",
+        re.compile(
+            r"""(?ix)\b(?:proxy-)?authorization['"]?\s*[:=]\s*\[?\s*['"]?(?:bearer|basic|token)\s+([^\s'",}\]{$<%][^\s'",}\]]{7,})"""
+        ),
+    ),
     ("bearer token", re.compile(r"(?i)\bbearer\s+([A-Za-z0-9._~+/\-]{16,}=*)")),
     ("Azure api-key", re.compile(r"(?i)api-key['\"]?(?:\s*[:=]\s*|:\s*\n\s*-\s*)['\"]?([0-9a-f]{32})\b")),
 )
-"""Credential shapes, for redaction and for ``--llm-audit``: (kind, pattern); a group, if any, is the secret."""
+"""Credential shapes, for redaction and for ``--llm-audit``: (kind, pattern); a group, if any, is the secret.
+Kinds in :data:`_RANDOM_ONLY` count only where the value looks random (:func:`looks_random`)."""
+_RANDOM_ONLY = frozenset({"OpenAI API key", "bearer token"})
+"""Shapes that ordinary text can take: ``sk-learn-compatible``, "ring bearer responsibilities"."""
 _CREDENTIAL_HEADERS = frozenset({b"authorization", b"proxy-authorization", b"api-key", b"x-api-key"})
 _MIN_SECRET = 8
 """Shorter values are not treated as secrets (they would redact ordinary words)."""
@@ -67,12 +76,35 @@ def find_shapes(text: str) -> Iterator[tuple[str, int, int]]:
     for kind, pattern in SHAPES:
         for match in pattern.finditer(text):
             start, end = match.span(match.lastindex or 0)
-            yield kind, start, end
+            if kind not in _RANDOM_ONLY or looks_random(text[start:end]):
+                yield kind, start, end
+
+
+def looks_random(token: str) -> bool:
+    """Whether some part of ``token`` (between ``-_.~+/``) looks generated rather than written: letters
+    mixed with digits, or upper and lower case mixed throughout. English words, hyphenated phrases and
+    camelCase names do not; keys, hex digests, base64 and JWTs do."""
+    for part in re.split(r"[-_.~+/=]+", token):
+        if len(part) < 8:
+            continue
+        letters = sum(c.isalpha() for c in part)
+        digits = sum(c.isdigit() for c in part)
+        upper = sum(c.isupper() for c in part)
+        if letters and digits >= 2:
+            return True
+        if len(part) >= 16 and min(upper, letters - upper) >= 0.3 * letters:
+            return True
+    return False
 
 
 def redact_shapes(text: str) -> str:
-    spans = sorted({(start, end) for _, start, end in find_shapes(text)}, reverse=True)
-    for start, end in spans:
+    spans: list[list[int]] = []
+    for start, end in sorted((start, end) for _, start, end in find_shapes(text)):
+        if spans and start <= spans[-1][1]:  # overlapping shapes (a JWT after "Bearer") redact once
+            spans[-1][1] = max(spans[-1][1], end)
+        else:
+            spans.append([start, end])
+    for start, end in reversed(spans):
         text = text[:start] + REDACTED + text[end:]
     return text
 
@@ -143,6 +175,14 @@ class Scrubber:
         if exact is not None:
             value = exact.sub(REDACTED, value)
         return redact_shapes(value)
+
+    def kinds(self, value: str) -> list[str]:
+        """What :meth:`text` would redact in ``value``, by kind (for warnings: never the values)."""
+        found = ["configured pattern" for pattern in self._patterns for _ in pattern.finditer(value)]
+        exact = self._exact
+        if exact is not None:
+            found += ["key known to the test" for _ in exact.finditer(value)]
+        return found + [kind for kind, _, _ in find_shapes(value)]
 
     def log_text(self, value: str) -> str:
         """Text of a log record: also header values and key query parameters, which logs print whole."""

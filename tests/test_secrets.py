@@ -32,6 +32,65 @@ def test_credential_shapes_are_found_and_redacted(kind: str, text: str) -> None:
     assert "REDACTED" in Scrubber(environ={}).text(f"x {text} y")
 
 
+NEAR_MISSES = {
+    "English after bearer": "the ring bearer responsibilities are few",
+    "hyphenated phrase after Bearer": "Bearer authentication-and-authorization explained",
+    "camelCase after bearer": "bearer getAuthorizationHeaderValue()",
+    "a template in code": 'headers = {"Authorization": f"Bearer {token}"}',
+    "an environment reference in code": "Authorization: Bearer ${OPENAI_API_KEY}",
+    "a library name": "an sk-learn-compatible-estimator-interface",
+    "base64 of ordinary text": "aGVsbG8gd29ybGQsIHRoaXMgaXMgYW4gb3JkaW5hcnkgc2VudGVuY2UgZm9yIHlvdQ==",
+    "base64 of a PNG header": "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==",
+    "a UUID": "request 123e4567-e89b-12d3-a456-426614174000 failed",
+    "a chat completion id": '"id": "chatcmpl-9aBcDeFgHiJkLmNoPqRsTuV"',
+}
+REAL_SHAPED = {
+    "a bearer header": ("Authorization: Bearer abc12345xyz", "Authorization: Bearer REDACTED"),
+    "a JSON authorization field": ('"authorization": "Bearer Zq7vT3kP9mW2xY8nQ4rS6tU"', '"authorization": "Bearer REDACTED"'),
+    "a hex token after bearer": ("bearer 5f4dcc3b5aa765d61d8327deb882cf99 ok", "bearer REDACTED ok"),
+    "a mixed-case token after bearer": ("Bearer XkQpRmWvTzYbNsLdAq", "Bearer REDACTED"),
+    "a JWT after bearer": ("Bearer " + SHAPED["JSON Web Token"] + " x", "Bearer REDACTED x"),
+    "a basic credential": ("Authorization: Basic dXNlcjpwYXNzd29yZA==", "Authorization: Basic REDACTED"),
+}
+
+
+@pytest.mark.parametrize("text", NEAR_MISSES.values(), ids=NEAR_MISSES.keys())
+def test_words_code_and_ordinary_data_are_not_credentials(text: str) -> None:
+    assert list(find_shapes(text)) == []
+    assert Scrubber(environ={}).text(text) == text
+
+
+@pytest.mark.parametrize(("text", "scrubbed"), REAL_SHAPED.values(), ids=REAL_SHAPED.keys())
+def test_real_shaped_credentials_are_redacted(text: str, scrubbed: str) -> None:
+    assert Scrubber(environ={}).text(text) == scrubbed
+
+
+def test_english_about_bearers_replays_as_recorded(
+    pytester: pytest.Pytester, server: FaultServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    pytester.makepyfile(
+        """
+        import openai
+        import pytest
+
+        @pytest.mark.parametrize("prompt", [
+            "list the ring bearer responsibilities",
+            "what is Bearer authentication-and-authorization",
+            "plain",
+        ])
+        def test_echo(prompt):
+            reply = openai.OpenAI().chat.completions.create(model="m", messages=[{"role": "user", "content": prompt}])
+            assert reply.choices[0].message.content == "echo: " + prompt
+        """
+    )
+    pytester.runpytest("--llm-guard-all=true", "--llm-record=once").assert_outcomes(passed=3)
+    written = "".join(p.read_text() for p in (pytester.path / "cassettes").rglob("*.yaml"))
+    assert "REDACTED" not in written
+    pytester.runpytest("--llm-guard-all=true", "--llm-record=none").assert_outcomes(passed=3)
+
+
 def test_a_key_set_during_the_test_is_scrubbed_when_written(
     pytester: pytest.Pytester, server: FaultServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -118,8 +177,8 @@ def test_a_credential_shaped_answer_is_redacted_with_a_warning_naming_the_casset
     result.assert_outcomes(passed=1, warnings=1)
     result.stdout.fnmatch_lines(
         [
-            "*credential-shaped strings were redacted from cassette *test_x.yaml "
-            "before it was written (AWS access key x1)*"
+            "*credential-shaped strings were redacted from cassette *test_x.yaml before it was written "
+            "(interaction 1 response body: AWS access key x1); a replay returns REDACTED where an answer held one*"
         ]
     )
     written = "".join(p.read_text() for p in (pytester.path / "cassettes").rglob("*.yaml"))
