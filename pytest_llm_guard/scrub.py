@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .dialect import KEY_HEADERS
+from .stored import as_text
 
 if TYPE_CHECKING:
     from vcr.request import Request as VcrRequest
@@ -46,9 +47,9 @@ SHAPES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("Google API key", re.compile(r"\bAIza[0-9A-Za-z_\-]{35}(?![0-9A-Za-z_\-])")),
     ("JSON Web Token", re.compile(r"\beyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}")),
     (
-        "authorization value",
+        "Authorization credential",
         re.compile(
-            r"""(?ix)\b(?:proxy-)?authorization['"]?\s*[:=]\s*\[?\s*['"]?(?:bearer|basic|token)\s+([^\s'",}\]{$<%][^\s'",}\]]{7,})"""
+            r"""(?ix)\b(?:proxy-)?authorization['"]?\s*[:=]\s*\[?\s*['"]?(?:bearer|basic|token)\s+(?!REDACTED\b)([^\s'",}\]{$<%][^\s'",}\]]{7,})"""
         ),
     ),
     ("bearer token", re.compile(r"(?i)\bbearer\s+([A-Za-z0-9._~+/\-]{16,}=*)")),
@@ -72,11 +73,13 @@ _QUERY_VALUES = re.compile(r"(?i)([?&](?:api[-_]?key|key|access_token|token|code
 
 
 def find_shapes(text: str) -> Iterator[tuple[str, int, int]]:
-    """(kind, start, end) of every credential-shaped string in ``text``."""
+    """(kind, start, end) of every credential-shaped string in ``text``, each string once."""
+    seen = set()
     for kind, pattern in SHAPES:
         for match in pattern.finditer(text):
             start, end = match.span(match.lastindex or 0)
-            if kind not in _RANDOM_ONLY or looks_random(text[start:end]):
+            if (start, end) not in seen and (kind not in _RANDOM_ONLY or looks_random(text[start:end])):
+                seen.add((start, end))
                 yield kind, start, end
 
 
@@ -204,6 +207,25 @@ class Scrubber:
                 pass
         scrubbed = self.text(raw)
         return scrubbed if isinstance(body, str) else scrubbed.encode("utf-8")
+
+    def tree(self, data: Any) -> Any:
+        """A copy of a cassette's data with every string scrubbed as it will be loaded, and every
+        binary body scrubbed decompressed (and compressed again): the file's text may fold a
+        string across lines, or hold a gzip answer, where no scan of the text can see a key."""
+        if isinstance(data, str):
+            return self.text(data)
+        if isinstance(data, bytes):
+            loaded = as_text(data)
+            if loaded is None:
+                return data
+            text, store = loaded
+            scrubbed = self.text(text)
+            return data if scrubbed == text else store(scrubbed)
+        if isinstance(data, dict):
+            return {self.tree(key): self.tree(value) for key, value in data.items()}
+        if isinstance(data, (list, tuple)):
+            return [self.tree(value) for value in data]
+        return data
 
     def uri(self, uri: str) -> str:
         parts = urlsplit(uri)

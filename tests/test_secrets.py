@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 
 from pytest_llm_guard.fault import FaultServer
 from pytest_llm_guard.scrub import Scrubber, find_shapes
@@ -224,7 +225,7 @@ def test_audit_reports_file_line_and_kind_and_fails(pytester: pytest.Pytester) -
     folder.mkdir(parents=True)
     (folder / "clean.yaml").write_text("interactions:\n- request:\n    body: hello\n")
     (folder / "leaky.yaml").write_text(
-        f"interactions:\n- request:\n    body: |\n      key {SHAPED['OpenAI API key']}\n"
+        f"interactions:\n- request:\n    body: |\n      hello\n      key {SHAPED['OpenAI API key']}\n"
     )
     (pytester.path / ".venv").mkdir()
     (pytester.path / ".venv" / "x.yaml").write_text(f"interactions: {SHAPED['AWS access key']}\n")  # not the project's
@@ -232,12 +233,54 @@ def test_audit_reports_file_line_and_kind_and_fails(pytester: pytest.Pytester) -
     assert result.ret == 1
     result.stdout.fnmatch_lines(
         [
-            "tests/cassettes/test_app/leaky.yaml:4: OpenAI API key (sk-p… 32 characters)",
+            "tests/cassettes/test_app/leaky.yaml:5: OpenAI API key (32 characters, sha256 ????????)",
             "pytest-llm-guard audit: 2 cassettes under *, 1 credential-shaped strings found",
         ]
     )
-    assert SHAPED["OpenAI API key"] not in result.stdout.str()
     assert "collected" not in result.stdout.str()  # no test ran
+    _assert_no_part_shown(result.stdout.str(), SHAPED["OpenAI API key"])
+
+
+GZIP_KEY = "sk-proj-" + "Qm7" * 12
+FOLDED_TOKEN = "Zq7vT3kP9mW2xY8nQ4rS6tUaB1cD2eF3"
+AZURE_KEY = "0123456789abcdef" * 2
+
+
+def _assert_no_part_shown(output: str, secret: str) -> None:
+    """Not the secret, nor any 4 characters of it (the old report showed the first 4)."""
+    assert not [secret[i : i + 4] for i in range(len(secret) - 3) if secret[i : i + 4] in output]
+
+
+def test_audit_sees_gzip_bodies_folded_strings_and_json_cassettes(pytester: pytest.Pytester) -> None:
+    import base64
+    import gzip
+    import json
+    import textwrap
+
+    body = base64.encodebytes(gzip.compress(json.dumps({"echo": f"key {GZIP_KEY}"}).encode())).decode()
+    (pytester.path / "gzipped.yaml").write_text(
+        "interactions:\n- response:\n    body:\n      string: !!binary |\n"
+        + textwrap.indent(body, "        ")
+    )
+    (pytester.path / "folded.yaml").write_text(  # as PyYAML folds a long double-quoted string at spaces
+        "interactions:\n- request:\n    body: \"send Authorization: Bearer\\\n"
+        f"      \\ {FOLDED_TOKEN} and \\\"api-key\\\":\\\n      \\ {AZURE_KEY}\"\n"
+    )
+    (pytester.path / "plain.json").write_text(
+        json.dumps({"interactions": [{"request": {"body": f"x {SHAPED['Anthropic API key']}"}}]})
+    )
+    result = pytester.runpytest("--llm-audit")
+    assert result.ret == 1
+    result.stdout.fnmatch_lines_random(
+        [
+            "gzipped.yaml:5: OpenAI API key (44 characters, sha256 *)",
+            "folded.yaml:3: Authorization credential (32 characters, sha256 *)",
+            "folded.yaml:3: Azure api-key (32 characters, sha256 *)",
+            "plain.json: Anthropic API key (37 characters, sha256 *)",
+        ]
+    )
+    for secret in (GZIP_KEY, FOLDED_TOKEN, AZURE_KEY, SHAPED["Anthropic API key"]):
+        _assert_no_part_shown(result.stdout.str(), secret.removeprefix("sk-proj-").removeprefix("sk-ant-api03-"))
 
 
 def test_audit_of_clean_cassettes_exits_zero(pytester: pytest.Pytester) -> None:
@@ -245,3 +288,26 @@ def test_audit_of_clean_cassettes_exits_zero(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest("--llm-audit")
     assert result.ret == 0
     result.stdout.fnmatch_lines(["pytest-llm-guard audit: 1 cassettes under *, no credential-shaped strings found"])
+
+
+def test_written_cassettes_hold_no_key_in_folded_strings_or_compressed_bodies(tmp_path) -> None:  # noqa: ANN001
+    import gzip
+
+    from vcr.request import Request
+
+    from pytest_llm_guard.audit import findings
+    from pytest_llm_guard.cassettes.vcr_bridge import AtomicPersister, ReadableYaml
+
+    # One line with a tab (so YAML writes it double-quoted) long enough to be folded around the token.
+    prompt = "\t" + "word " * 20 + "Authorization: Bearer " + FOLDED_TOKEN + " " + "more " * 20
+    request = Request("POST", "http://127.0.0.1/v1/chat/completions", prompt, {})
+    answer = gzip.compress(f'{{"echo": "key {GZIP_KEY}"}}'.encode())  # kept compressed: no content-encoding
+    response = {"status": {"code": 200, "message": "OK"}, "headers": {}, "body": {"string": answer}}
+    path = tmp_path / "c.yaml"
+    AtomicPersister(Scrubber(environ={})).save_cassette(
+        path, {"requests": [request], "responses": [response]}, ReadableYaml
+    )
+    loaded = yaml.safe_load(path.read_text())["interactions"][0]
+    assert FOLDED_TOKEN not in loaded["request"]["body"] and "Bearer REDACTED" in loaded["request"]["body"]
+    assert gzip.decompress(loaded["response"]["body"]["string"]) == b'{"echo": "key REDACTED"}'
+    assert findings(path, tmp_path) == []
