@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import logging
 import os
@@ -256,6 +257,36 @@ class Scrubber:
         }
         response["body"]["string"] = self.body(response["body"]["string"])
         return response
+
+
+def scrub_report(report: Any, scrubber: Scrubber) -> None:
+    """Scrub a test report's failure and captured output in place, whoever raised the failure: its
+    longrepr (traceback lines, frame arguments and locals, the crash message JUnit's ``<failure>``
+    shows, assertion diffs) and its sections (captured stdout, stderr and log)."""
+    scrubber.refresh()
+    if isinstance(report.longrepr, tuple):  # a skip: (path, line, message)
+        report.longrepr = (*report.longrepr[:2], scrubber.text(report.longrepr[2]))
+    elif report.longrepr is not None:
+        report.longrepr = _scrubbed(report.longrepr, scrubber)
+    report.sections = [(title, scrubber.text(content)) for title, content in report.sections]
+
+
+def _scrubbed(value: Any, scrubber: Scrubber) -> Any:
+    """pytest's failure representation, rebuilt with every string scrubbed (its parts are dataclasses
+    holding strings, lists and tuples; a plugin's own longrepr may be a plain string)."""
+    if isinstance(value, str):
+        return scrubber.text(value)
+    if isinstance(value, list):
+        return [_scrubbed(item, scrubber) for item in value]
+    if isinstance(value, tuple):
+        return tuple(_scrubbed(item, scrubber) for item in value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for field in dataclasses.fields(value):
+            object.__setattr__(value, field.name, _scrubbed(getattr(value, field.name), scrubber))
+        return value
+    if value is None or isinstance(value, (int, float, bool)):
+        return value
+    return scrubber.text(str(value))  # anything else is printed as its str()
 
 
 LOGGERS = ("vcr", "httpx2", "httpcore2", "httpx", "httpcore", "openai", "anthropic", "urllib3", "pytest_llm_guard")

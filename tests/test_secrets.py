@@ -220,6 +220,54 @@ def test_library_logs_carry_no_cookies_or_query_keys(
     assert "COOKIEVALUE" not in output and "QUERYKEYVALUE" not in output
 
 
+PLAIN_KEY = "Zq7vT3kP9mW2xY8nQ4rS6tU"  # no credential shape: only knowing it scrubs it
+
+
+def test_failures_the_guard_did_not_raise_carry_no_key(
+    pytester: pytest.Pytester, server: FaultServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pytest_llm_guard.fault import Fault
+
+    monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+    monkeypatch.setenv("OPENAI_API_KEY", PLAIN_KEY)
+    server.plan(
+        Fault.status(400, message="bad request"),
+        Fault.status(401, message=f"Incorrect API key provided: {PLAIN_KEY}"),
+    )
+    pytester.makepyfile(
+        """
+        import os
+        import openai
+
+        def ask(api_key, content):  # its arguments are printed in the traceback
+            client = openai.OpenAI(api_key=api_key)
+            return client.chat.completions.create(model="m", messages=[{"role": "user", "content": content}])
+
+        def test_1_sdk_frame_arguments_on_a_400():
+            ask(os.environ["OPENAI_API_KEY"], "hi")
+
+        def test_2_server_echoing_the_key_in_a_401():
+            ask(os.environ["OPENAI_API_KEY"], "hi")
+
+        def test_3_assertion_diff_of_an_echo():
+            reply = ask(os.environ["OPENAI_API_KEY"], "my key is " + os.environ["OPENAI_API_KEY"])
+            print("got", reply.choices[0].message.content)
+            assert reply.choices[0].message.content == "something else"
+        """
+    )
+    junit = pytester.path / "junit.xml"
+    result = pytester.runpytest(
+        "--llm-guard-all=true", "--tb=long", "-l", "-rA", f"--junitxml={junit}", "-o", "junit_logging=all"
+    )
+    result.assert_outcomes(failed=3)
+    output = result.stdout.str()
+    assert "api_key = 'REDACTED'" in output  # the frame argument, scrubbed
+    assert "Incorrect API key provided: REDACTED" in output and "+ echo: my key is REDACTED" in output
+    assert "got echo: my key is REDACTED" in output  # captured output
+    assert PLAIN_KEY not in output and PLAIN_KEY not in junit.read_text()
+    assert junit.read_text().count("<failure") == 3
+
+
 def test_audit_reports_file_line_and_kind_and_fails(pytester: pytest.Pytester) -> None:
     folder = pytester.path / "tests" / "cassettes" / "test_app"
     folder.mkdir(parents=True)
