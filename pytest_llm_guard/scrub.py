@@ -70,6 +70,14 @@ _HEADER_VALUES = re.compile(
     """
 )
 """Header values inside log text (``'set-cookie': ['...']``, ``authorization: Bearer ...``)."""
+_HEADER_PAIRS = re.compile(
+    r"""(?x)
+    (\(\s*b?(['"])([A-Za-z0-9_\-]+)\2\s*,\s*)
+    (b?)('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")
+    (?=\s*\))
+    """
+)
+"""Header pairs inside log text, str or bytes: httpcore's ``(b'Set-Cookie', b'...')``, httpx's ``('cookie', '...')``."""
 _QUERY_VALUES = re.compile(r"(?i)([?&](?:api[-_]?key|key|access_token|token|code)=)[^&\s'\"]+")
 
 
@@ -191,6 +199,10 @@ class Scrubber:
     def log_text(self, value: str) -> str:
         """Text of a log record: also header values and key query parameters, which logs print whole."""
         value = _HEADER_VALUES.sub(lambda m: m.group(1) + f"'{REDACTED}'", value)
+        value = _HEADER_PAIRS.sub(
+            lambda m: f"{m.group(1)}{m.group(4)}'{REDACTED}'" if self.is_secret_header(m.group(3)) else m.group(0),
+            value,
+        )
         value = _QUERY_VALUES.sub(lambda m: m.group(1) + REDACTED, value)
         return self.text(value)
 

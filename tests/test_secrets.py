@@ -186,38 +186,52 @@ def test_a_credential_shaped_answer_is_redacted_with_a_warning_naming_the_casset
     assert SHAPED["AWS access key"] not in written and "your AWS key is REDACTED" in written
 
 
-def test_library_logs_carry_no_cookies_or_query_keys(
+def test_library_logs_carry_no_cookies_or_keys_in_any_form(
     pytester: pytest.Pytester, server: FaultServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from pytest_llm_guard.fault import Fault
+
     monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    server.plan(then=Fault.ok(headers={"Set-Cookie": "__cf_bm=SERVERCOOKIE; path=/; HttpOnly"}))
     pytester.makepyfile(
         """
         import logging
         import os
         import httpx2
+        import openai
+
+        LOGGERS = ["httpcore2.http11", "httpx2", "vcr.cassette", "openai._base_client", "anthropic", "pytest_llm_guard"]
 
         def test_x():
-            logging.getLogger("vcr.cassette").info(
-                "Appending request %s and response %s", "req", {"set-cookie": ["__cf_bm=COOKIEVALUE; path=/"]}
-            )
+            for n, name in enumerate(LOGGERS):
+                log = logging.getLogger(name)
+                # bytes pairs in the record's args, str pairs in its message, any case, and vcrpy's dict form
+                log.debug("pairs %s", [(b"Set-Cookie", b"a=CRUMB%dA" % n), (b"authorization", b"Bearer KEY%dA" % n)])
+                log.debug(f"pairs [('SET-COOKIE', 'b=CRUMB{n}B'), ('Proxy-Authorization', 'Basic KEY{n}B')]")
+                log.info("Appending request %s and response %s", "req", {"set-cookie": [f"c=CRUMB{n}C"], "X-Api-Key": f"KEY{n}C"})
             httpx2.post(os.environ["OPENAI_BASE_URL"] + "/chat/completions?key=QUERYKEYVALUE", json={"model": "m"})
+            openai.OpenAI().chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
         """
     )
-    junit = pytester.path / "junit.xml"
+    junit, log_file = pytester.path / "junit.xml", pytester.path / "debug.log"
     result = pytester.runpytest(
         "--llm-guard-all=true",
         "--llm-record=once",
         "--log-level=DEBUG",
+        f"--log-file={log_file}",
+        "--log-file-level=DEBUG",
         f"--junitxml={junit}",
         "-o",
         "junit_logging=all",
         "-rA",
     )
     result.assert_outcomes(passed=1)
-    output = result.stdout.str() + junit.read_text()
-    assert "Appending request" in output and "/chat/completions?key=REDACTED" in output  # the records are there
-    assert "COOKIEVALUE" not in output and "QUERYKEYVALUE" not in output
+    for output in (result.stdout.str(), junit.read_text(), log_file.read_text()):
+        assert "(b'Set-Cookie', b'REDACTED')" in output  # httpcore2's own trace of the answer's headers
+        assert "/chat/completions?key=REDACTED" in output and output.count("pairs") == 12
+        for secret in ("SERVERCOOKIE", "CRUMB", "KEY0", "KEY1", "KEY2", "KEY3", "KEY4", "KEY5", "QUERYKEYVALUE"):
+            assert secret not in output
 
 
 PLAIN_KEY = "Zq7vT3kP9mW2xY8nQ4rS6tU"  # no credential shape: only knowing it scrubs it
