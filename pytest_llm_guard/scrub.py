@@ -50,7 +50,8 @@ SHAPES: tuple[tuple[str, re.Pattern[str]], ...] = (
     (
         "Authorization credential",
         re.compile(
-            r"""(?ix)\b(?:proxy-)?authorization['"]?\s*[:=]\s*\[?\s*['"]?(?:bearer|basic|token)\s+(?!REDACTED\b)([^\s'",}\]{$<%][^\s'",}\]]{7,})"""
+            r"""(?ix)\b(?:proxy-)?authorization['"]?\s*[:=]\s*\[?\s*['"]?(?:bearer|basic|token)\s+
+            (?!REDACTED\b)([^\s'",}\]{$<%][^\s'",}\]]{7,})  # not a template: {token}, ${KEY}, <key>"""
         ),
     ),
     ("bearer token", re.compile(r"(?i)\bbearer\s+([A-Za-z0-9._~+/\-]{16,}=*)")),

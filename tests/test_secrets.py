@@ -41,13 +41,17 @@ NEAR_MISSES = {
     "an environment reference in code": "Authorization: Bearer ${OPENAI_API_KEY}",
     "a library name": "an sk-learn-compatible-estimator-interface",
     "base64 of ordinary text": "aGVsbG8gd29ybGQsIHRoaXMgaXMgYW4gb3JkaW5hcnkgc2VudGVuY2UgZm9yIHlvdQ==",
-    "base64 of a PNG header": "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==",
+    "base64 of a PNG header": "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kg"
+    "AAAABJRU5ErkJggg==",
     "a UUID": "request 123e4567-e89b-12d3-a456-426614174000 failed",
     "a chat completion id": '"id": "chatcmpl-9aBcDeFgHiJkLmNoPqRsTuV"',
 }
 REAL_SHAPED = {
     "a bearer header": ("Authorization: Bearer abc12345xyz", "Authorization: Bearer REDACTED"),
-    "a JSON authorization field": ('"authorization": "Bearer Zq7vT3kP9mW2xY8nQ4rS6tU"', '"authorization": "Bearer REDACTED"'),
+    "a JSON authorization field": (
+        '"authorization": "Bearer Zq7vT3kP9mW2xY8nQ4rS6tU"',
+        '"authorization": "Bearer REDACTED"',
+    ),
     "a hex token after bearer": ("bearer 5f4dcc3b5aa765d61d8327deb882cf99 ok", "bearer REDACTED ok"),
     "a mixed-case token after bearer": ("Bearer XkQpRmWvTzYbNsLdAq", "Bearer REDACTED"),
     "a JWT after bearer": ("Bearer " + SHAPED["JSON Web Token"] + " x", "Bearer REDACTED x"),
@@ -211,7 +215,8 @@ def test_library_logs_carry_no_cookies_or_keys_in_any_form(
                 # bytes pairs in the record's args, str pairs in its message, any case, and vcrpy's dict form
                 log.debug("pairs %s", [(b"Set-Cookie", b"a=CRUMB%dA" % n), (b"authorization", b"Bearer KEY%dA" % n)])
                 log.debug(f"pairs [('SET-COOKIE', 'b=CRUMB{n}B'), ('Proxy-Authorization', 'Basic KEY{n}B')]")
-                log.info("Appending request %s and response %s", "req", {"set-cookie": [f"c=CRUMB{n}C"], "X-Api-Key": f"KEY{n}C"})
+                headers = {"set-cookie": [f"c=CRUMB{n}C"], "X-Api-Key": f"KEY{n}C"}
+                log.info("Appending request %s and response %s", "req", headers)
             httpx2.post(os.environ["OPENAI_BASE_URL"] + "/chat/completions?key=QUERYKEYVALUE", json={"model": "m"})
             openai.OpenAI().chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
         """
