@@ -312,6 +312,9 @@ LOGGERS = ("vcr", "httpx2", "httpcore2", "httpx", "httpcore", "openai", "anthrop
 """Loggers whose records may carry requests, headers or URLs: scrubbed while a guarded test runs."""
 
 
+_FORMATTER = logging.Formatter()
+
+
 @contextlib.contextmanager
 def scrubbed_logs(scrubber: Scrubber) -> Iterator[None]:
     """While it is open, log records of :data:`LOGGERS` carry scrubbed text (vcrpy's INFO records print
@@ -326,6 +329,10 @@ def scrubbed_logs(scrubber: Scrubber) -> Iterator[None]:
             except Exception:  # a malformed record is the logging library's business
                 return record
             record.msg, record.args = scrubber.log_text(message), None
+            if record.exc_info and record.exc_info[0] is not None:  # formatters print exc_text when it is set
+                record.exc_text = scrubber.log_text(_FORMATTER.formatException(record.exc_info))
+            if record.stack_info:
+                record.stack_info = scrubber.log_text(record.stack_info)
         return record
 
     logging.setLogRecordFactory(factory)

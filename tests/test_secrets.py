@@ -10,6 +10,7 @@ from pytest_llm_guard.scrub import Scrubber, find_shapes
 
 pytest_plugins = ["pytester"]
 
+PLAIN_KEY = "Zq7vT3kP9mW2xY8nQ4rS6tU"  # no credential shape: only knowing it scrubs it
 VAULT_KEY = "vault-vk-" + "9f3k" * 6  # set by the test itself, not in the environment when it starts
 SHAPED = {
     "OpenAI API key": "sk-proj-" + "Ab3" * 8,
@@ -198,7 +199,7 @@ def test_library_logs_carry_no_cookies_or_keys_in_any_form(
     from pytest_llm_guard.fault import Fault
 
     monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.setenv("OPENAI_API_KEY", PLAIN_KEY)
     server.plan(then=Fault.ok(headers={"Set-Cookie": "__cf_bm=SERVERCOOKIE; path=/; HttpOnly"}))
     pytester.makepyfile(
         """
@@ -217,6 +218,10 @@ def test_library_logs_carry_no_cookies_or_keys_in_any_form(
                 log.debug(f"pairs [('SET-COOKIE', 'b=CRUMB{n}B'), ('Proxy-Authorization', 'Basic KEY{n}B')]")
                 headers = {"set-cookie": [f"c=CRUMB{n}C"], "X-Api-Key": f"KEY{n}C"}
                 log.info("Appending request %s and response %s", "req", headers)
+                try:
+                    raise RuntimeError(f"Incorrect API key: {os.environ['OPENAI_API_KEY']}, ('set-cookie', 'd=CRUMB{n}D')")
+                except RuntimeError:
+                    log.debug("pairs in a traceback", exc_info=True)
             httpx2.post(os.environ["OPENAI_BASE_URL"] + "/chat/completions?key=QUERYKEYVALUE", json={"model": "m"})
             openai.OpenAI().chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
         """
@@ -236,12 +241,10 @@ def test_library_logs_carry_no_cookies_or_keys_in_any_form(
     result.assert_outcomes(passed=1)
     for output in (result.stdout.str(), junit.read_text(), log_file.read_text()):
         assert "(b'Set-Cookie', b'REDACTED')" in output  # httpcore2's own trace of the answer's headers
-        assert "/chat/completions?key=REDACTED" in output and output.count("pairs") == 12
-        for secret in ("SERVERCOOKIE", "CRUMB", "KEY0", "KEY1", "KEY2", "KEY3", "KEY4", "KEY5", "QUERYKEYVALUE"):
+        assert "/chat/completions?key=REDACTED" in output and output.count("pairs") == 18
+        assert "RuntimeError: Incorrect API key: REDACTED, ('set-cookie', 'REDACTED')" in output
+        for secret in ("SERVERCOOKIE", "CRUMB", "KEY0", "KEY1", "KEY2", "KEY3", "KEY4", "KEY5", "QUERYKEYVALUE", PLAIN_KEY):
             assert secret not in output
-
-
-PLAIN_KEY = "Zq7vT3kP9mW2xY8nQ4rS6tU"  # no credential shape: only knowing it scrubs it
 
 
 def test_failures_the_guard_did_not_raise_carry_no_key(
