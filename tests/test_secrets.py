@@ -357,9 +357,11 @@ def test_audit_sees_gzip_bodies_folded_strings_and_json_cassettes(pytester: pyte
 
 def test_audit_of_clean_cassettes_exits_zero(pytester: pytest.Pytester) -> None:
     (pytester.path / "c.yaml").write_text("interactions: []\n")
+    near_misses = "\n".join(f"      {text}" for text in NEAR_MISSES.values())
+    (pytester.path / "words.yaml").write_text(f"interactions:\n- request:\n    body: |\n{near_misses}\n")
     result = pytester.runpytest("--llm-audit")
     assert result.ret == 0
-    result.stdout.fnmatch_lines(["pytest-llm-guard audit: 1 cassettes under *, no credential-shaped strings found"])
+    result.stdout.fnmatch_lines(["pytest-llm-guard audit: 2 cassettes under *, no credential-shaped strings found"])
 
 
 def test_written_cassettes_hold_no_key_in_folded_strings_or_compressed_bodies(tmp_path) -> None:  # noqa: ANN001

@@ -17,6 +17,7 @@ from ..config import OPTIONS, Settings
 from ..dialect import BodyReader, Dialect, decoding, dialect_for
 from ..errors import LLMCassetteMiss
 from ..scrub import Scrubber, find_shapes
+from ..stored import as_text
 from . import vcr_bridge
 
 if TYPE_CHECKING:
@@ -214,7 +215,8 @@ class CassetteLayer:
         texts = [recorded.uri, str(recorded.body or b"")]
         texts += [f"{k}: {v}" for k, v in recorded.headers.items() if not self.scrubber.is_secret_header(k)]
         found = [f"{where} request: {kind}" for text in texts for kind, _, _ in find_shapes(text)]
-        found += [f"{where} response body: {kind}" for kind in self.scrubber.kinds(body.decode("utf-8", "replace"))]
+        answer = as_text(body)  # a gzip answer is stored decompressed, and scrubbed so
+        found += [f"{where} response body: {kind}" for kind in self.scrubber.kinds(answer[0] if answer else "")]
         for key in found:
             self.redacted[key] = self.redacted.get(key, 0) + 1
 
