@@ -30,16 +30,16 @@ def _brotli() -> Any:
     return brotli
 
 
-def _codecs() -> list[tuple[str, Callable[[bytes], bytes], Callable[[bytes], bytes]]]:
-    """(name, decompress, compress), the likeliest first."""
+def _codecs() -> list[tuple[Callable[[bytes], bytes], Callable[[bytes], bytes]]]:
+    """(decompress, compress) of gzip, deflate (zlib-wrapped, then raw) and br: the likeliest first."""
     codecs = [
-        ("gzip", gzip.decompress, gzip.compress),
-        ("deflate", zlib.decompress, zlib.compress),
-        ("deflate", lambda d: zlib.decompress(d, -zlib.MAX_WBITS), _raw_deflate),
+        (gzip.decompress, gzip.compress),
+        (zlib.decompress, zlib.compress),
+        (lambda d: zlib.decompress(d, -zlib.MAX_WBITS), _raw_deflate),
     ]
     brotli = _brotli()
     if brotli is not None:
-        codecs.append(("br", brotli.decompress, brotli.compress))
+        codecs.append((brotli.decompress, brotli.compress))
     return codecs
 
 
@@ -55,7 +55,7 @@ def as_text(data: bytes) -> tuple[str, Callable[[str], bytes]] | None:
         return data.decode("utf-8"), lambda text: text.encode("utf-8")
     except UnicodeDecodeError:
         pass
-    for _, decompress, compress in _codecs():
+    for decompress, compress in _codecs():
         try:
             text = decompress(data).decode("utf-8")
         except Exception:  # noqa: BLE001 - each codec fails its own way on data not its own
