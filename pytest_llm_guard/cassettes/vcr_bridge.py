@@ -162,6 +162,17 @@ class ReadableYaml:
         return data
 
 
+class _Scrubbed:
+    """A serializer that scrubs every value as stored (``Scrubber.tree``) before writing it."""
+
+    def __init__(self, serializer: Any, scrubber: Scrubber) -> None:
+        self._serializer = serializer
+        self._scrubber = scrubber
+
+    def serialize(self, data: dict[str, Any]) -> str:
+        return self._serializer.serialize(self._scrubber.tree(data))
+
+
 _REQUIRED = {
     "request": ("method", "uri", "body", "headers"),
     "response": ("status", "headers", "body"),
@@ -251,7 +262,7 @@ class AtomicPersister:
             if metadata:
                 data["metadata"] = metadata
             # Scrubbed once more as a whole, with every secret known now (some are learned late).
-            files.write_atomically(path, self._scrubber.text(serialize(data, serializer)))
+            files.write_atomically(path, serialize(data, _Scrubbed(serializer, self._scrubber)))
 
     def _theirs(self, path: Path, serializer: Any) -> tuple[list[tuple[VcrRequest, Any]], dict[str, Any]]:
         """What the file holds now (call holding the lock): nothing when it is being re-recorded and
