@@ -28,6 +28,18 @@ def test_network_seconds_count_live_and_recorded_attempts_only() -> None:
     assert (stats.live, stats.recorded, stats.replayed, stats.refused) == (1, 1, 1, 1)
 
 
+def test_a_changed_source_moves_the_attempt_between_counts() -> None:
+    """A recording that never reached its file is counted live; one read on after its close, recorded."""
+    ledger = Ledger("t")
+    record = attempt(ledger, source="recorded")
+    ledger.close(record, 2.0, "ok")
+    ledger.change_source(record, "live")
+    stats = ledger.stats()
+    assert (stats.live, stats.recorded, stats.network_seconds, record.source) == (1, 0, 2.0, "live")
+    ledger.change_source(record, "replayed")
+    assert (ledger.stats().replayed, ledger.stats().network_seconds) == (1, 0.0)
+
+
 def test_an_attempt_is_counted_once_however_often_it_is_closed() -> None:
     ledger = Ledger("t")
     record = attempt(ledger)

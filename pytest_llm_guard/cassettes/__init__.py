@@ -9,11 +9,12 @@ decompression; this package makes them right for LLM traffic:
 - ``files.py``: files are written atomically under a folder lock, readable (block
   strings), and a file that cannot be read fails its test with the parser's line and column;
 - ``vcr_bridge.py``: the one module that touches vcrpy (its cassette, persister,
-  serializer and request types), keeping what another pytest-xdist worker wrote;
+  serializer and request types), keeping what another pytest-xdist worker wrote, and
+  replacing what a file held before the session when it is re-recorded (``all``);
 - ``layer.py``: the cassette as a guard layer at the transport boundary, so a streamed
   response reaches the caller chunk by chunk while it is recorded and replays as the
-  same events in order; only successful answers are written; secrets are scrubbed
-  (``scrub.py``).
+  same events in order; an answer its caller stopped reading is read on and recorded
+  whole; only successful answers are written; secrets are scrubbed (``scrub.py``).
 """
 
 from __future__ import annotations
