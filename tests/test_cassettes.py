@@ -753,7 +753,8 @@ def test_a_stream_the_caller_abandons_is_read_on_and_recorded_whole(
 def test_an_abandoned_stream_that_cannot_be_read_in_time_warns_and_its_miss_says_so(
     project: pytest.Pytester, server: FaultServer, monkeypatch
 ) -> None:
-    server.plan(Fault.trickle(interval=0.05, chunk_size=20))  # the whole answer takes ~4 s
+    trickle = Fault.trickle(interval=0.05, chunk_size=20)  # the whole answer takes ~4 s
+    server.plan(trickle, trickle)
     project.makepyfile(
         test_app="""
         import pytest
@@ -765,20 +766,31 @@ def test_an_abandoned_stream_that_cannot_be_read_in_time_warns_and_its_miss_says
             )
             for chunk in stream:
                 break
+
+        @pytest.mark.asyncio
+        @pytest.mark.llm_budget(call_timeout=1)
+        async def test_breaks_out_async(async_llm_client):
+            stream = await async_llm_client.chat.completions.create(
+                model="m", messages=[{"role": "user", "content": "a b c d e f g h"}], stream=True
+            )
+            async for chunk in stream:
+                break
         """
     )
     result = project.runpytest("--llm-record=new_episodes")
-    result.assert_outcomes(passed=1, warnings=1)  # the caller is unaffected
-    result.stdout.fnmatch_lines(
-        [
-            "*test_breaks_out stopped reading an answer before its end (POST /v1/chat/completions), and the rest "
-            "could not be read to record it: the rest did not arrive within the attempt's 1.00 s cap (call_timeout)*",
-        ]
-    )
+    result.assert_outcomes(passed=2, warnings=2)  # the callers are unaffected
+    for test in ("test_breaks_out", "test_breaks_out_async"):
+        result.stdout.fnmatch_lines(
+            [
+                f"*{test} stopped reading an answer before its end (POST /v1/chat/completions), and the rest could "
+                "not be read to record it: the rest did not arrive within the attempt's 1.00 s cap (call_timeout)*",
+            ]
+        )
 
     go_offline(server, monkeypatch)
     result = project.runpytest()
-    result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(
-        ["*LLMCassetteMiss*", "*Its recording was abandoned, not missed: test_app.py::test_breaks_out stopped*"]
-    )
+    result.assert_outcomes(failed=2)
+    for test in ("test_breaks_out", "test_breaks_out_async"):
+        result.stdout.fnmatch_lines(
+            ["*LLMCassetteMiss*", f"*Its recording was abandoned, not missed: test_app.py::{test} stopped*"]
+        )

@@ -158,19 +158,22 @@ class _Tee(httpx2.SyncByteStream, httpx2.AsyncByteStream):
         return self._complete(drained=True)
 
     async def _drain_async(self) -> None:
+        """Read the rest, cut at the attempt's time left."""
         self._chunks = self._chunks or self._inner.__aiter__()
         left = self._time_left()
         try:
-            async with asyncio.timeout(left if left != math.inf else None):
-                async for chunk in self._chunks:
-                    self._keep(chunk)
-                    if self._problem is not None:
-                        break
-        except TimeoutError:
+            await asyncio.wait_for(self._read_rest(), max(left, 0.0) if left != math.inf else None)
+        except asyncio.TimeoutError:
             return self._abandon(self._late())
         except Exception as exc:
             return self._abandon(f"reading the rest failed: {type(exc).__name__}: {exc}")
         return self._complete(drained=True)
+
+    async def _read_rest(self) -> None:
+        async for chunk in self._chunks:
+            self._keep(chunk)
+            if self._problem is not None:
+                return
 
     def _late(self) -> str:
         cap = f"{self.attempt.cap:.2f} s cap ({self.attempt.cap_by})" if self.attempt.cap_by else "time"
