@@ -8,6 +8,7 @@ import asyncio
 import json
 import math
 import re
+import threading
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -51,10 +52,11 @@ class _Tee(httpx2.SyncByteStream, httpx2.AsyncByteStream):
 
     True means read to its end, or closed at a stream's end event, and judged whole by the
     dialect's reader (JSON that parses, every event intact); a body cut short or broken is
-    never recorded. A body its caller stopped reading (closed early, or left open) is read
-    on by :meth:`finish` when the test's call ends, within the attempt's time left, and
-    recorded whole; the caller's close returns at once. When the rest cannot be read,
-    ``on_abandoned`` is told why.
+    never recorded. A body its caller stopped reading is read on to its end, within the
+    attempt's time left, and recorded whole: from the caller's close on, in a thread (or a
+    task on its event loop) so the close returns at once and the deadline's signal never
+    meets it; a body never closed, by :meth:`finish` when the test's call ends. When the
+    rest cannot be read, ``on_abandoned`` is told why.
     """
 
     def __init__(
@@ -63,7 +65,7 @@ class _Tee(httpx2.SyncByteStream, httpx2.AsyncByteStream):
         reader: BodyReader,
         attempt: Attempt,
         clock: Callable[[], float],
-        on_complete: Callable[[bytes], None],
+        on_complete: Callable[[bytes, bool], None],
         on_abandoned: Callable[[str], None],
         *,
         loop: asyncio.AbstractEventLoop | None,
@@ -80,9 +82,11 @@ class _Tee(httpx2.SyncByteStream, httpx2.AsyncByteStream):
         self._problem: str | None = None
         self._settled = False
         """Recorded, found broken, or abandoned: nothing more to do with the body."""
+        self._settling = threading.Lock()
         self._closed = False
         self._chunks: Any = None
-        """The one iterator over ``inner``: the caller's reading and :meth:`finish` continue the same one."""
+        """The one iterator over ``inner``: the caller's reading and the read-on continue the same one."""
+        self._reading_on: threading.Thread | asyncio.Task[None] | None = None
 
     @property
     def pending(self) -> bool:
@@ -107,44 +111,60 @@ class _Tee(httpx2.SyncByteStream, httpx2.AsyncByteStream):
             yield chunk
         self._complete()
 
-    def _closing(self) -> bool:
-        """The caller closes the body: whether to close the inner stream now (else :meth:`finish` will)."""
+    def close(self) -> None:
         if self._reader.events_expected and self._reader.ended:
             self._complete()
-        return not self.pending
+        if not self.pending:
+            self._close_inner()
+        elif self._reading_on is None:
+            self._reading_on = threading.Thread(target=self._read_on, name="llm-guard-read-on", daemon=True)
+            self._reading_on.start()
 
-    def close(self) -> None:
-        if not self._closed and self._closing():
+    async def aclose(self) -> None:
+        if self._reader.events_expected and self._reader.ended:
+            self._complete()
+        if not self.pending:
+            await self._aclose_inner()
+        elif self._reading_on is None:
+            self._reading_on = asyncio.get_running_loop().create_task(self._read_on_async())
+
+    def _close_inner(self) -> None:
+        if not self._closed:
             self._closed = True
             self._inner.close()
 
-    async def aclose(self) -> None:
-        if not self._closed and self._closing():
+    async def _aclose_inner(self) -> None:
+        if not self._closed:
             self._closed = True
             await self._inner.aclose()
 
     def finish(self) -> None:
-        """The test's call has ended: read what its caller left unread, and close the body."""
-        if not self.pending:
+        """The test's call has ended: what its caller left unread is read on (or waited for), then closed."""
+        reading_on = self._reading_on
+        if isinstance(reading_on, threading.Thread):
+            # The thread stops itself at the time left, once a chunk arrives; a read waits at most
+            # the attempt's read timeout, which the guard capped.
+            left = self._time_left()
+            reading_on.join(None if left == math.inf else max(left, 0.0) + 1.0)
+            if reading_on.is_alive():
+                self._abandon(self._late())
+        elif not self.pending:
             return
-        if self._loop is None:
-            self._drain()
-            self.close()
+        elif self._loop is None:
+            self._read_on()
         elif self._loop.is_closed() or self._loop.is_running():
             self._abandon(
                 "the test's event loop was no longer available to read the rest of this async answer; "
                 "read it to its end or close it before the test returns"
             )
         else:
-            self._loop.run_until_complete(self._drain_async())
-            self._loop.run_until_complete(self.aclose())
+            self._loop.run_until_complete(reading_on or self._read_on_async())
 
     def _time_left(self) -> float:
         return self.attempt.start + self.attempt.cap - self._clock()
 
-    def _drain(self) -> None:
-        """Read the rest, checking the attempt's time left as each chunk arrives (a read itself
-        waits at most the attempt's read timeout, which the guard capped)."""
+    def _read_on(self) -> None:
+        """Read the rest, checking the attempt's time left as each chunk arrives."""
         self._chunks = self._chunks or iter(self._inner)
         try:
             for chunk in self._chunks:
@@ -153,23 +173,27 @@ class _Tee(httpx2.SyncByteStream, httpx2.AsyncByteStream):
                     break
                 if self._time_left() <= 0 and not self._reader.ended:
                     return self._abandon(self._late())
+            self._complete(read_on=True)
         except Exception as exc:
-            return self._abandon(f"reading the rest failed: {type(exc).__name__}: {exc}")
-        return self._complete(drained=True)
+            self._abandon(f"reading the rest failed: {type(exc).__name__}: {exc}")
+        finally:
+            self._close_inner()
 
-    async def _drain_async(self) -> None:
+    async def _read_on_async(self) -> None:
         """Read the rest, cut at the attempt's time left."""
         self._chunks = self._chunks or self._inner.__aiter__()
         left = self._time_left()
         try:
-            await asyncio.wait_for(self._read_rest(), max(left, 0.0) if left != math.inf else None)
+            await asyncio.wait_for(self._rest(), max(left, 0.0) if left != math.inf else None)
+            self._complete(read_on=True)
         except asyncio.TimeoutError:
-            return self._abandon(self._late())
+            self._abandon(self._late())
         except Exception as exc:
-            return self._abandon(f"reading the rest failed: {type(exc).__name__}: {exc}")
-        return self._complete(drained=True)
+            self._abandon(f"reading the rest failed: {type(exc).__name__}: {exc}")
+        finally:
+            await self._aclose_inner()
 
-    async def _read_rest(self) -> None:
+    async def _rest(self) -> None:
         async for chunk in self._chunks:
             self._keep(chunk)
             if self._problem is not None:
@@ -179,19 +203,23 @@ class _Tee(httpx2.SyncByteStream, httpx2.AsyncByteStream):
         cap = f"{self.attempt.cap:.2f} s cap ({self.attempt.cap_by})" if self.attempt.cap_by else "time"
         return f"the rest did not arrive within the attempt's {cap}; {len(self._body)} bytes had arrived"
 
-    def _complete(self, *, drained: bool = False) -> None:
-        if self._settled:
+    def _settle(self) -> bool:
+        """Mark the body settled; True for the one caller that did (the caller's thread or the read-on)."""
+        with self._settling:
+            settled, self._settled = self._settled, True
+        return not settled
+
+    def _complete(self, *, read_on: bool = False) -> None:
+        if not self._settle():
             return
-        self._settled = True
         problem = self._problem or self._reader.finish()
         if problem is None:
-            self._on_complete(bytes(self._body))
-        elif drained:  # the caller read a healthy start; what the guard read on was not
+            self._on_complete(bytes(self._body), read_on)
+        elif read_on:  # the caller read a healthy start; what the guard read on was not
             self._on_abandoned(f"the rest was not a whole answer: {problem}")
 
     def _abandon(self, reason: str) -> None:
-        if not self._settled:
-            self._settled = True
+        if self._settle():
             self._on_abandoned(reason)
 
 
@@ -324,7 +352,7 @@ class CassetteLayer:
             response.headers.get("content-encoding", ""),
         )
 
-        def on_complete(body: bytes) -> None:
+        def on_complete(body: bytes, read_on: bool) -> None:
             self._note_shapes(recorded, body)
             headers: dict[str, list[str]] = defaultdict(list)
             for name, value in response.headers.multi_items():
@@ -337,7 +365,7 @@ class CassetteLayer:
                     "body": {"string": body},
                 },
             )
-            if attempt.end is None:  # else it ended as live, and the test's record is corrected
+            if not read_on:  # else it ends (or ended) as live, and the test's record is corrected
                 attempt.source = "recorded"
             self.recorded.append(attempt)
 
