@@ -732,6 +732,15 @@ async def test_breaks_out_async(async_llm_client):
     )
     async for chunk in stream:
         break
+
+@pytest.mark.asyncio
+async def test_closes_early_async(async_llm_client):
+    stream = await async_llm_client.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "ten eleven"}], stream=True
+    )
+    async for chunk in stream:
+        break
+    await stream.close()
 """
 
 
@@ -739,15 +748,17 @@ def test_a_stream_the_caller_abandons_is_read_on_and_recorded_whole(
     project: pytest.Pytester, server: FaultServer, monkeypatch
 ) -> None:
     project.makepyfile(test_app=ABANDONING_TESTS)
-    project.runpytest("--llm-record=new_episodes").assert_outcomes(passed=3)
-    for test in ("test_breaks_out", "test_closes_early", "test_breaks_out_async"):
+    recording = project.runpytest("--llm-record=new_episodes")
+    recording.assert_outcomes(passed=4)
+    recording.stdout.fnmatch_lines(["*4 guarded tests: 4 LLM calls, 4 attempts (4 recorded)*"])
+    for test in ("test_breaks_out", "test_closes_early", "test_breaks_out_async", "test_closes_early_async"):
         (recorded,) = interactions(cassette(project, "test_app", test))
         assert recorded["response"]["body"]["string"].endswith("data: [DONE]\n\n"), test
 
     go_offline(server, monkeypatch)
     result = project.runpytest()
-    result.assert_outcomes(passed=3)
-    result.stdout.fnmatch_lines(["*3 guarded tests: 3 LLM calls, 3 attempts (3 replayed)*"])
+    result.assert_outcomes(passed=4)
+    result.stdout.fnmatch_lines(["*4 guarded tests: 4 LLM calls, 4 attempts (4 replayed)*"])
 
 
 def test_an_abandoned_stream_that_cannot_be_read_in_time_warns_and_its_miss_says_so(
