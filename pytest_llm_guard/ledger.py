@@ -3,7 +3,7 @@
 - A **call** is one request as the code under test sees it: one ``create(...)``.
 - An **attempt** is one try of a call. Its **source** says what happened to it:
   ``live`` (sent to an endpoint), ``recorded`` (sent, and its answer written to a
-  cassette), ``replayed`` (answered from a cassette) or ``refused`` (nothing was sent:
+  cassette file), ``replayed`` (answered from a cassette) or ``refused`` (nothing was sent:
   a breaker was open, a budget was spent, a cassette had no answer).
 - A **retry** is a further attempt of a call after a failure, after a backoff, charged
   to the ``retries`` budget. A **failover** is a further attempt moved at once (no
