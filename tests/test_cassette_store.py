@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,7 @@ from pytest_llm_guard.cassettes import (
     path_for,
     record_mode,
     request_key,
+    vcr_bridge,
 )
 from pytest_llm_guard.config import Settings
 from pytest_llm_guard.errors import LLMCassetteError
@@ -28,8 +32,6 @@ MATCH = ("method", "path", "body")
 
 def chat(content: str, host: str = "127.0.0.1:8000", **extra) -> Request:
     body = {"model": "m", "messages": [{"role": "user", "content": content}], **extra}
-    import json
-
     return Request("POST", f"http://{host}/v1/chat/completions", json.dumps(body), {})
 
 
@@ -206,3 +208,45 @@ def test_long_names_are_shortened_with_a_hash() -> None:
 )
 def test_record_mode_defaults_to_replay_only_on_ci(configured, ci, expected) -> None:
     assert record_mode(Settings(record=configured), {"CI": ci}) == expected
+
+
+def opened(path: Path, mode: str, **kwargs) -> LLMCassette:
+    return vcr_bridge.load(
+        path, mode=mode, match_on=MATCH, ignore=frozenset(), matcher=lambda r, s: None, scrubber=Scrubber(), **kwargs
+    )
+
+
+def contents(path: Path) -> list[tuple[str, str]]:
+    stored = yaml.safe_load(path.read_text())["interactions"]
+    asked = [json.loads(i["request"]["body"])["messages"][0]["content"] for i in stored]
+    return sorted(zip(asked, [i["response"]["body"]["string"] for i in stored], strict=True))
+
+
+def test_rerecording_workers_replace_what_the_file_held_before_the_session(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    old = opened(path, "new_episodes")
+    for content in ("a", "b", "c"):
+        old.append(chat(content), answer("old"))
+    old.save()
+    os.utime(path, (1, 1))  # written long before this session
+    started = time.time()
+    one, two = opened(path, "all", session_started=started), opened(path, "all", session_started=started)
+    one.append(chat("a"), answer("new"))
+    one.save()  # the session's first write: the old file goes
+    two.append(chat("b"), answer("new"))
+    two.append(chat("c"), answer("new"))
+    two.save()  # loaded the old file too: keeps what `one` wrote, nothing older
+    assert contents(path) == [("a", "new"), ("b", "new"), ("c", "new")]
+
+
+def test_an_abandoned_note_is_kept_until_the_request_is_recorded(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    first = opened(path, "new_episodes")
+    first.note_abandoned(chat("hi"), {"test": "t", "request": "POST /v1/chat/completions", "reason": "too slow"})
+    first.save()
+    again = opened(path, "new_episodes")
+    assert again.abandoned(again.scrubbed(chat("hi")))["reason"] == "too slow"
+    assert again.abandoned(again.scrubbed(chat("other"))) is None
+    again.append(chat("hi"), answer("whole"))
+    again.save()
+    assert "metadata" not in yaml.safe_load(path.read_text())
