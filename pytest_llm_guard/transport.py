@@ -139,7 +139,9 @@ def _watch_the_network() -> None:
             live.watcher(live.request)
         return real(pool, request)
 
-    async def handle_async_request(pool: httpcore2.AsyncConnectionPool, request: httpcore2.Request) -> httpcore2.Response:
+    async def handle_async_request(
+        pool: httpcore2.AsyncConnectionPool, request: httpcore2.Request
+    ) -> httpcore2.Response:
         live = request.extensions.get(_UNGUARDED)
         if live is not None:
             live.watcher(live.request)
