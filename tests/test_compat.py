@@ -235,3 +235,31 @@ def test_under_w_error_a_live_unguarded_request_fails_only_its_test(live: pytest
     assert outcomes(run(live, "-W", "error", plugin=False)) == {
         test: ["PASSED"] for test in ("test_live.py::test_live", "test_live.py::test_live_async", "test_live.py::test_plain")
     }
+
+
+def test_under_w_error_a_cassettes_warning_fails_only_its_tests_teardown(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A guarded test's cassette warning was issued from a hook wrapper too: another INTERNALERROR."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    pytester.makepyfile(
+        test_app="""
+        import openai
+
+        def test_records_a_credential_shaped_answer():
+            openai.OpenAI().chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+
+        def test_next():
+            pass
+        """
+    )
+    with FaultServer() as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        server.reply("your AWS key is AKIA" + "Q7" * 8)
+        result = run(pytester, "-W", "error", "--llm-guard-all=true", "--llm-record=once", plugin=True)
+    assert "INTERNALERROR" not in result.stdout.str()
+    assert outcomes(result) == {
+        "test_app.py::test_records_a_credential_shaped_answer": ["ERROR", "PASSED"],
+        "test_app.py::test_next": ["PASSED"],
+    }
+    result.stdout.fnmatch_lines(["*PytestWarning: pytest-llm-guard: credential-shaped strings were redacted*"])
