@@ -11,6 +11,9 @@ Per request: the dialect says whether it is LLM traffic (``dialect.py``); the gu
 opens its attempt (``guard.py``); the guard's layers run in front of the client's own
 transport; the response body is watched as it arrives (deadline and attempt cap per
 chunk, usage and the end of a stream at the end).
+
+In a test that is not guarded, the seam only marks an LLM request; whether it left the
+process is known where httpcore2's connection pool receives it (:class:`_Live`).
 """
 
 from __future__ import annotations
@@ -117,19 +120,18 @@ class _Live:
 def _unguarded(request: httpx2.Request) -> None:
     if _watchers and dialect_for(request) is not None:
         request.extensions[_UNGUARDED] = _Live(request, _watchers[-1])
-    else:
-        request.extensions.pop(_UNGUARDED, None)
 
 
 def _watch_the_network() -> None:
     """Wrap httpcore2's pools once per process: the request of a :class:`_Live` mark is told there.
 
-    Cheap for every other request (one dictionary look-up), so it stays for the session.
+    Cheap for every other request (one dictionary look-up), so it stays for the session. An
+    httpcore2 without these pools leaves requests unseen: nothing is said, rather than a guess.
     """
     import httpcore2
 
-    sync_pool, async_pool = httpcore2.ConnectionPool, httpcore2.AsyncConnectionPool
-    if getattr(sync_pool.handle_request, "_llm_guard", False):
+    sync_pool, async_pool = getattr(httpcore2, "ConnectionPool", None), getattr(httpcore2, "AsyncConnectionPool", None)
+    if sync_pool is None or async_pool is None or getattr(sync_pool.handle_request, "_llm_guard", False):
         return
     real, real_async = sync_pool.handle_request, async_pool.handle_async_request
 
