@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
+import jsonschema
 import pytest
 
 from pytest_llm_guard.fault import FaultServer
@@ -213,6 +215,7 @@ def test_a_live_unguarded_request_is_listed_and_warned_once_and_changes_no_outco
         ]
     )
     report = json.loads((live.path / "report.json").read_text())
+    jsonschema.validate(report, json.loads((Path(__file__).parent.parent / "docs" / "report-schema.json").read_text()))
     assert [(t["nodeid"], len(t["requests"])) for t in report["unguarded"]] == [
         ("test_live.py::test_live", 1),
         ("test_live.py::test_live_async", 1),
