@@ -200,9 +200,12 @@ def live(pytester: pytest.Pytester) -> pytest.Pytester:
     return pytester
 
 
-def test_a_live_unguarded_request_is_listed_and_warned_once_and_changes_no_outcome(live: pytest.Pytester) -> None:
-    with_plugin = run(live, "--llm-report=report.json", plugin=True)
-    assert outcomes(with_plugin) == outcomes(run(live, plugin=False))
+@pytest.mark.parametrize("options", [[], ["-n", "2"]], ids=["serial", "xdist"])
+def test_a_live_unguarded_request_is_listed_and_warned_once_and_changes_no_outcome(
+    live: pytest.Pytester, options: list[str]
+) -> None:
+    with_plugin = run(live, "--llm-report=report.json", *options, plugin=True)
+    assert outcomes(with_plugin) == outcomes(run(live, *options, plugin=False))
     with_plugin.assert_outcomes(passed=3, warnings=2)
     with_plugin.stdout.fnmatch_lines(
         [
@@ -210,13 +213,13 @@ def test_a_live_unguarded_request_is_listed_and_warned_once_and_changes_no_outco
             "/v1/chat/completions) to the network*",
             "*llm-guard: unguarded LLM requests*",
             "2 tests sent LLM requests without a guard*",
-            "  test_live.py::test_live: 1 request, first POST http://127.0.0.1:*/v1/chat/completions",
-            "  test_live.py::test_live_async: 1 request, first POST http://127.0.0.1:*/v1/chat/completions",
         ]
     )
+    for test in ("test_live", "test_live_async"):  # under xdist, in the order they ended
+        with_plugin.stdout.fnmatch_lines([f"  test_live.py::{test}: 1 request, first POST http://127.0.0.1:*"])
     report = json.loads((live.path / "report.json").read_text())
     jsonschema.validate(report, json.loads((Path(__file__).parent.parent / "docs" / "report-schema.json").read_text()))
-    assert [(t["nodeid"], len(t["requests"])) for t in report["unguarded"]] == [
+    assert sorted((t["nodeid"], len(t["requests"])) for t in report["unguarded"]) == [
         ("test_live.py::test_live", 1),
         ("test_live.py::test_live_async", 1),
     ]
@@ -236,7 +239,7 @@ def test_under_w_error_a_live_unguarded_request_fails_only_its_test(live: pytest
         ["*PytestWarning: pytest-llm-guard: test_live.py::test_live is not guarded*Guard it with an llm_* marker*"]
     )
     assert outcomes(run(live, "-W", "error", plugin=False)) == {
-        test: ["PASSED"] for test in ("test_live.py::test_live", "test_live.py::test_live_async", "test_live.py::test_plain")
+        f"test_live.py::{test}": ["PASSED"] for test in ("test_live", "test_live_async", "test_plain")
     }
 
 
