@@ -39,13 +39,18 @@ import pytest_asyncio
 
 ASK = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]}
 
-@pytest.mark.vcr
-def test_vcr_sync():
-    assert openai.OpenAI().chat.completions.create(**ASK).choices[0].message.content == "echo: hello"
+@pytest.fixture
+def client():
+    with openai.OpenAI() as client:
+        yield client
 
 @pytest.mark.vcr
-def test_vcr_streamed():
-    chunks = openai.OpenAI().chat.completions.create(**ASK, stream=True)
+def test_vcr_sync(client):
+    assert client.chat.completions.create(**ASK).choices[0].message.content == "echo: hello"
+
+@pytest.mark.vcr
+def test_vcr_streamed(client):
+    chunks = client.chat.completions.create(**ASK, stream=True)
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "echo: hello"
 
 @pytest_asyncio.fixture
@@ -60,8 +65,8 @@ async def test_vcr_async(async_client):
     assert answer.choices[0].message.content == "echo: hello"
 
 @pytest.mark.vcr
-def test_vcr_miss_fails_as_it_always_did():
-    openai.OpenAI().chat.completions.create(model="m", messages=[{"role": "user", "content": "never recorded"}])
+def test_vcr_miss_fails_as_it_always_did(client):
+    client.chat.completions.create(model="m", messages=[{"role": "user", "content": "never recorded"}])
 
 def answer(request):
     return httpx2.Response(200, json={
@@ -170,8 +175,8 @@ import pytest
 ASK = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]}
 
 def test_live(fault_url):
-    client = openai.OpenAI(base_url=fault_url, api_key="sk-test")
-    assert client.chat.completions.create(**ASK).choices[0].message.content == "echo: hello"
+    with openai.OpenAI(base_url=fault_url, api_key="sk-test") as client:
+        assert client.chat.completions.create(**ASK).choices[0].message.content == "echo: hello"
 
 @pytest.mark.asyncio
 async def test_live_async(fault_url):
@@ -253,7 +258,8 @@ def test_under_w_error_a_cassettes_warning_fails_only_its_tests_teardown(
         import openai
 
         def test_records_a_credential_shaped_answer():
-            openai.OpenAI().chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+            with openai.OpenAI() as client:
+                client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
 
         def test_next():
             pass
