@@ -356,6 +356,10 @@ def _save(item: pytest.Item, layer: CassetteLayer, *, failed: bool, in_wrapper: 
         warning = layer.save(test_failed=failed)
     except OSError as exc:
         warning = f"pytest-llm-guard: cassette of {item.nodeid} not saved: {exc}"
+    except Exception as exc:
+        if not in_wrapper:
+            raise
+        warning = f"pytest-llm-guard: cassette of {item.nodeid} not saved: {type(exc).__name__}: {exc}"
     if warning is None:
         return
     with warnings.catch_warnings():

@@ -275,3 +275,40 @@ def test_under_w_error_a_cassettes_warning_fails_only_its_tests_teardown(
         "test_app.py::test_next": ["PASSED"],
     }
     result.stdout.fnmatch_lines(["*PytestWarning: pytest-llm-guard: credential-shaped strings were redacted*"])
+
+
+def test_a_cassette_saved_after_a_failed_teardown_warns_without_raising_under_w_error(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When teardown raised, the cassette is saved from a wrapper: its warning is shown, never raised there."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    pytester.makepyfile(
+        test_app="""
+        import openai
+        import pytest
+
+        @pytest.fixture
+        def breaks_in_teardown(request):
+            yield
+            if request.config.option.ask == "second":
+                raise RuntimeError("teardown broke")
+
+        def test_records(breaks_in_teardown, request):
+            ask = [{"role": "user", "content": request.config.option.ask}]
+            with openai.OpenAI() as client:
+                client.chat.completions.create(model="m", messages=ask)
+
+        def test_next():
+            pass
+        """
+    )
+    pytester.makeconftest("def pytest_addoption(parser):\n    parser.addoption('--ask')\n")
+    with FaultServer() as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        run(pytester, "--llm-guard-all=true", "--llm-record=once", "--ask=first", plugin=True).assert_outcomes(passed=2)
+        server.reply("your AWS key is AKIA" + "Q7" * 8)
+        options = ("-W", "error", "--llm-guard-all=true", "--llm-record=new_episodes", "--ask=second")
+        result = run(pytester, *options, plugin=True)
+    assert "INTERNALERROR" not in result.stdout.str()
+    assert outcomes(result) == {"test_app.py::test_records": ["ERROR", "PASSED"], "test_app.py::test_next": ["PASSED"]}
+    result.stdout.fnmatch_lines(["*teardown broke*", "*credential-shaped strings were redacted from cassette*"])
