@@ -24,7 +24,7 @@ import pytest
 
 from .alarm import with_line_numbers
 from .config import Settings
-from .errors import LLMCassetteError, LLMGuardInterrupt, LLMNoEndpoint, LLMUnguardedRequest
+from .errors import LLMCassetteError, LLMGuardInterrupt, LLMNoEndpoint, LLMUnguardedRequest, LLMUnguardedWarning
 from .session import Session
 
 if TYPE_CHECKING:
@@ -153,13 +153,9 @@ def _warn_unguarded(item: pytest.Item) -> None:
     if not sent or len(sent) == told:
         return
     item.stash[WARNED] = len(sent)
-    item.warn(
-        pytest.PytestWarning(
-            f"pytest-llm-guard: {item.nodeid} is not guarded, yet sent {len(sent) - told} LLM request(s) "
-            f"({sent[told]}) to the network: not replayed, not recorded, not counted. Guard it with an llm_* "
-            "marker or the llm_guard fixture, or set guard_all = true (unguarded = allow silences this)"
-        )
-    )
+    from .report import unguarded_warning
+
+    item.warn(LLMUnguardedWarning(unguarded_warning(item.nodeid, len(sent) - told, sent[told])))
 
 
 class GuardedTests:

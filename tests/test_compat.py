@@ -214,7 +214,7 @@ def test_a_live_unguarded_request_is_listed_and_warned_once_and_changes_no_outco
     with_plugin.assert_outcomes(passed=3, warnings=2)
     with_plugin.stdout.fnmatch_lines(
         [
-            "*test_live.py::test_live is not guarded, yet sent 1 LLM request(s) (POST http://127.0.0.1:*"
+            "*test_live.py::test_live is not guarded, yet sent 1 LLM request (POST http://127.0.0.1:*"
             "/v1/chat/completions) to the network*",
             "*llm-guard: unguarded LLM requests*",
             "2 tests sent LLM requests without a guard*",
@@ -241,7 +241,7 @@ def test_under_w_error_a_live_unguarded_request_fails_only_its_test(live: pytest
         "test_live.py::test_plain": ["PASSED"],
     }
     result.stdout.fnmatch_lines(
-        ["*PytestWarning: pytest-llm-guard: test_live.py::test_live is not guarded*Guard it with an llm_* marker*"]
+        ["*LLMUnguardedWarning: pytest-llm-guard: test_live.py::test_live is not guarded*To fix: guard it with an llm_* marker*"]
     )
     assert outcomes(run(live, "-W", "error", plugin=False)) == {
         f"test_live.py::{test}": ["PASSED"] for test in ("test_live", "test_live_async", "test_plain")
