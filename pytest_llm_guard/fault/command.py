@@ -1,0 +1,81 @@
+"""``python -m pytest_llm_guard.fault`` (or ``llm-fault-server``): the fault server as a process.
+
+For clients the test suite does not start itself: an application run by hand, a
+notebook, another language's SDK, curl. Each picks its fault by the base URL's prefix
+(``prefixes.py``); the server runs until Ctrl-C (or SIGTERM) and then stops cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+
+from .dialect import registered
+from .prefixes import PREFIXES
+from .server import FaultServer
+
+__all__ = ["main"]
+
+PROG = "python -m pytest_llm_guard.fault"
+
+
+def _routes() -> str:
+    """The epilog of --help: every fault prefix and every route, with an example."""
+    width = max(len(form.syntax) for form in PREFIXES) + 2
+    lines = ["fault prefixes (put one in front of any route; without one the answer is normal):"]
+    lines += [f"  /{form.syntax:<{width}}{form.meaning}" for form in PREFIXES]
+    lines += ["", "routes:"]
+    lines += [f"  {route.method:<5}{route.path}" for dialect in registered() for route in dialect.routes]
+    lines += [
+        "",
+        "example: openai.OpenAI(base_url='http://127.0.0.1:8765/s429-2/v1', api_key='test') meets two 429s,",
+        "then normal answers. Counting prefixes (sCODE-N, flaky-N) count per prefix since the start.",
+    ]
+    return "\n".join(lines)
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command's arguments; its epilog lists the fault prefixes and routes."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="An OpenAI-compatible HTTP server whose answers fail on purpose: a client chooses "
+        "its fault by a prefix of its base URL.",
+        epilog=_routes(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8765, help="port to listen on; 0 picks a free one (default: 8765)")
+    return parser
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Serve until Ctrl-C or SIGTERM; 0 after a clean stop, 2 when the port cannot be had."""
+    args = parser().parse_args(argv)
+    server = FaultServer(args.host, args.port)
+    try:
+        server.start()
+    except RuntimeError as exc:
+        print(f"{PROG}: {exc}; or choose another with --port", file=sys.stderr)
+        return 2
+    for signum in (signal.SIGINT, signal.SIGTERM):  # SIGINT too: a shell starting it with & ignores SIGINT
+        signal.signal(signum, _interrupt)
+    try:
+        print(f"fault server listening on {server.url}", flush=True)
+        print(f"  normal answers:  base_url={server.base_url}", flush=True)
+        print(f"  a hang:          base_url={server.url}/hang/v1   (--help lists every fault prefix)", flush=True)
+        print("Ctrl-C stops it.", flush=True)
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    print("fault server stopped", flush=True)
+    return 0
