@@ -187,15 +187,14 @@ class Settings:
         parsed: dict[str, Any] = {}
         for key, raw in values.items():
             if key not in allowed:
-                raise LLMGuardConfigError(
-                    f"pytest-llm-guard: unknown key {key!r} in {source}; allowed keys: {', '.join(allowed)}"
-                )
+                raise LLMGuardConfigError(f"pytest-llm-guard: unknown key {key!r} in {source}; {suggest(key, allowed)}")
             option = OPTIONS[key]
             try:
                 parsed[key] = option.parse(raw)
             except ValueError as exc:
                 description = option.parse.description  # type: ignore[attr-defined]
-                detail = f" ({exc})" if str(exc) not in ("", description) and " " in str(exc) else ""
+                said = str(exc)
+                detail = f" ({said})" if " " in said and said not in description else ""  # no phrase twice
                 raise LLMGuardConfigError(
                     f"pytest-llm-guard: {key} = {raw!r} in {source} is not valid; {key} must be {description}{detail}"
                 ) from None
@@ -231,6 +230,26 @@ OPTIONS: dict[str, Option] = {
 MARKER_KEYS = tuple(name for name, option in OPTIONS.items() if option.in_marker)
 
 
+def suggest(key: str, allowed: Sequence[str]) -> str:
+    """What to say after an unknown key: the key meant, if one is close; a short list; else where to look."""
+    import difflib
+
+    close = difflib.get_close_matches(key, allowed, n=1)
+    hint = f"did you mean {close[0]!r}?" if close else ""
+    if len(allowed) <= 10:
+        return f"{hint} allowed keys: {', '.join(allowed)}".lstrip()
+    return hint or "the keys are the option names of pytest --help's pytest-llm-guard section, without --llm-"
+
+
+@dataclass(frozen=True)
+class ConfigWarning:
+    """A warning about the configuration, and where the setting that caused it is (a file and line)."""
+
+    message: str
+    where: str  # a file, or a description such as "LLM_GUARD_X (environment)"
+    line: int = 1
+
+
 SECTIONS = ("endpoints", "prices")
 """Keys of ``[tool.pytest_llm_guard]`` that are tables, not options: read by ``endpoints.py`` and ``prices.py``."""
 
@@ -250,12 +269,12 @@ def read_pyproject(path: Path) -> dict[str, Any]:
     return table
 
 
-def read_environment(environ: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
+def read_environment(environ: Mapping[str, str]) -> tuple[dict[str, str], list[ConfigWarning]]:
     """``LLM_GUARD_*`` variables by option name, and warnings for the unknown ones (a typo says what was meant)."""
     import difflib
 
     values: dict[str, str] = {}
-    warnings: list[str] = []
+    warnings: list[ConfigWarning] = []
     known = [o.env for o in OPTIONS.values()]
     for var, value in environ.items():
         if not var.startswith(ENV_PREFIX):
@@ -264,7 +283,8 @@ def read_environment(environ: Mapping[str, str]) -> tuple[dict[str, str], list[s
         if name not in OPTIONS:
             close = difflib.get_close_matches(var, known, n=1)
             hint = f"did you mean {close[0]}?" if close else f"the variables are {', '.join(known)}"
-            warnings.append(f"pytest-llm-guard: unknown environment variable {var} is ignored; {hint}")
+            message = f"pytest-llm-guard: unknown environment variable {var} is ignored; {hint}"
+            warnings.append(ConfigWarning(message, f"{var} (environment)"))
             continue
         if not value.strip():
             raise LLMGuardConfigError(
@@ -283,7 +303,7 @@ def load_settings(
     cli: Mapping[str, Any],
     overridden: Mapping[str, str] = {},
     environ: Mapping[str, str] = os.environ,
-) -> tuple[Settings, list[str]]:
+) -> tuple[Settings, list[ConfigWarning]]:
     """Session settings from every layer below the markers, and warnings to show.
 
     ``overridden``: ini keys given on the command line with ``-o``, by option name: they

@@ -174,7 +174,7 @@ def test_audit_reports_file_line_and_kind_and_fails(pytester: pytest.Pytester) -
     result.stdout.fnmatch_lines(
         [
             "tests/cassettes/test_app/leaky.yaml:4: OpenAI API key (sk-p… 32 characters)",
-            "pytest-llm-guard audit: 2 cassettes under *, 1 credential-shaped strings found",
+            "pytest-llm-guard audit: 2 cassettes under *, 1 credential-shaped string found",
         ]
     )
     assert SHAPED["OpenAI API key"] not in result.stdout.str()
@@ -185,4 +185,4 @@ def test_audit_of_clean_cassettes_exits_zero(pytester: pytest.Pytester) -> None:
     (pytester.path / "c.yaml").write_text("interactions: []\n")
     result = pytester.runpytest("--llm-audit")
     assert result.ret == 0
-    result.stdout.fnmatch_lines(["pytest-llm-guard audit: 1 cassettes under *, no credential-shaped strings found"])
+    result.stdout.fnmatch_lines(["pytest-llm-guard audit: 1 cassette under *, no credential-shaped strings found"])
