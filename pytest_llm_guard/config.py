@@ -236,9 +236,11 @@ def suggest(key: str, allowed: Sequence[str]) -> str:
 
     close = difflib.get_close_matches(key, allowed, n=1)
     hint = f"did you mean {close[0]!r}?" if close else ""
-    if len(allowed) <= 10:
+    if len(allowed) <= 10:  # a marker's keys: short enough to list
         return f"{hint} allowed keys: {', '.join(allowed)}".lstrip()
-    return hint or "the keys are the option names of pytest --help's pytest-llm-guard section, without --llm-"
+    return hint or (
+        "the keys are the options of pytest --help's pytest-llm-guard section (--llm-call-timeout: call_timeout)"
+    )
 
 
 @dataclass(frozen=True)
