@@ -150,4 +150,6 @@ def test_audit_counts_in_the_singular(pytester: pytest.Pytester) -> None:
     (pytester.path / "c.yaml").write_text(f"interactions:\n- request:\n    body: key {key}\n")
     result = pytester.runpytest("--llm-audit")
     assert result.ret == 1
-    result.stdout.fnmatch_lines([f"pytest-llm-guard audit: 1 cassette under {pytester.path}, 1 credential-shaped string found"])
+    result.stdout.fnmatch_lines(
+        [f"pytest-llm-guard audit: 1 cassette under {pytester.path}, 1 credential-shaped string found"]
+    )
