@@ -297,6 +297,19 @@ def read_environment(environ: Mapping[str, str]) -> tuple[dict[str, str], list[C
     return values, warnings
 
 
+def unknown_ini_keys(keys: Iterable[str], inipath: Path | None) -> list[ConfigWarning]:
+    """Warnings for ``llm_*`` ini keys that name no option (pytest only says "Unknown config option"):
+    the key meant, at the key's line (or the command line, for ``-o``)."""
+    known = [option.ini for option in OPTIONS.values()]
+    lines = inipath.read_text().splitlines() if inipath is not None else []
+    warnings = []
+    for key in sorted(k for k in keys if k.startswith(INI_PREFIX) and k not in known):
+        at = next((n for n, text in enumerate(lines, 1) if text.lstrip().startswith(key)), None)
+        message = f"pytest-llm-guard: unknown ini key {key} is ignored; {suggest(key, known)}"
+        warnings.append(ConfigWarning(message, str(inipath), at) if at else ConfigWarning(message, f"-o {key}"))
+    return warnings
+
+
 def load_settings(
     *,
     pyproject: Path | None,

@@ -26,6 +26,7 @@ from .config import (
     apply_markers,
     load_settings,
     read_pyproject,
+    unknown_ini_keys,
 )
 from .endpoints import load_endpoints
 from .errors import LLMGuardConfigError
@@ -111,7 +112,8 @@ def pytest_configure(config: pytest.Config) -> None:
         cli={o.name: config.getoption(f"llm_{o.name}") for o in OPTIONS.values()} | _record_mode(config),
         overridden=_ini_overrides(config),
     )
-    for warning in warned:
+    unknown = getattr(config, "_get_unknown_ini_keys", set)()  # pytest's own list, which it warns of
+    for warning in warned + unknown_ini_keys(unknown, config.inipath):
         _warn(config, warning)
     config.stash[SETTINGS] = settings
     table = read_pyproject(pyproject) if pyproject is not None else {}

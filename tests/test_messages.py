@@ -153,3 +153,16 @@ def test_audit_counts_in_the_singular(pytester: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(
         [f"pytest-llm-guard audit: 1 cassette under {pytester.path}, 1 credential-shaped string found"]
     )
+
+
+def test_a_mistyped_ini_key_warns_at_its_line_with_the_key_meant(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\nllm_deadlin = 3\n")
+    pytester.makepyfile("def test_x():\n    pass\n")
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=1, warnings=2)  # pytest's "Unknown config option", and ours
+    result.stdout.fnmatch_lines(
+        [
+            f"  {pytester.path}/tox.ini:3: PytestConfigWarning: pytest-llm-guard: unknown ini key llm_deadlin is "
+            "ignored; did you mean 'llm_deadline'?",
+        ]
+    )
