@@ -162,7 +162,12 @@ def test_the_command_serves_prefixed_faults_and_stops_cleanly_on_ctrl_c() -> Non
             process.communicate()
     assert process.returncode == 0
     assert err == ""
-    assert out == "fault server stopped\n"
+    *requests, last = out.splitlines()
+    assert [line.split(" ", 1)[1] for line in requests] == [  # without the time of day
+        "POST /s429-1/v1/chat/completions: HTTP 429",
+        "POST /s429-1/v1/chat/completions: ok",
+    ]
+    assert last == "fault server stopped"
 
 
 def test_the_commands_help_lists_every_prefix_and_route() -> None:

@@ -11,12 +11,14 @@ import argparse
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from types import FrameType
 
 from .dialect import registered
+from .faults import Ok, Status
 from .prefixes import PREFIXES
-from .server import FaultServer
+from .server import FaultServer, RecordedRequest
 
 __all__ = ["main"]
 
@@ -49,7 +51,22 @@ def parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8765, help="port to listen on; 0 picks a free one (default: 8765)")
+    parser.add_argument("--quiet", action="store_true", help="print no line per request")
     return parser
+
+
+def _said(request: RecordedRequest) -> None:
+    """One line per request: what came in and which fault it met."""
+    fault = request.fault
+    if fault is None:
+        met = "turned down (no such route, or a bad body)"
+    elif isinstance(fault, Status):
+        met = f"HTTP {fault.code}"
+    elif isinstance(fault, Ok):
+        met = f"ok after {fault.delay:g} s" if fault.delay else "ok"
+    else:
+        met = type(fault).__name__.lower()
+    print(f"{time.strftime('%H:%M:%S')} {request.method} {request.path}: {met}", flush=True)
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
@@ -59,7 +76,7 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Serve until Ctrl-C or SIGTERM; 0 after a clean stop, 2 when the port cannot be had."""
     args = parser().parse_args(argv)
-    server = FaultServer(args.host, args.port)
+    server = FaultServer(args.host, args.port, on_request=None if args.quiet else _said)
     try:
         server.start()
     except RuntimeError as exc:

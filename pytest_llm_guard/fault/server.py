@@ -53,8 +53,12 @@ class RecordedRequest:
 class FaultServer:
     """API-compatible HTTP server on a background thread whose failures a test scripts."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, *, on_request: Callable[[RecordedRequest], None] | None = None
+    ) -> None:
+        """``on_request`` is called with each request as it is logged (on a handler thread), before its answer."""
         self.host = host
+        self.on_request = on_request
         self._port = port
         self._table = RouteTable(registered())
         self._lock = threading.Lock()
@@ -200,6 +204,8 @@ class FaultServer:
         """Log a request answered without consulting the plan."""
         with self._lock:
             self._log.append(request)
+        if self.on_request is not None:
+            self.on_request(request)
 
     def _admit(
         self, route: str, prefix: Prefix | None, record: Callable[[Fault], RecordedRequest]
@@ -213,8 +219,12 @@ class FaultServer:
             else:
                 queue = self._queues.get(route)
                 fault = queue.popleft() if queue else self._then.get(route, _OK)
-            self._log.append(record(fault))
-            return fault, len(self._log)
+            request = record(fault)
+            self._log.append(request)
+            seq = len(self._log)
+        if self.on_request is not None:
+            self.on_request(request)
+        return fault, seq
 
 
 class _HTTPServer(socketserver.ThreadingTCPServer):
