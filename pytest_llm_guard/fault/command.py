@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from types import FrameType
 
 from .dialect import registered
@@ -23,6 +24,7 @@ from .server import FaultServer, RecordedRequest
 __all__ = ["main"]
 
 PROG = "python -m pytest_llm_guard.fault"
+SCRIPT = "llm-fault-server"  # the console script, in pyproject.toml
 
 
 def _routes() -> str:
@@ -42,8 +44,9 @@ def _routes() -> str:
 
 def parser() -> argparse.ArgumentParser:
     """The command's arguments; its epilog lists the fault prefixes and routes."""
+    script = Path(sys.argv[0]).name
     parser = argparse.ArgumentParser(
-        prog=PROG,
+        prog=script if script == SCRIPT else PROG,
         description="An OpenAI-compatible HTTP server whose answers fail on purpose: a client chooses "
         "its fault by a prefix of its base URL.",
         epilog=_routes(),
@@ -80,7 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         server.start()
     except RuntimeError as exc:
-        print(f"{PROG}: {exc}; or choose another with --port", file=sys.stderr)
+        said = f"cannot listen on {args.host}:{args.port} ({exc.__cause__ or exc})"
+        print(f"fault server: {said}; choose another --port (0: any free one)", file=sys.stderr)
         return 2
     for signum in (signal.SIGINT, signal.SIGTERM):  # SIGINT too: a shell starting it with & ignores SIGINT
         signal.signal(signum, _interrupt)
