@@ -252,6 +252,7 @@ class GuardedTests:
         if guard is None:
             return report_
         from . import report, report_json
+        from .scrub import scrub_report
 
         excinfo = call.excinfo
         if report_.failed:
@@ -270,6 +271,8 @@ class GuardedTests:
             path, line = item.reportinfo()[:2]
             report_.outcome = "skipped"
             report_.longrepr = (os.fspath(path), (line or 0) + 1, str(excinfo.value))
+        if report_.longrepr is not None or report_.sections:
+            scrub_report(report_, guard.scrubber)
         item.stash[OUTCOME] = report_json.note_phase(
             item.stash.get(OUTCOME, ("passed", 0.0)), report_.when, report_.failed, report_.skipped, report_.duration
         )
