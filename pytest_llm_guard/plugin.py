@@ -112,9 +112,10 @@ def pytest_configure(config: pytest.Config) -> None:
         cli={o.name: config.getoption(f"llm_{o.name}") for o in OPTIONS.values()} | _record_mode(config),
         overridden=_ini_overrides(config),
     )
-    unknown = getattr(config, "_get_unknown_ini_keys", set)()  # pytest's own list, which it warns of
-    for warning in warned + unknown_ini_keys(unknown, config.inipath):
-        _warn(config, warning)
+    if not hasattr(config, "workerinput"):  # warned once, by the controller: xdist workers read the same
+        unknown = getattr(config, "_get_unknown_ini_keys", set)()  # pytest's own list, which it warns of
+        for warning in warned + unknown_ini_keys(unknown, config.inipath):
+            _warn(config, warning)
     config.stash[SETTINGS] = settings
     table = read_pyproject(pyproject) if pyproject is not None else {}
     endpoints = load_endpoints(table.get("endpoints"), str(pyproject), base_url=settings.base_url, environ=os.environ)

@@ -166,3 +166,12 @@ def test_a_mistyped_ini_key_warns_at_its_line_with_the_key_meant(pytester: pytes
             "ignored; did you mean 'llm_deadline'?",
         ]
     )
+
+
+def test_under_xdist_a_configuration_warning_is_given_once(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LLM_GUARD_DEADLNE", "3")
+    pytester.makepyfile("def test_x():\n    pass\n\ndef test_y():\n    pass\n")
+    result = pytester.runpytest_subprocess("-n", "2", "-p", "xdist")
+    result.assert_outcomes(passed=2, warnings=1)
