@@ -192,6 +192,7 @@ def write_reports(
     for name, path in (("report", json_path), ("report-html", html_path)):
         if path is None:
             continue
+        kind = "JSON" if name == "report" else "HTML"
         try:
             if name == "report":
                 write(path, data)
@@ -200,7 +201,7 @@ def write_reports(
 
                 path.parent.mkdir(parents=True, exist_ok=True)
                 write_atomically(path, render(data))
-            said.append(f"pytest-llm-guard: {name} written to {path}")
+            said.append(f"pytest-llm-guard: {kind} report written to {path}")
         except OSError as exc:
             said.append(f"pytest-llm-guard: the --llm-{name} file {path} could not be written: {exc}")
     return said
