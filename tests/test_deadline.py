@@ -1,0 +1,94 @@
+"""The deadline against hostile ground: the application's own signals, code that swallows the
+deadline, fixtures, worker threads. Times are scaled down; bounds are generous for loaded machines."""
+
+from __future__ import annotations
+
+import signal
+import time
+import xml.etree.ElementTree as ET
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+
+def _durations(junit) -> dict[str, float]:
+    return {case.get("name"): float(case.get("time")) for case in ET.parse(junit).iter("testcase")}
+
+
+def test_an_application_alarm_does_not_disarm_the_deadline(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import signal
+        import time
+        import pytest
+
+        def with_its_own_timeout(work):
+            '''An application helper that bounds its work with SIGALRM, as many do.'''
+            def too_slow(signum, frame):
+                raise TimeoutError("helper too slow")
+            previous = signal.signal(signal.SIGALRM, too_slow)
+            signal.alarm(10)
+            try:
+                return work()
+            finally:
+                signal.alarm(0)
+                signal.signal(signal.SIGALRM, previous)
+
+        @pytest.mark.llm_budget(deadline=0.5)
+        def test_helper_then_slow_code():
+            assert with_its_own_timeout(lambda: 42) == 42
+            time.sleep(30)
+
+        @pytest.mark.llm_budget(deadline=30)
+        def test_the_applications_timer_fires_at_its_time():
+            fired = []
+            previous = signal.signal(signal.SIGALRM, lambda signum, frame: fired.append(time.monotonic()))
+            assert signal.getsignal(signal.SIGALRM) is not previous
+            started = time.monotonic()
+            assert signal.setitimer(signal.ITIMER_REAL, 0.2) == (0.0, 0.0)
+            assert 0 < signal.getitimer(signal.ITIMER_REAL)[0] <= 0.2
+            while not fired and time.monotonic() - started < 10:
+                time.sleep(0.01)
+            assert fired and fired[0] - started >= 0.19
+            assert signal.alarm(0) == 0  # its timer is spent
+            signal.signal(signal.SIGALRM, previous)
+        """
+    )
+    junit = pytester.path / "junit.xml"
+    result = pytester.runpytest_subprocess(f"--junitxml={junit}")
+    result.assert_outcomes(failed=1, passed=1)
+    result.stdout.fnmatch_lines(["*LLMBudgetExceeded: LLM deadline budget spent in *::test_helper_then_slow_code*"])
+    assert _durations(junit)["test_helper_then_slow_code"] < 2.5  # the deadline + 2 s, not the sleep's 30
+
+
+@pytest.mark.parametrize("fires", ["after", "during"])
+def test_a_session_watchdog_survives_guarded_tests(pytester: pytest.Pytester, fires: str) -> None:
+    pytester.makeconftest(
+        """
+        import signal
+
+        signal.alarm(2)  # the whole session must end within 2 s (default action: the process ends)
+        """
+    )
+    pytester.makepyfile(
+        f"""
+        import time
+        import pytest
+
+        @pytest.mark.llm_budget(deadline=30)
+        def test_guarded_and_quick():
+            pass
+
+        @pytest.mark.llm_budget(deadline=30)
+        def test_guarded_and_slow():
+            time.sleep({"30" if fires == "during" else "0"})
+
+        def test_unguarded_and_slow():
+            time.sleep(30)
+        """
+    )
+    started = time.monotonic()
+    result = pytester.runpytest_subprocess("-p", "no:timeout", timeout=60)
+    assert result.ret == -signal.SIGALRM
+    assert time.monotonic() - started < 20  # 2 s and start-up, not 30
