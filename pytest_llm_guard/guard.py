@@ -156,6 +156,28 @@ class Guard:
             pytrace=False,
         )
 
+    def outlived(self) -> str | None:
+        """The failure of a test still running past deadline + ``timeout_grace``: its code swallowed
+        the deadline and the backstop, so it must not pass whatever it returned."""
+        deadline, grace = self.settings.deadline, self.settings.timeout_grace
+        elapsed = self.budget.elapsed()
+        if deadline is None or elapsed <= deadline + grace:
+            return None
+        message = report.budget_message(
+            "deadline",
+            f"the test ran on past its deadline and past the backstop at deadline + timeout_grace ({grace:g} s)",
+            self.settings,
+            self.ledger,
+            elapsed=elapsed,
+            in_call=False,
+        )
+        return (
+            f"LLMBudgetExceeded: {message}\n"
+            "Its code swallowed LLMBudgetExceeded (an `except BaseException:` or a bare `except:` around "
+            "the code the deadline interrupted), so it ran on and returned; pytest-llm-guard fails it. "
+            "Catch `Exception` there, or re-raise pytest_llm_guard.LLMGuardInterrupt."
+        )
+
     # -- what tests use -------------------------------------------------------------
 
     @property

@@ -254,6 +254,9 @@ class GuardedTests:
         from . import report, report_json
 
         excinfo = call.excinfo
+        outlived = guard.outlived() if call.when == "call" and report_.passed else None
+        if outlived is not None:
+            report_.outcome, report_.longrepr = "failed", guard.scrubber.text(outlived)
         if report_.failed:
             item.stash[FAILED] = True
         if (

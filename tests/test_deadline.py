@@ -92,3 +92,38 @@ def test_a_session_watchdog_survives_guarded_tests(pytester: pytest.Pytester, fi
     result = pytester.runpytest_subprocess("-p", "no:timeout", timeout=60)
     assert result.ret == -signal.SIGALRM
     assert time.monotonic() - started < 20  # 2 s and start-up, not 30
+
+
+def test_a_test_that_swallows_the_deadline_and_the_backstop_fails(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import time
+        import pytest
+
+        @pytest.mark.llm_budget(deadline=0.3)
+        def test_swallows_everything():
+            started = time.monotonic()
+            while time.monotonic() - started < 1.5:  # escapes only after the backstop at 0.6 s
+                try:
+                    time.sleep(0.05)
+                except BaseException:
+                    pass
+
+        @pytest.mark.llm_budget(deadline=0.3)
+        def test_catches_the_deadline_on_purpose():
+            from pytest_llm_guard import LLMBudgetExceeded
+
+            with pytest.raises(LLMBudgetExceeded):
+                time.sleep(30)
+        """
+    )
+    result = pytester.runpytest_subprocess("--llm-timeout-grace=0.3", "-p", "no:timeout")
+    result.assert_outcomes(failed=1, passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*LLMBudgetExceeded: LLM deadline budget spent in *::test_swallows_everything: the test ran on past "
+            "its deadline and past the backstop at deadline + timeout_grace (0.3 s)*",
+            "Its code swallowed LLMBudgetExceeded (an `except BaseException:`*",
+            "FAILED *::test_swallows_everything*",
+        ]
+    )
