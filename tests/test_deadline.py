@@ -127,3 +127,45 @@ def test_a_test_that_swallows_the_deadline_and_the_backstop_fails(pytester: pyte
             "FAILED *::test_swallows_everything*",
         ]
     )
+
+
+def test_a_deadline_during_a_shared_fixtures_setup_names_it_and_does_not_poison_the_session(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(
+        """
+        import time
+        import pytest
+
+        @pytest.fixture(scope="session")
+        def slow_resource():
+            time.sleep(30)
+            yield "ready"
+
+        @pytest.mark.llm_budget(deadline=0.3)
+        def test_first_user(slow_resource):
+            pass
+
+        @pytest.mark.llm_budget(deadline=30)
+        def test_later_guarded_user(slow_resource):
+            pass
+
+        def test_later_unguarded_user(slow_resource):
+            pass
+
+        def test_unguarded_without_it():
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:timeout")
+    result.assert_outcomes(passed=1, errors=3)
+    result.stdout.no_fnmatch_line("*AssertionError*")
+    result.stdout.fnmatch_lines_random(
+        [
+            "*LLMBudgetExceeded: LLM deadline budget spent in *::test_first_user: the deadline passed while*",
+            "*The deadline passed during the setup of fixture 'slow_resource' (session scope)*",
+            "*pytest-llm-guard: the setup of fixture 'slow_resource' (session scope) was interrupted by "
+            "the deadline of *::test_first_user*",
+        ]
+    )
+    assert result.stdout.str().count("was interrupted by the deadline of") == 2
