@@ -22,13 +22,14 @@ import asyncio
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import httpx2
 
-from . import report, retry
+from . import report, retry, worker_reads
 from .alarm import Alarm
 from .budget import Budget, Clock
 from .config import Settings
@@ -96,6 +97,8 @@ class Guard:
         self.alarm: Alarm | None = None
         """The main thread's SIGALRM schedule while the test runs, where the platform has one."""
         self._deadline_deferred = False
+        self._threads_before = {thread.ident for thread in threading.enumerate()}
+        """Threads alive before the test: the backstop names those the test started and waits for."""
         self.interruptible = False
         """True while the test's own code runs (setup, call, teardown): the alarm raises only then,
         never inside pytest's bookkeeping between phases."""
@@ -148,10 +151,19 @@ class Guard:
         import pytest
 
         grace = self.settings.timeout_grace
+        started = [t.name for t in threading.enumerate() if not t.daemon and t.ident not in self._threads_before]
+        why = (
+            f"its main thread is waiting for {report.plural(len(started), 'thread')} it started and that still "
+            f"{'runs' if len(started) == 1 else 'run'} ({', '.join(started)}). A worker thread's LLM attempts are "
+            "cut at their cap, but its own code (sleeps, loops) is not interrupted: give that code its own "
+            "timeout, or wait for it with one (`future.result(timeout=...)`, `thread.join(timeout=...)`)"
+            if started
+            else "the code under test caught the deadline's LLMBudgetExceeded (an `except BaseException:`?) "
+            "or blocked the signal"
+        )
         pytest.fail(
             f"Timeout: {self.test_id} is still running {grace:g} s after its LLM deadline "
-            f"(deadline={self.settings.deadline:g} s): the code under test caught the deadline's "
-            "LLMBudgetExceeded (an `except BaseException:`?) or blocked the signal. "
+            f"(deadline={self.settings.deadline:g} s): {why}. "
             "pytest-llm-guard's backstop at deadline + timeout_grace ended it.",
             pytrace=False,
         )
@@ -272,7 +284,7 @@ class Guard:
             timeouts = request.extensions[CLIENT_TIMEOUT] = request.extensions.get("timeout") or {}
         own = max((t for t in timeouts.values() if t is not None), default=math.inf)
         attempt.cap, attempt.cap_by, attempt.cap_binds = seconds, by, seconds < own
-        if isinstance(attempt.headers_timer, int):
+        if isinstance(attempt.headers_timer, int) or attempt.headers_timer == _WORKER:
             self.headers_in(attempt)
             self.await_headers(attempt)
         elif isinstance(attempt.headers_timer, asyncio.TimerHandle):
@@ -286,8 +298,14 @@ class Guard:
         }
 
     def await_headers(self, attempt: Attempt) -> None:
-        """A status line and headers trickling in never time out by themselves: cut them at the cap."""
-        if self.alarm is not None and not math.isinf(attempt.cap):
+        """A status line and headers trickling in never time out by themselves: cut them at the cap,
+        by the alarm in the main thread, by the reads themselves in any other (``worker_reads.py``)."""
+        if math.isinf(attempt.cap):
+            return
+        if threading.current_thread() is not threading.main_thread():
+            worker_reads.due(self._clock, attempt.start + attempt.cap, _late_headers_text(attempt))
+            attempt.headers_timer = _WORKER
+        elif self.alarm is not None:
             attempt.headers_timer = self.alarm.at(attempt.start + attempt.cap, lambda: self._headers_late(attempt))
 
     def await_headers_async(self, attempt: Attempt) -> None:
@@ -305,7 +323,9 @@ class Guard:
 
     def headers_in(self, attempt: Attempt) -> None:
         timer, attempt.headers_timer = attempt.headers_timer, None
-        if isinstance(timer, int) and self.alarm is not None:
+        if timer == _WORKER:
+            worker_reads.clear()
+        elif isinstance(timer, int) and self.alarm is not None:
             self.alarm.cancel(timer)
         elif isinstance(timer, asyncio.TimerHandle):
             timer.cancel()
@@ -322,10 +342,7 @@ class Guard:
 
     def late_headers_error(self, attempt: Attempt) -> httpx2.ReadTimeout:
         attempt.cause = attempt.cap_by
-        return httpx2.ReadTimeout(
-            f"no response headers within the attempt's {attempt.cap:.2f} s cap ({attempt.cap_by}); "
-            "the server sent its status line and headers too slowly, or not at all"
-        )
+        return httpx2.ReadTimeout(_late_headers_text(attempt))
 
     def _headers_late(self, attempt: Attempt) -> None:
         attempt.headers_timer = None
@@ -410,6 +427,16 @@ def key_source(request: httpx2.Request) -> str:
         return f"the key came from {' / '.join(names)}"
     return "the key was passed to the client directly (no environment variable holds it)"
 
+
+def _late_headers_text(attempt: Attempt) -> str:
+    return (
+        f"no response headers within the attempt's {attempt.cap:.2f} s cap ({attempt.cap_by}); "
+        "the server sent its status line and headers too slowly, or not at all"
+    )
+
+
+_WORKER = "worker"
+"""``Attempt.headers_timer`` of an attempt whose headers are awaited outside the main thread."""
 
 _ASYNC_DEFERRAL = 0.5
 """Seconds the alarm leaves an async attempt's own, deadline-capped timeouts to end it in its task."""

@@ -169,3 +169,70 @@ def test_a_deadline_during_a_shared_fixtures_setup_names_it_and_does_not_poison_
         ]
     )
     assert result.stdout.str().count("was interrupted by the deadline of") == 2
+
+
+WORKER_PROJECT = """
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import openai
+import pytest
+from pytest_llm_guard.fault import Fault
+
+def ask_or_fall_back(base_url):
+    '''The application's worker: an LLM call that falls back on a timeout.'''
+    client = openai.OpenAI(base_url=base_url, api_key="sk-test", max_retries=0)
+    try:
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    except openai.APITimeoutError:
+        return "fallback"
+    return "answer"
+
+@pytest.mark.llm_budget(deadline=30, call_timeout=0.5)
+def test_worker_falls_back(llm_fault_server):
+    llm_fault_server.plan(then=Fault.trickle(interval=0.05, headers=True))
+    started = time.monotonic()
+    with ThreadPoolExecutor(1) as pool:
+        assert pool.submit(ask_or_fall_back, llm_fault_server.base_url).result() == "fallback"
+    assert time.monotonic() - started < 3
+
+@pytest.mark.llm_budget(deadline=0.5)
+def test_worker_trickled_past_the_deadline(llm_fault_server):
+    llm_fault_server.plan(then=Fault.trickle(interval=0.05, headers=True))
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(ask_or_fall_back, llm_fault_server.base_url).result()
+"""
+
+
+def test_a_worker_threads_attempt_is_cut_in_that_thread(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(WORKER_PROJECT)
+    junit = pytester.path / "junit.xml"
+    result = pytester.runpytest_subprocess(f"--junitxml={junit}", "--llm-timeout-grace=5", "-p", "no:timeout")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*LLMBudgetExceeded: LLM deadline budget spent in *::test_worker_trickled_past*"])
+    result.stdout.no_fnmatch_line("*caught the deadline's LLMBudgetExceeded*")
+    assert _durations(junit)["test_worker_trickled_past_the_deadline"] < 2.5  # the deadline + 2 s, not + grace
+
+
+def test_the_backstop_says_the_test_is_waiting_for_its_worker_thread(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import time
+        from concurrent.futures import ThreadPoolExecutor
+        import pytest
+
+        @pytest.mark.llm_budget(deadline=0.3)
+        def test_waits_for_its_worker():
+            with ThreadPoolExecutor(1, thread_name_prefix="slow-worker") as pool:
+                pool.submit(time.sleep, 3).result()
+        """
+    )
+    result = pytester.runpytest_subprocess("--llm-timeout-grace=0.3", "-p", "no:timeout")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*Timeout: *::test_waits_for_its_worker is still running 0.3 s after its LLM deadline (deadline=0.3 s): "
+            "its main thread is waiting for 1 thread it started and that still runs (slow-worker_0)*"
+        ]
+    )
+    result.stdout.no_fnmatch_line("*caught the deadline's LLMBudgetExceeded*")
