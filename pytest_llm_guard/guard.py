@@ -134,7 +134,7 @@ class Guard:
             attempt.cause = "deadline"
             self._close(attempt, "cut", error="cut at the deadline")
         arriving = any(a.status is not None for a in in_flight)
-        raise self.budget.exceeded(
+        error = self.budget.exceeded(
             "deadline",
             "the deadline passed while the response was still arriving"
             if arriving
@@ -144,6 +144,9 @@ class Guard:
             "(a sleep, a backoff, a loop)",
             in_call=bool(in_flight),
         )
+        if _event_loop_running():
+            error.awaiting = _awaiting()
+        raise error
 
     def _backstop(self) -> None:
         if not self.interruptible:
@@ -448,6 +451,19 @@ def _event_loop_running() -> bool:
     except RuntimeError:
         return False
     return True
+
+
+def _awaiting() -> tuple[tuple[str, int, str], ...]:
+    """Where the running loop's tasks wait, each from its outermost coroutine down the ``await`` chain."""
+    found = []
+    for task in asyncio.all_tasks():
+        awaited = task.get_coro()
+        while awaited is not None:
+            frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+            if frame is not None:
+                found.append((frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name))
+            awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+    return tuple(found)
 
 
 def _first_line(error: BaseException) -> str | None:

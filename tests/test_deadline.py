@@ -236,3 +236,31 @@ def test_the_backstop_says_the_test_is_waiting_for_its_worker_thread(pytester: p
         ]
     )
     result.stdout.no_fnmatch_line("*caught the deadline's LLMBudgetExceeded*")
+
+
+def test_an_async_tests_deadline_points_at_the_tests_own_lines(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import asyncio
+        import pytest
+
+        async def backoff():
+            await asyncio.sleep(30)
+
+        @pytest.mark.llm_budget(deadline=0.3)
+        async def test_waits_in_asyncio():
+            await backoff()
+        """
+    )
+    result = pytester.runpytest_subprocess("-o", "asyncio_mode=auto", "-p", "no:timeout")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "Where the test was:",
+            "test_*.py:9: in test_waits_in_asyncio",
+            "    await backoff()",
+            "test_*.py:5: in backoff",
+            "    await asyncio.sleep(30)",
+        ]
+    )
+    result.stdout.no_fnmatch_line("*in _deadline_passed*")
