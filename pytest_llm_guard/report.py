@@ -219,7 +219,7 @@ def failure_text(
     hidden = _hidden_prefixes()
     own = [_frame_line(e, root) for e in excinfo.traceback if not str(e.path).startswith(hidden)]
     # The deadline raised inside an event loop: the loop's traceback, and the test's coroutines apart
-    awaiting = [_code_line(*where, root) for where in getattr(excinfo.value, "awaiting", ()) if not where[0].startswith(hidden)]
+    awaiting = [_code_line(*at, root) for at in getattr(excinfo.value, "awaiting", ()) if not at[0].startswith(hidden)]
     title = "Where the LLM call was made:" if getattr(excinfo.value, "in_call", True) else "Where the test was:"
     lines = [f"{excinfo.typename}: {excinfo.value}"]
     if cause is not None:
