@@ -214,7 +214,8 @@ class GuardedTests:
         try:
             return (yield)
         except LLMGuardInterrupt as exc:
-            _fail_fixture(fixturedef, request, exc)
+            if not isinstance(exc, pytest.fail.Exception):  # pytest caches those itself
+                _fail_fixture(fixturedef, request, exc)
             raise
 
     @pytest.hookimpl(tryfirst=True, optionalhook=True)
@@ -336,9 +337,10 @@ def _fail_fixture(fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureReq
     test = guard.test_id if guard is not None else "a guarded test"
     budget = getattr(exc, "budget", None)
     cause = f"the {budget} of {test}" if budget else f"{type(exc).__name__} in {test}"
+    what = "The deadline passed" if budget == "deadline" else f"{type(exc).__name__} was raised"
     exc.args = (
-        f"{exc}\nThe {budget or 'interruption'} {'passed' if budget == 'deadline' else 'came'} during the setup "
-        f"of fixture {name!r} ({scope} scope): a fixture's setup counts against the test that first uses it.",
+        f"{exc}\n{what} during the setup of fixture {name!r} ({scope} scope): "
+        "a fixture's setup counts against the test that first uses it.",
     )
     if scope == "function":
         return
