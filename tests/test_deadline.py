@@ -16,6 +16,44 @@ def _durations(junit) -> dict[str, float]:
     return {case.get("name"): float(case.get("time")) for case in ET.parse(junit).iter("testcase")}
 
 
+def test_the_applications_timer_and_handler_share_the_alarm_and_are_handed_back() -> None:
+    from pytest_llm_guard.alarm import Alarm
+
+    if signal.getitimer(signal.ITIMER_REAL) != (0.0, 0.0):
+        pytest.skip("a timer of the outer session is armed")
+    fired: list[str] = []
+
+    def watchdog(signum: int, frame: object) -> None:
+        fired.append("watchdog")
+
+    before = signal.signal(signal.SIGALRM, watchdog)
+    signal.setitimer(signal.ITIMER_REAL, 30)  # armed before the test, like a conftest watchdog
+    alarm = Alarm()
+    alarm.at(time.monotonic() + 0.1, lambda: fired.append("ours"))
+    alarm.start()
+    try:
+        assert signal.getsignal(signal.SIGALRM) is watchdog
+        assert 29 < signal.getitimer(signal.ITIMER_REAL)[0] <= 30
+        assert signal.signal(signal.SIGALRM, lambda signum, frame: fired.append("app")) is watchdog
+        assert signal.alarm(1) in (29, 30)  # replaces the watchdog's timer, as the real alarm() would
+        assert signal.alarm(0) == 1
+        assert signal.setitimer(signal.ITIMER_REAL, 0.2, 0.2) == (0.0, 0.0)
+        deadline = time.monotonic() + 10
+        while fired.count("app") < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert fired[:3] == ["ours", "app", "app"]  # ours at 0.1 s; the app's interval timer at 0.2 s, 0.4 s
+        signal.signal(signal.SIGALRM, watchdog)
+        signal.setitimer(signal.ITIMER_REAL, 20)
+    finally:
+        alarm.stop()
+    try:
+        assert signal.getsignal(signal.SIGALRM) is watchdog
+        assert 19 < signal.getitimer(signal.ITIMER_REAL)[0] <= 20  # handed back with the time it has left
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, before)
+
+
 def test_an_application_alarm_does_not_disarm_the_deadline(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         """
