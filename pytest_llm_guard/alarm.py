@@ -103,12 +103,16 @@ class Alarm:
         self._events = [event for event in self._events if event not in due]
         self._frame = frame
         self._schedule()
-        for index, (_, _, action) in enumerate(due):
+        users = self._user[0] if self._user is not None else None
+        for index, (_, handle, action) in enumerate(due):
             try:
                 action()  # raises in the main thread, wherever it was
             except BaseException:
-                self._events.extend((now, handle, later) for _, handle, later in due[index + 1 :])
-                self._schedule()  # the rest still run, at the next signal
+                # The application's timer is never lost, nor ours when its handler raised; one of our
+                # exceptions speaks for our other due events (the budget sees the deadline passed).
+                rest = [event for event in due[index + 1 :] if users in (handle, event[1])]
+                self._events.extend((now, later, pending) for _, later, pending in rest)
+                self._schedule()  # they run at the next signal
                 raise
 
     # -- the application's timer and handler, beside ours ---------------------------
