@@ -156,10 +156,12 @@ class Guard:
         grace = self.settings.timeout_grace
         started = [t.name for t in threading.enumerate() if not t.daemon and t.ident not in self._threads_before]
         why = (
-            f"its main thread is waiting for {report.plural(len(started), 'thread')} it started and that still "
-            f"{'runs' if len(started) == 1 else 'run'} ({', '.join(started)}). A worker thread's LLM attempts are "
-            "cut at their cap, but its own code (sleeps, loops) is not interrupted: give that code its own "
-            "timeout, or wait for it with one (`future.result(timeout=...)`, `thread.join(timeout=...)`)"
+            f"{report.plural(len(started), 'thread')} it started still {'runs' if len(started) == 1 else 'run'} "
+            f"({', '.join(started)}), and its main thread is most likely waiting for "
+            f"{'it' if len(started) == 1 else 'them'} (a join, an executor's shutdown), unless it caught the "
+            "deadline's LLMBudgetExceeded. A worker thread's LLM attempts are cut at their cap, but its own code "
+            "(sleeps, loops) is not interrupted: give that code its own timeout, or wait for it with one "
+            "(`future.result(timeout=...)`, `thread.join(timeout=...)`)"
             if started
             else "the code under test caught the deadline's LLMBudgetExceeded (an `except BaseException:`?) "
             "or blocked the signal"
@@ -180,7 +182,8 @@ class Guard:
             return None
         message = report.budget_message(
             "deadline",
-            f"the test ran on past its deadline and past the backstop at deadline + timeout_grace ({grace:g} s)",
+            f"the test ran on {elapsed - deadline:.2f} s past its deadline, beyond the backstop at "
+            f"timeout_grace={grace:g} s after it",
             self.settings,
             self.ledger,
             elapsed=elapsed,

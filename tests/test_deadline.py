@@ -166,8 +166,8 @@ def test_a_test_that_swallows_the_deadline_and_the_backstop_fails(pytester: pyte
     result.assert_outcomes(failed=1, passed=1)
     result.stdout.fnmatch_lines(
         [
-            "*LLMBudgetExceeded: LLM deadline budget spent in *::test_swallows_everything: the test ran on past "
-            "its deadline and past the backstop at deadline + timeout_grace (0.3 s)*",
+            "*LLMBudgetExceeded: LLM deadline budget spent in *::test_swallows_everything: the test ran on * s "
+            "past its deadline, beyond the backstop at timeout_grace=0.3 s after it (limit deadline=0.3 s*",
             "Its code swallowed LLMBudgetExceeded (an `except BaseException:`*",
             "FAILED *::test_swallows_everything*",
         ]
@@ -255,7 +255,7 @@ def test_a_worker_threads_attempt_is_cut_in_that_thread(pytester: pytest.Pyteste
     result = pytester.runpytest_subprocess(f"--junitxml={junit}", "--llm-timeout-grace=5", "-p", "no:timeout")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*LLMBudgetExceeded: LLM deadline budget spent in *::test_worker_trickled_past*"])
-    result.stdout.no_fnmatch_line("*caught the deadline's LLMBudgetExceeded*")
+    result.stdout.no_fnmatch_line("*the code under test caught the deadline's*")
     assert _durations(junit)["test_worker_trickled_past_the_deadline"] < 2.5  # the deadline + 2 s, not + grace
 
 
@@ -277,10 +277,10 @@ def test_the_backstop_says_the_test_is_waiting_for_its_worker_thread(pytester: p
     result.stdout.fnmatch_lines(
         [
             "*Timeout: *::test_waits_for_its_worker is still running 0.3 s after its LLM deadline (deadline=0.3 s): "
-            "its main thread is waiting for 1 thread it started and that still runs (slow-worker_0)*"
+            "1 thread it started still runs (slow-worker_0), and its main thread is most likely waiting for it*"
         ]
     )
-    result.stdout.no_fnmatch_line("*caught the deadline's LLMBudgetExceeded*")
+    result.stdout.no_fnmatch_line("*the code under test caught the deadline's*")
 
 
 def test_an_async_tests_deadline_points_at_the_tests_own_lines(pytester: pytest.Pytester) -> None:
