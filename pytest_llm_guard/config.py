@@ -106,7 +106,8 @@ class Settings:
     unguarded: str = _option(
         "warn",
         choice("allow", "warn", "fail"),
-        "a test that is not guarded sends an LLM request: allow it, warn (and list the test), or fail (refuse it)",
+        "a test that is not guarded sends an LLM request to the network: allow it, warn (and list the test), "
+        "or fail (refuse it)",
     )
     timeout_grace: float = _option(
         5.0,

@@ -19,6 +19,9 @@ The tree::
         LLMGuardConfigError       bad configuration or marker arguments
       httpx2.ConnectError
         LLMEndpointUnavailable    (routing.py) code under test called an endpoint whose breaker is open
+    Warning
+      pytest.PytestWarning
+        LLMUnguardedWarning       a test that is not guarded sent an LLM request (unguarded = "warn")
 
 Nothing here imports httpx2: the plugin registers with pytest without loading it.
 """
@@ -81,4 +84,12 @@ class LLMUnguardedRequest(LLMGuardInterrupt):
     """A test that is not guarded sent an LLM request and ``unguarded = "fail"``: refused, nothing sent.
 
     The message names the test, the request and the two ways to guard it.
+    """
+
+
+class LLMUnguardedWarning(pytest.PytestWarning):
+    """A test that is not guarded sent an LLM request to the network (``unguarded = "warn"``).
+
+    Its own class, so a suite can filter it like any warning
+    (``filterwarnings = ignore::pytest_llm_guard.LLMUnguardedWarning``).
     """

@@ -243,6 +243,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         currency=settings.currency,
         json_path=here / settings.report if settings.report else None,
         html_path=here / settings.report_html if settings.report_html else None,
+        unguarded=guard_session.unguarded,
     )
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     for line in said if reporter is not None else ():

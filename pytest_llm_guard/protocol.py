@@ -2,10 +2,12 @@
 
 Around a guarded test: its guard and the deadline's alarm (outermost, so pytest-timeout
 can hand its own timer to the alarm), then the seam, scrubbed logs and its cassette
-(inside pytest's warnings capture, so a cassette's warning reaches the summary), its
+(saved at the end of its teardown phase, so a cassette's warning is the test's), its
 phases marked interruptible, and its record on the teardown report. Around a test that
-is not guarded, where httpx2 is loaded: a watch for LLM requests (``unguarded``).
+is not guarded, where httpx2 is loaded: a watch for LLM requests that go live (``unguarded``).
 Neither is registered when no test needs it, so a plain suite pays nothing per test.
+
+No wrapper warns or raises after its ``yield``: under ``-W error`` that would end the session.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +24,7 @@ import pytest
 
 from .alarm import with_line_numbers
 from .config import Settings
-from .errors import LLMCassetteError, LLMGuardInterrupt, LLMNoEndpoint, LLMUnguardedRequest
+from .errors import LLMCassetteError, LLMGuardInterrupt, LLMNoEndpoint, LLMUnguardedRequest, LLMUnguardedWarning
 from .session import Session
 
 if TYPE_CHECKING:
@@ -39,6 +42,7 @@ OWN_TIMEOUT = pytest.StashKey[bool]()
 STARTED = pytest.StashKey[float]()
 OUTCOME = pytest.StashKey["tuple[str, float]"]()
 UNGUARDED = pytest.StashKey["list[str]"]()
+WARNED = pytest.StashKey[int]()
 REPLAY_PLACEHOLDER_KEY = "sk-llm-guard-replay-placeholder"
 
 
@@ -90,8 +94,10 @@ UNGUARDED_TESTS = "llm_guard_unguarded_tests"
 
 
 class UnguardedTests:
-    """Watches tests that are not guarded for LLM requests (``unguarded``: warn or fail), so none
-    goes live unnoticed: registered only when httpx2 is loaded and some test is not guarded."""
+    """Watches tests that are not guarded for LLM requests that leave the process (``unguarded``: warn
+    or fail), so none goes live unnoticed: registered only when httpx2 is loaded and some test is not
+    guarded. The warning is issued from the test's own phases (never from a wrapper's teardown, where
+    ``-W error`` would end the session): pytest shows it as the test's, and ``-W error`` fails that test."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -118,14 +124,18 @@ class UnguardedTests:
             return (yield)
         finally:
             transport.unwatch(noticed)
-            if sent:
-                item.warn(
-                    pytest.PytestWarning(
-                        f"pytest-llm-guard: {item.nodeid} is not guarded, yet sent {len(sent)} LLM request(s) "
-                        f"({sent[0]}): not replayed, not recorded, not counted. Guard it with an llm_* marker or "
-                        "the llm_guard fixture, or set guard_all = true"
-                    )
-                )
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        _warn_unguarded(item)
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> None:
+        _warn_unguarded(item)
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_runtest_teardown(self, item: pytest.Item, nextitem: pytest.Item | None) -> None:
+        _warn_unguarded(item)
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[pytest.TestReport]:
@@ -134,6 +144,18 @@ class UnguardedTests:
         if sent and call.when == "teardown":
             report_.llm_unguarded = {"nodeid": item.nodeid, "requests": sent}  # type: ignore[attr-defined]
         return report_
+
+
+def _warn_unguarded(item: pytest.Item) -> None:
+    """One warning for the live requests a phase sent (a phase whose code raised tells at the next one)."""
+    sent = item.stash.get(UNGUARDED, None)
+    told = item.stash.get(WARNED, 0)
+    if not sent or len(sent) == told:
+        return
+    item.stash[WARNED] = len(sent)
+    from .report import unguarded_warning
+
+    item.warn(LLMUnguardedWarning(unguarded_warning(item.nodeid, len(sent) - told, sent[told])))
 
 
 class GuardedTests:
@@ -179,20 +201,16 @@ class GuardedTests:
         from .scrub import scrubbed_logs
 
         transport.activate(guard)
-        interrupted = False
         with pytest.MonkeyPatch.context() as environment, scrubbed_logs(guard.scrubber):
             item.stash[ENVIRONMENT] = environment
             try:
                 return (yield)
-            except BaseException:  # Ctrl-C, pytest-timeout's thread method, an exit
-                interrupted = True
-                raise
             finally:
                 transport.deactivate(guard)
                 item.config.stash[SESSION].budget.add(guard.stats)
-                layer = item.stash.get(CASSETTE, None)
+                layer = _unsaved(item)  # still here: teardown raised, or Ctrl-C, an exit
                 if layer is not None:
-                    _save(item, layer, failed=interrupted or item.stash.get(FAILED, False))
+                    _save(item, layer, failed=True, in_wrapper=True)
 
     @pytest.hookimpl(wrapper=True, tryfirst=True, specname="pytest_runtest_setup")
     def pytest_runtest_setup_phase(self, item: pytest.Item) -> Iterator[None]:
@@ -217,6 +235,14 @@ class GuardedTests:
             if not isinstance(exc, pytest.fail.Exception):  # pytest caches those itself
                 _fail_fixture(fixturedef, request, exc)
             raise
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_runtest_teardown(self, item: pytest.Item, nextitem: pytest.Item | None) -> None:
+        """The cassette is saved once the test's fixtures are finalised, in its teardown phase, where
+        a warning is the test's (``-W error`` fails its teardown, nothing more)."""
+        layer = _unsaved(item)
+        if layer is not None:
+            _save(item, layer, failed=item.stash.get(FAILED, False))
 
     @pytest.hookimpl(tryfirst=True, optionalhook=True)
     def pytest_timeout_set_timer(self, item: pytest.Item, settings: Any) -> bool | None:
@@ -264,6 +290,7 @@ class GuardedTests:
         if guard is None:
             return report_
         from . import report, report_json
+        from .scrub import scrub_report
 
         excinfo = call.excinfo
         outlived = guard.outlived() if call.when == "call" and report_.passed else None
@@ -285,6 +312,8 @@ class GuardedTests:
             path, line = item.reportinfo()[:2]
             report_.outcome = "skipped"
             report_.longrepr = (os.fspath(path), (line or 0) + 1, str(excinfo.value))
+        if report_.longrepr is not None or report_.sections:
+            scrub_report(report_, guard.scrubber)
         item.stash[OUTCOME] = report_json.note_phase(
             item.stash.get(OUTCOME, ("passed", 0.0)), report_.when, report_.failed, report_.skipped, report_.duration
         )
@@ -355,13 +384,34 @@ def _fail_fixture(fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureReq
     fixturedef.cached_result = (None, fixturedef.cache_key(request), (later, None))  # type: ignore[arg-type]
 
 
-def _save(item: pytest.Item, layer: CassetteLayer, *, failed: bool) -> None:
-    """A cassette that cannot be written (disk full, read-only folder) warns; the session goes on."""
+def _unsaved(item: pytest.Item) -> CassetteLayer | None:
+    """The test's cassette, if not saved yet: it is saved once."""
+    layer = item.stash.get(CASSETTE, None)
+    if layer is not None:
+        del item.stash[CASSETTE]
+    return layer
+
+
+def _save(item: pytest.Item, layer: CassetteLayer, *, failed: bool, in_wrapper: bool = False) -> None:
+    """A cassette that cannot be written (disk full, read-only folder) warns; the session goes on.
+
+    ``in_wrapper``: the save runs in a wrapper's teardown (the teardown phase raised, or the session
+    is ending), where a warning that ``-W error`` raises would end the whole session: it is shown,
+    never raised.
+    """
     try:
         warning = layer.save(test_failed=failed)
     except OSError as exc:
         warning = f"pytest-llm-guard: cassette of {item.nodeid} not saved: {exc}"
-    if warning is not None:
+    except Exception as exc:
+        if not in_wrapper:
+            raise
+        warning = f"pytest-llm-guard: cassette of {item.nodeid} not saved: {type(exc).__name__}: {exc}"
+    if warning is None:
+        return
+    with warnings.catch_warnings():
+        if in_wrapper:
+            warnings.simplefilter("always")
         item.warn(pytest.PytestWarning(warning))
 
 

@@ -375,11 +375,20 @@ def unguarded_refusal(test: str, request: str, settings: Settings) -> str:
     )
 
 
+def unguarded_warning(test: str, count: int, first: str) -> str:
+    return (
+        f"pytest-llm-guard: {test} is not guarded, yet sent {plural(count, 'LLM request')} ({first}) to the "
+        "network: no deadline or budget of ours bound it, no cassette of ours replayed or recorded it, and it is "
+        f"not counted. To fix: {_GUARD_IT}. To silence: unguarded = allow, or "
+        "filterwarnings = ignore::pytest_llm_guard.LLMUnguardedWarning"
+    )
+
+
 def unguarded_lines(tests: Sequence[Mapping[str, Any]]) -> list[str]:
     """Tests that went live without a guard: nothing of theirs was replayed, recorded, bounded or counted."""
     lines = [
-        f"{plural(len(tests), 'test')} sent LLM requests without a guard: not replayed, not recorded, not "
-        f'bounded, not counted (unguarded = warn; "fail" refuses them):'
+        f"{plural(len(tests), 'test')} sent LLM requests without a guard: no deadline or budget, no "
+        f'cassette of ours, not counted (unguarded = warn; "fail" refuses them):'
     ]
     lines.extend(f"  {t['nodeid']}: {plural(len(t['requests']), 'request')}, first {t['requests'][0]}" for t in tests)
     lines.append(f"To fix: {_GUARD_IT}.")

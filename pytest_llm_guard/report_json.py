@@ -128,8 +128,9 @@ def build(
     *,
     duration: float,
     currency: str = "USD",
+    unguarded: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
-    """The whole report, schema 1."""
+    """The whole report, schema 1 (``unguarded`` only when some test went live without a guard)."""
     try:
         plugin_version = version("pytest-llm-guard")
     except PackageNotFoundError:  # pragma: no cover - running from a source tree
@@ -148,6 +149,7 @@ def build(
         },
         "tests": list(tests),
         "endpoints": endpoints(tests, health),
+        **({"unguarded": list(unguarded)} if unguarded else {}),
     }
 
 
@@ -180,11 +182,12 @@ def write_reports(
     currency: str,
     json_path: Path | None,
     html_path: Path | None,
+    unguarded: Sequence[Mapping[str, Any]] = (),
 ) -> list[str]:
     """Write the JSON and HTML reports asked for; returns what to tell the user about each."""
     from .cassettes.files import write_atomically
 
-    data = build(tests, health, duration=duration, currency=currency)
+    data = build(tests, health, duration=duration, currency=currency, unguarded=unguarded)
     said = []
     for name, path in (("report", json_path), ("report-html", html_path)):
         if path is None:

@@ -386,9 +386,9 @@ def test_an_unmarked_test_that_calls_an_llm_is_listed_on_ci(pytester: pytest.Pyt
     result.assert_outcomes(passed=2, warnings=1)
     result.stdout.fnmatch_lines(
         [
-            "*test_app.py::test_unmarked is not guarded, yet sent 1 LLM request(s) (GET http://127.0.0.1:*/v1/models)*",
+            "*test_app.py::test_unmarked is not guarded, yet sent 1 LLM request (GET http://127.0.0.1:*/v1/models)*",
             "*llm-guard: unguarded LLM requests*",
-            "1 test sent LLM requests without a guard: not replayed, not recorded, not bounded, not counted*",
+            "1 test sent LLM requests without a guard: no deadline or budget, no cassette of ours, not counted*",
             "  test_app.py::test_unmarked: 1 request, first GET http://127.0.0.1:*/v1/models",
             "To fix: guard it with an llm_* marker*guard_all = true*",
         ]

@@ -331,6 +331,8 @@ class _Handler(socketserver.StreamRequestHandler):
             response = self._dialect.malformed(call)
         else:
             response = build()
+            if isinstance(fault, Ok):
+                response.headers.extend(fault.headers)
         head = self._head(response)
         if isinstance(fault, Reset):
             self._send((head + b"".join(response.pieces))[: fault.after_bytes])
