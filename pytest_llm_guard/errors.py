@@ -47,6 +47,9 @@ class LLMBudgetExceeded(LLMGuardInterrupt):
         self.budget = budget
         self.in_call = in_call
         """False when the deadline passed while the test ran its own code, outside any LLM call."""
+        self.awaiting: tuple[tuple[str, int, str], ...] = ()
+        """(file, line, function) of the coroutines the event loop was waiting on when the deadline
+        passed there: an async test's own line, which its traceback (the loop's) does not show."""
 
 
 class LLMGuardConfigError(pytest.UsageError):

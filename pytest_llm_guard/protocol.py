@@ -224,6 +224,18 @@ class GuardedTests:
     def pytest_runtest_teardown_phase(self, item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
         return (yield from _interruptible(item))
 
+    @pytest.hookimpl(wrapper=True)
+    def pytest_fixture_setup(self, fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest) -> Iterator[Any]:
+        """A deadline during a fixture's setup: the test's failure names the fixture, and the fixture
+        holds a clear failure for its later users (pytest caches only ``Exception``s, and a
+        shared fixture left half set up breaks every later test with an internal assertion)."""
+        try:
+            return (yield)
+        except LLMGuardInterrupt as exc:
+            if not isinstance(exc, pytest.fail.Exception):  # pytest caches those itself
+                _fail_fixture(fixturedef, request, exc)
+            raise
+
     @pytest.hookimpl(trylast=True)
     def pytest_runtest_teardown(self, item: pytest.Item, nextitem: pytest.Item | None) -> None:
         """The cassette is saved once the test's fixtures are finalised, in its teardown phase, where
@@ -281,6 +293,9 @@ class GuardedTests:
         from .scrub import scrub_report
 
         excinfo = call.excinfo
+        outlived = guard.outlived() if call.when == "call" and report_.passed else None
+        if outlived is not None:
+            report_.outcome, report_.longrepr = "failed", guard.scrubber.text(outlived)
         if report_.failed:
             item.stash[FAILED] = True
         if (
@@ -334,6 +349,39 @@ def _interruptible(item: pytest.Item) -> Iterator[None]:
         return (yield)
     finally:
         guard.interruptible = False
+
+
+def _fail_fixture(fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest, exc: LLMGuardInterrupt) -> None:
+    """Finalise what the interrupted setup registered, and cache a failure that says what happened."""
+    from . import transport
+
+    name, scope = fixturedef.argname, fixturedef.scope
+    finalizers, fixturedef._finalizers = fixturedef._finalizers, []
+    for finalizer in reversed(finalizers):
+        try:
+            finalizer()
+        except Exception:  # noqa: BLE001, S112 - a half set-up fixture's finalizer may fail; the test has its error
+            continue
+    guard = transport.current()
+    test = guard.test_id if guard is not None else "a guarded test"
+    budget = getattr(exc, "budget", None)
+    cause = f"the {budget} of {test}" if budget else f"{type(exc).__name__} in {test}"
+    what = "The deadline passed" if budget == "deadline" else f"{type(exc).__name__} was raised"
+    exc.args = (
+        f"{exc}\n{what} during the setup of fixture {name!r} ({scope} scope): "
+        "a fixture's setup counts against the test that first uses it.",
+    )
+    if scope == "function":
+        return
+    first_line = str(exc).splitlines()[0]
+    later = pytest.fail.Exception(
+        f"pytest-llm-guard: the setup of fixture {name!r} ({scope} scope) was interrupted by {cause}, "
+        "so it has no value and every test using it fails. Give the test that first uses it a deadline "
+        "that covers the setup, or set the fixture up outside guarded tests. "
+        f"The interruption: {first_line}",
+        pytrace=False,
+    )
+    fixturedef.cached_result = (None, fixturedef.cache_key(request), (later, None))  # type: ignore[arg-type]
 
 
 def _unsaved(item: pytest.Item) -> CassetteLayer | None:

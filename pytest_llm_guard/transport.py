@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 import httpx2
 
+from . import worker_reads
 from .dialect import Dialect, decoding, dialect_for
 from .errors import LLMGuardConfigError, LLMGuardInterrupt
 
@@ -64,12 +65,14 @@ def _patch() -> None:
         _saved = (httpx2.Client._send_single_request, httpx2.AsyncClient._send_single_request)
         httpx2.Client._send_single_request = _send_single_request  # type: ignore[method-assign]
         httpx2.AsyncClient._send_single_request = _send_single_request_async  # type: ignore[method-assign]
+        worker_reads.install()
 
 
 def _unpatch() -> None:
     global _saved
     if not _guards and not _watchers and _saved is not None:
         httpx2.Client._send_single_request, httpx2.AsyncClient._send_single_request = _saved  # type: ignore[method-assign]
+        worker_reads.uninstall()
         _saved = None
 
 
