@@ -306,7 +306,7 @@ def test_audit_reports_file_line_and_kind_and_fails(pytester: pytest.Pytester) -
     result.stdout.fnmatch_lines(
         [
             "tests/cassettes/test_app/leaky.yaml:5: OpenAI API key (32 characters, sha256 ????????)",
-            "pytest-llm-guard audit: 2 cassettes under *, 1 credential-shaped strings found",
+            "pytest-llm-guard audit: 2 cassettes under *, 1 credential-shaped string found",
         ]
     )
     assert "collected" not in result.stdout.str()  # no test ran
