@@ -70,7 +70,8 @@ def event_stream(events: Sequence[bytes]) -> Response:
     """A 200 ``text/event-stream`` answer sent chunked, one chunk per server-sent event.
 
     The last event must be the one that tells a client the stream is complete (OpenAI's
-    ``data: [DONE]``, say): ``Fault.cut_stream`` never sends it nor the terminating chunk.
+    ``data: [DONE]``, Anthropic's ``message_stop``): ``Fault.cut_stream`` never sends it nor
+    the terminating chunk, ``Fault.stream_error`` sends the dialect's error event instead.
     """
     pieces = [chunk(event) for event in events] + [b"0\r\n\r\n"]
     headers = [

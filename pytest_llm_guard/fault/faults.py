@@ -2,8 +2,8 @@
 
 Values only: no sockets and no API formats here. The server applies them
 (``server.py``); how an error or a broken body looks on the wire is the dialect's
-business (``openai_api.py``), so the same ``Fault.status(429)`` becomes an OpenAI error
-body on an OpenAI route and would become another API's error body on its routes.
+business (``openai_api.py``, ``anthropic_api.py``), so the same ``Fault.status(429)``
+becomes an OpenAI error body on an OpenAI route and Anthropic's on ``/v1/messages``.
 """
 
 from __future__ import annotations
