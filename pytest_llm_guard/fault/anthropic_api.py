@@ -91,10 +91,14 @@ def _needs_version(call: Call) -> Response | None:
     return error(400, "anthropic-version: header is required; the anthropic SDK sends it, add it to raw requests")
 
 
-def _input_tokens(body: dict) -> int:
+def _messages(body: dict) -> list[dict]:
     raw = body.get("messages")
-    messages = [m for m in raw if isinstance(m, dict)] if isinstance(raw, list) else []
-    return words(message_text(body.get("system"))) + sum(words(message_text(m.get("content"))) for m in messages)
+    return [m for m in raw if isinstance(m, dict)] if isinstance(raw, list) else []
+
+
+def _input_tokens(body: dict) -> int:
+    system = words(message_text(body.get("system")))  # a string, or a list of text blocks
+    return system + sum(words(message_text(m.get("content"))) for m in _messages(body))
 
 
 def _blocks(reply: Reply | None, last_user: str, seq: int) -> list[dict[str, Any]]:
@@ -122,8 +126,7 @@ def _block_events(index: int, block: dict[str, Any]) -> list[bytes]:
 def messages(call: Call, seq: int) -> Response:
     """A message: JSON, or server-sent events when the body says ``"stream": true``."""
     body = call.body
-    raw = body.get("messages")
-    last_user = last_user_text([m for m in raw if isinstance(m, dict)] if isinstance(raw, list) else [])
+    last_user = last_user_text(_messages(body))
     reply = choose_reply(call.replies, body, last_user)
     blocks = _blocks(reply, last_user, seq)
     overrides = reply.usage if reply else {}
