@@ -97,9 +97,10 @@ def test_the_raw_stream_is_event_and_data_lines_with_a_ping(server: FaultServer)
     blocks = answer.text.strip().split("\n\n")
     names = [block.split("\n")[0].removeprefix("event: ") for block in blocks]
     assert names[:3] == ["message_start", "content_block_start", "ping"] and names[-1] == "message_stop"
-    for block, name in zip(blocks, names):
+    for block in blocks:
         event, data = block.split("\n")
-        assert json.loads(data.removeprefix("data: "))["type"] == name
+        assert event.startswith("event: ") and data.startswith("data: ")
+        assert json.loads(data.removeprefix("data: "))["type"] == event.removeprefix("event: ")
 
 
 def test_messages_stream_gives_the_text_and_the_usage_merged_across_events(client: anthropic.Anthropic) -> None:
@@ -118,18 +119,27 @@ def test_message_start_counts_one_output_token_and_message_delta_the_total(clien
     assert events[-2].usage.output_tokens == 4 and events[-2].usage.input_tokens is None
 
 
-def test_the_async_client_creates_and_streams(server: FaultServer) -> None:
-    async def main() -> tuple[Any, str, Any]:
+def test_the_async_client_creates_streams_and_meets_a_mid_stream_error(server: FaultServer) -> None:
+    server.plan(Fault.ok(), Fault.ok(), Fault.stream_error(5), route="messages")
+
+    async def main() -> tuple[Any, str, Any, list[str]]:
         async with anthropic.AsyncAnthropic(base_url=server.url, api_key="sk-ant-test", max_retries=0) as c:
             message = await c.messages.create(model="claude-test", max_tokens=100, messages=USER)
             async with c.messages.stream(model="claude-test", max_tokens=100, messages=USER) as stream:
                 text = "".join([piece async for piece in stream.text_stream])
                 final = await stream.get_final_message()
-            return message, text, final
+            received: list[str] = []
+            with pytest.raises(anthropic.APIStatusError, match="overloaded_error"):
+                async for event in await c.messages.create(
+                    model="claude-test", max_tokens=100, messages=USER, stream=True
+                ):
+                    received.append(event.type)
+            return message, text, final, received
 
-    message, text, final = asyncio.run(main())
+    message, text, final, received = asyncio.run(main())
     assert message.content[0].text == ECHO and text == ECHO
     assert (final.usage.input_tokens, final.usage.output_tokens) == (3, 4)
+    assert received == EVENTS[:4]
 
 
 def test_scripted_replies_tool_calls_and_usage(server: FaultServer, client: anthropic.Anthropic) -> None:
