@@ -1,8 +1,9 @@
-"""A fault-injecting, OpenAI-compatible HTTP server for tests.
+"""A fault-injecting HTTP server for tests that speaks the OpenAI and the Anthropic APIs.
 
 Why: retry, timeout and breaker logic around LLM calls is only trustworthy once it
 has met real failures (rate limits, hangs, resets, cut streams). ``FaultServer``
-speaks enough of the OpenAI HTTP API for the ``openai`` SDK, answers
+speaks enough of the OpenAI HTTP API for the ``openai`` SDK, and of the Anthropic
+Messages API for the ``anthropic`` SDK (``base_url=server.url``), answers
 deterministically, and lets a test script which failure each request meets::
 
     with FaultServer() as server:
@@ -23,27 +24,29 @@ Stdlib only, so it can run anywhere the tests run. One job per module:
 - ``openai_api.py``: the OpenAI dialect: its routes (``/v1/...`` and Azure OpenAI's
   ``/openai/deployments/<deployment>/...``), chat (JSON and server-sent events),
   embeddings and models answers, error bodies.
+- ``anthropic_api.py``: the Anthropic dialect: ``/v1/messages`` (JSON and named
+  server-sent events up to ``message_stop``), ``/v1/messages/count_tokens``, error bodies.
 
 Plans and the request log go by route name (``"chat"``, ``"embeddings"``,
-``"models"``); a path passed to ``plan()`` or ``requests_to()`` stands for the route
+``"models"``, ``"messages"``, ``"count_tokens"``); a path passed to ``plan()`` or ``requests_to()`` stands for the route
 that answers it. Azure's paths share the names of their ``/v1`` counterparts, so
 ``plan(Fault.status(429))`` meets the next chat request on either.
 
-Another API is another dialect. The Anthropic Messages API, say, would be an
-``anthropic_api.py`` that builds a ``Dialect`` with a ``Route("messages", "POST",
-"/v1/messages", ...)`` answering its JSON and its ``event:``/``data:`` stream, and its
-own error body; one ``register(anthropic_api.DIALECT)`` line below makes every server
-answer it. ``server.py`` and ``faults.py`` stay as they are: plans and faults work per
-route name, whatever the API. (No route checks keys, so ``x-api-key`` needs nothing.)
+Another API is another dialect: a module that builds a ``Dialect`` (its routes, error
+body, broken answer and mid-stream error event, as ``anthropic_api.py`` does) and one
+``register(...)`` line below, which makes every server answer it. ``server.py`` and
+``faults.py`` stay as they are: plans and faults work per route name, whatever the API.
+(No route checks keys, so ``x-api-key`` and ``Authorization`` need nothing.)
 """
 
-from . import openai_api
-from .dialect import register
-from .faults import CutStream, Fault, Hang, Malformed, Ok, Reset, Status, Trickle
-from .openai_api import DEFAULT_MODEL, ROUTES, fake_embedding
+from . import anthropic_api, openai_api
+from .dialect import DEFAULT_MODEL, register
+from .faults import CutStream, Fault, Hang, Malformed, Ok, Reset, Status, StreamError, Trickle
+from .openai_api import ROUTES, fake_embedding
 from .server import FaultServer, RecordedRequest
 
 register(openai_api.DIALECT)  # the first registered dialect also answers requests no route claims
+register(anthropic_api.DIALECT)
 
 __all__ = [
     "CutStream",
@@ -57,6 +60,7 @@ __all__ = [
     "RecordedRequest",
     "Reset",
     "Status",
+    "StreamError",
     "Trickle",
     "fake_embedding",
 ]

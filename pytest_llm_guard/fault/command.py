@@ -37,7 +37,8 @@ def _routes() -> str:
     lines += [
         "",
         "example: openai.OpenAI(base_url='http://127.0.0.1:8765/s429-2/v1', api_key='test') meets two 429s,",
-        "then normal answers. Counting prefixes (sCODE-N, flaky-N) count per prefix since the start.",
+        "then normal answers; anthropic.Anthropic(base_url='http://127.0.0.1:8765/s529-1', api_key='test')",
+        "meets one 529 overloaded_error. Counting prefixes (sCODE-N, flaky-N) count per prefix since the start.",
     ]
     return "\n".join(lines)
 
@@ -47,8 +48,8 @@ def parser() -> argparse.ArgumentParser:
     script = Path(sys.argv[0]).name
     parser = argparse.ArgumentParser(
         prog=script if script == SCRIPT else PROG,
-        description="An OpenAI-compatible HTTP server whose answers fail on purpose: a client chooses "
-        "its fault by a prefix of its base URL.",
+        description="An OpenAI- and Anthropic-compatible HTTP server whose answers fail on purpose: a client "
+        "chooses its fault by a prefix of its base URL.",
         epilog=_routes(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

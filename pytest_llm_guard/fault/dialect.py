@@ -21,16 +21,21 @@ from urllib.parse import unquote
 
 from .faults import count
 
+DEFAULT_MODEL = "fault-model"  # the answer's model when the request names none
 __all__ = [
     "Call",
+    "DEFAULT_MODEL",
     "Dialect",
     "Reply",
     "Response",
     "Route",
     "RouteTable",
     "choose_reply",
+    "chunk",
     "event_stream",
     "json_response",
+    "last_user_text",
+    "message_text",
     "register",
     "registered",
     "split_words",
@@ -56,13 +61,19 @@ def json_response(status: int, obj: Any, headers: Sequence[tuple[str, str]] = ()
     )
 
 
+def chunk(data: bytes) -> bytes:
+    """``data`` framed as one HTTP/1.1 chunk (``Transfer-Encoding: chunked``)."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
 def event_stream(events: Sequence[bytes]) -> Response:
     """A 200 ``text/event-stream`` answer sent chunked, one chunk per server-sent event.
 
     The last event must be the one that tells a client the stream is complete (OpenAI's
-    ``data: [DONE]``, say): ``Fault.cut_stream`` never sends it nor the terminating chunk.
+    ``data: [DONE]``, Anthropic's ``message_stop``): ``Fault.cut_stream`` never sends it nor
+    the terminating chunk, ``Fault.stream_error`` sends the dialect's error event instead.
     """
-    pieces = [b"%x\r\n%s\r\n" % (len(event), event) for event in events] + [b"0\r\n\r\n"]
+    pieces = [chunk(event) for event in events] + [b"0\r\n\r\n"]
     headers = [
         ("Content-Type", "text/event-stream; charset=utf-8"),
         ("Cache-Control", "no-cache"),
@@ -127,6 +138,20 @@ class Reply:
 def choose_reply(replies: Sequence[Reply], body: dict, last_user: str) -> Reply | None:
     """The most recently added reply that matches, or None for the default answer."""
     return next((r for r in reversed(replies) if r.matches(body, last_user)), None)
+
+
+def message_text(content: Any) -> str:
+    """Text of a message's content: a string, or the text parts of a list of parts (both APIs' shape)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return ""
+
+
+def last_user_text(messages: Sequence[Mapping[str, Any]]) -> str:
+    """The text of the last ``user`` message, which answers echo; "" when there is none."""
+    return next((message_text(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
 
 
 def words(text: str) -> int:
@@ -197,6 +222,7 @@ class Dialect:
     routes: tuple[Route, ...]
     error: Callable[[int, str, Sequence[tuple[str, str]]], Response]  # (status, message, extra headers)
     malformed: Callable[[Call], Response]  # a 200 whose body (or stream event) does not parse
+    stream_error: Callable[[int, str], bytes]  # (status, message) -> the event that fails a stream already begun
 
 
 class RouteTable:

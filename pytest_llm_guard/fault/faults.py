@@ -2,8 +2,8 @@
 
 Values only: no sockets and no API formats here. The server applies them
 (``server.py``); how an error or a broken body looks on the wire is the dialect's
-business (``openai_api.py``), so the same ``Fault.status(429)`` becomes an OpenAI error
-body on an OpenAI route and would become another API's error body on its routes.
+business (``openai_api.py``, ``anthropic_api.py``), so the same ``Fault.status(429)``
+becomes an OpenAI error body on an OpenAI route and Anthropic's on ``/v1/messages``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["CutStream", "Fault", "Hang", "Malformed", "Ok", "Reset", "Status", "Trickle"]
+__all__ = ["CutStream", "Fault", "Hang", "Malformed", "Ok", "Reset", "Status", "StreamError", "Trickle"]
 
 
 def seconds(what: str, value: Any) -> float:
@@ -28,6 +28,15 @@ def count(what: str, value: Any, minimum: int) -> int:
     """``value`` as an int >= ``minimum``, or a ValueError naming ``what``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{what} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+def error_code(what: str, value: Any) -> int:
+    """``value`` as an HTTP error code (400 to 599), or a ValueError naming ``what``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 400 <= value <= 599:
+        raise ValueError(
+            f"{what} needs an HTTP error code from 400 to 599, got {value!r}; use Fault.ok() for a normal answer"
+        )
     return value
 
 
@@ -93,6 +102,13 @@ class Fault:
         """Send ``after_chunks`` SSE events, then drop the connection before the stream's last event."""
         return CutStream(after_chunks)
 
+    @staticmethod
+    def stream_error(after_chunks: int = 1, code: int = 529, *, message: str | None = None) -> StreamError:
+        """Answer 200, send ``after_chunks`` SSE events, then the API's error event for HTTP ``code``
+        (Anthropic's ``event: error`` with ``overloaded_error`` for 529) and end the stream: an upstream
+        that fails after it began to answer. A request that is not streamed gets the HTTP error instead."""
+        return StreamError(after_chunks, code, message)
+
 
 @dataclass(frozen=True)
 class Ok(Fault):
@@ -123,11 +139,7 @@ class Status(Fault):
     message: str | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.code, bool) or not isinstance(self.code, int) or not 400 <= self.code <= 599:
-            raise ValueError(
-                f"Fault.status(code) needs an HTTP error code from 400 to 599, got {self.code!r}; "
-                "use Fault.ok() for a normal answer"
-            )
+        error_code("Fault.status(code)", self.code)
         if self.retry_after is not None and not isinstance(self.retry_after, str):
             seconds("Fault.status(retry_after=...)", self.retry_after)
         if self.retry_after_ms is not None:
@@ -193,3 +205,21 @@ class CutStream(Fault):
 
     def __post_init__(self) -> None:
         count("Fault.cut_stream(after_chunks)", self.after_chunks, 0)
+
+
+@dataclass(frozen=True)
+class StreamError(Fault):
+    """See Fault.stream_error()."""
+
+    after_chunks: int = 1
+    code: int = 529
+    message: str | None = None
+
+    def __post_init__(self) -> None:
+        count("Fault.stream_error(after_chunks)", self.after_chunks, 0)
+        error_code("Fault.stream_error(code=...)", self.code)
+
+    @property
+    def error_message(self) -> str:
+        """The message the error event carries."""
+        return self.message or f"Injected fault: HTTP {self.code} error in the middle of the stream"

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .dialect import (
+    DEFAULT_MODEL,
     Call,
     Dialect,
     Response,
@@ -32,13 +33,14 @@ from .dialect import (
     choose_reply,
     event_stream,
     json_response,
+    last_user_text,
+    message_text,
     split_words,
     words,
 )
 
 __all__ = ["CREATED", "DEFAULT_MODEL", "DIALECT", "EMBEDDING_DIM", "ROUTES", "fake_embedding"]
 
-DEFAULT_MODEL = "fault-model"
 CREATED = 1_700_000_000  # fixed "created" timestamp so answers are deterministic
 EMBEDDING_DIM = 8
 ROUTES = {"chat": "/v1/chat/completions", "embeddings": "/v1/embeddings", "models": "/v1/models"}
@@ -51,11 +53,19 @@ _ERROR_KINDS = {
 _BROKEN = b'{"id": "chatcmpl-fault", "choices": [{"index": 0, "message": '
 
 
+def _error_body(status: int, message: str) -> dict[str, Any]:
+    kind, code = _ERROR_KINDS.get(status, ("server_error" if status >= 500 else "invalid_request_error", None))
+    return {"error": {"message": message, "type": kind, "param": None, "code": code or f"http_{status}"}}
+
+
 def error(status: int, message: str, headers: Sequence[tuple[str, str]] = ()) -> Response:
     """An OpenAI error body: ``{"error": {"message", "type", "param", "code"}}``."""
-    kind, code = _ERROR_KINDS.get(status, ("server_error" if status >= 500 else "invalid_request_error", None))
-    body = {"error": {"message": message, "type": kind, "param": None, "code": code or f"http_{status}"}}
-    return json_response(status, body, headers)
+    return json_response(status, _error_body(status, message), headers)
+
+
+def stream_error(status: int, message: str) -> bytes:
+    """The error body as a ``data:`` event, which the ``openai`` SDK raises as ``openai.APIError``."""
+    return b"data: %s\n\n" % _json.dumps(_error_body(status, message)).encode()
 
 
 def malformed(call: Call) -> Response:
@@ -68,15 +78,6 @@ def malformed(call: Call) -> Response:
 def fake_embedding(text: str) -> list[float]:
     """The deterministic vector the server returns for ``text`` (exact in float32)."""
     return [(b - 128) / 128 for b in hashlib.sha256(text.encode()).digest()[:EMBEDDING_DIM]]
-
-
-def _text(content: Any) -> str:
-    """Text of a message content: a string, or the text parts of a list of parts."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return " ".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
-    return ""
 
 
 def _needs_api_version(call: Call) -> Response | None:
@@ -99,7 +100,7 @@ def chat(call: Call, seq: int) -> Response:
     body = call.body
     raw = body.get("messages")
     messages = [m for m in raw if isinstance(m, dict)] if isinstance(raw, list) else []
-    last_user = next((_text(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
+    last_user = last_user_text(messages)
     reply = choose_reply(call.replies, body, last_user)
     content = reply.content if reply else f"echo: {last_user}"
     calls = [
@@ -107,7 +108,7 @@ def chat(call: Call, seq: int) -> Response:
         for i, (name, args) in enumerate(reply.tool_calls if reply else ())
     ]
     model = (reply and reply.model) or _model(call)
-    prompt = sum(words(_text(m.get("content"))) for m in messages)
+    prompt = sum(words(message_text(m.get("content"))) for m in messages)
     completion = words(content or "") + sum(words(c["function"]["arguments"]) for c in calls)
     usage = {"prompt_tokens": prompt, "completion_tokens": completion, **(reply.usage if reply else {})}
     usage.setdefault("total_tokens", usage["prompt_tokens"] + usage["completion_tokens"])
@@ -174,4 +175,5 @@ DIALECT = Dialect(
     ),
     error=error,
     malformed=malformed,
+    stream_error=stream_error,
 )

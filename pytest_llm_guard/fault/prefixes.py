@@ -84,6 +84,12 @@ PREFIXES: tuple[_Form, ...] = (
         "N stream events (1), then the connection drops",
     ),
     _Form(
+        "stream-error[-N]",
+        r"stream-error(?:-(\d+))?",
+        lambda m: Prefix(m[0], Fault.stream_error(int(m[1] or 1))),
+        "N stream events (1), then the API's error event for a 529 (overloaded)",
+    ),
+    _Form(
         "reset[-N]",
         r"reset(?:-(\d+))?",
         lambda m: Prefix(m[0], Fault.reset(int(m[1] or 0))),
@@ -110,6 +116,7 @@ def split(path: str) -> tuple[Prefix | None, str]:
 
 def unknown(segment: str) -> str:
     """What to say about a first path segment that is no prefix, in front of a path the server answers."""
-    close = difflib.get_close_matches(segment, [f.syntax.split("[")[0].split("-")[0] for f in PREFIXES], n=1)
+    names = [re.sub(r"-[A-Z]+$", "", f.syntax.split("[")[0]) for f in PREFIXES]  # "delay-S" -> "delay"
+    close = difflib.get_close_matches(segment, names, n=1)
     hint = f"did you mean {close[0]!r}? " if close else ""
     return f"/{segment} is not a fault prefix; {hint}the prefixes are {', '.join(f.syntax for f in PREFIXES)}"

@@ -22,8 +22,8 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import parse_qsl
 
-from .dialect import Call, Dialect, Reply, Response, RouteTable, registered
-from .faults import CutStream, Fault, Hang, Malformed, Ok, Reset, Status, Trickle
+from .dialect import Call, Dialect, Reply, Response, RouteTable, chunk, registered
+from .faults import CutStream, Fault, Hang, Malformed, Ok, Reset, Status, StreamError, Trickle
 from .http11 import BadRequest, read_head, response_head
 from .prefixes import Prefix, split, unknown
 
@@ -365,6 +365,14 @@ class _Handler(socketserver.StreamRequestHandler):
             response = self._dialect.error(fault.code, fault.error_message, fault.response_headers())
         elif isinstance(fault, Malformed):
             response = self._dialect.malformed(call)
+        elif isinstance(fault, StreamError):
+            response = build()
+            if response.streamed:  # never the stream's last event: the error event takes its place
+                kept = response.pieces[: min(fault.after_chunks, len(response.pieces) - 2)]
+                failure = chunk(self._dialect.stream_error(fault.code, fault.error_message))
+                response.pieces = [*kept, failure, response.pieces[-1]]
+            else:
+                response = self._dialect.error(fault.code, fault.error_message, ())
         else:
             response = build()
             if isinstance(fault, Ok):
