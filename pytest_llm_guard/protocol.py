@@ -155,6 +155,7 @@ class GuardedTests:
             test_id=item.nodeid,
             prices=session.prices,
             on_attempt=_attempt_hook(item),
+            endpoints=session.endpoints,
         )
         item.stash[GUARD] = guard
         item.stash[STARTED] = time.time()
