@@ -55,17 +55,18 @@ def describe(attempt: Attempt) -> str:
     return line
 
 
-def made_by(attempt: Attempt) -> str:
-    """Which layer made the attempt: ``retry 2 by the SDK (max_retries=2)``, ``a new call by the app after a
-    failure``; empty for a call's first attempt that followed no failure."""
-    if attempt.kind == "failover":
+def made_by(attempt: Mapping[str, Any]) -> str:
+    """Which layer made an attempt (its record, ``Attempt.to_dict()``): ``retry 2 by the SDK (max_retries=2)``,
+    ``a new call by the app after a failure``; empty for a call's first attempt that followed no failure."""
+    kind, by, limit = attempt.get("kind"), attempt.get("by"), attempt.get("sdk_max_retries")
+    if kind == "failover":
         return "failover"
-    if attempt.kind == "retry":
-        if attempt.by == "sdk":
-            limit = f" (max_retries={attempt.sdk_max_retries})" if attempt.sdk_max_retries is not None else ""
-            return f"retry {attempt.retry_number} by the SDK{limit}"
-        return f"retry {attempt.retry_number} by the guard"
-    if attempt.by == "app":
+    if kind == "retry":
+        number = int(attempt.get("number") or 1) - 1
+        if by == "sdk":
+            return f"retry {number} by the SDK" + (f" (max_retries={limit})" if limit is not None else "")
+        return f"retry {number} by the guard"
+    if by == "app":
         return "a new call by the app after a failure"
     return ""
 
@@ -73,7 +74,7 @@ def made_by(attempt: Attempt) -> str:
 def attempt_lines(attempts: Sequence[Attempt], title: str = "Attempts") -> list[str]:
     lines = [f"{title} ({len(attempts)}):"]
     for i, attempt in enumerate(attempts, 1):
-        by = made_by(attempt)
+        by = made_by(attempt.to_dict())
         head = f"  {i}. call {attempt.call}{', ' + by if by else ''}: "
         first, *rest = describe(attempt).splitlines()
         lines.append(head + first)
