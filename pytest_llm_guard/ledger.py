@@ -9,6 +9,9 @@
   to the ``retries`` budget. A **failover** is a further attempt moved at once (no
   backoff) to an endpoint the call has not tried yet: never a retry, never charged.
   (A call that has tried every endpoint goes back to one it tried: that is a retry.)
+- A **refused** attempt sent nothing: it is no retry, failover or failure, never charged.
+- **Backoff** is the time from the end of an attempt that did not succeed to the start of
+  the next, whoever waited: measured here once (:meth:`Ledger.open`), read everywhere.
 - **Network seconds** are the time of live and recorded attempts only.
 
 Budgets, ``llm_guard.stats``, failure messages, the terminal summary and reports all
