@@ -120,11 +120,6 @@ class Attempt:
         return self.source != "refused" and self.outcome not in ("ok", "pending")
 
     @property
-    def retry_number(self) -> int:
-        """Which retry of its call it is, as the layer that made it counts (0: not a retry)."""
-        return self.number - 1 if self.kind == "retry" else 0
-
-    @property
     def retry(self) -> bool:
         return self.kind == "retry"
 

@@ -300,7 +300,7 @@ class RouterLayer:
             call.failover_to = None
         attempt.endpoint_name = endpoint.name
         attempt.endpoint, attempt.path = origin_of(plan.request.url), plan.request.url.path
-        attempt.backoff += plan.wait  # the Retry-After wait happens before sending: not network time
+        attempt.backoff += plan.wait  # waited before sending (a Retry-After): the gap to the last attempt grows
         attempt.start += plan.wait
         if endpoint.call_timeout is not None:
             self.guard.cap(attempt, plan.request, endpoint.call_timeout, f"call_timeout of endpoint {endpoint.name}")

@@ -254,9 +254,9 @@ def _where(attempt: Mapping[str, Any]) -> str:
 
 def _attempt_title(attempt: Mapping[str, Any]) -> str:
     """An attempt in full, for its bar's tooltip."""
-    by = made_by(attempt)
+    made = made_by(attempt) or attempt.get("kind") or "?"
     lines = [
-        f"call {_int(attempt.get('call'))}, attempt {_int(attempt.get('number'))} ({by or attempt.get('kind') or '?'}), "
+        f"call {_int(attempt.get('call'))}, attempt {_int(attempt.get('number'))} ({made}), "
         f"{attempt.get('source') or '?'}",
         f"{_where(attempt)} model={attempt.get('model') or '?'}",
     ]
