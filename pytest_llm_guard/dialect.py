@@ -256,6 +256,10 @@ class _EventStreamReader(BodyReader):
         return f"stream ended before its end event after {self.events} events"
 
 
+_STAINLESS_CLIENTS = frozenset({"openai._base_client", "anthropic._base_client"})
+"""The modules whose ``request()`` runs the SDK's retry loop (both SDKs send ``x-stainless-retry-count``)."""
+
+
 class OpenAIDialect(Dialect):
     """The OpenAI HTTP API as the ``openai`` SDK speaks it, including ``AzureOpenAI``'s addressing."""
 
@@ -289,7 +293,7 @@ class OpenAIDialect(Dialect):
         # SDK's ``request()`` loop up the stack (async callers' frames are on it too while the task runs).
         frame = sys._getframe(1)
         while frame is not None:
-            if frame.f_code.co_name == "request" and frame.f_globals.get("__name__") == "openai._base_client":
+            if frame.f_code.co_name == "request" and frame.f_globals.get("__name__") in _STAINLESS_CLIENTS:
                 value = frame.f_locals.get("max_retries")
                 return value if isinstance(value, int) else None
             frame = frame.f_back

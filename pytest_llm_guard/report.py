@@ -258,7 +258,8 @@ def failure_text(
     title = "Where the LLM call was made:" if getattr(excinfo.value, "in_call", True) else "Where the test was:"
     lines = [f"{excinfo.typename}: {excinfo.value}"]
     if cause is not None:
-        lines.append(f"  caused by {type(cause).__name__}: {cause}")
+        first, *rest = f"caused by {type(cause).__name__}: {cause}".splitlines() or [""]
+        lines.extend([f"  {first}", *(f"    {more}" for more in rest)])
         lines.extend(attempt_lines(attempts))
     return "\n".join([*lines, "", title, *(_frame_line(entry, root) for entry in own)])
 
