@@ -57,6 +57,18 @@ def why(error: BaseException, scrub: Callable[[str], str]) -> dict[str, Any]:
     }
 
 
+_REFUSED_BY_A_BREAKER = frozenset({"LLMEndpointUnavailable", "LLMNoEndpoint"})
+
+
+def _with_breaker(why: Mapping[str, Any], attempts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """A test whose code caught a breaker's refusal and then failed otherwise ("gave up") still names it."""
+    found = dict(why)
+    if found.get("breaker") is None:
+        refused = [a["endpoint_name"] for a in attempts if a["outcome"] in _REFUSED_BY_A_BREAKER and a["endpoint_name"]]
+        found["breaker"] = refused[-1] if refused else None
+    return found
+
+
 def record(
     guard: Guard, nodeid: str, outcome: str, duration: float, started: float, why: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -75,7 +87,7 @@ def record(
     return {
         "nodeid": nodeid,
         "outcome": outcome,
-        "why": dict(why) if why is not None and outcome != "passed" else None,
+        "why": _with_breaker(why, attempts) if why is not None and outcome != "passed" else None,
         "duration": duration,
         "started": started,
         "stats": stats,

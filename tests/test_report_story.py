@@ -39,6 +39,16 @@ def answer(prompt):
     return reply.choices[0].message.content
 
 
+def answer_with_retries(prompt):
+    # The issue's retry loop: five tries on any Exception, then it gives up.
+    for attempt in range(5):
+        try:
+            return answer(prompt)
+        except Exception:
+            time.sleep(0.01)
+    raise RuntimeError("gave up after 5 tries")
+
+
 def answer_or_fallback(prompt):
     try:
         return answer(prompt)
@@ -54,6 +64,17 @@ def test_first_meets_the_hang():
 @pytest.mark.llm_budget(call_timeout=0.4, deadline=30)
 def test_second_falls_back():
     assert answer_or_fallback("hello") == "the fallback answer"
+"""
+
+LOOP = """
+import pytest
+
+from test_app import answer_with_retries
+
+
+@pytest.mark.llm_budget(call_timeout=0.4, deadline=30)
+def test_third_loops_over_refusals():
+    answer_with_retries("hello")
 """
 
 
@@ -182,3 +203,22 @@ def test_two_tests_against_a_hanging_endpoint_tell_one_story(
         ("first", 0.0),
     ]
     assert "LLMBudgetExceeded · call_timeout budget" in html
+
+
+def test_an_applications_loop_over_refusals_is_never_charged_and_its_failure_names_the_breaker(
+    pytester: pytest.Pytester, hanging: FaultServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytester.makepyfile(test_loop=LOOP)
+    result = run(pytester, hanging, monkeypatch, "--junitxml=junit.xml")
+    result.assert_outcomes(passed=1, failed=2)
+    report = json.loads((pytester.path / "report.json").read_text())
+    loop = next(t for t in report["tests"] if t["nodeid"].endswith("loops_over_refusals"))
+    assert [(a["source"], a["by"]) for a in loop["attempts"]] == [("refused", None)] + [("refused", "app")] * 4
+    assert (loop["stats"]["retries"], loop["stats"]["failures"], loop["stats"]["refused"]) == (0, 0, 5)
+    assert loop["why"] == {
+        "exception": "RuntimeError",
+        "budget": None,
+        "breaker": "default",
+        "message": "gave up after 5 tries",
+    }
+    result.stdout.fnmatch_lines(["*test_loop.py::test_third_loops_over_refusals * 5 refused attempts + *s backoff*"])
