@@ -18,6 +18,7 @@ from .errors import (
     LLMGuardInterrupt,
     LLMNoEndpoint,
     LLMUnguardedRequest,
+    LLMUnguardedWarning,
 )
 
 if TYPE_CHECKING:
@@ -38,6 +39,7 @@ __all__ = [
     "LLMGuardInterrupt",
     "LLMNoEndpoint",
     "LLMUnguardedRequest",
+    "LLMUnguardedWarning",
     "Settings",
     "Stats",
 ]

@@ -8,6 +8,13 @@ of a test: the deadline, an attempt's cap while its headers are awaited, the bac
 (deadline + ``timeout_grace``) for code that swallows the deadline's exception, and the
 user's own pytest-timeout timeout when it uses the signal method (which would otherwise
 replace our timer). Without SIGALRM (Windows) or outside the main thread it is not used.
+
+The application shares that one timer: while the alarm runs, ``signal.alarm``,
+``setitimer``/``getitimer`` (``ITIMER_REAL``) and ``signal``/``getsignal`` (``SIGALRM``)
+are the alarm's own, which keep the application's timer and handler in the schedule
+beside ours (its handler runs at its time; its ``alarm(0)`` cancels only its timer).
+A timer armed before the test (a session watchdog in ``conftest.py``) is taken over at
+the start and handed back, with the time it has left, at the end.
 """
 
 from __future__ import annotations
@@ -33,24 +40,42 @@ class Alarm:
         self._clock = clock
         self._events: list[tuple[float, int, Action]] = []
         self._next_id = 0
-        self._previous: Any = None
         self._running = False
+        self._below: dict[str, Any] = {}
+        """The ``signal`` functions found at the start: the real ones, or an outer alarm's."""
+        self._handler: Any = None
+        """The application's SIGALRM handler, as it last set it."""
+        self._user: tuple[int, float] | None = None
+        """The application's timer: its event's handle and its interval."""
+        self._frame: Any = None
 
     @staticmethod
     def available() -> bool:
         return hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
 
     def start(self) -> None:
-        self._previous = signal.signal(signal.SIGALRM, self._fire)
+        self._below = {name: getattr(signal, name) for name in _SHARED}
+        left, interval = self._below["setitimer"](signal.ITIMER_REAL, 0)
+        self._handler = self._below["signal"](signal.SIGALRM, self._fire)
+        for name in _SHARED:
+            setattr(signal, name, getattr(self, f"_user_{name}"))
         self._running = True
+        if left > 0:
+            self._user_timer(left, interval)
         self._schedule()
 
     def stop(self) -> None:
+        """Hand the timer back: the application's handler, and what its timer has left."""
         if not self._running:
             return
         self._running = False
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, self._previous if self._previous is not None else signal.SIG_DFL)
+        left, interval = self._user_left()
+        for name, function in self._below.items():
+            setattr(signal, name, function)
+        self._below["setitimer"](signal.ITIMER_REAL, 0)
+        self._below["signal"](signal.SIGALRM, self._handler if self._handler is not None else signal.SIG_DFL)
+        if left > 0:
+            self._below["setitimer"](signal.ITIMER_REAL, left, interval)
 
     def at(self, when: float, action: Action) -> int:
         """Run ``action`` at clock time ``when``; returns a handle for :meth:`cancel`."""
@@ -67,18 +92,92 @@ class Alarm:
 
     def _schedule(self) -> None:
         if not self._events:
-            signal.setitimer(signal.ITIMER_REAL, 0)
+            self._below["setitimer"](signal.ITIMER_REAL, 0)
             return
         soonest = min(when for when, _, _ in self._events)
-        signal.setitimer(signal.ITIMER_REAL, max(soonest - self._clock(), 1e-4))
+        self._below["setitimer"](signal.ITIMER_REAL, max(soonest - self._clock(), 1e-4))
 
     def _fire(self, signum: int, frame: object) -> None:
         now = self._clock()
         due = sorted(event for event in self._events if event[0] <= now + 1e-3)
         self._events = [event for event in self._events if event not in due]
+        self._frame = frame
         self._schedule()
-        for _, _, action in due:
-            action()  # raises in the main thread, wherever it was
+        users = self._user[0] if self._user is not None else None
+        for index, (_, handle, action) in enumerate(due):
+            try:
+                action()  # raises in the main thread, wherever it was
+            except BaseException:
+                # The application's timer is never lost, nor ours when its handler raised; one of our
+                # exceptions speaks for our other due events (the budget sees the deadline passed).
+                rest = [event for event in due[index + 1 :] if users in (handle, event[1])]
+                self._events.extend((now, later, pending) for _, later, pending in rest)
+                self._schedule()  # they run at the next signal
+                raise
+
+    # -- the application's timer and handler, beside ours ---------------------------
+
+    def _user_timer(self, seconds: float, interval: float) -> None:
+        if self._user is not None:
+            self.cancel(self._user[0])
+            self._user = None
+        if seconds > 0:
+            self._user = (self.at(self._clock() + seconds, self._user_due), interval)
+
+    def _user_left(self) -> tuple[float, float]:
+        if self._user is None:
+            return 0.0, 0.0
+        handle, interval = self._user
+        when = next((when for when, event, _ in self._events if event == handle), None)
+        return (0.0, 0.0) if when is None else (max(when - self._clock(), 1e-4), interval)
+
+    def _user_due(self) -> None:
+        """The application's timer is due: its handler runs, or what SIGALRM does without one."""
+        interval = self._user[1] if self._user is not None else 0.0
+        self._user = None
+        if interval > 0:
+            self._user_timer(interval, interval)
+        handler = self._handler
+        if callable(handler):
+            handler(signal.SIGALRM, self._frame)
+        elif handler != signal.SIG_IGN:  # the default action: the process ends, as it would have
+            self.stop()
+            signal.raise_signal(signal.SIGALRM)
+
+    def _user_alarm(self, seconds: int) -> int:
+        left, _ = self._user_left()
+        self._user_timer(seconds, 0.0)
+        # alarm(2) rounds to the nearest second, and never says 0 while a timer was set
+        return max(round(left), 1) if left > 0 else 0
+
+    def _user_setitimer(self, which: int, seconds: float, interval: float = 0.0) -> tuple[float, float]:
+        if which != signal.ITIMER_REAL:
+            return self._below["setitimer"](which, seconds, interval)
+        previous = self._user_left()
+        self._user_timer(seconds, interval)
+        return previous
+
+    def _user_getitimer(self, which: int) -> tuple[float, float]:
+        if which != signal.ITIMER_REAL:
+            return self._below["getitimer"](which)
+        return self._user_left()
+
+    def _user_signal(self, signalnum: int, handler: Any) -> Any:
+        if signalnum != signal.SIGALRM or threading.current_thread() is not threading.main_thread():
+            return self._below["signal"](signalnum, handler)  # outside the main thread it raises, as it would
+        if not (callable(handler) or handler in (signal.SIG_DFL, signal.SIG_IGN)):
+            raise TypeError("signal handler must be signal.SIG_IGN, signal.SIG_DFL, or a callable object")
+        previous, self._handler = self._handler, handler
+        return previous
+
+    def _user_getsignal(self, signalnum: int) -> Any:
+        if signalnum != signal.SIGALRM:
+            return self._below["getsignal"](signalnum)
+        return self._handler
+
+
+_SHARED = ("alarm", "setitimer", "getitimer", "signal", "getsignal")
+"""The ``signal`` functions the application shares the timer through."""
 
 
 def with_line_numbers(excinfo: pytest.ExceptionInfo[BaseException]) -> pytest.ExceptionInfo[BaseException]:

@@ -1,16 +1,22 @@
 """``pytest --llm-audit``: every cassette under the root directory, scanned for credential-shaped strings.
 
 For pre-commit hooks and CI: it runs no test, prints ``file:line: kind`` for each finding
-(never the secret itself) and exits non-zero when there is one.
+and exits non-zero when there is one. It reads what is stored (``stored.strings``: YAML
+strings as loaded, compressed bodies decompressed, JSON cassettes), and shows no
+character of a secret: its kind, length and a short hash, to tell two findings apart.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import yaml
+
 from .scrub import find_shapes
+from .stored import strings
 
 SUFFIXES = (".yaml", ".yml", ".json")
 SKIPPED = frozenset(
@@ -51,11 +57,21 @@ def findings(path: Path, root: Path) -> list[str]:
     text = path.read_text(encoding="utf-8", errors="replace")
     shown = path.relative_to(root) if path.is_relative_to(root) else path
     found = []
-    for kind, start, end in sorted(find_shapes(text), key=lambda f: f[1]):
-        line = text.count("\n", 0, start) + 1
-        secret = text[start:end]
-        found.append(f"{shown}:{line}: {kind} ({secret[:4]}… {len(secret)} characters)")
+    try:
+        stored: list[tuple[int | None, str]] = list(strings(text, json_file=path.suffix == ".json"))
+    except (yaml.YAMLError, ValueError):  # not loadable: its text, as it is
+        stored = [(1, text)]
+    for first, value in stored:
+        for kind, start, end in sorted(find_shapes(value), key=lambda f: f[1]):
+            line = None if first is None else first + value.count("\n", 0, start)
+            where = f"{shown}:{line}" if line is not None else str(shown)
+            found.append(f"{where}: {kind} ({fingerprint(value[start:end])})")
     return found
+
+
+def fingerprint(secret: str) -> str:
+    """Length and a short hash: enough to match a finding with a key you hold, nothing to use."""
+    return f"{len(secret)} characters, sha256 {hashlib.sha256(secret.encode()).hexdigest()[:8]}"
 
 
 def audit(root: Path) -> tuple[int, list[str]]:

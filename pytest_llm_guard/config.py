@@ -106,7 +106,8 @@ class Settings:
     unguarded: str = _option(
         "warn",
         choice("allow", "warn", "fail"),
-        "a test that is not guarded sends an LLM request: allow it, warn (and list the test), or fail (refuse it)",
+        "a test that is not guarded sends an LLM request to the network: allow it, warn (and list the test), "
+        "or fail (refuse it)",
     )
     timeout_grace: float = _option(
         5.0,
@@ -191,15 +192,14 @@ class Settings:
         parsed: dict[str, Any] = {}
         for key, raw in values.items():
             if key not in allowed:
-                raise LLMGuardConfigError(
-                    f"pytest-llm-guard: unknown key {key!r} in {source}; allowed keys: {', '.join(allowed)}"
-                )
+                raise LLMGuardConfigError(f"pytest-llm-guard: unknown key {key!r} in {source}; {suggest(key, allowed)}")
             option = OPTIONS[key]
             try:
                 parsed[key] = option.parse(raw)
             except ValueError as exc:
                 description = option.parse.description  # type: ignore[attr-defined]
-                detail = f" ({exc})" if str(exc) not in ("", description) and " " in str(exc) else ""
+                said = str(exc)
+                detail = f" ({said})" if " " in said and said not in description else ""  # no phrase twice
                 raise LLMGuardConfigError(
                     f"pytest-llm-guard: {key} = {raw!r} in {source} is not valid; {key} must be {description}{detail}"
                 ) from None
@@ -235,6 +235,28 @@ OPTIONS: dict[str, Option] = {
 MARKER_KEYS = tuple(name for name, option in OPTIONS.items() if option.in_marker)
 
 
+def suggest(key: str, allowed: Sequence[str]) -> str:
+    """What to say after an unknown key: the key meant, if one is close; a short list; else where to look."""
+    import difflib
+
+    close = difflib.get_close_matches(key, allowed, n=1)
+    hint = f"did you mean {close[0]!r}?" if close else ""
+    if len(allowed) <= 10:  # a marker's keys: short enough to list
+        return f"{hint} allowed keys: {', '.join(allowed)}".lstrip()
+    return hint or (
+        "the keys are the options of pytest --help's pytest-llm-guard section (--llm-call-timeout: call_timeout)"
+    )
+
+
+@dataclass(frozen=True)
+class ConfigWarning:
+    """A warning about the configuration, and where the setting that caused it is (a file and line)."""
+
+    message: str
+    where: str  # a file, or a description such as "LLM_GUARD_X (environment)"
+    line: int = 1
+
+
 SECTIONS = ("endpoints", "prices")
 """Keys of ``[tool.pytest_llm_guard]`` that are tables, not options: read by ``endpoints.py`` and ``prices.py``."""
 
@@ -254,12 +276,12 @@ def read_pyproject(path: Path) -> dict[str, Any]:
     return table
 
 
-def read_environment(environ: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
+def read_environment(environ: Mapping[str, str]) -> tuple[dict[str, str], list[ConfigWarning]]:
     """``LLM_GUARD_*`` variables by option name, and warnings for the unknown ones (a typo says what was meant)."""
     import difflib
 
     values: dict[str, str] = {}
-    warnings: list[str] = []
+    warnings: list[ConfigWarning] = []
     known = [o.env for o in OPTIONS.values()]
     for var, value in environ.items():
         if not var.startswith(ENV_PREFIX):
@@ -268,7 +290,8 @@ def read_environment(environ: Mapping[str, str]) -> tuple[dict[str, str], list[s
         if name not in OPTIONS:
             close = difflib.get_close_matches(var, known, n=1)
             hint = f"did you mean {close[0]}?" if close else f"the variables are {', '.join(known)}"
-            warnings.append(f"pytest-llm-guard: unknown environment variable {var} is ignored; {hint}")
+            message = f"pytest-llm-guard: unknown environment variable {var} is ignored; {hint}"
+            warnings.append(ConfigWarning(message, f"{var} (environment)"))
             continue
         if not value.strip():
             raise LLMGuardConfigError(
@@ -279,6 +302,19 @@ def read_environment(environ: Mapping[str, str]) -> tuple[dict[str, str], list[s
     return values, warnings
 
 
+def unknown_ini_keys(keys: Iterable[str], inipath: Path | None) -> list[ConfigWarning]:
+    """Warnings for ``llm_*`` ini keys that name no option (pytest only says "Unknown config option"):
+    the key meant, at the key's line (or the command line, for ``-o``)."""
+    known = [option.ini for option in OPTIONS.values()]
+    lines = inipath.read_text().splitlines() if inipath is not None else []
+    warnings = []
+    for key in sorted(k for k in keys if k.startswith(INI_PREFIX) and k not in known):
+        at = next((n for n, text in enumerate(lines, 1) if text.lstrip().startswith(key)), None)
+        message = f"pytest-llm-guard: unknown ini key {key} is ignored; {suggest(key, known)}"
+        warnings.append(ConfigWarning(message, str(inipath), at) if at else ConfigWarning(message, f"-o {key}"))
+    return warnings
+
+
 def load_settings(
     *,
     pyproject: Path | None,
@@ -287,7 +323,7 @@ def load_settings(
     cli: Mapping[str, Any],
     overridden: Mapping[str, str] = {},
     environ: Mapping[str, str] = os.environ,
-) -> tuple[Settings, list[str]]:
+) -> tuple[Settings, list[ConfigWarning]]:
     """Session settings from every layer below the markers, and warnings to show.
 
     ``overridden``: ini keys given on the command line with ``-o``, by option name: they

@@ -146,6 +146,11 @@ def decoding(reader: BodyReader, content_encoding: str) -> BodyReader:
 _OPENAI_ROUTE = re.compile(
     r"/(chat/completions|completions|embeddings|responses|moderations|models|audio|images|batches)(/|$)"
 )
+_GENERATION_ROUTE = re.compile(
+    r"/(chat/completions|completions|embeddings|responses|moderations|images/(generations|edits)|audio/speech)/?$"
+)
+"""Routes that ask a model for an answer (what costs tokens), as a client other than the SDK sends them."""
+_PROMPT_KEYS = ("messages", "input", "prompt")
 _AZURE_DEPLOYMENT = re.compile(r"/openai/deployments/([^/]+)/")
 # The routes AzureOpenAI sends to /openai/deployments/{model}/... (openai/lib/azure.py).
 _AZURE_DEPLOYMENT_ROUTES = frozenset(
@@ -268,8 +273,17 @@ class OpenAIDialect(Dialect):
     key_headers = frozenset({"authorization", "api-key", "openai-organization", "openai-project"})
 
     def claims(self, request: httpx2.Request) -> bool:
-        # The SDK tags its requests x-stainless-*; other clients are known by an OpenAI-style route.
-        return "x-stainless-lang" in request.headers or bool(_OPENAI_ROUTE.search(request.url.path))
+        # The SDK tags its requests x-stainless-*. Another client's request is LLM traffic when it asks
+        # a model for an answer: a POST to a generation route whose JSON names a model (or an Azure
+        # deployment) and a prompt. A path that merely contains /images/ or /models is not.
+        if "x-stainless-lang" in request.headers:
+            return True
+        if request.method != "POST" or not _GENERATION_ROUTE.search(request.url.path):
+            return False
+        body = request_json(request)
+        if not isinstance(body, dict) or not any(key in body for key in _PROMPT_KEYS):
+            return False
+        return isinstance(body.get("model"), str) or bool(_AZURE_DEPLOYMENT.search(request.url.path))
 
     def route_of(self, path: str) -> str:
         match = _OPENAI_ROUTE.search(path)

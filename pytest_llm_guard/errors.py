@@ -19,6 +19,9 @@ The tree::
         LLMGuardConfigError       bad configuration or marker arguments
       openai.APIConnectionError and httpx2.ConnectError
         LLMEndpointUnavailable    (routing.py) no endpoint can take a call, on_open fallback: the code's fallback runs
+    Warning
+      pytest.PytestWarning
+        LLMUnguardedWarning       a test that is not guarded sent an LLM request (unguarded = "warn")
 
 Nothing here imports httpx2: the plugin registers with pytest without loading it.
 """
@@ -44,6 +47,9 @@ class LLMBudgetExceeded(LLMGuardInterrupt):
         self.budget = budget
         self.in_call = in_call
         """False when the deadline passed while the test ran its own code, outside any LLM call."""
+        self.awaiting: tuple[tuple[str, int, str], ...] = ()
+        """(file, line, function) of the coroutines the event loop was waiting on when the deadline
+        passed there: an async test's own line, which its traceback (the loop's) does not show."""
 
 
 class LLMGuardConfigError(pytest.UsageError):
@@ -81,4 +87,12 @@ class LLMUnguardedRequest(LLMGuardInterrupt):
     """A test that is not guarded sent an LLM request and ``unguarded = "fail"``: refused, nothing sent.
 
     The message names the test, the request and the two ways to guard it.
+    """
+
+
+class LLMUnguardedWarning(pytest.PytestWarning):
+    """A test that is not guarded sent an LLM request to the network (``unguarded = "warn"``).
+
+    Its own class, so a suite can filter it like any warning
+    (``filterwarnings = ignore::pytest_llm_guard.LLMUnguardedWarning``).
     """

@@ -22,13 +22,14 @@ import asyncio
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import httpx2
 
-from . import report, retry
+from . import report, retry, worker_reads
 from .alarm import Alarm
 from .budget import Budget, Clock
 from .config import Settings
@@ -101,6 +102,8 @@ class Guard:
         self.alarm: Alarm | None = None
         """The main thread's SIGALRM schedule while the test runs, where the platform has one."""
         self._deadline_deferred = False
+        self._threads_before = {thread.ident for thread in threading.enumerate()}
+        """Threads alive before the test: the backstop names those the test started and waits for."""
         self.interruptible = False
         """True while the test's own code runs (setup, call, teardown): the alarm raises only then,
         never inside pytest's bookkeeping between phases."""
@@ -136,7 +139,7 @@ class Guard:
             attempt.cause = "deadline"
             self._close(attempt, "cut", error="cut at the deadline")
         arriving = any(a.status is not None for a in in_flight)
-        raise self.budget.exceeded(
+        error = self.budget.exceeded(
             "deadline",
             "the deadline passed while the response was still arriving"
             if arriving
@@ -146,6 +149,9 @@ class Guard:
             "(a sleep, a backoff, a loop)",
             in_call=bool(in_flight),
         )
+        if _event_loop_running():
+            error.awaiting = _awaiting()
+        raise error
 
     def _backstop(self) -> None:
         if not self.interruptible:
@@ -153,12 +159,46 @@ class Guard:
         import pytest
 
         grace = self.settings.timeout_grace
+        started = [t.name for t in threading.enumerate() if not t.daemon and t.ident not in self._threads_before]
+        why = (
+            f"{report.plural(len(started), 'thread')} it started still {'runs' if len(started) == 1 else 'run'} "
+            f"({', '.join(started)}), and its main thread is most likely waiting for "
+            f"{'it' if len(started) == 1 else 'them'} (a join, an executor's shutdown), unless it caught the "
+            "deadline's LLMBudgetExceeded. A worker thread's LLM attempts are cut at their cap, but its own code "
+            "(sleeps, loops) is not interrupted: give that code its own timeout, or wait for it with one "
+            "(`future.result(timeout=...)`, `thread.join(timeout=...)`)"
+            if started
+            else "the code under test caught the deadline's LLMBudgetExceeded (an `except BaseException:`?) "
+            "or blocked the signal"
+        )
         pytest.fail(
             f"Timeout: {self.test_id} is still running {grace:g} s after its LLM deadline "
-            f"(deadline={self.settings.deadline:g} s): the code under test caught the deadline's "
-            "LLMBudgetExceeded (an `except BaseException:`?) or blocked the signal. "
+            f"(deadline={self.settings.deadline:g} s): {why}. "
             "pytest-llm-guard's backstop at deadline + timeout_grace ended it.",
             pytrace=False,
+        )
+
+    def outlived(self) -> str | None:
+        """The failure of a test still running past deadline + ``timeout_grace``: its code swallowed
+        the deadline and the backstop, so it must not pass whatever it returned."""
+        deadline, grace = self.settings.deadline, self.settings.timeout_grace
+        elapsed = self.budget.elapsed()
+        if deadline is None or elapsed <= deadline + grace:
+            return None
+        message = report.budget_message(
+            "deadline",
+            f"the test ran on {elapsed - deadline:.2f} s past its deadline, beyond the backstop at "
+            f"timeout_grace={grace:g} s after it",
+            self.settings,
+            self.ledger,
+            elapsed=elapsed,
+            in_call=False,
+        )
+        return (
+            f"LLMBudgetExceeded: {message}\n"
+            "Its code swallowed LLMBudgetExceeded (an `except BaseException:` or a bare `except:` around "
+            "the code the deadline interrupted), so it ran on and returned; pytest-llm-guard fails it. "
+            "Catch `Exception` there, or re-raise pytest_llm_guard.LLMGuardInterrupt."
         )
 
     # -- what tests use -------------------------------------------------------------
@@ -264,7 +304,7 @@ class Guard:
             timeouts = request.extensions[CLIENT_TIMEOUT] = request.extensions.get("timeout") or {}
         own = max((t for t in timeouts.values() if t is not None), default=math.inf)
         attempt.cap, attempt.cap_by, attempt.cap_binds = seconds, by, seconds < own
-        if isinstance(attempt.headers_timer, int):
+        if isinstance(attempt.headers_timer, int) or attempt.headers_timer == _WORKER:
             self.headers_in(attempt)
             self.await_headers(attempt)
         elif isinstance(attempt.headers_timer, asyncio.TimerHandle):
@@ -278,8 +318,14 @@ class Guard:
         }
 
     def await_headers(self, attempt: Attempt) -> None:
-        """A status line and headers trickling in never time out by themselves: cut them at the cap."""
-        if self.alarm is not None and not math.isinf(attempt.cap):
+        """A status line and headers trickling in never time out by themselves: cut them at the cap,
+        by the alarm in the main thread, by the reads themselves in any other (``worker_reads.py``)."""
+        if math.isinf(attempt.cap):
+            return
+        if threading.current_thread() is not threading.main_thread():
+            worker_reads.due(self._clock, attempt.start + attempt.cap, _late_headers_text(attempt))
+            attempt.headers_timer = _WORKER
+        elif self.alarm is not None:
             attempt.headers_timer = self.alarm.at(attempt.start + attempt.cap, lambda: self._headers_late(attempt))
 
     def await_headers_async(self, attempt: Attempt) -> None:
@@ -297,7 +343,9 @@ class Guard:
 
     def headers_in(self, attempt: Attempt) -> None:
         timer, attempt.headers_timer = attempt.headers_timer, None
-        if isinstance(timer, int) and self.alarm is not None:
+        if timer == _WORKER:
+            worker_reads.clear()
+        elif isinstance(timer, int) and self.alarm is not None:
             self.alarm.cancel(timer)
         elif isinstance(timer, asyncio.TimerHandle):
             timer.cancel()
@@ -314,10 +362,7 @@ class Guard:
 
     def late_headers_error(self, attempt: Attempt) -> httpx2.ReadTimeout:
         attempt.cause = attempt.cap_by
-        return httpx2.ReadTimeout(
-            f"no response headers within the attempt's {attempt.cap:.2f} s cap ({attempt.cap_by}); "
-            "the server sent its status line and headers too slowly, or not at all"
-        )
+        return httpx2.ReadTimeout(_late_headers_text(attempt))
 
     def _headers_late(self, attempt: Attempt) -> None:
         attempt.headers_timer = None
@@ -407,6 +452,16 @@ def key_source(request: httpx2.Request) -> str:
     return "the key was passed to the client directly (no environment variable holds it)"
 
 
+def _late_headers_text(attempt: Attempt) -> str:
+    return (
+        f"no response headers within the attempt's {attempt.cap:.2f} s cap ({attempt.cap_by}); "
+        "the server sent its status line and headers too slowly, or not at all"
+    )
+
+
+_WORKER = "worker"
+"""``Attempt.headers_timer`` of an attempt whose headers are awaited outside the main thread."""
+
 _ASYNC_DEFERRAL = 0.5
 """Seconds the alarm leaves an async attempt's own, deadline-capped timeouts to end it in its task."""
 
@@ -417,6 +472,19 @@ def _event_loop_running() -> bool:
     except RuntimeError:
         return False
     return True
+
+
+def _awaiting() -> tuple[tuple[str, int, str], ...]:
+    """Where the running loop's tasks wait, each from its outermost coroutine down the ``await`` chain."""
+    found = []
+    for task in asyncio.all_tasks():
+        awaited = task.get_coro()
+        while awaited is not None:
+            frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+            if frame is not None:
+                found.append((frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name))
+            awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+    return tuple(found)
 
 
 def _first_line(error: BaseException) -> str | None:

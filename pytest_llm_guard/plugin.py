@@ -10,13 +10,24 @@ from __future__ import annotations
 import importlib.util
 import os
 import time
+import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from . import hooks
-from .config import INI_PREFIX, MARKERS, OPTIONS, Settings, apply_markers, load_settings, read_pyproject
+from .config import (
+    INI_PREFIX,
+    MARKERS,
+    OPTIONS,
+    ConfigWarning,
+    Settings,
+    apply_markers,
+    load_settings,
+    read_pyproject,
+    unknown_ini_keys,
+)
 from .endpoints import load_endpoints
 from .errors import LLMGuardConfigError
 from .prices import load_prices
@@ -30,6 +41,7 @@ if TYPE_CHECKING:
     from .guard import Guard
 
 GUARD_FIXTURES = frozenset({"llm_guard", "llm_client", "async_llm_client"})
+REPORTS_WRITTEN = pytest.StashKey["list[str]"]()  # what pytest_sessionfinish says of the reports it wrote
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -70,6 +82,7 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
     if not config.getoption("llm_audit"):
         return None
     from .audit import audit
+    from .report import plural
 
     scanned, found = audit(config.rootpath)
 
@@ -78,8 +91,8 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
 
     for line in found:
         write(line)
-    verdict = f"{len(found)} credential-shaped strings found" if found else "no credential-shaped strings found"
-    write(f"pytest-llm-guard audit: {scanned} cassettes under {config.rootpath}, {verdict}")
+    verdict = plural(len(found), "credential-shaped string") if found else "no credential-shaped strings"
+    write(f"pytest-llm-guard audit: {plural(scanned, 'cassette')} under {config.rootpath}, {verdict} found")
     if found:
         write("Re-record those cassettes (their scrubbing now redacts such strings), or edit the lines above.")
     return 1 if found else 0
@@ -92,15 +105,17 @@ def pytest_configure(config: pytest.Config) -> None:
     pyproject = inipath if inipath is not None and inipath.name == "pyproject.toml" else None
     if pyproject is None and (config.rootpath / "pyproject.toml").is_file():
         pyproject = config.rootpath / "pyproject.toml"
-    settings, warnings = load_settings(
+    settings, warned = load_settings(
         pyproject=pyproject,
         ini={o.name: config.getini(o.ini) for o in OPTIONS.values()},
         ini_source=f"the pytest ini keys llm_* in {inipath or 'the ini file'}",
         cli={o.name: config.getoption(f"llm_{o.name}") for o in OPTIONS.values()} | _record_mode(config),
         overridden=_ini_overrides(config),
     )
-    for warning in warnings:
-        config.issue_config_time_warning(pytest.PytestConfigWarning(warning), stacklevel=2)
+    if not hasattr(config, "workerinput"):  # warned once, by the controller: xdist workers read the same
+        unknown = getattr(config, "_get_unknown_ini_keys", set)()  # pytest's own list, which it warns of
+        for warning in warned + unknown_ini_keys(unknown, config.inipath):
+            _warn(config, warning)
     config.stash[SETTINGS] = settings
     table = read_pyproject(pyproject) if pyproject is not None else {}
     endpoints = load_endpoints(table.get("endpoints"), str(pyproject), base_url=settings.base_url, environ=os.environ)
@@ -116,6 +131,24 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(_Records(session), "llm_guard_records")
     if session.folder is not None:
         config.pluginmanager.register(_XdistHandoff(session), "llm_guard_xdist_state")
+
+
+def _warn(config: pytest.Config, warning: ConfigWarning) -> None:
+    """A configuration warning shown at the setting that caused it (``issue_config_time_warning``
+    would point at this file), under ``-W`` and ``filterwarnings`` like any other warning."""
+    from _pytest.config import apply_warning_filters
+
+    if config.pluginmanager.is_blocked("warnings"):
+        return
+    with warnings.catch_warnings(record=True) as records:
+        warnings.simplefilter("always", pytest.PytestConfigWarning)
+        apply_warning_filters(config.getini("filterwarnings"), config.known_args_namespace.pythonwarnings or [])
+        warnings.warn_explicit(warning.message, pytest.PytestConfigWarning, warning.where, warning.line)
+    if records:
+        location = (warning.where, warning.line, "")
+        config.hook.pytest_warning_recorded.call_historic(
+            kwargs={"warning_message": records[0], "when": "config", "nodeid": "", "location": location}
+        )
 
 
 def _record_mode(config: pytest.Config) -> dict[str, str]:
@@ -174,26 +207,44 @@ def _settings_for(item: pytest.Item, base: Settings, session: Session) -> Settin
     uses_fixture = not GUARD_FIXTURES.isdisjoint(getattr(item, "fixturenames", ()))
     if not (markers or uses_fixture or base.guard_all):
         return None
-    try:
-        return apply_markers(
-            base,
-            markers,
-            item.nodeid,
-            endpoint_names=session.endpoints.names,
-            endpoints_source=session.endpoints.source,
-        )
-    except LLMGuardConfigError as exc:
-        raise LLMGuardConfigError(f"{item.nodeid}: {exc}") from None
+    return apply_markers(
+        base, markers, item.nodeid, endpoint_names=session.endpoints.names, endpoints_source=session.endpoints.source
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     base, session = config.stash[SETTINGS], config.stash[SESSION]
+    wrong: dict[str, str] = {}
     for item in items:
-        item.stash[ITEM_SETTINGS] = _settings_for(item, base, session)
+        try:
+            item.stash[ITEM_SETTINGS] = _settings_for(item, base, session)
+        except LLMGuardConfigError as exc:
+            item.stash[ITEM_SETTINGS] = None
+            wrong[item.nodeid] = str(exc)
+    if wrong:
+        config.pluginmanager.register(_WrongMarkers(wrong), "llm_guard_wrong_markers")
     prepare(config, items, base)
 
 
+class _WrongMarkers:
+    """Each test whose ``llm_*`` markers are wrong errors at its setup with what is wrong; the others run."""
+
+    def __init__(self, errors: dict[str, str]) -> None:
+        self.errors = errors
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        if item.nodeid in self.errors:
+            pytest.fail(self.errors[item.nodeid], pytrace=False)
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
+    _guard_summary(terminalreporter)
+    for line in terminalreporter.config.stash.get(REPORTS_WRITTEN, ()):  # here, on lines of their own
+        terminalreporter.write_line(line)
+
+
+def _guard_summary(terminalreporter: Any) -> None:
     session = terminalreporter.config.stash[SESSION]
     if session.unguarded:
         from . import report
@@ -209,14 +260,14 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     verbosity = terminalreporter.config.get_verbosity()
     terminalreporter.write_sep("-", "llm-guard")
     terminalreporter.write_line(report.totals_line([t["stats"] for t in session.records], settings.currency))
-    for line in session.router.status():
-        terminalreporter.write_line(f"endpoint {line}")
     if verbosity < 0:
         return
+    for line in session.router.status():
+        terminalreporter.write_line(f"endpoint {line}")
     slowest = report.slowest_lines(session.records, settings.durations)
     if slowest:
-        shown = "all" if settings.durations == 0 else f"{len(slowest)} slowest"
-        terminalreporter.write_line(f"where the time went ({shown} guarded tests; {OPTIONS['durations'].flag}=N):")
+        shown = "all guarded tests" if settings.durations == 0 else report.plural(len(slowest), "slowest guarded test")
+        terminalreporter.write_line(f"where the time went ({shown}; {OPTIONS['durations'].flag}=N):")
         for line in slowest:
             terminalreporter.write_line(f"  {line}")
     if verbosity > 0:
@@ -236,17 +287,15 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     from . import report_json
 
     here = config.invocation_params.dir  # an absolute path stays as it is
-    said = report_json.write_reports(
+    config.stash[REPORTS_WRITTEN] = report_json.write_reports(
         guard_session.records,
         guard_session.router.health() if guard_session.records else [],
         duration=time.monotonic() - guard_session.started,
         currency=settings.currency,
         json_path=here / settings.report if settings.report else None,
         html_path=here / settings.report_html if settings.report_html else None,
+        unguarded=guard_session.unguarded,
     )
-    reporter = config.pluginmanager.get_plugin("terminalreporter")
-    for line in said if reporter is not None else ():
-        reporter.write_line(line)
 
 
 # -- fixtures -------------------------------------------------------------------------

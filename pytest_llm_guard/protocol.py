@@ -2,10 +2,12 @@
 
 Around a guarded test: its guard and the deadline's alarm (outermost, so pytest-timeout
 can hand its own timer to the alarm), then the seam, scrubbed logs and its cassette
-(inside pytest's warnings capture, so a cassette's warning reaches the summary), its
+(saved at the end of its teardown phase, so a cassette's warning is the test's), its
 phases marked interruptible, and its record on the teardown report. Around a test that
-is not guarded, where httpx2 is loaded: a watch for LLM requests (``unguarded``).
+is not guarded, where httpx2 is loaded: a watch for LLM requests that go live (``unguarded``).
 Neither is registered when no test needs it, so a plain suite pays nothing per test.
+
+No wrapper warns or raises after its ``yield``: under ``-W error`` that would end the session.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +24,7 @@ import pytest
 
 from .alarm import with_line_numbers
 from .config import Settings
-from .errors import LLMCassetteError, LLMGuardInterrupt, LLMNoEndpoint, LLMUnguardedRequest
+from .errors import LLMCassetteError, LLMGuardInterrupt, LLMNoEndpoint, LLMUnguardedRequest, LLMUnguardedWarning
 from .session import Session
 
 if TYPE_CHECKING:
@@ -40,6 +43,7 @@ STARTED = pytest.StashKey[float]()
 OUTCOME = pytest.StashKey["tuple[str, float]"]()
 WHY = pytest.StashKey["dict[str, Any]"]()
 UNGUARDED = pytest.StashKey["list[str]"]()
+WARNED = pytest.StashKey[int]()
 REPLAY_PLACEHOLDER_KEY = "sk-llm-guard-replay-placeholder"
 
 
@@ -91,8 +95,10 @@ UNGUARDED_TESTS = "llm_guard_unguarded_tests"
 
 
 class UnguardedTests:
-    """Watches tests that are not guarded for LLM requests (``unguarded``: warn or fail), so none
-    goes live unnoticed: registered only when httpx2 is loaded and some test is not guarded."""
+    """Watches tests that are not guarded for LLM requests that leave the process (``unguarded``: warn
+    or fail), so none goes live unnoticed: registered only when httpx2 is loaded and some test is not
+    guarded. The warning is issued from the test's own phases (never from a wrapper's teardown, where
+    ``-W error`` would end the session): pytest shows it as the test's, and ``-W error`` fails that test."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -119,14 +125,18 @@ class UnguardedTests:
             return (yield)
         finally:
             transport.unwatch(noticed)
-            if sent:
-                item.warn(
-                    pytest.PytestWarning(
-                        f"pytest-llm-guard: {item.nodeid} is not guarded, yet sent {len(sent)} LLM request(s) "
-                        f"({sent[0]}): not replayed, not recorded, not counted. Guard it with an llm_* marker or "
-                        "the llm_guard fixture, or set guard_all = true"
-                    )
-                )
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        _warn_unguarded(item)
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> None:
+        _warn_unguarded(item)
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_runtest_teardown(self, item: pytest.Item, nextitem: pytest.Item | None) -> None:
+        _warn_unguarded(item)
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[pytest.TestReport]:
@@ -135,6 +145,18 @@ class UnguardedTests:
         if sent and call.when == "teardown":
             report_.llm_unguarded = {"nodeid": item.nodeid, "requests": sent}  # type: ignore[attr-defined]
         return report_
+
+
+def _warn_unguarded(item: pytest.Item) -> None:
+    """One warning for the live requests a phase sent (a phase whose code raised tells at the next one)."""
+    sent = item.stash.get(UNGUARDED, None)
+    told = item.stash.get(WARNED, 0)
+    if not sent or len(sent) == told:
+        return
+    item.stash[WARNED] = len(sent)
+    from .report import unguarded_warning
+
+    item.warn(LLMUnguardedWarning(unguarded_warning(item.nodeid, len(sent) - told, sent[told])))
 
 
 class GuardedTests:
@@ -181,20 +203,16 @@ class GuardedTests:
         from .scrub import scrubbed_logs
 
         transport.activate(guard)
-        interrupted = False
         with pytest.MonkeyPatch.context() as environment, scrubbed_logs(guard.scrubber):
             item.stash[ENVIRONMENT] = environment
             try:
                 return (yield)
-            except BaseException:  # Ctrl-C, pytest-timeout's thread method, an exit
-                interrupted = True
-                raise
             finally:
                 transport.deactivate(guard)
                 item.config.stash[SESSION].budget.add(guard.stats)
-                layer = item.stash.get(CASSETTE, None)
+                layer = _unsaved(item)  # still here: teardown raised, or Ctrl-C, an exit
                 if layer is not None:
-                    _save(item, layer, failed=interrupted or item.stash.get(FAILED, False))
+                    _save(item, layer, failed=True, in_wrapper=True)
 
     @pytest.hookimpl(wrapper=True, tryfirst=True, specname="pytest_runtest_setup")
     def pytest_runtest_setup_phase(self, item: pytest.Item) -> Iterator[None]:
@@ -207,6 +225,26 @@ class GuardedTests:
     @pytest.hookimpl(wrapper=True, tryfirst=True, specname="pytest_runtest_teardown")
     def pytest_runtest_teardown_phase(self, item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
         return (yield from _interruptible(item))
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_fixture_setup(self, fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest) -> Iterator[Any]:
+        """A deadline during a fixture's setup: the test's failure names the fixture, and the fixture
+        holds a clear failure for its later users (pytest caches only ``Exception``s, and a
+        shared fixture left half set up breaks every later test with an internal assertion)."""
+        try:
+            return (yield)
+        except LLMGuardInterrupt as exc:
+            if not isinstance(exc, pytest.fail.Exception):  # pytest caches those itself
+                _fail_fixture(fixturedef, request, exc)
+            raise
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_runtest_teardown(self, item: pytest.Item, nextitem: pytest.Item | None) -> None:
+        """The cassette is saved once the test's fixtures are finalised, in its teardown phase, where
+        a warning is the test's (``-W error`` fails its teardown, nothing more)."""
+        layer = _unsaved(item)
+        if layer is not None:
+            _save(item, layer, failed=item.stash.get(FAILED, False))
 
     @pytest.hookimpl(tryfirst=True, optionalhook=True)
     def pytest_timeout_set_timer(self, item: pytest.Item, settings: Any) -> bool | None:
@@ -254,8 +292,12 @@ class GuardedTests:
         if guard is None:
             return report_
         from . import report, report_json
+        from .scrub import scrub_report
 
         excinfo = call.excinfo
+        outlived = guard.outlived() if call.when == "call" and report_.passed else None
+        if outlived is not None:
+            report_.outcome, report_.longrepr = "failed", guard.scrubber.text(outlived)
         if report_.failed:
             item.stash[FAILED] = True
         if (
@@ -272,6 +314,8 @@ class GuardedTests:
             path, line = item.reportinfo()[:2]
             report_.outcome = "skipped"
             report_.longrepr = (os.fspath(path), (line or 0) + 1, str(excinfo.value))
+        if report_.longrepr is not None or report_.sections:
+            scrub_report(report_, guard.scrubber)
         if excinfo is not None and (report_.failed or report_.skipped) and WHY not in item.stash:
             item.stash[WHY] = report_json.why(excinfo.value, guard.scrubber.text)
         item.stash[OUTCOME] = report_json.note_phase(
@@ -313,13 +357,67 @@ def _interruptible(item: pytest.Item) -> Iterator[None]:
         guard.interruptible = False
 
 
-def _save(item: pytest.Item, layer: CassetteLayer, *, failed: bool) -> None:
-    """A cassette that cannot be written (disk full, read-only folder) warns; the session goes on."""
+def _fail_fixture(fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest, exc: LLMGuardInterrupt) -> None:
+    """Finalise what the interrupted setup registered, and cache a failure that says what happened."""
+    from . import transport
+
+    name, scope = fixturedef.argname, fixturedef.scope
+    finalizers, fixturedef._finalizers = fixturedef._finalizers, []
+    for finalizer in reversed(finalizers):
+        try:
+            finalizer()
+        except Exception:  # noqa: BLE001, S112 - a half set-up fixture's finalizer may fail; the test has its error
+            continue
+    guard = transport.current()
+    test = guard.test_id if guard is not None else "a guarded test"
+    budget = getattr(exc, "budget", None)
+    cause = f"the {budget} of {test}" if budget else f"{type(exc).__name__} in {test}"
+    what = "The deadline passed" if budget == "deadline" else f"{type(exc).__name__} was raised"
+    exc.args = (
+        f"{exc}\n{what} during the setup of fixture {name!r} ({scope} scope): "
+        "a fixture's setup counts against the test that first uses it.",
+    )
+    if scope == "function":
+        return
+    first_line = str(exc).splitlines()[0]
+    later = pytest.fail.Exception(
+        f"pytest-llm-guard: the setup of fixture {name!r} ({scope} scope) was interrupted by {cause}, "
+        "so it has no value and every test using it fails. Give the test that first uses it a deadline "
+        "that covers the setup, or set the fixture up outside guarded tests. "
+        f"The interruption: {first_line}",
+        pytrace=False,
+    )
+    fixturedef.cached_result = (None, fixturedef.cache_key(request), (later, None))  # type: ignore[arg-type]
+
+
+def _unsaved(item: pytest.Item) -> CassetteLayer | None:
+    """The test's cassette, if not saved yet: it is saved once."""
+    layer = item.stash.get(CASSETTE, None)
+    if layer is not None:
+        del item.stash[CASSETTE]
+    return layer
+
+
+def _save(item: pytest.Item, layer: CassetteLayer, *, failed: bool, in_wrapper: bool = False) -> None:
+    """A cassette that cannot be written (disk full, read-only folder) warns; the session goes on.
+
+    ``in_wrapper``: the save runs in a wrapper's teardown (the teardown phase raised, or the session
+    is ending), where a warning that ``-W error`` raises would end the whole session: it is shown,
+    never raised.
+    """
     try:
         warning = layer.save(test_failed=failed)
     except OSError as exc:
         warning = f"pytest-llm-guard: cassette of {item.nodeid} not saved: {exc}"
-    if warning is not None:
+    except Exception as exc:
+        if not in_wrapper:
+            raise
+        warning = f"pytest-llm-guard: cassette of {item.nodeid} not saved: {type(exc).__name__}: {exc}"
+    if warning is None:
+        return
+    with warnings.catch_warnings():
+        if in_wrapper:
+            warnings.simplefilter("always")
         item.warn(pytest.PytestWarning(warning))
 
 

@@ -8,6 +8,7 @@ refers to them.
 
 from __future__ import annotations
 
+import linecache
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -254,14 +255,16 @@ def failure_text(
     cut stream), shown in a line, with the test's ``attempts``.
     """
     hidden = _hidden_prefixes()
-    own = [e for e in excinfo.traceback if not str(e.path).startswith(hidden)] or [excinfo.traceback[-1]]
+    own = [_frame_line(e, root) for e in excinfo.traceback if not str(e.path).startswith(hidden)]
+    # The deadline raised inside an event loop: the loop's traceback, and the test's coroutines apart
+    awaiting = [_code_line(*at, root) for at in getattr(excinfo.value, "awaiting", ()) if not at[0].startswith(hidden)]
     title = "Where the LLM call was made:" if getattr(excinfo.value, "in_call", True) else "Where the test was:"
     lines = [f"{excinfo.typename}: {excinfo.value}"]
     if cause is not None:
         first, *rest = f"caused by {type(cause).__name__}: {cause}".splitlines() or [""]
         lines.extend([f"  {first}", *(f"    {more}" for more in rest)])
         lines.extend(attempt_lines(attempts))
-    return "\n".join([*lines, "", title, *(_frame_line(entry, root) for entry in own)])
+    return "\n".join([*lines, "", title, *(own or awaiting or [_frame_line(excinfo.traceback[-1], root)])])
 
 
 def guard_cause(error: BaseException) -> BaseException | None:
@@ -285,6 +288,14 @@ def _frame_line(entry: Any, root: Path) -> str:
     except (AssertionError, TypeError, IndexError):
         line, statement = "?", ""
     return f"{shown}:{line}: in {entry.name}{statement}"
+
+
+def _code_line(file: str, line: int, name: str, root: Path) -> str:
+    """``path:line: in name`` and its statement, for a frame known by file and line only."""
+    path = Path(file)
+    shown = path.relative_to(root) if path.is_relative_to(root) else path
+    statement = linecache.getline(file, line).strip()
+    return f"{shown}:{line}: in {name}" + (f"\n    {statement}" if statement else "")
 
 
 # -- the terminal summary ---------------------------------------------------------------
@@ -403,11 +414,20 @@ def unguarded_refusal(test: str, request: str, settings: Settings) -> str:
     )
 
 
+def unguarded_warning(test: str, count: int, first: str) -> str:
+    return (
+        f"pytest-llm-guard: {test} is not guarded, yet sent {plural(count, 'LLM request')} ({first}) to the "
+        "network: no deadline or budget of ours bound it, no cassette of ours replayed or recorded it, and it is "
+        f"not counted. To fix: {_GUARD_IT}. To silence: unguarded = allow, or "
+        "filterwarnings = ignore::pytest_llm_guard.LLMUnguardedWarning"
+    )
+
+
 def unguarded_lines(tests: Sequence[Mapping[str, Any]]) -> list[str]:
     """Tests that went live without a guard: nothing of theirs was replayed, recorded, bounded or counted."""
     lines = [
-        f"{plural(len(tests), 'test')} sent LLM requests without a guard: not replayed, not recorded, not "
-        f'bounded, not counted (unguarded = warn; "fail" refuses them):'
+        f"{plural(len(tests), 'test')} sent LLM requests without a guard: no deadline or budget, no "
+        f'cassette of ours, not counted (unguarded = warn; "fail" refuses them):'
     ]
     lines.extend(f"  {t['nodeid']}: {plural(len(t['requests']), 'request')}, first {t['requests'][0]}" for t in tests)
     lines.append(f"To fix: {_GUARD_IT}.")

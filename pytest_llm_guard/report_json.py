@@ -170,8 +170,9 @@ def build(
     *,
     duration: float,
     currency: str = "USD",
+    unguarded: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
-    """The whole report (``SCHEMA``)."""
+    """The whole report (``SCHEMA``; ``unguarded`` only when some test went live without a guard)."""
     try:
         plugin_version = version("pytest-llm-guard")
     except PackageNotFoundError:  # pragma: no cover - running from a source tree
@@ -190,6 +191,7 @@ def build(
         },
         "tests": list(tests),
         "endpoints": endpoints(tests, health),
+        **({"unguarded": list(unguarded)} if unguarded else {}),
     }
 
 
@@ -222,15 +224,17 @@ def write_reports(
     currency: str,
     json_path: Path | None,
     html_path: Path | None,
+    unguarded: Sequence[Mapping[str, Any]] = (),
 ) -> list[str]:
     """Write the JSON and HTML reports asked for; returns what to tell the user about each."""
     from .cassettes.files import write_atomically
 
-    data = build(tests, health, duration=duration, currency=currency)
+    data = build(tests, health, duration=duration, currency=currency, unguarded=unguarded)
     said = []
     for name, path in (("report", json_path), ("report-html", html_path)):
         if path is None:
             continue
+        kind = "JSON" if name == "report" else "HTML"
         try:
             if name == "report":
                 write(path, data)
@@ -239,7 +243,7 @@ def write_reports(
 
                 path.parent.mkdir(parents=True, exist_ok=True)
                 write_atomically(path, render(data))
-            said.append(f"pytest-llm-guard: {name} written to {path}")
+            said.append(f"pytest-llm-guard: {kind} report written to {path}")
         except OSError as exc:
             said.append(f"pytest-llm-guard: the --llm-{name} file {path} could not be written: {exc}")
     return said

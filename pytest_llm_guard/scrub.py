@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .dialect import KEY_HEADERS
+from .stored import as_text
 
 if TYPE_CHECKING:
     from vcr.request import Request as VcrRequest
@@ -43,12 +45,22 @@ SHAPES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("Anthropic API key", re.compile(r"\bsk-ant-[A-Za-z0-9_\-]{16,}")),
     ("OpenAI API key", re.compile(r"\b(?:sk|sess|rk)-(?!ant-)[A-Za-z0-9_\-]{16,}")),
     ("AWS access key", re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b")),
-    ("Google API key", re.compile(r"\bAIza[0-9A-Za-z_\-]{35}")),
+    ("Google API key", re.compile(r"\bAIza[0-9A-Za-z_\-]{35}(?![0-9A-Za-z_\-])")),
     ("JSON Web Token", re.compile(r"\beyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}")),
+    (
+        "Authorization credential",
+        re.compile(
+            r"""(?ix)\b(?:proxy-)?authorization['"]?\s*[:=]\s*\[?\s*['"]?(?:bearer|basic|token)\s+
+            (?!REDACTED\b)([^\s'",}\]{$<%][^\s'",}\]]{7,})  # not a template: {token}, ${KEY}, <key>"""
+        ),
+    ),
     ("bearer token", re.compile(r"(?i)\bbearer\s+([A-Za-z0-9._~+/\-]{16,}=*)")),
     ("Azure api-key", re.compile(r"(?i)api-key['\"]?(?:\s*[:=]\s*|:\s*\n\s*-\s*)['\"]?([0-9a-f]{32})\b")),
 )
-"""Credential shapes, for redaction and for ``--llm-audit``: (kind, pattern); a group, if any, is the secret."""
+"""Credential shapes, for redaction and for ``--llm-audit``: (kind, pattern); a group, if any, is the secret.
+Kinds in :data:`_RANDOM_ONLY` count only where the value looks random (:func:`looks_random`)."""
+_RANDOM_ONLY = frozenset({"OpenAI API key", "bearer token"})
+"""Shapes that ordinary text can take: ``sk-learn-compatible``, "ring bearer responsibilities"."""
 _CREDENTIAL_HEADERS = frozenset({b"authorization", b"proxy-authorization", b"api-key", b"x-api-key"})
 _MIN_SECRET = 8
 """Shorter values are not treated as secrets (they would redact ordinary words)."""
@@ -59,20 +71,59 @@ _HEADER_VALUES = re.compile(
     """
 )
 """Header values inside log text (``'set-cookie': ['...']``, ``authorization: Bearer ...``)."""
+_HEADER_PAIRS = re.compile(
+    r"""(?x)
+    (\(\s*b?(['"])([A-Za-z0-9_\-]+)\2\s*,\s*)
+    (b?)('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")
+    (?=\s*\))
+    """
+)
+"""Header pairs inside log text, str or bytes: httpcore's ``(b'Set-Cookie', b'...')``, httpx's ``('cookie', '...')``."""
 _QUERY_VALUES = re.compile(r"(?i)([?&](?:api[-_]?key|key|access_token|token|code)=)[^&\s'\"]+")
 
 
 def find_shapes(text: str) -> Iterator[tuple[str, int, int]]:
-    """(kind, start, end) of every credential-shaped string in ``text``."""
+    """(kind, start, end) of every credential-shaped string in ``text``, each string once."""
+    seen = set()
     for kind, pattern in SHAPES:
         for match in pattern.finditer(text):
             start, end = match.span(match.lastindex or 0)
-            yield kind, start, end
+            if (start, end) not in seen and (kind not in _RANDOM_ONLY or looks_random(text[start:end])):
+                seen.add((start, end))
+                yield kind, start, end
+
+
+def looks_random(token: str) -> bool:
+    """Whether some part of ``token`` (between ``-_.~+/``) looks generated rather than written: letters
+    mixed with digits, or upper and lower case mixed throughout. English words, hyphenated phrases and
+    camelCase names do not; keys, hex digests, base64 and JWTs do."""
+    for part in re.split(r"[-_.~+/=]+", token):
+        if len(part) < 8:
+            continue
+        letters = sum(c.isalpha() for c in part)
+        digits = sum(c.isdigit() for c in part)
+        upper = sum(c.isupper() for c in part)
+        if letters and digits >= 2:
+            return True
+        if len(part) >= 16 and min(upper, letters - upper) >= 0.3 * letters:
+            return True
+    return False
+
+
+_TRIGGERS = re.compile(r"(?i)sk-|sess-|rk-|AKIA|ASIA|AIza|eyJ|bearer|authorization|api-key")
+"""What every shape contains: text without any is passed over in one scan (most header values)."""
 
 
 def redact_shapes(text: str) -> str:
-    spans = sorted({(start, end) for _, start, end in find_shapes(text)}, reverse=True)
-    for start, end in spans:
+    if not _TRIGGERS.search(text):
+        return text
+    spans: list[list[int]] = []
+    for start, end in sorted((start, end) for _, start, end in find_shapes(text)):
+        if spans and start <= spans[-1][1]:  # overlapping shapes (a JWT after "Bearer") redact once
+            spans[-1][1] = max(spans[-1][1], end)
+        else:
+            spans.append([start, end])
+    for start, end in reversed(spans):
         text = text[:start] + REDACTED + text[end:]
     return text
 
@@ -144,9 +195,21 @@ class Scrubber:
             value = exact.sub(REDACTED, value)
         return redact_shapes(value)
 
+    def kinds(self, value: str) -> list[str]:
+        """What :meth:`text` would redact in ``value``, by kind (for warnings: never the values)."""
+        found = ["configured pattern" for pattern in self._patterns for _ in pattern.finditer(value)]
+        exact = self._exact
+        if exact is not None:
+            found += ["key known to the test" for _ in exact.finditer(value)]
+        return found + [kind for kind, _, _ in find_shapes(value)]
+
     def log_text(self, value: str) -> str:
         """Text of a log record: also header values and key query parameters, which logs print whole."""
         value = _HEADER_VALUES.sub(lambda m: m.group(1) + f"'{REDACTED}'", value)
+        value = _HEADER_PAIRS.sub(
+            lambda m: f"{m.group(1)}{m.group(4)}'{REDACTED}'" if self.is_secret_header(m.group(3)) else m.group(0),
+            value,
+        )
         value = _QUERY_VALUES.sub(lambda m: m.group(1) + REDACTED, value)
         return self.text(value)
 
@@ -164,6 +227,25 @@ class Scrubber:
                 pass
         scrubbed = self.text(raw)
         return scrubbed if isinstance(body, str) else scrubbed.encode("utf-8")
+
+    def tree(self, data: Any) -> Any:
+        """A copy of a cassette's data with every string scrubbed as it will be loaded, and every
+        binary body scrubbed decompressed (and compressed again): the file's text may fold a
+        string across lines, or hold a gzip answer, where no scan of the text can see a key."""
+        if isinstance(data, str):
+            return self.text(data)
+        if isinstance(data, bytes):
+            loaded = as_text(data)
+            if loaded is None:
+                return data
+            text, store = loaded
+            scrubbed = self.text(text)
+            return data if scrubbed == text else store(scrubbed)
+        if isinstance(data, dict):
+            return {self.tree(key): self.tree(value) for key, value in data.items()}
+        if isinstance(data, (list, tuple)):
+            return [self.tree(value) for value in data]
+        return data
 
     def uri(self, uri: str) -> str:
         parts = urlsplit(uri)
@@ -196,8 +278,41 @@ class Scrubber:
         return response
 
 
+def scrub_report(report: Any, scrubber: Scrubber) -> None:
+    """Scrub a test report's failure and captured output in place, whoever raised the failure: its
+    longrepr (traceback lines, frame arguments and locals, the crash message JUnit's ``<failure>``
+    shows, assertion diffs) and its sections (captured stdout, stderr and log)."""
+    scrubber.refresh()
+    if isinstance(report.longrepr, tuple):  # a skip: (path, line, message)
+        report.longrepr = (*report.longrepr[:2], scrubber.text(report.longrepr[2]))
+    elif report.longrepr is not None:
+        report.longrepr = _scrubbed(report.longrepr, scrubber)
+    report.sections = [(title, scrubber.text(content)) for title, content in report.sections]
+
+
+def _scrubbed(value: Any, scrubber: Scrubber) -> Any:
+    """pytest's failure representation, rebuilt with every string scrubbed (its parts are dataclasses
+    holding strings, lists and tuples; a plugin's own longrepr may be a plain string)."""
+    if isinstance(value, str):
+        return scrubber.text(value)
+    if isinstance(value, list):
+        return [_scrubbed(item, scrubber) for item in value]
+    if isinstance(value, tuple):
+        return tuple(_scrubbed(item, scrubber) for item in value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for field in dataclasses.fields(value):
+            object.__setattr__(value, field.name, _scrubbed(getattr(value, field.name), scrubber))
+        return value
+    if value is None or isinstance(value, (int, float, bool)):
+        return value
+    return scrubber.text(str(value))  # anything else is printed as its str()
+
+
 LOGGERS = ("vcr", "httpx2", "httpcore2", "httpx", "httpcore", "openai", "anthropic", "urllib3", "pytest_llm_guard")
 """Loggers whose records may carry requests, headers or URLs: scrubbed while a guarded test runs."""
+
+
+_FORMATTER = logging.Formatter()
 
 
 @contextlib.contextmanager
@@ -214,6 +329,10 @@ def scrubbed_logs(scrubber: Scrubber) -> Iterator[None]:
             except Exception:  # a malformed record is the logging library's business
                 return record
             record.msg, record.args = scrubber.log_text(message), None
+            if record.exc_info and record.exc_info[0] is not None:  # formatters print exc_text when it is set
+                record.exc_text = scrubber.log_text(_FORMATTER.formatException(record.exc_info))
+            if record.stack_info:
+                record.stack_info = scrubber.log_text(record.stack_info)
         return record
 
     logging.setLogRecordFactory(factory)

@@ -11,6 +11,9 @@ Per request: the dialect says whether it is LLM traffic (``dialect.py``); the gu
 opens its attempt (``guard.py``); the guard's layers run in front of the client's own
 transport; the response body is watched as it arrives (deadline and attempt cap per
 chunk, usage and the end of a stream at the end).
+
+In a test that is not guarded, the seam only marks an LLM request; whether it left the
+process is known where httpcore2's connection pool receives it (:class:`_Live`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import TYPE_CHECKING
 
 import httpx2
 
+from . import worker_reads
 from .dialect import Dialect, decoding, dialect_for
 from .errors import LLMGuardConfigError, LLMGuardInterrupt
 
@@ -33,8 +37,11 @@ if TYPE_CHECKING:
 _guards: list[Guard] = []
 """Active guards, innermost last (a pytester session inside a guarded test nests one)."""
 _watchers: list[Callable[[httpx2.Request], None]] = []
-"""While a test that is not guarded runs: told of each LLM request (it may refuse it by raising)."""
+"""While a test that is not guarded runs: told of each LLM request that leaves the process (it may
+refuse it by raising)."""
 _saved: tuple[object, object] | None = None
+_UNGUARDED = "pytest_llm_guard.unguarded"
+"""``request.extensions`` key of an unguarded LLM request's :class:`_Live` (httpcore2 gets the same dict)."""
 
 
 def check_seam() -> None:
@@ -58,12 +65,14 @@ def _patch() -> None:
         _saved = (httpx2.Client._send_single_request, httpx2.AsyncClient._send_single_request)
         httpx2.Client._send_single_request = _send_single_request  # type: ignore[method-assign]
         httpx2.AsyncClient._send_single_request = _send_single_request_async  # type: ignore[method-assign]
+        worker_reads.install()
 
 
 def _unpatch() -> None:
     global _saved
     if not _guards and not _watchers and _saved is not None:
         httpx2.Client._send_single_request, httpx2.AsyncClient._send_single_request = _saved  # type: ignore[method-assign]
+        worker_reads.uninstall()
         _saved = None
 
 
@@ -80,8 +89,10 @@ def deactivate(guard: Guard) -> None:
 
 
 def watch(watcher: Callable[[httpx2.Request], None]) -> None:
-    """While a test that is not guarded runs, tell ``watcher`` of its LLM requests (nothing else is done)."""
+    """While a test that is not guarded runs, tell ``watcher`` of its LLM requests that go live
+    (nothing else is done)."""
     _patch()
+    _watch_the_network()
     _watchers.append(watcher)
 
 
@@ -90,9 +101,60 @@ def unwatch(watcher: Callable[[httpx2.Request], None]) -> None:
     _unpatch()
 
 
+class _Live:
+    """An unguarded LLM request, told to its watcher only if it reaches httpcore2's connection pool.
+
+    The seam sees requests that never leave the process: vcrpy and pytest-recording answer
+    from a cassette by replacing httpx2's transports, ``httpx2.MockTransport`` and any
+    transport a test installs answer in place of the network transport. All of them answer
+    above the pool; only a request httpx2's network transport hands on reaches it. (respx
+    and pytest-httpx patch httpcore and httpx, not httpcore2 and httpx2: they never see
+    httpx2's traffic.) A transport that reaches the network without httpcore2 is not seen:
+    where liveness cannot be known, nothing is said.
+    """
+
+    __slots__ = ("request", "watcher")
+
+    def __init__(self, request: httpx2.Request, watcher: Callable[[httpx2.Request], None]) -> None:
+        self.request = request
+        self.watcher = watcher
+
+
 def _unguarded(request: httpx2.Request) -> None:
     if _watchers and dialect_for(request) is not None:
-        _watchers[-1](request)
+        request.extensions[_UNGUARDED] = _Live(request, _watchers[-1])
+
+
+def _watch_the_network() -> None:
+    """Wrap httpcore2's pools once per process: the request of a :class:`_Live` mark is told there.
+
+    Cheap for every other request (one dictionary look-up), so it stays for the session. An
+    httpcore2 without these pools leaves requests unseen: nothing is said, rather than a guess.
+    """
+    import httpcore2
+
+    sync_pool, async_pool = getattr(httpcore2, "ConnectionPool", None), getattr(httpcore2, "AsyncConnectionPool", None)
+    if sync_pool is None or async_pool is None or getattr(sync_pool.handle_request, "_llm_guard", False):
+        return
+    real, real_async = sync_pool.handle_request, async_pool.handle_async_request
+
+    def handle_request(pool: httpcore2.ConnectionPool, request: httpcore2.Request) -> httpcore2.Response:
+        live = request.extensions.get(_UNGUARDED)
+        if live is not None:
+            live.watcher(live.request)
+        return real(pool, request)
+
+    async def handle_async_request(
+        pool: httpcore2.AsyncConnectionPool, request: httpcore2.Request
+    ) -> httpcore2.Response:
+        live = request.extensions.get(_UNGUARDED)
+        if live is not None:
+            live.watcher(live.request)
+        return await real_async(pool, request)
+
+    handle_request._llm_guard = handle_async_request._llm_guard = True  # type: ignore[attr-defined]
+    sync_pool.handle_request = handle_request  # type: ignore[method-assign]
+    async_pool.handle_async_request = handle_async_request  # type: ignore[method-assign]
 
 
 def _send_single_request(client: httpx2.Client, request: httpx2.Request) -> httpx2.Response:

@@ -304,11 +304,13 @@ def test_opting_out_and_sharing_a_cassette(project: pytest.Pytester, server: Fau
     assert len(interactions(project.path / "cassettes" / "test_app" / "greetings.yaml")) == 2
 
 
-def test_bad_cassette_marker_is_a_collection_error(pytester: pytest.Pytester) -> None:
+def test_bad_cassette_marker_is_an_error_of_its_test(pytester: pytest.Pytester) -> None:
     pytester.makepyfile("import pytest\n@pytest.mark.llm_cassette(3)\ndef test_x():\n    pass\n")
     result = pytester.runpytest()
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*test_x*llm_cassette on *test_x takes a cassette name (str), False, or path=...*"])
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        ["pytest-llm-guard: @pytest.mark.llm_cassette on *::test_x takes a cassette name (str), False, or path=...*"]
+    )
 
 
 def test_xdist_workers_keep_each_others_interactions(project: pytest.Pytester) -> None:

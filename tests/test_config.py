@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llm_guard.config import LLMGuardConfigError, Settings, apply_markers, load_settings
+from pytest_llm_guard.config import ConfigWarning, LLMGuardConfigError, Settings, apply_markers, load_settings
 
 
 def load(tmp_path: Path, *, toml: str = "", ini=None, env=None, cli=None, overridden=None) -> Settings:
@@ -53,7 +53,7 @@ def test_off_switches_a_limit_off(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("toml", "words"),
     [
-        ("[tool.pytest_llm_guard]\ndeadlin = 3\n", ["unknown key 'deadlin'", "allowed keys", "deadline"]),
+        ("[tool.pytest_llm_guard]\ndeadlin = 3\n", ["unknown key 'deadlin'", "did you mean 'deadline'?"]),
         ("[tool.pytest_llm_guard]\ndeadline = -1\n", ["deadline = -1", "pyproject.toml", "positive number"]),
         ("[tool.pytest_llm_guard]\nretries = 1.5\n", ["retries = 1.5", "non-negative whole number"]),
         ("[tool.pytest_llm_guard]\nretries = true\n", ["retries = True"]),
@@ -74,9 +74,10 @@ def test_an_unknown_environment_variable_is_a_warning_with_a_suggestion(tmp_path
         pyproject=None, ini={}, ini_source="ini", cli={}, environ={"LLM_GUARD_DEADLNE": "3", "LLM_GUARD_RETRIES": "1"}
     )
     assert settings.retries == 1
-    assert warnings == [
+    message = (
         "pytest-llm-guard: unknown environment variable LLM_GUARD_DEADLNE is ignored; did you mean LLM_GUARD_DEADLINE?"
-    ]
+    )
+    assert warnings == [ConfigWarning(message, "LLM_GUARD_DEADLNE (environment)")]
 
 
 def test_an_empty_environment_variable_is_a_usage_error(tmp_path: Path) -> None:

@@ -196,6 +196,6 @@ def test_without_limits_the_clients_own_timeouts_stand(llm_fault_server: FaultSe
     import httpx2
 
     with httpx2.Client(timeout=None) as client:
-        response = client.post(llm_fault_server.base_url + "/chat/completions", json={"model": "m"})
+        response = client.post(llm_fault_server.base_url + "/chat/completions", json={"model": "m", "messages": HELLO})
     assert response.status_code == 200
     assert llm_guard.stats.attempts == 1

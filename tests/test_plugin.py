@@ -145,30 +145,6 @@ def test_agent_turn(llm_fault_server):
     result.stdout.fnmatch_lines(["*LLM retries budget spent*2 failed attempts*", "*HTTP 503*", "*HTTP 503*"])
 
 
-def test_bad_marker_argument_names_the_test(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(
-        """
-        import pytest
-        @pytest.mark.llm_budget(deadline=-1)
-        def test_x():
-            pass
-        """
-    )
-    result = pytester.runpytest()
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(
-        ["*test_bad_marker_argument_names_the_test.py::test_x*deadline = -1*llm_budget*positive number*"]
-    )
-
-
-def test_pyproject_error_says_key_and_file(pytester: pytest.Pytester) -> None:
-    pytester.makepyprojecttoml("[tool.pytest_llm_guard]\nretry = 3\n")
-    pytester.makepyfile("def test_x():\n    pass\n")
-    result = pytester.runpytest()
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*unknown key 'retry'*pyproject.toml*allowed keys: deadline, call_timeout, retries*"])
-
-
 def test_layers_resolve_in_documented_order(pytester: pytest.Pytester, monkeypatch) -> None:
     pytester.makepyprojecttoml("[tool.pytest_llm_guard]\ndeadline = 50\nretries = 5\ncalls = 7\n")
     pytester.makeini(
@@ -386,9 +362,9 @@ def test_an_unmarked_test_that_calls_an_llm_is_listed_on_ci(pytester: pytest.Pyt
     result.assert_outcomes(passed=2, warnings=1)
     result.stdout.fnmatch_lines(
         [
-            "*test_app.py::test_unmarked is not guarded, yet sent 1 LLM request(s) (GET http://127.0.0.1:*/v1/models)*",
+            "*test_app.py::test_unmarked is not guarded, yet sent 1 LLM request (GET http://127.0.0.1:*/v1/models)*",
             "*llm-guard: unguarded LLM requests*",
-            "1 test sent LLM requests without a guard: not replayed, not recorded, not bounded, not counted*",
+            "1 test sent LLM requests without a guard: no deadline or budget, no cassette of ours, not counted*",
             "  test_app.py::test_unmarked: 1 request, first GET http://127.0.0.1:*/v1/models",
             "To fix: guard it with an llm_* marker*guard_all = true*",
         ]

@@ -408,7 +408,7 @@ def test_marker_chooses_endpoints_and_skips_when_they_are_down(
     assert len(primary.requests) == 1
 
 
-def test_marker_naming_an_unknown_endpoint_is_a_usage_error(pytester: pytest.Pytester, primary: FaultServer) -> None:
+def test_marker_naming_an_unknown_endpoint_errors_that_test(pytester: pytest.Pytester, primary: FaultServer) -> None:
     project(pytester, primary)
     pytester.makepyfile(
         test_app="""
@@ -420,7 +420,8 @@ def test_marker_naming_an_unknown_endpoint_is_a_usage_error(pytester: pytest.Pyt
         """
     )
     result = pytester.runpytest()
-    result.stderr.fnmatch_lines(["*llm_breaker on test_app.py::test_typo names unknown endpoints 'primray'*primary*"])
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*llm_breaker on test_app.py::test_typo names unknown endpoints 'primray'*primary*"])
 
 
 def test_bad_endpoint_config_is_a_usage_error(pytester: pytest.Pytester) -> None:

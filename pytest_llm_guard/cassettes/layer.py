@@ -17,6 +17,7 @@ from ..config import OPTIONS, Settings
 from ..dialect import BodyReader, Dialect, decoding, dialect_for
 from ..errors import LLMCassetteMiss
 from ..scrub import Scrubber, find_shapes
+from ..stored import as_text
 from . import vcr_bridge
 
 if TYPE_CHECKING:
@@ -112,7 +113,7 @@ class CassetteLayer:
         self.existed = cassette.path.exists()
         """Whether the file existed when this test opened it."""
         self.redacted: dict[str, int] = {}
-        """Credential-shaped strings found in what was recorded, by kind: redacted, and worth a warning."""
+        """Secrets found in what was recorded, by where and kind: redacted, and worth a warning."""
 
     def handle(self, request: httpx2.Request, attempt: Attempt, send: Send) -> httpx2.Response:
         self.scrubber.refresh()  # a key set since the last request is a secret too
@@ -143,10 +144,11 @@ class CassetteLayer:
         self.cassette.save()
         if not self.redacted:
             return None
-        kinds = ", ".join(f"{kind} x{count}" for kind, count in sorted(self.redacted.items()))
+        kinds = ", ".join(f"{kind} x{count}" for kind, count in self.redacted.items())
         return (
             f"pytest-llm-guard: credential-shaped strings were redacted from cassette {self.cassette.path} "
-            f"before it was written ({kinds}); check what the test sends and records."
+            f"before it was written ({kinds}); a replay returns REDACTED where an answer held one. "
+            "Check what the test sends and records."
         )
 
     @staticmethod
@@ -207,11 +209,16 @@ class CassetteLayer:
         return response
 
     def _note_shapes(self, recorded: Any, body: bytes) -> None:
-        texts = [recorded.uri, str(recorded.body or b""), body.decode("utf-8", "replace")]
+        """Count what the scrubber will redact: credential shapes in the request, and anything in the
+        answer (a known key echoed too), since there a replay returns REDACTED in its place."""
+        where = f"interaction {len(self.cassette.data) + 1}"
+        texts = [recorded.uri, str(recorded.body or b"")]
         texts += [f"{k}: {v}" for k, v in recorded.headers.items() if not self.scrubber.is_secret_header(k)]
-        for text in texts:
-            for kind, _, _ in find_shapes(text):
-                self.redacted[kind] = self.redacted.get(kind, 0) + 1
+        found = [f"{where} request: {kind}" for text in texts for kind, _, _ in find_shapes(text)]
+        answer = as_text(body)  # a gzip answer is stored decompressed, and scrubbed so
+        found += [f"{where} response body: {kind}" for kind in self.scrubber.kinds(answer[0] if answer else "")]
+        for key in found:
+            self.redacted[key] = self.redacted.get(key, 0) + 1
 
     def _miss(self, recorded: Any) -> LLMCassetteMiss:
         path = self.cassette.path

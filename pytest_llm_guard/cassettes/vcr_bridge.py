@@ -142,6 +142,17 @@ class ReadableYaml:
         return data
 
 
+class _Scrubbed:
+    """A serializer that scrubs every value as stored (``Scrubber.tree``) before writing it."""
+
+    def __init__(self, serializer: Any, scrubber: Scrubber) -> None:
+        self._serializer = serializer
+        self._scrubber = scrubber
+
+    def serialize(self, data: dict[str, Any]) -> str:
+        return self._serializer.serialize(self._scrubber.tree(data))
+
+
 _REQUIRED = {
     "request": ("method", "uri", "body", "headers"),
     "response": ("status", "headers", "body"),
@@ -221,7 +232,7 @@ class AtomicPersister:
                     responses.append(r)
             files.remove_stale_temporaries(path)
             # Scrubbed once more as a whole, with every secret known now (some are learned late).
-            text = self._scrubber.text(serialize({"requests": requests, "responses": responses}, serializer))
+            text = serialize({"requests": requests, "responses": responses}, _Scrubbed(serializer, self._scrubber))
             files.write_atomically(path, text)
 
     @staticmethod

@@ -14,6 +14,8 @@ Stdlib only, so it can run anywhere the tests run. One job per module:
 
 - ``faults.py``: the fault values (``Fault.status(503)``, ``Fault.hang()``, ...) and their checks.
 - ``server.py``: the HTTP server, the plan, scripted replies, the request log, faults applied.
+- ``prefixes.py``: faults chosen by a path prefix (``/hang/v1``, ``/s429-2/v1``), for any client.
+- ``command.py``: ``python -m pytest_llm_guard.fault``, the server as a process until Ctrl-C.
 - ``http11.py``: reading a request's head off the socket, writing an answer's head.
 - ``dialect.py``: what an API dialect gives the server: routes (method + path template
   -> answer builder), its error body, its broken answer; the route table the server

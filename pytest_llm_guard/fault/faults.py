@@ -31,6 +31,15 @@ def count(what: str, value: Any, minimum: int) -> int:
     return value
 
 
+def header_pairs(what: str, headers: Any) -> tuple[tuple[str, str], ...]:
+    """``headers`` (a mapping or pairs) as a tuple of pairs, or a ValueError naming ``what``."""
+    pairs = tuple(headers.items()) if isinstance(headers, Mapping) else tuple(headers)
+    for name, value in pairs:
+        if not isinstance(name, str) or not isinstance(value, str) or re.search(r"[\r\n]", name + value):
+            raise ValueError(f"{what} header {name!r}: {value!r} must be str without CR/LF")
+    return pairs
+
+
 @dataclass(frozen=True)
 class Fault:
     """What the server does with one request. Build values with the constructors below."""
@@ -40,9 +49,10 @@ class Fault:
             raise TypeError("Fault() is abstract; build faults with Fault.ok(), Fault.status(503), ...")
 
     @staticmethod
-    def ok(delay: float = 0.0) -> Ok:
-        """Answer normally after ``delay`` seconds: a slow but healthy upstream."""
-        return Ok(delay)
+    def ok(delay: float = 0.0, *, headers: Mapping[str, str] | None = None) -> Ok:
+        """Answer normally after ``delay`` seconds: a slow but healthy upstream. ``headers`` are
+        added to the answer (a ``Set-Cookie`` as a CDN sends one, say)."""
+        return Ok(delay, headers or ())
 
     @staticmethod
     def hang() -> Hang:
@@ -89,9 +99,11 @@ class Ok(Fault):
     """See Fault.ok()."""
 
     delay: float = 0.0
+    headers: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "delay", seconds("Fault.ok(delay=...)", self.delay))
+        object.__setattr__(self, "headers", header_pairs("Fault.ok", self.headers))
 
 
 @dataclass(frozen=True)
@@ -122,12 +134,9 @@ class Status(Fault):
             seconds("Fault.status(retry_after_ms=...)", self.retry_after_ms)
         if self.should_retry is not None and not isinstance(self.should_retry, bool):
             raise ValueError(f"Fault.status(should_retry=...) must be True, False or None, not {self.should_retry!r}")
-        if isinstance(self.headers, Mapping):
-            object.__setattr__(self, "headers", tuple(self.headers.items()))
-        verbatim = [("retry-after", self.retry_after)] if isinstance(self.retry_after, str) else []
-        for name, value in [*self.headers, *verbatim]:
-            if not isinstance(name, str) or not isinstance(value, str) or re.search(r"[\r\n]", name + value):
-                raise ValueError(f"Fault.status header {name!r}: {value!r} must be str without CR/LF")
+        object.__setattr__(self, "headers", header_pairs("Fault.status", self.headers))
+        if isinstance(self.retry_after, str):
+            header_pairs("Fault.status", [("retry-after", self.retry_after)])
 
     @property
     def error_message(self) -> str:

@@ -25,6 +25,7 @@ from urllib.parse import parse_qsl
 from .dialect import Call, Dialect, Reply, Response, RouteTable, registered
 from .faults import CutStream, Fault, Hang, Malformed, Ok, Reset, Status, Trickle
 from .http11 import BadRequest, read_head, response_head
+from .prefixes import Prefix, split, unknown
 
 __all__ = ["FaultServer", "RecordedRequest"]
 
@@ -52,8 +53,12 @@ class RecordedRequest:
 class FaultServer:
     """API-compatible HTTP server on a background thread whose failures a test scripts."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, *, on_request: Callable[[RecordedRequest], None] | None = None
+    ) -> None:
+        """``on_request`` is called with each request as it is logged (on a handler thread), before its answer."""
         self.host = host
+        self.on_request = on_request
         self._port = port
         self._table = RouteTable(registered())
         self._lock = threading.Lock()
@@ -65,6 +70,7 @@ class FaultServer:
         self._then: dict[str, Fault] = {}
         self._replies: tuple[Reply, ...] = ()  # replaced, never mutated: handlers read it without the lock
         self._log: list[RecordedRequest] = []
+        self._prefixed: dict[str, int] = {}  # requests seen under each fault prefix (prefixes.py)
 
     # lifecycle ---------------------------------------------------------------
 
@@ -135,6 +141,7 @@ class FaultServer:
             self._then.clear()
             self._replies = ()
             self._log.clear()
+            self._prefixed.clear()
             released, self._release = self._release, threading.Event()
         released.set()
 
@@ -197,14 +204,27 @@ class FaultServer:
         """Log a request answered without consulting the plan."""
         with self._lock:
             self._log.append(request)
+        if self.on_request is not None:
+            self.on_request(request)
 
-    def _admit(self, route: str, record: Callable[[Fault], RecordedRequest]) -> tuple[Fault, int]:
-        """Take the route's next fault and log the request with it in one step, so log order is plan order."""
+    def _admit(
+        self, route: str, prefix: Prefix | None, record: Callable[[Fault], RecordedRequest]
+    ) -> tuple[Fault, int]:
+        """Take the fault (the path prefix's, else the route's next planned one) and log the request with
+        it in one step, so log order is plan order."""
         with self._lock:
-            queue = self._queues.get(route)
-            fault = queue.popleft() if queue else self._then.get(route, _OK)
-            self._log.append(record(fault))
-            return fault, len(self._log)
+            if prefix is not None:
+                self._prefixed[prefix.text] = seen = self._prefixed.get(prefix.text, 0) + 1
+                fault = prefix.fault_for(seen)
+            else:
+                queue = self._queues.get(route)
+                fault = queue.popleft() if queue else self._then.get(route, _OK)
+            request = record(fault)
+            self._log.append(request)
+            seq = len(self._log)
+        if self.on_request is not None:
+            self.on_request(request)
+        return fault, seq
 
 
 class _HTTPServer(socketserver.ThreadingTCPServer):
@@ -295,18 +315,24 @@ class _Handler(socketserver.StreamRequestHandler):
             body = None
         headers = MappingProxyType(self.headers)
         query = MappingProxyType(dict(parse_qsl(query_string, keep_blank_values=True))) if query_string else _NO_QUERY
-        found = fs._table.find(self.command, path)
-        name = found[0].name if found else fs._table.name_for_path(path)  # a wrong method still names it
+        try:
+            prefix, api_path = split(path)
+        except ValueError as exc:
+            prefix, api_path, bad_prefix = None, path, f"{path.split('/')[1]} is not a valid fault prefix: {exc}"
+        else:
+            bad_prefix = None
+        found = None if bad_prefix else fs._table.find(self.command, api_path)
+        name = found[0].name if found else fs._table.name_for_path(api_path)  # a wrong method still names it
 
         def record(fault: Fault | None) -> RecordedRequest:
             return RecordedRequest(self.command, path, headers, body, raw, arrived, fault, name, query)
 
         if found is None:
             fs._turn_down(record(None))
-            self._refuse(404, f"Unknown route {self.command} {path}; FaultServer answers {fs._table.describe()}")
+            self._refuse(404, bad_prefix or self._unknown_route(path))
             return
         route, self._dialect, params = found
-        call = Call(self.command, path, params, query, headers, body if isinstance(body, dict) else {}, fs._replies)
+        call = Call(self.command, api_path, params, query, headers, body if isinstance(body, dict) else {}, fs._replies)
         refusal = route.check(call) if route.check else None
         if refusal is None and self.command == "POST" and not isinstance(body, dict):
             refusal = self._dialect.error(400, "Request body must be a JSON object", ())
@@ -314,8 +340,18 @@ class _Handler(socketserver.StreamRequestHandler):
             fs._turn_down(record(None))
             self._send_all(refusal)
             return
-        fault, seq = fs._admit(route.name, record)
+        fault, seq = fs._admit(route.name, prefix, record)
         self._apply(fault, release, lambda: route.answer(call, seq), call)
+
+    def _unknown_route(self, path: str) -> str:
+        table = self.server.fault_server._table
+        segment, _, rest = path.removeprefix("/").partition("/")
+        if rest and table.find(self.command, "/" + rest) is not None:
+            return f"Unknown route {self.command} {path}: {unknown(segment)}"
+        return (
+            f"Unknown route {self.command} {path}; FaultServer answers {table.describe()}, "
+            "each also behind a fault prefix such as /hang (python -m pytest_llm_guard.fault --help lists them)"
+        )
 
     def _apply(self, fault: Fault, release: threading.Event, build: Callable[[], Response], call: Call) -> None:
         if isinstance(fault, Hang):
@@ -331,6 +367,8 @@ class _Handler(socketserver.StreamRequestHandler):
             response = self._dialect.malformed(call)
         else:
             response = build()
+            if isinstance(fault, Ok):
+                response.headers.extend(fault.headers)
         head = self._head(response)
         if isinstance(fault, Reset):
             self._send((head + b"".join(response.pieces))[: fault.after_bytes])

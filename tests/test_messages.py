@@ -1,0 +1,177 @@
+"""The exact words users meet when a setting is wrong or a summary counts something: each checked as written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pytest_llm_guard.config import LLMGuardConfigError, load_settings
+from pytest_llm_guard.fault import Fault, FaultServer
+
+pytest_plugins = ["pytester"]
+
+CONFTEST = """
+import pytest
+
+@pytest.fixture
+def llm_client_options(llm_fault_server):
+    return {"base_url": llm_fault_server.base_url, "api_key": "sk-test"}
+"""
+
+ONE_CALL = """
+def test_ask(llm_client):
+    llm_client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+"""
+
+
+def test_mistyped_marker_keys_error_their_own_tests_and_the_rest_of_the_suite_runs(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_a="""
+        import pytest
+
+        @pytest.mark.llm_budget(deadlin=3)
+        def test_typo():
+            pass
+
+        @pytest.mark.llm_budget(deadline=-1)
+        def test_negative():
+            pass
+
+        def test_fine():
+            pass
+        """,
+        test_b="def test_other():\n    pass\n",
+    )
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=2, errors=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*_ ERROR at setup of test_typo _*",
+            "pytest-llm-guard: unknown key 'deadlin' in @pytest.mark.llm_budget on test_a.py::test_typo; "
+            "did you mean 'deadline'? allowed keys: deadline, call_timeout, retries, calls, tokens, cost",
+            "*_ ERROR at setup of test_negative _*",
+            "pytest-llm-guard: deadline = -1 in @pytest.mark.llm_budget on test_a.py::test_negative is not valid; "
+            "deadline must be a positive number, or none/off",
+        ]
+    )
+
+
+def test_a_mistyped_pyproject_key_names_the_key_meant_not_every_key(pytester: pytest.Pytester) -> None:
+    pytester.makepyprojecttoml("[tool.pytest_llm_guard]\nretry = 3\n")
+    pytester.makepyfile("def test_x():\n    pass\n")
+    result = pytester.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [f"*pytest-llm-guard: unknown key 'retry' in [[]tool.pytest_llm_guard] in {pytester.path}/pyproject.toml; "
+         "did you mean 'retries'?"]
+    )  # fmt: skip
+    assert "call_timeout" not in result.stderr.str()
+
+
+def test_an_unknown_pyproject_key_like_no_other_says_where_the_keys_are(tmp_path: Path) -> None:
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text("[tool.pytest_llm_guard]\nzzz = 1\n")
+    with pytest.raises(LLMGuardConfigError) as info:
+        load_settings(pyproject=pyproject, ini={}, ini_source="ini", cli={}, environ={})
+    assert str(info.value) == (
+        f"pytest-llm-guard: unknown key 'zzz' in [tool.pytest_llm_guard] in {pyproject}; the keys are the options "
+        "of pytest --help's pytest-llm-guard section (--llm-call-timeout: call_timeout)"
+    )
+
+
+def test_a_bad_value_says_what_is_allowed_once(tmp_path: Path) -> None:
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text("[tool.pytest_llm_guard]\ndeadline = -1\n")
+    with pytest.raises(LLMGuardConfigError) as info:
+        load_settings(pyproject=pyproject, ini={}, ini_source="ini", cli={}, environ={})
+    assert str(info.value) == (
+        f"pytest-llm-guard: deadline = -1 in [tool.pytest_llm_guard] in {pyproject} is not valid; "
+        "deadline must be a positive number, or none/off"
+    )
+
+
+def test_an_unknown_environment_variable_warning_points_at_the_variable(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LLM_GUARD_DEADLNE", "3")
+    pytester.makepyfile("def test_x():\n    pass\n")
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=1, warnings=1)
+    result.stdout.fnmatch_lines(
+        [
+            "LLM_GUARD_DEADLNE (environment):1",
+            "  LLM_GUARD_DEADLNE (environment):1: PytestConfigWarning: pytest-llm-guard: unknown environment "
+            "variable LLM_GUARD_DEADLNE is ignored; did you mean LLM_GUARD_DEADLINE?",
+        ]
+    )
+    assert "plugin.py" not in result.stdout.str()
+
+
+def test_one_slowest_test_is_one_test(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(test_one=ONE_CALL)
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["where the time went (1 slowest guarded test; --llm-durations=N):"])
+
+
+def test_quiet_prints_the_totals_line_only(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytester.makepyfile(test_one=ONE_CALL)
+    with FaultServer() as server:  # the default endpoint, failing: its breaker opens, which -q leaves out
+        server.plan(then=Fault.status(503))
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+        fast = ("--llm-backoff-initial=0.01", "--llm-backoff-max=0.02")
+        normal = pytester.runpytest(*fast).stdout.lines
+        quiet = pytester.runpytest("-q", *fast).stdout.lines
+    assert any(line.startswith("endpoint default (") and "breaker open" in line for line in normal)
+    section = quiet[quiet.index(next(line for line in quiet if "llm-guard" in line)) + 1 :]
+    assert section[0].startswith("1 guarded test: 1 LLM call, 3 attempts")
+    assert section[1].startswith("=") and "short test summary info" in section[1]
+
+
+def test_report_lines_stand_on_their_own_lines_under_xdist(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(test_one=ONE_CALL, test_two=ONE_CALL.replace("test_ask", "test_ask_again"))
+    result = pytester.runpytest_subprocess("-n", "2", "-p", "xdist", "--llm-report=r.json", "--llm-report-html=r.html")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(
+        [
+            f"pytest-llm-guard: JSON report written to {pytester.path}/r.json",
+            f"pytest-llm-guard: HTML report written to {pytester.path}/r.html",
+        ]
+    )
+    assert "[100%]pytest-llm-guard" not in result.stdout.str()
+
+
+def test_audit_counts_in_the_singular(pytester: pytest.Pytester) -> None:
+    key = "sk-proj-" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6"
+    (pytester.path / "c.yaml").write_text(f"interactions:\n- request:\n    body: key {key}\n")
+    result = pytester.runpytest("--llm-audit")
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(
+        [f"pytest-llm-guard audit: 1 cassette under {pytester.path}, 1 credential-shaped string found"]
+    )
+
+
+def test_a_mistyped_ini_key_warns_at_its_line_with_the_key_meant(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\nllm_deadlin = 3\n")
+    pytester.makepyfile("def test_x():\n    pass\n")
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=1, warnings=2)  # pytest's "Unknown config option", and ours
+    result.stdout.fnmatch_lines(
+        [
+            f"  {pytester.path}/tox.ini:3: PytestConfigWarning: pytest-llm-guard: unknown ini key llm_deadlin is "
+            "ignored; did you mean 'llm_deadline'?",
+        ]
+    )
+
+
+def test_under_xdist_a_configuration_warning_is_given_once(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LLM_GUARD_DEADLNE", "3")
+    pytester.makepyfile("def test_x():\n    pass\n\ndef test_y():\n    pass\n")
+    result = pytester.runpytest_subprocess("-n", "2", "-p", "xdist")
+    result.assert_outcomes(passed=2, warnings=1)
