@@ -34,8 +34,8 @@ import pytest
 
 def answer(prompt):
     # The application: its own client, the SDK's defaults (max_retries=2, 600 s timeout), OPENAI_BASE_URL.
-    client = openai.OpenAI(api_key="sk-app-not-a-real-key")
-    reply = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": prompt}])
+    with openai.OpenAI(api_key="sk-app-not-a-real-key") as client:
+        reply = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": prompt}])
     return reply.choices[0].message.content
 
 
