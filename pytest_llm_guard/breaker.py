@@ -61,12 +61,13 @@ def classify(status: int | None, error: BaseException | None) -> Outcome:
     return Outcome.SUCCESS
 
 
-def describe_error(status: int | None, error: BaseException | None, limit: int = 120) -> str:
-    """A short line for "last errors": ``HTTP 503`` or ``ReadTimeout: timed out``."""
+def describe_error(status: int | None, error: BaseException | None) -> str:
+    """One line for "last errors": ``HTTP 503`` or ``ReadTimeout: timed out``; the whole message, its
+    line breaks made spaces (it is one item of a list on one line)."""
     if error is None:
         return f"HTTP {status}"
     text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return " ".join(text.split())
 
 
 def clock_time(when: float) -> str:

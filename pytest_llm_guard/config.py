@@ -138,8 +138,12 @@ class Settings:
     scrub_patterns: tuple[str, ...] = _option((), patterns, "regular expressions redacted everywhere in cassettes")
     record_failures: bool = _option(False, boolean, "also record 429/5xx responses (replays would replay the outage)")
     # endpoints, breakers, failover (breaker.py, routing.py) and session budgets (session.py)
-    on_open: str = _option(
-        "fail", choice("fail", "skip"), "an llm_client test finding no endpoint available: fail or skip"
+    on_open: str | None = _option(
+        None,
+        choice("fail", "skip", "fallback"),
+        "a call finding no endpoint available: fail the test, skip it, or raise APIConnectionError to the code's "
+        "own fallback",
+        shown="fail for llm_client, fallback for other clients",
     )
     breaker_failures: int | None = _option(3, count, "consecutive failed attempts that open an endpoint's breaker")
     breaker_failure_rate: float | None = _option(
@@ -346,8 +350,8 @@ MARKERS = {
     BUDGET_MARKER: f"{BUDGET_MARKER}({', '.join(f'{k}=...' for k in MARKER_KEYS)}): pytest-llm-guard per-test limits: "
     "deadline seconds from the test's start, retries (failed LLM attempts absorbed in total), "
     "call_timeout seconds per attempt, calls (LLM requests) and tokens (from usage).",
-    BREAKER_MARKER: f"{BREAKER_MARKER}(endpoints=[names], on_open='fail'|'skip'): pytest-llm-guard: the endpoints "
-    "this test may use, and whether it fails or skips when none of them is available.",
+    BREAKER_MARKER: f"{BREAKER_MARKER}(endpoints=[names], on_open='fail'|'skip'|'fallback'): pytest-llm-guard: the "
+    "endpoints this test may use, and whether it fails, skips or falls back when none of them is available.",
     CASSETTE_MARKER: f"{CASSETTE_MARKER}(name=None, *, path=None): pytest-llm-guard cassette of this test: a shared "
     f"cassette name in the same folder, an explicit path, or {CASSETTE_MARKER}(False) for live calls without one.",
 }
@@ -388,7 +392,7 @@ def _breaker_marker(
     unknown = set(marker.kwargs) - {"endpoints", "on_open"}
     if marker.args or unknown:
         raise LLMGuardConfigError(
-            f"pytest-llm-guard: {source} takes endpoints=[names] and on_open='fail'|'skip' only, "
+            f"pytest-llm-guard: {source} takes endpoints=[names] and on_open='fail'|'skip'|'fallback' only, "
             f"got args={marker.args!r} kwargs={marker.kwargs!r}"
         )
     if "on_open" in marker.kwargs:

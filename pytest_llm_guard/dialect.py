@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +50,10 @@ class Dialect:
     def retry_number(self, request: httpx2.Request) -> int:
         """How many times the SDK that sent ``request`` has retried it already (0: a new call)."""
         return 0
+
+    def max_retries(self) -> int | None:
+        """For an SDK retry being sent now: the ``max_retries`` its client allows, when it can be told."""
+        return None
 
     def mark_retry(self, request: httpx2.Request, retries_taken: int) -> None:
         """Tag a retried request as its SDK's own retry loop would, so a server sees which attempt it is."""
@@ -256,6 +261,10 @@ class _EventStreamReader(BodyReader):
         return f"stream ended before its end event after {self.events} events"
 
 
+_STAINLESS_CLIENTS = frozenset({"openai._base_client", "anthropic._base_client"})
+"""The modules whose ``request()`` runs the SDK's retry loop (both SDKs send ``x-stainless-retry-count``)."""
+
+
 class OpenAIDialect(Dialect):
     """The OpenAI HTTP API as the ``openai`` SDK speaks it, including ``AzureOpenAI``'s addressing."""
 
@@ -292,6 +301,17 @@ class OpenAIDialect(Dialect):
 
     def mark_retry(self, request: httpx2.Request, retries_taken: int) -> None:
         request.headers["x-stainless-retry-count"] = str(retries_taken)
+
+    def max_retries(self) -> int | None:
+        # The retry count travels in a header, the limit does not: it is the ``max_retries`` local of the
+        # SDK's ``request()`` loop up the stack (async callers' frames are on it too while the task runs).
+        frame = sys._getframe(1)
+        while frame is not None:
+            if frame.f_code.co_name == "request" and frame.f_globals.get("__name__") in _STAINLESS_CLIENTS:
+                value = frame.f_locals.get("max_retries")
+                return value if isinstance(value, int) else None
+            frame = frame.f_back
+        return None
 
     def reader(self, content_type: str) -> BodyReader:
         if "text/event-stream" in content_type:

@@ -11,14 +11,14 @@ The tree::
       LLMGuardInterrupt           ends the test at once; no ``except Exception`` catches it
         LLMBudgetExceeded         a deadline, retry, call_timeout, call or token budget is spent
         LLMCassetteMiss           replay only, and no recording answers the request
-        LLMNoEndpoint             no endpoint can take an llm_client call (also a pytest failure)
+        LLMNoEndpoint             no endpoint can take a call, on_open fail/skip (also a pytest failure)
         LLMUnguardedRequest       a test that is not guarded sent an LLM request (unguarded = "fail")
     Exception
       LLMCassetteError            a cassette file cannot be read
       pytest.UsageError
         LLMGuardConfigError       bad configuration or marker arguments
-      httpx2.ConnectError
-        LLMEndpointUnavailable    (routing.py) code under test called an endpoint whose breaker is open
+      openai.APIConnectionError and httpx2.ConnectError
+        LLMEndpointUnavailable    (routing.py) no endpoint can take a call, on_open fallback: the code's fallback runs
     Warning
       pytest.PytestWarning
         LLMUnguardedWarning       a test that is not guarded sent an LLM request (unguarded = "warn")
@@ -69,15 +69,18 @@ class LLMCassetteError(Exception):
 
 
 class LLMNoEndpoint(LLMGuardInterrupt, pytest.fail.Exception):
-    """No endpoint can take an ``llm_client`` call now; the message says why, endpoint by endpoint.
+    """No endpoint can take a call now and ``on_open`` is ``fail`` or ``skip``; the message says why,
+    endpoint by endpoint.
 
     The test fails with that message alone (no traceback through the SDK), or is
     reported as skipped with it when ``skip`` is set (``on_open="skip"``).
     """
 
-    def __init__(self, message: str, *, skip: bool = False) -> None:
+    def __init__(self, message: str, *, skip: bool = False, endpoints: tuple[str, ...] = ()) -> None:
         super().__init__(message, pytrace=False)
         self.skip = skip
+        self.endpoints = endpoints
+        """The endpoints that refused the call, first the one it was meant for (empty: none serves it)."""
 
 
 class LLMUnguardedRequest(LLMGuardInterrupt):

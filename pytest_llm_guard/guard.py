@@ -42,6 +42,8 @@ from .scrub import Scrubber
 if TYPE_CHECKING:
     import openai
 
+    from .endpoints import EndpointSet
+
 log = logging.getLogger("pytest_llm_guard")
 
 CLIENT_TIMEOUT = "pytest_llm_guard.client_timeout"
@@ -81,8 +83,11 @@ class Guard:
         scrubber: Scrubber | None = None,
         prices: Prices | None = None,
         on_attempt: Callable[[Attempt], None] | None = None,
+        endpoints: EndpointSet | None = None,
     ) -> None:
         self.settings = settings
+        self.endpoints = endpoints
+        """The configured endpoints: every attempt to one carries its name, refused ones too."""
         self.test_id = test_id
         self.scrubber = scrubber or Scrubber(
             headers=settings.scrub_headers, body_fields=settings.scrub_body_fields, patterns=settings.scrub_patterns
@@ -242,28 +247,37 @@ class Guard:
         """Open the attempt, check the budget, cap the attempt's timeouts by the time left."""
         self.scrubber.learn(request.headers, str(request.url) if request.url.query else "")
         call: Call | None = request.extensions.get(CALL)
+        by, max_retries = None, None
         if call is None:  # a client the guard does not wrap: its SDK's own retries are told by a header
             number = dialect.retry_number(request) + 1
-            kind, backoff = ("first" if number == 1 else "retry"), 0.0
+            kind = "first" if number == 1 else "retry"
             call_number = self.ledger.new_call() if number == 1 else max(1, self.ledger.calls)
+            if number > 1:
+                by, max_retries = "sdk", dialect.max_retries()
         else:
             call.attempts += 1
             number = call.attempts
             kind = "first" if number == 1 else "failover" if call.failover_to else "retry"
             if number == 1:
                 call.number = self.ledger.new_call()
-            call_number, backoff, call.backoff = call.number, call.backoff, 0.0
+            else:
+                by = "guard"
+            call_number = call.number
+        url = request.url
+        owner = self.endpoints.owner(url) if self.endpoints is not None else None
         attempt = Attempt(
             test=self.test_id,
             call=call_number,
             number=number,
             kind=kind,
-            endpoint=origin_of(request.url),
-            path=request.url.path,
+            endpoint=origin_of(url),
+            path=url.path,
             model=dialect.model_of(request, request_json(request)),
             start=self._clock(),
             wall_start=time.time(),
-            backoff=backoff,
+            by=by,
+            sdk_max_retries=max_retries,
+            endpoint_name=owner.name if owner is not None else None,
         )
         refusal = self.budget.refuse_start(new_call=kind == "first")
         if refusal is not None:
@@ -355,13 +369,17 @@ class Guard:
         raise self.late_headers_error(attempt)
 
     def fail(self, attempt: Attempt, error: BaseException) -> None:
-        """An error ended the attempt; raises when the test cannot absorb it."""
+        """An error ended the attempt; raises when the test cannot absorb it.
+
+        A layer that refused the attempt has written its reason already (``attempt.error``).
+        """
+        given = attempt.error if attempt.source == "refused" else None
         if isinstance(error, LLMGuardInterrupt):
-            self._close(attempt, type(error).__name__, error=_first_line(error))
+            self._close(attempt, type(error).__name__, error=given or _first_line(error))
             return
         if isinstance(error, httpx2.TimeoutException) and attempt.cap_binds and attempt.cause is None:
             attempt.cause = attempt.cap_by  # the client's timeouts were ours: the cap cut it
-        if not self._close(attempt, type(error).__name__, error=str(error) or None):
+        if not self._close(attempt, type(error).__name__, error=given or str(error) or None):
             return
         self._check_failure(attempt)
 

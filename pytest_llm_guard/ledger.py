@@ -9,6 +9,9 @@
   to the ``retries`` budget. A **failover** is a further attempt moved at once (no
   backoff) to an endpoint the call has not tried yet: never a retry, never charged.
   (A call that has tried every endpoint goes back to one it tried: that is a retry.)
+- A **refused** attempt sent nothing: it is no retry, failover or failure, never charged.
+- **Backoff** is the time from the end of an attempt that did not succeed to the start of
+  the next, whoever waited: measured here once (:meth:`Ledger.open`), read everywhere.
 - **Network seconds** are the time of live and recorded attempts only.
 
 Budgets, ``llm_guard.stats``, failure messages, the terminal summary and reports all
@@ -49,8 +52,6 @@ class Call:
     """Configured endpoints its attempts went to, in order."""
     failover_to: str | None = None
     """Set when the last attempt failed and the next goes to this other endpoint (no backoff)."""
-    backoff: float = 0.0
-    """Seconds slept since the last attempt (backoff or Retry-After), charged to the next attempt."""
 
 
 @dataclass
@@ -81,7 +82,13 @@ class Attempt:
     headers_timer: Any = field(default=None, repr=False, compare=False)
     """While the response headers are awaited: the timer that cuts the attempt at its cap."""
     backoff: float = 0.0
-    """Seconds waited before it: backoff, a server's Retry-After, a rate-limit cooldown."""
+    """Seconds between the end of the failed attempt before it and its start, whoever waited (the
+    guard's backoff, a Retry-After, the SDK's own backoff, the application's ``sleep``): set once, by the ledger."""
+    by: str | None = None
+    """Who made it, when it followed a failure: ``guard`` (a guarded client's retry or failover), ``sdk``
+    (the SDK's own retry loop, told by its retry-count header) or ``app`` (a new call after a failed attempt)."""
+    sdk_max_retries: int | None = None
+    """For an SDK retry: the ``max_retries`` its client allows, when it can be told."""
     end: float | None = None
     source: str = "live"
     outcome: str = "pending"
@@ -109,7 +116,8 @@ class Attempt:
 
     @property
     def failed(self) -> bool:
-        return self.outcome not in ("ok", "pending")
+        """Sent (or answered from a cassette) and failed; a refused attempt sent nothing, so it never failed."""
+        return self.source != "refused" and self.outcome not in ("ok", "pending")
 
     @property
     def retry(self) -> bool:
@@ -183,8 +191,17 @@ class Ledger:
 
     def open(self, attempt: Attempt) -> None:
         """A call counts from its first attempt; the rest counts when the attempt ends (a layer may
-        still change its kind, its source or its wait until then)."""
+        still change its kind, its source or its wait until then).
+
+        Backoff is defined here, once: the time from the end of the attempt before it, when that
+        one did not succeed, to its start. A new call after a failure is the application's retry.
+        """
         with self._lock:
+            previous = self.attempts[-1] if self.attempts else None
+            if previous is not None and previous.end is not None and previous.category not in ("ok", "replayed"):
+                attempt.backoff = max(0.0, attempt.start - previous.end)
+                if attempt.kind == "first":
+                    attempt.by = "app"
             self.attempts.append(attempt)
             if attempt.kind == "first":
                 self.calls += 1
@@ -199,7 +216,9 @@ class Ledger:
             if attempt.end is not None:
                 return False
             attempt.end, attempt.outcome, attempt.error = end, outcome, error
-            if attempt.kind == "retry":
+            if attempt.source == "refused":
+                pass  # nothing was sent: not a retry, not a failover, not a failure; never charged
+            elif attempt.kind == "retry":
                 self.retries += 1
             elif attempt.kind == "failover":
                 self.failovers += 1
@@ -254,23 +273,21 @@ class Ledger:
 def attribution(attempts: Iterable[Mapping[str, Any]], duration: float) -> list[dict[str, Any]]:
     """Where a test's wall time went: its attempts by category, its waits, and the rest (its own code).
 
-    ``backoff`` is the time between a failed attempt's end and the next attempt's start,
-    whoever waited (a guarded client's backoff, a Retry-After, the application's own
-    ``time.sleep``). Reads attempt records (``Attempt.to_dict()``), so it serves the xdist
+    ``backoff`` is the attempts' own (``Attempt.backoff``, set by the ledger), summed as
+    ``Stats.backoff_seconds`` sums it. Reads attempt records (``Attempt.to_dict()``), so it serves the xdist
     controller too. Attempts made at the same time (threads, ``asyncio.gather``) can add up
     to more than the test took; ``other`` is then 0.
     """
     seconds: dict[str, float] = dict.fromkeys(CATEGORIES, 0.0)
     counts: dict[str, int] = dict.fromkeys(CATEGORIES, 0)
-    backoff, previous = 0.0, None
-    for attempt in sorted(attempts, key=lambda a: a["start"]):
+    backoff = 0.0
+    for attempt in attempts:
         category = attempt["category"] if attempt["category"] in seconds else "reset"
         end = attempt["end"] if attempt["end"] is not None else attempt["start"]
         seconds[category] += end - attempt["start"]
         counts[category] += 1
-        if previous is not None and previous["category"] not in ("ok", "replayed"):
-            backoff += max(0.0, attempt["start"] - previous["end"])
-        previous = {"category": category, "end": end}
+        if attempt["end"] is not None:  # as the ledger's total counts it: when the attempt ends
+            backoff += attempt["backoff"]
     parts: list[dict[str, Any]] = [
         {"what": category, "seconds": seconds[category], "attempts": counts[category]}
         for category in CATEGORIES

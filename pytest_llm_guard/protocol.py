@@ -41,6 +41,7 @@ FAILED = pytest.StashKey[bool]()
 OWN_TIMEOUT = pytest.StashKey[bool]()
 STARTED = pytest.StashKey[float]()
 OUTCOME = pytest.StashKey["tuple[str, float]"]()
+WHY = pytest.StashKey["dict[str, Any]"]()
 UNGUARDED = pytest.StashKey["list[str]"]()
 WARNED = pytest.StashKey[int]()
 REPLAY_PLACEHOLDER_KEY = "sk-llm-guard-replay-placeholder"
@@ -177,6 +178,7 @@ class GuardedTests:
             test_id=item.nodeid,
             prices=session.prices,
             on_attempt=_attempt_hook(item),
+            endpoints=session.endpoints,
         )
         item.stash[GUARD] = guard
         item.stash[STARTED] = time.time()
@@ -336,12 +338,16 @@ class GuardedTests:
             report_.longrepr = (os.fspath(path), (line or 0) + 1, str(excinfo.value))
         if report_.longrepr is not None or report_.sections:
             scrub_report(report_, guard.scrubber)
+        if excinfo is not None and (report_.failed or report_.skipped) and WHY not in item.stash:
+            item.stash[WHY] = report_json.why(excinfo.value, guard.scrubber.text)
         item.stash[OUTCOME] = report_json.note_phase(
             item.stash.get(OUTCOME, ("passed", 0.0)), report_.when, report_.failed, report_.skipped, report_.duration
         )
         if call.when == "teardown":
             outcome, duration = item.stash[OUTCOME]
-            test = report_json.record(guard, item.nodeid, outcome, duration, item.stash[STARTED])
+            test = report_json.record(
+                guard, item.nodeid, outcome, duration, item.stash[STARTED], item.stash.get(WHY, None)
+            )
             report_.llm_guard = test  # type: ignore[attr-defined]  # travels to the xdist controller
             report_.user_properties.extend(report_json.junit_properties(test))
         return report_

@@ -28,23 +28,20 @@ def plural(count: int, word: str) -> str:
     return f"{count} {word if count == 1 else _PLURALS.get(word, word + 's')}"
 
 
-def _short(text: str, limit: int = 160) -> str:
-    line = text.strip().splitlines()[0] if text.strip() else ""
-    return line if len(line) <= limit else line[: limit - 1] + "…"
-
-
 def describe(attempt: Attempt) -> str:
-    """One attempt on one line: where it went, what came of it, how long it took, what followed."""
+    """One attempt: where it went, what came of it, how long it took, what followed.
+
+    The error is shown whole: a multi-line one continues on indented lines.
+    """
     line = f"{attempt.endpoint}{attempt.path} model={attempt.model or '?'}: "
     if attempt.endpoint_name:
         line = f"[{attempt.endpoint_name}] {line}"
+    error = attempt.error.strip() if attempt.error else ""
     if attempt.source == "refused":
-        return (
-            line + f"refused, not sent ({attempt.outcome}" + (f": {_short(attempt.error)})" if attempt.error else ")")
-        )
+        return line + f"refused, not sent ({attempt.outcome}" + (f": {error})" if error else ")")
     line += attempt.outcome
-    if attempt.error:
-        line += f" ({_short(attempt.error)})"
+    if error:
+        line += f" ({error})"
     line += f" after {attempt.duration:.2f} s"
     if attempt.cause:
         line += f", cut at its {attempt.cause}"
@@ -59,12 +56,45 @@ def describe(attempt: Attempt) -> str:
     return line
 
 
+def made_by(attempt: Mapping[str, Any]) -> str:
+    """Which layer made an attempt (its record, ``Attempt.to_dict()``): ``retry 2 by the SDK (max_retries=2)``,
+    ``a new call by the app after a failure``; empty for a call's first attempt that followed no failure."""
+    kind, by, limit = attempt.get("kind"), attempt.get("by"), attempt.get("sdk_max_retries")
+    if kind == "failover":
+        return "failover"
+    if kind == "retry":
+        number = int(attempt.get("number") or 1) - 1
+        if by == "sdk":
+            return f"retry {number} by the SDK" + (f" (max_retries={limit})" if limit is not None else "")
+        return f"retry {number} by the guard"
+    if by == "app":
+        return "a new call by the app after a failure"
+    return ""
+
+
 def attempt_lines(attempts: Sequence[Attempt], title: str = "Attempts") -> list[str]:
     lines = [f"{title} ({len(attempts)}):"]
     for i, attempt in enumerate(attempts, 1):
-        kind = "" if attempt.kind == "first" else f", {attempt.kind}"
-        lines.append(f"  {i}. call {attempt.call}{kind}: {describe(attempt)}")
+        by = made_by(attempt.to_dict())
+        head = f"  {i}. call {attempt.call}{', ' + by if by else ''}: "
+        first, *rest = describe(attempt).splitlines()
+        lines.append(head + first)
+        lines.extend(" " * 5 + more.strip() for more in rest)
     return lines
+
+
+def sdk_retry_advice(attempts: Sequence[Attempt]) -> str | None:
+    """When the SDK's own retries multiplied the attempts: how many, and how to turn them off."""
+    sdk = [a for a in attempts if a.by == "sdk" and a.source != "refused"]
+    if not sdk:
+        return None
+    limits = sorted({a.sdk_max_retries for a in sdk if a.sdk_max_retries is not None})
+    limit = f" (max_retries={', '.join(map(str, limits))})" if limits else ""
+    return (
+        f"{plural(len(sdk), 'attempt')} of {len(attempts)} {'was' if len(sdk) == 1 else 'were'} the SDK's own "
+        f"retries{limit}, inside the same create(): build the client with max_retries=0 (or wrap it with "
+        "llm_guard.guard(client), whose retries stay within the budget) so that only one layer retries"
+    )
 
 
 def endpoints_line(attempts: Sequence[Attempt]) -> str | None:
@@ -111,6 +141,9 @@ def budget_message(
     last = attempts[-1] if attempts else None
     if budget == "retries" and last is not None and last.status in (401, 403):
         advice = f"fix the credentials ({last.error}); retrying cannot help, and `retries` only bounds it"
+    sdk = sdk_retry_advice(attempts)
+    if sdk is not None and budget in ("deadline", "retries", "call_timeout"):
+        advice = f"{sdk}; or {advice}"
     lines.append(
         f"What to do: {advice}; the limit is set with "
         f"@pytest.mark.llm_budget({budget}=...), {option.flag} or {option.env}."
@@ -130,26 +163,31 @@ def no_endpoint(
     on_open_source: str,
     breaker_marker: str,
 ) -> str:
-    """Why no endpoint could take the ``refused`` attempt: endpoint by endpoint (name, base URL, reason)."""
+    """Why no endpoint could take the ``refused`` attempt, endpoint by endpoint (name, base URL, reason: the
+    breaker's story), and what the on-open policy in force does about it."""
     earlier = [a for a in ledger.snapshot() if a is not refused]
     sent = any(a.source in ("live", "recorded") for a in earlier)
     headline = f"pytest-llm-guard: no endpoint can take this request (model {model or '?'}) of {test} now; " + (
-        "this attempt was not sent:" if sent else "nothing was sent:"
+        "this attempt was not sent." if sent else "nothing was sent."
     )
     lines = [headline] + [f"  - {name} ({url}): {reason}" for name, url, reason in refusals]
-    if not fixture:
-        lines.append(
-            "The openai SDK raises this as APIConnectionError so the code's own fallback can run; "
-            "the refusal counts against the test's retry budget."
-        )
-        return "\n".join(lines)
-    if earlier:
+    if on_open != "fallback" and earlier:
         lines.extend(attempt_lines(earlier, "Earlier attempts"))
-    other = "skip" if on_open == "fail" else "fail"
+    source = on_open_source if on_open_source != "default" else (
+        "default for llm_client" if fixture else "default for clients the code under test builds"
+    )
+    does = {
+        "fallback": "the refusal reaches the code as openai.APIConnectionError (LLMEndpointUnavailable) at once, "
+        "which the SDK does not retry, so the code's own fallback runs",
+        "fail": "the test fails at once",
+        "skip": "the test is skipped at once",
+    }[on_open]
+    others = " or ".join(f"'{p}'" for p in ("fallback", "fail", "skip") if p != on_open)
+    option = OPTIONS["on_open"]
     lines.append(
-        f"on_open={on_open} (set by {on_open_source}); on_open='{other}' (@pytest.mark.{breaker_marker}, "
-        f"{OPTIONS['on_open'].flag}) would {other} instead. What to do: fix or wait for the endpoint, or add a "
-        "healthy one to [[tool.pytest_llm_guard.endpoints]]."
+        f"on_open={on_open} (set by {source}): {does}; a refusal is not charged to `retries`. "
+        f"on_open={others} (@pytest.mark.{breaker_marker}(on_open=...), {option.flag} or {option.env}) changes that. "
+        "What to do: fix or wait for the endpoint, or add a healthy one to [[tool.pytest_llm_guard.endpoints]]."
     )
     return "\n".join(lines)
 
@@ -223,7 +261,8 @@ def failure_text(
     title = "Where the LLM call was made:" if getattr(excinfo.value, "in_call", True) else "Where the test was:"
     lines = [f"{excinfo.typename}: {excinfo.value}"]
     if cause is not None:
-        lines.append(f"  caused by {type(cause).__name__}: {cause}")
+        first, *rest = f"caused by {type(cause).__name__}: {cause}".splitlines() or [""]
+        lines.extend([f"  {first}", *(f"    {more}" for more in rest)])
         lines.extend(attempt_lines(attempts))
     return "\n".join([*lines, "", title, *(own or awaiting or [_frame_line(excinfo.traceback[-1], root)])])
 

@@ -2,7 +2,7 @@
 
 A record is built on the process that ran the test (an xdist worker included) and
 travels to the controller on the test's teardown report; the controller builds one
-report from all of them. The JSON format is versioned (``"schema": 1``) and documented in
+report from all of them. The JSON format is versioned (``"schema": 2``) and documented in
 ``docs/report-schema.json``; ``report_html.py`` draws the same dictionary.
 """
 
@@ -12,7 +12,7 @@ import dataclasses
 import json
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -26,16 +26,54 @@ if TYPE_CHECKING:
     from .endpoints import Endpoint
     from .guard import Guard
 
-SCHEMA = 1
+SCHEMA = 2
+"""2: a test's ``why`` (failed and skipped tests); an attempt's ``by`` and ``sdk_max_retries``."""
 _ATTEMPT_FIELDS = (
-    "call", "number", "kind", "source", "outcome", "category", "status", "error", "cause", "endpoint",
-    "endpoint_name", "path", "model", "tokens", "input_tokens", "output_tokens", "cost", "first_chunk",
+    "call", "number", "kind", "by", "sdk_max_retries", "source", "outcome", "category", "status", "error", "cause",
+    "endpoint", "endpoint_name", "path", "model", "tokens", "input_tokens", "output_tokens", "cost", "first_chunk",
     "backoff", "retry_after", "failover_to",
 )  # fmt: skip
 
 
-def record(guard: Guard, nodeid: str, outcome: str, duration: float, started: float) -> dict[str, Any]:
-    """One guarded test: its totals, where its time went, and every attempt (times from its start)."""
+def why(error: BaseException, scrub: Callable[[str], str]) -> dict[str, Any]:
+    """Why a test failed or was skipped, for reports: the exception's type, the budget or the breaker
+    that ended it (found along its chain: an SDK error raised from ours counts), its message's first line."""
+    budget = breaker = None
+    seen: set[int] = set()
+    link: BaseException | None = error
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        budget = budget or getattr(link, "budget", None)
+        endpoints = getattr(link, "endpoints", None)
+        if breaker is None and endpoints:
+            breaker = endpoints[0]
+        link = link.__cause__ or link.__context__
+    text = str(error).strip()
+    return {
+        "exception": type(error).__name__,
+        "budget": budget if isinstance(budget, str) else None,
+        "breaker": breaker if isinstance(breaker, str) else None,
+        "message": scrub(text.splitlines()[0]) if text else "",
+    }
+
+
+_REFUSED_BY_A_BREAKER = frozenset({"LLMEndpointUnavailable", "LLMNoEndpoint"})
+
+
+def _with_breaker(why: Mapping[str, Any], attempts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """A test whose code caught a breaker's refusal and then failed otherwise ("gave up") still names it."""
+    found = dict(why)
+    if found.get("breaker") is None:
+        refused = [a["endpoint_name"] for a in attempts if a["outcome"] in _REFUSED_BY_A_BREAKER and a["endpoint_name"]]
+        found["breaker"] = refused[-1] if refused else None
+    return found
+
+
+def record(
+    guard: Guard, nodeid: str, outcome: str, duration: float, started: float, why: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """One guarded test: its totals, where its time went, every attempt (times from its start), and why it
+    failed or was skipped."""
     attempts = []
     for attempt in guard.events:
         entry = {name: getattr(attempt, name) if name != "category" else attempt.category for name in _ATTEMPT_FIELDS}
@@ -49,6 +87,7 @@ def record(guard: Guard, nodeid: str, outcome: str, duration: float, started: fl
     return {
         "nodeid": nodeid,
         "outcome": outcome,
+        "why": _with_breaker(why, attempts) if why is not None and outcome != "passed" else None,
         "duration": duration,
         "started": started,
         "stats": stats,
@@ -74,6 +113,9 @@ def junit_properties(test: Mapping[str, Any]) -> list[tuple[str, object]]:
     ]
     if stats["cost"] is not None:
         properties.append(("llm_cost", round(stats["cost"], 6)))
+    for key, value in (test.get("why") or {}).items():
+        if value:
+            properties.append((f"llm_why_{key}", value))
     return properties
 
 
@@ -130,7 +172,7 @@ def build(
     currency: str = "USD",
     unguarded: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
-    """The whole report, schema 1 (``unguarded`` only when some test went live without a guard)."""
+    """The whole report (``SCHEMA``; ``unguarded`` only when some test went live without a guard)."""
     try:
         plugin_version = version("pytest-llm-guard")
     except PackageNotFoundError:  # pragma: no cover - running from a source tree

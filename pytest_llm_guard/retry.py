@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import httpx2
+import openai
 from tenacity import AsyncRetrying, RetryCallState, Retrying, retry_if_exception, retry_if_result
 from tenacity.wait import wait_base, wait_exponential_jitter
 
@@ -70,7 +71,13 @@ def should_retry_status(status: int, headers: Mapping[str, str]) -> bool:
 
 
 def is_retryable_error(exc: BaseException) -> bool:
-    """Timeouts, dropped connections and broken responses can succeed later; nothing else can."""
+    """Timeouts, dropped connections and broken responses can succeed later; nothing else can.
+
+    Like the SDK, no ``OpenAIError`` raised at the transport is retried: such is a refusal
+    (``LLMEndpointUnavailable``: every endpoint's breaker open), where the on-open policy has decided.
+    """
+    if isinstance(exc, openai.OpenAIError):
+        return False
     return isinstance(exc, (httpx2.TimeoutException, httpx2.NetworkError, httpx2.RemoteProtocolError))
 
 
@@ -199,15 +206,11 @@ def sync_sender(guard: Guard, send: Callable[..., httpx2.Response], *, routed: b
         def attempt(request: httpx2.Request, **send_kwargs: Any) -> httpx2.Response:
             return _unwrap(made.pop()) if made else send(request, **send_kwargs)
 
-        def sleep(seconds: float) -> None:
-            call.backoff += seconds
-            guard.sleep(seconds)
-
         def before_sleep(retry_state: RetryCallState) -> None:
             _log_retry(guard, call, retry_state)
             _close_retried_response(retry_state)
 
-        retrying = Retrying(sleep=sleep, before_sleep=before_sleep, **kwargs)
+        retrying = Retrying(sleep=guard.sleep, before_sleep=before_sleep, **kwargs)
         return retrying(attempt, request, **send_kwargs)
 
     return send_with_retries
@@ -233,15 +236,11 @@ def async_sender(
         async def attempt(request: httpx2.Request, **send_kwargs: Any) -> httpx2.Response:
             return _unwrap(made.pop()) if made else await send(request, **send_kwargs)
 
-        async def sleep(seconds: float) -> None:
-            call.backoff += seconds
-            await guard.async_sleep(seconds)
-
         async def before_sleep(retry_state: RetryCallState) -> None:
             _log_retry(guard, call, retry_state)
             await _aclose_retried_response(retry_state)
 
-        retrying = AsyncRetrying(sleep=sleep, before_sleep=before_sleep, **kwargs)
+        retrying = AsyncRetrying(sleep=guard.async_sleep, before_sleep=before_sleep, **kwargs)
         return await retrying(attempt, request, **send_kwargs)
 
     return send_with_retries

@@ -13,8 +13,8 @@ state, its last errors and when the next probe is due.
   policy skips the backoff meant for the failed endpoint, and the next attempt is a
   failover, not a retry.
 - Requests of any other client (code under test) to a known endpoint are not moved;
-  when the endpoint is not available they fail at once with
-  :class:`~errors.LLMEndpointUnavailable`, which the SDK raises as ``APIConnectionError``.
+  when the endpoint is not available the on-open policy decides at once: by default
+  :class:`LLMEndpointUnavailable`, the SDK's ``APIConnectionError``, reaches their fallback.
 - Every attempt's outcome feeds the endpoint's breaker, rate-limit cooldown and
   retry tokens (``breaker.py``). Requests to other URLs pass untouched.
 
@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import httpx2
+import openai
 
 from . import report
 from .breaker import EndpointHealth, Outcome, Verdict, classify, describe_error
@@ -59,13 +60,24 @@ _LEASE_MARGIN = 1.0
 """Seconds a half-open probe is held beyond its attempt's cap before another caller may probe."""
 
 
-class LLMEndpointUnavailable(httpx2.ConnectError):
-    """Code under test called an endpoint whose breaker is open (or that is rate-limited): refused at once.
+class LLMEndpointUnavailable(openai.APIConnectionError, httpx2.ConnectError):
+    """A call found its endpoint's breaker open (or the endpoint rate-limited) and ``on_open`` is ``fallback``.
 
-    The openai SDK raises it as ``APIConnectionError``, so the application's own fallback
-    runs; it counts against the test's retry budget. The message names the endpoint, its
-    breaker state, its last errors and when the next probe is due.
+    It is the SDK's ``APIConnectionError``, so the application's own fallback runs, and an
+    ``OpenAIError``, which the SDK re-raises from its transport at once, without its own
+    retries (``openai/_base_client.py``); it is also an ``httpx2.ConnectError`` for code
+    that calls httpx2 directly. Not charged to ``retries``: nothing was sent. The message
+    tells the breaker's story: endpoint, model, why and when it opened, the next probe,
+    and the policy in force.
     """
+
+    def __init__(self, message: str, *, request: httpx2.Request, endpoints: tuple[str, ...] = ()) -> None:
+        openai.APIConnectionError.__init__(self, message=message, request=request)
+        self.endpoints = endpoints
+        """The endpoints that refused it, first the one it was meant for."""
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class Router:
@@ -239,7 +251,7 @@ class RouterLayer:
             if owner is None:
                 return plan
             if self.settings.endpoints is not None and owner.name not in self.settings.endpoints:
-                raise self._refusal([(owner, Verdict(False, self._not_allowed()))], attempt, fixture)
+                raise self._refusal([(owner, Verdict(False, self._not_allowed()))], request, attempt, fixture)
             choices = [owner]
         refusals = self._admit_first(plan, choices, attempt, max_wait=0.0)
         remaining = self.guard.remaining()
@@ -247,7 +259,7 @@ class RouterLayer:
         if plan.endpoint is None and rate_limited:  # honour the shortest Retry-After that fits the deadline
             self._admit_first(plan, rate_limited, attempt, max_wait=remaining)
         if plan.endpoint is None:
-            raise self._refusal(refusals, attempt, fixture)
+            raise self._refusal(refusals, request, attempt, fixture)
         self._send_to(plan, attempt)
         return plan
 
@@ -288,7 +300,7 @@ class RouterLayer:
             call.failover_to = None
         attempt.endpoint_name = endpoint.name
         attempt.endpoint, attempt.path = origin_of(plan.request.url), plan.request.url.path
-        attempt.backoff += plan.wait  # the Retry-After wait happens before sending: not network time
+        attempt.backoff += plan.wait  # waited before sending (a Retry-After): the gap to the last attempt grows
         attempt.start += plan.wait
         if endpoint.call_timeout is not None:
             self.guard.cap(attempt, plan.request, endpoint.call_timeout, f"call_timeout of endpoint {endpoint.name}")
@@ -344,8 +356,15 @@ class RouterLayer:
         names = ", ".join(self.settings.endpoints or ())
         return f"not among the endpoints this test may use (@pytest.mark.{BREAKER_MARKER}(endpoints=[{names}]))"
 
-    def _refusal(self, refusals: list[tuple[Endpoint, Verdict]], attempt: Attempt, fixture: bool) -> BaseException:
+    def _refusal(
+        self, refusals: list[tuple[Endpoint, Verdict]], request: httpx2.Request, attempt: Attempt, fixture: bool
+    ) -> BaseException:
+        """Nothing can take the attempt: it is refused, named after the endpoint it was meant for, and the
+        on-open policy decides what the caller meets (a failure, a skip, or its own fallback)."""
+        policy = self.settings.on_open or ("fail" if fixture else "fallback")
         attempt.source = "refused"
+        attempt.endpoint_name = refusals[0][0].name
+        attempt.error = "\n".join(f"{e.name} ({e.base_url}): {verdict.reason}" for e, verdict in refusals)
         message = report.no_endpoint(
             attempt.test,
             attempt.model,
@@ -353,13 +372,14 @@ class RouterLayer:
             self.guard.ledger,
             attempt,
             fixture=fixture,
-            on_open=self.settings.on_open,
+            on_open=policy,
             on_open_source=self.settings.source_of("on_open"),
             breaker_marker=BREAKER_MARKER,
         )
-        if not fixture:
-            return LLMEndpointUnavailable(message)
-        return LLMNoEndpoint(message, skip=self.settings.on_open == "skip")
+        names = tuple(e.name for e, _ in refusals)
+        if policy == "fallback":
+            return LLMEndpointUnavailable(message, request=request, endpoints=names)
+        return LLMNoEndpoint(message, skip=policy == "skip", endpoints=names)
 
     def _no_endpoint_serves(self, model: str | None) -> LLMNoEndpoint:
         allowed = self.settings.endpoints or self.router.endpoints.names

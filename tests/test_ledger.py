@@ -78,6 +78,38 @@ def test_the_sdks_own_retries_of_an_application_client_are_retries(llm_fault_ser
     stats = llm_guard.stats
     assert (stats.calls, stats.attempts, stats.retries) == (2, 3, 1)
     assert [(a.call, a.kind) for a in llm_guard.events] == [(1, "first"), (1, "retry"), (2, "first")]
+    assert [(a.by, a.sdk_max_retries) for a in llm_guard.events] == [(None, None), ("sdk", 1), (None, None)]
+
+
+async def test_the_sdks_max_retries_is_told_for_async_clients_too(llm_fault_server: FaultServer, llm_guard) -> None:
+    llm_fault_server.plan(Fault.status(503), Fault.status(503))
+    async with openai.AsyncOpenAI(base_url=llm_fault_server.base_url, api_key="sk-app", max_retries=3) as client:
+        await client.chat.completions.create(model="m", messages=HELLO)
+    assert [(a.by, a.sdk_max_retries) for a in llm_guard.events] == [(None, None), ("sdk", 3), ("sdk", 3)]
+
+
+def test_backoff_is_the_gap_after_an_attempt_that_did_not_succeed() -> None:
+    ledger = Ledger("t")
+    ledger.close(attempt(ledger, start=0.0), 1.0, "ReadTimeout")
+    retry = attempt(ledger, kind="retry", start=1.75)
+    ledger.close(retry, 2.0, "ok")
+    after_an_answer = attempt(ledger, start=5.0)
+    ledger.close(after_an_answer, 6.0, "ok")
+    assert (retry.backoff, after_an_answer.backoff, ledger.stats().backoff_seconds) == (0.75, 0.0, 0.75)
+
+
+def test_a_new_call_after_a_failure_is_the_applications_retry() -> None:
+    ledger = Ledger("t")
+    ledger.close(attempt(ledger), 1.0, "HTTP 503")
+    again = attempt(ledger, start=1.5)
+    assert (again.kind, again.by, again.backoff) == ("first", "app", 0.5)
+
+
+def test_a_refused_attempt_is_no_failure_and_no_retry() -> None:
+    ledger = Ledger("t")
+    ledger.close(attempt(ledger, kind="retry", source="refused"), 0.0, "LLMEndpointUnavailable")
+    stats = ledger.stats()
+    assert (stats.refused, stats.failures, stats.retries, ledger.counted_failures) == (1, 0, 0, 0)
 
 
 REPLAY_AND_MISS = """

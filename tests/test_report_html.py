@@ -26,7 +26,7 @@ import pytest
 
 from pytest_llm_guard import report_html
 from pytest_llm_guard.report import attribution_text, totals_sentence
-from pytest_llm_guard.report_html import render
+from pytest_llm_guard.report_html import SCHEMA, render
 
 SAMPLE = Path(__file__).parent / "data" / "sample_report.json"
 HOSTILE = "<script>alert(1)</script>"
@@ -40,7 +40,7 @@ def sample() -> dict[str, Any]:
 
 def empty_report() -> dict[str, Any]:
     return {
-        "schema": 1,
+        "schema": SCHEMA,
         "created": "2026-11-28T05:55:00+00:00",
         "plugin_version": "0.1.0",
         "session": {"duration": 0.4, "tests": 0, "totals": dict.fromkeys(TOTAL_KEYS, 0), "cost": None},
@@ -163,8 +163,8 @@ def test_the_page_fetches_nothing_and_runs_only_its_own_script() -> None:
 
 
 def test_another_schema_is_refused_with_what_this_version_reads() -> None:
-    with pytest.raises(ValueError, match="schema 2: this version reads schema 1"):
-        render({**empty_report(), "schema": 2})
+    with pytest.raises(ValueError, match=f"schema {SCHEMA + 1}: this version reads schema {SCHEMA}"):
+        render({**empty_report(), "schema": SCHEMA + 1})
 
 
 def test_the_module_needs_only_the_standard_library() -> None:

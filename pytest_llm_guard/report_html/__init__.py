@@ -1,4 +1,4 @@
-"""The HTML report: one self-contained page drawn from the JSON report (schema 1).
+"""The HTML report: one self-contained page drawn from the JSON report (its current schema).
 
 ``render(report)`` returns the whole document. The page fetches nothing: its CSS, its
 SVG and its one script are inline, and a Content-Security-Policy naming the hashes of
@@ -65,7 +65,7 @@ __all__ = ["MIN_BAR", "SCHEMA", "STRIP_LABEL", "STRIP_WIDTH", "_tick_label", "_t
 
 
 def render(report: Mapping[str, Any]) -> str:
-    """The whole HTML document for a schema-1 report."""
+    """The whole HTML document for a report of the current schema."""
     if report.get("schema") != SCHEMA:
         raise ValueError(
             f"pytest-llm-guard cannot draw report schema {report.get('schema')!r}: this version reads schema {SCHEMA}."

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-SCHEMA = 1
+from ..report_json import SCHEMA  # noqa: E402  (the one number, where the JSON is written)
 
 # Bar colours by category; "replayed" and "refused" colour an attempt by its source, so a
 # replay (category ok) is told apart from a live answer. Picked to stay apart for the

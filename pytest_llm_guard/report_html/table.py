@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from ..report import attribution_text
+from ..report import attribution_text, made_by
 from .common import (
     COLOURS,
     LEGEND,
@@ -97,7 +97,8 @@ def _test_row(i: int, test: Mapping[str, Any], with_cost: bool) -> str:
         f'<td class="c-test"><button type="button" class="tg" aria-expanded="false">'
         f'<span class="caret" aria-hidden="true"></span><span class="id">{_breakable(test.get("nodeid"))}</span>'
         "</button></td>",
-        f'<td class="c-outcome"><span class="badge o-{outcome}">{_e(test.get("outcome") or "?")}</span></td>',
+        f'<td class="c-outcome"><span class="badge o-{outcome}">{_e(test.get("outcome") or "?")}</span>'
+        f"{_why(test.get('why'))}</td>",
         f'<td class="c-num" data-v="{duration!r}">{_secs(duration)}</td>',
         f'<td class="c-attr" data-v="{lost!r}">{_attribution_bar(parts, duration)}'
         f'<div class="attr-text">{_e(_attribution_text(parts))}</div></td>',
@@ -109,6 +110,18 @@ def _test_row(i: int, test: Mapping[str, Any], with_cost: bool) -> str:
         cost = _opt(test.get("cost"))
         cells.append(f'<td class="c-num" data-v="{"" if cost is None else repr(cost)}">{_cost(cost)}</td>')
     return f'<tr class="test o-{outcome}" data-i="{i}">{"".join(cells)}</tr>'
+
+
+def _why(why: Any) -> str:
+    """Why a test failed or was skipped: the exception, the budget or breaker, the message's first line."""
+    if not isinstance(why, Mapping):
+        return ""
+    named = (
+        f"{why.get('budget')} budget" if why.get("budget") else "",
+        f"breaker of {why.get('breaker')}" if why.get("breaker") else "",
+    )
+    head = " · ".join(part for part in (str(why.get("exception") or ""), *named) if part)
+    return f'<div class="why"><b>{_e(head)}</b> {_e(why.get("message") or "")}</div>'
 
 
 def _attribution_text(parts: Iterable[Mapping[str, Any]]) -> str:
@@ -241,14 +254,15 @@ def _where(attempt: Mapping[str, Any]) -> str:
 
 def _attempt_title(attempt: Mapping[str, Any]) -> str:
     """An attempt in full, for its bar's tooltip."""
+    made = made_by(attempt) or attempt.get("kind") or "?"
     lines = [
-        f"call {_int(attempt.get('call'))}, attempt {_int(attempt.get('number'))} ({attempt.get('kind') or '?'}), "
+        f"call {_int(attempt.get('call'))}, attempt {_int(attempt.get('number'))} ({made}), "
         f"{attempt.get('source') or '?'}",
         f"{_where(attempt)} model={attempt.get('model') or '?'}",
     ]
     outcome = str(attempt.get("outcome") or "?")
     if attempt.get("error"):
-        outcome += f" ({_short(attempt.get('error'), 300)})"
+        outcome += f" ({attempt.get('error')})"
     if attempt.get("cause"):
         outcome += f", cut at its {attempt.get('cause')}"
     lines.append(outcome)
@@ -280,7 +294,7 @@ def _attempts_table(attempts: Sequence[Mapping[str, Any]]) -> str:
     for attempt in sorted(attempts, key=lambda a: (_num(a.get("offset")), _int(a.get("call")), _int(a.get("number")))):
         outcome = _e(attempt.get("outcome") or "?")
         if attempt.get("error"):
-            outcome += f' <span class="muted">({_e(_short(attempt.get("error"), 200))})</span>'
+            outcome += f' <span class="muted err">({_e(attempt.get("error"))})</span>'
         if attempt.get("cause"):
             outcome += f' <span class="muted">cut at its {_e(attempt.get("cause"))}</span>'
         if attempt.get("failover_to"):
@@ -290,7 +304,7 @@ def _attempts_table(attempts: Sequence[Mapping[str, Any]]) -> str:
         rows.append(
             "<tr>"
             f'<td class="c-num">{_int(attempt.get("call"))}.{_int(attempt.get("number"))}</td>'
-            f"<td>{_e(attempt.get('kind'))}</td>"
+            f"<td>{_e(made_by(attempt) or attempt.get('kind'))}</td>"
             f'<td><i class="sw c-{_colour_key(attempt)}"></i>{_e(attempt.get("source"))}</td>'
             f'<td class="where">{_e(_where(attempt))}<span class="muted"> {_e(attempt.get("model") or "")}</span></td>'
             f"<td>{outcome}</td>"
