@@ -128,7 +128,7 @@ class Breaker:
 
     def record(self, outcome: Outcome, now: float, error: str | None, policy: Settings) -> None:
         if outcome is Outcome.FAILURE and error:
-            self.errors = [*self.errors, f"{error} at {clock_time(now)}"][-_ERRORS_KEPT:]
+            self.errors = [*self.errors, f"[{clock_time(now)}] {error}"][-_ERRORS_KEPT:]  # the time first: an error may hold commas
         if self.state == "open":
             return  # a late answer to an attempt sent before the trip changes nothing
         if self.state == "half_open":
