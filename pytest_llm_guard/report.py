@@ -401,10 +401,11 @@ def clock(when: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(when))
 
 
-_GUARD_IT = (
-    "guard it with an llm_* marker (@pytest.mark.llm_budget()) or the llm_guard fixture, "
+_GUARD_WAYS = (
+    "with an llm_* marker (@pytest.mark.llm_budget()) or the llm_guard fixture, "
     "or guard every test: guard_all = true in [tool.pytest_llm_guard] (--llm-guard-all)"
 )
+_GUARD_IT = f"guard it {_GUARD_WAYS}"
 
 
 def unguarded_refusal(test: str, request: str, settings: Settings) -> str:
@@ -430,5 +431,5 @@ def unguarded_lines(tests: Sequence[Mapping[str, Any]]) -> list[str]:
         f'cassette of ours, not counted (unguarded = warn; "fail" refuses them):'
     ]
     lines.extend(f"  {t['nodeid']}: {plural(len(t['requests']), 'request')}, first {t['requests'][0]}" for t in tests)
-    lines.append(f"To fix: {_GUARD_IT}.")
+    lines.append(f"To fix: guard {'it' if len(tests) == 1 else 'each'} {_GUARD_WAYS}.")
     return lines

@@ -175,3 +175,19 @@ def test_under_xdist_a_configuration_warning_is_given_once(
     pytester.makepyfile("def test_x():\n    pass\n\ndef test_y():\n    pass\n")
     result = pytester.runpytest_subprocess("-n", "2", "-p", "xdist")
     result.assert_outcomes(passed=2, warnings=1)
+
+
+def test_the_unguarded_list_advises_guarding_it_or_each_as_the_count_says() -> None:
+    from pytest_llm_guard.report import unguarded_lines
+
+    one = [{"nodeid": "t.py::a", "requests": ["POST http://x/v1/chat/completions"]}]
+    two = [*one, {"nodeid": "t.py::b", "requests": ["POST http://x/v1/embeddings"] * 2}]
+    assert unguarded_lines(one)[-1].startswith("To fix: guard it with an llm_* marker (@pytest.mark.llm_budget())")
+    assert unguarded_lines(two) == [
+        "2 tests sent LLM requests without a guard: no deadline or budget, no cassette of ours, not counted "
+        '(unguarded = warn; "fail" refuses them):',
+        "  t.py::a: 1 request, first POST http://x/v1/chat/completions",
+        "  t.py::b: 2 requests, first POST http://x/v1/embeddings",
+        "To fix: guard each with an llm_* marker (@pytest.mark.llm_budget()) or the llm_guard fixture, "
+        "or guard every test: guard_all = true in [tool.pytest_llm_guard] (--llm-guard-all).",
+    ]
