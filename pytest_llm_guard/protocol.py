@@ -156,7 +156,12 @@ def _warn_unguarded(item: pytest.Item) -> None:
     item.stash[WARNED] = len(sent)
     from .report import unguarded_warning
 
-    item.warn(LLMUnguardedWarning(unguarded_warning(item.nodeid, len(sent) - told, sent[told])))
+    try:
+        item.warn(LLMUnguardedWarning(unguarded_warning(item.nodeid, len(sent) - told, sent[told])))
+        return
+    except LLMUnguardedWarning as error:  # -W error made it an exception: its text, not this plugin's frames
+        failure = f"{type(error).__name__}: {error}"
+    pytest.fail(failure, pytrace=False)
 
 
 class GuardedTests:
