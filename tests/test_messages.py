@@ -57,6 +57,32 @@ def test_mistyped_marker_keys_error_their_own_tests_and_the_rest_of_the_suite_ru
     )
 
 
+def test_mistyped_breaker_and_cassette_marker_keys_say_which_key_was_meant(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_a="""
+        import pytest
+
+        @pytest.mark.llm_breaker(on_opne="skip")
+        def test_breaker():
+            pass
+
+        @pytest.mark.llm_cassette(paht="x.yaml")
+        def test_cassette():
+            pass
+        """
+    )
+    result = pytester.runpytest()
+    result.assert_outcomes(errors=2)
+    result.stdout.fnmatch_lines(
+        [
+            "pytest-llm-guard: unknown key 'on_opne' in @pytest.mark.llm_breaker on test_a.py::test_breaker; "
+            "did you mean 'on_open'? allowed keys: endpoints, on_open",
+            "pytest-llm-guard: unknown key 'paht' in @pytest.mark.llm_cassette on test_a.py::test_cassette; "
+            "did you mean 'path'? allowed keys: name, path",
+        ]
+    )
+
+
 def test_a_mistyped_pyproject_key_names_the_key_meant_not_every_key(pytester: pytest.Pytester) -> None:
     pytester.makepyprojecttoml("[tool.pytest_llm_guard]\nretry = 3\n")
     pytester.makepyfile("def test_x():\n    pass\n")
