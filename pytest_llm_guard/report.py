@@ -8,7 +8,9 @@ refers to them.
 
 from __future__ import annotations
 
+import dataclasses
 import linecache
+import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -72,11 +74,26 @@ def made_by(attempt: Mapping[str, Any]) -> str:
     return ""
 
 
+def _refusal(attempt: Attempt) -> str | None:
+    """A refused attempt's reason without its countdown (``(in 29.1 s)``): the same refusal, read again."""
+    if attempt.source != "refused" or not attempt.error:
+        return None
+    return re.sub(r"\(in [\d.]+ s\)", "", attempt.error)
+
+
 def attempt_lines(attempts: Sequence[Attempt], title: str = "Attempts") -> list[str]:
+    """The attempts, numbered; a refusal whose reason an earlier one gave in full refers to it."""
     lines = [f"{title} ({len(attempts)}):"]
+    told: dict[str, int] = {}
     for i, attempt in enumerate(attempts, 1):
         by = made_by(attempt.to_dict())
         head = f"  {i}. call {attempt.call}{', ' + by if by else ''}: "
+        refusal = _refusal(attempt)
+        if refusal is not None and refusal in told:
+            lines.append(head + describe(dataclasses.replace(attempt, error=f"the same as attempt {told[refusal]}")))
+            continue
+        if refusal is not None:
+            told[refusal] = i
         first, *rest = describe(attempt).splitlines()
         lines.append(head + first)
         lines.extend(" " * 5 + more.strip() for more in rest)
@@ -94,6 +111,19 @@ def sdk_retry_advice(attempts: Sequence[Attempt]) -> str | None:
         f"{plural(len(sdk), 'attempt')} of {len(attempts)} {'was' if len(sdk) == 1 else 'were'} the SDK's own "
         f"retries{limit}, inside the same create(): build the client with max_retries=0 (or wrap it with "
         "llm_guard.guard(client), whose retries stay within the budget) so that only one layer retries"
+    )
+
+
+def refusal_advice(attempts: Sequence[Attempt]) -> str | None:
+    """When the code asked again after an open breaker's refusal (on_open=fallback): why that cannot help."""
+    refused = [a for a in attempts if a.source == "refused" and a.outcome == "LLMEndpointUnavailable"]
+    if len(refused) < 2:
+        return None
+    return (
+        f"{plural(len(refused), 'attempt')} were refused at once by an open breaker, and the code kept asking: "
+        "the refusal reaches it as openai.APIConnectionError (on_open=fallback), which its retry "
+        "loop caught. Give APIConnectionError a fallback instead of a retry, or end the test at the first "
+        "refusal with on_open='fail' or 'skip' (@pytest.mark.llm_breaker(on_open=...) or --llm-on-open)"
     )
 
 
@@ -144,6 +174,9 @@ def budget_message(
     sdk = sdk_retry_advice(attempts)
     if sdk is not None and budget in ("deadline", "retries", "call_timeout"):
         advice = f"{sdk}; or {advice}"
+    refusals = refusal_advice(attempts)
+    if refusals is not None and budget in ("deadline", "calls"):
+        advice = f"{refusals}; or {advice}"
     lines.append(
         f"What to do: {advice}; the limit is set with "
         f"@pytest.mark.llm_budget({budget}=...), {option.flag} or {option.env}."
@@ -173,8 +206,10 @@ def no_endpoint(
     lines = [headline] + [f"  - {name} ({url}): {reason}" for name, url, reason in refusals]
     if on_open != "fallback" and earlier:
         lines.extend(attempt_lines(earlier, "Earlier attempts"))
-    source = on_open_source if on_open_source != "default" else (
-        "default for llm_client" if fixture else "default for clients the code under test builds"
+    source = (
+        on_open_source
+        if on_open_source != "default"
+        else ("default for llm_client" if fixture else "default for clients the code under test builds")
     )
     does = {
         "fallback": "the refusal reaches the code as openai.APIConnectionError (LLMEndpointUnavailable) at once, "
