@@ -55,7 +55,7 @@ def test_each_last_error_starts_with_its_time_so_commas_in_a_message_do_not_blur
         health.record(MODEL, F, now, POLICY, error=slow)
     described = health.breaker(MODEL).describe(3.0)
     errors = described.split("; last errors: ")[1].split("; next probe at")[0]
-    assert re.fullmatch(rf"\[\d\d:\d\d:\d\d\.\d\] {slow}(, \[\d\d:\d\d:\d\d\.\d\] {slow}){{2}}", errors), errors
+    assert re.fullmatch(rf"\[\d\d:\d\d:\d\d\.\d\] {slow}( \[\d\d:\d\d:\d\d\.\d\] {slow}){{2}}", errors), errors
 
 
 def test_a_success_resets_the_consecutive_count() -> None:

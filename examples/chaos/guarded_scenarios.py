@@ -49,12 +49,10 @@ def test_the_harness_answers_through_llm_client(question: str, llm_client, llm_g
 @pytest.mark.llm_budget(deadline=2)
 @pytest.mark.llm_breaker(on_open="fail")
 def test_the_harness_own_client_is_stopped_with_a_reason(llm_guard) -> None:
-    # The harness builds its own client for the primary (OPENAI_BASE_URL): the guard does
-    # not move it, but bounds it. Once the primary's breaker is open, a client the code
-    # builds meets the refusal as APIConnectionError by default (on_open="fallback"), for
-    # an application's fallback to handle; this harness has only a blind `except Exception`
-    # loop, so the test asks the guard to stop it at the first refusal, which that loop
-    # cannot swallow.
+    # The harness builds its own client for the primary (OPENAI_BASE_URL): the guard does not
+    # move it. The primary's breaker opened in the tests above, so its first request is refused
+    # at once; on_open="fail" makes that refusal a stop its `except Exception` cannot swallow
+    # (the default for the application's own clients, "fallback", hands it a connection error).
     started = time.monotonic()
     with pytest.raises(LLMNoEndpoint) as stopped:
         harness.ask(QUESTIONS[0])
