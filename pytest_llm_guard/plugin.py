@@ -94,7 +94,11 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
     verdict = plural(len(found), "credential-shaped string") if found else "no credential-shaped strings"
     write(f"pytest-llm-guard audit: {plural(scanned, 'cassette')} under {config.rootpath}, {verdict} found")
     if found:
-        write("Re-record those cassettes (their scrubbing now redacts such strings), or edit the lines above.")
+        one = len(found) == 1
+        write(
+            f"Re-record {'that cassette' if one else 'those cassettes'} (recording redacts such strings), "
+            f"or edit the {'line' if one else 'lines'} above."
+        )
     return 1 if found else 0
 
 

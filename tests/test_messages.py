@@ -177,7 +177,10 @@ def test_audit_counts_in_the_singular(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest("--llm-audit")
     assert result.ret == 1
     result.stdout.fnmatch_lines(
-        [f"pytest-llm-guard audit: 1 cassette under {pytester.path}, 1 credential-shaped string found"]
+        [
+            f"pytest-llm-guard audit: 1 cassette under {pytester.path}, 1 credential-shaped string found",
+            "Re-record that cassette (recording redacts such strings), or edit the line above.",
+        ]
     )
 
 
