@@ -62,7 +62,9 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    parser.add_argument("--port", type=_port, default=8765, help="port to listen on; 0 picks a free one (default: 8765)")
+    parser.add_argument(
+        "--port", type=_port, default=8765, help="port to listen on; 0 picks a free one (default: 8765)"
+    )
     parser.add_argument("--quiet", action="store_true", help="print no line per request")
     return parser
 
