@@ -276,6 +276,7 @@ def test_corrupt_cassette_fails_only_its_test(project: pytest.Pytester, monkeypa
     result = project.runpytest()
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines([f"*LLMCassetteError: cannot parse cassette {broken} at line 4, column *"])
+    assert "During handling" not in result.stdout.str(), "the message once, not twice"
     assert broken.read_text().endswith("uri: [\n")  # left as it was for the user to inspect
 
 
