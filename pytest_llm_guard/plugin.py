@@ -356,12 +356,12 @@ def _build(cls: type, options: dict[str, Any]) -> Any:
 
     try:
         return cls(**options)
-    except openai.OpenAIError as exc:
-        pytest.fail(
+    except openai.OpenAIError as exc:  # from None: the SDK's message once, inside ours
+        raise pytest.fail.Exception(
             f"pytest-llm-guard: cannot build the {cls.__name__} fixture client: {exc} "
             "Set OPENAI_API_KEY, or override the llm_client_options fixture.",
             pytrace=False,
-        )
+        ) from None
 
 
 @pytest.fixture(scope="session")
