@@ -232,9 +232,10 @@ def session_spent(settings: Settings, name: str, used: float, limit: float) -> s
     shown = f"{used:.1f}" if name == "session_deadline" else f"{used:.4f}" if name == "max_cost" else str(int(used))
     option = OPTIONS[name]
     action = "fail" if settings.on_session_spent == "fail" else "are skipped"
+    over = "since the session started" if name == "session_deadline" else "summed over all workers"
     return (
         f"pytest-llm-guard: session budget spent: {shown}{unit} of {name}={limit:g}{unit} "
-        f"(set by {settings.source_of(name)}), summed over all workers; the remaining LLM tests {action} "
+        f"(set by {settings.source_of(name)}), {over}; the remaining LLM tests {action} "
         f"(on_session_spent={settings.on_session_spent}). Raise {option.flag} / {option.env} to run more."
     )
 
