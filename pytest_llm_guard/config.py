@@ -162,7 +162,9 @@ class Settings:
         0.1, number(float, 0, positive=False), "tokens a success puts back in the bucket"
     )
     max_endpoints: int = _option(3, number(int, 1, positive=True), "endpoints one llm_client call may try (failovers)")
-    session_deadline: float | None = _option(None, seconds, "seconds from the session's start after which no guarded test starts")
+    session_deadline: float | None = _option(
+        None, seconds, "seconds from the session's start after which no guarded test starts"
+    )
     max_calls: int | None = _option(None, count, "LLM calls the whole session may send, over all xdist workers")
     max_tokens: int | None = _option(None, count, "tokens the whole session may spend, over all xdist workers")
     max_cost: float | None = _option(None, seconds, "money the whole session may spend, over all xdist workers")
