@@ -156,8 +156,10 @@ def _warn_unguarded(item: pytest.Item) -> None:
     item.stash[WARNED] = len(sent)
     from .report import unguarded_warning
 
+    fault_server = "llm_fault_server" in getattr(item, "fixturenames", ())
+    text = unguarded_warning(item.nodeid, len(sent) - told, sent[told], fault_server=fault_server)
     try:
-        item.warn(LLMUnguardedWarning(unguarded_warning(item.nodeid, len(sent) - told, sent[told])))
+        item.warn(LLMUnguardedWarning(text))
     except LLMUnguardedWarning as error:  # -W error made it an exception: its text, not this plugin's frames
         raise pytest.fail.Exception(f"{type(error).__name__}: {error}", pytrace=False) from None
 

@@ -449,11 +449,18 @@ def unguarded_refusal(test: str, request: str, settings: Settings) -> str:
     )
 
 
-def unguarded_warning(test: str, count: int, first: str) -> str:
+def unguarded_warning(test: str, count: int, first: str, *, fault_server: bool = False) -> str:
+    """``fault_server``: the test uses ``llm_fault_server``, whose faults a cassette would hide on replay."""
+    fix = (
+        "guard it with @pytest.mark.llm_cassette(False) (a cassette would record the fault server's last "
+        "answer, and a replay would never meet its faults)"
+        if fault_server
+        else _GUARD_IT
+    )
     return (
         f"pytest-llm-guard: {test} is not guarded, yet sent {plural(count, 'LLM request')} ({first}) to the "
         "network: no deadline or budget of ours bound it, no cassette of ours replayed or recorded it, and it is "
-        f"not counted. To fix: {_GUARD_IT}. To silence: unguarded = allow, or "
+        f"not counted. To fix: {fix}. To silence: unguarded = allow, or "
         "filterwarnings = ignore::pytest_llm_guard.LLMUnguardedWarning"
     )
 

@@ -220,3 +220,25 @@ def test_the_unguarded_list_advises_guarding_it_or_each_as_the_count_says() -> N
         "To fix: guard each with an llm_* marker (@pytest.mark.llm_budget()) or the llm_guard fixture, "
         "or guard every test: guard_all = true in [tool.pytest_llm_guard] (--llm-guard-all).",
     ]
+
+
+def test_an_unguarded_test_of_the_fault_server_is_told_to_guard_it_without_a_cassette(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(
+        """
+        import openai
+
+        def test_retry(llm_fault_server):
+            client = openai.OpenAI(base_url=llm_fault_server.base_url, api_key="sk-test")
+            client.models.list()
+        """
+    )
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=1, warnings=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*To fix: guard it with @pytest.mark.llm_cassette(False) (a cassette would record the fault server's "
+            "last answer, and a replay would never meet its faults). To silence: *"
+        ]
+    )
