@@ -215,3 +215,25 @@ def test_an_address_the_machine_does_not_have_points_at_host_too(capsys: pytest.
         "fault server: cannot listen on 192.0.2.1:0 ([Errno 99] Cannot assign requested address); "
         "choose another --port (0: any free one), or another --host\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("fault", "said"),
+    [
+        (Fault.trickle(headers=True), "trickle, head included"),
+        (Fault.trickle(), "trickle, body only"),
+        (Fault.cut_stream(1), "stream cut"),
+        (Fault.stream_error(1), "stream error event"),
+        (Fault.malformed(), "malformed 200"),
+        (Fault.hang(), "hang"),
+        (Fault.status(503), "HTTP 503"),
+    ],
+)
+def test_each_request_line_names_its_fault_in_words(
+    fault: Fault, said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pytest_llm_guard.fault.command import _said
+    from pytest_llm_guard.fault.server import RecordedRequest
+
+    _said(RecordedRequest("POST", "/x/v1/chat/completions", {}, None, b"", 0.0, fault))
+    assert capsys.readouterr().out.split(" ", 1)[1] == f"POST /x/v1/chat/completions: {said}\n"

@@ -17,7 +17,7 @@ from pathlib import Path
 from types import FrameType
 
 from .dialect import registered
-from .faults import Ok, Status
+from .faults import CutStream, Malformed, Ok, Reset, Status, StreamError, Trickle
 from .prefixes import PREFIXES
 from .server import FaultServer, RecordedRequest
 
@@ -69,6 +69,10 @@ def parser() -> argparse.ArgumentParser:
     return parser
 
 
+_MET = {CutStream: "stream cut", StreamError: "stream error event", Malformed: "malformed 200", Reset: "reset"}
+"""How a request log line names a fault whose class name would read as one word (``cutstream``)."""
+
+
 def _said(request: RecordedRequest) -> None:
     """One line per request: what came in and which fault it met."""
     fault = request.fault
@@ -78,8 +82,10 @@ def _said(request: RecordedRequest) -> None:
         met = f"HTTP {fault.code}"
     elif isinstance(fault, Ok):
         met = f"ok after {fault.delay:g} s" if fault.delay else "ok"
+    elif isinstance(fault, Trickle):
+        met = "trickle, head included" if fault.headers else "trickle, body only"
     else:
-        met = type(fault).__name__.lower()
+        met = _MET.get(type(fault), type(fault).__name__.lower())
     print(f"{time.strftime('%H:%M:%S')} {request.method} {request.path}: {met}", flush=True)
 
 
