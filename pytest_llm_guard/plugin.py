@@ -94,7 +94,11 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
     verdict = plural(len(found), "credential-shaped string") if found else "no credential-shaped strings"
     write(f"pytest-llm-guard audit: {plural(scanned, 'cassette')} under {config.rootpath}, {verdict} found")
     if found:
-        write("Re-record those cassettes (their scrubbing now redacts such strings), or edit the lines above.")
+        one = len(found) == 1
+        write(
+            f"Re-record {'that cassette' if one else 'those cassettes'} (recording redacts such strings), "
+            f"or edit the {'line' if one else 'lines'} above."
+        )
     return 1 if found else 0
 
 
@@ -352,12 +356,12 @@ def _build(cls: type, options: dict[str, Any]) -> Any:
 
     try:
         return cls(**options)
-    except openai.OpenAIError as exc:
-        pytest.fail(
+    except openai.OpenAIError as exc:  # from None: the SDK's message once, inside ours
+        raise pytest.fail.Exception(
             f"pytest-llm-guard: cannot build the {cls.__name__} fixture client: {exc} "
             "Set OPENAI_API_KEY, or override the llm_client_options fixture.",
             pytrace=False,
-        )
+        ) from None
 
 
 @pytest.fixture(scope="session")

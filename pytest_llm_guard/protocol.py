@@ -156,7 +156,12 @@ def _warn_unguarded(item: pytest.Item) -> None:
     item.stash[WARNED] = len(sent)
     from .report import unguarded_warning
 
-    item.warn(LLMUnguardedWarning(unguarded_warning(item.nodeid, len(sent) - told, sent[told])))
+    fault_server = "llm_fault_server" in getattr(item, "fixturenames", ())
+    text = unguarded_warning(item.nodeid, len(sent) - told, sent[told], fault_server=fault_server)
+    try:
+        item.warn(LLMUnguardedWarning(text))
+    except LLMUnguardedWarning as error:  # -W error made it an exception: its text, not this plugin's frames
+        raise pytest.fail.Exception(f"{type(error).__name__}: {error}", pytrace=False) from None
 
 
 class GuardedTests:
@@ -464,8 +469,8 @@ def _open_cassette(item: pytest.Item, guard: Guard) -> CassetteLayer | None:
             session_started=session.started_at,
             clock=guard.budget.clock,
         )
-    except LLMCassetteError as exc:
-        pytest.fail(f"{type(exc).__name__}: {exc}", pytrace=False)
+    except LLMCassetteError as exc:  # from None: its message once, without a "During handling" copy
+        raise pytest.fail.Exception(f"{type(exc).__name__}: {exc}", pytrace=False) from None
     item.stash[CASSETTE] = layer
     if layer.replay_only:  # CI needs no secret: the SDKs only insist that a key is set
         endpoints = item.config.stash[SESSION].endpoints.endpoints

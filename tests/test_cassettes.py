@@ -259,7 +259,9 @@ def test_a_miss_says_what_differs_and_how_to_record(project: pytest.Pytester, se
             "*body (recorded -> sent):",
             '*-*"content": "What is the capital of France?",',
             '*+*"content": "What is the capital of Spain?",',
-            "*To record it*pytest 'test_app.py::test_agent' --llm-record=new_episodes*",
+            "*To record it (needs a real endpoint and key): pytest 'test_app.py::test_agent' --llm-record=new_episodes "
+            "(or --llm-record=all to re-record the test from scratch), then commit the cassette: with CI set, the "
+            "record mode defaults to 'none' (replay only; LLM_GUARD_RECORD or --llm-record overrides it).",
         ]
     )
     assert "Retrying" not in result.stdout.str()
@@ -274,6 +276,7 @@ def test_corrupt_cassette_fails_only_its_test(project: pytest.Pytester, monkeypa
     result = project.runpytest()
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines([f"*LLMCassetteError: cannot parse cassette {broken} at line 4, column *"])
+    assert "During handling" not in result.stdout.str(), "the message once, not twice"
     assert broken.read_text().endswith("uri: [\n")  # left as it was for the user to inspect
 
 

@@ -70,6 +70,7 @@ def test_missing_api_key_is_explained(pytester: pytest.Pytester, monkeypatch) ->
     result = pytester.runpytest()
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*cannot build the OpenAI fixture client*OPENAI_API_KEY*llm_client_options*"])
+    assert "During handling" not in result.stdout.str(), "the SDK's message once, inside ours"
 
 
 SEED_APP = """

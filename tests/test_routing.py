@@ -458,7 +458,7 @@ def test_session_deadline_from_the_command_line(pytester: pytest.Pytester, backu
     pytester.makepyfile(test_app=calls_file(tests=2, calls=1))
     result = pytester.runpytest("--llm-session-deadline=0.001", "-rs")
     result.assert_outcomes(skipped=2)
-    result.stdout.fnmatch_lines(["*of session_deadline=0.001 s (set by the command line)*"])
+    result.stdout.fnmatch_lines(["*of session_deadline=0.001 s (set by the command line), since the session started;*"])
     assert backup.requests == []
 
 

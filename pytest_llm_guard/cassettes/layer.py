@@ -430,7 +430,8 @@ class CassetteLayer:
         option = OPTIONS["record"]
         lines.append(
             f"To record it (needs a real endpoint and key): pytest '{self.nodeid}' {option.flag}=new_episodes "
-            f"(or {option.flag}=all to re-record the test from scratch); CI replays only ({option.env} or CI)."
+            f"(or {option.flag}=all to re-record the test from scratch), then commit the cassette: with CI set, "
+            f"the record mode defaults to 'none' (replay only; {option.env} or {option.flag} overrides it)."
         )
         return LLMCassetteMiss(self.scrubber.text("\n".join(lines)))
 
