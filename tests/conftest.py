@@ -14,7 +14,17 @@ import pytest
 import tenacity  # noqa: F401
 import vcr  # noqa: F401
 
+from pytest_llm_guard import FakeClock
 from pytest_llm_guard.fault import FaultServer
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "fake_clock: the guarded test runs on a pytest_llm_guard.FakeClock")
+
+
+def pytest_llm_guard_clock(item: pytest.Item) -> FakeClock | None:
+    """Tests of timing logic run on a fake clock: waits take no time and are exact (``llm_guard.clock``)."""
+    return FakeClock() if item.get_closest_marker("fake_clock") else None
 
 
 @pytest.fixture(autouse=True)
