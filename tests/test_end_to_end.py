@@ -46,9 +46,7 @@ def test_trickling_body_is_cut_at_the_deadline(llm_client, llm_fault_server: Fau
 
 
 @pytest.mark.llm_budget(deadline=DEADLINE)
-async def test_async_hang_is_cut_at_the_deadline(
-    async_llm_client, llm_fault_server: FaultServer, llm_guard
-) -> None:
+async def test_async_hang_is_cut_at_the_deadline(async_llm_client, llm_fault_server: FaultServer, llm_guard) -> None:
     llm_fault_server.plan(then=Fault.hang())
     with pytest.raises(LLMBudgetExceeded):
         await async_llm_client.chat.completions.create(model="m", messages=HELLO, timeout=60)
