@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 # pytester's in-process runs drop the modules first imported inside them, and the
@@ -42,6 +43,27 @@ def pytester(pytester: pytest.Pytester) -> pytest.Pytester:
     """pytester, with the pytest-asyncio setting whose absence makes every inner run warn."""
     pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
     return pytester
+
+
+@pytest.fixture(scope="module")
+def servers() -> Iterator[tuple[FaultServer, FaultServer]]:
+    """Two fault servers, a primary endpoint and its backup, for routing and failover; each test starts them afresh."""
+    with FaultServer() as primary, FaultServer() as backup:
+        yield primary, backup
+
+
+@pytest.fixture
+def primary(servers: tuple[FaultServer, FaultServer]) -> Iterator[FaultServer]:
+    servers[0].reset()
+    yield servers[0]
+    servers[0].reset()
+
+
+@pytest.fixture
+def backup(servers: tuple[FaultServer, FaultServer]) -> Iterator[FaultServer]:
+    servers[1].reset()
+    yield servers[1]
+    servers[1].reset()
 
 
 @pytest.fixture

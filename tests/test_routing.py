@@ -30,26 +30,6 @@ HELLO = [{"role": "user", "content": "hello there"}]
 CALL_TIMEOUT = 0.5  # short enough to keep hang tests fast, long enough for a busy machine
 
 
-@pytest.fixture(scope="module")
-def servers() -> Iterator[tuple[FaultServer, FaultServer]]:
-    with FaultServer() as primary, FaultServer() as backup:
-        yield primary, backup
-
-
-@pytest.fixture
-def primary(servers: tuple[FaultServer, FaultServer]) -> Iterator[FaultServer]:
-    servers[0].reset()
-    yield servers[0]
-    servers[0].reset()
-
-
-@pytest.fixture
-def backup(servers: tuple[FaultServer, FaultServer]) -> Iterator[FaultServer]:
-    servers[1].reset()
-    yield servers[1]
-    servers[1].reset()
-
-
 class Harness:
     """One router for a 'session'; ``test()`` opens a guarded 'test' with a fixture-like client."""
 
@@ -306,72 +286,6 @@ def test_calls(llm_client, n):
 def call_reports(result: pytest.RunResult) -> list[pytest.TestReport]:
     reports = result.reprec.getreports("pytest_runtest_logreport")  # type: ignore[attr-defined]
     return [r for r in reports if r.when == "call" or (r.when == "setup" and r.skipped)]
-
-
-def test_done_when_primary_hangs_20_tests_of_3_calls_cost_one_trip(
-    pytester: pytest.Pytester, primary: FaultServer, backup: FaultServer
-) -> None:
-    primary.plan(then=Fault.hang())
-    project(pytester, primary, backup)
-    pytester.makepyfile(test_app=calls_file(tests=20, calls=3))
-    result = pytester.runpytest("-o", "log_cli=true", "-o", "log_cli_level=WARNING")
-    result.assert_outcomes(passed=20)
-    assert len(primary.requests) == 3, "three timeouts trip the breaker; nothing waits on the primary after"
-    assert len(backup.requests) == 60
-    durations = sorted(r.duration for r in call_reports(result))
-    assert sum(durations[:-1]) < 1.5, f"19 tests after the trip should take milliseconds each: {durations}"
-    assert durations[-1] < 3 * CALL_TIMEOUT + 0.5
-    result.stdout.fnmatch_lines(
-        [
-            "20 guarded tests: 60 LLM calls, 63 attempts (63 live), 0 retries, 3 failovers, 3 failed attempts;*",
-            "endpoint primary (*) model gpt-test: tripped 1x*",
-        ]
-    )
-    assert result.stdout.str().count("failover primary -> backup") == 3, "one log line per failover"
-
-
-@pytest.mark.parametrize("on_open", ["fail", "skip"])
-def test_everything_down_each_test_ends_fast_naming_the_open_breaker(
-    pytester: pytest.Pytester, primary: FaultServer, backup: FaultServer, on_open: str
-) -> None:
-    primary.plan(then=Fault.hang())
-    backup.plan(then=Fault.status(503))
-    project(pytester, primary, backup, options="breaker_failures = 2")
-    pytester.makepyfile(test_app=calls_file(tests=10, calls=1))
-    result = pytester.runpytest(f"--llm-on-open={on_open}", "-rs")
-    reports = call_reports(result)
-    refused = [r for r in reports if "no endpoint can take this request" in str(r.longrepr)]
-    assert len(refused) >= 8 and all(getattr(r, on_open + "ed" if on_open == "fail" else "skipped") for r in refused)
-    durations = [r.duration for r in refused]
-    assert max(durations) < 0.5 and sum(durations) < 1.0, durations  # milliseconds each, bar a scheduling hiccup
-    assert len(primary.requests) == 2 and len(backup.requests) == 2
-    reason = str(refused[-1].longrepr)
-    assert "primary (http://" in reason and "breaker open since" in reason and "ReadTimeout" in reason
-    assert "backup (http://" in reason and "HTTP 503" in reason and "next probe at" in reason
-    assert f"on_open={on_open} (set by the command line)" in reason
-
-
-def test_429_retry_after_is_honoured_by_the_next_test(pytester: pytest.Pytester, primary: FaultServer) -> None:
-    primary.plan(Fault.status(429, retry_after=0.5, should_retry=False))
-    project(pytester, primary, call_timeout=10)  # nothing hangs here: no timeout on a busy machine
-    pytester.makepyfile(
-        test_app="""
-        import openai, pytest
-
-        MESSAGES = [{"role": "user", "content": "hi"}]
-
-        def test_first_is_rate_limited(llm_client):
-            with pytest.raises(openai.RateLimitError):
-                llm_client.chat.completions.create(model="gpt-test", messages=MESSAGES)
-
-        def test_second_waits_for_the_retry_after(llm_client, llm_guard):
-            llm_client.chat.completions.create(model="gpt-test", messages=MESSAGES)
-            assert 0 < llm_guard.stats.backoff_seconds <= 0.5  # what was left of the 429's Retry-After
-        """
-    )
-    pytester.runpytest().assert_outcomes(passed=2)
-    first, second = primary.requests
-    assert second.time - first.time >= 0.5
 
 
 def test_marker_chooses_endpoints_and_skips_when_they_are_down(
