@@ -43,10 +43,11 @@ REAL = Clock()
 class FakeClock(Clock):
     """Time that moves only when slept through or advanced: waits take no time and are exact.
 
-    A guard on a fake clock still meets real time where it is physical: a server that
-    hangs is cut by the socket's timeout or the alarm, in real seconds. Use it to test
-    timing logic (backoff, Retry-After, cooldowns, deadline arithmetic); ``slept`` lists
-    every wait, in order.
+    A guard on a fake clock still meets real time where it is physical: an attempt's
+    socket timeouts are the time left on the fake clock, in real seconds, and the alarm
+    fires only once the fake clock has reached its time, so code that hangs in real time
+    is not cut by it. Use it to test timing logic (backoff, Retry-After, cooldowns,
+    deadline arithmetic); ``slept`` lists every wait, in order.
     """
 
     def __init__(self, start: float = 1000.0, *, wall: float = 1_800_000_000.0) -> None:

@@ -39,8 +39,8 @@ def pytest_llm_guard_clock(item: pytest.Item) -> Clock | None:
     """The clock of a guarded test, or None for the real one.
 
     Return a ``pytest_llm_guard.FakeClock`` to test timing with the guard in no time: its
-    deadline, backoff and Retry-After waits run on it (``llm_guard.clock``), exactly. Real
-    waits stay real: a hanging server is cut by socket timeouts and the alarm.
+    deadline, backoff and Retry-After waits run on it (``llm_guard.clock``), exactly. The
+    test's own code still runs in real time, and the deadline follows the fake clock.
     """
 
 
