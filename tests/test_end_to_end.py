@@ -35,7 +35,7 @@ def test_hang_is_cut_at_the_deadline(llm_client, llm_fault_server: FaultServer, 
     llm_fault_server.plan(then=Fault.hang())
     with pytest.raises(LLMBudgetExceeded) as info:
         ask(llm_client, timeout=60)
-    assert DEADLINE <= llm_guard.budget.elapsed() < DEADLINE + 1.0
+    assert DEADLINE - 0.01 <= llm_guard.budget.elapsed() < DEADLINE + 1.0  # the alarm may fire 1 ms early
     assert info.value.budget == "deadline"
     assert "ReadTimeout" in str(info.value)
 
