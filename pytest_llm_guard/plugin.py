@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import time
 import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -294,7 +293,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     config.stash[REPORTS_WRITTEN] = report_json.write_reports(
         guard_session.records,
         guard_session.router.health() if guard_session.records else [],
-        duration=time.monotonic() - guard_session.started,
+        duration=guard_session.clock.now() - guard_session.started,
         currency=settings.currency,
         json_path=here / settings.report if settings.report else None,
         html_path=here / settings.report_html if settings.report_html else None,

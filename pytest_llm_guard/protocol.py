@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import time
 import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -181,13 +180,14 @@ class GuardedTests:
         guard = Guard(
             settings,
             test_id=item.nodeid,
+            clock=item.ihook.pytest_llm_guard_clock(item=item) or session.clock,
             prices=session.prices,
             on_attempt=_attempt_hook(item),
             endpoints=session.endpoints,
         )
         item.stash[GUARD] = guard
-        item.stash[STARTED] = time.time()
-        alarm = Alarm() if Alarm.available() else None
+        item.stash[STARTED] = guard.clock.wall()
+        alarm = Alarm(guard.clock.now) if Alarm.available() else None
         if alarm is not None:
             guard.arm(alarm)
             alarm.start()
@@ -270,7 +270,7 @@ class GuardedTests:
             __tracebackhide__ = True
             pytest_timeout.timeout_sigalrm(item, settings)
 
-        guard.alarm.at(guard.budget.clock() + settings.timeout, timed_out)
+        guard.alarm.at(guard.clock.now() + settings.timeout, timed_out)
         item.stash[OWN_TIMEOUT] = True
         return True
 
@@ -467,7 +467,7 @@ def _open_cassette(item: pytest.Item, guard: Guard) -> CassetteLayer | None:
             matcher=lambda request, recorded: item.ihook.pytest_llm_cassette_match(request=request, recorded=recorded),
             scrubber=guard.scrubber,
             session_started=session.started_at,
-            clock=guard.budget.clock,
+            clock=guard.clock.now,
         )
     except LLMCassetteError as exc:  # from None: its message once, without a "During handling" copy
         raise pytest.fail.Exception(f"{type(exc).__name__}: {exc}", pytrace=False) from None

@@ -10,7 +10,6 @@ from __future__ import annotations
 import email.utils
 import logging
 import math
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +18,7 @@ import openai
 from tenacity import AsyncRetrying, RetryCallState, Retrying, retry_if_exception, retry_if_result
 from tenacity.wait import wait_base, wait_exponential_jitter
 
+from .clock import REAL
 from .dialect import dialect_for
 from .ledger import CALL, Call
 
@@ -33,7 +33,7 @@ MAX_RETRY_AFTER = 120.0
 RETRYABLE_STATUS = frozenset({408, 409, 429})
 
 
-def parse_retry_after(headers: Mapping[str, str], now: Callable[[], float] = time.time) -> float | None:
+def parse_retry_after(headers: Mapping[str, str], now: Callable[[], float] = REAL.wall) -> float | None:
     """Seconds the server asks us to wait: ``retry-after-ms``, then ``retry-after`` as seconds or HTTP date."""
     for name, divisor in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
         value = headers.get(name)

@@ -190,28 +190,6 @@ def test_streams_record_and_replay_in_order(project: pytest.Pytester, server: Fa
     assert {name: (project.path / name).read_text() for name in recorded} == recorded
 
 
-def test_recording_hands_chunks_on_as_they_arrive(project: pytest.Pytester, server: FaultServer) -> None:
-    # 400 bytes a second: the first event is in after ~0.4 s, the whole stream only after ~4 s.
-    # A recorder that buffers the body (as plain vcrpy does) could not return the first chunk in time.
-    server.plan(Fault.trickle(interval=0.05, chunk_size=20))
-    project.makepyfile(
-        """
-        import time
-        def test_first_chunk(llm_client):
-            started = time.monotonic()
-            stream = llm_client.chat.completions.create(
-                model="m", messages=[{"role": "user", "content": "a b c d e f g h"}], stream=True
-            )
-            next(iter(stream))
-            assert time.monotonic() - started < 2
-            stream.close()
-        """
-    )
-    project.runpytest().assert_outcomes(passed=1)
-    recorded = interactions(cassette(project, "test_recording_hands_chunks_on_as_they_arrive", "test_first_chunk"))
-    assert recorded[0]["response"]["body"]["string"].endswith("data: [DONE]\n\n")  # read on after close, whole
-
-
 def test_only_the_final_success_is_recorded(project: pytest.Pytester, server: FaultServer) -> None:
     server.plan(Fault.status(503), Fault.status(429, retry_after=0.01))
     project.makepyfile(

@@ -9,7 +9,6 @@ import json
 import math
 import re
 import threading
-import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx2
 
+from ..clock import REAL
 from ..config import OPTIONS, Settings
 from ..dialect import BodyReader, Dialect, decoding, dialect_for
 from ..errors import LLMCassetteMiss
@@ -234,7 +234,7 @@ class CassetteLayer:
         nodeid: str,
         mode: str,
         record_failures: bool,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = REAL.now,
     ) -> None:
         self.cassette = cassette
         self.scrubber = scrubber
@@ -462,7 +462,7 @@ def open_cassette(
     matcher: vcr_bridge.Matcher,
     scrubber: Scrubber,
     session_started: float | None = None,
-    clock: Callable[[], float] = time.monotonic,
+    clock: Callable[[], float] = REAL.now,
 ) -> CassetteLayer:
     """Load (or start) a test's cassette; raises :class:`LLMCassetteError` for an unreadable file."""
     cassette = vcr_bridge.load(
