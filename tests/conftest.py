@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator
 from typing import Any
 
@@ -39,10 +40,17 @@ def _inner_sessions(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def pytester(pytester: pytest.Pytester) -> pytest.Pytester:
-    """pytester, with the pytest-asyncio setting whose absence makes every inner run warn."""
+def pytester(pytester: pytest.Pytester) -> Iterator[pytest.Pytester]:
+    """pytester, with the pytest-asyncio setting whose absence makes every inner run warn.
+
+    An in-process run leaves its projects' objects (clients, their pools and sockets) in this
+    process; some sit in reference cycles that only the garbage collector frees, at a moment of
+    its choosing, inside whichever later test happens to run then. Collecting them as this test
+    ends keeps any warning they raise with the test that made them.
+    """
     pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
-    return pytester
+    yield pytester
+    gc.collect()
 
 
 @pytest.fixture(scope="module")
