@@ -177,7 +177,7 @@ def no_endpoint(
         "default for llm_client" if fixture else "default for clients the code under test builds"
     )
     does = {
-        "fallback": "the refusal reaches the code as openai.APIConnectionError (LLMEndpointUnavailable) at once, "
+        "fallback": "the refusal reaches the code as its SDK's APIConnectionError (LLMEndpointUnavailable) at once, "
         "which the SDK does not retry, so the code's own fallback runs",
         "fail": "the test fails at once",
         "skip": "the test is skipped at once",
@@ -210,6 +210,7 @@ def session_spent(settings: Settings, name: str, used: float, limit: float) -> s
 
 _HIDDEN_MODULES = (
     "openai",
+    "anthropic",
     "httpx2",
     "httpcore2",
     "tenacity",

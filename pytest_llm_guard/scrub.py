@@ -25,7 +25,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from .dialect import KEY_HEADERS
+from .dialects import KEY_HEADERS
 from .stored import as_text
 
 if TYPE_CHECKING:

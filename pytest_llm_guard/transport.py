@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import httpx2
 
 from . import worker_reads
-from .dialect import Dialect, decoding, dialect_for
+from .dialects import Dialect, decoding, dialect_for
 from .errors import LLMGuardConfigError, LLMGuardInterrupt
 
 if TYPE_CHECKING:
