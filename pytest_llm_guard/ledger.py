@@ -140,6 +140,8 @@ class Attempt:
             return "http_429" if status == 429 else "http_5xx" if status >= 500 else "http_4xx"
         if outcome == "LLMMalformedResponse":
             return "malformed"
+        if outcome == "LLMStreamError":
+            return "http_5xx"  # the server's own error event, sent after its 200
         if outcome in ("LLMStreamCut", "cut", "CancelledError"):
             return "cut"
         if outcome.endswith("Timeout"):

@@ -273,7 +273,7 @@ def guard_cause(error: BaseException) -> BaseException | None:
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
-        if type(error).__name__ in ("LLMMalformedResponse", "LLMStreamCut"):
+        if type(error).__name__ in ("LLMMalformedResponse", "LLMStreamCut", "LLMStreamError"):
             return error
         error = error.__cause__ or error.__context__
     return None

@@ -57,7 +57,7 @@ class _EventStreamReader(EventStreamReader):
         kind = payload.get("type") or name
         if kind == "error":
             error = payload.get("error") if isinstance(payload.get("error"), dict) else {}
-            self.ended = True
+            self.ended = self.error_event = True
             return (
                 f"an error event after {self.events - 1} events of a stream "
                 f"({error.get('type', 'error')}: {error.get('message', '')})"

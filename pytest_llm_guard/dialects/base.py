@@ -189,6 +189,8 @@ class BodyReader:
     events_expected: bool = False
     """A stream of events, which must reach its end event to be whole."""
     events: int = 0
+    error_event: bool = False
+    """The server sent its API's error event: the problem :meth:`feed` returned is the server's, not the body's."""
 
     def feed(self, chunk: bytes) -> str | None:
         """Take a chunk before it reaches the caller; returns what is wrong with the body so far, if anything."""
@@ -211,6 +213,7 @@ class _Decoding(BodyReader):
 
     def _sync(self) -> None:
         self.usage, self.ended, self.events = self._reader.usage, self._reader.ended, self._reader.events
+        self.error_event = self._reader.error_event
 
     def feed(self, chunk: bytes) -> str | None:
         try:
