@@ -174,3 +174,216 @@ def test_application_loop(fault: str, llm_fault_server: FaultServer, llm_guard: 
     with pytest.raises(BaseException) as info:
         naive_loop(llm_fault_server, cell.stream)
     check(info, NAIVE_LOOP[fault], started, llm_guard)
+
+
+# ----------------------------------------------------------------------------- the dialect
+
+
+def sdk_request(client: Any, server: FaultServer) -> Any:
+    """The request an SDK client sends, as the guard's seam sees it (nothing is sent)."""
+    return client._build_request(
+        anthropic._models.FinalRequestOptions.construct(method="post", url="/v1/messages", json_data={"model": MODEL})
+        if isinstance(client, anthropic.Anthropic)
+        else openai._models.FinalRequestOptions.construct(
+            method="post", url="/chat/completions", json_data={"model": "m"}
+        )
+    )
+
+
+def test_anthropic_is_claimed_before_openai(llm_fault_server: FaultServer) -> None:
+    """Both SDKs send the same ``x-stainless-*`` headers; each request goes to its own dialect."""
+    import httpx2
+
+    from pytest_llm_guard.dialects import dialect_for
+
+    with anthropic.Anthropic(base_url=llm_fault_server.url, api_key="k") as claude:
+        with openai.OpenAI(base_url=llm_fault_server.base_url, api_key="k") as gpt:
+            assert dialect_for(sdk_request(claude, llm_fault_server)).name == "anthropic"
+            assert dialect_for(sdk_request(gpt, llm_fault_server)).name == "openai"
+    raw = httpx2.Request("POST", "http://x/v1/messages", json={"model": MODEL, "messages": HELLO, "max_tokens": 5})
+    assert dialect_for(raw).name == "anthropic"  # another client's request, by its route and body
+    assert dialect_for(httpx2.Request("GET", "http://x/v1/messages/batches")) is None
+
+
+def events(*pairs: tuple[str, dict[str, Any]]) -> bytes:
+    return b"".join(b"event: %s\ndata: %s\n\n" % (n.encode(), json.dumps({"type": n, **d}).encode()) for n, d in pairs)
+
+
+def test_stream_usage_merges_message_start_and_the_latest_message_delta() -> None:
+    from pytest_llm_guard.dialects import Usage, for_kind
+
+    reader = for_kind("anthropic").reader("text/event-stream")
+    start = {"message": {"usage": {"input_tokens": 17, "output_tokens": 1, "cache_read_input_tokens": 5}}}
+    body = events(
+        ("message_start", start),
+        ("content_block_delta", {"delta": {"type": "text_delta", "text": "hi"}}),
+        ("message_delta", {"usage": {"output_tokens": 6}}),
+        ("message_delta", {"usage": {"output_tokens": 10}}),  # cumulative: replaces, never adds
+    )
+    assert reader.feed(body) is None
+    assert not reader.ended and reader.finish() == "stream ended before its end event after 4 events"
+    assert reader.feed(events(("message_stop", {}))) is None and reader.finish() is None
+    assert reader.usage == Usage(total=27, input=17, output=10, cache=5)
+
+
+def test_a_guarded_answer_counts_its_tokens_and_names_its_dialect(
+    anthropic_client: anthropic.Anthropic, llm_guard: Any
+) -> None:
+    message = anthropic_client.messages.create(model=MODEL, max_tokens=50, messages=HELLO)
+    streamed = "".join(
+        e.delta.text
+        for e in anthropic_client.messages.create(model=MODEL, max_tokens=50, messages=HELLO, stream=True)
+        if e.type == "content_block_delta"
+    )
+    assert message.content[0].text == streamed == "echo: hello"
+    usage = message.usage.input_tokens + message.usage.output_tokens
+    assert [(a.dialect, a.outcome, a.tokens) for a in llm_guard.events] == [("anthropic", "ok", usage)] * 2
+    assert llm_guard.stats.tokens == 2 * usage
+
+
+# ----------------------------------------------------------------------------- real recordings
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "cassettes"
+ANTHROPIC_RECORDINGS = sorted(p.name for p in SHARED.glob("llm_anthropic__*.yaml"))
+"""Real recordings of the Anthropic API made by a public project (``../shared/cassettes/README.md``)."""
+
+REPLAY = """
+import asyncio, inspect, json, pathlib
+import anthropic
+import pytest
+
+def arguments(method, body):
+    # The recorded body as the method's arguments: what this SDK version no longer names goes in extra_body.
+    known = set(inspect.signature(method).parameters)
+    extra = {{k: v for k, v in body.items() if k not in known}}
+    return {{**{{k: v for k, v in body.items() if k in known}}, **({{"extra_body": extra}} if extra else {{}})}}
+
+def summary(events):
+    text = "".join(e.delta.text for e in events if e.type == "content_block_delta" and e.delta.type == "text_delta")
+    blocks = [e.content_block for e in events if e.type == "content_block_start"]
+    tools = [b.name for b in blocks if b.type == "tool_use"]
+    return {{"text": text, "tools": tools}}
+
+@pytest.mark.llm_cassette(path=r"{path}")
+def test_replay(llm_guard):
+    bodies = json.loads(pathlib.Path("bodies.json").read_text())
+    results = []
+    if "{how}" == "async":
+        async def run():
+            client = anthropic.AsyncAnthropic()
+            for body in bodies:
+                answer = await client.messages.create(**arguments(client.messages.create, body))
+                results.append(summary([e async for e in answer]))
+        asyncio.run(run())
+    elif "{how}" == "helper":
+        with anthropic.Anthropic() as client:
+            for body in bodies:
+                body.pop("stream")
+                with client.messages.stream(**arguments(client.messages.stream, body)) as stream:
+                    message = stream.get_final_message()
+                results.append({{
+                    "text": "".join(b.text for b in message.content if b.type == "text"),
+                    "tools": [b.name for b in message.content if b.type == "tool_use"],
+                }})
+    else:
+        with anthropic.Anthropic() as client:
+            for body in bodies:
+                results.append(summary(list(client.messages.create(**arguments(client.messages.create, body)))))
+    attempts = [{{"dialect": a.dialect, "source": a.source, "tokens": a.tokens}} for a in llm_guard.events]
+    pathlib.Path("results.json").write_text(json.dumps({{"results": results, "attempts": attempts}}))
+"""
+
+
+def recorded(path: Path) -> tuple[list[dict], list[dict], list[int]]:
+    """What each interaction asked, answered and used, read straight from the file (not via the plugin)."""
+    bodies, answers, tokens = [], [], []
+    for interaction in yaml.safe_load(path.read_text())["interactions"]:
+        bodies.append(json.loads(interaction["request"]["body"]))
+        response = interaction["response"]
+        raw = response["body"]["string"]
+        if "gzip" in str({k.lower(): v for k, v in response["headers"].items()}.get("content-encoding")):
+            raw = gzip.decompress(raw)
+        lines = (raw.decode() if isinstance(raw, bytes) else raw).splitlines()
+        data = [json.loads(line[5:]) for line in lines if line.startswith("data:")]
+        text = "".join(e["delta"].get("text", "") for e in data if e["type"] == "content_block_delta")
+        tools = [e["content_block"]["name"] for e in data if e["type"] == "content_block_start"
+                 and e["content_block"]["type"] == "tool_use"]  # fmt: skip
+        answers.append({"text": text, "tools": tools})
+        start = next(e for e in data if e["type"] == "message_start")["message"]["usage"]["input_tokens"]
+        output = [e["usage"]["output_tokens"] for e in data if e["type"] == "message_delta"][-1]
+        tokens.append(start + output)
+    return bodies, answers, tokens
+
+
+CASES = [(name, "async" if "async" in name else "create") for name in ANTHROPIC_RECORDINGS]
+CASES += [(name, "helper") for name in ANTHROPIC_RECORDINGS if name == "llm_anthropic__prompt.yaml"]
+
+
+@pytest.mark.skipif(not ANTHROPIC_RECORDINGS, reason=f"no shared real-world Anthropic cassettes at {SHARED}")
+@pytest.mark.parametrize(("name", "how"), CASES)
+def test_real_recordings_replay_through_the_applications_own_client(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, name: str, how: str
+) -> None:
+    """No key and no network: replay only (CI), the SDK's own client, streamed events or the stream helper."""
+    for var in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_BASE_URL", "LLM_GUARD_RECORD"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("CI", "true")
+    bodies, answers, tokens = recorded(SHARED / name)
+    assert all(a["text"] or a["tools"] for a in answers)
+    (pytester.path / "bodies.json").write_text(json.dumps(bodies))
+    pytester.makepyfile(REPLAY.format(path=SHARED / name, how=how))
+    result = pytester.runpytest_subprocess()
+    result.assert_outcomes(passed=1)
+    written = json.loads((pytester.path / "results.json").read_text())
+    assert written["results"] == answers
+    assert written["attempts"] == [{"dialect": "anthropic", "source": "replayed", "tokens": t} for t in tokens]
+
+
+# ----------------------------------------------------------------------------- both providers
+
+
+def test_one_test_calls_both_providers_with_failover_among_anthropic_endpoints(pytester: pytest.Pytester) -> None:
+    """One deadline, one ledger: each attempt names its dialect; an Anthropic call fails over only to
+    another ``kind = "anthropic"`` endpoint, an OpenAI call only to an OpenAI one."""
+    with FaultServer() as down, FaultServer() as claude, FaultServer() as gpt:
+        down.plan(then=Fault.status(503), route="messages")
+        pytester.makepyprojecttoml(
+            '[tool.pytest.ini_options]\nasyncio_default_fixture_loop_scope = "function"\n\n'
+            '[tool.pytest_llm_guard]\nrecord = "off"\nbackoff_initial = 0.01\nbackoff_max = 0.05\n'
+            + "".join(
+                f'\n[[tool.pytest_llm_guard.endpoints]]\nname = "{name}"\nbase_url = "{url}"\n'
+                f'kind = "{kind}"\npriority = {priority}\n'
+                for name, url, kind, priority in [
+                    ("openai-main", gpt.base_url, "openai", 0),
+                    ("claude-down", down.url, "anthropic", 0),
+                    ("claude-backup", claude.url, "anthropic", 1),
+                ]
+            )
+        )
+        pytester.makepyfile(
+            """
+            import json, pathlib
+            import pytest
+
+            @pytest.mark.llm_budget(deadline=5, retries=2)
+            def test_both(anthropic_client, llm_client, llm_guard):
+                hello = [{"role": "user", "content": "hello"}]
+                claude = anthropic_client.messages.create(model="claude-test", max_tokens=20, messages=hello)
+                gpt = llm_client.chat.completions.create(model="gpt-test", messages=hello)
+                assert claude.content[0].text == gpt.choices[0].message.content == "echo: hello"
+                attempts = [[a.dialect, a.endpoint_name, a.kind, a.outcome] for a in llm_guard.events]
+                pathlib.Path("attempts.json").write_text(json.dumps(attempts))
+            """
+        )
+        result = pytester.runpytest_subprocess("--llm-report=report.json")
+        result.assert_outcomes(passed=1)
+        assert [r.path for r in down.requests] == ["/v1/messages"]
+        assert [r.path for r in claude.requests] == ["/v1/messages"]
+        assert [r.path for r in gpt.requests] == ["/v1/chat/completions"]
+    assert json.loads((pytester.path / "attempts.json").read_text()) == [
+        ["anthropic", "claude-down", "first", "HTTP 503"],
+        ["anthropic", "claude-backup", "failover", "ok"],
+        ["openai", "openai-main", "first", "ok"],
+    ]
+    report = json.loads((pytester.path / "report.json").read_text())
+    assert [a["dialect"] for t in report["tests"] for a in t["attempts"]] == ["anthropic", "anthropic", "openai"]
