@@ -12,7 +12,6 @@ idle connections (each closes after its response) and so leave none open on the 
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -42,12 +41,13 @@ def _options(dialect: Dialect, pytestconfig: pytest.Config, base_url: str | None
 
 
 def _sdk(dialect: Dialect) -> Any:
-    if importlib.util.find_spec(dialect.sdk) is None:
+    try:
+        return importlib.import_module(dialect.sdk)
+    except ImportError:
         pytest.skip(
             f"pytest-llm-guard: the {dialect.sdk} package is not installed; "
             f"pip install 'pytest-llm-guard[{dialect.sdk}]' to use its client fixtures"
         )
-    return importlib.import_module(dialect.sdk)
 
 
 def _build(dialect: Dialect, asynchronous: bool, options: dict[str, Any], variable: str) -> Any:

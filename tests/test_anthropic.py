@@ -387,3 +387,53 @@ def test_one_test_calls_both_providers_with_failover_among_anthropic_endpoints(p
     ]
     report = json.loads((pytester.path / "report.json").read_text())
     assert [a["dialect"] for t in report["tests"] for a in t["attempts"]] == ["anthropic", "anthropic", "openai"]
+
+
+# ----------------------------------------------------------------------------- keys
+
+
+def test_anthropic_keys_never_reach_a_cassette(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The 2.x SDK sends its key as ``Authorization: Bearer``; older clients and raw HTTP send ``x-api-key``."""
+    monkeypatch.setenv("LLM_GUARD_RECORD", "all")
+    with FaultServer() as server:
+        pytester.makepyfile(
+            f"""
+            import anthropic, httpx2
+
+            HELLO = [{{"role": "user", "content": "hi"}}]
+
+            def test_keys(llm_guard):
+                with anthropic.Anthropic(base_url="{server.url}", api_key="sk-ant-api03-SECRET-BEARER") as claude:
+                    claude.messages.create(model="claude-test", max_tokens=5, messages=HELLO)
+                headers = {{"x-api-key": "sk-ant-api03-SECRET-HEADER", "anthropic-version": "2023-06-01"}}
+                body = {{"model": "claude-test", "max_tokens": 5, "messages": HELLO}}
+                httpx2.post("{server.url}/v1/messages", headers=headers, json=body).raise_for_status()
+                assert [a.dialect for a in llm_guard.events] == ["anthropic", "anthropic"]
+            """
+        )
+        pytester.runpytest().assert_outcomes(passed=1)
+    cassettes = list(pytester.path.rglob("*.yaml"))
+    written = "".join(p.read_text() for p in cassettes)
+    assert len(cassettes) == 1 and written.count("claude-test") >= 2
+    assert "SECRET" not in written
+
+
+def test_without_the_anthropic_extra_its_fixtures_skip_naming_the_extra(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest("import sys\nsys.modules['anthropic'] = None  # as if not installed\n")
+    pytester.makepyfile(
+        """
+        def test_sync(anthropic_client):
+            pass
+
+        def test_async(async_anthropic_client):
+            pass
+
+        def test_openai_still_works(llm_guard):
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess("-rs")
+    result.assert_outcomes(passed=1, skipped=2)
+    assert (
+        result.stdout.str().count("anthropic package is not installed; pip install 'pytest-llm-guard[anthropic]'") == 2
+    )

@@ -89,11 +89,12 @@ def retry_after(response: httpx2.Response) -> float | None:
 def load_sdks() -> None:
     """Import every installed SDK (its client classes are how clients are told apart)."""
     import importlib
-    import importlib.util
 
     for dialect in DIALECTS:
-        if importlib.util.find_spec(dialect.sdk) is not None:
+        try:
             importlib.import_module(dialect.sdk)
+        except ImportError:
+            continue  # an optional SDK (the anthropic extra) not installed
 
 
 def key_variables() -> tuple[str, ...]:
