@@ -128,7 +128,7 @@ class Breaker:
 
     def record(self, outcome: Outcome, now: float, error: str | None, policy: Settings) -> None:
         if outcome is Outcome.FAILURE and error:
-            self.errors = [*self.errors, f"{error} at {clock_time(now)}"][-_ERRORS_KEPT:]
+            self.errors = [*self.errors, f"[{clock_time(now)}] {error}"][-_ERRORS_KEPT:]
         if self.state == "open":
             return  # a late answer to an attempt sent before the trip changes nothing
         if self.state == "half_open":
@@ -180,7 +180,7 @@ class Breaker:
         else:
             text = "breaker half-open, a probe is in flight"
         if self.errors:
-            text += f"; last errors: {', '.join(self.errors)}"
+            text += f"; last errors: {' '.join(self.errors)}"
         due = self.next_probe()
         if due is not None:
             text += f"; next probe at {clock_time(due)} (in {max(0.0, due - now):.1f} s)"

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 # pytester's in-process runs drop the modules first imported inside them, and the
@@ -39,3 +40,18 @@ def pytester(pytester: pytest.Pytester) -> pytest.Pytester:
 def llm_client_options(llm_fault_server: FaultServer) -> dict[str, Any]:
     """Point the guarded fixture clients at the fault server; no real key, no internet."""
     return {"base_url": llm_fault_server.base_url, "api_key": "sk-test-not-a-real-key"}
+
+
+@pytest.fixture(scope="module")
+def module_server() -> Iterator[FaultServer]:
+    """One fault server per test module: starting one per test would cost more than the tests."""
+    with FaultServer() as server:
+        yield server
+
+
+@pytest.fixture
+def server(module_server: FaultServer) -> Iterator[FaultServer]:
+    """The module's fault server with no plan and no counts left by the test before."""
+    module_server.reset()
+    yield module_server
+    module_server.reset()  # frees anything a failed test left hanging

@@ -241,7 +241,7 @@ def test_under_w_error_a_live_unguarded_request_fails_only_its_test(live: pytest
         "test_live.py::test_plain": ["PASSED"],
     }
     result.stdout.fnmatch_lines(
-        ["*LLMUnguardedWarning: pytest-llm-guard: test_live.py::test_live is not guarded*To fix: guard it with an llm_* marker*"]
+        ["*LLMUnguardedWarning: pytest-llm-guard: test_live.py::test_live is not guarded*To fix: guard it*"]
     )
     assert outcomes(run(live, "-W", "error", plugin=False)) == {
         f"test_live.py::{test}": ["PASSED"] for test in ("test_live", "test_live_async", "test_plain")

@@ -24,18 +24,6 @@ from pytest_llm_guard.fault import server as server_module
 USER = [{"role": "user", "content": "hello big world"}]
 
 
-@pytest.fixture(scope="module")
-def module_server() -> Iterator[FaultServer]:
-    with FaultServer() as server:
-        yield server
-
-
-@pytest.fixture
-def server(module_server: FaultServer) -> Iterator[FaultServer]:
-    module_server.reset()
-    yield module_server
-    module_server.reset()  # frees anything a failed test left hanging
-
 
 @pytest.fixture
 def client(server: FaultServer) -> Iterator[openai.OpenAI]:

@@ -31,18 +31,6 @@ EVENTS = ["message_start", "content_block_start", *["content_block_delta"] * 4, 
 EVENTS += ["message_delta", "message_stop"]  # the SDK skips the ping
 
 
-@pytest.fixture(scope="module")
-def module_server() -> Iterator[FaultServer]:
-    with FaultServer() as server:
-        yield server
-
-
-@pytest.fixture
-def server(module_server: FaultServer) -> Iterator[FaultServer]:
-    module_server.reset()
-    yield module_server
-    module_server.reset()  # frees anything a failed test left hanging
-
 
 def claude(base_url: str, **options: Any) -> anthropic.Anthropic:
     return anthropic.Anthropic(base_url=base_url, api_key="sk-ant-test", **{"max_retries": 0, "timeout": 5, **options})

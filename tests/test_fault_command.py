@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from pkgutil import resolve_name
 
@@ -25,18 +24,6 @@ else:  # pragma: no cover - Python 3.10 only
 USER = [{"role": "user", "content": "hello"}]
 ROOT = Path(__file__).resolve().parents[1]
 
-
-@pytest.fixture(scope="module")
-def module_server() -> Iterator[FaultServer]:
-    with FaultServer() as server:
-        yield server
-
-
-@pytest.fixture
-def server(module_server: FaultServer) -> Iterator[FaultServer]:
-    module_server.reset()
-    yield module_server
-    module_server.reset()
 
 
 def client(base_url: str, **options: object) -> openai.OpenAI:

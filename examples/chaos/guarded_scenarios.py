@@ -14,7 +14,7 @@ import time
 import harness
 import pytest
 
-from pytest_llm_guard import LLMBudgetExceeded
+from pytest_llm_guard import LLMNoEndpoint
 
 QUESTIONS = list(harness.QUESTIONS)[: int(os.environ.get("CHAOS_QUESTIONS", len(harness.QUESTIONS)))]
 
@@ -47,10 +47,13 @@ def test_the_harness_answers_through_llm_client(question: str, llm_client, llm_g
 
 
 @pytest.mark.llm_budget(deadline=2)
+@pytest.mark.llm_breaker(on_open="fail")
 def test_the_harness_own_client_is_stopped_with_a_reason(llm_guard) -> None:
-    # The harness builds its own client for the primary (OPENAI_BASE_URL): the guard does
-    # not move it, but bounds it, and its `except Exception` cannot swallow the guard's stop.
+    # The harness builds its own client for the primary (OPENAI_BASE_URL): the guard does not
+    # move it. The primary's breaker opened in the tests above, so its first request is refused
+    # at once; on_open="fail" makes that refusal a stop its `except Exception` cannot swallow
+    # (the default for the application's own clients, "fallback", hands it a connection error).
     started = time.monotonic()
-    with pytest.raises(LLMBudgetExceeded) as stopped:
+    with pytest.raises(LLMNoEndpoint) as stopped:
         harness.ask(QUESTIONS[0])
     _report("the harness's own client", time.monotonic() - started, llm_guard, None, str(stopped.value))

@@ -35,11 +35,11 @@ from importlib.resources import files
 from typing import Any
 
 from ..report import totals_sentence
+from ..report_json import SCHEMA
 from .common import (
     COLOURS,
     MIN_BAR,
     OUTCOMES,
-    SCHEMA,
     SOURCES,
     STATES,
     STRIP_LABEL,

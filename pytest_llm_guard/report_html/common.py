@@ -8,8 +8,6 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from ..report_json import SCHEMA  # noqa: E402  (the one number, where the JSON is written)
-
 # Bar colours by category; "replayed" and "refused" colour an attempt by its source, so a
 # replay (category ok) is told apart from a live answer. Picked to stay apart for the
 # common forms of colour blindness as far as ten colours can; every bar has a tooltip.

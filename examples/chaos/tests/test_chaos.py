@@ -26,7 +26,10 @@ def test_the_guarded_run_answers_far_sooner_and_explains_itself() -> None:
     unguarded, guarded = map(float, times.groups())
     assert unguarded >= 3.0  # the timeouts alone
     assert guarded < unguarded / 2, output  # a generous bound: it is ten times faster on an idle machine
-    # The guard explains itself: the failover, the breaker and the budget that stopped the own client.
+    # The guard explains itself: the failover, the breaker, and the refusal that stopped the own client
+    # (refused at once, never charged as retries).
     assert "failover to backup" in output
     assert "endpoint primary" in output and "breaker open" in output
-    assert "LLM retries budget spent" in output and "What to do:" in output
+    assert "the harness's own client: " in output and "LLMNoEndpoint (refused, nothing sent)" in output
+    assert "- primary (" in output and "What to do: fix or wait for the endpoint" in output
+    assert "retries budget spent" not in output
