@@ -437,3 +437,15 @@ def test_without_the_anthropic_extra_its_fixtures_skip_naming_the_extra(pytester
     assert (
         result.stdout.str().count("anthropic package is not installed; pip install 'pytest-llm-guard[anthropic]'") == 2
     )
+
+
+@pytest.mark.llm_budget(deadline=5, retries=2)
+def test_the_sdks_own_retry_of_a_529_is_told_apart(llm_fault_server: FaultServer, llm_guard: Any) -> None:
+    """The application's own client keeps its SDK's retries: the ledger names them, with the SDK's limit."""
+    llm_fault_server.plan(Fault.status(529, retry_after=0), route="messages")
+    with anthropic.Anthropic(base_url=llm_fault_server.url, api_key="sk-ant-app-key") as claude:
+        claude.messages.create(model=MODEL, max_tokens=50, messages=HELLO)
+    assert [(a.kind, a.by, a.sdk_max_retries, a.outcome) for a in llm_guard.events] == [
+        ("first", None, None, "HTTP 529"),
+        ("retry", "sdk", 2, "ok"),
+    ]
