@@ -324,7 +324,8 @@ def _llm_fault_server_session() -> Iterator[FaultServer]:
 
 @pytest.fixture
 def llm_fault_server(_llm_fault_server_session: FaultServer) -> Iterator[FaultServer]:
-    """An OpenAI-compatible server on 127.0.0.1 with a fault plan and a request log, fresh per test."""
+    """A server speaking the OpenAI and Anthropic APIs on 127.0.0.1, with a fault plan and a request log,
+    fresh per test."""
     _llm_fault_server_session.reset()
     yield _llm_fault_server_session
     _llm_fault_server_session.reset()
