@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import OPTIONS, Settings
+from .dialects import DIALECTS
 
 if TYPE_CHECKING:
     import pytest
@@ -209,8 +210,7 @@ def session_spent(settings: Settings, name: str, used: float, limit: float) -> s
 # -- failure reports ------------------------------------------------------------------
 
 _HIDDEN_MODULES = (
-    "openai",
-    "anthropic",
+    *(dialect.sdk for dialect in DIALECTS),
     "httpx2",
     "httpcore2",
     "tenacity",
