@@ -21,7 +21,8 @@ from .stainless import StainlessDialect
 if TYPE_CHECKING:
     import httpx2
 
-_ROUTE = re.compile(r"/v1/(messages|complete|models|files|skills)(/|$)")
+_ROUTE = re.compile(r"/v1/(messages|complete)(/|$)")
+"""Anthropic's own routes (``/v1/models`` and ``/v1/files`` are OpenAI's too: that dialect names them)."""
 _GENERATION_ROUTE = re.compile(r"/v1/(messages|messages/count_tokens|complete)/?$")
 _CACHE_KEYS = ("cache_creation_input_tokens", "cache_read_input_tokens")
 
