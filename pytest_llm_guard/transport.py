@@ -7,7 +7,7 @@ that patches transports (vcrpy, respx-style mocks) keeps working underneath us. 
 patch is installed when a guarded test starts and removed when it ends; unguarded
 tests run the untouched httpx2 code.
 
-Per request: the dialect says whether it is LLM traffic (``dialect.py``); the guard
+Per request: the dialect says whether it is LLM traffic (``dialects/``); the guard
 opens its attempt (``guard.py``); the guard's layers run in front of the client's own
 transport; the response body is watched as it arrives (deadline and attempt cap per
 chunk, usage and the end of a stream at the end).
