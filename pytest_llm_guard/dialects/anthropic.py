@@ -84,7 +84,7 @@ class AnthropicDialect(StainlessDialect):
     default_base_url = "https://api.anthropic.com"
     default_model = "claude-haiku-4-5"
     sdk = "anthropic"
-    _sdk_error_name = "AnthropicError"
+    sdk_error_name = "AnthropicError"
     client_names = ("Anthropic", "AsyncAnthropic")
 
     def claims(self, request: httpx2.Request) -> bool:

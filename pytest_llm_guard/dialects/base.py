@@ -39,6 +39,8 @@ class Dialect:
     """The import name of its SDK."""
     client_names: tuple[str, ...] = ()
     """Its SDK's sync and async client classes."""
+    sdk_error_name: str = ""
+    """The base class of its SDK's errors."""
 
     def claims(self, request: httpx2.Request) -> bool:
         """Is this request LLM traffic of this dialect?"""
@@ -118,9 +120,7 @@ class Dialect:
         """The base class of the SDK's own errors, if the SDK is loaded: one raised at the transport is the
         SDK's (or the guard's refusal dressed as it), never a failure to retry."""
         module = sys.modules.get(self.sdk)
-        return getattr(module, self._sdk_error_name, None) if module is not None else None
-
-    _sdk_error_name = ""
+        return getattr(module, self.sdk_error_name, None) if module is not None else None
 
     def connection_error(self) -> type[BaseException]:
         """The SDK's class for a connection that could not be made (imports the SDK): a refused call is

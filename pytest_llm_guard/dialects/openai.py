@@ -90,7 +90,7 @@ class OpenAIDialect(StainlessDialect):
     default_base_url = "https://api.openai.com/v1"
     default_model = "gpt-4o-mini"
     sdk = "openai"
-    _sdk_error_name = "OpenAIError"
+    sdk_error_name = "OpenAIError"
     client_names = ("OpenAI", "AsyncOpenAI")
 
     def claims(self, request: httpx2.Request) -> bool:
