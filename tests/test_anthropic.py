@@ -449,3 +449,21 @@ def test_the_sdks_own_retry_of_a_529_is_told_apart(llm_fault_server: FaultServer
         ("first", None, None, "HTTP 529"),
         ("retry", "sdk", 2, "ok"),
     ]
+
+
+@pytest.mark.llm_budget(deadline=5, retries=2)
+async def test_guard_wraps_an_application_client_and_leaves_the_original_alone(
+    llm_fault_server: FaultServer, llm_guard: Any
+) -> None:
+    llm_fault_server.plan(Fault.status(529, retry_after=0), Fault.status(529, retry_after=0), route="messages")
+    own = anthropic.AsyncAnthropic(base_url=llm_fault_server.url, api_key="sk-ant-app-key")
+    guarded = llm_guard.guard(own)
+    message = await guarded.messages.create(model=MODEL, max_tokens=50, messages=HELLO)
+    assert message.content[0].text == "echo: hello"
+    assert [(a.kind, a.by, a.outcome) for a in llm_guard.events] == [
+        ("first", None, "HTTP 529"),
+        ("retry", "guard", "HTTP 529"),  # the guard's retries; the SDK's own are off in the copy
+        ("retry", "guard", "ok"),
+    ]
+    assert own.max_retries == 2 and own._client.send.__self__ is own._client  # the original is untouched
+    await own.close()
