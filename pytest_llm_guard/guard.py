@@ -33,7 +33,7 @@ from . import report, retry, worker_reads
 from .alarm import Alarm
 from .budget import Budget, Clock
 from .config import Settings
-from .dialects import Dialect, Usage, origin_of, request_json, retry_after
+from .dialects import Dialect, Usage, key_variables, origin_of, request_json, retry_after
 from .errors import LLMGuardInterrupt
 from .ledger import CALL, Attempt, Call, Ledger, Stats
 from .prices import Prices
@@ -88,7 +88,12 @@ class Guard:
         """The configured endpoints: every attempt to one carries its name, refused ones too."""
         self.test_id = test_id
         self.scrubber = scrubber or Scrubber(
-            headers=settings.scrub_headers, body_fields=settings.scrub_body_fields, patterns=settings.scrub_patterns
+            headers=settings.scrub_headers,
+            body_fields=settings.scrub_body_fields,
+            patterns=settings.scrub_patterns,
+            key_variables=(*key_variables(), *(e.api_key_env for e in endpoints.endpoints if e.api_key_env))
+            if endpoints is not None
+            else key_variables(),
         )
         """Everything this test writes for people or to disk passes it (``scrub.py``)."""
         self.prices = prices or Prices()

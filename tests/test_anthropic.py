@@ -467,3 +467,20 @@ async def test_guard_wraps_an_application_client_and_leaves_the_original_alone(
     ]
     assert own.max_retries == 2 and own._client.send.__self__ is own._client  # the original is untouched
     await own.close()
+
+
+def test_keys_in_anthropic_variables_and_endpoint_variables_are_scrubbed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Wherever a key travels (an error message, a log line, a body), its value is redacted, whatever
+    its variable is called: the SDKs' own (ANTHROPIC_AUTH_TOKEN) and every endpoint's api_key_env."""
+    from pytest_llm_guard.config import Settings
+    from pytest_llm_guard.endpoints import Endpoint, EndpointSet
+    from pytest_llm_guard.guard import Guard
+
+    monkeypatch.setenv("ANTHROPIC_AUTH_TOKEN", "token-from-the-anthropic-variable")
+    monkeypatch.setenv("CLAUDE_PROD_SECRET", "secret-from-an-endpoint-variable")
+    endpoints = EndpointSet(
+        (Endpoint("claude", "http://127.0.0.1:1", api_key_env="CLAUDE_PROD_SECRET", kind="anthropic"),), True, "test"
+    )
+    guard = Guard(Settings(), test_id="test_keys", endpoints=endpoints)
+    shown = guard.scrubber.text("auth token-from-the-anthropic-variable, key secret-from-an-endpoint-variable")
+    assert "token-from" not in shown and "secret-from" not in shown
