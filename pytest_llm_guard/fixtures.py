@@ -60,13 +60,19 @@ def _build(dialect: Dialect, asynchronous: bool, options: dict[str, Any], variab
         http_client = sdk.DefaultAsyncHttpx2Client if dialect.sdk == "openai" else sdk.DefaultAsyncHttpxClient
         options = {"http_client": http_client(limits=no_idle), **options}
     try:
-        return cls(**options)
+        client = cls(**options)
     except sdk_error(dialect) as exc:
-        pytest.fail(
-            f"pytest-llm-guard: cannot build the {cls.__name__} fixture client: {exc} "
-            f"Set {dialect.key_variables[0]}, or override the {variable} fixture.",
-            pytrace=False,
-        )
+        problem = str(exc)
+    else:
+        # The anthropic SDK builds a client without credentials and fails at its first request.
+        if getattr(client, "api_key", "") is not None or getattr(client, "auth_token", None) is not None:
+            return client
+        problem = "it has no API key."
+    pytest.fail(
+        f"pytest-llm-guard: cannot build the {cls.__name__} fixture client: {problem} "
+        f"Set {dialect.key_variables[0]}, or override the {variable} fixture.",
+        pytrace=False,
+    )
 
 
 def sdk_error(dialect: Dialect) -> type[BaseException]:

@@ -277,7 +277,7 @@ class RouterLayer:
         if fixture and self.router.endpoints.configured:
             choices = self._order(self.router.candidates(attempt.model, self.settings.endpoints, _kinds(attempt)), call)
             if not choices:
-                raise self._no_endpoint_serves(attempt.model)
+                raise self._no_endpoint_serves(attempt.model, _kinds(attempt))
             plan.routed = True
         else:
             owner = self.router.endpoints.owner(request.url)
@@ -414,8 +414,16 @@ class RouterLayer:
             return endpoint_unavailable(message, request=request, endpoints=names)
         return LLMNoEndpoint(message, skip=policy == "skip", endpoints=names)
 
-    def _no_endpoint_serves(self, model: str | None) -> LLMNoEndpoint:
+    def _no_endpoint_serves(self, model: str | None, kinds: tuple[str, ...] | None) -> LLMNoEndpoint:
         allowed = self.settings.endpoints or self.router.endpoints.names
+        mine = [e for e in self.router.endpoints.endpoints if e.name in allowed and (kinds is None or e.kind in kinds)]
+        if kinds is not None and not mine:
+            wanted = " or ".join(repr(kind) for kind in kinds)
+            configured = ", ".join(f"{e.name} (kind {e.kind!r})" for e in self.router.endpoints.endpoints)
+            return LLMNoEndpoint(
+                f"pytest-llm-guard: this call speaks another API than the endpoints this test may use "
+                f"({configured}): it needs an endpoint of kind {wanted}. Add one to {self.router.endpoints.source}."
+            )
         served = "; ".join(
             f"{e.name}: {', '.join(e.models) or 'any'}" for e in self.router.endpoints.endpoints if e.name in allowed
         )

@@ -484,3 +484,38 @@ def test_keys_in_anthropic_variables_and_endpoint_variables_are_scrubbed(monkeyp
     guard = Guard(Settings(), test_id="test_keys", endpoints=endpoints)
     shown = guard.scrubber.text("auth token-from-the-anthropic-variable, key secret-from-an-endpoint-variable")
     assert "token-from" not in shown and "secret-from" not in shown
+
+
+def test_a_call_with_no_endpoint_of_its_api_is_told_which_kind_it_needs(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-not-a-real-key")
+    with FaultServer() as gpt:
+        pytester.makepyprojecttoml(
+            '[tool.pytest_llm_guard]\nrecord = "off"\n\n'
+            f'[[tool.pytest_llm_guard.endpoints]]\nname = "openai-main"\nbase_url = "{gpt.base_url}"\n'
+        )
+        pytester.makepyfile(
+            """
+            def test_claude(anthropic_client):
+                hello = [{"role": "user", "content": "hi"}]
+                anthropic_client.messages.create(model="claude-test", max_tokens=5, messages=hello)
+            """
+        )
+        result = pytester.runpytest_subprocess()
+        assert gpt.requests == []  # an Anthropic call never goes to an OpenAI endpoint
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*openai-main (kind 'openai')*needs an endpoint of kind 'anthropic'*"])
+
+
+def test_the_anthropic_fixture_without_a_key_says_which_variable_to_set(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    pytester.makepyfile("def test_claude(anthropic_client):\n    pass\n")
+    result = pytester.runpytest_subprocess()
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        ["*cannot build the Anthropic fixture client: it has no API key. Set ANTHROPIC_API_KEY*"]
+    )
