@@ -375,7 +375,7 @@ def test_one_test_calls_both_providers_with_failover_among_anthropic_endpoints(p
                 pathlib.Path("attempts.json").write_text(json.dumps(attempts))
             """
         )
-        result = pytester.runpytest_subprocess("--llm-report=report.json")
+        result = pytester.runpytest_subprocess("--llm-report=report.json", "--llm-report-html=report.html")
         result.assert_outcomes(passed=1)
         assert [r.path for r in down.requests] == ["/v1/messages"]
         assert [r.path for r in claude.requests] == ["/v1/messages"]
@@ -387,6 +387,8 @@ def test_one_test_calls_both_providers_with_failover_among_anthropic_endpoints(p
     ]
     report = json.loads((pytester.path / "report.json").read_text())
     assert [a["dialect"] for t in report["tests"] for a in t["attempts"]] == ["anthropic", "anthropic", "openai"]
+    page = (pytester.path / "report.html").read_text()
+    assert "model=claude-test (anthropic API)" in page and "model=gpt-test (openai API)" in page
 
 
 # ----------------------------------------------------------------------------- keys
