@@ -521,3 +521,9 @@ def test_the_anthropic_fixture_without_a_key_says_which_variable_to_set(
     result.stdout.fnmatch_lines(
         ["*cannot build the Anthropic fixture client: it has no API key. Set ANTHROPIC_API_KEY*"]
     )
+
+
+def test_counting_tokens_uses_none(anthropic_client: anthropic.Anthropic, llm_guard: Any) -> None:
+    counted = anthropic_client.messages.count_tokens(model=MODEL, messages=HELLO)
+    assert counted.input_tokens == 1
+    assert [(a.dialect, a.outcome, a.tokens) for a in llm_guard.events] == [("anthropic", "ok", None)]

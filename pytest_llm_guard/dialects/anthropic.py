@@ -42,8 +42,8 @@ def _usage(counts: dict[str, int]) -> Usage | None:
 def _message_usage(body: Any) -> Usage | None:
     if not isinstance(body, dict):
         return None
-    if body.get("type") == "message_count_tokens" or "input_tokens" in body and "usage" not in body:
-        return None  # count_tokens: a count, not a use
+    if "usage" not in body:
+        return None  # count_tokens answers {"input_tokens": N}: a count, not a use
     return _usage(_counts(body.get("usage")))
 
 
