@@ -9,6 +9,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
+from .clock import Clock, FakeClock
 from .config import Settings
 from .errors import (
     LLMBudgetExceeded,
@@ -30,6 +31,8 @@ _LAZY = {"Attempt": ".ledger", "Stats": ".ledger", "Guard": ".guard", "LLMEndpoi
 
 __all__ = [
     "Attempt",
+    "Clock",
+    "FakeClock",
     "Guard",
     "LLMBudgetExceeded",
     "LLMCassetteError",

@@ -23,12 +23,13 @@ __tracebackhide__ = True
 
 import signal
 import threading
-import time
 import types
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+
+from .clock import REAL
 
 Action = Callable[[], None]
 
@@ -36,7 +37,8 @@ Action = Callable[[], None]
 class Alarm:
     """A schedule of actions run in the main thread at their time; an action usually raises."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float] = REAL.now) -> None:
+        """``clock``: the guard's ``Clock.now``; the timer itself runs in real seconds."""
         self._clock = clock
         self._events: list[tuple[float, int, Action]] = []
         self._next_id = 0

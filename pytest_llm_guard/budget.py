@@ -10,34 +10,32 @@ __tracebackhide__ = True  # pytest: a failed test shows where the LLM call was m
 
 import logging
 import math
-import time
-from collections.abc import Callable
 
 from . import report
+from .clock import REAL, Clock
 from .config import Settings
 from .errors import LLMBudgetExceeded
 from .ledger import Attempt, Ledger
 
-Clock = Callable[[], float]
 log = logging.getLogger("pytest_llm_guard")
 
 
 class Budget:
     """Deadline, retry, call and token limits of one test, checked against its ledger."""
 
-    def __init__(self, settings: Settings, ledger: Ledger, *, clock: Clock = time.monotonic) -> None:
+    def __init__(self, settings: Settings, ledger: Ledger, *, clock: Clock = REAL) -> None:
         self.settings = settings
         self.ledger = ledger
         self.clock = clock
-        self.started = clock()
+        self.started = clock.now()
         self._deadline_at = math.inf if settings.deadline is None else self.started + settings.deadline
 
     def elapsed(self) -> float:
-        return self.clock() - self.started
+        return self.clock.now() - self.started
 
     def remaining(self) -> float:
         """Seconds left before the deadline (``math.inf`` without one)."""
-        return self._deadline_at - self.clock()
+        return self._deadline_at - self.clock.now()
 
     def attempt_cap(self) -> tuple[float, str | None]:
         """The most one attempt may take now, body included, and the limit that sets it."""

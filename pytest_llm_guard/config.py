@@ -167,7 +167,9 @@ class Settings:
         0.1, number(float, 0, positive=False), "tokens a success puts back in the bucket"
     )
     max_endpoints: int = _option(3, number(int, 1, positive=True), "endpoints one llm_client call may try (failovers)")
-    session_deadline: float | None = _option(None, seconds, "seconds the whole session may spend on guarded tests")
+    session_deadline: float | None = _option(
+        None, seconds, "seconds from the session's start after which no guarded test starts"
+    )
     max_calls: int | None = _option(None, count, "LLM calls the whole session may send, over all xdist workers")
     max_tokens: int | None = _option(None, count, "tokens the whole session may spend, over all xdist workers")
     max_cost: float | None = _option(None, seconds, "money the whole session may spend, over all xdist workers")
@@ -394,8 +396,8 @@ def apply_markers(
 def _breaker_marker(
     settings: Settings, marker: Any, source: str, endpoint_names: Sequence[str], endpoints_source: str
 ) -> Settings:
-    unknown = set(marker.kwargs) - {"endpoints", "on_open"}
-    if marker.args or unknown:
+    _refuse_unknown_keys(marker, source, ("endpoints", "on_open"))
+    if marker.args:
         raise LLMGuardConfigError(
             f"pytest-llm-guard: {source} takes endpoints=[names] and on_open='fail'|'skip'|'fallback' only, "
             f"got args={marker.args!r} kwargs={marker.kwargs!r}"
@@ -416,7 +418,15 @@ def _breaker_marker(
     return dataclasses.replace(settings, endpoints=tuple(chosen), sources={**settings.sources, "endpoints": source})
 
 
+def _refuse_unknown_keys(marker: Any, source: str, allowed: Sequence[str]) -> None:
+    """A mistyped keyword of a marker that is not a budget: named, with the key it is closest to."""
+    for key in marker.kwargs:
+        if key not in allowed:
+            raise LLMGuardConfigError(f"pytest-llm-guard: unknown key {key!r} in {source}; {suggest(key, allowed)}")
+
+
 def _cassette_marker(settings: Settings, marker: Any, source: str) -> Settings:
+    _refuse_unknown_keys(marker, source, ("name", "path"))
     args, kwargs = marker.args, dict(marker.kwargs)
     path = kwargs.pop("path", None)
     name = kwargs.pop("name", args[0] if args else None)

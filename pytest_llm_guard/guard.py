@@ -23,7 +23,6 @@ import logging
 import math
 import os
 import threading
-import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
@@ -31,7 +30,8 @@ import httpx2
 
 from . import report, retry, worker_reads
 from .alarm import Alarm
-from .budget import Budget, Clock
+from .budget import Budget
+from .clock import REAL, Clock
 from .config import Settings
 from .dialects import Dialect, Usage, key_variables, origin_of, request_json, retry_after
 from .errors import LLMGuardInterrupt
@@ -75,15 +75,15 @@ class Guard:
         settings: Settings,
         *,
         test_id: str,
-        clock: Clock = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
-        async_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Clock = REAL,
         scrubber: Scrubber | None = None,
         prices: Prices | None = None,
         on_attempt: Callable[[Attempt], None] | None = None,
         endpoints: EndpointSet | None = None,
     ) -> None:
         self.settings = settings
+        self.clock = clock
+        """The test's one clock: its budget, alarm, layers, backoff and ledger read and wait on it."""
         self.endpoints = endpoints
         """The configured endpoints: every attempt to one carries its name, refused ones too."""
         self.test_id = test_id
@@ -110,9 +110,6 @@ class Guard:
         self.interruptible = False
         """True while the test's own code runs (setup, call, teardown): the alarm raises only then,
         never inside pytest's bookkeeping between phases."""
-        self._clock = clock
-        self._sleep = sleep
-        self._async_sleep = async_sleep
 
     def use_layers(self, *, cassette: Layer | None = None, routing: Layer | None = None) -> None:
         """Build the chain once, in its one order: cassette outside routing (a replay needs no endpoint)."""
@@ -136,7 +133,7 @@ class Guard:
             # An async attempt is cut inside its own task (its timeouts are capped at the deadline),
             # where the test's code can see the exception; raising here would break the event loop.
             self._deadline_deferred = True
-            self.alarm.at(self._clock() + _ASYNC_DEFERRAL, self._deadline_passed)  # type: ignore[union-attr]
+            self.alarm.at(self.clock.now() + _ASYNC_DEFERRAL, self._deadline_passed)  # type: ignore[union-attr]
             return
         for attempt in in_flight:
             attempt.cause = "deadline"
@@ -240,10 +237,10 @@ class Guard:
     # -- what the retry loop uses ---------------------------------------------------
 
     def sleep(self, seconds: float) -> None:
-        self._sleep(seconds)
+        self.clock.sleep(seconds)
 
     async def async_sleep(self, seconds: float) -> None:
-        await self._async_sleep(seconds)
+        await self.clock.async_sleep(seconds)
 
     # -- what the seam uses ---------------------------------------------------------
 
@@ -277,8 +274,8 @@ class Guard:
             endpoint=origin_of(url),
             path=url.path,
             model=dialect.model_of(request, request_json(request)),
-            start=self._clock(),
-            wall_start=time.time(),
+            start=self.clock.now(),
+            wall_start=self.clock.wall(),
             by=by,
             sdk_max_retries=max_retries,
             endpoint_name=owner.name if owner is not None else None,
@@ -328,7 +325,7 @@ class Guard:
         if math.isinf(attempt.cap):
             return
         if threading.current_thread() is not threading.main_thread():
-            worker_reads.due(self._clock, attempt.start + attempt.cap, _late_headers_text(attempt))
+            worker_reads.due(self.clock.now, attempt.start + attempt.cap, _late_headers_text(attempt))
             attempt.headers_timer = _WORKER
         elif self.alarm is not None:
             attempt.headers_timer = self.alarm.at(attempt.start + attempt.cap, lambda: self._headers_late(attempt))
@@ -344,7 +341,7 @@ class Guard:
             attempt.headers_timer = "late"
             task.cancel()
 
-        attempt.headers_timer = loop.call_at(loop.time() + attempt.start + attempt.cap - self._clock(), late)
+        attempt.headers_timer = loop.call_at(loop.time() + attempt.start + attempt.cap - self.clock.now(), late)
 
     def headers_in(self, attempt: Attempt) -> None:
         timer, attempt.headers_timer = attempt.headers_timer, None
@@ -408,7 +405,7 @@ class Guard:
             attempt.cause = "deadline"
             self._close(attempt, "cut", error="cut at the deadline while the body was arriving")
             raise
-        if self._clock() - attempt.start > attempt.cap:
+        if self.clock.now() - attempt.start > attempt.cap:
             attempt.cause = attempt.cap_by
             raise httpx2.ReadTimeout(f"the attempt took longer than its {attempt.cap:.2f} s cap ({attempt.cap_by})")
 
@@ -425,10 +422,10 @@ class Guard:
         self._close(attempt, "ok", error="body not read to the end")
 
     def since_start(self, attempt: Attempt) -> float:
-        return self._clock() - attempt.start
+        return self.clock.now() - attempt.start
 
     def _close(self, attempt: Attempt, outcome: str, *, error: str | None = None) -> bool:
-        if not self.ledger.close(attempt, self._clock(), outcome, error=error):
+        if not self.ledger.close(attempt, self.clock.now(), outcome, error=error):
             return False
         if log.isEnabledFor(logging.INFO):
             log.info("%s: attempt %s", self.test_id, report.describe(attempt))

@@ -9,6 +9,7 @@ import pytest
 if TYPE_CHECKING:
     from vcr.request import Request as VcrRequest
 
+    from .clock import Clock
     from .ledger import Attempt
     from .state import StateStore
 
@@ -30,6 +31,16 @@ def pytest_llm_guard_state_store(config: pytest.Config) -> StateStore | None:
     Called once in every process: the xdist controller and each worker. The default is
     in memory without xdist, and SQLite in a folder the controller creates under xdist
     (one machine). Return a network store (Redis, see ``state.py``) for xdist across machines.
+    """
+
+
+@pytest.hookspec(firstresult=True)
+def pytest_llm_guard_clock(item: pytest.Item) -> Clock | None:
+    """The clock of a guarded test, or None for the real one.
+
+    Return a ``pytest_llm_guard.FakeClock`` to test timing with the guard in no time: its
+    deadline, backoff and Retry-After waits run on it (``llm_guard.clock``), exactly. The
+    test's own code still runs in real time, and the deadline follows the fake clock.
     """
 
 

@@ -59,7 +59,7 @@ class Attempt:
     """One try of a call, as seen at the httpx2 seam.
 
     ``start``/``end`` are read from the guard's clock (monotonic seconds);
-    ``wall_start`` is ``time.time()`` at the start, for timelines.
+    ``wall_start`` is the clock's time of day (``Clock.wall``) at the start, for timelines.
     """
 
     test: str

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import time
 import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -101,7 +100,11 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
     verdict = plural(len(found), "credential-shaped string") if found else "no credential-shaped strings"
     write(f"pytest-llm-guard audit: {plural(scanned, 'cassette')} under {config.rootpath}, {verdict} found")
     if found:
-        write("Re-record those cassettes (their scrubbing now redacts such strings), or edit the lines above.")
+        one = len(found) == 1
+        write(
+            f"Re-record {'that cassette' if one else 'those cassettes'} (recording redacts such strings), "
+            f"or edit the {'line' if one else 'lines'} above."
+        )
     return 1 if found else 0
 
 
@@ -297,7 +300,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     config.stash[REPORTS_WRITTEN] = report_json.write_reports(
         guard_session.records,
         guard_session.router.health() if guard_session.records else [],
-        duration=time.monotonic() - guard_session.started,
+        duration=guard_session.clock.now() - guard_session.started,
         currency=settings.currency,
         json_path=here / settings.report if settings.report else None,
         html_path=here / settings.report_html if settings.report_html else None,

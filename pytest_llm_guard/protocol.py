@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import time
 import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -157,7 +156,12 @@ def _warn_unguarded(item: pytest.Item) -> None:
     item.stash[WARNED] = len(sent)
     from .report import unguarded_warning
 
-    item.warn(LLMUnguardedWarning(unguarded_warning(item.nodeid, len(sent) - told, sent[told])))
+    fault_server = "llm_fault_server" in getattr(item, "fixturenames", ())
+    text = unguarded_warning(item.nodeid, len(sent) - told, sent[told], fault_server=fault_server)
+    try:
+        item.warn(LLMUnguardedWarning(text))
+    except LLMUnguardedWarning as error:  # -W error made it an exception: its text, not this plugin's frames
+        raise pytest.fail.Exception(f"{type(error).__name__}: {error}", pytrace=False) from None
 
 
 class GuardedTests:
@@ -177,13 +181,14 @@ class GuardedTests:
         guard = Guard(
             settings,
             test_id=item.nodeid,
+            clock=item.ihook.pytest_llm_guard_clock(item=item) or session.clock,
             prices=session.prices,
             on_attempt=_attempt_hook(item),
             endpoints=session.endpoints,
         )
         item.stash[GUARD] = guard
-        item.stash[STARTED] = time.time()
-        alarm = Alarm() if Alarm.available() else None
+        item.stash[STARTED] = guard.clock.wall()
+        alarm = Alarm(guard.clock.now) if Alarm.available() else None
         if alarm is not None:
             guard.arm(alarm)
             alarm.start()
@@ -266,7 +271,7 @@ class GuardedTests:
             __tracebackhide__ = True
             pytest_timeout.timeout_sigalrm(item, settings)
 
-        guard.alarm.at(guard.budget.clock() + settings.timeout, timed_out)
+        guard.alarm.at(guard.clock.now() + settings.timeout, timed_out)
         item.stash[OWN_TIMEOUT] = True
         return True
 
@@ -463,10 +468,10 @@ def _open_cassette(item: pytest.Item, guard: Guard) -> CassetteLayer | None:
             matcher=lambda request, recorded: item.ihook.pytest_llm_cassette_match(request=request, recorded=recorded),
             scrubber=guard.scrubber,
             session_started=session.started_at,
-            clock=guard.budget.clock,
+            clock=guard.clock.now,
         )
-    except LLMCassetteError as exc:
-        pytest.fail(f"{type(exc).__name__}: {exc}", pytrace=False)
+    except LLMCassetteError as exc:  # from None: its message once, without a "During handling" copy
+        raise pytest.fail.Exception(f"{type(exc).__name__}: {exc}", pytrace=False) from None
     item.stash[CASSETTE] = layer
     if layer.replay_only:  # CI needs no secret: the SDKs only insist that a key is set
         endpoints = item.config.stash[SESSION].endpoints.endpoints

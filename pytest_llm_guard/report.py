@@ -8,7 +8,9 @@ refers to them.
 
 from __future__ import annotations
 
+import dataclasses
 import linecache
+import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -73,11 +75,26 @@ def made_by(attempt: Mapping[str, Any]) -> str:
     return ""
 
 
+def _refusal(attempt: Attempt) -> str | None:
+    """A refused attempt's reason without its countdown (``(in 29.1 s)``): the same refusal, read again."""
+    if attempt.source != "refused" or not attempt.error:
+        return None
+    return re.sub(r"\(in [\d.]+ s\)", "", attempt.error)
+
+
 def attempt_lines(attempts: Sequence[Attempt], title: str = "Attempts") -> list[str]:
+    """The attempts, numbered; a refusal whose reason an earlier one gave in full refers to it."""
     lines = [f"{title} ({len(attempts)}):"]
+    told: dict[str, int] = {}
     for i, attempt in enumerate(attempts, 1):
         by = made_by(attempt.to_dict())
         head = f"  {i}. call {attempt.call}{', ' + by if by else ''}: "
+        refusal = _refusal(attempt)
+        if refusal is not None and refusal in told:
+            lines.append(head + describe(dataclasses.replace(attempt, error=f"the same as attempt {told[refusal]}")))
+            continue
+        if refusal is not None:
+            told[refusal] = i
         first, *rest = describe(attempt).splitlines()
         lines.append(head + first)
         lines.extend(" " * 5 + more.strip() for more in rest)
@@ -95,6 +112,19 @@ def sdk_retry_advice(attempts: Sequence[Attempt]) -> str | None:
         f"{plural(len(sdk), 'attempt')} of {len(attempts)} {'was' if len(sdk) == 1 else 'were'} the SDK's own "
         f"retries{limit}, inside the same create(): build the client with max_retries=0 (or wrap it with "
         "llm_guard.guard(client), whose retries stay within the budget) so that only one layer retries"
+    )
+
+
+def refusal_advice(attempts: Sequence[Attempt]) -> str | None:
+    """When the code asked again after an open breaker's refusal (on_open=fallback): why that cannot help."""
+    refused = [a for a in attempts if a.source == "refused" and a.outcome == "LLMEndpointUnavailable"]
+    if len(refused) < 2:
+        return None
+    return (
+        f"{plural(len(refused), 'attempt')} were refused at once by an open breaker, and the code kept asking: "
+        "the refusal reaches it as its SDK's APIConnectionError (on_open=fallback), which its retry "
+        "loop caught. Give APIConnectionError a fallback instead of a retry, or end the test at the first "
+        "refusal with on_open='fail' or 'skip' (@pytest.mark.llm_breaker(on_open=...) or --llm-on-open)"
     )
 
 
@@ -145,6 +175,9 @@ def budget_message(
     sdk = sdk_retry_advice(attempts)
     if sdk is not None and budget in ("deadline", "retries", "call_timeout"):
         advice = f"{sdk}; or {advice}"
+    refusals = refusal_advice(attempts)
+    if refusals is not None and budget in ("deadline", "calls"):
+        advice = f"{refusals}; or {advice}"
     lines.append(
         f"What to do: {advice}; the limit is set with "
         f"@pytest.mark.llm_budget({budget}=...), {option.flag} or {option.env}."
@@ -200,9 +233,10 @@ def session_spent(settings: Settings, name: str, used: float, limit: float) -> s
     shown = f"{used:.1f}" if name == "session_deadline" else f"{used:.4f}" if name == "max_cost" else str(int(used))
     option = OPTIONS[name]
     action = "fail" if settings.on_session_spent == "fail" else "are skipped"
+    over = "since the session started" if name == "session_deadline" else "summed over all workers"
     return (
         f"pytest-llm-guard: session budget spent: {shown}{unit} of {name}={limit:g}{unit} "
-        f"(set by {settings.source_of(name)}), summed over all workers; the remaining LLM tests {action} "
+        f"(set by {settings.source_of(name)}), {over}; the remaining LLM tests {action} "
         f"(on_session_spent={settings.on_session_spent}). Raise {option.flag} / {option.env} to run more."
     )
 
@@ -402,10 +436,11 @@ def clock(when: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(when))
 
 
-_GUARD_IT = (
-    "guard it with an llm_* marker (@pytest.mark.llm_budget()) or the llm_guard fixture, "
+_GUARD_WAYS = (
+    "with an llm_* marker (@pytest.mark.llm_budget()) or the llm_guard fixture, "
     "or guard every test: guard_all = true in [tool.pytest_llm_guard] (--llm-guard-all)"
 )
+_GUARD_IT = f"guard it {_GUARD_WAYS}"
 
 
 def unguarded_refusal(test: str, request: str, settings: Settings) -> str:
@@ -415,11 +450,18 @@ def unguarded_refusal(test: str, request: str, settings: Settings) -> str:
     )
 
 
-def unguarded_warning(test: str, count: int, first: str) -> str:
+def unguarded_warning(test: str, count: int, first: str, *, fault_server: bool = False) -> str:
+    """``fault_server``: the test uses ``llm_fault_server``, whose faults a cassette would hide on replay."""
+    fix = (
+        "guard it with @pytest.mark.llm_cassette(False) (a cassette would record the fault server's last "
+        "answer, and a replay would never meet its faults)"
+        if fault_server
+        else _GUARD_IT
+    )
     return (
         f"pytest-llm-guard: {test} is not guarded, yet sent {plural(count, 'LLM request')} ({first}) to the "
         "network: no deadline or budget of ours bound it, no cassette of ours replayed or recorded it, and it is "
-        f"not counted. To fix: {_GUARD_IT}. To silence: unguarded = allow, or "
+        f"not counted. To fix: {fix}. To silence: unguarded = allow, or "
         "filterwarnings = ignore::pytest_llm_guard.LLMUnguardedWarning"
     )
 
@@ -431,5 +473,5 @@ def unguarded_lines(tests: Sequence[Mapping[str, Any]]) -> list[str]:
         f'cassette of ours, not counted (unguarded = warn; "fail" refuses them):'
     ]
     lines.extend(f"  {t['nodeid']}: {plural(len(t['requests']), 'request')}, first {t['requests'][0]}" for t in tests)
-    lines.append(f"To fix: {_GUARD_IT}.")
+    lines.append(f"To fix: guard {'it' if len(tests) == 1 else 'each'} {_GUARD_WAYS}.")
     return lines

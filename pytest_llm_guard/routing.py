@@ -27,13 +27,11 @@ from __future__ import annotations
 
 __tracebackhide__ = True  # pytest: a failed test shows where the LLM call was made, not our internals
 
-import asyncio
 import logging
 import math
 import os
 import random
-import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -42,6 +40,7 @@ import httpx2
 
 from . import report
 from .breaker import EndpointHealth, Outcome, Verdict, classify, describe_error
+from .clock import REAL, Clock
 from .config import BREAKER_MARKER, Settings
 from .dialects import DIALECTS, dialect_for, origin_of, retry_after
 from .endpoints import Endpoint, EndpointSet
@@ -116,7 +115,7 @@ class Router:
         store: StateStore,
         policy: Settings,
         *,
-        clock: Callable[[], float] = time.time,
+        clock: Clock = REAL,
         rng: random.Random | None = None,
         environ: Mapping[str, str] = os.environ,
     ) -> None:
@@ -125,6 +124,7 @@ class Router:
         self.policy = policy
         self.max_endpoints = policy.max_endpoints
         self.clock = clock
+        """Breakers are shared between processes, so they keep the time of day (``Clock.wall``)."""
         self.rng = rng or random.Random()
         self.environ = environ
 
@@ -158,7 +158,7 @@ class Router:
         def change(record: dict[str, Any]) -> tuple[Verdict, list[dict[str, Any]]]:
             health = EndpointHealth.load(record)
             before = len(health.breaker(model).transitions)
-            verdict = health.admit(model, self.clock(), self.policy, retry=retry, lease=lease, max_wait=max_wait)
+            verdict = health.admit(model, self.clock.wall(), self.policy, retry=retry, lease=lease, max_wait=max_wait)
             health.dump(record)
             return verdict, health.breaker(model).transitions[before:]
 
@@ -172,7 +172,7 @@ class Router:
         if missing is not None:
             return missing
         health = EndpointHealth.load(self.store.get(self._key(endpoint)))
-        return health.peek(model, self.clock(), self.policy, retry=retry)
+        return health.peek(model, self.clock.wall(), self.policy, retry=retry)
 
     def record(
         self,
@@ -186,7 +186,7 @@ class Router:
         def change(record: dict[str, Any]) -> list[dict[str, Any]]:
             health = EndpointHealth.load(record)
             before = len(health.breaker(model).transitions)
-            health.record(model, outcome, self.clock(), self.policy, error=error, retry_after=retry_after)
+            health.record(model, outcome, self.clock.wall(), self.policy, error=error, retry_after=retry_after)
             health.dump(record)
             return health.breaker(model).transitions[before:]
 
@@ -211,7 +211,7 @@ class Router:
     def status(self) -> list[str]:
         """One line per breaker that tripped or endpoint that was rate-limited this session."""
         lines = []
-        now = self.clock()
+        now = self.clock.wall()
         for endpoint in self.endpoints.endpoints:
             health = EndpointHealth.load(self.store.get(self._key(endpoint)))
             for model, breaker in sorted(health.breakers.items()):
@@ -240,31 +240,24 @@ class _Plan:
 class RouterLayer:
     """The routing layer of one test: picks, refuses, records (see the module docstring)."""
 
-    def __init__(
-        self,
-        router: Router,
-        guard: Guard,
-        *,
-        sleep: Callable[[float], None] = time.sleep,
-        async_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-    ) -> None:
+    def __init__(self, router: Router, guard: Guard) -> None:
         self.router = router
         self.guard = guard
         self.settings = guard.settings
-        self._sleep = sleep
-        self._async_sleep = async_sleep
+        self.clock = guard.clock
+        """The test's clock: a Retry-After is waited out on it."""
 
     def handle(self, request: httpx2.Request, attempt: Attempt, send: Send) -> httpx2.Response:
         plan = self._plan(request, attempt)
         if plan.wait:
-            self._sleep(plan.wait)
+            self.clock.sleep(plan.wait)
         with self._recording(plan, attempt) as done:
             return done(send(plan.request))
 
     async def handle_async(self, request: httpx2.Request, attempt: Attempt, send: AsyncSend) -> httpx2.Response:
         plan = self._plan(request, attempt)
         if plan.wait:
-            await self._async_sleep(plan.wait)
+            await self.clock.async_sleep(plan.wait)
         with self._recording(plan, attempt) as done:
             return done(await send(plan.request))
 

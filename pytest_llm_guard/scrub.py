@@ -66,11 +66,12 @@ _MIN_SECRET = 8
 """Shorter values are not treated as secrets (they would redact ordinary words)."""
 _HEADER_VALUES = re.compile(
     r"""(?ix)
-    (['"]?(?:set-cookie|cookie|authorization|proxy-authorization|api-key|x-api-key)['"]?\s*[:=]\s*)
+    (?<![\w-])(['"]?(?:set-cookie|cookie|authorization|proxy-authorization|api-key|x-api-key)['"]?\s*[:=]\s*)
     (\[[^\]]*\]|'[^']*'|"[^"]*"|[^,}\s]+)
     """
 )
-"""Header values inside log text (``'set-cookie': ['...']``, ``authorization: Bearer ...``)."""
+"""Header values inside log text (``'set-cookie': ['...']``, ``authorization: Bearer ...``); a name only as a
+whole word, so ``test_cookie: attempt ...`` (a test's name in our own log line) is left alone."""
 _HEADER_PAIRS = re.compile(
     r"""(?x)
     (\(\s*b?(['"])([A-Za-z0-9_\-]+)\2\s*,\s*)

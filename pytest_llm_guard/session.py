@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .clock import REAL, Clock
 from .config import Settings
 from .endpoints import EndpointSet
 from .prices import Prices
@@ -39,7 +39,7 @@ STATE_FOLDER_INPUT = "llm_guard_state_folder"
 
 
 class SessionBudget:
-    def __init__(self, settings: Settings, store: StateStore, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, settings: Settings, store: StateStore, *, clock: Clock = REAL) -> None:
         self.settings = settings
         self.store = store
         self.clock = clock
@@ -51,7 +51,7 @@ class SessionBudget:
 
     def start(self) -> float:
         """Mark the session's start, once: by the xdist controller, or the only process. Returns it."""
-        now = self.clock()
+        now = self.clock.wall()
 
         def change(record: dict[str, Any]) -> float:
             return float(record.setdefault("started", now))
@@ -76,7 +76,8 @@ class SessionBudget:
             return None
         s = self.settings
         record = self.store.get(KEY)
-        elapsed = self.clock() - record.get("started", self.clock())
+        now = self.clock.wall()
+        elapsed = now - record.get("started", now)
         for name, used, limit in (
             ("session_deadline", elapsed, s.session_deadline),
             ("max_calls", record.get("calls", 0), s.max_calls),
@@ -100,11 +101,14 @@ class Session:
         store: StateStore,
         folder: Path | None,
         prices: Prices | None = None,
+        clock: Clock = REAL,
     ) -> None:
         self.settings = settings
         self.endpoints = endpoints
         self.prices = prices or Prices()
-        self.started = time.monotonic()
+        self.clock = clock
+        """The session's clock: its budget (time of day, shared by xdist workers), its duration, its router."""
+        self.started = clock.now()
         self.records: list[dict[str, Any]] = []
         """Every guarded test's record (``report_json.record``), from every worker: for the reports."""
         self.unguarded: list[dict[str, Any]] = []
@@ -112,7 +116,7 @@ class Session:
         self.store = store
         self.folder = folder
         """The SQLite folder this process created (the xdist controller) and must remove."""
-        self.budget = SessionBudget(settings, store)
+        self.budget = SessionBudget(settings, store, clock=clock)
         self._started_at: float | None = None
         self._router: Router | None = None
 
@@ -146,10 +150,10 @@ class Session:
 
     @property
     def started_at(self) -> float:
-        """When the session started (``time.time()``), the same for every xdist worker: what a cassette
+        """When the session started (``Clock.wall``), the same for every xdist worker: what a cassette
         held "before this session" is judged by it (``once``, and ``all`` replacing the old file)."""
         if self._started_at is None:
-            self._started_at = float(self.store.get(KEY).get("started", time.time()))
+            self._started_at = float(self.store.get(KEY).get("started", self.clock.wall()))
         return self._started_at
 
     @property
@@ -157,7 +161,7 @@ class Session:
         if self._router is None:
             from .routing import Router
 
-            self._router = Router(self.endpoints, self.store, self.settings)
+            self._router = Router(self.endpoints, self.store, self.settings, clock=self.clock)
         return self._router
 
     def endpoint_status(self) -> list[str]:

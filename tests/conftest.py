@@ -16,7 +16,17 @@ import pytest
 import tenacity  # noqa: F401
 import vcr  # noqa: F401
 
+from pytest_llm_guard import FakeClock
 from pytest_llm_guard.fault import FaultServer
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "fake_clock: the guarded test runs on a pytest_llm_guard.FakeClock")
+
+
+def pytest_llm_guard_clock(item: pytest.Item) -> FakeClock | None:
+    """Tests of timing logic run on a fake clock: waits take no time and are exact (``llm_guard.clock``)."""
+    return FakeClock() if item.get_closest_marker("fake_clock") else None
 
 
 @pytest.fixture(autouse=True)
@@ -34,6 +44,27 @@ def pytester(pytester: pytest.Pytester) -> pytest.Pytester:
     """pytester, with the pytest-asyncio setting whose absence makes every inner run warn."""
     pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
     return pytester
+
+
+@pytest.fixture(scope="module")
+def servers() -> Iterator[tuple[FaultServer, FaultServer]]:
+    """Two fault servers, a primary endpoint and its backup, for routing and failover; each test starts them afresh."""
+    with FaultServer() as primary, FaultServer() as backup:
+        yield primary, backup
+
+
+@pytest.fixture
+def primary(servers: tuple[FaultServer, FaultServer]) -> Iterator[FaultServer]:
+    servers[0].reset()
+    yield servers[0]
+    servers[0].reset()
+
+
+@pytest.fixture
+def backup(servers: tuple[FaultServer, FaultServer]) -> Iterator[FaultServer]:
+    servers[1].reset()
+    yield servers[1]
+    servers[1].reset()
 
 
 @pytest.fixture

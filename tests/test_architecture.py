@@ -118,3 +118,27 @@ def test_a_suite_that_never_uses_the_plugin_loads_nothing_heavy(pytester: pytest
     result.assert_outcomes(passed=2)
     assert (pytester.path / "loaded.txt").read_text() == ""
     assert "pytest_llm_guard.plugin" in sys.modules  # the plugin itself is installed and loaded here
+
+
+TIME_READS = {("time", name) for name in ("monotonic", "time", "perf_counter", "sleep")} | {("asyncio", "sleep")}
+REAL_TIME_ALLOWED = {"pytest_llm_guard.clock", "pytest_llm_guard.fault"}
+"""The clock itself, and the fault server, whose hangs and trickles are real by nature."""
+
+
+def test_every_time_read_and_wait_goes_through_the_clock() -> None:
+    found = []
+    for path in PACKAGE.rglob("*.py"):
+        name = module_name(path)
+        if any(name == allowed or name.startswith(allowed + ".") for allowed in REAL_TIME_ALLOWED):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module in ("time", "asyncio"):
+                found += [
+                    f"{name}: from {node.module} import {a.name}"
+                    for a in node.names
+                    if (node.module, a.name) in TIME_READS
+                ]
+            elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+                if (node.value.id, node.attr) in TIME_READS:
+                    found.append(f"{name}:{node.lineno}: {node.value.id}.{node.attr}")
+    assert not found, "read the time and wait through the test's Clock (clock.py): " + ", ".join(found)

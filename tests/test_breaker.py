@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import httpx2
 import pytest
 
@@ -44,6 +46,16 @@ def test_trips_after_consecutive_failures() -> None:
     assert not verdict.ok
     assert "breaker open" in verdict.reason and "after 3 consecutive failures" in verdict.reason
     assert "ReadTimeout" in verdict.reason and "next probe at" in verdict.reason and "in 29.0 s" in verdict.reason
+
+
+def test_each_last_error_starts_with_its_time_so_commas_in_a_message_do_not_blur_the_list() -> None:
+    health = EndpointHealth()
+    slow = "ReadTimeout: the server sent its headers too slowly, or not at all"
+    for now in (1.0, 2.0, 3.0):
+        health.record(MODEL, F, now, POLICY, error=slow)
+    described = health.breaker(MODEL).describe(3.0)
+    errors = described.split("; last errors: ")[1].split("; next probe at")[0]
+    assert re.fullmatch(rf"\[\d\d:\d\d:\d\d\.\d\] {slow}( \[\d\d:\d\d:\d\d\.\d\] {slow}){{2}}", errors), errors
 
 
 def test_a_success_resets_the_consecutive_count() -> None:

@@ -243,6 +243,8 @@ def test_under_w_error_a_live_unguarded_request_fails_only_its_test(live: pytest
     result.stdout.fnmatch_lines(
         ["*LLMUnguardedWarning: pytest-llm-guard: test_live.py::test_live is not guarded*To fix: guard it*"]
     )
+    text = result.stdout.str()
+    assert "protocol.py" not in text and "During handling" not in text, "the warning's text alone, not our frames"
     assert outcomes(run(live, "-W", "error", plugin=False)) == {
         f"test_live.py::{test}": ["PASSED"] for test in ("test_live", "test_live_async", "test_plain")
     }

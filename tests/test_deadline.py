@@ -1,5 +1,9 @@
 """The deadline against hostile ground: the application's own signals, code that swallows the
-deadline, fixtures, worker threads. Times are scaled down; bounds are generous for loaded machines."""
+deadline, fixtures, worker threads, sleeps outside any LLM call.
+
+Part of the end-to-end set that measures wall-clock time (see ``test_end_to_end.py``): the
+alarm is a real SIGALRM timer, so these tests run in real, scaled-down time, with bounds
+generous for loaded machines."""
 
 from __future__ import annotations
 
@@ -309,3 +313,64 @@ def test_an_async_tests_deadline_points_at_the_tests_own_lines(pytester: pytest.
         ]
     )
     result.stdout.no_fnmatch_line("*in _deadline_passed*")
+
+
+def test_the_deadline_binds_code_outside_llm_calls_and_the_backstop_binds_code_that_swallows_it(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(
+        """
+        import asyncio
+        import time
+        import pytest
+
+        @pytest.mark.llm_budget(deadline=0.3)
+        def test_sleeps_in_its_own_backoff():
+            time.sleep(30)
+
+        @pytest.mark.llm_budget(deadline=0.3)
+        async def test_sleeps_in_asyncio():
+            await asyncio.sleep(30)
+
+        @pytest.mark.llm_budget(deadline=0.3)
+        def test_swallows_the_deadline():
+            try:
+                time.sleep(30)
+            except BaseException:
+                pass
+            time.sleep(30)
+
+        @pytest.mark.llm_budget(deadline=30)
+        @pytest.mark.timeout(0.3, method="signal")  # joins the guard's alarm: one SIGALRM timer per process
+        def test_own_timeout_is_kept():
+            time.sleep(30)
+
+        def test_later_tests_still_run():
+            pass
+        """
+    )
+    junit = pytester.path / "junit.xml"
+    # The user's thread method would end the process; the guard's alarm does not.
+    result = pytester.runpytest_subprocess(
+        "--timeout-method=thread",
+        "--timeout=20",
+        "--llm-timeout-grace=0.3",
+        f"--junitxml={junit}",
+        "-o",
+        "asyncio_mode=auto",
+    )
+    result.assert_outcomes(failed=4, passed=1)
+    result.stdout.fnmatch_lines_random(
+        [
+            "LLMBudgetExceeded: LLM deadline budget spent in *::test_sleeps_in_its_own_backoff: "
+            "the deadline passed while the test was running its own code, outside any LLM call*",
+            "LLMBudgetExceeded: LLM deadline budget spent in *::test_sleeps_in_asyncio: *outside any LLM call*",
+            "*Timeout: *::test_swallows_the_deadline is still running 0.3 s after its LLM deadline*",
+            "*Timeout (>0.3s) from pytest-timeout.*",
+        ]
+    )
+    assert junit.is_file()
+    durations = _durations(junit)
+    assert durations["test_sleeps_in_its_own_backoff"] < 1.3  # the deadline + 1 s
+    assert durations["test_swallows_the_deadline"] < 1.6  # the deadline + grace + 1 s
+    result.stdout.fnmatch_lines(["Where the test was:", "test_*.py:*: in test_sleeps_in_its_own_backoff"])

@@ -1,7 +1,10 @@
 """Tests for pytest_llm_guard.fault: the fault-injecting OpenAI-compatible server.
 
 They drive the server with the real openai SDK (and httpx2 where raw HTTP matters),
-so a fault here is exactly what a user's suite will see.
+so a fault here is exactly what a user's suite will see. Part of the end-to-end set that
+measures wall-clock time (see ``test_end_to_end.py``): the server's hangs, trickles and
+delays are real time, so the tests about them assert real durations (lower bounds where
+a slow machine could only make them longer).
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ End to end: every test drives the server with ``anthropic.Anthropic`` /
 ``AsyncAnthropic`` (``max_retries=0`` unless a test is about the SDK's retries) or raw
 httpx2, so each fault is exactly what a user's suite meets. Times are scaled down to
 tens of milliseconds; the few tests about time assert lower bounds only (a slow
-machine makes them longer, never shorter).
+machine makes them longer, never shorter). Part of the end-to-end set that measures
+wall-clock time (see ``test_end_to_end.py``).
 """
 
 from __future__ import annotations

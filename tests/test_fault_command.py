@@ -186,3 +186,54 @@ def test_the_console_script_runs_the_same_command() -> None:
     from pytest_llm_guard.fault.command import main
 
     assert resolve_name(scripts["llm-fault-server"]) is main
+
+
+@pytest.mark.parametrize("port", ["99999", "-1", "http"])
+def test_the_command_refuses_a_port_out_of_range_with_a_usage_error(port: str) -> None:
+    from pytest_llm_guard.fault.command import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--port", port])
+    assert exited.value.code == 2
+
+
+def test_a_port_out_of_range_is_named_with_the_range(capsys: pytest.CaptureFixture[str]) -> None:
+    from pytest_llm_guard.fault.command import main
+
+    with pytest.raises(SystemExit):
+        main(["--port", "99999"])
+    assert capsys.readouterr().err.endswith(
+        "error: argument --port: '99999' is not a port: a whole number from 0 to 65535 (0: any free one)\n"
+    )
+
+
+def test_an_address_the_machine_does_not_have_points_at_host_too(capsys: pytest.CaptureFixture[str]) -> None:
+    from pytest_llm_guard.fault.command import main
+
+    assert main(["--host", "192.0.2.1", "--port", "0"]) == 2
+    assert capsys.readouterr().err == (
+        "fault server: cannot listen on 192.0.2.1:0 ([Errno 99] Cannot assign requested address); "
+        "choose another --port (0: any free one), or another --host\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("fault", "said"),
+    [
+        (Fault.trickle(headers=True), "trickle, head included"),
+        (Fault.trickle(), "trickle, body only"),
+        (Fault.cut_stream(1), "stream cut"),
+        (Fault.stream_error(1), "stream error event"),
+        (Fault.malformed(), "malformed 200"),
+        (Fault.hang(), "hang"),
+        (Fault.status(503), "HTTP 503"),
+    ],
+)
+def test_each_request_line_names_its_fault_in_words(
+    fault: Fault, said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pytest_llm_guard.fault.command import _said
+    from pytest_llm_guard.fault.server import RecordedRequest
+
+    _said(RecordedRequest("POST", "/x/v1/chat/completions", {}, None, b"", 0.0, fault))
+    assert capsys.readouterr().out.split(" ", 1)[1] == f"POST /x/v1/chat/completions: {said}\n"

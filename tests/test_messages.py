@@ -57,6 +57,32 @@ def test_mistyped_marker_keys_error_their_own_tests_and_the_rest_of_the_suite_ru
     )
 
 
+def test_mistyped_breaker_and_cassette_marker_keys_say_which_key_was_meant(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_a="""
+        import pytest
+
+        @pytest.mark.llm_breaker(on_opne="skip")
+        def test_breaker():
+            pass
+
+        @pytest.mark.llm_cassette(paht="x.yaml")
+        def test_cassette():
+            pass
+        """
+    )
+    result = pytester.runpytest()
+    result.assert_outcomes(errors=2)
+    result.stdout.fnmatch_lines(
+        [
+            "pytest-llm-guard: unknown key 'on_opne' in @pytest.mark.llm_breaker on test_a.py::test_breaker; "
+            "did you mean 'on_open'? allowed keys: endpoints, on_open",
+            "pytest-llm-guard: unknown key 'paht' in @pytest.mark.llm_cassette on test_a.py::test_cassette; "
+            "did you mean 'path'? allowed keys: name, path",
+        ]
+    )
+
+
 def test_a_mistyped_pyproject_key_names_the_key_meant_not_every_key(pytester: pytest.Pytester) -> None:
     pytester.makepyprojecttoml("[tool.pytest_llm_guard]\nretry = 3\n")
     pytester.makepyfile("def test_x():\n    pass\n")
@@ -151,7 +177,10 @@ def test_audit_counts_in_the_singular(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest("--llm-audit")
     assert result.ret == 1
     result.stdout.fnmatch_lines(
-        [f"pytest-llm-guard audit: 1 cassette under {pytester.path}, 1 credential-shaped string found"]
+        [
+            f"pytest-llm-guard audit: 1 cassette under {pytester.path}, 1 credential-shaped string found",
+            "Re-record that cassette (recording redacts such strings), or edit the line above.",
+        ]
     )
 
 
@@ -175,3 +204,41 @@ def test_under_xdist_a_configuration_warning_is_given_once(
     pytester.makepyfile("def test_x():\n    pass\n\ndef test_y():\n    pass\n")
     result = pytester.runpytest_subprocess("-n", "2", "-p", "xdist")
     result.assert_outcomes(passed=2, warnings=1)
+
+
+def test_the_unguarded_list_advises_guarding_it_or_each_as_the_count_says() -> None:
+    from pytest_llm_guard.report import unguarded_lines
+
+    one = [{"nodeid": "t.py::a", "requests": ["POST http://x/v1/chat/completions"]}]
+    two = [*one, {"nodeid": "t.py::b", "requests": ["POST http://x/v1/embeddings"] * 2}]
+    assert unguarded_lines(one)[-1].startswith("To fix: guard it with an llm_* marker (@pytest.mark.llm_budget())")
+    assert unguarded_lines(two) == [
+        "2 tests sent LLM requests without a guard: no deadline or budget, no cassette of ours, not counted "
+        '(unguarded = warn; "fail" refuses them):',
+        "  t.py::a: 1 request, first POST http://x/v1/chat/completions",
+        "  t.py::b: 2 requests, first POST http://x/v1/embeddings",
+        "To fix: guard each with an llm_* marker (@pytest.mark.llm_budget()) or the llm_guard fixture, "
+        "or guard every test: guard_all = true in [tool.pytest_llm_guard] (--llm-guard-all).",
+    ]
+
+
+def test_an_unguarded_test_of_the_fault_server_is_told_to_guard_it_without_a_cassette(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(
+        """
+        import openai
+
+        def test_retry(llm_fault_server):
+            client = openai.OpenAI(base_url=llm_fault_server.base_url, api_key="sk-test")
+            client.models.list()
+        """
+    )
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=1, warnings=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*To fix: guard it with @pytest.mark.llm_cassette(False) (a cassette would record the fault server's "
+            "last answer, and a replay would never meet its faults). To silence: *"
+        ]
+    )

@@ -70,6 +70,7 @@ def test_missing_api_key_is_explained(pytester: pytest.Pytester, monkeypatch) ->
     result = pytester.runpytest()
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*cannot build the OpenAI fixture client*OPENAI_API_KEY*llm_client_options*"])
+    assert "During handling" not in result.stdout.str(), "the SDK's message once, inside ours"
 
 
 SEED_APP = """
@@ -103,7 +104,7 @@ def test_agent_turn(llm_fault_server):
     ask_with_retries(llm_fault_server.base_url, "hello")
 """
     )
-    result = project.runpytest("--durations=1", "--durations-min=0")
+    result = project.runpytest()
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [
@@ -120,8 +121,7 @@ def test_agent_turn(llm_fault_server):
         ]
     )
     assert "httpx2" not in result.stdout.str()  # no frames (nor their arguments) from below the application
-    durations = [line for line in result.outlines if " call " in line and "test_agent_turn" in line]
-    assert durations and float(durations[0].split("s")[0]) <= 3.0
+    # How soon such a loop ends is measured in real time by the fault matrix (test_fault_matrix.py).
 
 
 def test_except_exception_loop_cannot_outlive_the_retry_budget(project: pytest.Pytester) -> None:
@@ -198,77 +198,6 @@ def test_unguarded_tests_are_untouched_and_patches_are_undone(pytester: pytest.P
     )
     # unguarded = "allow": a test that is not guarded runs httpx2's own code (by default the seam watches it)
     pytester.runpytest("-p", "no:randomly", "--llm-unguarded=allow").assert_outcomes(passed=2)
-
-
-def test_the_deadline_binds_code_outside_llm_calls_and_the_backstop_binds_code_that_swallows_it(
-    pytester: pytest.Pytester,
-) -> None:
-    pytester.makepyfile(
-        """
-        import asyncio
-        import time
-        import pytest
-
-        @pytest.mark.llm_budget(deadline=0.3)
-        def test_sleeps_in_its_own_backoff():
-            time.sleep(30)
-
-        @pytest.mark.llm_budget(deadline=0.3)
-        async def test_sleeps_in_asyncio():
-            await asyncio.sleep(30)
-
-        @pytest.mark.llm_budget(deadline=0.3)
-        def test_swallows_the_deadline():
-            try:
-                time.sleep(30)
-            except BaseException:
-                pass
-            time.sleep(30)
-
-        @pytest.mark.llm_budget(deadline=30)
-        @pytest.mark.timeout(0.3, method="signal")  # joins the guard's alarm: one SIGALRM timer per process
-        def test_own_timeout_is_kept():
-            time.sleep(30)
-
-        def test_later_tests_still_run():
-            pass
-        """
-    )
-    junit = pytester.path / "junit.xml"
-    # The user's thread method would end the process; the guard's alarm does not.
-    result = pytester.runpytest_subprocess(
-        "--timeout-method=thread",
-        "--timeout=20",
-        "--llm-timeout-grace=0.3",
-        f"--junitxml={junit}",
-        "-o",
-        "asyncio_mode=auto",
-    )
-    result.assert_outcomes(failed=4, passed=1)
-    result.stdout.fnmatch_lines_random(
-        [
-            "LLMBudgetExceeded: LLM deadline budget spent in *::test_sleeps_in_its_own_backoff: "
-            "the deadline passed while the test was running its own code, outside any LLM call*",
-            "LLMBudgetExceeded: LLM deadline budget spent in *::test_sleeps_in_asyncio: *outside any LLM call*",
-            "*Timeout: *::test_swallows_the_deadline is still running 0.3 s after its LLM deadline*",
-            "*Timeout (>0.3s) from pytest-timeout.*",
-        ]
-    )
-    assert junit.is_file()
-    durations = {r.nodeid.split("::")[-1]: r.duration for r in _call_reports(junit)}
-    assert durations["test_sleeps_in_its_own_backoff"] < 1.3  # the deadline + 1 s
-    assert durations["test_swallows_the_deadline"] < 1.6  # the deadline + grace + 1 s
-    result.stdout.fnmatch_lines(["Where the test was:", "test_*.py:*: in test_sleeps_in_its_own_backoff"])
-
-
-def _call_reports(junit):
-    import xml.etree.ElementTree as ET
-
-    class Report:
-        def __init__(self, case):
-            self.nodeid, self.duration = case.get("name"), float(case.get("time"))
-
-    return [Report(case) for case in ET.parse(junit).iter("testcase")]
 
 
 def test_a_pytester_session_inside_a_guarded_test_nests(project: pytest.Pytester) -> None:

@@ -127,3 +127,39 @@ def test_a_refused_key_is_named_with_the_variable_it_came_from(pytester: pytest.
     assert "HTTP 401 (the endpoint refused the credentials; the key came from MY_LLM_KEY)" in output
     assert "What to do: fix the credentials" in output and "answer faster" not in output
     assert "sk-expired-0000" not in output
+
+
+def _refused(number: int, seconds_left: float, by: str | None = "app") -> Attempt:
+    attempt = Attempt("t", number, 1, "first", "http://h", "/v1/chat/completions", "m", float(number), 0.0)
+    attempt.source, attempt.outcome, attempt.by = "refused", "LLMEndpointUnavailable", by
+    attempt.error = (
+        f"default (http://h/v1): breaker open since 08:00:00.0; next probe at 08:00:30.0 (in {seconds_left} s)"
+    )
+    return attempt
+
+
+def test_a_refusal_told_in_full_once_is_referred_to_by_the_attempts_that_meet_it_again() -> None:
+    from pytest_llm_guard.report import attempt_lines
+
+    lines = attempt_lines([_refused(1, 29.5, by=None), _refused(2, 29.1), _refused(3, 28.0)])
+    assert lines[1].endswith("refused, not sent (LLMEndpointUnavailable: default (http://h/v1): breaker open since "
+                             "08:00:00.0; next probe at 08:00:30.0 (in 29.5 s))")  # fmt: skip
+    assert lines[2] == (
+        "  2. call 2, a new call by the app after a failure: http://h/v1/chat/completions model=m: "
+        "refused, not sent (LLMEndpointUnavailable: the same as attempt 1)"
+    )
+    assert lines[3].endswith("(LLMEndpointUnavailable: the same as attempt 1)")
+
+
+def test_a_deadline_spent_asking_an_open_breaker_again_says_the_retry_loop_caught_the_refusal() -> None:
+    from pytest_llm_guard.config import Settings
+    from pytest_llm_guard.ledger import Ledger
+    from pytest_llm_guard.report import budget_message
+
+    ledger = Ledger("t")
+    for attempt in (_refused(1, 29.5, by=None), _refused(2, 29.1)):
+        ledger.attempts.append(attempt)
+    text = budget_message("deadline", "the deadline passed", Settings(), ledger, elapsed=4.0, in_call=False)
+    assert "What to do: 2 attempts were refused at once by an open breaker, and the code kept asking: " \
+        "the refusal reaches it as openai.APIConnectionError (on_open=fallback), which its retry loop caught. " \
+        "Give APIConnectionError a fallback instead of a retry" in text  # fmt: skip

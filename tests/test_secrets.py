@@ -386,3 +386,13 @@ def test_written_cassettes_hold_no_key_in_folded_strings_or_compressed_bodies(tm
     assert FOLDED_TOKEN not in loaded["request"]["body"] and "Bearer REDACTED" in loaded["request"]["body"]
     assert gzip.decompress(loaded["response"]["body"]["string"]) == b'{"echo": "key REDACTED"}'
     assert findings(path, tmp_path) == []
+
+
+def test_a_header_name_inside_a_word_is_not_a_header_in_log_text() -> None:
+    scrubber = Scrubber(environ={})
+    ours = "tests/test_cookie.py::test_cookie: attempt http://127.0.0.1:1/v1/chat/completions model=m: ok"
+    assert scrubber.log_text(ours) == ours
+    assert scrubber.log_text("my_api-key: value") == "my_api-key: value"
+    assert scrubber.log_text("cookie: __cf_bm=abc123, set-cookie: x=1") == "cookie: 'REDACTED', set-cookie: 'REDACTED'"
+    headers = "{'x-api-key': ['k1'], 'Cookie': 'a=b'}"
+    assert scrubber.log_text(headers) == "{'x-api-key': 'REDACTED', 'Cookie': 'REDACTED'}"

@@ -9,7 +9,6 @@ import json
 import math
 import re
 import threading
-import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx2
 
+from ..clock import REAL
 from ..config import OPTIONS, Settings
 from ..dialects import DIALECTS, BodyReader, Dialect, decoding, dialect_for
 from ..errors import LLMCassetteMiss
@@ -234,7 +234,7 @@ class CassetteLayer:
         nodeid: str,
         mode: str,
         record_failures: bool,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = REAL.now,
     ) -> None:
         self.cassette = cassette
         self.scrubber = scrubber
@@ -430,7 +430,8 @@ class CassetteLayer:
         option = OPTIONS["record"]
         lines.append(
             f"To record it (needs a real endpoint and key): pytest '{self.nodeid}' {option.flag}=new_episodes "
-            f"(or {option.flag}=all to re-record the test from scratch); CI replays only ({option.env} or CI)."
+            f"(or {option.flag}=all to re-record the test from scratch), then commit the cassette: with CI set, "
+            f"the record mode defaults to 'none' (replay only; {option.env} or {option.flag} overrides it)."
         )
         return LLMCassetteMiss(self.scrubber.text("\n".join(lines)))
 
@@ -444,7 +445,7 @@ def open_cassette(
     matcher: vcr_bridge.Matcher,
     scrubber: Scrubber,
     session_started: float | None = None,
-    clock: Callable[[], float] = time.monotonic,
+    clock: Callable[[], float] = REAL.now,
 ) -> CassetteLayer:
     """Load (or start) a test's cassette; raises :class:`LLMCassetteError` for an unreadable file."""
     cassette = vcr_bridge.load(

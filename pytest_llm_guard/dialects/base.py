@@ -10,10 +10,11 @@ import email.utils
 import json
 import math
 import sys
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from ..clock import REAL
 
 if TYPE_CHECKING:
     import httpx2
@@ -73,7 +74,7 @@ class Dialect:
     def mark_retry(self, request: httpx2.Request, retries_taken: int) -> None:
         """Tag a retried request as its SDK's own retry loop would, so a server sees which attempt it is."""
 
-    def retry_after(self, headers: Mapping[str, str], now: Callable[[], float] = time.time) -> float | None:
+    def retry_after(self, headers: Mapping[str, str], now: Callable[[], float] = REAL.wall) -> float | None:
         """Seconds the server asks us to wait before the next attempt, if it says."""
         return parse_retry_after(headers, now)
 
@@ -133,7 +134,7 @@ Wrap = Callable[[Callable[..., Any]], Callable[..., Any]]
 RETRYABLE_STATUS = frozenset({408, 409, 429})
 
 
-def parse_retry_after(headers: Mapping[str, str], now: Callable[[], float] = time.time) -> float | None:
+def parse_retry_after(headers: Mapping[str, str], now: Callable[[], float] = REAL.wall) -> float | None:
     """HTTP's ``Retry-After``: seconds (fractions allowed), or a date."""
     value = headers.get("retry-after")
     if value is None:

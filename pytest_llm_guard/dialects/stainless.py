@@ -8,10 +8,10 @@ and their clients derive from ``<sdk>._base_client.SyncAPIClient`` / ``AsyncAPIC
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from ..clock import REAL
 from .base import Dialect
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ class StainlessDialect(Dialect):
             frame = frame.f_back
         return None
 
-    def retry_after(self, headers: Mapping[str, str], now: Callable[[], float] = time.time) -> float | None:
+    def retry_after(self, headers: Mapping[str, str], now: Callable[[], float] = REAL.wall) -> float | None:
         value = headers.get("retry-after-ms")
         if value is not None:
             try:

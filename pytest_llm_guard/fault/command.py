@@ -17,7 +17,7 @@ from pathlib import Path
 from types import FrameType
 
 from .dialect import registered
-from .faults import Ok, Status
+from .faults import CutStream, Malformed, Ok, Reset, Status, StreamError, Trickle
 from .prefixes import PREFIXES
 from .server import FaultServer, RecordedRequest
 
@@ -43,6 +43,14 @@ def _routes() -> str:
     return "\n".join(lines)
 
 
+def _port(text: str) -> int:
+    """A TCP port, 0 to 65535, so a wrong one is a usage error rather than a traceback from bind()."""
+    port = int(text) if text.strip().isdigit() else -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port: a whole number from 0 to 65535 (0: any free one)")
+    return port
+
+
 def parser() -> argparse.ArgumentParser:
     """The command's arguments; its epilog lists the fault prefixes and routes."""
     script = Path(sys.argv[0]).name
@@ -54,9 +62,15 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8765, help="port to listen on; 0 picks a free one (default: 8765)")
+    parser.add_argument(
+        "--port", type=_port, default=8765, help="port to listen on; 0 picks a free one (default: 8765)"
+    )
     parser.add_argument("--quiet", action="store_true", help="print no line per request")
     return parser
+
+
+_MET = {CutStream: "stream cut", StreamError: "stream error event", Malformed: "malformed 200", Reset: "reset"}
+"""How a request log line names a fault whose class name would read as one word (``cutstream``)."""
 
 
 def _said(request: RecordedRequest) -> None:
@@ -68,8 +82,10 @@ def _said(request: RecordedRequest) -> None:
         met = f"HTTP {fault.code}"
     elif isinstance(fault, Ok):
         met = f"ok after {fault.delay:g} s" if fault.delay else "ok"
+    elif isinstance(fault, Trickle):
+        met = "trickle, head included" if fault.headers else "trickle, body only"
     else:
-        met = type(fault).__name__.lower()
+        met = _MET.get(type(fault), type(fault).__name__.lower())
     print(f"{time.strftime('%H:%M:%S')} {request.method} {request.path}: {met}", flush=True)
 
 
@@ -85,7 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         server.start()
     except RuntimeError as exc:
         said = f"cannot listen on {args.host}:{args.port} ({exc.__cause__ or exc})"
-        print(f"fault server: {said}; choose another --port (0: any free one)", file=sys.stderr)
+        other_host = ", or another --host" if args.host != "127.0.0.1" else ""
+        print(f"fault server: {said}; choose another --port (0: any free one){other_host}", file=sys.stderr)
         return 2
     for signum in (signal.SIGINT, signal.SIGTERM):  # SIGINT too: a shell starting it with & ignores SIGINT
         signal.signal(signum, _interrupt)
