@@ -5,7 +5,7 @@
 
 For each example: start a ``FaultServer``, script the answers a model would give
 (text, JSON, tool calls), point the example at it (``OPENAI_BASE_URL``,
-``AZURE_OPENAI_ENDPOINT``, and its configured endpoints in a copy of its
+``AZURE_OPENAI_ENDPOINT``, ``ANTHROPIC_BASE_URL``, and its configured endpoints in a copy of its
 pyproject.toml), delete its cassettes and run its suite with ``--llm-record=all``. Then
 replay the suite as CI does (``CI=true``, no key, server stopped) and check that no
 cassette holds a key.
@@ -36,8 +36,8 @@ from pytest_llm_guard.fault import openai_api as fault_openai_api
 HERE = Path(__file__).resolve().parent
 KEY = "key-for-the-fault-server"
 """Sent while recording; a real key would be scrubbed the same way. Never in a cassette."""
-KEY_VARIABLES = ("OPENAI_API_KEY", "AZURE_OPENAI_API_KEY", "AZURE_OPENAI_EUS_API_KEY")
-KEY_LIKE = ("s" + "k-", KEY, "bearer", "authorization:", "api-key:")
+KEY_VARIABLES = ("OPENAI_API_KEY", "AZURE_OPENAI_API_KEY", "AZURE_OPENAI_EUS_API_KEY", "ANTHROPIC_API_KEY")
+KEY_LIKE = ("s" + "k-", KEY, "bearer", "authorization:", "api-key:")  # api-key: covers x-api-key: too
 """Nothing a cassette may hold (the first is OpenAI's key prefix, spelled apart so that
 ``grep -r`` for it finds keys, not this line)."""
 
@@ -169,11 +169,50 @@ def azure_notes(server: FaultServer) -> None:
     )
 
 
+def _claude_turn(question: str, *, tools_answered: bool) -> Callable[[dict], bool]:
+    """An Anthropic request: its first user message asks ``question``; tool results follow as user blocks."""
+
+    def matches(body: dict) -> bool:
+        first = body["messages"][0]["content"]
+        answered = any(
+            isinstance(m["content"], list) and any(b.get("type") == "tool_result" for b in m["content"])
+            for m in body["messages"]
+        )
+        return question in first and answered == tools_answered
+
+    return matches
+
+
+def pantry_chef(server: FaultServer) -> None:
+    server.reply(
+        tool_calls=[{"name": "check_pantry", "arguments": {"ingredient": "flour"}}],
+        when=_claude_turn("flour", tools_answered=False),
+    )
+    server.reply(
+        "Yes: your pantry holds 1.5 kg of flour, three times the 500 g the cake needs. "
+        "You will have 1 kg of flour left for the next bake.",
+        when=_claude_turn("flour", tools_answered=True),
+    )
+    server.reply(
+        tool_calls=[
+            {"name": "convert_units", "arguments": {"amount": 8, "from_unit": "oz", "to_unit": "g"}},
+            {"name": "check_pantry", "arguments": {"ingredient": "butter"}},
+        ],
+        when=_claude_turn("butter", tools_answered=False),
+    )
+    server.reply(
+        "8 oz of butter is about 226.8 g. Your pantry holds 250 g, so you have enough, "
+        "with a little over 20 g to spare.",
+        when=_claude_turn("butter", tools_answered=True),
+    )
+
+
 SCRIPTS: dict[str, Callable[[FaultServer], None]] = {
     "support_bot": support_bot,
     "trip_agent": trip_agent,
     "docs_search": docs_search,
     "azure_notes": azure_notes,
+    "pantry_chef": pantry_chef,
 }
 
 
@@ -182,7 +221,8 @@ SCRIPTS: dict[str, Callable[[FaultServer], None]] = {
 
 def _environment(**values: str) -> dict[str, str]:
     """This environment without CI, keys, endpoints or llm-guard settings, plus ``values``."""
-    dropped = {"CI", "OPENAI_BASE_URL", "AZURE_OPENAI_ENDPOINT", "OPENAI_API_VERSION", *KEY_VARIABLES}
+    dropped = {"CI", "OPENAI_BASE_URL", "AZURE_OPENAI_ENDPOINT", "OPENAI_API_VERSION", "ANTHROPIC_BASE_URL"}
+    dropped |= {*KEY_VARIABLES, "ANTHROPIC_AUTH_TOKEN"}
     env = {k: v for k, v in os.environ.items() if k not in dropped and not k.startswith("LLM_GUARD_")}
     return {**env, **values}
 
@@ -215,6 +255,7 @@ def record(name: str) -> None:
             env = _environment(
                 OPENAI_BASE_URL=server.base_url,
                 AZURE_OPENAI_ENDPOINT=server.url,
+                ANTHROPIC_BASE_URL=server.url,
                 **dict.fromkeys(KEY_VARIABLES, KEY),
             )
             _pytest(folder, "--llm-record=all", *_recording_config(folder, server.url, Path(scratch)), env=env)

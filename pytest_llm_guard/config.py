@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .dialects import DEFAULT_KIND, for_kind
 from .errors import LLMGuardConfigError
 from .values import boolean, choice, count, fraction, names, number, optional, patterns, seconds, subset, text
 
@@ -116,8 +117,12 @@ class Settings:
     )
     backoff_initial: float = _option(0.5, number(float, 0, positive=False), "first retry backoff of guarded clients")
     backoff_max: float = _option(8.0, number(float, 0, positive=False), "largest retry backoff of guarded clients")
-    base_url: str | None = _option(None, text, "endpoint of the llm_client fixtures", shown="OPENAI_BASE_URL")
-    model: str | None = _option("gpt-4o-mini", text, "model name tests read from llm_guard.model")
+    base_url: str | None = _option(
+        None, text, "endpoint of the llm_client fixtures", shown=for_kind(DEFAULT_KIND).base_url_variable
+    )
+    model: str | None = _option(
+        for_kind(DEFAULT_KIND).default_model, text, "model name tests read from llm_guard.model"
+    )
     record: str | None = _option(
         None,
         choice("none", "once", "new_episodes", "all", "off"),

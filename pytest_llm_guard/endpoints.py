@@ -2,12 +2,11 @@
 
 Like a LiteLLM Router's model list: each endpoint has a name, a base URL, the models
 it serves, a priority (lower first) and a weight (share among equal priorities), its
-own call timeout and API key variable, and a kind: ``openai`` or ``azure`` (requests
-are addressed the way the SDK's ``AzureOpenAI`` addresses them: the deployment in the
-path, ``api-version`` in the query, the key in ``api-key``).
+own call timeout and API key variable, and a kind (``openai``, ``azure``, ``anthropic``:
+the dialect that addresses its requests, ``dialects/``).
 
-Without a list there is one endpoint, ``default``: ``--llm-base-url`` or
-``OPENAI_BASE_URL`` (else the public API), keyed by ``OPENAI_API_KEY`` as the SDK is.
+Without a list there is one endpoint, ``default``: ``--llm-base-url`` or the default
+dialect's base URL variable (else its public API), keyed as its SDK is.
 """
 
 from __future__ import annotations
@@ -20,13 +19,12 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from .config import PYPROJECT_TABLE
-from .dialect import ENDPOINT_KINDS, for_kind
+from .dialects import DEFAULT_KIND, ENDPOINT_KINDS, for_kind
 from .errors import LLMGuardConfigError
 
 if TYPE_CHECKING:
     import httpx2
 
-DEFAULT_BASE_URL = "https://api.openai.com/v1"
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _ENV_VAR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -47,7 +45,7 @@ class Endpoint:
     call_timeout: float | None = None
     priority: int = 0
     weight: float = 1.0
-    kind: str = "openai"
+    kind: str = DEFAULT_KIND
     api_version: str | None = None
     _origin: tuple[str, str, int | None] = field(init=False, repr=False, compare=False)
     _prefix: str = field(init=False, repr=False, compare=False)
@@ -105,11 +103,12 @@ class EndpointSet:
 
 
 def default_endpoints(base_url: str | None, environ: Mapping[str, str]) -> EndpointSet:
-    url = base_url or environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+    dialect = for_kind(DEFAULT_KIND)
+    url = base_url or environ.get(dialect.base_url_variable) or dialect.default_base_url
     return EndpointSet(
         (Endpoint("default", url.rstrip("/")),),
         configured=False,
-        source="--llm-base-url / OPENAI_BASE_URL (no endpoints configured)",
+        source=f"--llm-base-url / {dialect.base_url_variable} (no endpoints configured)",
     )
 
 
@@ -134,14 +133,14 @@ def load_endpoints(raw: Any, pyproject: str, *, base_url: str | None, environ: M
 
 _FIELDS = {
     "name": "a name of letters, digits, '_', '.' or '-'",
-    "base_url": "an http(s) URL (for azure: the resource endpoint, https://NAME.openai.azure.com)",
-    "models": "a list of model (azure: deployment) names",
+    "base_url": "an http(s) URL (the API's root, as its SDK's base_url)",
+    "models": "a list of model (or deployment) names",
     "api_key_env": "the name of an environment variable",
     "call_timeout": "a positive number of seconds",
     "priority": "a whole number (lower is tried first)",
     "weight": "a positive number",
     "kind": f"one of {', '.join(ENDPOINT_KINDS)}",
-    "api_version": "an Azure API version such as 2024-10-21",
+    "api_version": "the API version its kind requires, such as 2024-10-21",
 }
 
 
@@ -179,19 +178,13 @@ def _endpoint(table: dict[str, Any], index: int, source: str, environ: Mapping[s
     weight = table.get("weight", 1)
     if not _positive(weight):
         raise invalid("weight")
-    kind = table.get("kind", "openai")
+    kind = table.get("kind", DEFAULT_KIND)
     if kind not in ENDPOINT_KINDS:
         raise invalid("kind")
-    version = table.get("api_version")
-    if kind == "azure":
-        version = version or environ.get("OPENAI_API_VERSION")
-        if not isinstance(version, str) or not version:
-            raise LLMGuardConfigError(
-                f"pytest-llm-guard: {label}: kind = 'azure' needs api_version in {source} "
-                "(or OPENAI_API_VERSION in the environment), as AzureOpenAI does"
-            )
-    elif version is not None:
-        raise LLMGuardConfigError(f"pytest-llm-guard: {label}: api_version in {source} is for kind = 'azure' only")
+    try:
+        version = for_kind(kind).api_version(kind, table.get("api_version"), environ)
+    except ValueError as exc:
+        raise LLMGuardConfigError(f"pytest-llm-guard: {label}: {exc} ({source})") from None
     return Endpoint(
         name=name,
         base_url=base_url.rstrip("/"),

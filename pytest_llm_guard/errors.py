@@ -17,7 +17,7 @@ The tree::
       LLMCassetteError            a cassette file cannot be read
       pytest.UsageError
         LLMGuardConfigError       bad configuration or marker arguments
-      openai.APIConnectionError and httpx2.ConnectError
+      httpx2.ConnectError (and the calling SDK's APIConnectionError)
         LLMEndpointUnavailable    (routing.py) no endpoint can take a call, on_open fallback: the code's fallback runs
     Warning
       pytest.PytestWarning

@@ -33,15 +33,13 @@ from .alarm import Alarm
 from .budget import Budget
 from .clock import REAL, Clock
 from .config import Settings
-from .dialect import Dialect, Usage, origin_of, request_json
+from .dialects import Dialect, Usage, key_variables, origin_of, request_json, retry_after
 from .errors import LLMGuardInterrupt
 from .ledger import CALL, Attempt, Call, Ledger, Stats
 from .prices import Prices
 from .scrub import Scrubber
 
 if TYPE_CHECKING:
-    import openai
-
     from .endpoints import EndpointSet
 
 log = logging.getLogger("pytest_llm_guard")
@@ -49,7 +47,7 @@ log = logging.getLogger("pytest_llm_guard")
 CLIENT_TIMEOUT = "pytest_llm_guard.client_timeout"
 """Request extension: the timeouts the client asked for, before the guard capped them."""
 
-ClientT = TypeVar("ClientT", bound="openai.OpenAI | openai.AsyncOpenAI")
+ClientT = TypeVar("ClientT")
 Send = Callable[[httpx2.Request], httpx2.Response]
 AsyncSend = Callable[[httpx2.Request], Awaitable[httpx2.Response]]
 
@@ -90,7 +88,12 @@ class Guard:
         """The configured endpoints: every attempt to one carries its name, refused ones too."""
         self.test_id = test_id
         self.scrubber = scrubber or Scrubber(
-            headers=settings.scrub_headers, body_fields=settings.scrub_body_fields, patterns=settings.scrub_patterns
+            headers=settings.scrub_headers,
+            body_fields=settings.scrub_body_fields,
+            patterns=settings.scrub_patterns,
+            key_variables=(*key_variables(), *(e.api_key_env for e in endpoints.endpoints if e.api_key_env))
+            if endpoints is not None
+            else key_variables(),
         )
         """Everything this test writes for people or to disk passes it (``scrub.py``)."""
         self.prices = prices or Prices()
@@ -220,7 +223,8 @@ class Guard:
     def guard(self, client: ClientT) -> ClientT:
         """A copy of ``client`` whose retries are the guard's (the SDK's own are turned off).
 
-        Works for ``OpenAI``, ``AsyncOpenAI``, ``AzureOpenAI`` and ``AsyncAzureOpenAI``.
+        Works for the clients of every dialect's SDK (``dialects/``: the openai and anthropic
+        clients, sync and async).
         Traffic of unguarded clients is still capped and counted at the transport seam;
         this adds budget-aware retries on top.
         """
@@ -275,6 +279,7 @@ class Guard:
             by=by,
             sdk_max_retries=max_retries,
             endpoint_name=owner.name if owner is not None else None,
+            dialect=dialect.name,
         )
         refusal = self.budget.refuse_start(new_call=kind == "first")
         if refusal is not None:
@@ -385,7 +390,7 @@ class Guard:
         attempt.status = response.status_code
         if response.status_code < 400:
             return False
-        attempt.retry_after = retry.parse_retry_after(response.headers)
+        attempt.retry_after = retry_after(response)
         refused = response.status_code in (401, 403)
         error = f"the endpoint refused the credentials; {key_source(response.request)}" if refused else None
         self._close(attempt, f"HTTP {response.status_code}", error=error)
@@ -407,6 +412,7 @@ class Guard:
     def succeeded(self, attempt: Attempt, usage: Usage | None) -> None:
         if usage is not None:
             attempt.tokens, attempt.input_tokens, attempt.output_tokens = usage.total, usage.input, usage.output
+            attempt.cache_tokens = usage.cache
             attempt.cost = self.prices.cost(attempt.model, usage.total, usage.input, usage.output)
         self._close(attempt, "ok")
         self.budget.check_spending()

@@ -101,12 +101,16 @@ class Attempt:
     tokens: int | None = None
     input_tokens: int | None = None
     output_tokens: int | None = None
+    cache_tokens: int | None = None
+    """Prompt tokens read from or written to a prompt cache, where the API counts them apart."""
     cost: float | None = None
     """Money, from ``tokens`` and the configured prices of ``model``; None without a price."""
     first_chunk: float | None = None
     """Seconds from the attempt's start to the first chunk of its body."""
     endpoint_name: str | None = None
     """The configured endpoint that took the attempt; None for other URLs."""
+    dialect: str | None = None
+    """The API the attempt spoke (``openai``, ``anthropic``: ``dialects/``)."""
     failover_to: str | None = None
     """After this attempt failed, the call's next attempt went to this other endpoint."""
 
@@ -136,6 +140,8 @@ class Attempt:
             return "http_429" if status == 429 else "http_5xx" if status >= 500 else "http_4xx"
         if outcome == "LLMMalformedResponse":
             return "malformed"
+        if outcome == "LLMStreamError":
+            return "http_5xx"  # the server's own error event, sent after its 200
         if outcome in ("LLMStreamCut", "cut", "CancelledError"):
             return "cut"
         if outcome.endswith("Timeout"):

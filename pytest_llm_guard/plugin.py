@@ -29,17 +29,24 @@ from .config import (
 )
 from .endpoints import load_endpoints
 from .errors import LLMGuardConfigError
+from .fixtures import (  # noqa: F401  (pytest finds the fixtures in the plugin's namespace)
+    FIXTURES,
+    anthropic_client,
+    anthropic_client_options,
+    async_anthropic_client,
+    async_llm_client,
+    llm_client,
+    llm_client_options,
+)
 from .prices import load_prices
 from .protocol import GUARD, ITEM_SETTINGS, SESSION, SETTINGS, prepare
 from .session import Session
 
 if TYPE_CHECKING:
-    import openai
-
     from .fault import FaultServer
     from .guard import Guard
 
-GUARD_FIXTURES = frozenset({"llm_guard", "llm_client", "async_llm_client"})
+GUARD_FIXTURES = frozenset({"llm_guard"}) | FIXTURES
 REPORTS_WRITTEN = pytest.StashKey["list[str]"]()  # what pytest_sessionfinish says of the reports it wrote
 
 
@@ -310,59 +317,6 @@ def llm_guard(request: pytest.FixtureRequest) -> Guard:
     return request.node.stash[GUARD]
 
 
-@pytest.fixture
-def llm_client_options(llm_guard: Guard, pytestconfig: pytest.Config) -> dict[str, Any]:
-    """Keyword arguments for the fixture clients; override it to point them elsewhere.
-
-    Unset values fall back to the SDK's own environment variables
-    (``OPENAI_BASE_URL``, ``OPENAI_API_KEY``). With endpoints configured, every request
-    is addressed to the endpoint the router picks (URL, and key from its api_key_env).
-    """
-    endpoints = pytestconfig.stash[SESSION].endpoints
-    if endpoints.configured:
-        return {"base_url": endpoints.endpoints[0].base_url, "api_key": os.environ.get("OPENAI_API_KEY", "routed")}
-    return {"base_url": llm_guard.settings.base_url} if llm_guard.settings.base_url else {}
-
-
-@pytest.fixture
-def llm_client(llm_guard: Guard, llm_client_options: dict[str, Any]) -> Iterator[openai.OpenAI]:
-    """A real ``openai.OpenAI`` with the guard's deadline, budgets and retries applied."""
-    import openai
-
-    client = llm_guard.fixture_client(_build(openai.OpenAI, llm_client_options))
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def async_llm_client(llm_guard: Guard, llm_client_options: dict[str, Any]) -> openai.AsyncOpenAI:
-    """A real ``openai.AsyncOpenAI`` with the guard applied.
-
-    A sync fixture, so it works under pytest-asyncio and anyio alike; since it cannot
-    await a close at teardown, it keeps no idle connections (each closes after its
-    response) and so leaves none open on the test's event loop.
-    """
-    import httpx2
-    import openai
-
-    no_idle = httpx2.Limits(max_connections=1000, max_keepalive_connections=0)
-    options = {"http_client": openai.DefaultAsyncHttpx2Client(limits=no_idle), **llm_client_options}
-    return llm_guard.fixture_client(_build(openai.AsyncOpenAI, options))
-
-
-def _build(cls: type, options: dict[str, Any]) -> Any:
-    import openai
-
-    try:
-        return cls(**options)
-    except openai.OpenAIError as exc:  # from None: the SDK's message once, inside ours
-        raise pytest.fail.Exception(
-            f"pytest-llm-guard: cannot build the {cls.__name__} fixture client: {exc} "
-            "Set OPENAI_API_KEY, or override the llm_client_options fixture.",
-            pytrace=False,
-        ) from None
-
-
 @pytest.fixture(scope="session")
 def _llm_fault_server_session() -> Iterator[FaultServer]:
     from .fault import FaultServer
@@ -373,7 +327,8 @@ def _llm_fault_server_session() -> Iterator[FaultServer]:
 
 @pytest.fixture
 def llm_fault_server(_llm_fault_server_session: FaultServer) -> Iterator[FaultServer]:
-    """An OpenAI-compatible server on 127.0.0.1 with a fault plan and a request log, fresh per test."""
+    """A server speaking the OpenAI and Anthropic APIs on 127.0.0.1, with a fault plan and a request log,
+    fresh per test."""
     _llm_fault_server_session.reset()
     yield _llm_fault_server_session
     _llm_fault_server_session.reset()

@@ -5,6 +5,8 @@
     [tool.pytest_llm_guard.prices]
     "gpt-4o-mini" = { input = 0.15, output = 0.60 }
     "gpt-4o" = { input = 2.50, output = 10.00 }
+    "claude-haiku-4-5" = { input = 1.00, output = 5.00 }
+    "claude-sonnet-4-5" = { input = 3.00, output = 15.00 }
 
 A model is priced by its exact name, else by the longest configured name it starts with
 (``gpt-4o-mini`` prices ``gpt-4o-mini-2024-07-18``). A response that reports only a total

@@ -23,6 +23,7 @@ import pytest
 
 from .alarm import with_line_numbers
 from .config import Settings
+from .dialects import key_variables
 from .errors import LLMCassetteError, LLMGuardInterrupt, LLMNoEndpoint, LLMUnguardedRequest, LLMUnguardedWarning
 from .session import Session
 
@@ -78,11 +79,11 @@ def _hard_timeout(config: pytest.Config, item: pytest.Item, settings: Settings) 
 
 
 def _load_the_guard(settings: Settings) -> None:
-    """Import what guarded tests use now, once, so no test's deadline pays for it (openai alone
+    """Import what guarded tests use now, once, so no test's deadline pays for it (an SDK alone
     takes a third of a second); and fail with a usage error now if httpx2 lost the seam."""
-    import openai  # noqa: F401
+    from . import dialects, guard, routing, transport  # noqa: F401
 
-    from . import guard, routing, transport  # noqa: F401
+    dialects.load_sdks()
 
     if settings.record != "off":
         from . import cassettes  # noqa: F401
@@ -107,7 +108,7 @@ class UnguardedTests:
         if item.stash.get(ITEM_SETTINGS, None) is not None:
             return (yield)
         from . import transport
-        from .dialect import origin_of
+        from .dialects import origin_of
 
         sent: list[str] = item.stash.setdefault(UNGUARDED, [])
 
@@ -474,7 +475,7 @@ def _open_cassette(item: pytest.Item, guard: Guard) -> CassetteLayer | None:
     item.stash[CASSETTE] = layer
     if layer.replay_only:  # CI needs no secret: the SDKs only insist that a key is set
         endpoints = item.config.stash[SESSION].endpoints.endpoints
-        for name in ("OPENAI_API_KEY", "AZURE_OPENAI_API_KEY", *(e.api_key_env for e in endpoints if e.api_key_env)):
+        for name in (*key_variables(), *(e.api_key_env for e in endpoints if e.api_key_env)):
             if not os.environ.get(name):
                 item.stash[ENVIRONMENT].setenv(name, REPLAY_PLACEHOLDER_KEY)
     return layer

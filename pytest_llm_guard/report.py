@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import OPTIONS, Settings
+from .dialects import DIALECTS
 
 if TYPE_CHECKING:
     import pytest
@@ -121,7 +122,7 @@ def refusal_advice(attempts: Sequence[Attempt]) -> str | None:
         return None
     return (
         f"{plural(len(refused), 'attempt')} were refused at once by an open breaker, and the code kept asking: "
-        "the refusal reaches it as openai.APIConnectionError (on_open=fallback), which its retry "
+        "the refusal reaches it as its SDK's APIConnectionError (on_open=fallback), which its retry "
         "loop caught. Give APIConnectionError a fallback instead of a retry, or end the test at the first "
         "refusal with on_open='fail' or 'skip' (@pytest.mark.llm_breaker(on_open=...) or --llm-on-open)"
     )
@@ -210,7 +211,7 @@ def no_endpoint(
         "default for llm_client" if fixture else "default for clients the code under test builds"
     )
     does = {
-        "fallback": "the refusal reaches the code as openai.APIConnectionError (LLMEndpointUnavailable) at once, "
+        "fallback": "the refusal reaches the code as its SDK's APIConnectionError (LLMEndpointUnavailable) at once, "
         "which the SDK does not retry, so the code's own fallback runs",
         "fail": "the test fails at once",
         "skip": "the test is skipped at once",
@@ -243,7 +244,7 @@ def session_spent(settings: Settings, name: str, used: float, limit: float) -> s
 # -- failure reports ------------------------------------------------------------------
 
 _HIDDEN_MODULES = (
-    "openai",
+    *(dialect.sdk for dialect in DIALECTS),
     "httpx2",
     "httpcore2",
     "tenacity",
@@ -306,7 +307,7 @@ def guard_cause(error: BaseException) -> BaseException | None:
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
-        if type(error).__name__ in ("LLMMalformedResponse", "LLMStreamCut"):
+        if type(error).__name__ in ("LLMMalformedResponse", "LLMStreamCut", "LLMStreamError"):
             return error
         error = error.__cause__ or error.__context__
     return None

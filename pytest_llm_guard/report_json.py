@@ -31,7 +31,7 @@ SCHEMA = 2
 _ATTEMPT_FIELDS = (
     "call", "number", "kind", "by", "sdk_max_retries", "source", "outcome", "category", "status", "error", "cause",
     "endpoint", "endpoint_name", "path", "model", "tokens", "input_tokens", "output_tokens", "cost", "first_chunk",
-    "backoff", "retry_after", "failover_to",
+    "backoff", "retry_after", "failover_to", "dialect", "cache_tokens",
 )  # fmt: skip
 
 

@@ -1,25 +1,21 @@
 """Retry decisions, each a small named function, and the tenacity policies built from them.
 
-The decisions follow the openai SDK (``_should_retry``, ``_parse_retry_after_header``)
-so a guarded client retries exactly what the SDK would, but every wait is bounded by
-the test's remaining deadline and every attempt is counted against its budget.
+Which statuses to retry and how long a server asks us to wait are the dialect's answers
+(each SDK's own rules), so a guarded client retries exactly what its SDK would, but every
+wait is bounded by the test's remaining deadline and every attempt is counted against its budget.
 """
 
 from __future__ import annotations
 
-import email.utils
 import logging
-import math
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import httpx2
-import openai
 from tenacity import AsyncRetrying, RetryCallState, Retrying, retry_if_exception, retry_if_result
 from tenacity.wait import wait_base, wait_exponential_jitter
 
-from .clock import REAL
-from .dialect import dialect_for
+from .dialects import DIALECTS, dialect_for, for_client, of_response, retry_after
 from .ledger import CALL, Call
 
 if TYPE_CHECKING:
@@ -27,62 +23,21 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pytest_llm_guard")
 
-MAX_RETRY_AFTER = 120.0
-"""Like the SDK: a server asking for a longer pause is not retried at all."""
-
-RETRYABLE_STATUS = frozenset({408, 409, 429})
-
-
-def parse_retry_after(headers: Mapping[str, str], now: Callable[[], float] = REAL.wall) -> float | None:
-    """Seconds the server asks us to wait: ``retry-after-ms``, then ``retry-after`` as seconds or HTTP date."""
-    for name, divisor in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
-        value = headers.get(name)
-        if value is None:
-            continue
-        try:
-            delay = float(value)
-        except ValueError:
-            continue
-        if math.isfinite(delay):
-            return max(0.0, delay / divisor)
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        parsed = email.utils.parsedate_tz(value)
-        if parsed is None:
-            return None
-        return max(0.0, email.utils.mktime_tz(parsed) - now())
-    except (TypeError, ValueError, OverflowError):
-        return None
-
-
-def should_retry_status(status: int, headers: Mapping[str, str]) -> bool:
-    """Is an error response worth another attempt? ``x-should-retry`` first, then the status."""
-    if status < 400:
-        return False
-    retry_after = parse_retry_after(headers)
-    if retry_after is not None and retry_after > MAX_RETRY_AFTER:
-        return False
-    hint = headers.get("x-should-retry")
-    if hint in ("true", "false"):
-        return hint == "true"
-    return status in RETRYABLE_STATUS or status >= 500
-
 
 def is_retryable_error(exc: BaseException) -> bool:
     """Timeouts, dropped connections and broken responses can succeed later; nothing else can.
 
-    Like the SDK, no ``OpenAIError`` raised at the transport is retried: such is a refusal
+    Like the SDKs, no SDK error raised at the transport is retried: such is a refusal
     (``LLMEndpointUnavailable``: every endpoint's breaker open), where the on-open policy has decided.
     """
-    if isinstance(exc, openai.OpenAIError):
+    sdk_errors = tuple(error for error in (d.sdk_error() for d in DIALECTS) if error is not None)
+    if isinstance(exc, sdk_errors):
         return False
     return isinstance(exc, (httpx2.TimeoutException, httpx2.NetworkError, httpx2.RemoteProtocolError))
 
 
 def _retryable_response(response: httpx2.Response) -> bool:
-    return should_retry_status(response.status_code, response.headers)
+    return of_response(response).should_retry(response.status_code, response.headers)
 
 
 class wait_server_hint(wait_base):
@@ -94,7 +49,7 @@ class wait_server_hint(wait_base):
     def __call__(self, retry_state: RetryCallState) -> float:
         outcome = retry_state.outcome
         if outcome is not None and not outcome.failed:
-            hint = parse_retry_after(outcome.result().headers)
+            hint = retry_after(outcome.result())
             if hint is not None:
                 return hint
         return self.fallback(retry_state)
@@ -247,17 +202,13 @@ def async_sender(
 
 
 def guarded_client(guard: Guard, client: Any, *, routed: bool) -> Any:
-    """A copy of an openai client whose retries are the guard's (the SDK's own are turned off)."""
-    from openai._base_client import AsyncAPIClient, SyncAPIClient
-
-    if not isinstance(client, (SyncAPIClient, AsyncAPIClient)):
-        raise TypeError(
-            f"llm_guard.guard() takes an openai client (OpenAI, AsyncOpenAI, AzureOpenAI, ...), "
-            f"got {type(client).__name__}"
-        )
-    guarded = client.with_options(max_retries=0)
-    if isinstance(guarded, AsyncAPIClient):
-        guarded._send_request = async_sender(guard, guarded._send_request, routed=routed)
-    else:
-        guarded._send_request = sync_sender(guard, guarded._send_request, routed=routed)
-    return guarded
+    """A copy of an SDK client whose retries are the guard's (the SDK's own are turned off)."""
+    dialect = for_client(client)
+    if dialect is None:
+        supported = "; ".join(f"{d.sdk}.{', '.join(d.client_names)} and their subclasses" for d in DIALECTS)
+        raise TypeError(f"llm_guard.guard() takes an SDK client ({supported}), got {type(client).__name__}")
+    return dialect.wrap_client(
+        client,
+        lambda send: sync_sender(guard, send, routed=routed),
+        lambda send: async_sender(guard, send, routed=routed),
+    )

@@ -37,17 +37,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import httpx2
-import openai
 
 from . import report
 from .breaker import EndpointHealth, Outcome, Verdict, classify, describe_error
 from .clock import REAL, Clock
 from .config import BREAKER_MARKER, Settings
-from .dialect import origin_of
+from .dialects import DIALECTS, dialect_for, origin_of, retry_after
 from .endpoints import Endpoint, EndpointSet
 from .errors import LLMNoEndpoint
 from .ledger import CALL, Attempt, Call
-from .retry import parse_retry_after
 from .state import StateStore
 
 if TYPE_CHECKING:
@@ -59,24 +57,53 @@ _LEASE_MARGIN = 1.0
 """Seconds a half-open probe is held beyond its attempt's cap before another caller may probe."""
 
 
-class LLMEndpointUnavailable(openai.APIConnectionError, httpx2.ConnectError):
+class LLMEndpointUnavailable(httpx2.ConnectError):
     """A call found its endpoint's breaker open (or the endpoint rate-limited) and ``on_open`` is ``fallback``.
 
-    It is the SDK's ``APIConnectionError``, so the application's own fallback runs, and an
-    ``OpenAIError``, which the SDK re-raises from its transport at once, without its own
-    retries (``openai/_base_client.py``); it is also an ``httpx2.ConnectError`` for code
-    that calls httpx2 directly. Not charged to ``retries``: nothing was sent. The message
-    tells the breaker's story: endpoint, model, why and when it opened, the next probe,
-    and the policy in force.
+    Raised as the ``APIConnectionError`` of the SDK that sent the call (see
+    :func:`endpoint_unavailable`), so the application's own fallback runs, and as that
+    SDK's own error, which the SDK re-raises from its transport at once, without its own
+    retries; it is also an ``httpx2.ConnectError`` for code that calls httpx2 directly.
+    Not charged to ``retries``: nothing was sent. The message tells the breaker's story:
+    endpoint, model, why and when it opened, the next probe, and the policy in force.
     """
 
-    def __init__(self, message: str, *, request: httpx2.Request, endpoints: tuple[str, ...] = ()) -> None:
-        openai.APIConnectionError.__init__(self, message=message, request=request)
+    def __init__(self, message: str, *, request: httpx2.Request | None = None, endpoints: tuple[str, ...] = ()) -> None:
+        httpx2.ConnectError.__init__(self, message, request=request)
+        self.message = message
         self.endpoints = endpoints
         """The endpoints that refused it, first the one it was meant for."""
 
     def __str__(self) -> str:
         return self.message
+
+
+_DRESSED: dict[str, type[LLMEndpointUnavailable]] = {}
+
+
+def endpoint_unavailable(message: str, *, request: httpx2.Request, endpoints: tuple[str, ...] = ()) -> BaseException:
+    """The refusal as the connection error of the SDK that sent ``request`` (a plain one for other clients)."""
+    dialect = dialect_for(request)
+    if dialect is None:
+        return LLMEndpointUnavailable(message, request=request, endpoints=endpoints)
+    dressed = _DRESSED.get(dialect.name)
+    if dressed is None:
+        sdk_error = dialect.connection_error()
+
+        def __init__(self: Any, message: str, *, request: httpx2.Request, endpoints: tuple[str, ...] = ()) -> None:
+            sdk_error.__init__(self, message=message, request=request)
+            self.endpoints = endpoints
+
+        namespace = {"__init__": __init__, "__module__": __name__, "__doc__": LLMEndpointUnavailable.__doc__}
+        dressed = _DRESSED[dialect.name] = type(
+            "LLMEndpointUnavailable", (sdk_error, LLMEndpointUnavailable), namespace
+        )
+    return dressed(message, request=request, endpoints=endpoints)
+
+
+def _kinds(attempt: Attempt) -> tuple[str, ...] | None:
+    """The endpoint kinds that speak the attempt's API: a call never fails over to another API."""
+    return next((d.kinds for d in DIALECTS if d.name == attempt.dialect), None)
 
 
 class Router:
@@ -105,9 +132,15 @@ class Router:
     def _key(endpoint: Endpoint) -> str:
         return f"endpoint:{endpoint.name}"
 
-    def candidates(self, model: str | None, allowed: tuple[str, ...] | None) -> list[Endpoint]:
-        """Endpoints serving ``model``: by priority, equal priorities in a weighted random order."""
-        pool = [e for e in self.endpoints.endpoints if e.serves(model) and (allowed is None or e.name in allowed)]
+    def candidates(
+        self, model: str | None, allowed: tuple[str, ...] | None, kinds: tuple[str, ...] | None = None
+    ) -> list[Endpoint]:
+        """Endpoints (of ``kinds``) serving ``model``: by priority, equal priorities in a weighted random order."""
+        pool = [
+            e
+            for e in self.endpoints.endpoints
+            if e.serves(model) and (allowed is None or e.name in allowed) and (kinds is None or e.kind in kinds)
+        ]
         keys = {e.name: (e.priority, -(self.rng.random() ** (1 / e.weight))) for e in pool}
         return sorted(pool, key=lambda e: keys[e.name])
 
@@ -235,9 +268,9 @@ class RouterLayer:
         fixture = call is not None and call.routed
         plan = _Plan(request, call, model=attempt.model or "*")
         if fixture and self.router.endpoints.configured:
-            choices = self._order(self.router.candidates(attempt.model, self.settings.endpoints), call)
+            choices = self._order(self.router.candidates(attempt.model, self.settings.endpoints, _kinds(attempt)), call)
             if not choices:
-                raise self._no_endpoint_serves(attempt.model)
+                raise self._no_endpoint_serves(attempt.model, _kinds(attempt))
             plan.routed = True
         else:
             owner = self.router.endpoints.owner(request.url)
@@ -323,13 +356,13 @@ class RouterLayer:
             return
         status = response.status_code if response is not None else None
         outcome = classify(status, error)
-        retry_after = parse_retry_after(response.headers) if response is not None else None
+        retry_after_s = retry_after(response) if response is not None else None
         self.router.record(
             plan.endpoint,
             plan.model,
             outcome,
             error=describe_error(status, error) if outcome is Outcome.FAILURE else None,
-            retry_after=retry_after if outcome is Outcome.THROTTLED else None,
+            retry_after=retry_after_s if outcome is Outcome.THROTTLED else None,
         )
         call = plan.call
         if plan.routed and call is not None and outcome in (Outcome.FAILURE, Outcome.THROTTLED):
@@ -339,7 +372,7 @@ class RouterLayer:
 
     def _next_endpoint(self, call: Call, attempt: Attempt) -> Endpoint | None:
         """Where a retry of this call would go now (without taking a probe)."""
-        choices = self._order(self.router.candidates(attempt.model, self.settings.endpoints), call)
+        choices = self._order(self.router.candidates(attempt.model, self.settings.endpoints, _kinds(attempt)), call)
         model = attempt.model or "*"
         return next((e for e in choices if self.router.peek(e, model, retry=True).ok), None)
 
@@ -371,11 +404,19 @@ class RouterLayer:
         )
         names = tuple(e.name for e, _ in refusals)
         if policy == "fallback":
-            return LLMEndpointUnavailable(message, request=request, endpoints=names)
+            return endpoint_unavailable(message, request=request, endpoints=names)
         return LLMNoEndpoint(message, skip=policy == "skip", endpoints=names)
 
-    def _no_endpoint_serves(self, model: str | None) -> LLMNoEndpoint:
+    def _no_endpoint_serves(self, model: str | None, kinds: tuple[str, ...] | None) -> LLMNoEndpoint:
         allowed = self.settings.endpoints or self.router.endpoints.names
+        mine = [e for e in self.router.endpoints.endpoints if e.name in allowed and (kinds is None or e.kind in kinds)]
+        if kinds is not None and not mine:
+            wanted = " or ".join(repr(kind) for kind in kinds)
+            configured = ", ".join(f"{e.name} (kind {e.kind!r})" for e in self.router.endpoints.endpoints)
+            return LLMNoEndpoint(
+                f"pytest-llm-guard: this call speaks another API than the endpoints this test may use "
+                f"({configured}): it needs an endpoint of kind {wanted}. Add one to {self.router.endpoints.source}."
+            )
         served = "; ".join(
             f"{e.name}: {', '.join(e.models) or 'any'}" for e in self.router.endpoints.endpoints if e.name in allowed
         )

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from .dialect import KEY_HEADERS
+from .dialects import KEY_HEADERS
 from .stored import as_text
 
 if TYPE_CHECKING:
@@ -138,8 +138,11 @@ class Scrubber:
         headers: Iterable[str] = (),
         body_fields: Iterable[str] = (),
         patterns: Iterable[str] = (),
+        key_variables: Iterable[str] = (),
         environ: Mapping[str, str] = os.environ,
     ) -> None:
+        self._key_variables = frozenset(key_variables)
+        """Variables that hold keys whatever their names (the SDKs' own, every endpoint's api_key_env)."""
         self.headers = SECRET_HEADERS | {h.lower() for h in headers}
         self.body_fields = frozenset(body_fields)
         self._patterns = [re.compile(p) for p in patterns]
@@ -153,8 +156,9 @@ class Scrubber:
     # -- what is known --------------------------------------------------------------
 
     def refresh(self) -> None:
-        """Take in the ``*_API_KEY`` values set now (a fixture may have set one since the test began)."""
-        self._add(v for k, v in self._environ.items() if k.upper().endswith("API_KEY"))
+        """Take in the ``*_API_KEY`` and key variables' values set now (a fixture may have set one since the
+        test began)."""
+        self._add(v for k, v in self._environ.items() if k.upper().endswith("API_KEY") or k in self._key_variables)
 
     def learn(self, headers: Any, url: str) -> None:
         """Take in the credentials a request carries, wherever they may show up later.

@@ -7,7 +7,7 @@ that patches transports (vcrpy, respx-style mocks) keeps working underneath us. 
 patch is installed when a guarded test starts and removed when it ends; unguarded
 tests run the untouched httpx2 code.
 
-Per request: the dialect says whether it is LLM traffic (``dialect.py``); the guard
+Per request: the dialect says whether it is LLM traffic (``dialects/``); the guard
 opens its attempt (``guard.py``); the guard's layers run in front of the client's own
 transport; the response body is watched as it arrives (deadline and attempt cap per
 chunk, usage and the end of a stream at the end).
@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import httpx2
 
 from . import worker_reads
-from .dialect import Dialect, decoding, dialect_for
+from .dialects import Dialect, decoding, dialect_for
 from .errors import LLMGuardConfigError, LLMGuardInterrupt
 
 if TYPE_CHECKING:
@@ -282,6 +282,11 @@ class LLMStreamCut(httpx2.RemoteProtocolError):
     """A stream that ended before its dialect's end event: the answer is partial."""
 
 
+class LLMStreamError(httpx2.RemoteProtocolError):
+    """A stream whose server sent its API's error event after the 200 (an upstream failing mid-answer):
+    the attempt failed, like a dropped connection."""
+
+
 class _Watch:
     """A body being read: deadline and cap per chunk; checked by its dialect; usage counted at the end."""
 
@@ -302,14 +307,15 @@ class _Watch:
         self._guard.progress(self._attempt)
         problem = self._reader.feed(chunk)
         if problem:
-            raise LLMMalformedResponse(f"{problem} in a {self._status} from {self._attempt.endpoint}")
+            error = LLMStreamError if self._reader.error_event else LLMMalformedResponse
+            raise error(f"{problem} in a {self._status} from {self._attempt.endpoint}")
 
     def _error(self, exc: BaseException) -> BaseException:
         """The body broke off: fail the attempt, naming a cut stream as such. Returns what to raise."""
         if (
             self._reader.events_expected
             and isinstance(exc, httpx2.TransportError)
-            and not isinstance(exc, (httpx2.TimeoutException, LLMMalformedResponse, LLMStreamCut))
+            and not isinstance(exc, (httpx2.TimeoutException, LLMMalformedResponse, LLMStreamCut, LLMStreamError))
         ):
             exc = LLMStreamCut(
                 f"stream from {self._attempt.endpoint} ended before its end event after "

@@ -5,10 +5,11 @@ from collections.abc import Iterator
 from typing import Any
 
 # pytester's in-process runs drop the modules first imported inside them, and the
-# plugin imports httpx2, openai, vcrpy and tenacity only when a guarded test starts:
+# plugin imports httpx2, the SDKs, vcrpy and tenacity only when a guarded test starts:
 # a later run would re-import fresh copies while objects of the old ones live on
 # (httpx2 also imports httpcore2 lazily and maps its exceptions by class). Import
 # them once, up front, as a suite that uses them at module level does anyway.
+import anthropic  # noqa: F401
 import httpcore2  # noqa: F401
 import httpx2  # noqa: F401
 import openai  # noqa: F401

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx2
 import pytest
 
-from pytest_llm_guard.dialect import dialect_for
+from pytest_llm_guard.dialects import dialect_for
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 SDK = {"x-stainless-lang": "python"}

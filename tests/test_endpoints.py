@@ -68,10 +68,10 @@ def test_a_full_list() -> None:
         ([{"name": "a", "base_url": "http://x", "call_timeout": 0}], ["call_timeout = 0", "positive number"]),
         ([{"name": "a", "base_url": "http://x", "priority": 1.5}], ["priority = 1.5", "whole number"]),
         ([{"name": "a", "base_url": "http://x", "weight": -1}], ["weight = -1"]),
-        ([{"name": "a", "base_url": "http://x", "kind": "anthropic"}], ["kind = 'anthropic'", "openai, azure"]),
+        ([{"name": "a", "base_url": "http://x", "kind": "gemini"}], ["kind = 'gemini'", "anthropic, openai, azure"]),
         ([{"name": "a", "base_url": "http://x", "api_key_env": "MY-KEY"}], ["api_key_env = 'MY-KEY'"]),
         ([{"name": "a", "base_url": "http://x", "kind": "azure"}], ["needs api_version", "OPENAI_API_VERSION"]),
-        ([{"name": "a", "base_url": "http://x", "api_version": "1"}], ["for kind = 'azure' only"]),
+        ([{"name": "a", "base_url": "http://x", "api_version": "1"}], ["api_version is not used by kind = 'openai'"]),
         ([{"name": "a", "base_url": "http://x"}, {"name": "a", "base_url": "http://y"}], ["'a' appears twice"]),
     ],
 )

@@ -156,7 +156,7 @@ def test_guard_wraps_azure_clients(llm_guard, llm_fault_server: FaultServer) -> 
 
 
 def test_guard_rejects_what_is_not_an_openai_client(llm_guard) -> None:
-    with pytest.raises(TypeError, match="takes an openai client"):
+    with pytest.raises(TypeError, match=r"takes an SDK client \(anthropic.Anthropic, .*openai.OpenAI"):
         llm_guard.guard(object())
 
 

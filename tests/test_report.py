@@ -161,5 +161,5 @@ def test_a_deadline_spent_asking_an_open_breaker_again_says_the_retry_loop_caugh
         ledger.attempts.append(attempt)
     text = budget_message("deadline", "the deadline passed", Settings(), ledger, elapsed=4.0, in_call=False)
     assert "What to do: 2 attempts were refused at once by an open breaker, and the code kept asking: " \
-        "the refusal reaches it as openai.APIConnectionError (on_open=fallback), which its retry loop caught. " \
+        "the refusal reaches it as its SDK's APIConnectionError (on_open=fallback), which its retry loop caught. " \
         "Give APIConnectionError a fallback instead of a retry" in text  # fmt: skip

@@ -9,13 +9,8 @@ import pytest
 from tenacity import RetryCallState, Retrying
 from tenacity.wait import wait_fixed
 
-from pytest_llm_guard.retry import (
-    is_retryable_error,
-    parse_retry_after,
-    should_retry_status,
-    wait_server_hint,
-    wait_within_deadline,
-)
+from pytest_llm_guard.dialects import DIALECTS, Dialect
+from pytest_llm_guard.retry import is_retryable_error, wait_server_hint, wait_within_deadline
 
 NOW = 1_800_000_000.0
 
@@ -37,6 +32,7 @@ def headers(**values: str) -> httpx2.Headers:
         (429, {}, True),
         (500, {}, True),
         (503, {}, True),
+        (529, {}, True),
         (599, {}, True),
         (503, {"x_should_retry": "false"}, False),
         (400, {"x_should_retry": "true"}, True),
@@ -45,8 +41,10 @@ def headers(**values: str) -> httpx2.Headers:
         (200, {"x_should_retry": "true"}, False),
     ],
 )
-def test_should_retry_status(status: int, hdrs: dict[str, str], expected: bool) -> None:
-    assert should_retry_status(status, headers(**hdrs)) is expected
+@pytest.mark.parametrize("dialect", DIALECTS, ids=lambda d: d.name)
+def test_should_retry_status(dialect: Dialect, status: int, hdrs: dict[str, str], expected: bool) -> None:
+    """Both SDKs (Stainless-generated) retry by the same table, 529 ``overloaded_error`` included."""
+    assert dialect.should_retry(status, headers(**hdrs)) is expected
 
 
 @pytest.mark.parametrize(
@@ -64,8 +62,9 @@ def test_should_retry_status(status: int, hdrs: dict[str, str], expected: bool) 
         ({"retry_after": email.utils.formatdate(NOW - 30, usegmt=True)}, 0.0),
     ],
 )
-def test_parse_retry_after(hdrs: dict[str, str], expected: float | None) -> None:
-    assert parse_retry_after(headers(**hdrs), now=lambda: NOW) == expected
+@pytest.mark.parametrize("dialect", DIALECTS, ids=lambda d: d.name)
+def test_parse_retry_after(dialect: Dialect, hdrs: dict[str, str], expected: float | None) -> None:
+    assert dialect.retry_after(headers(**hdrs), now=lambda: NOW) == expected
 
 
 request = httpx2.Request("POST", "http://127.0.0.1/v1/chat/completions")
@@ -97,6 +96,16 @@ def state_after(result: object) -> RetryCallState:
 def test_server_hint_wins_over_backoff() -> None:
     response = httpx2.Response(429, headers={"retry-after": "1.5"})
     assert wait_server_hint(wait_fixed(7))(state_after(response)) == 1.5
+
+
+@pytest.mark.parametrize(
+    ("path", "headers"),
+    [("/v1/chat/completions", {"x-stainless-lang": "python"}), ("/v1/messages", {"anthropic-version": "2023-06-01"})],
+)
+def test_the_responses_dialect_reads_the_hint(path: str, headers: dict[str, str]) -> None:
+    request = httpx2.Request("POST", "http://127.0.0.1" + path, headers=headers)
+    response = httpx2.Response(429, headers={"retry-after-ms": "250", "retry-after": "9"}, request=request)
+    assert wait_server_hint(wait_fixed(7))(state_after(response)) == 0.25
 
 
 def test_backoff_used_without_hint() -> None:

@@ -265,8 +265,8 @@ def test_failures_the_guard_did_not_raise_carry_no_key(
         import openai
 
         def ask(api_key, content):  # its arguments are printed in the traceback
-            client = openai.OpenAI(api_key=api_key)
-            return client.chat.completions.create(model="m", messages=[{"role": "user", "content": content}])
+            with openai.OpenAI(api_key=api_key) as client:  # closed: no socket left for a later test's GC
+                return client.chat.completions.create(model="m", messages=[{"role": "user", "content": content}])
 
         def test_1_sdk_frame_arguments_on_a_400():
             ask(os.environ["OPENAI_API_KEY"], "hi")

@@ -18,7 +18,7 @@ import httpx2
 
 from ..clock import REAL
 from ..config import OPTIONS, Settings
-from ..dialect import BodyReader, Dialect, decoding, dialect_for
+from ..dialects import DIALECTS, BodyReader, Dialect, decoding, dialect_for
 from ..errors import LLMCassetteMiss
 from ..scrub import Scrubber, find_shapes
 from ..stored import as_text
@@ -403,7 +403,7 @@ class CassetteLayer:
         except (ValueError, TypeError, UnicodeDecodeError):
             payload = None
         model = payload.get("model") if isinstance(payload, dict) else None
-        last = _last_user_message(payload)
+        last = next((text for d in DIALECTS if (text := d.summary(payload))), "")
         lines = [
             f"No recorded response for this request in cassette {path} (record mode {self.mode!r}); "
             "no network request was made.",
@@ -434,23 +434,6 @@ class CassetteLayer:
             f"the record mode defaults to 'none' (replay only; {option.env} or {option.flag} overrides it)."
         )
         return LLMCassetteMiss(self.scrubber.text("\n".join(lines)))
-
-
-def _last_user_message(payload: Any, limit: int = 80) -> str:
-    if not isinstance(payload, dict):
-        return ""
-    messages = payload.get("messages") or payload.get("input")
-    if isinstance(messages, str):
-        text = messages
-    elif isinstance(messages, list):
-        users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
-        content = users[-1].get("content") if users else ""
-        if isinstance(content, list):
-            content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
-        text = content if isinstance(content, str) else ""
-    else:
-        return ""
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def open_cassette(

@@ -11,7 +11,7 @@ import json
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ..dialect import DIALECTS
+from ..dialects import DIALECTS
 
 
 def canonical_body(body: Any, ignore: frozenset[str] = frozenset()) -> str:

@@ -258,7 +258,8 @@ def _attempt_title(attempt: Mapping[str, Any]) -> str:
     lines = [
         f"call {_int(attempt.get('call'))}, attempt {_int(attempt.get('number'))} ({made}), "
         f"{attempt.get('source') or '?'}",
-        f"{_where(attempt)} model={attempt.get('model') or '?'}",
+        f"{_where(attempt)} model={attempt.get('model') or '?'}"
+        + (f" ({attempt['dialect']} API)" if attempt.get("dialect") else ""),
     ]
     outcome = str(attempt.get("outcome") or "?")
     if attempt.get("error"):
@@ -275,6 +276,8 @@ def _attempt_title(attempt: Mapping[str, Any]) -> str:
         extra.append(f"first chunk after {_num(attempt.get('first_chunk')):.3f} s")
     if attempt.get("tokens") is not None:
         extra.append(_plural(_int(attempt.get("tokens")), "token"))
+    if attempt.get("cache_tokens"):
+        extra.append(f"{_int(attempt.get('cache_tokens'))} prompt-cache tokens apart")
     if attempt.get("failover_to"):
         extra.append(f"failover to {attempt.get('failover_to')}")
     if extra:

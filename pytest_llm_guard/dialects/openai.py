@@ -1,0 +1,171 @@
+"""The OpenAI HTTP API as the ``openai`` SDK speaks it, including ``AzureOpenAI``'s addressing.
+
+Chat completions stream until ``data: [DONE]``; the Responses API until its
+``response.completed`` (or ``incomplete``/``failed``/``error``) event. Usage is the
+body's ``usage`` (``total_tokens``, else prompt + completion).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from .base import BodyReader, EventStreamReader, JsonReader, Usage, Wrap, _last_user_text, _shorten, request_json
+from .stainless import StainlessDialect
+
+if TYPE_CHECKING:
+    import httpx2
+
+_OPENAI_ROUTE = re.compile(
+    r"/(chat/completions|completions|embeddings|responses|moderations|models|audio|images|batches)(/|$)"
+)
+_GENERATION_ROUTE = re.compile(
+    r"/(chat/completions|completions|embeddings|responses|moderations|images/(generations|edits)|audio/speech)/?$"
+)
+"""Routes that ask a model for an answer (what costs tokens), as a client other than the SDK sends them."""
+_PROMPT_KEYS = ("messages", "input", "prompt")
+_AZURE_DEPLOYMENT = re.compile(r"/openai/deployments/([^/]+)/")
+# The routes AzureOpenAI sends to /openai/deployments/{model}/... (openai/lib/azure.py).
+_AZURE_DEPLOYMENT_ROUTES = frozenset(
+    {
+        "/completions",
+        "/chat/completions",
+        "/embeddings",
+        "/audio/transcriptions",
+        "/audio/translations",
+        "/audio/speech",
+        "/images/generations",
+        "/images/edits",
+    }
+)
+
+
+def _usage(obj: Any) -> Usage | None:
+    if not isinstance(obj, dict):
+        return None
+    usage = obj.get("usage")
+    if not isinstance(usage, dict) and isinstance(obj.get("response"), dict):
+        usage = obj["response"].get("usage")  # Responses API stream: response.completed
+    if not isinstance(usage, dict):
+        return None
+
+    def count(*keys: str) -> int | None:
+        return next((usage[k] for k in keys if isinstance(usage.get(k), int)), None)
+
+    prompt, completion = count("prompt_tokens", "input_tokens"), count("completion_tokens", "output_tokens")
+    total = count("total_tokens")
+    if total is None and prompt is None and completion is None:
+        return None
+    return Usage(total if total is not None else (prompt or 0) + (completion or 0), prompt, completion)
+
+
+_END_TYPES = frozenset({"response.completed", "response.incomplete", "response.failed", "error"})
+"""Responses API events that end a stream (chat completions end with ``data: [DONE]``)."""
+
+
+class _EventStreamReader(EventStreamReader):
+    """Chat completions' ``data: [DONE]``, or a Responses API end event; usage from any event that has it."""
+
+    def on_data(self, name: str, data: bytes) -> str | None:
+        if data.strip() == b"[DONE]":
+            self.ended = True
+            return None
+        return super().on_data(name, data)
+
+    def on_payload(self, name: str, payload: dict[str, Any]) -> str | None:
+        self.usage = _usage(payload) or self.usage
+        self.ended = self.ended or payload.get("type") in _END_TYPES
+        return None
+
+
+class OpenAIDialect(StainlessDialect):
+    """The OpenAI HTTP API as the ``openai`` SDK speaks it, including ``AzureOpenAI``'s addressing."""
+
+    name = "openai"
+    kinds = ("openai", "azure")
+    key_headers = frozenset({"authorization", "api-key", "openai-organization", "openai-project"})
+    key_variables = ("OPENAI_API_KEY", "AZURE_OPENAI_API_KEY")
+    base_url_variable = "OPENAI_BASE_URL"
+    default_base_url = "https://api.openai.com/v1"
+    default_model = "gpt-4o-mini"
+    sdk = "openai"
+    sdk_error_name = "OpenAIError"
+    client_names = ("OpenAI", "AsyncOpenAI")
+
+    def claims(self, request: httpx2.Request) -> bool:
+        # The SDK tags its requests x-stainless-*. Another client's request is LLM traffic when it asks
+        # a model for an answer: a POST to a generation route whose JSON names a model (or an Azure
+        # deployment) and a prompt. A path that merely contains /images/ or /models is not.
+        if self.sent_by_sdk(request):
+            return True
+        if request.method != "POST" or not _GENERATION_ROUTE.search(request.url.path):
+            return False
+        body = request_json(request)
+        if not isinstance(body, dict) or not any(key in body for key in _PROMPT_KEYS):
+            return False
+        return isinstance(body.get("model"), str) or bool(_AZURE_DEPLOYMENT.search(request.url.path))
+
+    def route_of(self, path: str) -> str:
+        match = _OPENAI_ROUTE.search(path)
+        return path[match.start() :] if match else path
+
+    def model_of(self, request: httpx2.Request, body: Any) -> str | None:
+        match = _AZURE_DEPLOYMENT.search(request.url.path)
+        return super().model_of(request, body) or (match.group(1) if match else None)
+
+    def summary(self, body: Any, limit: int = 80) -> str:
+        if not isinstance(body, dict):
+            return ""
+        return _shorten(_last_user_text(body.get("messages") or body.get("input")), limit)
+
+    def reader(self, content_type: str) -> BodyReader:
+        if "text/event-stream" in content_type:
+            return _EventStreamReader()
+        if "json" in content_type:
+            return JsonReader(_usage)
+        return BodyReader()
+
+    def address(
+        self,
+        kind: str,
+        base_url: str,
+        api_version: str | None,
+        request: httpx2.Request,
+        model: str | None,
+        key: str | None,
+    ) -> tuple[httpx2.URL, httpx2.Headers]:
+        import httpx2
+
+        route = self.route_of(request.url.path)
+        headers = httpx2.Headers(request.headers)
+        params = request.url.params
+        if kind == "azure":
+            deployment = f"/deployments/{model}" if model and route in _AZURE_DEPLOYMENT_ROUTES else ""
+            url = httpx2.URL(base_url.rstrip("/") + "/openai" + deployment + route)
+            params = params.set("api-version", api_version or "")
+            bearer = headers.pop("authorization", "").removeprefix("Bearer ")
+            headers["api-key"] = key if key is not None else bearer
+        else:
+            url = httpx2.URL(base_url.rstrip("/") + route)
+            if key is not None:
+                headers["authorization"] = f"Bearer {key}"
+        return url.copy_with(params=params), headers
+
+    def api_version(self, kind: str, configured: Any, environ: Mapping[str, str]) -> str | None:
+        if kind != "azure":
+            return super().api_version(kind, configured, environ)
+        version = configured or environ.get("OPENAI_API_VERSION")
+        if not isinstance(version, str) or not version:
+            raise ValueError(
+                "kind = 'azure' needs api_version (or OPENAI_API_VERSION in the environment), as AzureOpenAI does"
+            )
+        return version
+
+    def wrap_client(self, client: Any, wrap_sync: Wrap, wrap_async: Wrap) -> Any:
+        # The SDK sends each attempt through ``_send_request`` (openai/_base_client.py): the guard's loop
+        # goes around it, and the SDK's own loop is turned off.
+        guarded = client.with_options(max_retries=0)
+        wrap = wrap_async if self.is_async(client) else wrap_sync
+        guarded._send_request = wrap(guarded._send_request)
+        return guarded
