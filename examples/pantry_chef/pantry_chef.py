@@ -42,7 +42,11 @@ TOOL_SPECS = [
     {
         "name": "check_pantry",
         "description": "How much of an ingredient the pantry holds.",
-        "input_schema": {"type": "object", "properties": {"ingredient": {"type": "string"}}, "required": ["ingredient"]},
+        "input_schema": {
+            "type": "object",
+            "properties": {"ingredient": {"type": "string"}},
+            "required": ["ingredient"],
+        },
     },
     {
         "name": "convert_units",
@@ -86,7 +90,8 @@ class PantryChef:
             if message.stop_reason != "tool_use":
                 return
             messages.append({"role": "assistant", "content": [b.model_dump() for b in message.content]})
-            messages.append({"role": "user", "content": [self._run(b) for b in message.content if b.type == "tool_use"]})
+            results = [self._run(block) for block in message.content if block.type == "tool_use"]
+            messages.append({"role": "user", "content": results})
         raise RuntimeError(f"no answer after {MAX_STEPS} steps")
 
     def _turn(self, messages: list[dict[str, Any]], pieces: list[str]) -> Any:
