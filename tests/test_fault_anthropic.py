@@ -408,3 +408,21 @@ def test_the_commands_help_lists_the_anthropic_routes_and_the_stream_error_prefi
     assert done.returncode == 0
     for line in ("POST /v1/messages\n", "POST /v1/messages/count_tokens\n", "/stream-error[-N]", "anthropic.Anthropic"):
         assert line in done.stdout
+
+
+def test_a_plan_without_a_route_is_for_whichever_api_asks_for_an_answer(
+    server: FaultServer, client: anthropic.Anthropic
+) -> None:
+    server.plan(Fault.status(529), Fault.status(503), then=Fault.status(500))
+    with pytest.raises(anthropic.APIStatusError) as first:
+        client.messages.create(model="m", max_tokens=10, messages=USER)
+    assert first.value.status_code == 529
+    openai_chat = httpx2.post(f"{server.base_url}/chat/completions", json={"model": "m", "messages": USER})
+    assert openai_chat.status_code == 503
+    count = client.messages.count_tokens(model="m", messages=USER)  # not a generation: no plan of its own
+    assert count.input_tokens > 0
+    with pytest.raises(anthropic.InternalServerError) as then:
+        client.messages.create(model="m", max_tokens=10, messages=USER)
+    assert then.value.status_code == 500
+    server.plan(route="messages", then=Fault.ok())  # a route's own plan goes first
+    assert client.messages.create(model="m", max_tokens=10, messages=USER).content[0].text == ECHO

@@ -173,7 +173,7 @@ def count_tokens(call: Call, seq: int) -> Response:
 DIALECT = Dialect(
     name="anthropic",
     routes=(
-        Route("messages", "POST", ROUTES["messages"], messages, _needs_version),
+        Route("messages", "POST", ROUTES["messages"], messages, _needs_version, generates=True),
         Route("count_tokens", "POST", ROUTES["count_tokens"], count_tokens, _needs_version),
     ),
     error=error,

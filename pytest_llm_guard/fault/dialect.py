@@ -190,7 +190,9 @@ class Route:
     what ``plan(route=...)`` and ``requests_to(...)`` call it: routes that answer the same
     thing share a name, and with it their fault plan. ``check`` may turn a request
     down first, before its body is checked and the plan consulted: the answer it
-    returns is sent as it is, the request logged with no fault.
+    returns is sent as it is, the request logged with no fault. ``generates``: the route
+    asks a model for an answer (chat completions, Anthropic's messages); a plan made
+    without a route applies to every such route, whichever API the client speaks.
     """
 
     name: str
@@ -198,6 +200,7 @@ class Route:
     path: str
     answer: Answer
     check: Callable[[Call], Response | None] | None = None
+    generates: bool = False
     pattern: re.Pattern[str] | None = field(init=False, repr=False, compare=False, default=None)
 
     def __post_init__(self) -> None:
@@ -235,9 +238,12 @@ class RouteTable:
         self._exact: dict[tuple[str, str], tuple[Route, Dialect]] = {}
         self._templates: list[tuple[Route, Dialect]] = []
         self.names: dict[str, str] = {}  # route name -> the path of its first route, for messages
+        self.generating: set[str] = set()  # names of the routes that ask a model for an answer
         for dialect in self.dialects:
             for route in dialect.routes:
                 self.names.setdefault(route.name, route.path)
+                if route.generates:
+                    self.generating.add(route.name)
                 if route.pattern is None:
                     self._exact.setdefault((route.method, route.path), (route, dialect))
                 else:

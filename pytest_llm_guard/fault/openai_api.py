@@ -166,10 +166,12 @@ def models(call: Call, seq: int) -> Response:
 DIALECT = Dialect(
     name="openai",
     routes=(
-        Route("chat", "POST", ROUTES["chat"], chat),
+        Route("chat", "POST", ROUTES["chat"], chat, generates=True),
         Route("embeddings", "POST", ROUTES["embeddings"], embeddings),
         Route("models", "GET", ROUTES["models"], models),
-        Route("chat", "POST", "/openai/deployments/{deployment}/chat/completions", chat, _needs_api_version),
+        Route(
+            "chat", "POST", "/openai/deployments/{deployment}/chat/completions", chat, _needs_api_version, generates=True
+        ),
         Route("embeddings", "POST", "/openai/deployments/{deployment}/embeddings", embeddings, _needs_api_version),
         Route("models", "GET", "/openai/models", models, _needs_api_version),
     ),

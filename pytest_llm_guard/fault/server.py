@@ -33,6 +33,7 @@ _DISCONNECTS = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
 _POLL = 0.05  # how often waiting handlers look for reset()/stop() or a departed client
 _NO_QUERY: Mapping[str, str] = MappingProxyType({})
 _OK = Ok()  # the fallback of every route until plan(then=...)
+_GENERATING = "*generating*"  # the plan made without a route: every route that asks a model for an answer
 
 
 @dataclass(frozen=True)
@@ -147,15 +148,17 @@ class FaultServer:
 
     # scripting ---------------------------------------------------------------
 
-    def plan(self, *faults: Fault, route: str = "chat", then: Fault | None = None) -> None:
+    def plan(self, *faults: Fault, route: str | None = None, then: Fault | None = None) -> None:
         """Queue ``faults`` for the next requests on ``route``, one each, in order.
 
-        ``route`` is a route's short name or a path it answers. Once the queue is used up
-        the route answers with ``then``; ``then=None`` keeps the current fallback
-        (``Fault.ok()`` after construction or ``reset()``). Calling ``plan`` again
+        ``route`` is a route's short name or a path it answers; without one, the plan is for
+        the next requests asking a model for an answer, whichever API they speak (OpenAI's
+        chat completions, Anthropic's messages). A route's own plan goes first. Once the
+        queue is used up the route answers with ``then``; ``then=None`` keeps the current
+        fallback (``Fault.ok()`` after construction or ``reset()``). Calling ``plan`` again
         appends to the queue.
         """
-        name = self._table.name_of(route)
+        name = _GENERATING if route is None else self._table.name_of(route)
         for fault in faults + ((then,) if then is not None else ()):
             if not isinstance(fault, Fault):
                 raise TypeError(f"plan() takes Fault values such as Fault.status(503), got {fault!r}")
@@ -217,14 +220,23 @@ class FaultServer:
                 self._prefixed[prefix.text] = seen = self._prefixed.get(prefix.text, 0) + 1
                 fault = prefix.fault_for(seen)
             else:
-                queue = self._queues.get(route)
-                fault = queue.popleft() if queue else self._then.get(route, _OK)
+                fault = self._planned(route)
             request = record(fault)
             self._log.append(request)
             seq = len(self._log)
         if self.on_request is not None:
             self.on_request(request)
         return fault, seq
+
+
+    def _planned(self, route: str) -> Fault:
+        """The route's next planned fault, else (for a route that generates) the plan made without a route."""
+        names = (route, _GENERATING) if route in self._table.generating else (route,)
+        for name in names:
+            queue = self._queues.get(name)
+            if queue:
+                return queue.popleft()
+        return next((self._then[name] for name in names if name in self._then), _OK)
 
 
 class _HTTPServer(socketserver.ThreadingTCPServer):
