@@ -133,10 +133,12 @@ def test_the_command_serves_prefixed_faults_and_stops_cleanly_on_ctrl_c() -> Non
     process = command("--host", "127.0.0.1", "--port", "0")
     try:
         assert process.stdout is not None
-        greeting = [process.stdout.readline() for _ in range(4)]
+        greeting = [process.stdout.readline() for _ in range(5)]
         assert greeting[0].startswith("fault server listening on http://127.0.0.1:"), greeting
         url = greeting[0].split()[-1]
-        assert f"base_url={url}/hang/v1" in greeting[2]
+        assert f"openai:     base_url={url}/v1   a hang: {url}/hang/v1" in greeting[1]
+        assert f"anthropic:  base_url={url}   a hang: {url}/hang (the SDK adds /v1)" in greeting[2]
+        assert greeting[4] == "Ctrl-C stops it.\n"
         with client(url + "/s429-1/v1") as prefixed:
             with pytest.raises(openai.RateLimitError):
                 prefixed.chat.completions.create(model="m", messages=USER)

@@ -108,8 +108,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signum, _interrupt)
     try:
         print(f"fault server listening on {server.url}", flush=True)
-        print(f"  normal answers:  base_url={server.base_url}", flush=True)
-        print(f"  a hang:          base_url={server.url}/hang/v1   (--help lists every fault prefix)", flush=True)
+        print(f"  openai:     base_url={server.base_url}   a hang: {server.url}/hang/v1", flush=True)
+        print(f"  anthropic:  base_url={server.url}   a hang: {server.url}/hang (the SDK adds /v1)", flush=True)
+        print("  --help lists every fault prefix.", flush=True)
         print("Ctrl-C stops it.", flush=True)
         threading.Event().wait()
     except KeyboardInterrupt:

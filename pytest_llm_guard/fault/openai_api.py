@@ -170,7 +170,12 @@ DIALECT = Dialect(
         Route("embeddings", "POST", ROUTES["embeddings"], embeddings),
         Route("models", "GET", ROUTES["models"], models),
         Route(
-            "chat", "POST", "/openai/deployments/{deployment}/chat/completions", chat, _needs_api_version, generates=True
+            "chat",
+            "POST",
+            "/openai/deployments/{deployment}/chat/completions",
+            chat,
+            _needs_api_version,
+            generates=True,
         ),
         Route("embeddings", "POST", "/openai/deployments/{deployment}/embeddings", embeddings, _needs_api_version),
         Route("models", "GET", "/openai/models", models, _needs_api_version),
