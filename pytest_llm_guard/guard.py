@@ -33,9 +33,9 @@ from .alarm import Alarm
 from .budget import Budget
 from .clock import REAL, Clock
 from .config import Settings
-from .dialects import Dialect, Usage, key_variables, origin_of, request_json, retry_after
+from .dialects import Dialect, Usage, key_variables, origin_of, request_json
 from .errors import LLMGuardInterrupt
-from .ledger import CALL, Attempt, Call, Ledger, Stats
+from .ledger import CALL, Attempt, Call, Category, Ledger, Stats
 from .prices import Prices
 from .scrub import Scrubber
 
@@ -137,7 +137,7 @@ class Guard:
             return
         for attempt in in_flight:
             attempt.cause = "deadline"
-            self._close(attempt, "cut", error="cut at the deadline")
+            self._close(attempt, "cut", Category.CUT, error="cut at the deadline")
         arriving = any(a.status is not None for a in in_flight)
         error = self.budget.exceeded(
             "deadline",
@@ -281,11 +281,13 @@ class Guard:
             endpoint_name=owner.name if owner is not None else None,
             dialect=dialect.name,
         )
+        if call is not None:
+            call.last = attempt
         refusal = self.budget.refuse_start(new_call=kind == "first")
         if refusal is not None:
             attempt.source = "refused"
             self.ledger.open(attempt)
-            self._close(attempt, "LLMBudgetExceeded", error=f"{refusal[0]} budget spent")
+            self._close(attempt, "LLMBudgetExceeded", Category.REFUSED, error=f"{refusal[0]} budget spent")
             raise self.budget.exceeded(*refusal)
         self.ledger.open(attempt)
         self.cap(attempt, request, *self.budget.attempt_cap())
@@ -377,23 +379,21 @@ class Guard:
         """
         given = attempt.error if attempt.source == "refused" else None
         if isinstance(error, LLMGuardInterrupt):
-            self._close(attempt, type(error).__name__, error=given or _first_line(error))
+            self._close(attempt, type(error).__name__, category_of(error), error=given or _first_line(error))
             return
         if isinstance(error, httpx2.TimeoutException) and attempt.cap_binds and attempt.cause is None:
             attempt.cause = attempt.cap_by  # the client's timeouts were ours: the cap cut it
-        if not self._close(attempt, type(error).__name__, error=given or str(error) or None):
+        if not self._close(attempt, type(error).__name__, category_of(error), error=given or str(error) or None):
             return
         self._check_failure(attempt)
 
     def responded(self, attempt: Attempt, response: httpx2.Response) -> bool:
         """Headers are in. An error status ends the attempt now; returns whether it has ended."""
-        attempt.status = response.status_code
         if response.status_code < 400:
             return False
-        attempt.retry_after = retry_after(response)
         refused = response.status_code in (401, 403)
         error = f"the endpoint refused the credentials; {key_source(response.request)}" if refused else None
-        self._close(attempt, f"HTTP {response.status_code}", error=error)
+        self._close(attempt, f"HTTP {response.status_code}", Category.of_status(response.status_code), error=error)
         self._check_failure(attempt)
         return True
 
@@ -403,7 +403,7 @@ class Guard:
             self.budget.check_progress()
         except LLMGuardInterrupt:
             attempt.cause = "deadline"
-            self._close(attempt, "cut", error="cut at the deadline while the body was arriving")
+            self._close(attempt, "cut", Category.CUT, error="cut at the deadline while the body was arriving")
             raise
         if self.clock.now() - attempt.start > attempt.cap:
             attempt.cause = attempt.cap_by
@@ -414,18 +414,18 @@ class Guard:
             attempt.tokens, attempt.input_tokens, attempt.output_tokens = usage.total, usage.input, usage.output
             attempt.cache_tokens = usage.cache
             attempt.cost = self.prices.cost(attempt.model, usage.total, usage.input, usage.output)
-        self._close(attempt, "ok")
+        self._close(attempt, "ok", Category.OK)
         self.budget.check_spending()
 
     def closed_early(self, attempt: Attempt) -> None:
         """The caller stopped reading the body: the attempt counts as answered."""
-        self._close(attempt, "ok", error="body not read to the end")
+        self._close(attempt, "ok", Category.OK, error="body not read to the end")
 
     def since_start(self, attempt: Attempt) -> float:
         return self.clock.now() - attempt.start
 
-    def _close(self, attempt: Attempt, outcome: str, *, error: str | None = None) -> bool:
-        if not self.ledger.close(attempt, self.clock.now(), outcome, error=error):
+    def _close(self, attempt: Attempt, outcome: str, category: Category, *, error: str | None = None) -> bool:
+        if not self.ledger.close(attempt, self.clock.now(), outcome, category, error=error):
             return False
         if log.isEnabledFor(logging.INFO):
             log.info("%s: attempt %s", self.test_id, report.describe(attempt))
@@ -488,6 +488,19 @@ def _awaiting() -> tuple[tuple[str, int, str], ...]:
                 found.append((frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name))
             awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
     return tuple(found)
+
+
+def category_of(error: BaseException) -> Category:
+    """The category of an attempt the error ended: our body watchers' errors carry theirs
+    (``category``, set where they are raised); httpx2's own are told by type."""
+    given = getattr(error, "category", None)
+    if isinstance(given, Category):
+        return given
+    if isinstance(error, httpx2.TimeoutException):
+        return Category.TIMEOUT
+    if isinstance(error, asyncio.CancelledError):
+        return Category.CUT
+    return Category.CONNECTION
 
 
 def _first_line(error: BaseException) -> str | None:

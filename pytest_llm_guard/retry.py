@@ -15,7 +15,7 @@ import httpx2
 from tenacity import AsyncRetrying, RetryCallState, Retrying, retry_if_exception, retry_if_result
 from tenacity.wait import wait_base, wait_exponential_jitter
 
-from .dialects import DIALECTS, dialect_for, for_client, of_response, retry_after
+from .dialects import DIALECTS, dialect_for, for_client, of_response
 from .ledger import CALL, Call
 
 if TYPE_CHECKING:
@@ -48,8 +48,9 @@ class wait_server_hint(wait_base):
 
     def __call__(self, retry_state: RetryCallState) -> float:
         outcome = retry_state.outcome
-        if outcome is not None and not outcome.failed:
-            hint = retry_after(outcome.result())
+        call: Call | None = retry_state.args[0].extensions.get(CALL)
+        if outcome is not None and not outcome.failed and call is not None and call.last is not None:
+            hint = call.last.retry_after
             if hint is not None:
                 return hint
         return self.fallback(retry_state)

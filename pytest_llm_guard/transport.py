@@ -27,12 +27,12 @@ from typing import TYPE_CHECKING
 import httpx2
 
 from . import worker_reads
-from .dialects import Dialect, decoding, dialect_for
+from .dialects import Dialect, decoding, dialect_for, hear
 from .errors import LLMGuardConfigError, LLMGuardInterrupt
+from .ledger import Attempt, Category
 
 if TYPE_CHECKING:
     from .guard import Guard, Layer
-    from .ledger import Attempt
 
 _guards: list[Guard] = []
 """Active guards, innermost last (a pytester session inside a guarded test nests one)."""
@@ -229,8 +229,6 @@ def _through_layers(client: object, request: httpx2.Request, guard: Guard, attem
     httpx2 keeps doing its own work around the transport (response.request, cookies,
     elapsed time), so a response a layer makes itself is a complete httpx2 response.
     """
-    if not guard.layers:
-        return client
     inner = client._transport_for_url(request.url)  # type: ignore[attr-defined]
     return _ClientView(client, _LayeredTransport(inner, guard.layers, attempt))
 
@@ -259,12 +257,12 @@ class _LayeredTransport(httpx2.BaseTransport, httpx2.AsyncBaseTransport):
 
     def handle_request(self, request: httpx2.Request, depth: int = 0) -> httpx2.Response:
         if depth == len(self._layers):
-            return self._inner.handle_request(request)  # type: ignore[attr-defined]
+            return hear(self._attempt, self._inner.handle_request(request))  # type: ignore[attr-defined]
         return self._layers[depth].handle(request, self._attempt, lambda r: self.handle_request(r, depth + 1))
 
     async def handle_async_request(self, request: httpx2.Request, depth: int = 0) -> httpx2.Response:
         if depth == len(self._layers):
-            return await self._inner.handle_async_request(request)  # type: ignore[attr-defined]
+            return hear(self._attempt, await self._inner.handle_async_request(request))  # type: ignore[attr-defined]
         return await self._layers[depth].handle_async(
             request, self._attempt, lambda r: self.handle_async_request(r, depth + 1)
         )
@@ -277,14 +275,20 @@ class LLMMalformedResponse(httpx2.RemoteProtocolError):
     (retried while nothing has reached the caller yet); never written to a cassette.
     """
 
+    category = Category.MALFORMED
+
 
 class LLMStreamCut(httpx2.RemoteProtocolError):
     """A stream that ended before its dialect's end event: the answer is partial."""
+
+    category = Category.CUT
 
 
 class LLMStreamError(httpx2.RemoteProtocolError):
     """A stream whose server sent its API's error event after the 200 (an upstream failing mid-answer):
     the attempt failed, like a dropped connection."""
+
+    category = Category.SERVER
 
 
 class _Watch:
