@@ -1,14 +1,6 @@
-"""The per-test guard: the ledger, the budget and the layer chain, fed by the transport seam.
+"""The per-test guard: the ledger, the budget and the test's pipeline, fed by the transport seam.
 
-What a request meets, in order (built once per test, written down once here)::
-
-    guarded client's retry loop (retry.py; llm_client, async_llm_client, llm_guard.guard())
-      -> httpx2 client -> the seam (transport.py): the guard opens an attempt, checks the
-         budget, caps the attempt's timeouts
-        -> cassette layer (cassettes/layer.py): replay, or record what comes back
-          -> routing layer (routing.py): choose or refuse the endpoint, feed its breaker
-            -> the client's own transport (vcrpy's stubs or mocks included) -> network
-      <- the seam watches the body: deadline and call cap per chunk, usage at the end
+What a request meets, in order, is written down once, in ``pipeline.py``.
 
 Only the seam and the layers write attempts; the budget, the retry policy and
 reports read them.
@@ -23,8 +15,8 @@ import logging
 import math
 import os
 import threading
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 import httpx2
 
@@ -36,6 +28,7 @@ from .config import Settings
 from .dialects import Dialect, Usage, key_variables, origin_of, request_json
 from .errors import LLMGuardInterrupt
 from .ledger import CALL, Attempt, Call, Category, Ledger, Stats
+from .pipeline import Pipeline
 from .prices import Prices
 from .scrub import Scrubber
 
@@ -48,23 +41,6 @@ CLIENT_TIMEOUT = "pytest_llm_guard.client_timeout"
 """Request extension: the timeouts the client asked for, before the guard capped them."""
 
 ClientT = TypeVar("ClientT")
-Send = Callable[[httpx2.Request], httpx2.Response]
-AsyncSend = Callable[[httpx2.Request], Awaitable[httpx2.Response]]
-
-
-class Layer(Protocol):
-    """Something between the seam and the transport (cassettes, routing).
-
-    A layer sees one attempt at the transport level: it may answer it itself (a replay,
-    an ``httpx2.Response`` whose stream is not read yet), refuse it (raise an ``httpx2``
-    error or an ``LLMGuardInterrupt``), rewrite it, or pass it on with ``send``. The seam
-    has already opened the attempt; a layer records on it what it alone knows
-    (source, endpoint, failover).
-    """
-
-    def handle(self, request: httpx2.Request, attempt: Attempt, send: Send) -> httpx2.Response: ...
-
-    async def handle_async(self, request: httpx2.Request, attempt: Attempt, send: AsyncSend) -> httpx2.Response: ...
 
 
 class Guard:
@@ -101,7 +77,8 @@ class Guard:
         """Called with every attempt as it ends (the ``pytest_llm_guard_attempt`` hook)."""
         self.ledger = Ledger(test_id)
         self.budget = Budget(settings, self.ledger, clock=clock)
-        self.layers: tuple[Layer, ...] = ()
+        self.pipeline = Pipeline()
+        """The layers between the seam and the transport, built once for the test (``pipeline.build``)."""
         self.alarm: Alarm | None = None
         """The main thread's SIGALRM schedule while the test runs, where the platform has one."""
         self._deadline_deferred = False
@@ -110,10 +87,6 @@ class Guard:
         self.interruptible = False
         """True while the test's own code runs (setup, call, teardown): the alarm raises only then,
         never inside pytest's bookkeeping between phases."""
-
-    def use_layers(self, *, cassette: Layer | None = None, routing: Layer | None = None) -> None:
-        """Build the chain once, in its one order: cassette outside routing (a replay needs no endpoint)."""
-        self.layers = tuple(layer for layer in (cassette, routing) if layer is not None)
 
     def arm(self, alarm: Alarm) -> None:
         """The deadline binds the whole test: at the deadline, and at deadline + ``timeout_grace``

@@ -49,7 +49,8 @@ from .ledger import CALL, Attempt, Call
 from .state import StateStore
 
 if TYPE_CHECKING:
-    from .guard import AsyncSend, Guard, Send
+    from .guard import Guard
+    from .pipeline import AsyncSend, Send
 
 log = logging.getLogger("pytest_llm_guard")
 

@@ -25,8 +25,8 @@ from ..stored import as_text
 from . import vcr_bridge
 
 if TYPE_CHECKING:
-    from ..guard import AsyncSend, Send
     from ..ledger import Attempt
+    from ..pipeline import AsyncSend, Send
 
 
 def _events(body: bytes) -> list[bytes]:
