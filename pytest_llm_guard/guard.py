@@ -201,11 +201,14 @@ class Guard:
         Traffic of unguarded clients is still capped and counted at the transport seam;
         this adds budget-aware retries on top.
         """
-        return retry.guarded_client(self, client, routed=False)
+        return retry.guarded_client(self._retry_context(), client, routed=False)
 
     def fixture_client(self, client: ClientT) -> ClientT:
         """:meth:`guard`, and the client's calls are routed over the configured endpoints."""
-        return retry.guarded_client(self, client, routed=True)
+        return retry.guarded_client(self._retry_context(), client, routed=True)
+
+    def _retry_context(self) -> retry.RetryContext:
+        return retry.RetryContext(self.test_id, self.settings, self.budget.remaining, self.clock)
 
     # -- what the retry loop uses ---------------------------------------------------
 
