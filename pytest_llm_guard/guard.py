@@ -1,14 +1,6 @@
-"""The per-test guard: the ledger, the budget and the layer chain, fed by the transport seam.
+"""The per-test guard: the ledger, the budget and the test's pipeline, fed by the transport seam.
 
-What a request meets, in order (built once per test, written down once here)::
-
-    guarded client's retry loop (retry.py; llm_client, async_llm_client, llm_guard.guard())
-      -> httpx2 client -> the seam (transport.py): the guard opens an attempt, checks the
-         budget, caps the attempt's timeouts
-        -> cassette layer (cassettes/layer.py): replay, or record what comes back
-          -> routing layer (routing.py): choose or refuse the endpoint, feed its breaker
-            -> the client's own transport (vcrpy's stubs or mocks included) -> network
-      <- the seam watches the body: deadline and call cap per chunk, usage at the end
+What a request meets, in order, is written down once, in ``pipeline.py``.
 
 Only the seam and the layers write attempts; the budget, the retry policy and
 reports read them.
@@ -23,8 +15,8 @@ import logging
 import math
 import os
 import threading
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 import httpx2
 
@@ -33,9 +25,10 @@ from .alarm import Alarm
 from .budget import Budget
 from .clock import REAL, Clock
 from .config import Settings
-from .dialects import Dialect, Usage, key_variables, origin_of, request_json, retry_after
+from .dialects import Dialect, Usage, key_variables, origin_of, request_json
 from .errors import LLMGuardInterrupt
-from .ledger import CALL, Attempt, Call, Ledger, Stats
+from .ledger import CALL, Attempt, Call, Category, Ledger, Stats
+from .pipeline import Pipeline
 from .prices import Prices
 from .scrub import Scrubber
 
@@ -48,23 +41,6 @@ CLIENT_TIMEOUT = "pytest_llm_guard.client_timeout"
 """Request extension: the timeouts the client asked for, before the guard capped them."""
 
 ClientT = TypeVar("ClientT")
-Send = Callable[[httpx2.Request], httpx2.Response]
-AsyncSend = Callable[[httpx2.Request], Awaitable[httpx2.Response]]
-
-
-class Layer(Protocol):
-    """Something between the seam and the transport (cassettes, routing).
-
-    A layer sees one attempt at the transport level: it may answer it itself (a replay,
-    an ``httpx2.Response`` whose stream is not read yet), refuse it (raise an ``httpx2``
-    error or an ``LLMGuardInterrupt``), rewrite it, or pass it on with ``send``. The seam
-    has already opened the attempt; a layer records on it what it alone knows
-    (source, endpoint, failover).
-    """
-
-    def handle(self, request: httpx2.Request, attempt: Attempt, send: Send) -> httpx2.Response: ...
-
-    async def handle_async(self, request: httpx2.Request, attempt: Attempt, send: AsyncSend) -> httpx2.Response: ...
 
 
 class Guard:
@@ -101,7 +77,8 @@ class Guard:
         """Called with every attempt as it ends (the ``pytest_llm_guard_attempt`` hook)."""
         self.ledger = Ledger(test_id)
         self.budget = Budget(settings, self.ledger, clock=clock)
-        self.layers: tuple[Layer, ...] = ()
+        self.pipeline = Pipeline()
+        """The layers between the seam and the transport, built once for the test (``pipeline.build``)."""
         self.alarm: Alarm | None = None
         """The main thread's SIGALRM schedule while the test runs, where the platform has one."""
         self._deadline_deferred = False
@@ -110,10 +87,6 @@ class Guard:
         self.interruptible = False
         """True while the test's own code runs (setup, call, teardown): the alarm raises only then,
         never inside pytest's bookkeeping between phases."""
-
-    def use_layers(self, *, cassette: Layer | None = None, routing: Layer | None = None) -> None:
-        """Build the chain once, in its one order: cassette outside routing (a replay needs no endpoint)."""
-        self.layers = tuple(layer for layer in (cassette, routing) if layer is not None)
 
     def arm(self, alarm: Alarm) -> None:
         """The deadline binds the whole test: at the deadline, and at deadline + ``timeout_grace``
@@ -137,7 +110,7 @@ class Guard:
             return
         for attempt in in_flight:
             attempt.cause = "deadline"
-            self._close(attempt, "cut", error="cut at the deadline")
+            self._close(attempt, "cut", Category.CUT, error="cut at the deadline")
         arriving = any(a.status is not None for a in in_flight)
         error = self.budget.exceeded(
             "deadline",
@@ -228,11 +201,14 @@ class Guard:
         Traffic of unguarded clients is still capped and counted at the transport seam;
         this adds budget-aware retries on top.
         """
-        return retry.guarded_client(self, client, routed=False)
+        return retry.guarded_client(self._retry_context(), client, routed=False)
 
     def fixture_client(self, client: ClientT) -> ClientT:
         """:meth:`guard`, and the client's calls are routed over the configured endpoints."""
-        return retry.guarded_client(self, client, routed=True)
+        return retry.guarded_client(self._retry_context(), client, routed=True)
+
+    def _retry_context(self) -> retry.RetryContext:
+        return retry.RetryContext(self.test_id, self.settings, self.budget.remaining, self.clock)
 
     # -- what the retry loop uses ---------------------------------------------------
 
@@ -281,11 +257,13 @@ class Guard:
             endpoint_name=owner.name if owner is not None else None,
             dialect=dialect.name,
         )
+        if call is not None:
+            call.last = attempt
         refusal = self.budget.refuse_start(new_call=kind == "first")
         if refusal is not None:
             attempt.source = "refused"
             self.ledger.open(attempt)
-            self._close(attempt, "LLMBudgetExceeded", error=f"{refusal[0]} budget spent")
+            self._close(attempt, "LLMBudgetExceeded", Category.REFUSED, error=f"{refusal[0]} budget spent")
             raise self.budget.exceeded(*refusal)
         self.ledger.open(attempt)
         self.cap(attempt, request, *self.budget.attempt_cap())
@@ -377,23 +355,21 @@ class Guard:
         """
         given = attempt.error if attempt.source == "refused" else None
         if isinstance(error, LLMGuardInterrupt):
-            self._close(attempt, type(error).__name__, error=given or _first_line(error))
+            self._close(attempt, type(error).__name__, category_of(error), error=given or _first_line(error))
             return
         if isinstance(error, httpx2.TimeoutException) and attempt.cap_binds and attempt.cause is None:
             attempt.cause = attempt.cap_by  # the client's timeouts were ours: the cap cut it
-        if not self._close(attempt, type(error).__name__, error=given or str(error) or None):
+        if not self._close(attempt, type(error).__name__, category_of(error), error=given or str(error) or None):
             return
         self._check_failure(attempt)
 
     def responded(self, attempt: Attempt, response: httpx2.Response) -> bool:
         """Headers are in. An error status ends the attempt now; returns whether it has ended."""
-        attempt.status = response.status_code
         if response.status_code < 400:
             return False
-        attempt.retry_after = retry_after(response)
         refused = response.status_code in (401, 403)
         error = f"the endpoint refused the credentials; {key_source(response.request)}" if refused else None
-        self._close(attempt, f"HTTP {response.status_code}", error=error)
+        self._close(attempt, f"HTTP {response.status_code}", Category.of_status(response.status_code), error=error)
         self._check_failure(attempt)
         return True
 
@@ -403,7 +379,7 @@ class Guard:
             self.budget.check_progress()
         except LLMGuardInterrupt:
             attempt.cause = "deadline"
-            self._close(attempt, "cut", error="cut at the deadline while the body was arriving")
+            self._close(attempt, "cut", Category.CUT, error="cut at the deadline while the body was arriving")
             raise
         if self.clock.now() - attempt.start > attempt.cap:
             attempt.cause = attempt.cap_by
@@ -414,18 +390,18 @@ class Guard:
             attempt.tokens, attempt.input_tokens, attempt.output_tokens = usage.total, usage.input, usage.output
             attempt.cache_tokens = usage.cache
             attempt.cost = self.prices.cost(attempt.model, usage.total, usage.input, usage.output)
-        self._close(attempt, "ok")
+        self._close(attempt, "ok", Category.OK)
         self.budget.check_spending()
 
     def closed_early(self, attempt: Attempt) -> None:
         """The caller stopped reading the body: the attempt counts as answered."""
-        self._close(attempt, "ok", error="body not read to the end")
+        self._close(attempt, "ok", Category.OK, error="body not read to the end")
 
     def since_start(self, attempt: Attempt) -> float:
         return self.clock.now() - attempt.start
 
-    def _close(self, attempt: Attempt, outcome: str, *, error: str | None = None) -> bool:
-        if not self.ledger.close(attempt, self.clock.now(), outcome, error=error):
+    def _close(self, attempt: Attempt, outcome: str, category: Category, *, error: str | None = None) -> bool:
+        if not self.ledger.close(attempt, self.clock.now(), outcome, category, error=error):
             return False
         if log.isEnabledFor(logging.INFO):
             log.info("%s: attempt %s", self.test_id, report.describe(attempt))
@@ -488,6 +464,19 @@ def _awaiting() -> tuple[tuple[str, int, str], ...]:
                 found.append((frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name))
             awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
     return tuple(found)
+
+
+def category_of(error: BaseException) -> Category:
+    """The category of an attempt the error ended: our body watchers' errors carry theirs
+    (``category``, set where they are raised); httpx2's own are told by type."""
+    given = getattr(error, "category", None)
+    if isinstance(given, Category):
+        return given
+    if isinstance(error, httpx2.TimeoutException):
+        return Category.TIMEOUT
+    if isinstance(error, asyncio.CancelledError):
+        return Category.CUT
+    return Category.CONNECTION
 
 
 def _first_line(error: BaseException) -> str | None:

@@ -21,13 +21,40 @@ Totals are updated once per attempt, so a test's thousandth call costs what its 
 
 from __future__ import annotations
 
+import enum
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 SOURCES = ("live", "recorded", "replayed", "refused")
-CATEGORIES = ("ok", "timeout", "http_4xx", "http_429", "http_5xx", "reset", "malformed", "cut", "refused", "replayed")
+
+
+class Category(str, enum.Enum):
+    """What came of an attempt, set where the fact is known (the seam, the guard, a layer), never
+    read back from the outcome's text. The values are the words reports group by."""
+
+    PENDING = "pending"
+    OK = "ok"
+    TIMEOUT = "timeout"
+    CLIENT = "http_4xx"
+    RATE_LIMITED = "http_429"
+    SERVER = "http_5xx"
+    """An error status of 500 and above (529 overloaded included), or the server's error event in a stream."""
+    CONNECTION = "reset"
+    MALFORMED = "malformed"
+    CUT = "cut"
+    REFUSED = "refused"
+    REPLAYED = "replayed"
+
+    @classmethod
+    def of_status(cls, status: int) -> Category:
+        if status < 400:
+            return cls.OK
+        return cls.RATE_LIMITED if status == 429 else cls.SERVER if status >= 500 else cls.CLIENT
+
+
+CATEGORIES = tuple(c.value for c in Category if c is not Category.PENDING)
 """What came of an attempt: an answer, a timeout, an error status, a dropped connection (``reset``),
 a broken body (``malformed``), a body cut short (``cut``), nothing sent, or a replay."""
 NETWORK_SOURCES = frozenset({"live", "recorded"})
@@ -52,6 +79,8 @@ class Call:
     """Configured endpoints its attempts went to, in order."""
     failover_to: str | None = None
     """Set when the last attempt failed and the next goes to this other endpoint (no backoff)."""
+    last: Attempt | None = field(default=None, repr=False)
+    """Its latest attempt: the retry policy reads the Retry-After the dialect parsed into it."""
 
 
 @dataclass
@@ -93,6 +122,8 @@ class Attempt:
     source: str = "live"
     outcome: str = "pending"
     """``ok``, ``HTTP <status>``, or the error's name (``ReadTimeout``, ``LLMCassetteMiss``, ...)."""
+    result: Category = Category.PENDING
+    """The outcome's category, given by whoever ended the attempt."""
     cause: str | None = None
     """Which limit cut the attempt, when one did (as ``cap_by``)."""
     status: int | None = None
@@ -121,7 +152,7 @@ class Attempt:
     @property
     def failed(self) -> bool:
         """Sent (or answered from a cassette) and failed; a refused attempt sent nothing, so it never failed."""
-        return self.source != "refused" and self.outcome not in ("ok", "pending")
+        return self.source != "refused" and self.result not in (Category.OK, Category.PENDING)
 
     @property
     def retry(self) -> bool:
@@ -132,25 +163,11 @@ class Attempt:
         """What came of it, in a few words reports group by: see :data:`CATEGORIES`."""
         if self.source in ("refused", "replayed"):
             return self.source
-        outcome = self.outcome
-        if outcome in ("ok", "pending"):
-            return outcome
-        if outcome.startswith("HTTP "):
-            status = int(outcome[5:]) if outcome[5:].isdigit() else 0
-            return "http_429" if status == 429 else "http_5xx" if status >= 500 else "http_4xx"
-        if outcome == "LLMMalformedResponse":
-            return "malformed"
-        if outcome == "LLMStreamError":
-            return "http_5xx"  # the server's own error event, sent after its 200
-        if outcome in ("LLMStreamCut", "cut", "CancelledError"):
-            return "cut"
-        if outcome.endswith("Timeout"):
-            return "timeout"
-        return "reset"
+        return self.result.value
 
     def to_dict(self) -> dict[str, Any]:
         record = dict(vars(self))  # flat: every field is a plain value
-        del record["headers_timer"], record["cap_binds"]
+        del record["headers_timer"], record["cap_binds"], record["result"]
         record["category"] = self.category
         return record
 
@@ -216,12 +233,14 @@ class Ledger:
         """The number the next call gets."""
         return self.calls + 1
 
-    def close(self, attempt: Attempt, end: float, outcome: str, *, error: str | None = None) -> bool:
+    def close(
+        self, attempt: Attempt, end: float, outcome: str, category: Category, *, error: str | None = None
+    ) -> bool:
         """End an attempt once; returns False when it had ended already."""
         with self._lock:
             if attempt.end is not None:
                 return False
-            attempt.end, attempt.outcome, attempt.error = end, outcome, error
+            attempt.end, attempt.outcome, attempt.result, attempt.error = end, outcome, category, error
             if attempt.source == "refused":
                 pass  # nothing was sent: not a retry, not a failover, not a failure; never charged
             elif attempt.kind == "retry":

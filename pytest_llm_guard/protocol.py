@@ -291,9 +291,12 @@ class GuardedTests:
             pytest.fail(reason, pytrace=False)
         if reason is not None:
             pytest.skip(reason)
+        from . import pipeline
         from .routing import RouterLayer
 
-        guard.use_layers(cassette=_open_cassette(item, guard), routing=RouterLayer(session.router, guard))
+        guard.pipeline = pipeline.build(
+            cassette=_open_cassette(item, guard), routing=RouterLayer(session.router, guard)
+        )
 
     @pytest.hookimpl(trylast=True)
     def pytest_runtest_call(self, item: pytest.Item) -> None:

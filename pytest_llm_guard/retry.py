@@ -9,19 +9,35 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import httpx2
 from tenacity import AsyncRetrying, RetryCallState, Retrying, retry_if_exception, retry_if_result
 from tenacity.wait import wait_base, wait_exponential_jitter
 
-from .dialects import DIALECTS, dialect_for, for_client, of_response, retry_after
+from .dialects import DIALECTS, dialect_for, for_client, of_response
 from .ledger import CALL, Call
 
 if TYPE_CHECKING:
-    from .guard import Guard
+    from .clock import Clock
+    from .config import Settings
 
 log = logging.getLogger("pytest_llm_guard")
+
+
+@dataclass(frozen=True)
+class RetryContext:
+    """What a guarded client's retry loop needs of its test, and no more: the loop never calls
+    back into the guard. Each retry is a new attempt, which the seam opens and budgets."""
+
+    test_id: str
+    settings: Settings
+    """The backoff's initial and largest waits."""
+    remaining: Callable[[], float]
+    """Seconds left before the test's deadline: our own backoff leaves half of them for the next attempt."""
+    clock: Clock
+    """The test's one clock: every wait is slept on it."""
 
 
 def is_retryable_error(exc: BaseException) -> bool:
@@ -48,8 +64,9 @@ class wait_server_hint(wait_base):
 
     def __call__(self, retry_state: RetryCallState) -> float:
         outcome = retry_state.outcome
-        if outcome is not None and not outcome.failed:
-            hint = retry_after(outcome.result())
+        call: Call | None = retry_state.args[0].extensions.get(CALL)
+        if outcome is not None and not outcome.failed and call is not None and call.last is not None:
+            hint = call.last.retry_after
             if hint is not None:
                 return hint
         return self.fallback(retry_state)
@@ -83,9 +100,9 @@ class wait_unless_failover(wait_base):
         return 0.0 if call is not None and call.failover_to else self.inner(retry_state)
 
 
-def policy(guard: Guard) -> dict[str, Any]:
-    """The guard's retry policy as ``Retrying`` keyword arguments: built once per test, stateless."""
-    settings = guard.settings
+def policy(context: RetryContext) -> dict[str, Any]:
+    """The test's retry policy as ``Retrying`` keyword arguments: built once per client, stateless."""
+    settings = context.settings
     backoff = wait_exponential_jitter(
         multiplier=settings.backoff_initial, max=settings.backoff_max, jitter=settings.backoff_initial
     )
@@ -98,17 +115,17 @@ def policy(guard: Guard) -> dict[str, Any]:
 
     return dict(
         retry=retry_if_exception(is_retryable_error) | retry_if_result(_retryable_response),
-        wait=wait_unless_failover(wait_server_hint(fallback=wait_within_deadline(backoff, guard.remaining))),
+        wait=wait_unless_failover(wait_server_hint(fallback=wait_within_deadline(backoff, context.remaining))),
         before=mark_retry,
         reraise=True,
         # No stop: the test's retry budget and deadline end the loop (LLMBudgetExceeded).
     )
 
 
-def _log_retry(guard: Guard, call: Call, retry_state: RetryCallState) -> None:
+def _log_retry(test_id: str, call: Call, retry_state: RetryCallState) -> None:
     wait = retry_state.next_action.sleep if retry_state.next_action is not None else 0.0
     where = f"failover to {call.failover_to}" if call.failover_to else f"retry in {wait:.2f} s"
-    log.info("%s: call %s, attempt %s failed: %s", guard.test_id, call.number, retry_state.attempt_number, where)
+    log.info("%s: call %s, attempt %s failed: %s", test_id, call.number, retry_state.attempt_number, where)
 
 
 def _close_retried_response(retry_state: RetryCallState) -> None:
@@ -135,7 +152,9 @@ def _unwrap(outcome: Any) -> httpx2.Response:
     return outcome
 
 
-def sync_sender(guard: Guard, send: Callable[..., httpx2.Response], *, routed: bool) -> Callable[..., httpx2.Response]:
+def sync_sender(
+    context: RetryContext, send: Callable[..., httpx2.Response], *, routed: bool
+) -> Callable[..., httpx2.Response]:
     """Wrap an SDK client's per-attempt ``_send_request`` in the guard's retry policy.
 
     The request carries its :class:`~ledger.Call` from attempt to attempt; one
@@ -146,7 +165,7 @@ def sync_sender(guard: Guard, send: Callable[..., httpx2.Response], *, routed: b
     numbers, waits and hooks included.
     """
 
-    kwargs = policy(guard)
+    kwargs = policy(context)
 
     def send_with_retries(request: httpx2.Request, **send_kwargs: Any) -> httpx2.Response:
         call = request.extensions[CALL] = Call(routed=routed)
@@ -162,21 +181,21 @@ def sync_sender(guard: Guard, send: Callable[..., httpx2.Response], *, routed: b
             return _unwrap(made.pop()) if made else send(request, **send_kwargs)
 
         def before_sleep(retry_state: RetryCallState) -> None:
-            _log_retry(guard, call, retry_state)
+            _log_retry(context.test_id, call, retry_state)
             _close_retried_response(retry_state)
 
-        retrying = Retrying(sleep=guard.sleep, before_sleep=before_sleep, **kwargs)
+        retrying = Retrying(sleep=context.clock.sleep, before_sleep=before_sleep, **kwargs)
         return retrying(attempt, request, **send_kwargs)
 
     return send_with_retries
 
 
 def async_sender(
-    guard: Guard, send: Callable[..., Awaitable[httpx2.Response]], *, routed: bool
+    context: RetryContext, send: Callable[..., Awaitable[httpx2.Response]], *, routed: bool
 ) -> Callable[..., Awaitable[httpx2.Response]]:
     """The async twin of :func:`sync_sender`."""
 
-    kwargs = policy(guard)
+    kwargs = policy(context)
 
     async def send_with_retries(request: httpx2.Request, **send_kwargs: Any) -> httpx2.Response:
         call = request.extensions[CALL] = Call(routed=routed)
@@ -192,16 +211,16 @@ def async_sender(
             return _unwrap(made.pop()) if made else await send(request, **send_kwargs)
 
         async def before_sleep(retry_state: RetryCallState) -> None:
-            _log_retry(guard, call, retry_state)
+            _log_retry(context.test_id, call, retry_state)
             await _aclose_retried_response(retry_state)
 
-        retrying = AsyncRetrying(sleep=guard.async_sleep, before_sleep=before_sleep, **kwargs)
+        retrying = AsyncRetrying(sleep=context.clock.async_sleep, before_sleep=before_sleep, **kwargs)
         return await retrying(attempt, request, **send_kwargs)
 
     return send_with_retries
 
 
-def guarded_client(guard: Guard, client: Any, *, routed: bool) -> Any:
+def guarded_client(context: RetryContext, client: Any, *, routed: bool) -> Any:
     """A copy of an SDK client whose retries are the guard's (the SDK's own are turned off)."""
     dialect = for_client(client)
     if dialect is None:
@@ -209,6 +228,6 @@ def guarded_client(guard: Guard, client: Any, *, routed: bool) -> Any:
         raise TypeError(f"llm_guard.guard() takes an SDK client ({supported}), got {type(client).__name__}")
     return dialect.wrap_client(
         client,
-        lambda send: sync_sender(guard, send, routed=routed),
-        lambda send: async_sender(guard, send, routed=routed),
+        lambda send: sync_sender(context, send, routed=routed),
+        lambda send: async_sender(context, send, routed=routed),
     )

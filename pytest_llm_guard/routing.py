@@ -42,14 +42,15 @@ from . import report
 from .breaker import EndpointHealth, Outcome, Verdict, classify, describe_error
 from .clock import REAL, Clock
 from .config import BREAKER_MARKER, Settings
-from .dialects import DIALECTS, dialect_for, origin_of, retry_after
+from .dialects import DIALECTS, dialect_for, origin_of
 from .endpoints import Endpoint, EndpointSet
 from .errors import LLMNoEndpoint
 from .ledger import CALL, Attempt, Call
 from .state import StateStore
 
 if TYPE_CHECKING:
-    from .guard import AsyncSend, Guard, Send
+    from .guard import Guard
+    from .pipeline import AsyncSend, Send
 
 log = logging.getLogger("pytest_llm_guard")
 
@@ -356,13 +357,12 @@ class RouterLayer:
             return
         status = response.status_code if response is not None else None
         outcome = classify(status, error)
-        retry_after_s = retry_after(response) if response is not None else None
         self.router.record(
             plan.endpoint,
             plan.model,
             outcome,
             error=describe_error(status, error) if outcome is Outcome.FAILURE else None,
-            retry_after=retry_after_s if outcome is Outcome.THROTTLED else None,
+            retry_after=attempt.retry_after if outcome is Outcome.THROTTLED else None,
         )
         call = plan.call
         if plan.routed and call is not None and outcome in (Outcome.FAILURE, Outcome.THROTTLED):

@@ -29,10 +29,10 @@ import httpx2
 from . import worker_reads
 from .dialects import Dialect, decoding, dialect_for
 from .errors import LLMGuardConfigError, LLMGuardInterrupt
+from .ledger import Attempt, Category
 
 if TYPE_CHECKING:
-    from .guard import Guard, Layer
-    from .ledger import Attempt
+    from .guard import Guard
 
 _guards: list[Guard] = []
 """Active guards, innermost last (a pytester session inside a guarded test nests one)."""
@@ -166,7 +166,7 @@ def _send_single_request(client: httpx2.Client, request: httpx2.Request) -> http
     attempt = guard.begin(request, dialect)  # type: ignore[union-attr]
     guard.await_headers(attempt)  # type: ignore[union-attr]
     try:
-        response = _saved[0](_through_layers(client, request, guard, attempt), request)  # type: ignore[index,operator]
+        response = _saved[0](guard.pipeline.client_for(client, request, attempt), request)  # type: ignore[index,operator]
     except BaseException as exc:
         guard.headers_in(attempt)  # type: ignore[union-attr]
         guard.fail(attempt, exc)  # type: ignore[union-attr]
@@ -191,7 +191,7 @@ async def _send_single_request_async(client: httpx2.AsyncClient, request: httpx2
     attempt = guard.begin(request, dialect)  # type: ignore[union-attr]
     guard.await_headers_async(attempt)  # type: ignore[union-attr]
     try:
-        response = await _saved[1](_through_layers(client, request, guard, attempt), request)  # type: ignore[index,operator]
+        response = await _saved[1](guard.pipeline.client_for(client, request, attempt), request)  # type: ignore[index,operator]
     except asyncio.CancelledError:
         if not guard.headers_late(attempt):  # type: ignore[union-attr]
             guard.headers_in(attempt)  # type: ignore[union-attr]
@@ -223,53 +223,6 @@ def _watch(response: httpx2.Response, guard: Guard, attempt: Attempt, dialect: D
         response.stream = kind(response, guard, attempt, dialect)  # type: ignore[assignment]
 
 
-def _through_layers(client: object, request: httpx2.Request, guard: Guard, attempt: Attempt) -> object:
-    """The client as httpx2 sees it, with the guard's layers in front of its transport.
-
-    httpx2 keeps doing its own work around the transport (response.request, cookies,
-    elapsed time), so a response a layer makes itself is a complete httpx2 response.
-    """
-    if not guard.layers:
-        return client
-    inner = client._transport_for_url(request.url)  # type: ignore[attr-defined]
-    return _ClientView(client, _LayeredTransport(inner, guard.layers, attempt))
-
-
-class _ClientView:
-    """Stands in for a client inside ``_send_single_request``, handing out another transport."""
-
-    def __init__(self, client: object, transport: _LayeredTransport) -> None:
-        self._client = client
-        self._transport = transport
-
-    def _transport_for_url(self, url: httpx2.URL) -> _LayeredTransport:
-        return self._transport
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._client, name)
-
-
-class _LayeredTransport(httpx2.BaseTransport, httpx2.AsyncBaseTransport):
-    """Runs the layers, innermost the client's own transport (vcrpy's stubs and mocks included)."""
-
-    def __init__(self, inner: object, layers: tuple[Layer, ...], attempt: Attempt) -> None:
-        self._inner = inner
-        self._layers = layers
-        self._attempt = attempt
-
-    def handle_request(self, request: httpx2.Request, depth: int = 0) -> httpx2.Response:
-        if depth == len(self._layers):
-            return self._inner.handle_request(request)  # type: ignore[attr-defined]
-        return self._layers[depth].handle(request, self._attempt, lambda r: self.handle_request(r, depth + 1))
-
-    async def handle_async_request(self, request: httpx2.Request, depth: int = 0) -> httpx2.Response:
-        if depth == len(self._layers):
-            return await self._inner.handle_async_request(request)  # type: ignore[attr-defined]
-        return await self._layers[depth].handle_async(
-            request, self._attempt, lambda r: self.handle_async_request(r, depth + 1)
-        )
-
-
 class LLMMalformedResponse(httpx2.RemoteProtocolError):
     """A successful status whose body is not what the API sends: JSON that does not parse, a broken event.
 
@@ -277,14 +230,20 @@ class LLMMalformedResponse(httpx2.RemoteProtocolError):
     (retried while nothing has reached the caller yet); never written to a cassette.
     """
 
+    category = Category.MALFORMED
+
 
 class LLMStreamCut(httpx2.RemoteProtocolError):
     """A stream that ended before its dialect's end event: the answer is partial."""
+
+    category = Category.CUT
 
 
 class LLMStreamError(httpx2.RemoteProtocolError):
     """A stream whose server sent its API's error event after the 200 (an upstream failing mid-answer):
     the attempt failed, like a dropped connection."""
+
+    category = Category.SERVER
 
 
 class _Watch:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -20,15 +21,18 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def imports_at_load(path: Path) -> set[str]:
-    """The package modules ``path`` imports when it loads: not under TYPE_CHECKING, not inside functions."""
+def imports_of(path: Path) -> set[str]:
+    """The package modules ``path`` imports at its top level, those under ``TYPE_CHECKING`` included:
+    a type-only import still says the module knows of the other, and calls back into it unseen."""
     name = module_name(path)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
     tree = ast.parse(path.read_text())
+    nodes = []
     for node in tree.body:
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            continue
+        is_type_checking = isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        nodes += node.body if is_type_checking else [node]  # type: ignore[attr-defined]
+    for node in nodes:
         if isinstance(node, ast.ImportFrom) and node.level:
             base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
             target = f"{base}.{node.module}" if node.module else base
@@ -40,21 +44,73 @@ def imports_at_load(path: Path) -> set[str]:
     return found
 
 
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of ``graph`` (its trail, first node repeated at the end), or None."""
+
+    def visit(node: str, trail: list[str]) -> list[str] | None:
+        if node in trail:
+            return [*trail[trail.index(node) :], node]
+        for target in sorted(graph.get(node, ())):
+            cycle = visit(target, [*trail, node])
+            if cycle is not None:
+                return cycle
+        return None
+
+    return next((c for c in (visit(name, []) for name in sorted(graph)) if c is not None), None)
+
+
 def test_no_import_cycle_in_the_package() -> None:
     modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
-    graph = {name: {m for m in imports_at_load(path) if m in modules and m != name} for name, path in modules.items()}
+    graph = {name: {m for m in imports_of(path) if m in modules and m != name} for name, path in modules.items()}
     # A package's __init__ re-exporting its submodules is not a cycle; a submodule importing back is.
     for name, edges in graph.items():
         graph[name] = {m for m in edges if not m.startswith(name + ".")}
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
 
-    def visit(node: str, trail: list[str]) -> None:
-        if node in trail:
-            raise AssertionError("import cycle: " + " -> ".join([*trail[trail.index(node) :], node]))
-        for target in sorted(graph[node]):
-            visit(target, [*trail, node])
 
-    for name in sorted(graph):
-        visit(name, [])
+PIPELINE_ORDER = ("retry", "transport", "pipeline", "cassettes", "routing")
+"""The stages in the order a request meets them (``pipeline.py``): a call goes only down this list."""
+
+
+def test_a_guarded_call_never_calls_back_up_the_pipeline(llm_client, llm_fault_server) -> None:
+    """Run time: a call retried after a 429 and a 503, recorded as caller module -> callee module
+    within the package. A function a stage hands down (a ``send`` continuation, a closure) is the
+    caller's own and is not an edge back; any other call into a module that called this one is."""
+    from pytest_llm_guard.fault import Fault
+
+    llm_fault_server.plan(Fault.status(429, retry_after=0), Fault.status(503))
+    edges: set[tuple[str, str]] = set()
+
+    def record(frame: types.FrameType, event: str, arg: object) -> None:
+        if event != "call" or frame.f_back is None:
+            return
+        callee, caller = frame.f_globals.get("__name__", ""), frame.f_back.f_globals.get("__name__", "")
+        handed_down = "<locals>" in frame.f_code.co_qualname or frame.f_code.co_name == "<lambda>"
+        ours = all(
+            m.startswith("pytest_llm_guard.") and not m.startswith("pytest_llm_guard.fault") for m in (callee, caller)
+        )
+        if ours and callee != caller and not handed_down:
+            edges.add((caller, callee))
+
+    sys.setprofile(record)
+    try:
+        answer = llm_client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    finally:
+        sys.setprofile(None)
+    assert answer.choices
+    graph: dict[str, set[str]] = {}
+    for caller, callee in edges:  # a package is one stage: a dialect's base class calls its own subclass
+        caller, callee = (".".join(m.split(".")[:2]) for m in (caller, callee))
+        if caller != callee:
+            graph.setdefault(caller, set()).add(callee)
+    assert {"pytest_llm_guard.retry", "pytest_llm_guard.pipeline"} <= set(graph)  # the path was seen
+    cycle = find_cycle(graph)
+    assert cycle is None, "a call back up the pipeline: " + " -> ".join(cycle or [])
+    stage = {f"pytest_llm_guard.{name}": n for n, name in enumerate(PIPELINE_ORDER)}
+    backwards = [(a, b) for a in graph for b in graph[a] if a in stage and b in stage and stage[b] < stage[a]]
+    assert backwards == [], "a stage called one before it in the pipeline's order"
+    assert "pytest_llm_guard.guard" not in graph.get("pytest_llm_guard.retry", ()), "the retry loop called the guard"
 
 
 # Words only one API (or its SDK) uses, and the modules that may say them: the dialect's own module,

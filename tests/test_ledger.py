@@ -6,7 +6,7 @@ import openai
 import pytest
 
 from pytest_llm_guard.fault import Fault, FaultServer
-from pytest_llm_guard.ledger import Attempt, Ledger
+from pytest_llm_guard.ledger import Attempt, Category, Ledger
 
 pytest_plugins = ["pytester"]
 
@@ -22,7 +22,7 @@ def attempt(ledger: Ledger, kind: str = "first", source: str = "live", start: fl
 def test_network_seconds_count_live_and_recorded_attempts_only() -> None:
     ledger = Ledger("t")
     for source in ("live", "recorded", "replayed", "refused"):
-        ledger.close(attempt(ledger, source=source), 2.0, "ok")
+        ledger.close(attempt(ledger, source=source), 2.0, "ok", Category.OK)
     stats = ledger.stats()
     assert stats.network_seconds == 4.0
     assert (stats.live, stats.recorded, stats.replayed, stats.refused) == (1, 1, 1, 1)
@@ -32,7 +32,7 @@ def test_a_changed_source_moves_the_attempt_between_counts() -> None:
     """A recording that never reached its file is counted live; one read on after its close, recorded."""
     ledger = Ledger("t")
     record = attempt(ledger, source="recorded")
-    ledger.close(record, 2.0, "ok")
+    ledger.close(record, 2.0, "ok", Category.OK)
     ledger.change_source(record, "live")
     stats = ledger.stats()
     assert (stats.live, stats.recorded, stats.network_seconds, record.source) == (1, 0, 2.0, "live")
@@ -43,8 +43,8 @@ def test_a_changed_source_moves_the_attempt_between_counts() -> None:
 def test_an_attempt_is_counted_once_however_often_it_is_closed() -> None:
     ledger = Ledger("t")
     record = attempt(ledger)
-    assert ledger.close(record, 1.0, "HTTP 503")
-    assert not ledger.close(record, 2.0, "ok")
+    assert ledger.close(record, 1.0, "HTTP 503", Category.SERVER)
+    assert not ledger.close(record, 2.0, "ok", Category.OK)
     assert (ledger.stats().failures, record.outcome, record.end) == (1, "HTTP 503", 1.0)
 
 
@@ -52,8 +52,8 @@ def test_a_failure_followed_by_a_failover_is_not_charged_to_retries() -> None:
     ledger = Ledger("t")
     first = attempt(ledger)
     first.failover_to = "backup"
-    ledger.close(first, 1.0, "ReadTimeout")
-    ledger.close(attempt(ledger, kind="failover"), 1.5, "HTTP 503")
+    ledger.close(first, 1.0, "ReadTimeout", Category.TIMEOUT)
+    ledger.close(attempt(ledger, kind="failover"), 1.5, "HTTP 503", Category.SERVER)
     stats = ledger.stats()
     assert (stats.failures, ledger.counted_failures, stats.failovers, stats.retries) == (2, 1, 1, 0)
 
@@ -90,24 +90,24 @@ async def test_the_sdks_max_retries_is_told_for_async_clients_too(llm_fault_serv
 
 def test_backoff_is_the_gap_after_an_attempt_that_did_not_succeed() -> None:
     ledger = Ledger("t")
-    ledger.close(attempt(ledger, start=0.0), 1.0, "ReadTimeout")
+    ledger.close(attempt(ledger, start=0.0), 1.0, "ReadTimeout", Category.TIMEOUT)
     retry = attempt(ledger, kind="retry", start=1.75)
-    ledger.close(retry, 2.0, "ok")
+    ledger.close(retry, 2.0, "ok", Category.OK)
     after_an_answer = attempt(ledger, start=5.0)
-    ledger.close(after_an_answer, 6.0, "ok")
+    ledger.close(after_an_answer, 6.0, "ok", Category.OK)
     assert (retry.backoff, after_an_answer.backoff, ledger.stats().backoff_seconds) == (0.75, 0.0, 0.75)
 
 
 def test_a_new_call_after_a_failure_is_the_applications_retry() -> None:
     ledger = Ledger("t")
-    ledger.close(attempt(ledger), 1.0, "HTTP 503")
+    ledger.close(attempt(ledger), 1.0, "HTTP 503", Category.SERVER)
     again = attempt(ledger, start=1.5)
     assert (again.kind, again.by, again.backoff) == ("first", "app", 0.5)
 
 
 def test_a_refused_attempt_is_no_failure_and_no_retry() -> None:
     ledger = Ledger("t")
-    ledger.close(attempt(ledger, kind="retry", source="refused"), 0.0, "LLMEndpointUnavailable")
+    ledger.close(attempt(ledger, kind="retry", source="refused"), 0.0, "LLMEndpointUnavailable", Category.REFUSED)
     stats = ledger.stats()
     assert (stats.refused, stats.failures, stats.retries, ledger.counted_failures) == (1, 0, 0, 0)
 

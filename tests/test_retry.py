@@ -9,7 +9,8 @@ import pytest
 from tenacity import RetryCallState, Retrying
 from tenacity.wait import wait_fixed
 
-from pytest_llm_guard.dialects import DIALECTS, Dialect
+from pytest_llm_guard.dialects import DIALECTS, Dialect, hear
+from pytest_llm_guard.ledger import CALL, Attempt, Call
 from pytest_llm_guard.retry import is_retryable_error, wait_server_hint, wait_within_deadline
 
 NOW = 1_800_000_000.0
@@ -87,29 +88,51 @@ def test_is_retryable_error(error: Exception, expected: bool) -> None:
     assert is_retryable_error(error) is expected
 
 
-def state_after(result: object) -> RetryCallState:
-    state = RetryCallState(Retrying(), fn=None, args=(), kwargs={})
+def attempt_on(path: str = "/v1/chat/completions") -> Attempt:
+    return Attempt("t", 1, 1, "first", "http://127.0.0.1", path, "m", 0.0, 0.0)
+
+
+def state_after(result: object, last: Attempt | None = None) -> RetryCallState:
+    """The retry state after an attempt of a guarded call answered ``result``."""
+    sent = httpx2.Request("POST", "http://127.0.0.1/v1/chat/completions", extensions={CALL: Call(last=last)})
+    state = RetryCallState(Retrying(), fn=None, args=(sent,), kwargs={})
     state.set_result(result)
     return state
 
 
 def test_server_hint_wins_over_backoff() -> None:
+    last = attempt_on()
+    last.retry_after = 1.5
+    assert wait_server_hint(wait_fixed(7))(state_after(httpx2.Response(429), last)) == 1.5
+
+
+def test_the_hint_is_read_from_the_attempt_not_parsed_again() -> None:
+    last = attempt_on()  # the dialect found no hint when the answer came in: the headers are not re-read
     response = httpx2.Response(429, headers={"retry-after": "1.5"})
-    assert wait_server_hint(wait_fixed(7))(state_after(response)) == 1.5
+    assert wait_server_hint(wait_fixed(7))(state_after(response, last)) == 7
 
 
 @pytest.mark.parametrize(
     ("path", "headers"),
     [("/v1/chat/completions", {"x-stainless-lang": "python"}), ("/v1/messages", {"anthropic-version": "2023-06-01"})],
 )
-def test_the_responses_dialect_reads_the_hint(path: str, headers: dict[str, str]) -> None:
+def test_the_responses_dialect_parses_the_hint_into_the_attempt(path: str, headers: dict[str, str]) -> None:
     request = httpx2.Request("POST", "http://127.0.0.1" + path, headers=headers)
     response = httpx2.Response(429, headers={"retry-after-ms": "250", "retry-after": "9"}, request=request)
-    assert wait_server_hint(wait_fixed(7))(state_after(response)) == 0.25
+    attempt = attempt_on(path)
+    hear(attempt, response)
+    assert (attempt.status, attempt.retry_after) == (429, 0.25)
+    assert wait_server_hint(wait_fixed(7))(state_after(response, attempt)) == 0.25
+
+
+def test_a_success_carries_no_hint() -> None:
+    attempt = attempt_on()
+    hear(attempt, httpx2.Response(200, headers={"retry-after": "3"}))
+    assert (attempt.status, attempt.retry_after) == (200, None)
 
 
 def test_backoff_used_without_hint() -> None:
-    assert wait_server_hint(wait_fixed(7))(state_after(httpx2.Response(503))) == 7
+    assert wait_server_hint(wait_fixed(7))(state_after(httpx2.Response(503), attempt_on())) == 7
 
 
 def test_backoff_capped_to_half_the_remaining_deadline() -> None:

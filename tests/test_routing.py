@@ -17,7 +17,7 @@ import httpx2
 import openai
 import pytest
 
-from pytest_llm_guard import FakeClock, transport
+from pytest_llm_guard import FakeClock, pipeline, transport
 from pytest_llm_guard.config import Settings
 from pytest_llm_guard.endpoints import Endpoint, EndpointSet
 from pytest_llm_guard.errors import LLMBudgetExceeded, LLMNoEndpoint
@@ -51,7 +51,7 @@ class Harness:
     def test(self, **settings: Any) -> Iterator[tuple[Guard, openai.OpenAI]]:
         values = {"backoff_initial": 0.01, "backoff_max": 0.05, "deadline": 10.0, **settings}
         guard = Guard(Settings(**values), test_id="test_routing::case", clock=self.clock)
-        guard.use_layers(routing=RouterLayer(self.router, guard))
+        guard.pipeline = pipeline.build(routing=RouterLayer(self.router, guard))
         client = openai.OpenAI(base_url=self.primary.base_url, api_key="sk-test")
         transport.activate(guard)
         try:

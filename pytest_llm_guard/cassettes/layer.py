@@ -18,15 +18,15 @@ import httpx2
 
 from ..clock import REAL
 from ..config import OPTIONS, Settings
-from ..dialects import DIALECTS, BodyReader, Dialect, decoding, dialect_for
+from ..dialects import DIALECTS, BodyReader, Dialect, decoding, dialect_for, hear
 from ..errors import LLMCassetteMiss
 from ..scrub import Scrubber, find_shapes
 from ..stored import as_text
 from . import vcr_bridge
 
 if TYPE_CHECKING:
-    from ..guard import AsyncSend, Send
     from ..ledger import Attempt
+    from ..pipeline import AsyncSend, Send
 
 
 def _events(body: bytes) -> list[bytes]:
@@ -321,7 +321,7 @@ class CassetteLayer:
         answer = self.cassette.replay(recorded)
         if answer is not None:
             attempt.source = "replayed"
-            return self._response(request, answer)
+            return hear(attempt, self._response(request, answer))
         if self.cassette.write_protected:
             attempt.source = "refused"
             raise self._miss(recorded)

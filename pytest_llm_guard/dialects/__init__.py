@@ -26,6 +26,8 @@ from .openai import OpenAIDialect
 if TYPE_CHECKING:
     import httpx2
 
+    from ..ledger import Attempt
+
 __all__ = [
     "DEFAULT_KIND",
     "DIALECTS",
@@ -42,6 +44,7 @@ __all__ = [
     "load_sdks",
     "of_response",
     "retry_after",
+    "hear",
     "origin_of",
     "parse_retry_after",
     "request_json",
@@ -84,6 +87,15 @@ def of_response(response: httpx2.Response) -> Dialect:
 def retry_after(response: httpx2.Response) -> float | None:
     """Seconds the server asks to wait before the next attempt, read by the response's dialect."""
     return of_response(response).retry_after(response.headers)
+
+
+def hear(attempt: Attempt, response: httpx2.Response) -> httpx2.Response:
+    """Note on the attempt what its answer's headers say: the status and, for an error, the
+    Retry-After, parsed here once; the retry policy, the routing layer and the guard read
+    ``attempt.retry_after``. Called where an answer is made: the transport, or a cassette's replay."""
+    attempt.status = response.status_code
+    attempt.retry_after = retry_after(response) if response.status_code >= 400 else None
+    return response
 
 
 def load_sdks() -> None:

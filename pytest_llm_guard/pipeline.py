@@ -1,0 +1,106 @@
+"""The request pipeline: what a guarded request meets, in one order, built once per test.
+
+The order, outermost first, and why each stage sits where it does::
+
+    guarded client's retry loop (retry.py)
+        outside the seam: each retry is a new attempt, which the seam opens, budgets and caps
+      -> the seam (transport.py): opens the attempt; the budget (budget.py) says no or caps it
+        one place for the limits: every attempt passes it, the SDK's own retries and the
+        application's loops included, whoever made them
+        -> cassette layer (cassettes/layer.py)
+            outside routing: a replay needs no endpoint, so it spends no breaker probe
+          -> routing layer (routing.py): endpoint and breaker
+              next to the network: only what goes out is fed to an endpoint's health
+            -> the client's own transport (vcrpy's stubs or mocks included) -> network
+      <- the answer's status and Retry-After are parsed once, by its dialect, into the attempt
+         (``dialects.hear``) where it is made: here, or by the cassette's replay
+      <- the seam watches the body: deadline and cap per chunk, usage at the end
+
+:func:`build` makes the chain for a test once; :meth:`Pipeline.client_for` hands the seam a
+view of the client whose transport runs it, per attempt, without rebuilding anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import httpx2
+
+from .dialects import hear
+from .ledger import Attempt
+
+Send = Callable[[httpx2.Request], httpx2.Response]
+AsyncSend = Callable[[httpx2.Request], Awaitable[httpx2.Response]]
+
+
+class Layer(Protocol):
+    """Something between the seam and the transport (cassettes, routing).
+
+    A layer sees one attempt at the transport level: it may answer it itself (a replay,
+    an ``httpx2.Response`` whose stream is not read yet), refuse it (raise an ``httpx2``
+    error or an ``LLMGuardInterrupt``), rewrite it, or pass it on with ``send``. The seam
+    has already opened the attempt; a layer records on it what it alone knows
+    (source, endpoint, failover).
+    """
+
+    def handle(self, request: httpx2.Request, attempt: Attempt, send: Send) -> httpx2.Response: ...
+
+    async def handle_async(self, request: httpx2.Request, attempt: Attempt, send: AsyncSend) -> httpx2.Response: ...
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """A test's layers, outermost first, fixed for the test."""
+
+    layers: tuple[Layer, ...] = ()
+
+    def client_for(self, client: object, request: httpx2.Request, attempt: Attempt) -> object:
+        """The client as httpx2 sees it, with the layers in front of its transport.
+
+        httpx2 keeps doing its own work around the transport (response.request, cookies,
+        elapsed time), so a response a layer makes itself is a complete httpx2 response.
+        """
+        inner = client._transport_for_url(request.url)  # type: ignore[attr-defined]
+        return _ClientView(client, _Chain(inner, self.layers, attempt))
+
+
+def build(*, cassette: Layer | None = None, routing: Layer | None = None) -> Pipeline:
+    """The chain, in its one order (see the module's docstring): cassette outside routing."""
+    return Pipeline(tuple(layer for layer in (cassette, routing) if layer is not None))
+
+
+class _ClientView:
+    """Stands in for a client inside ``_send_single_request``, handing out another transport."""
+
+    def __init__(self, client: object, transport: _Chain) -> None:
+        self._client = client
+        self._transport = transport
+
+    def _transport_for_url(self, url: httpx2.URL) -> _Chain:
+        return self._transport
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._client, name)
+
+
+class _Chain(httpx2.BaseTransport, httpx2.AsyncBaseTransport):
+    """Runs the layers, innermost the client's own transport (vcrpy's stubs and mocks included)."""
+
+    def __init__(self, inner: object, layers: tuple[Layer, ...], attempt: Attempt) -> None:
+        self._inner = inner
+        self._layers = layers
+        self._attempt = attempt
+
+    def handle_request(self, request: httpx2.Request, depth: int = 0) -> httpx2.Response:
+        if depth == len(self._layers):
+            return hear(self._attempt, self._inner.handle_request(request))  # type: ignore[attr-defined]
+        return self._layers[depth].handle(request, self._attempt, lambda r: self.handle_request(r, depth + 1))
+
+    async def handle_async_request(self, request: httpx2.Request, depth: int = 0) -> httpx2.Response:
+        if depth == len(self._layers):
+            return hear(self._attempt, await self._inner.handle_async_request(request))  # type: ignore[attr-defined]
+        return await self._layers[depth].handle_async(
+            request, self._attempt, lambda r: self.handle_async_request(r, depth + 1)
+        )
