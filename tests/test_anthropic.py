@@ -15,7 +15,6 @@ import asyncio
 import gzip
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,8 @@ import anthropic
 import openai
 import pytest
 import yaml
+from fault_cells import FAULTS as COMMON_FAULTS
+from fault_cells import Cell
 
 from pytest_llm_guard import LLMBudgetExceeded
 from pytest_llm_guard.fault import Fault, FaultServer
@@ -40,24 +41,9 @@ def anthropic_client_options(llm_fault_server: FaultServer) -> dict[str, Any]:
     return {"base_url": llm_fault_server.url, "api_key": "sk-ant-test"}
 
 
-@dataclass(frozen=True)
-class Cell:
-    fault: Fault
-    stream: bool = False
-
-
 FAULTS = {
-    "hang": Cell(Fault.hang()),
-    "trickled headers": Cell(Fault.trickle(interval=0.05, headers=True)),
-    "trickled body": Cell(Fault.trickle(interval=0.05)),
-    "reset": Cell(Fault.reset()),
-    "401": Cell(Fault.status(401)),
-    "429, short Retry-After": Cell(Fault.status(429, retry_after=0.05)),
-    "429, Retry-After beyond the deadline": Cell(Fault.status(429, retry_after=10)),
+    **COMMON_FAULTS,
     "529": Cell(Fault.status(529)),
-    "503": Cell(Fault.status(503)),
-    "malformed 200": Cell(Fault.malformed()),
-    "stream cut": Cell(Fault.cut_stream(after_chunks=2), stream=True),
     "mid-stream error": Cell(Fault.stream_error(after_chunks=2), stream=True),
 }
 

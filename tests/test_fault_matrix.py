@@ -11,36 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
 
 import openai
 import pytest
+from fault_cells import FAULTS
 
 from pytest_llm_guard import LLMBudgetExceeded
-from pytest_llm_guard.fault import Fault, FaultServer
+from pytest_llm_guard.fault import FaultServer
 
 DEADLINE = 0.6
 HELLO = [{"role": "user", "content": "hello"}]
 
-
-@dataclass(frozen=True)
-class Cell:
-    fault: Fault
-    stream: bool = False
-
-
-FAULTS = {
-    "hang": Cell(Fault.hang()),
-    "trickled headers": Cell(Fault.trickle(interval=0.05, headers=True)),
-    "trickled body": Cell(Fault.trickle(interval=0.05)),
-    "reset": Cell(Fault.reset()),
-    "401": Cell(Fault.status(401)),
-    "429, short Retry-After": Cell(Fault.status(429, retry_after=0.05)),
-    "429, Retry-After beyond the deadline": Cell(Fault.status(429, retry_after=10)),
-    "503": Cell(Fault.status(503)),
-    "malformed 200": Cell(Fault.malformed()),
-    "stream cut": Cell(Fault.cut_stream(after_chunks=2), stream=True),
-}
 
 # What each cell must end with: the exception, the budget it names (if a budget), a phrase of its message.
 DEADLINE_CUT = (LLMBudgetExceeded, "deadline", "deadline passed")
