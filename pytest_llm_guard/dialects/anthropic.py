@@ -15,7 +15,7 @@ import copy
 import re
 from typing import TYPE_CHECKING, Any
 
-from .base import BodyReader, EventStreamReader, JsonReader, Usage, Wrap, request_json
+from .base import EventStreamReader, Usage, Wrap, request_json
 from .stainless import StainlessDialect
 
 if TYPE_CHECKING:
@@ -79,6 +79,8 @@ class AnthropicDialect(StainlessDialect):
     name = "anthropic"
     kinds = ("anthropic",)
     key_headers = frozenset({"x-api-key", "authorization"})
+    stream_reader = _EventStreamReader
+    json_usage = staticmethod(_message_usage)
     key_variables = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN")
     base_url_variable = "ANTHROPIC_BASE_URL"
     default_base_url = "https://api.anthropic.com"
@@ -98,13 +100,6 @@ class AnthropicDialect(StainlessDialect):
     def route_of(self, path: str) -> str:
         match = _ROUTE.search(path)
         return path[match.start() :] if match else path
-
-    def reader(self, content_type: str) -> BodyReader:
-        if "text/event-stream" in content_type:
-            return _EventStreamReader()
-        if "json" in content_type:
-            return JsonReader(_message_usage)
-        return BodyReader()
 
     def address(
         self,

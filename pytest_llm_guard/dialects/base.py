@@ -82,9 +82,18 @@ class Dialect:
         """Is an error response worth another attempt, by this API's rules?"""
         return status >= 400 and (status in RETRYABLE_STATUS or status >= 500)
 
+    stream_reader: Callable[[], BodyReader]
+    """Reads this API's server-sent events: their end, error events and usage."""
+    json_usage: Callable[[Any], Usage | None]
+    """The usage of one JSON answer of this API."""
+
     def reader(self, content_type: str) -> BodyReader:
         """Follows one response body as it arrives: is it a true answer, and how many tokens did it use?"""
-        raise NotImplementedError
+        if "text/event-stream" in content_type:
+            return self.stream_reader()
+        if "json" in content_type:
+            return JsonReader(self.json_usage)
+        return BodyReader()
 
     def address(
         self,

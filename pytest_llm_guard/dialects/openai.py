@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from .base import BodyReader, EventStreamReader, JsonReader, Usage, Wrap, _last_user_text, _shorten, request_json
+from .base import EventStreamReader, Usage, Wrap, _last_user_text, _shorten, request_json
 from .stainless import StainlessDialect
 
 if TYPE_CHECKING:
@@ -85,6 +85,8 @@ class OpenAIDialect(StainlessDialect):
     name = "openai"
     kinds = ("openai", "azure")
     key_headers = frozenset({"authorization", "api-key", "openai-organization", "openai-project"})
+    stream_reader = _EventStreamReader
+    json_usage = staticmethod(_usage)
     key_variables = ("OPENAI_API_KEY", "AZURE_OPENAI_API_KEY")
     base_url_variable = "OPENAI_BASE_URL"
     default_base_url = "https://api.openai.com/v1"
@@ -118,13 +120,6 @@ class OpenAIDialect(StainlessDialect):
         if not isinstance(body, dict):
             return ""
         return _shorten(_last_user_text(body.get("messages") or body.get("input")), limit)
-
-    def reader(self, content_type: str) -> BodyReader:
-        if "text/event-stream" in content_type:
-            return _EventStreamReader()
-        if "json" in content_type:
-            return JsonReader(_usage)
-        return BodyReader()
 
     def address(
         self,
