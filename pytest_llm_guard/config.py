@@ -95,6 +95,15 @@ class Settings:
 
     deadline: float | None = _option(120.0, seconds, "wall-clock seconds a test may spend, from its start", marker=True)
     call_timeout: float | None = _option(30.0, seconds, "seconds one LLM attempt may take, body included", marker=True)
+    first_token_timeout: float | None = _option(
+        None,
+        seconds,
+        "seconds from sending a request to its answer's first content (a stream's first token, else the headers)",
+        marker=True,
+    )
+    idle_timeout: float | None = _option(
+        None, seconds, "the longest gap, in seconds, between two chunks of an answer", marker=True
+    )
     retries: int | None = _option(
         2, optional(number(int, 0, positive=False)), "failed LLM attempts a test may absorb in total", marker=True
     )
@@ -356,7 +365,8 @@ CASSETTE_MARKER = "llm_cassette"
 MARKERS = {
     BUDGET_MARKER: f"{BUDGET_MARKER}({', '.join(f'{k}=...' for k in MARKER_KEYS)}): pytest-llm-guard per-test limits: "
     "deadline seconds from the test's start, retries (failed LLM attempts absorbed in total), "
-    "call_timeout seconds per attempt, calls (LLM requests) and tokens (from usage).",
+    "call_timeout seconds per attempt, first_token_timeout and idle_timeout seconds of a stream, calls (LLM "
+    "requests) and tokens (from usage).",
     BREAKER_MARKER: f"{BREAKER_MARKER}(endpoints=[names], on_open='fail'|'skip'|'fallback'): pytest-llm-guard: the "
     "endpoints this test may use, and whether it fails, skips or falls back when none of them is available.",
     CASSETTE_MARKER: f"{CASSETTE_MARKER}(name=None, *, path=None): pytest-llm-guard cassette of this test: a shared "

@@ -43,6 +43,8 @@ class Endpoint:
     api_key_env: str | None = None
     """Variable holding the key; None: keep the key the client was built with."""
     call_timeout: float | None = None
+    first_token_timeout: float | None = None
+    idle_timeout: float | None = None
     priority: int = 0
     weight: float = 1.0
     kind: str = DEFAULT_KIND
@@ -137,6 +139,8 @@ _FIELDS = {
     "models": "a list of model (or deployment) names",
     "api_key_env": "the name of an environment variable",
     "call_timeout": "a positive number of seconds",
+    "first_token_timeout": "a positive number of seconds",
+    "idle_timeout": "a positive number of seconds",
     "priority": "a whole number (lower is tried first)",
     "weight": "a positive number",
     "kind": f"one of {', '.join(ENDPOINT_KINDS)}",
@@ -169,9 +173,9 @@ def _endpoint(table: dict[str, Any], index: int, source: str, environ: Mapping[s
     key_env = table.get("api_key_env")
     if key_env is not None and not (isinstance(key_env, str) and _ENV_VAR.match(key_env)):
         raise invalid("api_key_env")
-    timeout = table.get("call_timeout")
-    if timeout is not None and not _positive(timeout):
-        raise invalid("call_timeout")
+    for key in ("call_timeout", "first_token_timeout", "idle_timeout"):
+        if table.get(key) is not None and not _positive(table[key]):
+            raise invalid(key)
     priority = table.get("priority", 0)
     if isinstance(priority, bool) or not isinstance(priority, int):
         raise invalid("priority")
@@ -190,7 +194,9 @@ def _endpoint(table: dict[str, Any], index: int, source: str, environ: Mapping[s
         base_url=base_url.rstrip("/"),
         models=tuple(models),
         api_key_env=key_env,
-        call_timeout=float(timeout) if timeout is not None else None,
+        call_timeout=_seconds(table.get("call_timeout")),
+        first_token_timeout=_seconds(table.get("first_token_timeout")),
+        idle_timeout=_seconds(table.get("idle_timeout")),
         priority=priority,
         weight=float(weight),
         kind=kind,
@@ -200,3 +206,7 @@ def _endpoint(table: dict[str, Any], index: int, source: str, environ: Mapping[s
 
 def _positive(value: Any) -> bool:
     return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def _seconds(value: Any) -> float | None:
+    return float(value) if value is not None else None

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import httpx2
 
-from . import report, retry, worker_reads
+from . import reads, report, retry
 from .alarm import Alarm
 from .budget import Budget
 from .clock import REAL, Clock
@@ -31,6 +31,7 @@ from .ledger import CALL, Attempt, Call, Category, Ledger, Stats
 from .pipeline import Pipeline
 from .prices import Prices
 from .scrub import Scrubber
+from .streams import StreamClock
 
 if TYPE_CHECKING:
     from .endpoints import EndpointSet
@@ -259,6 +260,8 @@ class Guard:
         )
         if call is not None:
             call.last = attempt
+        attempt.stream = StreamClock(attempt, self.clock.now, lowered=lambda: self._rearm(attempt))
+        attempt.stream.limit(self.settings.first_token_timeout, self.settings.idle_timeout)
         refusal = self.budget.refuse_start(new_call=kind == "first")
         if refusal is not None:
             attempt.source = "refused"
@@ -284,12 +287,7 @@ class Guard:
             timeouts = request.extensions[CLIENT_TIMEOUT] = request.extensions.get("timeout") or {}
         own = max((t for t in timeouts.values() if t is not None), default=math.inf)
         attempt.cap, attempt.cap_by, attempt.cap_binds = seconds, by, seconds < own
-        if isinstance(attempt.headers_timer, int) or attempt.headers_timer == _WORKER:
-            self.headers_in(attempt)
-            self.await_headers(attempt)
-        elif isinstance(attempt.headers_timer, asyncio.TimerHandle):
-            self.headers_in(attempt)
-            self.await_headers_async(attempt)
+        self._rearm(attempt)
         request.extensions = {
             **request.extensions,
             "timeout": {
@@ -297,19 +295,31 @@ class Guard:
             },
         }
 
+    def _rearm(self, attempt: Attempt) -> None:
+        """A limit was lowered while the headers are awaited: their timer moves to the new time."""
+        if isinstance(attempt.headers_timer, int) or attempt.headers_timer == _WORKER:
+            self.headers_in(attempt)
+            self.await_headers(attempt)
+        elif isinstance(attempt.headers_timer, asyncio.TimerHandle):
+            self.headers_in(attempt)
+            self.await_headers_async(attempt)
+
     def await_headers(self, attempt: Attempt) -> None:
-        """A status line and headers trickling in never time out by themselves: cut them at the cap,
-        by the alarm in the main thread, by the reads themselves in any other (``worker_reads.py``)."""
-        if math.isinf(attempt.cap):
+        """A status line and headers trickling in never time out by themselves: cut them at the cap (or
+        the first token's limit), by the alarm in the main thread, by the reads themselves in any
+        other (``reads.py``)."""
+        due = attempt.stream.due(headers=True)
+        if math.isinf(due.when):
             return
         if threading.current_thread() is not threading.main_thread():
-            worker_reads.due(self.clock.now, attempt.start + attempt.cap, _late_headers_text(attempt))
+            reads.due(self.clock.now, due.when, due.message)
             attempt.headers_timer = _WORKER
         elif self.alarm is not None:
-            attempt.headers_timer = self.alarm.at(attempt.start + attempt.cap, lambda: self._headers_late(attempt))
+            attempt.headers_timer = self.alarm.at(due.when, lambda: self._headers_late(attempt))
 
     def await_headers_async(self, attempt: Attempt) -> None:
-        if math.isinf(attempt.cap):
+        due = attempt.stream.due(headers=True)
+        if math.isinf(due.when):
             return
         loop, task = asyncio.get_running_loop(), asyncio.current_task()
         if task is None:
@@ -319,12 +329,12 @@ class Guard:
             attempt.headers_timer = "late"
             task.cancel()
 
-        attempt.headers_timer = loop.call_at(loop.time() + attempt.start + attempt.cap - self.clock.now(), late)
+        attempt.headers_timer = loop.call_at(loop.time() + due.when - self.clock.now(), late)
 
     def headers_in(self, attempt: Attempt) -> None:
         timer, attempt.headers_timer = attempt.headers_timer, None
         if timer == _WORKER:
-            worker_reads.clear()
+            reads.clear()
         elif isinstance(timer, int) and self.alarm is not None:
             self.alarm.cancel(timer)
         elif isinstance(timer, asyncio.TimerHandle):
@@ -341,8 +351,9 @@ class Guard:
         return True
 
     def late_headers_error(self, attempt: Attempt) -> httpx2.ReadTimeout:
-        attempt.cause = attempt.cap_by
-        return httpx2.ReadTimeout(_late_headers_text(attempt))
+        due = attempt.stream.due(headers=True)
+        attempt.cause = due.cause
+        return httpx2.ReadTimeout(due.message)
 
     def _headers_late(self, attempt: Attempt) -> None:
         attempt.headers_timer = None
@@ -357,8 +368,10 @@ class Guard:
         if isinstance(error, LLMGuardInterrupt):
             self._close(attempt, type(error).__name__, category_of(error), error=given or _first_line(error))
             return
-        if isinstance(error, httpx2.TimeoutException) and attempt.cap_binds and attempt.cause is None:
-            attempt.cause = attempt.cap_by  # the client's timeouts were ours: the cap cut it
+        if isinstance(error, httpx2.TimeoutException) and attempt.cause is None:
+            attempt.cause = attempt.stream.cause_of(error) if attempt.stream is not None else None
+            if attempt.cause is None and attempt.cap_binds:
+                attempt.cause = attempt.cap_by  # the client's timeouts were ours: the cap cut it
         if not self._close(attempt, type(error).__name__, category_of(error), error=given or str(error) or None):
             return
         self._check_failure(attempt)
@@ -429,13 +442,6 @@ def key_source(request: httpx2.Request) -> str:
     if names:
         return f"the key came from {' / '.join(names)}"
     return "the key was passed to the client directly (no environment variable holds it)"
-
-
-def _late_headers_text(attempt: Attempt) -> str:
-    return (
-        f"no response headers within the attempt's {attempt.cap:.2f} s cap ({attempt.cap_by}); "
-        "the server sent its status line and headers too slowly, or not at all"
-    )
 
 
 _WORKER = "worker"

@@ -110,6 +110,8 @@ class Attempt:
     """Whether ``cap`` is below the client's own timeouts (a timeout then is the cap's doing)."""
     headers_timer: Any = field(default=None, repr=False, compare=False)
     """While the response headers are awaited: the timer that cuts the attempt at its cap."""
+    stream: Any = field(default=None, repr=False, compare=False)
+    """Its stream budgets and what has arrived so far (``streams.StreamClock``), set by the guard."""
     backoff: float = 0.0
     """Seconds between the end of the failed attempt before it and its start, whoever waited (the
     guard's backoff, a Retry-After, the SDK's own backoff, the application's ``sleep``): set once, by the ledger."""
@@ -125,7 +127,7 @@ class Attempt:
     result: Category = Category.PENDING
     """The outcome's category, given by whoever ended the attempt."""
     cause: str | None = None
-    """Which limit cut the attempt, when one did (as ``cap_by``)."""
+    """Which limit cut the attempt, when one did (as ``cap_by``, or ``first_token_timeout``, ``idle_timeout``)."""
     status: int | None = None
     error: str | None = None
     retry_after: float | None = None
@@ -167,7 +169,7 @@ class Attempt:
 
     def to_dict(self) -> dict[str, Any]:
         record = dict(vars(self))  # flat: every field is a plain value
-        del record["headers_timer"], record["cap_binds"], record["result"]
+        del record["headers_timer"], record["stream"], record["cap_binds"], record["result"]
         record["category"] = self.category
         return record
 

@@ -331,6 +331,8 @@ class RouterLayer:
         attempt.start += plan.wait
         if endpoint.call_timeout is not None:
             self.guard.cap(attempt, plan.request, endpoint.call_timeout, f"call_timeout of endpoint {endpoint.name}")
+        if attempt.stream is not None:
+            attempt.stream.limit(endpoint.first_token_timeout, endpoint.idle_timeout, f" of endpoint {endpoint.name}")
         if plan.wait:
             self.guard.cap(attempt, plan.request, max(0.0, self.guard.budget.attempt_cap()[0] - plan.wait), "deadline")
 

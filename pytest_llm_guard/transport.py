@@ -9,8 +9,14 @@ tests run the untouched httpx2 code.
 
 Per request: the dialect says whether it is LLM traffic (``dialects/``); the guard
 opens its attempt (``guard.py``); the guard's layers run in front of the client's own
-transport; the response body is watched as it arrives (deadline and attempt cap per
-chunk, usage and the end of a stream at the end).
+transport; the response body is watched as it arrives (deadline, attempt cap and stream budgets
+per chunk, usage and the end of a stream at the end).
+
+A streamed answer is read ahead, before the response is handed on, up to its first
+content-bearing event (its dialect says which): an error event, a cut or a missed
+``first_token_timeout`` before it fails the attempt at the transport, where the SDK's
+retries, the guard's and failover treat it like a dropped connection, since nothing has
+reached the caller yet. What was read is then handed on unchanged, and the rest as it comes.
 
 In a test that is not guarded, the seam only marks an LLM request; whether it left the
 process is known where httpcore2's connection pool receives it (:class:`_Live`).
@@ -21,12 +27,13 @@ from __future__ import annotations
 __tracebackhide__ = True  # pytest: a failed test shows where the LLM call was made, not our internals
 
 import asyncio
+import math
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx2
 
-from . import worker_reads
+from . import reads
 from .dialects import Dialect, decoding, dialect_for
 from .errors import LLMGuardConfigError, LLMGuardInterrupt
 from .ledger import Attempt, Category
@@ -65,14 +72,14 @@ def _patch() -> None:
         _saved = (httpx2.Client._send_single_request, httpx2.AsyncClient._send_single_request)
         httpx2.Client._send_single_request = _send_single_request  # type: ignore[method-assign]
         httpx2.AsyncClient._send_single_request = _send_single_request_async  # type: ignore[method-assign]
-        worker_reads.install()
+        reads.install()
 
 
 def _unpatch() -> None:
     global _saved
     if not _guards and not _watchers and _saved is not None:
         httpx2.Client._send_single_request, httpx2.AsyncClient._send_single_request = _saved  # type: ignore[method-assign]
-        worker_reads.uninstall()
+        reads.uninstall()
         _saved = None
 
 
@@ -178,7 +185,9 @@ def _send_single_request(client: httpx2.Client, request: httpx2.Request) -> http
         response.close()
         raise
     if not ended:
-        _watch(response, guard, attempt, dialect, _WatchedStream)  # type: ignore[union-attr,arg-type]
+        watched = _watch(response, guard, attempt, dialect, _WatchedStream)  # type: ignore[union-attr,arg-type]
+        if isinstance(watched, _WatchedStream):
+            watched.read_ahead()
     return response
 
 
@@ -211,16 +220,23 @@ async def _send_single_request_async(client: httpx2.AsyncClient, request: httpx2
         await response.aclose()
         raise
     if not ended:
-        _watch(response, guard, attempt, dialect, _WatchedAsyncStream)  # type: ignore[union-attr,arg-type]
+        watched = _watch(response, guard, attempt, dialect, _WatchedAsyncStream)  # type: ignore[union-attr,arg-type]
+        if isinstance(watched, _WatchedAsyncStream):
+            await watched.read_ahead()
     return response
 
 
-def _watch(response: httpx2.Response, guard: Guard, attempt: Attempt, dialect: Dialect, kind: type[_Watch]) -> None:
-    """Watch the body as it arrives; a body a mock transport handed over whole (decoded) is judged at once."""
+def _watch(
+    response: httpx2.Response, guard: Guard, attempt: Attempt, dialect: Dialect, kind: type[_Watch]
+) -> _Watch | None:
+    """Watch the body as it arrives (returns the watcher); a body a mock transport handed over whole
+    (decoded) is judged at once."""
     if response.is_stream_consumed:
         kind(response, guard, attempt, dialect, decoded=True).whole(response.content)
-    else:
-        response.stream = kind(response, guard, attempt, dialect)  # type: ignore[assignment]
+        return None
+    watched = kind(response, guard, attempt, dialect)
+    response.stream = watched  # type: ignore[assignment]
+    return watched
 
 
 class LLMMalformedResponse(httpx2.RemoteProtocolError):
@@ -246,8 +262,13 @@ class LLMStreamError(httpx2.RemoteProtocolError):
     category = Category.SERVER
 
 
+_END = b"pytest_llm_guard.end"
+"""What the next read returns at the end of a body (a marker no chunk is)."""
+
+
 class _Watch:
-    """A body being read: deadline and cap per chunk; checked by its dialect; usage counted at the end."""
+    """A body being read: deadline, cap and stream budgets per chunk; checked by its dialect; usage
+    counted at the end. A stream's chunks up to its first content are read ahead (:meth:`read_ahead`)."""
 
     def __init__(
         self, response: httpx2.Response, guard: Guard, attempt: Attempt, dialect: Dialect, *, decoded: bool = False
@@ -259,12 +280,31 @@ class _Watch:
         self._attempt = attempt
         self._status = response.status_code
         self._done = False
+        self._clock = attempt.stream
+        if not self._reader.events_expected:
+            self._clock.content = True  # an answer that is not a stream of events begins with its headers
+        self._reads = 0
+        self._ahead: list[bytes] = []
+        """Chunks read ahead, up to the first content, not yet handed on."""
+        self._chunks: Any = None
+        """The one iterator over the inner stream: reading ahead and the caller's reading continue it."""
+
+    def _due(self) -> tuple[float, str]:
+        """The caller asks for the next chunk: when the read must end, and its timeout's message."""
+        self._clock.asked()
+        due = self._clock.due()
+        return due.when, due.message
+
+    def _ahead_done(self) -> bool:
+        return self._done or self._reader.content or self._reader.ended or not self._reader.events_expected
 
     def _chunk(self, chunk: bytes) -> None:
         if self._attempt.first_chunk is None:
             self._attempt.first_chunk = self._guard.since_start(self._attempt)
         self._guard.progress(self._attempt)
         problem = self._reader.feed(chunk)
+        self._reads += 1
+        self._clock.arrived(self._reader.events if self._reader.events_expected else self._reads, self._reader.content)
         if problem:
             error = LLMStreamError if self._reader.error_event else LLMMalformedResponse
             raise error(f"{problem} in a {self._status} from {self._attempt.endpoint}")
@@ -317,9 +357,46 @@ class _Watch:
 
 
 class _WatchedStream(_Watch, httpx2.SyncByteStream):
+    def _next(self) -> bytes:
+        """The next chunk (or :data:`_END`), its read ending at the first limit due."""
+        self._chunks = self._chunks or iter(self._inner)  # type: ignore[arg-type]
+        when, message = self._due()
+        if math.isinf(when):
+            return next(self._chunks, _END)
+        reads.due(self._clock.now, when, message)
+        try:
+            return next(self._chunks, _END)
+        finally:
+            reads.clear()
+
+    def read_ahead(self) -> None:
+        """Read up to the first content, before the caller sees the response: what fails before it
+        fails the attempt here, at the transport."""
+        try:
+            while not self._ahead_done():
+                chunk = self._next()
+                if chunk is _END:
+                    self._end()
+                    break
+                self._chunk(chunk)
+                self._ahead.append(chunk)
+        except (Exception, LLMGuardInterrupt) as exc:
+            try:
+                raised = exc if self._done else self._error(exc)
+            finally:
+                self._inner.close()  # type: ignore[union-attr]
+            if raised is exc:
+                raise
+            raise raised from None
+
     def __iter__(self) -> Iterator[bytes]:
         try:
-            for chunk in self._inner:  # type: ignore[union-attr]
+            while self._ahead:
+                yield self._ahead.pop(0)
+            while not self._done:
+                chunk = self._next()
+                if chunk is _END:
+                    break
                 self._chunk(chunk)
                 yield chunk
         except (Exception, LLMGuardInterrupt) as exc:
@@ -327,7 +404,8 @@ class _WatchedStream(_Watch, httpx2.SyncByteStream):
             if raised is exc:
                 raise
             raise raised from None  # the message says it all; httpcore's frames add nothing
-        self._end()
+        if not self._done:
+            self._end()
 
     def close(self) -> None:
         try:
@@ -337,9 +415,44 @@ class _WatchedStream(_Watch, httpx2.SyncByteStream):
 
 
 class _WatchedAsyncStream(_Watch, httpx2.AsyncByteStream):
+    async def _next(self) -> bytes:
+        self._chunks = self._chunks or self._inner.__aiter__()  # type: ignore[union-attr]
+        when, message = self._due()
+        if not math.isinf(when):
+            reads.due(self._clock.now, when, message)
+        try:
+            return await self._chunks.__anext__()
+        except StopAsyncIteration:
+            return _END
+        finally:
+            reads.clear()
+
+    async def read_ahead(self) -> None:
+        try:
+            while not self._ahead_done():
+                chunk = await self._next()
+                if chunk is _END:
+                    self._end()
+                    break
+                self._chunk(chunk)
+                self._ahead.append(chunk)
+        except (Exception, LLMGuardInterrupt) as exc:
+            try:
+                raised = exc if self._done else self._error(exc)
+            finally:
+                await self._inner.aclose()  # type: ignore[union-attr]
+            if raised is exc:
+                raise
+            raise raised from None
+
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
-            async for chunk in self._inner:  # type: ignore[union-attr]
+            while self._ahead:
+                yield self._ahead.pop(0)
+            while not self._done:
+                chunk = await self._next()
+                if chunk is _END:
+                    break
                 self._chunk(chunk)
                 yield chunk
         except (Exception, LLMGuardInterrupt) as exc:
@@ -347,7 +460,8 @@ class _WatchedAsyncStream(_Watch, httpx2.AsyncByteStream):
             if raised is exc:
                 raise
             raise raised from None
-        self._end()
+        if not self._done:
+            self._end()
 
     async def aclose(self) -> None:
         try:

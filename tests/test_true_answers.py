@@ -57,13 +57,16 @@ def test_a_stream_cut_midway_says_so_to_the_caller(
     assert llm_guard.events[0].outcome == "LLMStreamCut" and len(llm_fault_server.requests) == 1
 
 
-def test_a_malformed_stream_event_is_not_handed_on(llm_client: openai.OpenAI, llm_fault_server: FaultServer) -> None:
+def test_a_malformed_stream_event_before_any_content_is_a_failed_attempt_retried(
+    llm_client: openai.OpenAI, llm_fault_server: FaultServer, llm_guard
+) -> None:
     llm_fault_server.plan(Fault.malformed())
-    stream = llm_client.chat.completions.create(model="m", messages=HELLO, stream=True)
-    with pytest.raises(openai.APIConnectionError) as info:
-        list(stream)
-    assert isinstance(info.value.__cause__, LLMMalformedResponse)
-    assert "malformed JSON in event 1 of a stream in a 200 from" in str(info.value.__cause__)
+    chunks = list(llm_client.chat.completions.create(model="m", messages=HELLO, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "echo: hello there"
+    first, second = llm_guard.events
+    assert first.outcome == "LLMMalformedResponse"
+    assert first.error == f"malformed JSON in event 1 of a stream in a 200 from {llm_fault_server.url}"
+    assert (second.kind, second.outcome) == ("retry", "ok")
 
 
 def recorded(project: pytest.Pytester) -> list[dict]:
@@ -80,7 +83,7 @@ def test_malformed_then_ok(llm_client):
     llm_client.chat.completions.create(model="m", messages=[{"role": "user", "content": "one"}])
 
 def test_cut_stream(llm_client):
-    messages = [{"role": "user", "content": "two"}]
+    messages = [{"role": "user", "content": "two three"}]
     with pytest.raises(openai.APIConnectionError):
         for _ in llm_client.chat.completions.create(model="m", messages=messages, stream=True):
             pass
@@ -91,7 +94,8 @@ def test_broken_answers_are_never_recorded(pytester: pytest.Pytester, monkeypatc
     with FaultServer() as server:
         monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
         monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
-        server.plan(Fault.malformed(), Fault.ok(), Fault.cut_stream(after_chunks=1))
+        # The stream is cut after its answer began (cut before it, the attempt would be retried).
+        server.plan(Fault.malformed(), Fault.ok(), Fault.cut_stream(after_chunks=3))
         pytester.makepyfile(test_app=BROKEN)
         pytester.runpytest("--llm-record=once").assert_outcomes(passed=2)
     bodies = [i["response"]["body"]["string"] for i in recorded(pytester)]

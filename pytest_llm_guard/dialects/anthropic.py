@@ -4,9 +4,11 @@ A request is Anthropic's when it carries ``anthropic-version`` (the SDK always s
 it), or when another client POSTs a model and messages to ``/v1/messages``. A streamed
 answer is named events from ``message_start`` to ``message_stop``; one cut before
 ``message_stop`` is partial, and an ``event: error`` (``overloaded_error``...) after the
-200 fails the attempt. Usage is ``input_tokens + output_tokens``: the input in
-``message_start``, the output counted cumulatively by each ``message_delta`` (the latest
-count is the total, never a sum); cache reads and writes are kept apart.
+200 fails the attempt. The answer's content begins with its first ``content_block_start``
+(an error before it is retried while nothing reached the caller). Usage is ``input_tokens +
+output_tokens``: the input in ``message_start``, the output counted cumulatively by each
+``message_delta`` (the latest count is the total, never a sum); cache reads and writes are
+kept apart.
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ class _EventStreamReader(EventStreamReader):
             self._counts.update(_counts(payload.get("usage")))  # cumulative: the latest count replaces
         elif kind == "message_stop":
             self.ended = True
+        self.content = self.content or kind in ("content_block_start", "content_block_delta")
         self.usage = _usage(self._counts) or self.usage
         return None
 

@@ -201,6 +201,9 @@ class BodyReader:
     events: int = 0
     error_event: bool = False
     """The server sent its API's error event: the problem :meth:`feed` returned is the server's, not the body's."""
+    content: bool = False
+    """A stream's first content-bearing event arrived (its dialect says which): the answer has begun, so
+    what goes wrong after it reaches the caller, and what went wrong before it is a failed attempt."""
 
     def feed(self, chunk: bytes) -> str | None:
         """Take a chunk before it reaches the caller; returns what is wrong with the body so far, if anything."""
@@ -223,7 +226,7 @@ class _Decoding(BodyReader):
 
     def _sync(self) -> None:
         self.usage, self.ended, self.events = self._reader.usage, self._reader.ended, self._reader.events
-        self.error_event = self._reader.error_event
+        self.error_event, self.content = self._reader.error_event, self._reader.content
 
     def feed(self, chunk: bytes) -> str | None:
         try:

@@ -64,8 +64,21 @@ _END_TYPES = frozenset({"response.completed", "response.incomplete", "response.f
 """Responses API events that end a stream (chat completions end with ``data: [DONE]``)."""
 
 
+def _carries_content(payload: dict[str, Any]) -> bool:
+    """A chat completion chunk whose delta has text, tool calls or a refusal; a Responses API delta."""
+    kind = payload.get("type")
+    if isinstance(kind, str):
+        return kind.startswith("response.") and kind.endswith(".delta")
+    choices = payload.get("choices")
+    deltas = [c.get("delta") for c in choices if isinstance(c, dict)] if isinstance(choices, list) else []
+    return any(isinstance(d, dict) and any(d.get(k) for k in ("content", "tool_calls", "refusal")) for d in deltas)
+
+
 class _EventStreamReader(EventStreamReader):
-    """Chat completions' ``data: [DONE]``, or a Responses API end event; usage from any event that has it."""
+    """Chat completions' ``data: [DONE]``, or a Responses API end event; usage from any event that has it.
+
+    A chat completion chunk carrying ``error`` is the API failing mid-stream (the SDK raises it).
+    """
 
     def on_data(self, name: str, data: bytes) -> str | None:
         if data.strip() == b"[DONE]":
@@ -74,6 +87,14 @@ class _EventStreamReader(EventStreamReader):
         return super().on_data(name, data)
 
     def on_payload(self, name: str, payload: dict[str, Any]) -> str | None:
+        error = payload.get("error")
+        if isinstance(error, dict) and "type" not in payload:
+            self.ended = self.error_event = True
+            return (
+                f"an error event after {self.events - 1} events of a stream "
+                f"({error.get('type') or error.get('code') or 'error'}: {error.get('message', '')})"
+            )
+        self.content = self.content or _carries_content(payload)
         self.usage = _usage(payload) or self.usage
         self.ended = self.ended or payload.get("type") in _END_TYPES
         return None

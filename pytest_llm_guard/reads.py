@@ -1,0 +1,80 @@
+"""Reads that end at a time: an attempt is cut where it reads, in its own thread or task.
+
+SIGALRM interrupts only the main thread (``alarm.py``), and each byte restarts httpx2's
+read timeout, so a stalling or trickling server is bounded where it is read: while a limit
+is set (:func:`due`), each read of a connection in that thread (or asyncio task) waits at
+most until then, and a read after it raises ``httpcore2.ReadTimeout`` with the limit's
+message, which httpx2 turns into ``httpx2.ReadTimeout`` where the caller's own ``except``
+sees it. Set for another thread's wait for headers (``guard.py``) and for each read of a
+body (``transport.py``: the attempt's cap, first token, idle gap; ``streams.py``).
+Installed with the seam, so unguarded tests read through untouched httpcore2 code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextvars import ContextVar
+from typing import Any
+
+import httpcore2
+from httpcore2._backends.anyio import AnyIOStream
+from httpcore2._backends.sync import SyncStream
+
+_limit: ContextVar[tuple[Callable[[], float], float, str] | None] = ContextVar("pytest_llm_guard_reads", default=None)
+"""Per thread and per task: (clock, clock time reads end, the timeout's message), while set."""
+_saved: Any = None
+
+
+def install() -> None:
+    global _saved
+    if _saved is None:
+        _saved = SyncStream.read, AnyIOStream.read
+        SyncStream.read = _read  # type: ignore[method-assign]
+        AnyIOStream.read = _read_async  # type: ignore[method-assign]
+
+
+def uninstall() -> None:
+    global _saved
+    if _saved is not None:
+        (SyncStream.read, AnyIOStream.read), _saved = _saved, None  # type: ignore[method-assign]
+
+
+def due(clock: Callable[[], float], when: float, message: str) -> None:
+    """This thread's (or task's) reads end at ``when`` (by ``clock``) with ``message``, until :func:`clear`."""
+    _limit.set((clock, when, message))
+
+
+def clear() -> None:
+    _limit.set(None)
+
+
+def _left(limit: tuple[Callable[[], float], float, str], timeout: float | None) -> float:
+    clock, when, message = limit
+    left = when - clock()
+    if left <= 0:
+        raise httpcore2.ReadTimeout(message)
+    return left if timeout is None else min(timeout, left)
+
+
+def _read(stream: SyncStream, max_bytes: int, timeout: float | None = None) -> bytes:
+    limit = _limit.get()
+    if limit is None:
+        return _saved[0](stream, max_bytes, timeout)
+    try:
+        return _saved[0](stream, max_bytes, _left(limit, timeout))
+    except httpcore2.ReadTimeout:
+        if limit[1] - limit[0]() > 0:
+            raise
+        raise httpcore2.ReadTimeout(limit[2]) from None
+
+
+async def _read_async(stream: AnyIOStream, max_bytes: int, timeout: float | None = None) -> bytes:
+    limit = _limit.get()
+    if limit is None:
+        return await _saved[1](stream, max_bytes, timeout)
+    try:
+        return await _saved[1](stream, max_bytes, _left(limit, timeout))
+    except httpcore2.ReadTimeout:
+        if limit[1] - limit[0]() > 0:
+            raise
+        raise httpcore2.ReadTimeout(limit[2]) from None
