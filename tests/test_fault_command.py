@@ -114,8 +114,8 @@ def test_a_mistyped_prefix_is_a_404_that_says_what_was_meant(server: FaultServer
     assert answer.status_code == 404
     assert answer.json()["error"]["message"] == (
         "Unknown route GET /hangg/v1/models: /hangg is not a fault prefix; did you mean 'hang'? the prefixes are "
-        "hang, delay-S, sCODE[-N], flaky-N, trickle[-S], trickle-body[-S], malformed, cut[-N], stream-error[-N], "
-        "reset[-N]"
+        "hang, delay-S, sCODE[-N], flaky-N, trickle[-S], trickle-body[-S], stall-first, stall-after-N, paced-M, "
+        "malformed, cut[-N], stream-error[-N], reset[-N]"
     )
 
 

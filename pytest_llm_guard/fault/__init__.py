@@ -41,7 +41,7 @@ body, broken answer and mid-stream error event, as ``anthropic_api.py`` does) an
 
 from . import anthropic_api, openai_api
 from .dialect import DEFAULT_MODEL, register
-from .faults import CutStream, Fault, Hang, Malformed, Ok, Reset, Status, StreamError, Trickle
+from .faults import CutStream, Fault, Hang, Malformed, Ok, Paced, Reset, Stall, Status, StreamError, Trickle
 from .openai_api import ROUTES, fake_embedding
 from .server import FaultServer, RecordedRequest
 
@@ -56,9 +56,11 @@ __all__ = [
     "Hang",
     "Malformed",
     "Ok",
+    "Paced",
     "ROUTES",
     "RecordedRequest",
     "Reset",
+    "Stall",
     "Status",
     "StreamError",
     "Trickle",

@@ -14,7 +14,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["CutStream", "Fault", "Hang", "Malformed", "Ok", "Reset", "Status", "StreamError", "Trickle"]
+__all__ = [
+    "CutStream",
+    "Fault",
+    "Hang",
+    "Malformed",
+    "Ok",
+    "Paced",
+    "Reset",
+    "Stall",
+    "Status",
+    "StreamError",
+    "Trickle",
+]
 
 
 def seconds(what: str, value: Any) -> float:
@@ -101,6 +113,19 @@ class Fault:
     def cut_stream(after_chunks: int) -> CutStream:
         """Send ``after_chunks`` SSE events, then drop the connection before the stream's last event."""
         return CutStream(after_chunks)
+
+    @staticmethod
+    def stall(after_chunks: int = 0) -> Stall:
+        """Send the head at once and the body's first ``after_chunks`` chunks (a stream's events), then
+        nothing until the client gives up: a model that never starts (0), or stops mid-answer. Never the
+        whole answer: a body that is not a stream stalls after its head."""
+        return Stall(after_chunks)
+
+    @staticmethod
+    def paced(interval: float) -> Paced:
+        """Send the head at once, then each chunk of the body (a stream's events) ``interval`` s after the
+        one before: a slow but steady model."""
+        return Paced(interval)
 
     @staticmethod
     def stream_error(after_chunks: int = 1, code: int = 529, *, message: str | None = None) -> StreamError:
@@ -205,6 +230,26 @@ class CutStream(Fault):
 
     def __post_init__(self) -> None:
         count("Fault.cut_stream(after_chunks)", self.after_chunks, 0)
+
+
+@dataclass(frozen=True)
+class Stall(Fault):
+    """See Fault.stall()."""
+
+    after_chunks: int = 0
+
+    def __post_init__(self) -> None:
+        count("Fault.stall(after_chunks)", self.after_chunks, 0)
+
+
+@dataclass(frozen=True)
+class Paced(Fault):
+    """See Fault.paced()."""
+
+    interval: float
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "interval", seconds("Fault.paced(interval)", self.interval))
 
 
 @dataclass(frozen=True)

@@ -76,6 +76,24 @@ PREFIXES: tuple[_Form, ...] = (
         lambda m: Prefix(m[0], Fault.trickle(float(m[1] or 0.05))),
         "the head at once, then the body 1 byte every S seconds (0.05)",
     ),
+    _Form(
+        "stall-first",
+        "stall-first",
+        lambda m: Prefix(m[0], Fault.stall(0)),
+        "the head at once, then no chunk of the body: a model that never starts its answer",
+    ),
+    _Form(
+        "stall-after-N",
+        r"stall-after-(\d+)",
+        lambda m: Prefix(m[0], Fault.stall(int(m[1]))),
+        "the head and N stream events, then nothing: an answer stalled midway",
+    ),
+    _Form(
+        "paced-M",
+        r"paced-(\d+)",
+        lambda m: Prefix(m[0], Fault.paced(int(m[1]) / 1000)),
+        "the head at once, then one stream event every M milliseconds: slow but steady",
+    ),
     _Form("malformed", "malformed", lambda m: Prefix(m[0], Fault.malformed()), "200 whose body is not JSON"),
     _Form(
         "cut[-N]",

@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from .dialect import Call, Dialect, Reply, Response, RouteTable, chunk, registered
-from .faults import CutStream, Fault, Hang, Malformed, Ok, Reset, Status, StreamError, Trickle
+from .faults import CutStream, Fault, Hang, Malformed, Ok, Paced, Reset, Stall, Status, StreamError, Trickle
 from .http11 import BadRequest, read_head, response_head
 from .prefixes import Prefix, split, unknown
 
@@ -404,6 +404,19 @@ class _Handler(socketserver.StreamRequestHandler):
                     self._abort()
                     return
                 self._send(body[start : start + fault.chunk_size])
+        elif isinstance(fault, Stall):
+            # Never the whole answer: a stream keeps its last event and terminating chunk, a body all of it.
+            kept = min(fault.after_chunks, len(response.pieces) - (2 if response.streamed else 1))
+            self._send(head + b"".join(response.pieces[:kept]))
+            self._wait(release, None)
+            self._abort()
+        elif isinstance(fault, Paced):
+            self._send(head)
+            for piece in response.pieces:
+                if self._wait(release, fault.interval):
+                    self._abort()
+                    return
+                self._send(piece)
         elif isinstance(fault, CutStream):
             # Never the stream's last event nor the terminating zero chunk: the stream must end broken.
             kept = min(fault.after_chunks, len(response.pieces) - 2) if response.streamed else 0
