@@ -24,4 +24,7 @@ FAULTS = {
     "503": Cell(Fault.status(503)),
     "malformed 200": Cell(Fault.malformed()),
     "stream cut": Cell(Fault.cut_stream(after_chunks=2), stream=True),
+    # The API's error event (Anthropic's overloaded_error) after the answer began, and before it.
+    "mid-stream error": Cell(Fault.stream_error(after_chunks=2), stream=True),
+    "error before content": Cell(Fault.stream_error(after_chunks=1), stream=True),
 }

@@ -2,7 +2,8 @@
 
 End to end against the fault server (``/v1/messages``) in real, scaled-down time: every
 cell of {hang, trickled headers, trickled body, reset, 401, 429 with a short and a long
-Retry-After, 529, 503, malformed 200, stream cut, mid-stream error event} x
+Retry-After, 529, 503, malformed 200, stream cut, mid-stream error event, error event before
+any content} x
 {anthropic_client, async_anthropic_client, the application's own ``anthropic.Anthropic``
 in a naive ``except Exception`` loop with ``timeout=60``} runs under
 ``llm_budget(deadline=0.6, retries=2)`` and must end by deadline + 1 s with the right
@@ -44,7 +45,6 @@ def anthropic_client_options(llm_fault_server: FaultServer) -> dict[str, Any]:
 FAULTS = {
     **COMMON_FAULTS,
     "529": Cell(Fault.status(529)),
-    "mid-stream error": Cell(Fault.stream_error(after_chunks=2), stream=True),
 }
 
 # What each cell must end with: the exception, the budget it names (if a budget), a phrase of its message.
@@ -63,6 +63,8 @@ GUARDED = {
     # The anthropic SDK hands a stream's transport errors to the caller as they are.
     "stream cut": (LLMStreamCut, None, "ended before its end event after 2 events"),
     "mid-stream error": (LLMStreamError, None, "overloaded_error"),
+    # Before the answer began: a failed attempt at the transport, retried like a 529.
+    "error before content": (LLMBudgetExceeded, "retries", "an error event after 1 events of a stream (overloaded_error"),
 }
 # The SDK's own retries (left on, as users leave them) sleep half a second and more between
 # attempts: past this deadline, so the deadline ends those cells while the SDK sleeps.
@@ -76,6 +78,7 @@ NAIVE_LOOP = {
     "malformed 200": SDK_BACKOFF,
     "stream cut": (LLMBudgetExceeded, "retries", "ended before its end event after 2 events"),
     "mid-stream error": (LLMBudgetExceeded, "retries", "overloaded_error"),
+    "error before content": SDK_BACKOFF,
 }
 
 

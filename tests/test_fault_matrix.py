@@ -1,7 +1,7 @@
 """Every fault meets every kind of client, and every cell ends by its deadline with the real cause named.
 
 {hang, trickled headers, trickled body, reset, 401, 429 with a short and a long Retry-After, 503,
-malformed 200, stream cut} x {llm_client, async_llm_client, the application's own client in a
+malformed 200, stream cut, the API's error event in a stream after its content began and before} x {llm_client, async_llm_client, the application's own client in a
 naive ``except Exception`` loop with ``timeout=60``}, each under ``llm_budget(deadline, retries=2)``
 with the deadline scaled down from 2 s to 0.6 s. Part of the end-to-end set that measures
 wall-clock time (see ``test_end_to_end.py``): each cell must end by its deadline + 1 s, in real time.
@@ -36,6 +36,9 @@ GUARDED = {
     "503": (LLMBudgetExceeded, "retries", "HTTP 503"),
     "malformed 200": (LLMBudgetExceeded, "retries", "malformed JSON in a 200 from"),
     "stream cut": (openai.APIConnectionError, None, "ended before its end event after 2 events"),
+    "mid-stream error": (openai.APIConnectionError, None, "an error event after 2 events of a stream"),
+    # Before the answer began: a failed attempt at the transport, retried like a 5xx.
+    "error before content": (LLMBudgetExceeded, "retries", "an error event after 1 events of a stream"),
 }
 # The SDK's own retries (left on, as users leave them) sleep half a second and more between
 # attempts: past this deadline, so the deadline ends those cells while the SDK sleeps.
@@ -47,6 +50,8 @@ NAIVE_LOOP = {
     "503": SDK_BACKOFF,
     "malformed 200": SDK_BACKOFF,
     "stream cut": (LLMBudgetExceeded, "retries", "ended before its end event after 2 events"),
+    "mid-stream error": (LLMBudgetExceeded, "retries", "an error event after 2 events of a stream"),
+    "error before content": SDK_BACKOFF,
 }
 NAMED_IN_THE_ATTEMPTS = {"reset": "ReadError", "503": "HTTP 503", "malformed 200": "malformed JSON in a 200 from"}
 

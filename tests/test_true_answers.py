@@ -87,6 +87,10 @@ def test_cut_stream(llm_client):
     with pytest.raises(openai.APIConnectionError):
         for _ in llm_client.chat.completions.create(model="m", messages=messages, stream=True):
             pass
+
+def test_error_event_before_content(llm_client):
+    messages = [{"role": "user", "content": "four"}]
+    assert len(list(llm_client.chat.completions.create(model="m", messages=messages, stream=True))) > 1
 """
 
 
@@ -95,11 +99,13 @@ def test_broken_answers_are_never_recorded(pytester: pytest.Pytester, monkeypatc
         monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
         monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
         # The stream is cut after its answer began (cut before it, the attempt would be retried).
-        server.plan(Fault.malformed(), Fault.ok(), Fault.cut_stream(after_chunks=3))
+        server.plan(Fault.malformed(), Fault.ok(), Fault.cut_stream(after_chunks=3), Fault.stream_error(after_chunks=1))
         pytester.makepyfile(test_app=BROKEN)
-        pytester.runpytest("--llm-record=once").assert_outcomes(passed=2)
+        pytester.runpytest("--llm-record=once").assert_outcomes(passed=3)
     bodies = [i["response"]["body"]["string"] for i in recorded(pytester)]
-    assert len(bodies) == 1 and "echo: one" in bodies[0]  # the retry's answer; not the malformed one, not the cut
+    # The retries' answers; not the malformed one, not the cut, not the stream that failed before its content.
+    assert len(bodies) == 2 and "echo: one" in bodies[0]
+    assert '"echo:"' in bodies[1] and "[DONE]" in bodies[1] and "error" not in bodies[1]
     assert not Path(pytester.path / "cassettes" / "test_app" / "test_cut_stream.yaml").exists()
 
 
