@@ -35,7 +35,9 @@ class Due(NamedTuple):
 class StreamClock:
     """One attempt's stream budgets, and what has arrived so far."""
 
-    def __init__(self, attempt: Attempt, now: Callable[[], float], *, lowered: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self, attempt: Attempt, now: Callable[[], float], *, lowered: Callable[[], None] = lambda: None
+    ) -> None:
         """``lowered`` is told when a limit is lowered (the guard moves its timer for the headers)."""
         self.attempt = attempt
         self.now = now
@@ -80,7 +82,8 @@ class StreamClock:
             f"no response headers within the attempt's {attempt.cap:.2f} s cap ({attempt.cap_by}); "
             "the server sent its status line and headers too slowly, or not at all"
             if headers
-            else f"the attempt reached its {attempt.cap:.2f} s cap ({attempt.cap_by}) while the response was still arriving"
+            else f"the attempt reached its {attempt.cap:.2f} s cap ({attempt.cap_by}) "
+            "while the response was still arriving"
         )
         found = [Due(attempt.start + attempt.cap, attempt.cap_by, cap)]
         if self.first_token is not None and not self.content:

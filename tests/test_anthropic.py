@@ -64,7 +64,11 @@ GUARDED = {
     "stream cut": (LLMStreamCut, None, "ended before its end event after 2 events"),
     "mid-stream error": (LLMStreamError, None, "overloaded_error"),
     # Before the answer began: a failed attempt at the transport, retried like a 529.
-    "error before content": (LLMBudgetExceeded, "retries", "an error event after 1 events of a stream (overloaded_error"),
+    "error before content": (
+        LLMBudgetExceeded,
+        "retries",
+        "an error event after 1 events of a stream (overloaded_error",
+    ),
 }
 # The SDK's own retries (left on, as users leave them) sleep half a second and more between
 # attempts: past this deadline, so the deadline ends those cells while the SDK sleeps.

@@ -749,7 +749,8 @@ def test_a_stream_the_caller_abandons_is_read_on_and_recorded_whole(
 def test_an_abandoned_stream_that_cannot_be_read_in_time_warns_and_its_miss_says_so(
     project: pytest.Pytester, server: FaultServer, monkeypatch
 ) -> None:
-    trickle = Fault.trickle(interval=0.05, chunk_size=20)  # the whole answer takes ~4 s
+    # The answer begins within 0.5 s (the guard reads a stream ahead to its first content), its whole takes ~3 s.
+    trickle = Fault.trickle(interval=0.05, chunk_size=40)
     server.plan(trickle, trickle)
     project.makepyfile(
         test_app="""

@@ -25,7 +25,6 @@ USER = [{"role": "user", "content": "hello"}]
 ROOT = Path(__file__).resolve().parents[1]
 
 
-
 def client(base_url: str, **options: object) -> openai.OpenAI:
     return openai.OpenAI(base_url=base_url, api_key="sk-test", max_retries=0, **options)
 

@@ -1,8 +1,9 @@
 """Every fault meets every kind of client, and every cell ends by its deadline with the real cause named.
 
 {hang, trickled headers, trickled body, reset, 401, 429 with a short and a long Retry-After, 503,
-malformed 200, stream cut, the API's error event in a stream after its content began and before} x {llm_client, async_llm_client, the application's own client in a
-naive ``except Exception`` loop with ``timeout=60``}, each under ``llm_budget(deadline, retries=2)``
+malformed 200, stream cut, the API's error event in a stream after its content began and before}
+x {llm_client, async_llm_client, the application's own client in a naive ``except Exception``
+loop with ``timeout=60``}, each under ``llm_budget(deadline, retries=2)``
 with the deadline scaled down from 2 s to 0.6 s. Part of the end-to-end set that measures
 wall-clock time (see ``test_end_to_end.py``): each cell must end by its deadline + 1 s, in real time.
 """

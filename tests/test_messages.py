@@ -49,7 +49,8 @@ def test_mistyped_marker_keys_error_their_own_tests_and_the_rest_of_the_suite_ru
         [
             "*_ ERROR at setup of test_typo _*",
             "pytest-llm-guard: unknown key 'deadlin' in @pytest.mark.llm_budget on test_a.py::test_typo; "
-            "did you mean 'deadline'? allowed keys: deadline, call_timeout, retries, calls, tokens, cost",
+            "did you mean 'deadline'? allowed keys: deadline, call_timeout, first_token_timeout, idle_timeout, "
+            "retries, calls, tokens, cost",
             "*_ ERROR at setup of test_negative _*",
             "pytest-llm-guard: deadline = -1 in @pytest.mark.llm_budget on test_a.py::test_negative is not valid; "
             "deadline must be a positive number, or none/off",

@@ -255,7 +255,12 @@ async def test_an_error_event_before_any_content_is_a_failed_attempt_retried(
     items = [i async for i in await ask(dialect, client)] if is_async else list(ask(dialect, client))
     assert text_of(dialect, items) == "echo: hello"
     failed, answer = llm_guard.events
-    assert (failed.outcome, failed.category, answer.kind, answer.outcome) == ("LLMStreamError", "http_5xx", "retry", "ok")
+    assert (failed.outcome, failed.category, answer.kind, answer.outcome) == (
+        "LLMStreamError",
+        "http_5xx",
+        "retry",
+        "ok",
+    )
     assert "an error event after 1 events of a stream" in failed.error
 
 
