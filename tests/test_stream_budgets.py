@@ -10,6 +10,7 @@ comes within 0.1 s of its budget.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -231,37 +232,62 @@ def test_a_first_token_cut_is_retried_while_nothing_reached_the_caller(
 
 
 @pytest.mark.llm_budget(first_token_timeout=BUDGET)
-def test_a_non_streamed_answer_gets_its_headers_within_the_first_token_budget(
-    llm_client: openai.OpenAI, llm_fault_server: FaultServer, llm_guard: Any
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+async def test_a_non_streamed_answer_gets_its_headers_within_the_first_token_budget(
+    is_async: bool, request: pytest.FixtureRequest, llm_fault_server: FaultServer, llm_guard: Any
 ) -> None:
     llm_fault_server.plan(Fault.ok(delay=BUDGET * 3))
-    assert llm_client.chat.completions.create(model="m", messages=HELLO).choices[0].message.content == "echo: hello"
-    cut, answer = llm_guard.events
+    client = client_for(request, "openai", "fixture", is_async=is_async)
+    answer = client.chat.completions.create(model="m", messages=HELLO)
+    assert (await answer if is_async else answer).choices[0].message.content == "echo: hello"
+    cut, ok = llm_guard.events
     assert cut.error.startswith(f"no first token within {BUDGET} s (first_token_timeout)")
     assert "sent no response headers" in cut.error and cut.cause == "first_token_timeout"
-    assert answer.outcome == "ok"
+    assert BUDGET <= cut.duration < BUDGET + 0.1 and ok.outcome == "ok"
 
 
-# ----------------------------------------------------------------------------- error events before content
+@pytest.mark.llm_budget(first_token_timeout=BUDGET, retries=0)
+def test_a_worker_threads_stream_is_cut_in_that_thread(
+    llm_client: openai.OpenAI, llm_fault_server: FaultServer
+) -> None:
+    llm_fault_server.plan(then=Fault.stall(0))
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        future = pool.submit(lambda: list(ask("openai", llm_client)))
+        with pytest.raises(LLMBudgetExceeded, match=r"no first token within 0\.05 s \(first_token_timeout\)"):
+            future.result(timeout=5)
 
 
+# ----------------------------------------------------------------------------- failures before content
+
+
+@pytest.mark.parametrize(
+    ("fault", "outcome", "category", "error"),
+    [
+        (Fault.stream_error(after_chunks=1), "LLMStreamError", "http_5xx", "an error event after 1 events of a stream"),
+        (Fault.cut_stream(after_chunks=1), "LLMStreamCut", "cut", "ended before its end event after 1 events"),
+    ],
+    ids=["error event", "cut"],
+)
 @pytest.mark.parametrize("dialect", DIALECTS)
 @pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
-async def test_an_error_event_before_any_content_is_a_failed_attempt_retried(
-    dialect: str, is_async: bool, request: pytest.FixtureRequest, llm_fault_server: FaultServer, llm_guard: Any
+async def test_a_stream_failing_before_any_content_is_a_failed_attempt_retried(
+    dialect: str,
+    is_async: bool,
+    fault: Fault,
+    outcome: str,
+    category: str,
+    error: str,
+    request: pytest.FixtureRequest,
+    llm_fault_server: FaultServer,
+    llm_guard: Any,
 ) -> None:
-    llm_fault_server.plan(Fault.stream_error(after_chunks=1))  # message_start (or a role-only chunk), then the error
+    llm_fault_server.plan(fault)  # after message_start (or a chunk with the role only)
     client = client_for(request, dialect, "fixture", is_async=is_async)
     items = [i async for i in await ask(dialect, client)] if is_async else list(ask(dialect, client))
     assert text_of(dialect, items) == "echo: hello"
     failed, answer = llm_guard.events
-    assert (failed.outcome, failed.category, answer.kind, answer.outcome) == (
-        "LLMStreamError",
-        "http_5xx",
-        "retry",
-        "ok",
-    )
-    assert "an error event after 1 events of a stream" in failed.error
+    assert (failed.outcome, failed.category, answer.kind, answer.outcome) == (outcome, category, "retry", "ok")
+    assert error in failed.error
 
 
 def test_the_sdks_own_retry_takes_over_an_overloaded_stream_that_had_not_begun(
