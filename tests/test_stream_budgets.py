@@ -20,7 +20,7 @@ import httpx2
 import openai
 import pytest
 
-from pytest_llm_guard import FakeClock, LLMBudgetExceeded
+from pytest_llm_guard import FakeClock, LLMBudgetExceeded, report_json
 from pytest_llm_guard.fault import Fault, FaultServer
 from pytest_llm_guard.ledger import Attempt
 from pytest_llm_guard.streams import StreamClock, chunk_due
@@ -229,6 +229,8 @@ def test_a_first_token_cut_is_retried_while_nothing_reached_the_caller(
     )
     cut, answer = llm_guard.events
     assert (cut.cause, cut.category, answer.kind, answer.outcome) == ("first_token_timeout", "timeout", "retry", "ok")
+    reported = report_json.record(llm_guard, "t", "passed", 1.0, 0.0)["attempts"]
+    assert [(a["cause"], a["category"]) for a in reported] == [("first_token_timeout", "timeout"), (None, "ok")]
 
 
 @pytest.mark.llm_budget(first_token_timeout=BUDGET)
