@@ -13,7 +13,9 @@ The order, outermost first, and why each stage sits where it does::
               next to the network: only what goes out is fed to an endpoint's health
             -> the client's own transport (vcrpy's stubs or mocks included) -> network
       <- the answer's status and Retry-After are parsed once, by its dialect, into the attempt
-         (``dialects.hear``) where it is made: here, or by the cassette's replay
+         (``dialects.hear``) where it is made: here, or by the cassette's replay; a stream is
+         read ahead to its first content here (the seam's ``ahead``), so what fails before it
+         fails the attempt inside every layer: routing fails over, the cassette records nothing
       <- the seam watches the body: deadline and cap per chunk, usage at the end
 
 :func:`build` makes the chain for a test once; :meth:`Pipeline.client_for` hands the seam a
@@ -56,14 +58,23 @@ class Pipeline:
 
     layers: tuple[Layer, ...] = ()
 
-    def client_for(self, client: object, request: httpx2.Request, attempt: Attempt) -> object:
+    def client_for(
+        self,
+        client: object,
+        request: httpx2.Request,
+        attempt: Attempt,
+        *,
+        ahead: Callable[[httpx2.Response], httpx2.Response] = lambda response: response,
+        ahead_async: Callable[[httpx2.Response], Awaitable[httpx2.Response]] | None = None,
+    ) -> object:
         """The client as httpx2 sees it, with the layers in front of its transport.
 
         httpx2 keeps doing its own work around the transport (response.request, cookies,
         elapsed time), so a response a layer makes itself is a complete httpx2 response.
+        ``ahead`` (``ahead_async``) gets each response the transport itself makes, before any layer.
         """
         inner = client._transport_for_url(request.url)  # type: ignore[attr-defined]
-        return _ClientView(client, _Chain(inner, self.layers, attempt))
+        return _ClientView(client, _Chain(inner, self.layers, attempt, ahead, ahead_async))
 
 
 def build(*, cassette: Layer | None = None, routing: Layer | None = None) -> Pipeline:
@@ -88,19 +99,29 @@ class _ClientView:
 class _Chain(httpx2.BaseTransport, httpx2.AsyncBaseTransport):
     """Runs the layers, innermost the client's own transport (vcrpy's stubs and mocks included)."""
 
-    def __init__(self, inner: object, layers: tuple[Layer, ...], attempt: Attempt) -> None:
+    def __init__(
+        self,
+        inner: object,
+        layers: tuple[Layer, ...],
+        attempt: Attempt,
+        ahead: Callable[[httpx2.Response], httpx2.Response],
+        ahead_async: Callable[[httpx2.Response], Awaitable[httpx2.Response]] | None,
+    ) -> None:
         self._inner = inner
         self._layers = layers
         self._attempt = attempt
+        self._ahead = ahead
+        self._ahead_async = ahead_async
 
     def handle_request(self, request: httpx2.Request, depth: int = 0) -> httpx2.Response:
         if depth == len(self._layers):
-            return hear(self._attempt, self._inner.handle_request(request))  # type: ignore[attr-defined]
+            return self._ahead(hear(self._attempt, self._inner.handle_request(request)))  # type: ignore[attr-defined]
         return self._layers[depth].handle(request, self._attempt, lambda r: self.handle_request(r, depth + 1))
 
     async def handle_async_request(self, request: httpx2.Request, depth: int = 0) -> httpx2.Response:
         if depth == len(self._layers):
-            return hear(self._attempt, await self._inner.handle_async_request(request))  # type: ignore[attr-defined]
+            response = hear(self._attempt, await self._inner.handle_async_request(request))  # type: ignore[attr-defined]
+            return response if self._ahead_async is None else await self._ahead_async(response)
         return await self._layers[depth].handle_async(
             request, self._attempt, lambda r: self.handle_async_request(r, depth + 1)
         )

@@ -12,10 +12,10 @@ opens its attempt (``guard.py``); the guard's layers run in front of the client'
 transport; the response body is watched as it arrives (deadline, attempt cap and stream budgets
 per chunk, usage and the end of a stream at the end).
 
-A streamed answer is read ahead, before the response is handed on, up to its first
-content-bearing event (its dialect says which): an error event, a cut or a missed
-``first_token_timeout`` before it fails the attempt at the transport, where the SDK's
-retries, the guard's and failover treat it like a dropped connection, since nothing has
+A streamed answer is read ahead up to its first content-bearing event (its dialect says
+which) where the transport answered, below the layers (:class:`_Ahead`): an error event, a
+cut or a missed ``first_token_timeout`` before it fails the attempt there, where routing,
+the SDK's retries and the guard's treat it like a dropped connection, since nothing has
 reached the caller yet. What was read is then handed on unchanged, and the rest as it comes.
 
 In a test that is not guarded, the seam only marks an LLM request; whether it left the
@@ -172,8 +172,14 @@ def _send_single_request(client: httpx2.Client, request: httpx2.Request) -> http
         return _saved[0](client, request)  # type: ignore[index,operator]
     attempt = guard.begin(request, dialect)  # type: ignore[union-attr]
     guard.await_headers(attempt)  # type: ignore[union-attr]
+
+    def ahead(response: httpx2.Response) -> httpx2.Response:
+        guard.headers_in(attempt)  # type: ignore[union-attr]
+        return _Ahead(response, attempt, dialect).read()
+
     try:
-        response = _saved[0](guard.pipeline.client_for(client, request, attempt), request)  # type: ignore[index,operator]
+        view = guard.pipeline.client_for(client, request, attempt, ahead=ahead)  # type: ignore[union-attr]
+        response = _saved[0](view, request)  # type: ignore[index,operator]
     except BaseException as exc:
         guard.headers_in(attempt)  # type: ignore[union-attr]
         guard.fail(attempt, exc)  # type: ignore[union-attr]
@@ -185,9 +191,7 @@ def _send_single_request(client: httpx2.Client, request: httpx2.Request) -> http
         response.close()
         raise
     if not ended:
-        watched = _watch(response, guard, attempt, dialect, _WatchedStream)  # type: ignore[union-attr,arg-type]
-        if isinstance(watched, _WatchedStream):
-            watched.read_ahead()
+        _watch(response, guard, attempt, dialect, _WatchedStream)  # type: ignore[union-attr,arg-type]
     return response
 
 
@@ -199,8 +203,14 @@ async def _send_single_request_async(client: httpx2.AsyncClient, request: httpx2
         return await _saved[1](client, request)  # type: ignore[index,operator]
     attempt = guard.begin(request, dialect)  # type: ignore[union-attr]
     guard.await_headers_async(attempt)  # type: ignore[union-attr]
+
+    async def ahead(response: httpx2.Response) -> httpx2.Response:
+        guard.headers_in(attempt)  # type: ignore[union-attr]
+        return await _Ahead(response, attempt, dialect).read_async()
+
     try:
-        response = await _saved[1](guard.pipeline.client_for(client, request, attempt), request)  # type: ignore[index,operator]
+        view = guard.pipeline.client_for(client, request, attempt, ahead_async=ahead)  # type: ignore[union-attr]
+        response = await _saved[1](view, request)  # type: ignore[index,operator]
     except asyncio.CancelledError:
         if not guard.headers_late(attempt):  # type: ignore[union-attr]
             guard.headers_in(attempt)  # type: ignore[union-attr]
@@ -220,23 +230,16 @@ async def _send_single_request_async(client: httpx2.AsyncClient, request: httpx2
         await response.aclose()
         raise
     if not ended:
-        watched = _watch(response, guard, attempt, dialect, _WatchedAsyncStream)  # type: ignore[union-attr,arg-type]
-        if isinstance(watched, _WatchedAsyncStream):
-            await watched.read_ahead()
+        _watch(response, guard, attempt, dialect, _WatchedAsyncStream)  # type: ignore[union-attr,arg-type]
     return response
 
 
-def _watch(
-    response: httpx2.Response, guard: Guard, attempt: Attempt, dialect: Dialect, kind: type[_Watch]
-) -> _Watch | None:
-    """Watch the body as it arrives (returns the watcher); a body a mock transport handed over whole
-    (decoded) is judged at once."""
+def _watch(response: httpx2.Response, guard: Guard, attempt: Attempt, dialect: Dialect, kind: type[_Watch]) -> None:
+    """Watch the body as it arrives; a body a mock transport handed over whole (decoded) is judged at once."""
     if response.is_stream_consumed:
         kind(response, guard, attempt, dialect, decoded=True).whole(response.content)
-        return None
-    watched = kind(response, guard, attempt, dialect)
-    response.stream = watched  # type: ignore[assignment]
-    return watched
+    else:
+        response.stream = kind(response, guard, attempt, dialect)  # type: ignore[assignment]
 
 
 class LLMMalformedResponse(httpx2.RemoteProtocolError):
@@ -266,28 +269,22 @@ _END = b"pytest_llm_guard.end"
 """What the next read returns at the end of a body (a marker no chunk is)."""
 
 
-class _Watch:
-    """A body being read: deadline, cap and stream budgets per chunk; checked by its dialect; usage
-    counted at the end. A stream's chunks up to its first content are read ahead (:meth:`read_ahead`)."""
+class _Reading:
+    """One body read chunk by chunk: its dialect's reader judges each chunk, each read ends at the first
+    limit due (the attempt's cap, its first token, the idle gap: ``streams.py``)."""
 
-    def __init__(
-        self, response: httpx2.Response, guard: Guard, attempt: Attempt, dialect: Dialect, *, decoded: bool = False
-    ) -> None:
+    def __init__(self, response: httpx2.Response, attempt: Attempt, dialect: Dialect, *, decoded: bool) -> None:
         self._inner = response.stream
         reader = dialect.reader(response.headers.get("content-type", ""))
         self._reader = reader if decoded else decoding(reader, response.headers.get("content-encoding", ""))
-        self._guard = guard
         self._attempt = attempt
         self._status = response.status_code
-        self._done = False
         self._clock = attempt.stream
         if not self._reader.events_expected:
             self._clock.content = True  # an answer that is not a stream of events begins with its headers
         self._reads = 0
-        self._ahead: list[bytes] = []
-        """Chunks read ahead, up to the first content, not yet handed on."""
         self._chunks: Any = None
-        """The one iterator over the inner stream: reading ahead and the caller's reading continue it."""
+        """The one iterator over the inner stream."""
 
     def _due(self) -> tuple[float, str]:
         """The caller asks for the next chunk: when the read must end, and its timeout's message."""
@@ -295,13 +292,34 @@ class _Watch:
         due = self._clock.due()
         return due.when, due.message
 
-    def _ahead_done(self) -> bool:
-        return self._done or self._reader.content or self._reader.ended or not self._reader.events_expected
+    def _next(self) -> bytes:
+        """The next chunk (or :data:`_END`), its read ending at the first limit due."""
+        self._chunks = self._chunks or iter(self._inner)  # type: ignore[call-overload]
+        when, message = self._due()
+        if math.isinf(when):
+            return next(self._chunks, _END)
+        reads.due(self._clock.now, when, message)
+        try:
+            return next(self._chunks, _END)
+        finally:
+            reads.clear()
 
-    def _chunk(self, chunk: bytes) -> None:
+    async def _next_async(self) -> bytes:
+        self._chunks = self._chunks or self._inner.__aiter__()  # type: ignore[union-attr]
+        when, message = self._due()
+        if not math.isinf(when):
+            reads.due(self._clock.now, when, message)
+        try:
+            return await self._chunks.__anext__()
+        except StopAsyncIteration:
+            return _END
+        finally:
+            reads.clear()
+
+    def _judge(self, chunk: bytes) -> None:
+        """Feed a chunk to the reader; raises what is wrong with the body so far."""
         if self._attempt.first_chunk is None:
-            self._attempt.first_chunk = self._guard.since_start(self._attempt)
-        self._guard.progress(self._attempt)
+            self._attempt.first_chunk = self._clock.now() - self._attempt.start
         problem = self._reader.feed(chunk)
         self._reads += 1
         self._clock.arrived(self._reader.events if self._reader.events_expected else self._reads, self._reader.content)
@@ -309,30 +327,132 @@ class _Watch:
             error = LLMStreamError if self._reader.error_event else LLMMalformedResponse
             raise error(f"{problem} in a {self._status} from {self._attempt.endpoint}")
 
-    def _error(self, exc: BaseException) -> BaseException:
-        """The body broke off: fail the attempt, naming a cut stream as such. Returns what to raise."""
+    def _named(self, exc: BaseException) -> BaseException:
+        """The body broke off: a stream cut short is named as such."""
         if (
             self._reader.events_expected
             and isinstance(exc, httpx2.TransportError)
             and not isinstance(exc, (httpx2.TimeoutException, LLMMalformedResponse, LLMStreamCut, LLMStreamError))
         ):
-            exc = LLMStreamCut(
+            return LLMStreamCut(
                 f"stream from {self._attempt.endpoint} ended before its end event after "
                 f"{self._reader.events} events ({type(exc).__name__}: {exc})"
             )
+        return exc
+
+    def _unfinished(self) -> BaseException | None:
+        """The body ended: what is wrong with it as a whole, if anything."""
+        problem = self._reader.finish()
+        if not problem:
+            return None
+        if self._reader.ended:
+            return LLMMalformedResponse(f"{problem} in a {self._status} from {self._attempt.endpoint}")
+        return LLMStreamCut(f"{problem}, from {self._attempt.endpoint}")
+
+
+class _Ahead(_Reading, httpx2.SyncByteStream, httpx2.AsyncByteStream):
+    """A stream read ahead to its first content where the transport answered, below every layer.
+
+    What fails before the first content-bearing event (its dialect says which: an error
+    event, a cut, a missed ``first_token_timeout``) is raised there, so the routing layer
+    feeds it to the endpoint's health and fails over, the cassette layer records nothing,
+    and the seam fails the attempt before anything reaches the caller. The chunks read are
+    then handed on unchanged, followed by the rest; the seam's :class:`_Watch` judges them all.
+    """
+
+    def __init__(self, response: httpx2.Response, attempt: Attempt, dialect: Dialect) -> None:
+        super().__init__(response, attempt, dialect, decoded=False)
+        self._response = response
+        self._read: list[bytes] = []
+
+    def _waiting(self) -> bool:
+        reader = self._reader
+        return self._status < 400 and reader.events_expected and not (reader.content or reader.ended)
+
+    def _took(self, chunk: bytes) -> bool:
+        """Keep a chunk read ahead; False at the end of the body."""
+        if chunk is _END:
+            ended = self._unfinished()
+            if ended is not None:
+                raise ended
+            return False
+        self._read.append(chunk)
+        self._judge(chunk)
+        return True
+
+    def read(self) -> httpx2.Response:
+        if not self._waiting() or self._response.is_stream_consumed:
+            return self._response
+        try:
+            while self._waiting() and self._took(self._next()):
+                pass
+        except BaseException as exc:
+            self._response.close()
+            if not isinstance(exc, Exception):
+                raise
+            raise self._named(exc) from None
+        self._response.stream = self
+        return self._response
+
+    async def read_async(self) -> httpx2.Response:
+        if not self._waiting() or self._response.is_stream_consumed:
+            return self._response
+        try:
+            while self._waiting() and self._took(await self._next_async()):
+                pass
+        except BaseException as exc:
+            await self._response.aclose()
+            if not isinstance(exc, Exception):
+                raise
+            raise self._named(exc) from None
+        self._response.stream = self
+        return self._response
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self._read
+        self._read = []
+        yield from self._chunks
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for chunk in self._read:
+            yield chunk
+        self._read = []
+        async for chunk in self._chunks:
+            yield chunk
+
+    def close(self) -> None:
+        self._inner.close()  # type: ignore[union-attr]
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()  # type: ignore[union-attr]
+
+
+class _Watch(_Reading):
+    """A body being read by the caller: deadline, cap and stream budgets per chunk; checked by its
+    dialect; usage counted at the end."""
+
+    def __init__(
+        self, response: httpx2.Response, guard: Guard, attempt: Attempt, dialect: Dialect, *, decoded: bool = False
+    ) -> None:
+        super().__init__(response, attempt, dialect, decoded=decoded)
+        self._guard = guard
+        self._done = False
+
+    def _chunk(self, chunk: bytes) -> None:
+        self._guard.progress(self._attempt)
+        self._judge(chunk)
+
+    def _error(self, exc: BaseException) -> BaseException:
+        """The body broke off: fail the attempt, naming a cut stream as such. Returns what to raise."""
+        exc = self._named(exc)
         self._done = True
         self._guard.fail(self._attempt, exc)
         return exc
 
     def _end(self) -> None:
         self._done = True
-        problem = self._reader.finish()
-        if problem:
-            error: BaseException = (
-                LLMMalformedResponse(f"{problem} in a {self._status} from {self._attempt.endpoint}")
-                if self._reader.ended
-                else LLMStreamCut(f"{problem}, from {self._attempt.endpoint}")
-            )
+        error = self._unfinished()
+        if error is not None:
             self._guard.fail(self._attempt, error)
             raise error
         self._guard.succeeded(self._attempt, self._reader.usage)
@@ -357,46 +477,9 @@ class _Watch:
 
 
 class _WatchedStream(_Watch, httpx2.SyncByteStream):
-    def _next(self) -> bytes:
-        """The next chunk (or :data:`_END`), its read ending at the first limit due."""
-        self._chunks = self._chunks or iter(self._inner)  # type: ignore[arg-type]
-        when, message = self._due()
-        if math.isinf(when):
-            return next(self._chunks, _END)
-        reads.due(self._clock.now, when, message)
-        try:
-            return next(self._chunks, _END)
-        finally:
-            reads.clear()
-
-    def read_ahead(self) -> None:
-        """Read up to the first content, before the caller sees the response: what fails before it
-        fails the attempt here, at the transport."""
-        try:
-            while not self._ahead_done():
-                chunk = self._next()
-                if chunk is _END:
-                    self._end()
-                    break
-                self._chunk(chunk)
-                self._ahead.append(chunk)
-        except (Exception, LLMGuardInterrupt) as exc:
-            try:
-                raised = exc if self._done else self._error(exc)
-            finally:
-                self._inner.close()  # type: ignore[union-attr]
-            if raised is exc:
-                raise
-            raise raised from None
-
     def __iter__(self) -> Iterator[bytes]:
         try:
-            while self._ahead:
-                yield self._ahead.pop(0)
-            while not self._done:
-                chunk = self._next()
-                if chunk is _END:
-                    break
+            while (chunk := self._next()) is not _END:
                 self._chunk(chunk)
                 yield chunk
         except (Exception, LLMGuardInterrupt) as exc:
@@ -404,8 +487,7 @@ class _WatchedStream(_Watch, httpx2.SyncByteStream):
             if raised is exc:
                 raise
             raise raised from None  # the message says it all; httpcore's frames add nothing
-        if not self._done:
-            self._end()
+        self._end()
 
     def close(self) -> None:
         try:
@@ -415,44 +497,9 @@ class _WatchedStream(_Watch, httpx2.SyncByteStream):
 
 
 class _WatchedAsyncStream(_Watch, httpx2.AsyncByteStream):
-    async def _next(self) -> bytes:
-        self._chunks = self._chunks or self._inner.__aiter__()  # type: ignore[union-attr]
-        when, message = self._due()
-        if not math.isinf(when):
-            reads.due(self._clock.now, when, message)
-        try:
-            return await self._chunks.__anext__()
-        except StopAsyncIteration:
-            return _END
-        finally:
-            reads.clear()
-
-    async def read_ahead(self) -> None:
-        try:
-            while not self._ahead_done():
-                chunk = await self._next()
-                if chunk is _END:
-                    self._end()
-                    break
-                self._chunk(chunk)
-                self._ahead.append(chunk)
-        except (Exception, LLMGuardInterrupt) as exc:
-            try:
-                raised = exc if self._done else self._error(exc)
-            finally:
-                await self._inner.aclose()  # type: ignore[union-attr]
-            if raised is exc:
-                raise
-            raise raised from None
-
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
-            while self._ahead:
-                yield self._ahead.pop(0)
-            while not self._done:
-                chunk = await self._next()
-                if chunk is _END:
-                    break
+            while (chunk := await self._next_async()) is not _END:
                 self._chunk(chunk)
                 yield chunk
         except (Exception, LLMGuardInterrupt) as exc:
@@ -460,8 +507,7 @@ class _WatchedAsyncStream(_Watch, httpx2.AsyncByteStream):
             if raised is exc:
                 raise
             raise raised from None
-        if not self._done:
-            self._end()
+        self._end()
 
     async def aclose(self) -> None:
         try:

@@ -20,9 +20,14 @@ import httpx2
 import openai
 import pytest
 
-from pytest_llm_guard import FakeClock, LLMBudgetExceeded, report_json
+from pytest_llm_guard import FakeClock, LLMBudgetExceeded, pipeline, report_json, transport
+from pytest_llm_guard.config import Settings
+from pytest_llm_guard.endpoints import Endpoint, EndpointSet
 from pytest_llm_guard.fault import Fault, FaultServer
+from pytest_llm_guard.guard import Guard
 from pytest_llm_guard.ledger import Attempt
+from pytest_llm_guard.routing import Router, RouterLayer
+from pytest_llm_guard.state import MemoryStore
 from pytest_llm_guard.streams import StreamClock, chunk_due
 from pytest_llm_guard.transport import LLMStreamError
 
@@ -310,3 +315,32 @@ def test_an_error_event_after_content_reaches_the_caller(
     with pytest.raises(LLMStreamError, match="overloaded_error"):
         list(ask("anthropic", anthropic_client))
     assert [a.outcome for a in llm_guard.events] == ["LLMStreamError"]
+
+
+# ----------------------------------------------------------------------------- per endpoint
+
+
+def test_an_endpoints_own_first_token_budget_cuts_it_and_the_call_fails_over(
+    primary: FaultServer, backup: FaultServer
+) -> None:
+    endpoints = EndpointSet(
+        (
+            Endpoint("primary", primary.base_url, first_token_timeout=BUDGET),
+            Endpoint("backup", backup.base_url, priority=1),
+        ),
+        configured=True,
+        source="the test",
+    )
+    guard = Guard(Settings(first_token_timeout=5.0, backoff_initial=0.01, backoff_max=0.05), test_id="t")
+    guard.pipeline = pipeline.build(routing=RouterLayer(Router(endpoints, MemoryStore(), Settings()), guard))
+    primary.plan(then=Fault.stall(0))
+    with openai.OpenAI(base_url=primary.base_url, api_key="sk-test") as client:
+        transport.activate(guard)
+        try:
+            assert text_of("openai", list(ask("openai", guard.fixture_client(client)))) == "echo: hello"
+        finally:
+            transport.deactivate(guard)
+    cut, answer = guard.events
+    assert (cut.endpoint_name, cut.cause) == ("primary", "first_token_timeout of endpoint primary")
+    assert cut.error.startswith(f"no first token within {BUDGET} s (first_token_timeout of endpoint primary)")
+    assert (answer.kind, answer.endpoint_name, answer.outcome) == ("failover", "backup", "ok")
