@@ -19,8 +19,9 @@ state, its last errors and when the next probe is due.
   retry tokens (``breaker.py``). Requests to other URLs pass untouched.
 
 Breakers see an attempt's status and transport errors, i.e. whether the endpoint
-answered; a body cut while streaming is the guard's business (deadline, call cap),
-not the breaker's.
+answered, and what failed before a stream's first content (the seam reads a stream
+ahead to it below this layer: an error event, a cut, a missed first token); a body cut
+after that is the guard's business (deadline, call cap, idle gap), not the breaker's.
 """
 
 from __future__ import annotations
