@@ -24,7 +24,10 @@ def project(pytester: pytest.Pytester) -> pytest.Pytester:
 def test_marker_is_registered(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest("--markers")
     result.stdout.fnmatch_lines(
-        ["@pytest.mark.llm_budget(deadline=..., call_timeout=..., retries=..., calls=..., tokens=..., cost=...)*"]
+        [
+            "@pytest.mark.llm_budget(deadline=..., call_timeout=..., first_token_timeout=..., idle_timeout=..., "
+            "retries=..., calls=..., tokens=..., cost=...)*"
+        ]
     )
 
 
