@@ -410,9 +410,6 @@ class Guard:
         """The caller stopped reading the body: the attempt counts as answered."""
         self._close(attempt, "ok", Category.OK, error="body not read to the end")
 
-    def since_start(self, attempt: Attempt) -> float:
-        return self.clock.now() - attempt.start
-
     def _close(self, attempt: Attempt, outcome: str, category: Category, *, error: str | None = None) -> bool:
         if not self.ledger.close(attempt, self.clock.now(), outcome, category, error=error):
             return False
