@@ -64,7 +64,7 @@ class Pipeline:
         request: httpx2.Request,
         attempt: Attempt,
         *,
-        ahead: Callable[[httpx2.Response], httpx2.Response] = lambda response: response,
+        ahead: Callable[[httpx2.Response], httpx2.Response] | None = None,
         ahead_async: Callable[[httpx2.Response], Awaitable[httpx2.Response]] | None = None,
     ) -> object:
         """The client as httpx2 sees it, with the layers in front of its transport.
@@ -104,7 +104,7 @@ class _Chain(httpx2.BaseTransport, httpx2.AsyncBaseTransport):
         inner: object,
         layers: tuple[Layer, ...],
         attempt: Attempt,
-        ahead: Callable[[httpx2.Response], httpx2.Response],
+        ahead: Callable[[httpx2.Response], httpx2.Response] | None,
         ahead_async: Callable[[httpx2.Response], Awaitable[httpx2.Response]] | None,
     ) -> None:
         self._inner = inner
@@ -115,7 +115,8 @@ class _Chain(httpx2.BaseTransport, httpx2.AsyncBaseTransport):
 
     def handle_request(self, request: httpx2.Request, depth: int = 0) -> httpx2.Response:
         if depth == len(self._layers):
-            return self._ahead(hear(self._attempt, self._inner.handle_request(request)))  # type: ignore[attr-defined]
+            response = hear(self._attempt, self._inner.handle_request(request))  # type: ignore[attr-defined]
+            return response if self._ahead is None else self._ahead(response)
         return self._layers[depth].handle(request, self._attempt, lambda r: self.handle_request(r, depth + 1))
 
     async def handle_async_request(self, request: httpx2.Request, depth: int = 0) -> httpx2.Response:
