@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from pkgutil import resolve_name
 
@@ -46,6 +47,9 @@ def client(base_url: str, **options: object) -> openai.OpenAI:
         ("cut-3", Fault.cut_stream(3)),
         ("reset", Fault.reset(0)),
         ("reset-10", Fault.reset(10)),
+        ("stall-first", Fault.stall(0)),
+        ("stall-after-3", Fault.stall(3)),
+        ("paced-25", Fault.paced(0.025)),
     ],
 )
 def test_each_prefix_names_the_fault_of_the_same_name(segment: str, fault: Fault) -> None:
@@ -238,3 +242,15 @@ def test_each_request_line_names_its_fault_in_words(
 
     _said(RecordedRequest("POST", "/x/v1/chat/completions", {}, None, b"", 0.0, fault))
     assert capsys.readouterr().out.split(" ", 1)[1] == f"POST /x/v1/chat/completions: {said}\n"
+
+
+def test_stream_timing_prefixes_pace_and_stall_a_stream(server: FaultServer) -> None:
+    with client(server.url + "/paced-20/v1") as paced:
+        started = time.monotonic()
+        events = list(paced.chat.completions.create(model="m", messages=USER, stream=True))
+        assert time.monotonic() - started >= 0.02 * len(events)  # each event 20 ms after the one before
+    received: list[object] = []
+    with client(server.url + "/stall-after-2/v1", timeout=0.2) as stalling, pytest.raises(openai.APITimeoutError):
+        for event in stalling.chat.completions.create(model="m", messages=USER, stream=True):
+            received.append(event)
+    assert len(received) == 2  # the head and two events, then nothing
