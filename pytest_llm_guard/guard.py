@@ -28,7 +28,7 @@ from .config import Settings
 from .dialects import Dialect, Usage, key_variables, origin_of, request_json
 from .errors import LLMGuardInterrupt
 from .ledger import CALL, Attempt, Call, Category, Ledger, Stats
-from .pipeline import Pipeline
+from .pipeline import AttemptContext, Pipeline
 from .prices import Prices
 from .scrub import Scrubber
 
@@ -219,6 +219,17 @@ class Guard:
         await self.clock.async_sleep(seconds)
 
     # -- what the seam uses ---------------------------------------------------------
+
+    def context(self, attempt: Attempt) -> AttemptContext:
+        """What the pipeline's stages may know and do about ``attempt`` (never the guard itself)."""
+        return AttemptContext(
+            attempt=attempt,
+            clock=self.clock,
+            remaining=self.budget.remaining,
+            attempt_cap=lambda: self.budget.attempt_cap()[0],
+            cap=lambda request, seconds, by: self.cap(attempt, request, seconds, by),
+            ledger=self.ledger,
+        )
 
     def begin(self, request: httpx2.Request, dialect: Dialect) -> Attempt:
         """Open the attempt, check the budget, cap the attempt's timeouts by the time left."""

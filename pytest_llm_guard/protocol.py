@@ -295,7 +295,7 @@ class GuardedTests:
         from .routing import RouterLayer
 
         guard.pipeline = pipeline.build(
-            cassette=_open_cassette(item, guard), routing=RouterLayer(session.router, guard)
+            cassette=_open_cassette(item, guard), routing=RouterLayer(session.router, guard.settings)
         )
 
     @pytest.hookimpl(trylast=True)

@@ -26,7 +26,7 @@ from . import vcr_bridge
 
 if TYPE_CHECKING:
     from ..ledger import Attempt
-    from ..pipeline import AsyncSend, Send
+    from ..pipeline import AsyncSend, AttemptContext, Send
 
 
 def _events(body: bytes) -> list[bytes]:
@@ -254,7 +254,8 @@ class CassetteLayer:
         self._bodies: list[_Tee] = []
         self._abandoned: list[tuple[str, str]] = []
 
-    def handle(self, request: httpx2.Request, attempt: Attempt, send: Send) -> httpx2.Response:
+    def handle(self, request: httpx2.Request, ctx: AttemptContext, send: Send) -> httpx2.Response:
+        attempt = ctx.attempt
         self.scrubber.refresh()  # a key set since the last request is a secret too
         recorded = self._vcr_request(request, request.read())
         replay = self._replay(request, recorded, attempt)
@@ -262,7 +263,8 @@ class CassetteLayer:
             return replay
         return self._record(request, send(request), recorded, attempt, is_async=False)
 
-    async def handle_async(self, request: httpx2.Request, attempt: Attempt, send: AsyncSend) -> httpx2.Response:
+    async def handle_async(self, request: httpx2.Request, ctx: AttemptContext, send: AsyncSend) -> httpx2.Response:
+        attempt = ctx.attempt
         self.scrubber.refresh()
         recorded = self._vcr_request(request, await request.aread())
         replay = self._replay(request, recorded, attempt)
