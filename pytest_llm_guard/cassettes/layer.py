@@ -22,7 +22,7 @@ from ..dialects import DIALECTS, BodyReader, Dialect, decoding, dialect_for, hea
 from ..errors import LLMCassetteMiss
 from ..scrub import Scrubber, find_shapes
 from ..stored import as_text
-from . import vcr_bridge
+from . import metadata, vcr_bridge
 
 if TYPE_CHECKING:
     from ..ledger import Attempt
@@ -363,6 +363,13 @@ class CassetteLayer:
                     "status": {"code": response.status_code, "message": response.reason_phrase},
                     "headers": dict(headers),
                     "body": {"string": body},
+                    metadata.RECORDED: metadata.stamp(
+                        model=attempt.model,
+                        endpoint=attempt.endpoint_name,
+                        dialect=dialect.name if dialect is not None else None,
+                        sdk=dialect.sdk if dialect is not None else None,
+                        now=REAL.wall(),  # a cassette's dates are the calendar's, whatever clock the test runs on
+                    ),
                 },
             )
             if not read_on:  # else it ends (or ended) as live, and the test's record is corrected

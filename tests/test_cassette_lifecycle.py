@@ -1,0 +1,154 @@
+"""Cassettes that stay true: metadata, stable re-records, unplayed recordings, reviewable re-recording."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from vcr.cassette import Cassette
+from vcr.request import Request
+from vcr.serializers import yamlserializer
+
+from pytest_llm_guard.cassettes import request_key, review
+from pytest_llm_guard.fault import FaultServer
+
+pytest_plugins = ["pytester"]
+
+
+@pytest.fixture(autouse=True)
+def _default_record_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LLM_GUARD_RECORD", raising=False)
+    monkeypatch.delenv("CI", raising=False)
+
+
+@pytest.fixture
+def server() -> FaultServer:
+    with FaultServer() as running:
+        yield running
+
+
+@pytest.fixture
+def project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, server: FaultServer) -> pytest.Pytester:
+    monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-real-key")
+    return pytester
+
+
+def key(request: Request) -> tuple[str, ...]:
+    return request_key(request, ("method", "path", "body"), frozenset())
+
+
+def chat_request(content: str, model: str = "gpt-4o-mini") -> Request:
+    body = {"model": model, "messages": [{"role": "user", "content": content}]}
+    return Request("POST", "https://api.openai.com/v1/chat/completions", json.dumps(body), {})
+
+
+def chat_answer(text: str, *, answer_id: str = "chatcmpl-1", created: int = 1, headers: dict | None = None) -> dict:
+    body = {"id": answer_id, "created": created, "choices": [{"message": {"role": "assistant", "content": text}}]}
+    return {
+        "status": {"code": 200, "message": "OK"},
+        "headers": {"content-type": ["application/json"], **(headers or {})},
+        "body": {"string": json.dumps(body)},
+    }
+
+
+def test_ids_dates_and_request_ids_never_make_an_answer_new() -> None:
+    request = chat_request("hi")
+    old = chat_answer("Paris.", headers={"date": ["Mon"], "x-request-id": ["a"], "openai-processing-ms": ["12"]})
+    new = chat_answer("Paris.", answer_id="chatcmpl-2", created=2, headers={"date": ["Tue"], "x-request-id": ["b"]})
+    assert review.same_answer(request, old, new)
+    assert not review.same_answer(request, old, chat_answer("Lyon."))
+
+    anthropic = Request("POST", "https://api.anthropic.com/v1/messages", json.dumps({"model": "c", "messages": []}), {})
+    stream = 'event: message_start\ndata: {"type": "message_start", "message": {"id": "%s"}}\n\n' + (
+        'event: content_block_delta\ndata: {"type": "content_block_delta", "delta": {"type": "text_delta", '
+        '"text": "Hello"}}\n\n'
+    )
+    first = {"status": {"code": 200}, "headers": {"request-id": ["r1"]}, "body": {"string": stream % "msg_1"}}
+    second = {"status": {"code": 200}, "headers": {"request-id": ["r2"]}, "body": {"string": stream % "msg_2"}}
+    assert review.same_answer(anthropic, first, second)
+    assert review.answer_text(anthropic, second) == "Hello"
+
+
+def test_a_changed_answer_is_shown_as_a_word_diff() -> None:
+    assert review.word_diff("The capital is Paris.", "The capital is Lyon.") == "The capital is [-Paris.-] {+Lyon.+}"
+    before = [(chat_request("capital?"), chat_answer("The capital is Paris."))]
+    after = [(chat_request("capital?"), chat_answer("The capital is Lyon."))]
+    result = review.review("c.yaml", before, after, key=key)
+    assert (result.unchanged, result.added, result.removed) == (0, 0, 0)
+    assert [c.as_dict() for c in result.changed] == [
+        {"request": "model=gpt-4o-mini, last user message 'capital?'", "diff": "The capital is [-Paris.-] {+Lyon.+}",
+         "note": ""}
+    ]  # fmt: skip
+
+
+def test_a_change_of_usage_alone_says_so() -> None:
+    request = chat_request("hi")
+    old, new = chat_answer("Hi."), chat_answer("Hi.")
+    new_body = json.loads(new["body"]["string"])
+    new["body"]["string"] = json.dumps({**new_body, "usage": {"total_tokens": 9}})
+    result = review.review("c.yaml", [(request, old)], [(request, new)], key=key)
+    assert [(c.diff, c.note) for c in result.changed] == [("", "only usage changed")]
+
+
+def test_an_edited_prompt_is_one_change_and_the_rest_is_added_or_removed() -> None:
+    kept, edited, gone = chat_request("kept"), chat_request("old prompt"), chat_request("gone", model="other")
+    before = [(kept, chat_answer("k")), (edited, chat_answer("old answer")), (gone, chat_answer("g"))]
+    after = [(kept, chat_answer("k", answer_id="x")), (chat_request("new prompt"), chat_answer("new answer"))]
+    after.append((chat_request("brand new", model="third"), chat_answer("n")))
+    result = review.review("c.yaml", before, after, key=key)
+    assert (result.unchanged, result.added, result.removed) == (1, 1, 1)
+    assert [(c.diff, c.note) for c in result.changed] == [("[-old-] {+new+} answer", "the request changed")]
+
+    # new_episodes: the old recording stays in the file, unplayed; the new one still replaces it
+    unplayed = review.ids([edited], key)
+    after = [before[0], before[1], (chat_request("new prompt"), chat_answer("new answer"))]
+    result = review.review("c.yaml", before[:2], after, key=key, unplayed=unplayed)
+    assert (result.unchanged, len(result.changed), result.added, result.removed) == (1, 1, 0, 0)
+
+
+STABLE_TESTS = """
+def ask(client, prompt):
+    return client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": prompt}]
+    ).choices[0].message.content
+
+def test_two_questions(llm_client):
+    assert ask(llm_client, "first question")
+    assert ask(llm_client, "second question")
+"""
+
+
+def test_metadata_and_a_rerecord_that_changes_nothing_leaves_the_file_alone(
+    project: pytest.Pytester, server: FaultServer
+) -> None:
+    project.makepyfile(test_app=STABLE_TESTS)
+    project.runpytest().assert_outcomes(passed=1)
+    path = project.path / "cassettes" / "test_app" / "test_two_questions.yaml"
+    written = path.read_text()
+    data = yaml.safe_load(written)
+    assert list(data) == ["version", "metadata", "interactions"]
+    header = data["metadata"]
+    assert header["recorded_with"]["plugin"].startswith("pytest-llm-guard ")
+    assert header["recorded_with"]["sdk"].startswith("openai 3.")
+    assert header["recorded_with"]["dialect"] == "openai"
+    assert header["models"] == ["gpt-4o-mini"]
+    stamps = [i["recorded"] for i in data["interactions"]]
+    assert all(s["model"] == "gpt-4o-mini" and s["at"].endswith("Z") for s in stamps)
+    assert "sk-test" not in written and "?" not in data["interactions"][0]["request"]["uri"]
+    # vcrpy (and so pytest-recording) reads the file: the stamps and the header are extra keys it keeps
+    plain = Cassette.load(path=str(path), serializer=yamlserializer)
+    assert len(plain.data) == 2 and plain._metadata["models"] == ["gpt-4o-mini"]
+
+    # the server numbers its answers (ids differ), the words are the same: nothing to write
+    project.runpytest("--llm-record=all").assert_outcomes(passed=1)
+    assert path.read_text() == written
+
+    server.reply("a new answer", when="second")
+    project.runpytest("--llm-record=all").assert_outcomes(passed=1)
+    again = yaml.safe_load(path.read_text())["interactions"]
+    assert again[0] == data["interactions"][0]  # the unchanged answer as it was recorded
+    assert "a new answer" in again[1]["response"]["body"]["string"]
+    assert again[1]["recorded"]["at"] >= data["interactions"][1]["recorded"]["at"]
