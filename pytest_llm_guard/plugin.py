@@ -193,6 +193,9 @@ class _Records:
         unguarded = getattr(report, "llm_unguarded", None)
         if isinstance(unguarded, dict):
             self.session.unguarded.append(unguarded)
+        cassette = getattr(report, "llm_cassette", None)
+        if isinstance(cassette, dict):
+            self.session.cassette_notes.append(cassette)
 
 
 class _XdistHandoff:
@@ -250,6 +253,13 @@ class _WrongMarkers:
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     _guard_summary(terminalreporter)
+    upkeep = terminalreporter.config.stash[SESSION].upkeep
+    if upkeep:
+        from .report import cassette_lines
+
+        terminalreporter.write_sep("-", "llm-guard: cassettes")
+        for line in cassette_lines(upkeep, terminalreporter.config.rootpath):
+            terminalreporter.write_line(line)
     for line in terminalreporter.config.stash.get(REPORTS_WRITTEN, ()):  # here, on lines of their own
         terminalreporter.write_line(line)
 
@@ -291,6 +301,13 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     guard_session = config.stash.get(SESSION, None)
     if guard_session is None or hasattr(config, "workerinput"):
         return
+    if guard_session.cassette_notes:
+        from .cassettes import upkeep
+
+        judged = upkeep.judge(guard_session.cassette_notes, guard_session.before)
+        guard_session.upkeep = judged.as_dict() if judged.unplayed or judged.reviews else None
+        if judged.fails and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
     settings = guard_session.settings
     if not (settings.report or settings.report_html):
         return
@@ -305,6 +322,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         json_path=here / settings.report if settings.report else None,
         html_path=here / settings.report_html if settings.report_html else None,
         unguarded=guard_session.unguarded,
+        cassettes=guard_session.upkeep,
     )
 
 

@@ -36,6 +36,7 @@ SESSION = pytest.StashKey[Session]()
 ITEM_SETTINGS = pytest.StashKey["Settings | None"]()
 GUARD = pytest.StashKey["Guard"]()
 CASSETTE = pytest.StashKey["CassetteLayer"]()
+CASSETTE_NOTE = pytest.StashKey["dict[str, Any]"]()
 ENVIRONMENT = pytest.StashKey[pytest.MonkeyPatch]()
 FAILED = pytest.StashKey[bool]()
 OWN_TIMEOUT = pytest.StashKey[bool]()
@@ -251,6 +252,7 @@ class GuardedTests:
         layer = _unsaved(item)
         if layer is not None:
             _save(item, layer, failed=item.stash.get(FAILED, False))
+            item.stash[CASSETTE_NOTE] = layer.note(passed=not item.stash.get(FAILED, False))
             guard = item.stash[GUARD]
             for attempt in layer.recorded:
                 # counts tell what reached the file (an answer read on after its close ended as live)
@@ -313,6 +315,11 @@ class GuardedTests:
         for attempt in guard.events:
             if attempt.end is None and attempt.status is not None:  # answered, its body left unread
                 guard.closed_early(attempt)
+        unplayed = layer.unplayed_message() if layer is not None else None
+        if unplayed is not None and layer.settings.on_unplayed == "fail":
+            pytest.fail(unplayed, pytrace=False)
+        if unplayed is not None:
+            item.warn(pytest.PytestWarning(unplayed))
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[pytest.TestReport]:
@@ -358,6 +365,7 @@ class GuardedTests:
                 guard, item.nodeid, outcome, duration, item.stash[STARTED], item.stash.get(WHY, None)
             )
             report_.llm_guard = test  # type: ignore[attr-defined]  # travels to the xdist controller
+            report_.llm_cassette = item.stash.get(CASSETTE_NOTE, None)  # type: ignore[attr-defined]
             report_.user_properties.extend(report_json.junit_properties(test))
         return report_
 
@@ -461,6 +469,8 @@ def _open_cassette(item: pytest.Item, guard: Guard) -> CassetteLayer | None:
         return None
     path = cassettes.path_for(item.path, item.name, settings)
     session = item.config.stash[SESSION]
+    if mode in ("all", "new_episodes"):
+        session.keep_before(path)
     mode = cassettes.effective_mode(mode, session.existed_at_start(path))
     try:
         layer = cassettes.open_cassette(

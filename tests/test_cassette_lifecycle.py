@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import jsonschema
 import pytest
 import yaml
 from vcr.cassette import Cassette
@@ -152,3 +153,85 @@ def test_metadata_and_a_rerecord_that_changes_nothing_leaves_the_file_alone(
     assert again[0] == data["interactions"][0]  # the unchanged answer as it was recorded
     assert "a new answer" in again[1]["response"]["body"]["string"]
     assert again[1]["recorded"]["at"] >= data["interactions"][1]["recorded"]["at"]
+
+
+DRIFTING_SUITE = """
+import os
+
+import pytest
+
+def ask(client, prompt):
+    return client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": prompt}]
+    ).choices[0].message.content
+
+def test_same(llm_client):
+    assert ask(llm_client, "same question")
+
+def test_edited(llm_client):
+    assert ask(llm_client, os.environ.get("PROMPT", "old prompt"))
+
+def test_deleted(llm_client):
+    assert ask(llm_client, "soon gone")
+
+@pytest.mark.llm_cassette("shared")
+@pytest.mark.parametrize("n", [1, 2])
+def test_shared(llm_client, n):
+    assert ask(llm_client, f"shared {n}")
+    if os.environ.get("PROMPT") is None:
+        assert ask(llm_client, f"only once {n}")
+"""
+
+
+def test_a_drifted_suite_rerecorded_shows_what_changed_and_what_no_test_played(
+    project: pytest.Pytester, server: FaultServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project.makepyfile(test_app=DRIFTING_SUITE)
+    project.runpytest().assert_outcomes(passed=5)
+    folder = project.path / "cassettes" / "test_app"
+    written = {path.name: path.read_text() for path in folder.glob("*.yaml")}
+
+    # One prompt edited (and its answer changed at the server), one test deleted, one added; the
+    # shared cassette's tests no longer ask their second question.
+    monkeypatch.setenv("PROMPT", "new prompt")
+    server.reply("a different answer", when="new prompt")
+    source = DRIFTING_SUITE.replace("def test_deleted", "def _deleted")
+    project.makepyfile(test_app=source + "\ndef test_added(llm_client):\n    assert ask(llm_client, 'added')\n")
+    result = project.runpytest("-n", "2", "--llm-record=new_episodes", "--llm-report=report.json")
+    result.assert_outcomes(passed=5, warnings=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*llm-guard: cassettes*",
+            "recorded into 4 cassettes: 1 changed, 1 added, 0 removed, 3 unchanged*",
+            "  cassettes/test_app/test_added.yaml: 1 added",
+            "  cassettes/test_app/test_edited.yaml: 1 changed",
+            "    model=gpt-4o-mini, last user message 'new prompt': the request changed; "
+            "[-echo: old prompt-] {+a different answer+}",
+            "3 recordings in 2 cassettes not played by any passing test*",
+            "  cassettes/test_app/shared.yaml: 2 unplayed, first model=gpt-4o-mini, last user message 'only once 1'; "
+            "drop: pytest test_app.py::test_shared[1] test_app.py::test_shared[2] --llm-record=new_episodes "
+            "--llm-prune-unplayed",
+            "  cassettes/test_app/test_edited.yaml: 1 unplayed*",
+        ]
+    )
+    assert "passed without replaying 1 recording of its cassette" in result.stdout.str()  # the test's own
+    now = {path.name: path.read_text() for path in folder.glob("*.yaml")}
+    assert {name for name in written if now[name] != written[name]} == {"test_edited.yaml"}
+    assert set(now) - set(written) == {"test_added.yaml"}
+    report = json.loads((project.path / "report.json").read_text())
+    jsonschema.validate(report, json.loads((Path(__file__).parent.parent / "docs" / "report-schema.json").read_text()))
+    cassettes = report["cassettes"]
+    assert [c["changed"][0]["note"] for c in cassettes["rerecorded"] if c["changed"]] == ["the request changed"]
+    assert sorted(u["count"] for u in cassettes["unplayed"]) == [1, 2]
+
+    # Shared recordings no test plays fail the session under on_unplayed = fail, and the prune drops them
+    result = project.runpytest("--llm-on-unplayed=fail")
+    assert result.ret == 1
+    result.assert_outcomes(passed=4, failed=1)  # test_edited: its own cassette, failed in the test
+    result = project.runpytest("--llm-record=new_episodes", "--llm-prune-unplayed")
+    result.assert_outcomes(passed=5)
+    result.stdout.fnmatch_lines(["*shared.yaml: 2 unplayed*; dropped", "*test_edited.yaml: 1 unplayed*; dropped"])
+    for name in ("shared.yaml", "test_edited.yaml"):
+        text = (folder / name).read_text()
+        assert "only once" not in text and "old prompt" not in text
+    assert project.runpytest("--llm-on-unplayed=fail").ret == 0

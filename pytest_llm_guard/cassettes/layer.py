@@ -20,6 +20,7 @@ from ..clock import REAL
 from ..config import OPTIONS, Settings
 from ..dialects import DIALECTS, BodyReader, Dialect, decoding, dialect_for, hear
 from ..errors import LLMCassetteMiss
+from ..report import plural
 from ..scrub import Scrubber, find_shapes
 from ..stored import as_text
 from . import metadata, vcr_bridge
@@ -235,8 +236,10 @@ class CassetteLayer:
         mode: str,
         record_failures: bool,
         clock: Callable[[], float] = REAL.now,
+        settings: Settings | None = None,
     ) -> None:
         self.cassette = cassette
+        self.settings = settings or Settings()
         self.scrubber = scrubber
         self.nodeid = nodeid
         self.mode = mode
@@ -302,6 +305,8 @@ class CassetteLayer:
         """
         if test_failed and (not self.existed or self.mode != "new_episodes"):
             return None
+        if self.prunes and not test_failed:
+            self.cassette.drop_unused_requests = True  # vcrpy's own: played and new interactions are kept
         self.cassette.save()
         self.saved = True
         if not self.redacted:
@@ -312,6 +317,53 @@ class CassetteLayer:
             f"before it was written ({kinds}); a replay returns REDACTED where an answer held one. "
             "Check what the test sends and records."
         )
+
+    @property
+    def shared(self) -> bool:
+        """Named or given a path (``llm_cassette``): other tests may use it, so it is judged at the session's end."""
+        return self.settings.cassette_name is not None or self.settings.cassette_path is not None
+
+    @property
+    def prunes(self) -> bool:
+        """Recordings this test did not play are dropped as it saves (its own cassette, ``new_episodes``)."""
+        return self.settings.prune_unplayed and self.mode == "new_episodes" and not self.shared
+
+    def unplayed(self) -> list[tuple[str, Any]]:
+        """Recordings of the file this test did not replay ((id, request)); none when it was re-recorded."""
+        return [] if self.mode == "all" or not self.existed else self.cassette.unplayed()
+
+    def unplayed_message(self) -> str | None:
+        """What a passing test that left recordings of its own cassette unplayed is told, or None."""
+        found = self.unplayed()
+        if not found or self.shared or self.prunes or self.settings.on_unplayed == "ignore":
+            return None
+        from .review import describe_request
+
+        record, prune = OPTIONS["record"].flag, OPTIONS["prune_unplayed"].flag
+        return self.scrubber.text(
+            f"pytest-llm-guard: {self.nodeid} passed without replaying {plural(len(found), 'recording')} of its "
+            f"cassette {self.cassette.path} (first: {describe_request(found[0][1])}): its prompts may have "
+            f"drifted. Drop them with pytest '{self.nodeid}' {record}=new_episodes {prune} (or re-record, "
+            f'{record}=all), or set on_unplayed = "ignore".'
+        )
+
+    def note(self, *, passed: bool) -> dict[str, Any]:
+        """What the session's end needs to know of this test's use of its cassette (``upkeep.py``);
+        it travels to the xdist controller on the test's teardown report."""
+        s = self.settings
+        return {
+            "path": str(self.cassette.path),
+            "test": self.nodeid,
+            "mode": self.mode,
+            "shared": self.shared,
+            "passed": passed,
+            "saved": self.saved,
+            "unplayed": [iid for iid, _ in self.unplayed()] if passed else None,
+            "on_unplayed": s.on_unplayed,
+            "prune": s.prune_unplayed and self.mode == "new_episodes",
+            "match_on": list(s.match_on),
+            "ignore": sorted({*s.ignore_body_fields, *s.match_ignore}),
+        }
 
     @staticmethod
     def _vcr_request(request: httpx2.Request, body: bytes) -> Any:
@@ -459,11 +511,17 @@ def open_cassette(
         path,
         mode=mode,
         match_on=settings.match_on,
-        ignore=frozenset(settings.ignore_body_fields),
+        ignore=frozenset(settings.ignore_body_fields) | frozenset(settings.match_ignore),
         matcher=matcher,
         scrubber=scrubber,
         session_started=session_started,
     )
     return CassetteLayer(
-        cassette, scrubber, nodeid=nodeid, mode=mode, record_failures=settings.record_failures, clock=clock
+        cassette,
+        scrubber,
+        nodeid=nodeid,
+        mode=mode,
+        record_failures=settings.record_failures,
+        clock=clock,
+        settings=settings,
     )

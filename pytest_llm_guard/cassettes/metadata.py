@@ -81,7 +81,11 @@ def to_file(data: dict[str, Any]) -> dict[str, Any]:
             metadata[name] = values
     ordered = {k: metadata[k] for k in _HEADER_KEYS if k in metadata}
     ordered |= {k: v for k, v in metadata.items() if k not in _HEADER_KEYS}
-    return {"version": data.get("version", 1), **({"metadata": ordered} if ordered else {}), "interactions": interactions}
+    return {
+        "version": data.get("version", 1),
+        **({"metadata": ordered} if ordered else {}),
+        "interactions": interactions,
+    }
 
 
 def from_file(data: Any) -> Any:

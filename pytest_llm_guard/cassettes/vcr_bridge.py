@@ -29,7 +29,7 @@ from ..errors import LLMCassetteError
 from ..scrub import Scrubber
 from . import files, metadata
 from .matching import closest, request_key
-from .review import same_answer
+from .review import ids, same_answer
 
 Matcher = Callable[[VcrRequest, VcrRequest], "bool | None"]
 Key = Callable[[VcrRequest], tuple[str, ...]]
@@ -133,8 +133,15 @@ class LLMCassette(Cassette):
         return notes.get(note_id(self._key(scrubbed))) if isinstance(notes, dict) else None
 
     def save(self) -> None:
-        if self.dirty:
+        if self.dirty or (self.drop_unused_requests and len(self._played_interactions) < self._loaded_count):
             self._save()
+
+    def unplayed(self) -> list[tuple[str, VcrRequest]]:
+        """Recordings the file held when it was loaded that were not replayed since: (id, request),
+        ids as :func:`review.ids` gives them for the file, so every process names them alike."""
+        loaded = [request for request, _ in self.data[: self._loaded_count]]
+        found = zip(ids(loaded, self._key), loaded, strict=True)
+        return [(iid, request) for index, (iid, request) in enumerate(found) if self.play_counts[index] == 0]
 
     def scrubbed(self, request: VcrRequest) -> VcrRequest:
         """The request as it would be written (and is matched): scrubbed, pretty-printed."""
@@ -382,6 +389,11 @@ def parse(text: str) -> tuple[list, list, dict[str, Any]]:
     """A cassette's text as requests, responses and metadata; raises ValueError or a YAML error."""
     requests, responses, *found = deserialize(text, ReadableYaml)
     return requests, responses, (found[0] if found and isinstance(found[0], dict) else {})
+
+
+def serialized(cassette_dict: dict[str, Any]) -> str:
+    """The text of a cassette (``requests``, ``responses``, ``metadata``) as this plugin writes it."""
+    return serialize(cassette_dict, ReadableYaml)
 
 
 def vcr_request(method: str, url: str, body: bytes, headers: dict[str, str]) -> VcrRequest:
