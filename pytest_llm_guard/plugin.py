@@ -305,7 +305,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         from .cassettes import upkeep
 
         judged = upkeep.judge(guard_session.cassette_notes, guard_session.before)
-        guard_session.upkeep = judged.as_dict() if judged.unplayed or judged.reviews else None
+        guard_session.upkeep = judged.as_dict() if judged.unplayed or judged.reviews or judged.expired else None
         if judged.fails and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
     settings = guard_session.settings

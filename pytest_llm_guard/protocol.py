@@ -471,20 +471,36 @@ def _open_cassette(item: pytest.Item, guard: Guard) -> CassetteLayer | None:
     session = item.config.stash[SESSION]
     if mode in ("all", "new_episodes"):
         session.keep_before(path)
-    mode = cassettes.effective_mode(mode, session.existed_at_start(path))
-    try:
-        layer = cassettes.open_cassette(
-            path,
-            settings,
-            mode=mode,
-            nodeid=item.nodeid,
-            matcher=lambda request, recorded: item.ihook.pytest_llm_cassette_match(request=request, recorded=recorded),
-            scrubber=guard.scrubber,
-            session_started=session.started_at,
-            clock=guard.clock.now,
-        )
-    except LLMCassetteError as exc:  # from None: its message once, without a "During handling" copy
-        raise pytest.fail.Exception(f"{type(exc).__name__}: {exc}", pytrace=False) from None
+    configured, mode = mode, cassettes.effective_mode(mode, session.existed_at_start(path))
+
+    def open_as(mode: str) -> CassetteLayer:
+        try:
+            return cassettes.open_cassette(
+                path,
+                settings,
+                mode=mode,
+                nodeid=item.nodeid,
+                matcher=lambda request, recorded: item.ihook.pytest_llm_cassette_match(
+                    request=request, recorded=recorded
+                ),
+                scrubber=guard.scrubber,
+                session_started=session.started_at,
+                clock=guard.clock.now,
+            )
+        except LLMCassetteError as exc:  # from None: its message once, without a "During handling" copy
+            raise pytest.fail.Exception(f"{type(exc).__name__}: {exc}", pytrace=False) from None
+
+    layer = open_as(mode)
+    expired = layer.expired(recording_allowed=configured != "none")
+    if expired is not None and expired[0] == "fail":
+        pytest.fail(expired[1], pytrace=False)
+    elif expired is not None and expired[0] == "rerecord":
+        session.keep_before(path)
+        expiry = layer.expiry
+        layer = open_as("all")
+        layer.expiry = expiry
+    elif expired is not None:
+        item.warn(pytest.PytestWarning(expired[1]))
     item.stash[CASSETTE] = layer
     if layer.replay_only:  # CI needs no secret: the SDKs only insist that a key is set
         endpoints = item.config.stash[SESSION].endpoints.endpoints

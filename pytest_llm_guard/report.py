@@ -494,7 +494,7 @@ def cassette_lines(upkeep: Mapping[str, Any], root: Path) -> list[str]:
         touched = [r for r in reviews if r["changed"] or r["added"] or r["removed"]]
         lines.append(
             f"recorded into {plural(len(reviews), 'cassette')}: {changed} changed, {added} added, {removed} removed, "
-            f"{unchanged} unchanged" + (" (files of unchanged answers were left as they were)" if unchanged else "")
+            f"{unchanged} unchanged" + (" (unchanged answers are kept as they were recorded)" if unchanged else "")
         )
         for r in touched:
             counts = [f"{n} {what}" for n, what in ((len(r["changed"]), "changed"), (r["added"], "added"),
@@ -516,4 +516,19 @@ def cassette_lines(upkeep: Mapping[str, Any], root: Path) -> list[str]:
         for u in unplayed:
             fate = "dropped" if u["pruned"] else f"drop: pytest {' '.join(u['tests'])} {record}=new_episodes {prune}"
             lines.append(f"  {_shown(u['path'], root)}: {u['count']} unplayed, first {u['first']}; {fate}")
+    expired = upkeep.get("expired") or []
+    if expired:
+        lines.append(f"{plural(len(expired), 'cassette')} older than cassette_max_age:")
+        record = OPTIONS["record"].flag
+        for e in expired:
+            fate = "recorded again" if e["rerecorded"] else f"re-record: pytest {' '.join(e['tests'])} {record}=all"
+            lines.append(f"  {_shown(e['path'], root)}: {days(e['age'])} old; {fate}")
     return lines
+
+
+def days(seconds: float) -> str:
+    """An age as people say it: ``120 days``, ``5 hours``, ``12 minutes``."""
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            return plural(int(seconds // size), unit)
+    return plural(int(seconds), "second")

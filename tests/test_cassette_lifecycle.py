@@ -202,7 +202,7 @@ def test_a_drifted_suite_rerecorded_shows_what_changed_and_what_no_test_played(
     result.stdout.fnmatch_lines(
         [
             "*llm-guard: cassettes*",
-            "recorded into 4 cassettes: 1 changed, 1 added, 0 removed, 3 unchanged*",
+            "recorded into 4 cassettes: 1 changed, 1 added, 0 removed, 3 unchanged (unchanged answers are kept*",
             "  cassettes/test_app/test_added.yaml: 1 added",
             "  cassettes/test_app/test_edited.yaml: 1 changed",
             "    model=gpt-4o-mini, last user message 'new prompt': the request changed; "
@@ -235,3 +235,45 @@ def test_a_drifted_suite_rerecorded_shows_what_changed_and_what_no_test_played(
         text = (folder / name).read_text()
         assert "only once" not in text and "old prompt" not in text
     assert project.runpytest("--llm-on-unplayed=fail").ret == 0
+
+
+def test_an_expired_cassette_warns_fails_or_is_recorded_again_where_recording_is_allowed(
+    project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project.makepyfile(test_app=STABLE_TESTS)
+    project.runpytest().assert_outcomes(passed=1)
+    path = project.path / "cassettes" / "test_app" / "test_two_questions.yaml"
+    data = yaml.safe_load(path.read_text())
+    data["interactions"][0]["recorded"]["at"] = "2020-01-01T00:00:00Z"  # the other answer is recent
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    aged = path.read_text()
+
+    result = project.runpytest("--llm-cassette-max-age=90d")
+    result.assert_outcomes(passed=1, warnings=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*cassette *test_two_questions.yaml of test_app.py::test_two_questions has expired: its oldest answer "
+            "was recorded * days ago, more than cassette_max_age = 90 days; re-record it: "
+            "pytest 'test_app.py::test_two_questions' --llm-record=all.",
+            "1 cassette older than cassette_max_age:",
+            "  cassettes/test_app/test_two_questions.yaml: * days old; "
+            "re-record: pytest test_app.py::test_two_questions --llm-record=all",
+        ]
+    )
+    project.makepyprojecttoml('[tool.pytest_llm_guard]\ncassette_max_age = "90d"\non_expiry = "fail"\n')
+    project.runpytest().assert_outcomes(errors=1)
+
+    monkeypatch.setenv("CI", "true")  # replay only: rerecord cannot, and says so
+    result = project.runpytest("--llm-on-expiry=rerecord")
+    result.assert_outcomes(passed=1, warnings=1)
+    result.stdout.fnmatch_lines(["*on_expiry = rerecord, but recording is not allowed here*it warns instead*"])
+    assert path.read_text() == aged
+
+    monkeypatch.delenv("CI")
+    result = project.runpytest("--llm-on-expiry=rerecord")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*test_two_questions.yaml: * days old; recorded again"])
+    again = yaml.safe_load(path.read_text())["interactions"]
+    assert again[0]["recorded"]["at"] > "2026" and again[1] == data["interactions"][1]  # only the date moved
+    assert again[0]["response"] == data["interactions"][0]["response"]
+    project.runpytest().assert_outcomes(passed=1)  # on_expiry = "fail" in pyproject.toml: no longer expired

@@ -20,7 +20,7 @@ from ..clock import REAL
 from ..config import OPTIONS, Settings
 from ..dialects import DIALECTS, BodyReader, Dialect, decoding, dialect_for, hear
 from ..errors import LLMCassetteMiss
-from ..report import plural
+from ..report import days, plural
 from ..scrub import Scrubber, find_shapes
 from ..stored import as_text
 from . import metadata, vcr_bridge
@@ -240,6 +240,8 @@ class CassetteLayer:
     ) -> None:
         self.cassette = cassette
         self.settings = settings or Settings()
+        self.expiry: dict[str, Any] | None = None
+        """Set when the cassette had expired: its age (seconds) and what was done (``expired``)."""
         self.scrubber = scrubber
         self.nodeid = nodeid
         self.mode = mode
@@ -347,6 +349,31 @@ class CassetteLayer:
             f'{record}=all), or set on_unplayed = "ignore".'
         )
 
+    def expired(self, recording_allowed: bool) -> tuple[str, str] | None:
+        """When the oldest answer is older than ``cassette_max_age``: what to do (``warn``, ``fail`` or
+        ``rerecord``, which needs ``recording_allowed``, else it warns) and the message a warning or
+        failure says (a cassette recorded again is told in the session's summary)."""
+        max_age, dates = self.settings.cassette_max_age, self.cassette.recorded_dates()
+        if max_age is None or not dates or self.mode == "all" or REAL.wall() - min(dates) <= max_age:
+            return None
+        age = REAL.wall() - min(dates)
+        action = self.settings.on_expiry
+        fallback = ""
+        if action == "rerecord" and not recording_allowed:
+            action = "warn"
+            fallback = (
+                " (on_expiry = rerecord, but recording is not allowed here: record mode 'none', the default "
+                "when CI is set; it warns instead)"
+            )
+        self.expiry = {"age": age, "action": action}
+        record = OPTIONS["record"].flag
+        done = f"re-record it: pytest '{self.nodeid}' {record}=all"
+        message = (
+            f"pytest-llm-guard: cassette {self.cassette.path} of {self.nodeid} has expired: its oldest answer was "
+            f"recorded {days(age)} ago, more than cassette_max_age = {days(max_age)}; {done}{fallback}."
+        )
+        return action, message
+
     def note(self, *, passed: bool) -> dict[str, Any]:
         """What the session's end needs to know of this test's use of its cassette (``upkeep.py``);
         it travels to the xdist controller on the test's teardown report."""
@@ -359,6 +386,7 @@ class CassetteLayer:
             "passed": passed,
             "saved": self.saved,
             "unplayed": [iid for iid, _ in self.unplayed()] if passed else None,
+            "expiry": self.expiry,
             "on_unplayed": s.on_unplayed,
             "prune": s.prune_unplayed and self.mode == "new_episodes",
             "match_on": list(s.match_on),
@@ -515,6 +543,7 @@ def open_cassette(
         matcher=matcher,
         scrubber=scrubber,
         session_started=session_started,
+        max_age=settings.cassette_max_age,
     )
     return CassetteLayer(
         cassette,

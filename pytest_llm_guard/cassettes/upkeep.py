@@ -45,6 +45,8 @@ class Upkeep:
 
     unplayed: list[Unplayed] = field(default_factory=list)
     reviews: list[Review] = field(default_factory=list)
+    expired: list[dict[str, Any]] = field(default_factory=list)
+    """Cassettes older than ``cassette_max_age``: path, age (seconds), tests, and whether they were re-recorded."""
 
     @property
     def fails(self) -> bool:
@@ -52,7 +54,11 @@ class Upkeep:
         return any(u.fails and u.shared for u in self.unplayed)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"unplayed": [u.as_dict() for u in self.unplayed], "rerecorded": [r.as_dict() for r in self.reviews]}
+        return {
+            "unplayed": [u.as_dict() for u in self.unplayed],
+            "rerecorded": [r.as_dict() for r in self.reviews],
+            "expired": self.expired,
+        }
 
 
 def _interactions(text: str | None) -> list[tuple[Any, dict[str, Any]]]:
@@ -79,6 +85,16 @@ def judge(notes: Iterable[Mapping[str, Any]], before: Callable[[str], str | None
         def key(request: Any, match_on: tuple[str, ...] = match_on, ignore: frozenset[str] = ignore) -> tuple:
             return request_key(request, match_on, ignore)
 
+        expired = [n for n in group if n.get("expiry")]
+        if expired:
+            upkeep.expired.append(
+                {
+                    "path": path,
+                    "age": max(n["expiry"]["age"] for n in expired),
+                    "tests": sorted({n["test"] for n in expired}),
+                    "rerecorded": any(n["expiry"]["action"] == "rerecord" for n in expired),
+                }
+            )
         kept = before(path)
         now = _interactions(files.read_text(Path(path)))
         passed = [n for n in group if n["passed"] and n["unplayed"] is not None]

@@ -25,6 +25,7 @@ from vcr.request import Request as VcrRequest
 from vcr.serialize import deserialize, serialize
 from vcr.serializers import compat, yamlserializer
 
+from ..clock import REAL
 from ..errors import LLMCassetteError
 from ..scrub import Scrubber
 from . import files, metadata
@@ -136,6 +137,11 @@ class LLMCassette(Cassette):
         if self.dirty or (self.drop_unused_requests and len(self._played_interactions) < self._loaded_count):
             self._save()
 
+    def recorded_dates(self) -> list[float]:
+        """When each answer the file held was recorded (``time.time()``), for those stamped with it."""
+        found = (metadata.recorded_at(response) for _, response in self.data[: self._loaded_count])
+        return [when for when in found if when is not None]
+
     def unplayed(self) -> list[tuple[str, VcrRequest]]:
         """Recordings the file held when it was loaded that were not replayed since: (id, request),
         ids as :func:`review.ids` gives them for the file, so every process names them alike."""
@@ -244,9 +250,12 @@ class AtomicPersister:
         key: Key | None = None,
         rerecord_since: float | None = None,
         before: tuple[list, list, dict[str, Any]] | None = None,
+        expired_before: float | None = None,
     ) -> None:
         self._loaded: tuple[list, list] = ([], [])
         self._before = before
+        self._expired_before = expired_before
+        """An answer recorded before this time (``time.time()``) has expired: kept unchanged, it is dated now."""
         self._scrubber = scrubber
         self._key = key or (lambda request: (request.method, request.uri, str(request.body)))
         self._rerecord_since = rerecord_since
@@ -305,6 +314,9 @@ class AtomicPersister:
             old = candidates.pop(0) if candidates else None
             if old is not None and same_answer(q, old[1], r):
                 q, r = self._request(copy.deepcopy(old[0])), self._response(copy.deepcopy(old[1]))
+                when = metadata.recorded_at(r)
+                if self._expired_before is not None and when is not None and when < self._expired_before:
+                    r = metadata.restamped(r, REAL.wall())
             kept.append((q, r))
         return kept
 
@@ -417,11 +429,13 @@ def load(
     scrubber: Scrubber,
     session_started: float | None = None,
     before: tuple[list, list, dict[str, Any]] | None = None,
+    max_age: float | None = None,
 ) -> LLMCassette:
     """Load (or start) a cassette; raises :class:`LLMCassetteError` for an unreadable file.
 
     ``session_started`` (``time.time()``): in ``all`` mode, what the file held before it is replaced.
     ``before``: what the file held when the session started (:func:`parse`), when the session kept it.
+    ``max_age`` (seconds): an answer older than this that is recorded again unchanged is dated anew.
     """
     rerecord_since = session_started if mode == "all" else None
     persister = AtomicPersister(
@@ -429,6 +443,7 @@ def load(
         key=lambda request: request_key(request, match_on, ignore),
         rerecord_since=rerecord_since,
         before=before,
+        expired_before=REAL.wall() - max_age if max_age is not None else None,
     )
     return LLMCassette.load(
         path=str(path),
