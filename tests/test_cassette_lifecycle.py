@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import jsonschema
 import pytest
 import yaml
+from _pytest.mark.structures import Mark
 from vcr.cassette import Cassette
 from vcr.request import Request
 from vcr.serializers import yamlserializer
 
-from pytest_llm_guard.cassettes import request_key, review
+from pytest_llm_guard.cassettes import canonical_body, request_key, review
+from pytest_llm_guard.config import Settings, apply_markers
+from pytest_llm_guard.errors import LLMGuardConfigError
 from pytest_llm_guard.fault import FaultServer
 
 pytest_plugins = ["pytester"]
@@ -277,3 +281,52 @@ def test_an_expired_cassette_warns_fails_or_is_recorded_again_where_recording_is
     assert again[0]["recorded"]["at"] > "2026" and again[1] == data["interactions"][1]  # only the date moved
     assert again[0]["response"] == data["interactions"][0]["response"]
     project.runpytest().assert_outcomes(passed=1)  # on_expiry = "fail" in pyproject.toml: no longer expired
+
+
+def test_ignored_paths_leave_fields_out_of_matching() -> None:
+    body = {
+        "model": "m",
+        "user": "u-1",
+        "metadata": {"run": 1},
+        "stream_options": {"include_usage": True, "other": 1},
+        "messages": [{"role": "user", "name": "alice", "content": "hi"}],
+    }
+    ignore = frozenset({"user", "metadata", "stream_options.include_usage", "messages[*].name"})
+    assert json.loads(canonical_body(json.dumps(body), ignore)) == {
+        "model": "m",
+        "stream_options": {"other": 1},
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    with pytest.raises(LLMGuardConfigError, match=r"match_ignore = \['messages\[0\]\.name'\] in @pytest.mark"):
+        apply_markers(Settings(), [SimpleNamespace(name="llm_cassette", args=(), kwargs={"match_ignore": ["messages[0].name"]})], "t.py::x")
+
+
+MATCH_IGNORE_TESTS = """
+import os
+
+import pytest
+
+@pytest.mark.llm_cassette(match_ignore=["user", "messages[*].name"])
+def test_asks(llm_client):
+    llm_client.chat.completions.create(
+        model="m", user=os.environ.get("RUN_ID", "run-1"),
+        messages=[{"role": "user", "name": os.environ.get("RUN_ID", "run-1"), "content": "hi"}],
+    )
+"""
+
+
+def test_match_ignore_from_the_marker_replays_a_request_whose_ignored_fields_changed(
+    project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project.makepyfile(test_app=MATCH_IGNORE_TESTS)
+    project.runpytest().assert_outcomes(passed=1)
+    monkeypatch.setenv("RUN_ID", "run-2")
+    monkeypatch.setenv("CI", "true")
+    project.runpytest().assert_outcomes(passed=1)
+    project.makepyfile(test_app=MATCH_IGNORE_TESTS.replace(', "messages[*].name"', ""))
+    project.runpytest().assert_outcomes(failed=1)  # the name now counts: a miss
+    # the marker's list replaces the configured one, as every marker value does; the ini key alone:
+    project.makepyfile(
+        test_app=MATCH_IGNORE_TESTS.replace('@pytest.mark.llm_cassette(match_ignore=["user", "messages[*].name"])', "")
+    )
+    project.runpytest("-o", "llm_match_ignore=user,messages[*].name").assert_outcomes(passed=1)
