@@ -9,7 +9,6 @@ from types import SimpleNamespace
 import jsonschema
 import pytest
 import yaml
-from _pytest.mark.structures import Mark
 from vcr.cassette import Cassette
 from vcr.request import Request
 from vcr.serializers import yamlserializer
@@ -298,7 +297,8 @@ def test_ignored_paths_leave_fields_out_of_matching() -> None:
         "messages": [{"role": "user", "content": "hi"}],
     }
     with pytest.raises(LLMGuardConfigError, match=r"match_ignore = \['messages\[0\]\.name'\] in @pytest.mark"):
-        apply_markers(Settings(), [SimpleNamespace(name="llm_cassette", args=(), kwargs={"match_ignore": ["messages[0].name"]})], "t.py::x")
+        marker = SimpleNamespace(name="llm_cassette", args=(), kwargs={"match_ignore": ["messages[0].name"]})
+        apply_markers(Settings(), [marker], "t.py::x")
 
 
 MATCH_IGNORE_TESTS = """
