@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import linecache
 import re
+import shlex
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -514,14 +515,21 @@ def cassette_lines(upkeep: Mapping[str, Any], root: Path) -> list[str]:
         )
         record, prune = OPTIONS["record"].flag, OPTIONS["prune_unplayed"].flag
         for u in unplayed:
-            fate = "dropped" if u["pruned"] else f"drop: pytest {' '.join(u['tests'])} {record}=new_episodes {prune}"
+            fate = "dropped" if u["pruned"] else f"drop: pytest {shlex.join(u['tests'])} {record}=new_episodes {prune}"
             lines.append(f"  {_shown(u['path'], root)}: {u['count']} unplayed, first {u['first']}; {fate}")
+    unused = upkeep.get("unused") or []
+    if unused:
+        lines.append(
+            f"{plural(len(unused), 'cassette')} beside these that no test of this run used (an orphan, if the run "
+            "was the whole suite; pytest --llm-cassettes lists them against every collected test):"
+        )
+        lines.extend(f"  {_shown(path, root)}" for path in unused)
     expired = upkeep.get("expired") or []
     if expired:
         lines.append(f"{plural(len(expired), 'cassette')} older than cassette_max_age:")
         record = OPTIONS["record"].flag
         for e in expired:
-            fate = "recorded again" if e["rerecorded"] else f"re-record: pytest {' '.join(e['tests'])} {record}=all"
+            fate = "recorded again" if e["rerecorded"] else f"re-record: pytest {shlex.join(e['tests'])} {record}=all"
             lines.append(f"  {_shown(e['path'], root)}: {days(e['age'])} old; {fate}")
     return lines
 

@@ -212,9 +212,11 @@ def test_a_drifted_suite_rerecorded_shows_what_changed_and_what_no_test_played(
             "[-echo: old prompt-] {+a different answer+}",
             "3 recordings in 2 cassettes not played by any passing test*",
             "  cassettes/test_app/shared.yaml: 2 unplayed, first model=gpt-4o-mini, last user message 'only once 1'; "
-            "drop: pytest test_app.py::test_shared[1] test_app.py::test_shared[2] --llm-record=new_episodes "
+            "drop: pytest 'test_app.py::test_shared[1]' 'test_app.py::test_shared[2]' --llm-record=new_episodes "
             "--llm-prune-unplayed",
             "  cassettes/test_app/test_edited.yaml: 1 unplayed*",
+            "1 cassette beside these that no test of this run used*",
+            "  cassettes/test_app/test_deleted.yaml",
         ]
     )
     assert "passed without replaying 1 recording of its cassette" in result.stdout.str()  # the test's own
@@ -330,3 +332,51 @@ def test_match_ignore_from_the_marker_replays_a_request_whose_ignored_fields_cha
         test_app=MATCH_IGNORE_TESTS.replace('@pytest.mark.llm_cassette(match_ignore=["user", "messages[*].name"])', "")
     )
     project.runpytest("-o", "llm_match_ignore=user,messages[*].name").assert_outcomes(passed=1)
+
+
+LISTED_TESTS = """
+import pytest
+
+def ask(client, prompt):
+    client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": prompt}])
+
+@pytest.mark.llm_cassette("shared")
+@pytest.mark.parametrize("n", [1, 2])
+def test_shared(llm_client, n):
+    ask(llm_client, f"q{n}")
+
+@pytest.mark.llm_cassette(path="data/explicit.yaml")
+def test_explicit(llm_client):
+    ask(llm_client, "explicit")
+
+def test_own(llm_client):
+    ask(llm_client, "own")
+"""
+
+
+def test_llm_cassettes_lists_every_cassette_and_its_tests_and_marks_orphans(project: pytest.Pytester) -> None:
+    project.makepyfile(test_app=LISTED_TESTS + "\ndef test_gone(llm_client):\n    ask(llm_client, 'gone')\n")
+    project.runpytest().assert_outcomes(passed=5)
+    project.makepyfile(test_app=LISTED_TESTS)
+    (project.path / "notes.yaml").write_text("interactions: []\n")  # an empty cassette of another tool
+
+    result = project.runpytest("--llm-cassettes", "-n", "2")
+    assert result.ret == 0
+    result.assert_outcomes(deselected=4)
+    result.stdout.fnmatch_lines(
+        [
+            "notes.yaml: 17 B, 0 interactions, no model, age unknown (no recorded dates); ORPHAN*",
+            "cassettes/test_app/shared.yaml: * KiB, 2 interactions, gpt-4o-mini, * old; "
+            "test_app.py::test_shared?1?, test_app.py::test_shared?2?",
+            "cassettes/test_app/test_gone.yaml: *, 1 interaction, gpt-4o-mini, * old; ORPHAN: no collected test*",
+            "cassettes/test_app/test_own.yaml: *; test_app.py::test_own",
+            "data/explicit.yaml: *; test_app.py::test_explicit",
+            "5 cassettes under *, 2 orphans",
+            "*To delete them: rm notes.yaml cassettes/test_app/test_gone.yaml (--llm-strict makes orphans exit 1*",
+        ]
+    )
+    assert (project.path / "cassettes" / "test_app" / "test_gone.yaml").exists()  # never deleted here
+    assert project.runpytest("--llm-cassettes", "--llm-strict").ret == 1
+    (project.path / "notes.yaml").unlink()
+    (project.path / "cassettes" / "test_app" / "test_gone.yaml").unlink()
+    assert project.runpytest("--llm-cassettes", "--llm-strict").ret == 0

@@ -47,6 +47,9 @@ class Upkeep:
     reviews: list[Review] = field(default_factory=list)
     expired: list[dict[str, Any]] = field(default_factory=list)
     """Cassettes older than ``cassette_max_age``: path, age (seconds), tests, and whether they were re-recorded."""
+    unused: list[str] = field(default_factory=list)
+    """After a recording run: cassettes beside those the run used that no test of the run used (orphans,
+    when the run was the whole suite; ``pytest --llm-cassettes`` judges against every collected test)."""
 
     @property
     def fails(self) -> bool:
@@ -58,6 +61,7 @@ class Upkeep:
             "unplayed": [u.as_dict() for u in self.unplayed],
             "rerecorded": [r.as_dict() for r in self.reviews],
             "expired": self.expired,
+            "unused": self.unused,
         }
 
 
@@ -106,6 +110,12 @@ def judge(notes: Iterable[Mapping[str, Any]], before: Callable[[str], str | None
                 now = _interactions(files.read_text(Path(path)))
         if any(n["mode"] in RECORDING_MODES for n in group):
             upkeep.reviews.append(review(path, _interactions(kept), now, key, unplayed))
+    if upkeep.reviews:
+        used = {Path(path).resolve() for path in by_path}
+        folders = {path.parent for path in used}
+        upkeep.unused = sorted(
+            str(found) for folder in folders for found in folder.glob("*.yaml") if found.resolve() not in used
+        )
     return upkeep
 
 
