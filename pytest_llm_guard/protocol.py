@@ -315,7 +315,7 @@ class GuardedTests:
         for attempt in guard.events:
             if attempt.end is None and attempt.status is not None:  # answered, its body left unread
                 guard.closed_early(attempt)
-        unplayed = layer.unplayed_message() if layer is not None else None
+        unplayed = layer.test_returned() if layer is not None else None
         if unplayed is not None and layer.settings.on_unplayed == "fail":
             pytest.fail(unplayed, pytrace=False)
         if unplayed is not None:

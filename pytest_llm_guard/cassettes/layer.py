@@ -240,6 +240,8 @@ class CassetteLayer:
     ) -> None:
         self.cassette = cassette
         self.settings = settings or Settings()
+        self.left_unplayed: list[str] | None = None
+        """Ids of the recordings the test did not replay, once its function returned (:meth:`test_returned`)."""
         self.expiry: dict[str, Any] | None = None
         """Set when the cassette had expired: its age (seconds) and what was done (``expired``)."""
         self.scrubber = scrubber
@@ -334,9 +336,11 @@ class CassetteLayer:
         """Recordings of the file this test did not replay ((id, request)); none when it was re-recorded."""
         return [] if self.mode == "all" or not self.existed else self.cassette.unplayed()
 
-    def unplayed_message(self) -> str | None:
-        """What a passing test that left recordings of its own cassette unplayed is told, or None."""
+    def test_returned(self) -> str | None:
+        """The test's function returned: keep what it left unplayed (for the session's end), and say
+        what a passing test that left recordings of its own cassette unplayed is told, or None."""
         found = self.unplayed()
+        self.left_unplayed = [iid for iid, _ in found]
         if not found or self.shared or self.prunes or self.settings.on_unplayed == "ignore":
             return None
         from .review import describe_request
@@ -385,7 +389,7 @@ class CassetteLayer:
             "shared": self.shared,
             "passed": passed,
             "saved": self.saved,
-            "unplayed": [iid for iid, _ in self.unplayed()] if passed else None,
+            "unplayed": self.left_unplayed if passed else None,
             "expiry": self.expiry,
             "on_unplayed": s.on_unplayed,
             "prune": s.prune_unplayed and self.mode == "new_episodes",

@@ -99,16 +99,19 @@ def judge(notes: Iterable[Mapping[str, Any]], before: Callable[[str], str | None
                     "rerecorded": any(n["expiry"]["action"] == "rerecord" for n in expired),
                 }
             )
-        kept = before(path)
-        now = _interactions(files.read_text(Path(path)))
         passed = [n for n in group if n["passed"] and n["unplayed"] is not None]
         unplayed = set.intersection(*(set(n["unplayed"]) for n in passed)) if passed else set()
+        recording = any(n["mode"] in RECORDING_MODES for n in group)
+        if not recording and (not unplayed or first["on_unplayed"] == "ignore"):
+            continue  # replayed, every recording played: nothing to read (a CI run pays nothing here)
+        kept = before(path) if recording else None
+        now = _interactions(files.read_text(Path(path)))
         if unplayed and first["on_unplayed"] != "ignore":
             upkeep.unplayed.append(_unplayed(path, group, unplayed, _interactions(kept) if kept else now, key))
             if first["shared"] and first["prune"]:
                 _prune(Path(path), unplayed, key)
                 now = _interactions(files.read_text(Path(path)))
-        if any(n["mode"] in RECORDING_MODES for n in group):
+        if recording:
             upkeep.reviews.append(review(path, _interactions(kept), now, key, unplayed))
     if upkeep.reviews:
         used = {Path(path).resolve() for path in by_path}

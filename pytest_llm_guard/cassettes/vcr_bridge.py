@@ -30,7 +30,7 @@ from ..errors import LLMCassetteError
 from ..scrub import Scrubber
 from . import files, metadata
 from .matching import closest, request_key
-from .review import ids, same_answer
+from .review import ids_of_keys, same_answer
 
 Matcher = Callable[[VcrRequest, VcrRequest], "bool | None"]
 Key = Callable[[VcrRequest], tuple[str, ...]]
@@ -53,6 +53,8 @@ class LLMCassette(Cassette):
         self._ignore = ignore
         self._matcher = matcher
         self._index: defaultdict[tuple[str, ...], list[int]] = defaultdict(list)
+        self._keys: list[tuple[str, ...]] = []
+        """The key of each interaction, in order (computed once, as it is appended)."""
         self._appending = threading.Lock()
         self._loading = False
         super().__init__(*args, **kwargs)
@@ -84,7 +86,8 @@ class LLMCassette(Cassette):
             else:
                 super().append(request, response)
             if len(self.data) > before:
-                self._index[self._key(self.data[-1][0])].append(before)
+                self._keys.append(self._key(self.data[-1][0]))
+                self._index[self._keys[-1]].append(before)
 
     def replay(self, request: VcrRequest) -> dict[str, Any] | None:
         """The first recording of ``request`` not played yet (marked played now), or None.
@@ -146,7 +149,7 @@ class LLMCassette(Cassette):
         """Recordings the file held when it was loaded that were not replayed since: (id, request),
         ids as :func:`review.ids` gives them for the file, so every process names them alike."""
         loaded = [request for request, _ in self.data[: self._loaded_count]]
-        found = zip(ids(loaded, self._key), loaded, strict=True)
+        found = zip(ids_of_keys(self._keys[: self._loaded_count]), loaded, strict=True)
         return [(iid, request) for index, (iid, request) in enumerate(found) if self.play_counts[index] == 0]
 
     def scrubbed(self, request: VcrRequest) -> VcrRequest:
