@@ -460,6 +460,12 @@ def _save(item: pytest.Item, layer: CassetteLayer, *, failed: bool, in_wrapper: 
         item.warn(pytest.PytestWarning(warning))
 
 
+def _may_rerecord(settings: Settings, configured: str, layer: CassetteLayer) -> bool:
+    """Expiry may make this test record its cassette again (``on_expiry = "rerecord"``, recording allowed)."""
+    expires = settings.cassette_max_age is not None and settings.on_expiry == "rerecord"
+    return expires and configured != "none" and layer.mode != "all"
+
+
 def _open_cassette(item: pytest.Item, guard: Guard) -> CassetteLayer | None:
     from . import cassettes
 
@@ -494,7 +500,7 @@ def _open_cassette(item: pytest.Item, guard: Guard) -> CassetteLayer | None:
     expired = layer.expired(recording_allowed=configured != "none")
     if expired is not None and expired[0] == "fail":
         pytest.fail(expired[1], pytrace=False)
-    elif expired is not None and expired[0] == "rerecord":
+    elif _may_rerecord(settings, configured, layer) and session.rerecorded(path, now=expired is not None):
         session.keep_before(path)
         expiry = layer.expiry
         layer = open_as("all")

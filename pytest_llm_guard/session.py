@@ -200,6 +200,15 @@ class Session:
         text = read_text(path) if written_before(path, self.started_at) else None
         self.store.update(key, lambda record: record.setdefault("text", text))
 
+    def rerecorded(self, path: Path, *, now: bool = False) -> bool:
+        """Whether a test of this session (any worker) found this cassette expired and records it
+        again (``now``: this test does): every later test using it records too, rather than missing
+        the answers that re-record replaced."""
+        key = f"cassette-rerecord:{path.resolve()}"
+        if now:
+            self.store.update(key, lambda record: record.update(rerecord=True))
+        return now or bool(self.store.get(key).get("rerecord"))
+
     def before(self, path: str) -> str | None:
         """The text a cassette held when the session started, if :meth:`keep_before` kept it."""
         return self.store.get(f"cassette-before:{Path(path).resolve()}").get("text")

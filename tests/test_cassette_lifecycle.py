@@ -252,6 +252,14 @@ def test_an_expired_cassette_warns_fails_or_is_recorded_again_where_recording_is
     data["interactions"][0]["recorded"]["at"] = "2020-01-01T00:00:00Z"  # the other answer is recent
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     aged = path.read_text()
+    shared = """
+import pytest
+
+@pytest.mark.llm_cassette("pair", cassette_max_age="90d")
+@pytest.mark.parametrize("n", [1, 2])
+def test_pair(llm_client, n):
+    llm_client.chat.completions.create(model="m", messages=[{"role": "user", "content": f"pair {n}"}])
+"""
 
     result = project.runpytest("--llm-cassette-max-age=90d")
     result.assert_outcomes(passed=1, warnings=1)
@@ -274,14 +282,24 @@ def test_an_expired_cassette_warns_fails_or_is_recorded_again_where_recording_is
     result.stdout.fnmatch_lines(["*on_expiry = rerecord, but recording is not allowed here*it warns instead*"])
     assert path.read_text() == aged
 
+    # a shared cassette: the first test to find it expired records it again, and so does every later
+    # one (its old answers are gone from the file by then)
+    project.makepyfile(test_pair=shared)
+    project.runpytest("--llm-record=all", "test_pair.py").assert_outcomes(passed=2)
+    pair = project.path / "cassettes" / "test_pair" / "pair.yaml"
+    pair.write_text(pair.read_text().replace("at: '2", "at: '2020-01-01T00:00:00Z' #"))
     monkeypatch.delenv("CI")
-    result = project.runpytest("--llm-on-expiry=rerecord")
+    result = project.runpytest("--llm-on-expiry=rerecord", "test_pair.py")
+    result.assert_outcomes(passed=2)
+    assert all(i["recorded"]["at"] > "2026" for i in yaml.safe_load(pair.read_text())["interactions"])
+
+    result = project.runpytest("--llm-on-expiry=rerecord", "test_app.py")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*test_two_questions.yaml: * days old; recorded again"])
     again = yaml.safe_load(path.read_text())["interactions"]
     assert again[0]["recorded"]["at"] > "2026" and again[1] == data["interactions"][1]  # only the date moved
     assert again[0]["response"] == data["interactions"][0]["response"]
-    project.runpytest().assert_outcomes(passed=1)  # on_expiry = "fail" in pyproject.toml: no longer expired
+    project.runpytest().assert_outcomes(passed=3)  # on_expiry = "fail" in pyproject.toml: none has expired
 
 
 def test_ignored_paths_leave_fields_out_of_matching() -> None:
