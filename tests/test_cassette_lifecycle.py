@@ -177,6 +177,11 @@ def test_edited(llm_client):
 def test_deleted(llm_client):
     assert ask(llm_client, "soon gone")
 
+def test_skipped_later(llm_client):
+    if os.environ.get("PROMPT"):
+        pytest.skip("a skipped test plays nothing, and leaves nothing unplayed")
+    assert ask(llm_client, "asked once")
+
 @pytest.mark.llm_cassette("shared")
 @pytest.mark.parametrize("n", [1, 2])
 def test_shared(llm_client, n):
@@ -190,7 +195,7 @@ def test_a_drifted_suite_rerecorded_shows_what_changed_and_what_no_test_played(
     project: pytest.Pytester, server: FaultServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     project.makepyfile(test_app=DRIFTING_SUITE)
-    project.runpytest().assert_outcomes(passed=5)
+    project.runpytest().assert_outcomes(passed=6)
     folder = project.path / "cassettes" / "test_app"
     written = {path.name: path.read_text() for path in folder.glob("*.yaml")}
 
@@ -201,11 +206,11 @@ def test_a_drifted_suite_rerecorded_shows_what_changed_and_what_no_test_played(
     source = DRIFTING_SUITE.replace("def test_deleted", "def _deleted")
     project.makepyfile(test_app=source + "\ndef test_added(llm_client):\n    assert ask(llm_client, 'added')\n")
     result = project.runpytest("-n", "2", "--llm-record=new_episodes", "--llm-report=report.json")
-    result.assert_outcomes(passed=5, warnings=1)
+    result.assert_outcomes(passed=5, skipped=1, warnings=1)
     result.stdout.fnmatch_lines(
         [
             "*llm-guard: cassettes*",
-            "recorded into 4 cassettes: 1 changed, 1 added, 0 removed, 3 unchanged (unchanged answers are kept*",
+            "recorded into 5 cassettes: 1 changed, 1 added, 0 removed, 4 unchanged (unchanged answers are kept*",
             "  cassettes/test_app/test_added.yaml: 1 added",
             "  cassettes/test_app/test_edited.yaml: 1 changed",
             "    model=gpt-4o-mini, last user message 'new prompt': the request changed; "
@@ -232,9 +237,9 @@ def test_a_drifted_suite_rerecorded_shows_what_changed_and_what_no_test_played(
     # Shared recordings no test plays fail the session under on_unplayed = fail, and the prune drops them
     result = project.runpytest("--llm-on-unplayed=fail")
     assert result.ret == 1
-    result.assert_outcomes(passed=4, failed=1)  # test_edited: its own cassette, failed in the test
+    result.assert_outcomes(passed=4, failed=1, skipped=1)  # test_edited: its own cassette, failed in the test
     result = project.runpytest("--llm-record=new_episodes", "--llm-prune-unplayed")
-    result.assert_outcomes(passed=5)
+    result.assert_outcomes(passed=5, skipped=1)
     result.stdout.fnmatch_lines(["*shared.yaml: 2 unplayed*; dropped", "*test_edited.yaml: 1 unplayed*; dropped"])
     for name in ("shared.yaml", "test_edited.yaml"):
         text = (folder / name).read_text()
