@@ -316,10 +316,14 @@ class GuardedTests:
             if attempt.end is None and attempt.status is not None:  # answered, its body left unread
                 guard.closed_early(attempt)
         unplayed = layer.test_returned() if layer is not None else None
-        if unplayed is not None and layer.settings.on_unplayed == "fail":
+        if unplayed is None:
+            return
+        if layer.settings.on_unplayed == "fail":
             pytest.fail(unplayed, pytrace=False)
-        if unplayed is not None:
+        try:
             item.warn(pytest.PytestWarning(unplayed))
+        except pytest.PytestWarning as error:  # -W error made it an exception: its text, not this plugin's frames
+            raise pytest.fail.Exception(f"{type(error).__name__}: {error}", pytrace=False) from None
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[pytest.TestReport]:
