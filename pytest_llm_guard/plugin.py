@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 
 GUARD_FIXTURES = frozenset({"llm_guard"}) | FIXTURES
 REPORTS_WRITTEN = pytest.StashKey["list[str]"]()  # what pytest_sessionfinish says of the reports it wrote
+LISTING = pytest.StashKey["list[Any]"]()  # --llm-cassettes: listing.Entry per cassette
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -81,10 +82,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="scan every cassette under the root directory for credential-shaped strings and exit "
         "(non-zero when one is found), running no test: for pre-commit hooks and CI",
     )
+    group.addoption(
+        "--llm-cassettes",
+        action="store_true",
+        default=False,
+        help="list every cassette under the root directory with the tests that use it, its size, age, "
+        "interactions and models, and mark orphans (no collected test uses them); runs no test",
+    )
+    group.addoption(
+        "--llm-strict", action="store_true", default=False, help="with --llm-cassettes: exit 1 when there are orphans"
+    )
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_cmdline_main(config: pytest.Config) -> int | None:
+    if config.getoption("llm_cassettes") and hasattr(config.option, "numprocesses"):
+        config.option.numprocesses = 0  # collected here, run nowhere: no xdist workers to start
     if not config.getoption("llm_audit"):
         return None
     from .audit import audit
@@ -193,6 +206,9 @@ class _Records:
         unguarded = getattr(report, "llm_unguarded", None)
         if isinstance(unguarded, dict):
             self.session.unguarded.append(unguarded)
+        cassette = getattr(report, "llm_cassette", None)
+        if isinstance(cassette, dict):
+            self.session.cassette_notes.append(cassette)
 
 
 class _XdistHandoff:
@@ -233,7 +249,28 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             wrong[item.nodeid] = str(exc)
     if wrong:
         config.pluginmanager.register(_WrongMarkers(wrong), "llm_guard_wrong_markers")
+    if config.getoption("llm_cassettes"):
+        from .listing import listing
+
+        config.stash[LISTING] = listing(config.rootpath, _cassettes_used(items, base))
+        config.hook.pytest_deselected(items=list(items))
+        items[:] = []
+        return
     prepare(config, items, base)
+
+
+def _cassettes_used(items: list[pytest.Item], base: Settings) -> dict[Any, list[str]]:
+    """Each cassette a collected test would use, with its tests (pytest-recording's ``vcr`` tests too)."""
+    from .cassettes import path_for
+
+    used: dict[Any, list[str]] = {}
+    for item in items:
+        settings = item.stash.get(ITEM_SETTINGS, None)
+        if settings is None and item.get_closest_marker("vcr") is not None:
+            settings = base
+        if settings is not None and settings.cassette:
+            used.setdefault(path_for(item.path, item.name, settings), []).append(item.nodeid)
+    return used
 
 
 class _WrongMarkers:
@@ -249,7 +286,23 @@ class _WrongMarkers:
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
+    config = terminalreporter.config
+    if LISTING in config.stash:
+        from .clock import REAL
+        from .listing import lines
+
+        terminalreporter.write_sep("-", "llm-guard: cassettes")
+        for line in lines(config.stash[LISTING], config.rootpath, REAL.wall(), strict=config.getoption("llm_strict")):
+            terminalreporter.write_line(line)
+        return
     _guard_summary(terminalreporter)
+    upkeep = terminalreporter.config.stash[SESSION].upkeep
+    if upkeep:
+        from .report import cassette_lines
+
+        terminalreporter.write_sep("-", "llm-guard: cassettes")
+        for line in cassette_lines(upkeep, terminalreporter.config.rootpath):
+            terminalreporter.write_line(line)
     for line in terminalreporter.config.stash.get(REPORTS_WRITTEN, ()):  # here, on lines of their own
         terminalreporter.write_line(line)
 
@@ -291,6 +344,18 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     guard_session = config.stash.get(SESSION, None)
     if guard_session is None or hasattr(config, "workerinput"):
         return
+    if LISTING in config.stash:
+        orphans = any(entry.orphan for entry in config.stash[LISTING])
+        strict = config.getoption("llm_strict") and orphans
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED if strict else pytest.ExitCode.OK
+        return
+    if guard_session.cassette_notes:
+        from .cassettes import upkeep
+
+        judged = upkeep.judge(guard_session.cassette_notes, guard_session.before)
+        guard_session.upkeep = judged.as_dict() if judged.unplayed or judged.reviews or judged.expired else None
+        if judged.fails and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
     settings = guard_session.settings
     if not (settings.report or settings.report_html):
         return
@@ -305,6 +370,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         json_path=here / settings.report if settings.report else None,
         html_path=here / settings.report_html if settings.report_html else None,
         unguarded=guard_session.unguarded,
+        cassettes=guard_session.upkeep,
     )
 
 

@@ -171,8 +171,10 @@ def build(
     duration: float,
     currency: str = "USD",
     unguarded: Sequence[Mapping[str, Any]] = (),
+    cassettes: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The whole report (``SCHEMA``; ``unguarded`` only when some test went live without a guard)."""
+    """The whole report (``SCHEMA``; ``unguarded`` only when some test went live without a guard,
+    ``cassettes`` when the session re-recorded a cassette or left recordings unplayed)."""
     try:
         plugin_version = version("pytest-llm-guard")
     except PackageNotFoundError:  # pragma: no cover - running from a source tree
@@ -192,6 +194,7 @@ def build(
         "tests": list(tests),
         "endpoints": endpoints(tests, health),
         **({"unguarded": list(unguarded)} if unguarded else {}),
+        **({"cassettes": dict(cassettes)} if cassettes else {}),
     }
 
 
@@ -225,11 +228,12 @@ def write_reports(
     json_path: Path | None,
     html_path: Path | None,
     unguarded: Sequence[Mapping[str, Any]] = (),
+    cassettes: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """Write the JSON and HTML reports asked for; returns what to tell the user about each."""
     from .cassettes.files import write_atomically
 
-    data = build(tests, health, duration=duration, currency=currency, unguarded=unguarded)
+    data = build(tests, health, duration=duration, currency=currency, unguarded=unguarded, cassettes=cassettes)
     said = []
     for name, path in (("report", json_path), ("report-html", html_path)):
         if path is None:
