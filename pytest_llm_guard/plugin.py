@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from . import hooks
+from . import hooks, learned
 from .config import (
     INI_PREFIX,
     MARKERS,
@@ -137,6 +137,7 @@ def pytest_configure(config: pytest.Config) -> None:
         distributed=config.getoption("dist", "no") != "no" and bool(config.getoption("tx", None)),
         prices=load_prices(table.get("prices"), str(pyproject)),
     )
+    session.learned = learned.for_session(settings, config.rootpath)
     config.stash[SESSION] = session
     config.pluginmanager.register(_Records(session), "llm_guard_records")
     if session.folder is not None:
@@ -280,24 +281,38 @@ def _guard_summary(terminalreporter: Any) -> None:
         terminalreporter.write_line(f"where the time went ({shown}; {OPTIONS['durations'].flag}=N):")
         for line in slowest:
             terminalreporter.write_line(f"  {line}")
+    amplified = report.amplification_lines(session.records)
+    if amplified:
+        terminalreporter.write_line("retry amplification (calls retried by more than one layer):")
+        for line in amplified:
+            terminalreporter.write_line(f"  {line}")
+    if session.learned is not None:
+        for line in report.learned_lines(
+            learned.in_reports(session.learned, session.records), OPTIONS["learn_timeouts"].flag
+        ):
+            terminalreporter.write_line(line)
     if verbosity > 0:
         for line in report.endpoint_lines(report_json.endpoints(session.records, session.router.health())):
             terminalreporter.write_line(line)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    """The controller (or the only process) writes the JSON and HTML reports, from every worker's records."""
+    """The controller (or the only process) writes the learned timeouts, the JSON and HTML reports, from
+    every worker's records."""
     config = session.config
     guard_session = config.stash.get(SESSION, None)
     if guard_session is None or hasattr(config, "workerinput"):
         return
     settings = guard_session.settings
+    said = config.stash[REPORTS_WRITTEN] = []
+    if settings.learn_timeouts:
+        said.append(learned.learn(config.rootpath / settings.learn_timeouts, guard_session.records))
     if not (settings.report or settings.report_html):
         return
     from . import report_json
 
     here = config.invocation_params.dir  # an absolute path stays as it is
-    config.stash[REPORTS_WRITTEN] = report_json.write_reports(
+    said += report_json.write_reports(
         guard_session.records,
         guard_session.router.health() if guard_session.records else [],
         duration=guard_session.clock.now() - guard_session.started,
@@ -305,6 +320,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         json_path=here / settings.report if settings.report else None,
         html_path=here / settings.report_html if settings.report_html else None,
         unguarded=guard_session.unguarded,
+        learned_limits=guard_session.learned,
     )
 
 
