@@ -9,10 +9,12 @@ from typing import Any
 
 import pytest
 
-from pytest_llm_guard import learned
+from pytest_llm_guard import FakeClock, LLMBudgetExceeded, learned
+from pytest_llm_guard.budget import Budget
+from pytest_llm_guard.config import Settings
 from pytest_llm_guard.errors import LLMGuardConfigError
 from pytest_llm_guard.fault import FaultServer
-from pytest_llm_guard.ledger import amplification
+from pytest_llm_guard.ledger import Attempt, Category, Ledger, amplification
 
 pytest_plugins = ["pytester"]
 
@@ -98,6 +100,21 @@ def test_a_broken_file_is_a_usage_error_naming_it_and_what_to_do(tmp_path: Path,
 def test_a_missing_file_learns_nothing() -> None:
     found = learned.read(Path("/nonexistent/learned.json"), factor=3, floor=1)
     assert found.missing and found.limits("e", "m") is None
+
+
+def test_a_test_ended_by_a_learned_limit_says_where_it_was_learned_and_what_to_raise() -> None:
+    ledger = Ledger("t")
+    budget = Budget(Settings(retries=0, learned_timeouts="llm-timeouts.json"), ledger, clock=FakeClock())
+    cut = Attempt("t", 1, 1, "first", "http://h", "/v1/chat/completions", "fast", 0.0, 0.0, cap=0.3)
+    cut.cap_by = cut.cause = learned.LEARNED_CALL_TIMEOUT
+    ledger.open(cut)
+    ledger.close(cut, 0.3, "ReadTimeout", Category.TIMEOUT)
+    with pytest.raises(LLMBudgetExceeded) as info:
+        budget.check_failure(cut)
+    assert info.value.budget == "call_timeout"
+    assert "cut at its learned call_timeout (0.30 s) (learned from llm-timeouts.json as p99 x learned_factor: " in str(
+        info.value
+    )
 
 
 def test_an_sdk_inside_an_application_loop_multiplies_the_attempts() -> None:
@@ -199,7 +216,8 @@ def test_a_learned_file_cuts_a_hang_on_a_fast_model_and_leaves_the_slow_one_alon
     first.stdout.fnmatch_lines([
         "learned timeouts: */timeouts/learned.json not found, so no limits were learned; "
         "write it with --llm-learn-timeouts */timeouts/learned.json",
-        "pytest-llm-guard: learned timeouts written to */timeouts/learned.json: 10 new samples of 2 endpoint/model pairs*",
+        "pytest-llm-guard: learned timeouts written to */timeouts/learned.json: "
+        "10 new samples of 2 endpoint/model pairs*",
     ])  # fmt: skip
     file = pytester.path / "timeouts" / "learned.json"
     models = json.loads(file.read_text())["endpoints"][server.url]
@@ -237,7 +255,8 @@ def test_a_learned_file_cuts_a_hang_on_a_fast_model_and_leaves_the_slow_one_alon
         "retry amplification (calls retried by more than one layer):",
         "  test_using.py::test_own_loop: 15 attempts for 1 logical call (SDK max_retries=2 x your loop of 5): "
         "set max_retries=0 on the client *or drop the loop",
-        "learned timeouts from */timeouts/learned.json (p99 x 5, at least 0.05 s): 2 models, 2 attempts capped by them*",
+        "learned timeouts from */timeouts/learned.json (p99 x 5, at least 0.05 s): "
+        "2 models, 2 attempts capped by them*",
         f"  {server.url} fast: call_timeout *s, first_token_timeout *s (10 samples; capped 1 attempt)",
     ])  # fmt: skip
     [loop] = next(t for t in report["tests"] if t["nodeid"].endswith("test_own_loop"))["amplification"]
