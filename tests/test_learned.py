@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 
 from pytest_llm_guard import FakeClock, LLMBudgetExceeded, learned
@@ -237,6 +238,7 @@ def test_a_learned_file_cuts_a_hang_on_a_fast_model_and_leaves_the_slow_one_alon
     )  # fmt: skip
     using.assert_outcomes(passed=3)
     report = json.loads((pytester.path / "report.json").read_text())
+    jsonschema.validate(report, json.loads((Path(__file__).parent.parent / "docs" / "report-schema.json").read_text()))
     attempts = {t["nodeid"].split("::")[1]: t["attempts"] for t in report["tests"]}
     [hang], [healthy] = attempts["test_fast_hangs"], attempts["test_slow_is_healthy"]
     assert (hang["category"], hang["cap_by"], hang["cause"]) == (
