@@ -288,7 +288,7 @@ def _guard_summary(terminalreporter: Any) -> None:
             terminalreporter.write_line(f"  {line}")
     if session.learned is not None:
         for line in report.learned_lines(
-            learned.in_reports(session.learned, session.records), OPTIONS["learn_timeouts"].flag
+            learned.in_reports(session.learned, session.records), OPTIONS["learn_timeouts"].flag, settings.call_timeout
         ):
             terminalreporter.write_line(line)
     if verbosity > 0:

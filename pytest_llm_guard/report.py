@@ -434,8 +434,9 @@ def endpoint_lines(endpoints: Sequence[Mapping[str, Any]]) -> list[str]:
     return lines
 
 
-def learned_lines(section: Mapping[str, Any], flag: str) -> list[str]:
-    """Which limits were learned (``learned.in_reports``), from how many samples, and how many attempts they capped."""
+def learned_lines(section: Mapping[str, Any], flag: str, call_timeout: float | None) -> list[str]:
+    """Which limits were learned (``learned.in_reports``), from how many samples, and how many attempts they capped;
+    a learned call_timeout above the configured one (``call_timeout``) is said not to apply."""
     file = section["file"]
     if section["missing"]:
         return [f"learned timeouts: {file} not found, so no limits were learned; write it with {flag} {file}"]
@@ -446,9 +447,12 @@ def learned_lines(section: Mapping[str, Any], flag: str) -> list[str]:
     capped = sum(entry["capped"] for entry in limits)
     lines = [head + f"{plural(len(limits), 'model')}, {plural(capped, 'attempt')} capped by them this run"]
     for entry in limits:
-        first = entry["first_token_timeout"]
+        first, call = entry["first_token_timeout"], entry["call_timeout"]
+        above = call_timeout is not None and call is not None and call >= call_timeout
         lines.append(
-            f"  {entry['endpoint']} {entry['model']}: call_timeout {entry['call_timeout']:.2f} s"
+            f"  {entry['endpoint']} {entry['model']}: "
+            + (f"call_timeout {call:.2f} s" if call is not None else "call_timeout not learned")
+            + (f" (above call_timeout={call_timeout:g} s, which applies)" if above else "")
             + (f", first_token_timeout {first:.2f} s" if first is not None else "")
             + f" ({plural(entry['samples'], 'sample')}; capped {plural(entry['capped'], 'attempt')})"
         )

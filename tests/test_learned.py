@@ -16,6 +16,7 @@ from pytest_llm_guard.config import Settings
 from pytest_llm_guard.errors import LLMGuardConfigError
 from pytest_llm_guard.fault import FaultServer
 from pytest_llm_guard.ledger import Attempt, Category, Ledger, amplification
+from pytest_llm_guard.report import learned_lines
 
 pytest_plugins = ["pytester"]
 
@@ -96,6 +97,19 @@ def test_a_broken_file_is_a_usage_error_naming_it_and_what_to_do(tmp_path: Path,
     message = str(error.value)
     assert str(file) in message and said in message
     assert f"delete it and learn it again with --llm-learn-timeouts {file}" in message
+
+
+def test_the_summary_says_when_a_learned_limit_is_above_the_configured_one() -> None:
+    fast = {"endpoint": "e", "model": "fast", "call_timeout": 3.0, "first_token_timeout": None, "samples": 9}
+    slow = {"endpoint": "e", "model": "slow", "call_timeout": 63.0, "first_token_timeout": 30.0, "samples": 9}
+    limits = [{**fast, "capped": 2}, {**slow, "capped": 0}]
+    section = {"file": "t.json", "missing": False, "factor": 3, "floor": 1, "limits": limits}
+    assert learned_lines(section, "--llm-learn-timeouts", 30.0) == [
+        "learned timeouts from t.json (p99 x 3, at least 1 s): 2 models, 2 attempts capped by them this run",
+        "  e fast: call_timeout 3.00 s (9 samples; capped 2 attempts)",
+        "  e slow: call_timeout 63.00 s (above call_timeout=30 s, which applies), first_token_timeout 30.00 s "
+        "(9 samples; capped 0 attempts)",
+    ]
 
 
 def test_a_missing_file_learns_nothing() -> None:
