@@ -35,7 +35,7 @@ from .scrub import Scrubber
 
 if TYPE_CHECKING:
     from .endpoints import EndpointSet
-    from .learned import Learned
+    from .learned import Learned, Limits
 
 log = logging.getLogger("pytest_llm_guard")
 
@@ -275,10 +275,16 @@ class Guard:
         self.cap_learned(attempt, request)
         return attempt
 
+    def learned_limits(self, attempt: Attempt) -> Limits | None:
+        """What earlier runs learned of the attempt's model at its endpoint (``learned.py``), if anything."""
+        if self.learned is None:
+            return None
+        return self.learned.limits(attempt.endpoint_name or attempt.endpoint, attempt.model)
+
     def cap_learned(self, attempt: Attempt, request: httpx2.Request) -> None:
-        """The model's learned call_timeout at the attempt's endpoint, where it is below the cap already set
-        (``learned.py``): never above the marker's, the configuration's or the time left."""
-        limits = self.learned.limits(attempt.endpoint_name or attempt.endpoint, attempt.model) if self.learned else None
+        """The model's learned call_timeout, where it is below the cap already set: never above the
+        marker's, the configuration's or the time left."""
+        limits = self.learned_limits(attempt)
         if limits is not None and limits.call is not None:
             self.cap(attempt, request, limits.call, LEARNED_CALL_TIMEOUT)
 

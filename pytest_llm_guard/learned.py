@@ -141,8 +141,9 @@ def read(path: Path, *, factor: float, floor: float, option: str = "learned_time
     try:
         return Learned(path, factor, floor, _summaries(json.loads(text)))
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        detail = f"a measure has no {exc}" if isinstance(exc, KeyError) else str(exc)
         raise LLMGuardConfigError(
-            f"pytest-llm-guard: the learned timeouts file {path} ({option}) is not valid: {exc}. "
+            f"pytest-llm-guard: the learned timeouts file {path} ({option}) is not valid: {detail}. "
             f"Restore it from version control, or delete it and learn it again with --llm-learn-timeouts {path}"
         ) from None
 
