@@ -8,17 +8,20 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import openai
 import pytest
 
 from pytest_llm_guard import FakeClock, LLMBudgetExceeded, learned
 from pytest_llm_guard.budget import Budget
 from pytest_llm_guard.config import Settings
 from pytest_llm_guard.errors import LLMGuardConfigError
-from pytest_llm_guard.fault import FaultServer
+from pytest_llm_guard.fault import Fault, FaultServer
 from pytest_llm_guard.ledger import Attempt, Category, Ledger, amplification
 from pytest_llm_guard.report import learned_lines
 
 pytest_plugins = ["pytester"]
+
+HELLO = [{"role": "user", "content": "hi"}]
 
 
 def attempt(call: int, kind: str = "first", by: str | None = None, **more: Any) -> dict[str, Any]:
@@ -154,6 +157,43 @@ def test_a_loop_around_the_guards_retries_is_amplified_a_single_layer_is_not() -
     sdk_only = [attempt(1, category="http_5xx"), attempt(1, "retry", "sdk")]
     failover_and_loop = [attempt(1, category="reset"), attempt(1, "failover", "guard"), attempt(2, by="app")]
     assert amplification(sdk_only) == [] and amplification(failover_and_loop) == []
+
+
+def _learned(url: str, **p99: float) -> learned.Learned:
+    """Limits as a file gives them: ``fast=0.05``, a p99 of 0.05 s for model "fast" at ``url`` (9 samples)."""
+    summaries = {(url, model): {"attempt": {"n": 9, "p99": value}} for model, value in p99.items()}
+    return learned.Learned(Path("learned.json"), factor=3, floor=0.1, summaries=summaries)
+
+
+@pytest.mark.llm_budget(call_timeout=2, deadline=30)
+def test_a_learned_limit_lowers_an_attempts_cap_and_never_raises_it(llm_guard, llm_fault_server: FaultServer) -> None:
+    llm_guard.learned = _learned(llm_fault_server.url, fast=0.05, slow=20.0)
+    llm_fault_server.plan(Fault.ok(), Fault.ok(), Fault.ok(), Fault.hang())
+    with openai.OpenAI(base_url=llm_fault_server.base_url, api_key="sk-test", max_retries=0) as client:
+        for model in ("slow", "other", "fast"):
+            client.chat.completions.create(model=model, messages=HELLO)
+        with pytest.raises(openai.APITimeoutError):
+            client.chat.completions.create(model="fast", messages=HELLO)
+    caps = [(a.cap, a.cap_by, a.category) for a in llm_guard.events]
+    assert caps == [
+        (2, "call_timeout", "ok"),  # learned 60 s: the configured 2 s stands
+        (2, "call_timeout", "ok"),  # nothing learned of this model
+        (pytest.approx(0.15), "learned call_timeout", "ok"),
+        (pytest.approx(0.15), "learned call_timeout", "timeout"),  # a hang, cut at 3 x its p99
+    ]
+    assert llm_guard.events[-1].cause == "learned call_timeout"
+
+
+@pytest.mark.llm_budget(deadline=30)
+async def test_an_async_clients_hang_is_cut_at_its_learned_limit(llm_guard, llm_fault_server: FaultServer) -> None:
+    llm_guard.learned = _learned(llm_fault_server.url, fast=0.05)
+    llm_fault_server.plan(Fault.hang())
+    async with openai.AsyncOpenAI(base_url=llm_fault_server.base_url, api_key="sk-test", max_retries=0) as client:
+        with pytest.raises(openai.APITimeoutError):
+            await client.chat.completions.create(model="fast", messages=HELLO)
+    [cut] = llm_guard.events
+    assert (cut.cap, cut.cause, cut.category) == (pytest.approx(0.15), "learned call_timeout", "timeout")
+    assert cut.duration < 1
 
 
 # -- across pytest runs ---------------------------------------------------------------
