@@ -214,6 +214,15 @@ class Settings:
     report: str | None = _option(None, text, "write the JSON report (every attempt, per test and endpoint) here")
     report_html: str | None = _option(None, text, "write the HTML report (tests, timelines, endpoints) here")
     currency: str = _option("USD", text, "what the configured prices are in, for reports")
+    # timeouts learned from history (learned.py)
+    learn_timeouts: str | None = _option(
+        None, text, "merge this run's latencies per endpoint and model into this file (JSON, relative to the rootdir)"
+    )
+    learned_timeouts: str | None = _option(
+        None, text, "read per-model limits from this file: call_timeout and first_token_timeout of p99 x learned_factor"
+    )
+    learned_factor: float = _option(3.0, number(float, 0, positive=True), "learned limits are p99 times this")
+    learned_floor: float = _option(1.0, number(float, 0, positive=True), "seconds no learned limit goes below")
     # per test only, from the llm_breaker and llm_cassette markers
     endpoints: tuple[str, ...] | None = None
     """Endpoints the test may use (``llm_breaker(endpoints=...)``); None: all."""

@@ -10,12 +10,12 @@ from __future__ import annotations
 import importlib.util
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from . import hooks
+from . import hooks, learned
 from .config import (
     INI_PREFIX,
     MARKERS,
@@ -55,7 +55,8 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
     pluginmanager.add_hookspecs(hooks)
 
 
-def pytest_addoption(parser: pytest.Parser) -> None:
+def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
+    pluginmanager.register(_ListingStartsNoWorkers(), "llm_guard_listing_starts_no_workers")
     group = parser.getgroup("llm-guard", "pytest-llm-guard: deadlines and budgets for LLM calls")
     for option in OPTIONS.values():
         if option.boolean:  # a flag (--llm-guard-all, or --llm-guard-all=false), and --no-llm-guard-all
@@ -94,10 +95,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+class _ListingStartsNoWorkers:
+    """--llm-cassettes collects here and runs nowhere, so no xdist workers are started: set before
+    xdist's own cmdline_main reads ``-n`` (a wrapper runs first, whatever order plugins loaded in)."""
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_cmdline_main(self, config: pytest.Config) -> Generator[None, int | None, int | None]:
+        if config.getoption("llm_cassettes") and hasattr(config.option, "numprocesses"):
+            config.option.numprocesses = 0
+        return (yield)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_cmdline_main(config: pytest.Config) -> int | None:
-    if config.getoption("llm_cassettes") and hasattr(config.option, "numprocesses"):
-        config.option.numprocesses = 0  # collected here, run nowhere: no xdist workers to start
     if not config.getoption("llm_audit"):
         return None
     from .audit import audit
@@ -150,6 +160,7 @@ def pytest_configure(config: pytest.Config) -> None:
         distributed=config.getoption("dist", "no") != "no" and bool(config.getoption("tx", None)),
         prices=load_prices(table.get("prices"), str(pyproject)),
     )
+    session.learned = learned.for_session(settings, config.rootpath)
     config.stash[SESSION] = session
     config.pluginmanager.register(_Records(session), "llm_guard_records")
     if session.folder is not None:
@@ -333,13 +344,24 @@ def _guard_summary(terminalreporter: Any) -> None:
         terminalreporter.write_line(f"where the time went ({shown}; {OPTIONS['durations'].flag}=N):")
         for line in slowest:
             terminalreporter.write_line(f"  {line}")
+    amplified = report.amplification_lines(session.records)
+    if amplified:
+        terminalreporter.write_line("retry amplification (calls retried by more than one layer):")
+        for line in amplified:
+            terminalreporter.write_line(f"  {line}")
+    if session.learned is not None:
+        for line in report.learned_lines(
+            learned.in_reports(session.learned, session.records), OPTIONS["learn_timeouts"].flag, settings.call_timeout
+        ):
+            terminalreporter.write_line(line)
     if verbosity > 0:
         for line in report.endpoint_lines(report_json.endpoints(session.records, session.router.health())):
             terminalreporter.write_line(line)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    """The controller (or the only process) writes the JSON and HTML reports, from every worker's records."""
+    """The controller (or the only process) writes the learned timeouts, the JSON and HTML reports, from
+    every worker's records."""
     config = session.config
     guard_session = config.stash.get(SESSION, None)
     if guard_session is None or hasattr(config, "workerinput"):
@@ -357,12 +379,15 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         if judged.fails and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
     settings = guard_session.settings
+    said = config.stash[REPORTS_WRITTEN] = []
+    if settings.learn_timeouts:
+        said.append(learned.learn(config.rootpath / settings.learn_timeouts, guard_session.records))
     if not (settings.report or settings.report_html):
         return
     from . import report_json
 
     here = config.invocation_params.dir  # an absolute path stays as it is
-    config.stash[REPORTS_WRITTEN] = report_json.write_reports(
+    said += report_json.write_reports(
         guard_session.records,
         guard_session.router.health() if guard_session.records else [],
         duration=guard_session.clock.now() - guard_session.started,
@@ -371,6 +396,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         html_path=here / settings.report_html if settings.report_html else None,
         unguarded=guard_session.unguarded,
         cassettes=guard_session.upkeep,
+        learned_limits=guard_session.learned,
     )
 
 

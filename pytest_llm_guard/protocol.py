@@ -186,6 +186,7 @@ class GuardedTests:
             prices=session.prices,
             on_attempt=_attempt_hook(item),
             endpoints=session.endpoints,
+            learned=session.learned,
         )
         item.stash[GUARD] = guard
         item.stash[STARTED] = guard.clock.wall()

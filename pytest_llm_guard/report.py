@@ -25,7 +25,13 @@ if TYPE_CHECKING:
 
     from .ledger import Attempt, Ledger
 
-_PLURALS = {"retry": "retries", "LLM call": "LLM calls", "guarded test": "guarded tests"}
+_PLURALS = {
+    "retry": "retries",
+    "LLM call": "LLM calls",
+    "guarded test": "guarded tests",
+    "SDK retry": "SDK retries",
+    "guard retry": "guard retries",
+}
 
 
 def plural(count: int, word: str) -> str:
@@ -423,6 +429,63 @@ def endpoint_lines(endpoints: Sequence[Mapping[str, Any]]) -> list[str]:
         )
         lines.extend(
             f"  {clock(t['time'])} {t['model']}: breaker {t['from']} -> {t['to']} {t['why']}" for t in e["transitions"]
+        )
+    return lines
+
+
+def learned_lines(section: Mapping[str, Any], flag: str, call_timeout: float | None) -> list[str]:
+    """Which limits were learned (``learned.in_reports``), from how many samples, and how many attempts they capped;
+    a learned call_timeout above the configured one (``call_timeout``) is said not to apply."""
+    file = section["file"]
+    if section["missing"]:
+        return [f"learned timeouts: {file} not found, so no limits were learned; write it with {flag} {file}"]
+    limits = section["limits"]
+    head = f"learned timeouts from {file} (p99 x {section['factor']:g}, at least {section['floor']:g} s): "
+    if not limits:
+        return [head + "no model has enough samples yet"]
+    capped = sum(entry["capped"] for entry in limits)
+    lines = [head + f"{plural(len(limits), 'model')}, {plural(capped, 'attempt')} capped by them this run"]
+    for entry in limits:
+        first, call = entry["first_token_timeout"], entry["call_timeout"]
+        above = call_timeout is not None and call is not None and call >= call_timeout
+        lines.append(
+            f"  {entry['endpoint']} {entry['model']}: "
+            + (f"call_timeout {call:.2f} s" if call is not None else "call_timeout not learned")
+            + (f" (above call_timeout={call_timeout:g} s, which applies)" if above else "")
+            + (f", first_token_timeout {first:.2f} s" if first is not None else "")
+            + f" ({plural(entry['samples'], 'sample')}; capped {plural(entry['capped'], 'attempt')})"
+        )
+    return lines
+
+
+_SWITCH_OFF = {
+    "sdk": "set max_retries=0 on the client (or wrap it with llm_guard.guard(client), whose retries stay within "
+    "the budget) or drop the loop",
+    "app": "drop the loop: the guard already retries each call",
+}
+
+
+def amplification_lines(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Tests whose calls were retried by more than one layer (``ledger.amplification``): by how much, and the
+    layer to switch off. One line per test, for its most amplified call."""
+    lines = []
+    for record in records:
+        found = record.get("amplification") or []
+        if not found:
+            continue
+        worst = max(found, key=lambda a: a["attempts"])
+        by, limit = worst["retries_by"], worst["sdk_max_retries"]
+        layers = []
+        if by["sdk"]:
+            layers.append(f"SDK max_retries={limit}" if limit is not None else plural(by["sdk"], "SDK retry"))
+        if by["guard"]:
+            layers.append(f"{plural(by['guard'], 'guard retry')}")
+        if by["app"]:
+            layers.append(f"your loop of {worst['calls']}")
+        more = f" (and {plural(len(found) - 1, 'more such call')})" if len(found) > 1 else ""
+        lines.append(
+            f"{record['nodeid']}: {plural(worst['attempts'], 'attempt')} for 1 logical call ({' x '.join(layers)})"
+            f"{more}: {_SWITCH_OFF[worst['switch_off']]}"
         )
     return lines
 

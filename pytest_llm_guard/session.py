@@ -30,6 +30,7 @@ from .prices import Prices
 from .state import MemoryStore, SqliteStore, StateStore
 
 if TYPE_CHECKING:
+    from .learned import Learned
     from .ledger import Stats
     from .routing import Router
 
@@ -123,6 +124,8 @@ class Session:
         self.budget = SessionBudget(settings, store, clock=clock)
         self._started_at: float | None = None
         self._router: Router | None = None
+        self.learned: Learned | None = None
+        """Per-model limits from the ``learned_timeouts`` file, when one is configured."""
 
     @classmethod
     def open(
