@@ -178,7 +178,7 @@ def _send_single_request(client: httpx2.Client, request: httpx2.Request) -> http
         return _Ahead(response, attempt, dialect).read()
 
     try:
-        view = guard.pipeline.client_for(client, request, attempt, ahead=ahead)  # type: ignore[union-attr]
+        view = guard.pipeline.client_for(client, request, guard.context(attempt), ahead=ahead)  # type: ignore[union-attr]
         response = _saved[0](view, request)  # type: ignore[index,operator]
     except BaseException as exc:
         guard.headers_in(attempt)  # type: ignore[union-attr]
@@ -209,7 +209,7 @@ async def _send_single_request_async(client: httpx2.AsyncClient, request: httpx2
         return await _Ahead(response, attempt, dialect).read_async()
 
     try:
-        view = guard.pipeline.client_for(client, request, attempt, ahead_async=ahead)  # type: ignore[union-attr]
+        view = guard.pipeline.client_for(client, request, guard.context(attempt), ahead_async=ahead)  # type: ignore[union-attr]
         response = await _saved[1](view, request)  # type: ignore[index,operator]
     except asyncio.CancelledError:
         if not guard.headers_late(attempt):  # type: ignore[union-attr]

@@ -332,7 +332,7 @@ def test_an_endpoints_own_first_token_budget_cuts_it_and_the_call_fails_over(
         source="the test",
     )
     guard = Guard(Settings(first_token_timeout=5.0, backoff_initial=0.01, backoff_max=0.05), test_id="t")
-    guard.pipeline = pipeline.build(routing=RouterLayer(Router(endpoints, MemoryStore(), Settings()), guard))
+    guard.pipeline = pipeline.build(routing=RouterLayer(Router(endpoints, MemoryStore(), Settings()), guard.settings))
     primary.plan(then=Fault.stall(0))
     with openai.OpenAI(base_url=primary.base_url, api_key="sk-test") as client:
         transport.activate(guard)
