@@ -296,11 +296,15 @@ class Guard:
         return self.learned.limits(attempt.endpoint_name or attempt.endpoint, attempt.model)
 
     def cap_learned(self, attempt: Attempt, request: httpx2.Request) -> None:
-        """The model's learned call_timeout, where it is below the cap already set: never above the
-        marker's, the configuration's or the time left."""
+        """The model's learned call_timeout and first_token_timeout, where each is below the limit already
+        set: never above the marker's, the configuration's or the time left."""
         limits = self.learned_limits(attempt)
-        if limits is not None and limits.call is not None:
+        if limits is None:
+            return
+        if limits.call is not None:
             self.cap(attempt, request, limits.call, LEARNED_CALL_TIMEOUT)
+        if limits.first_token is not None and attempt.stream is not None:
+            attempt.stream.limit(limits.first_token, None, " (learned)")
 
     def cap(self, attempt: Attempt, request: httpx2.Request, seconds: float, by: str | None) -> None:
         """Lower the attempt's time cap (body included) and its request's timeouts.

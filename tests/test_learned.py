@@ -324,3 +324,16 @@ def test_a_learned_file_cuts_a_hang_on_a_fast_model_and_leaves_the_slow_one_alon
     broken.stderr.fnmatch_lines(
         ["*the learned timeouts file */timeouts/learned.json (learned_timeouts, set by *) is not valid*"]
     )
+
+
+@pytest.mark.llm_budget(call_timeout=2, deadline=30)
+def test_a_learned_first_token_limit_cuts_a_stream_that_never_begins(llm_guard, llm_fault_server: FaultServer) -> None:
+    summaries = {(llm_fault_server.url, "fast"): {"first_token": {"n": 9, "p99": 0.05}}}
+    llm_guard.learned = learned.Learned(Path("learned.json"), factor=3, floor=0.1, summaries=summaries)
+    llm_fault_server.plan(Fault.stall(0))
+    with openai.OpenAI(base_url=llm_fault_server.base_url, api_key="sk-test", max_retries=0) as client:
+        with pytest.raises(openai.APITimeoutError):
+            list(client.chat.completions.create(model="fast", messages=HELLO, stream=True))
+    [cut] = llm_guard.events
+    assert (cut.cap, cut.cause, cut.category) == (2, "first_token_timeout (learned)", "timeout")
+    assert "no first token within 0.15 s (first_token_timeout (learned))" in (cut.error or "")
