@@ -471,7 +471,7 @@ def _open_cassette(item: pytest.Item, guard: Guard) -> CassetteLayer | None:
             matcher=lambda request, recorded: item.ihook.pytest_llm_cassette_match(request=request, recorded=recorded),
             scrubber=guard.scrubber,
             session_started=session.started_at,
-            clock=guard.clock.now,
+            clock=guard.clock,
         )
     except LLMCassetteError as exc:  # from None: its message once, without a "During handling" copy
         raise pytest.fail.Exception(f"{type(exc).__name__}: {exc}", pytrace=False) from None
