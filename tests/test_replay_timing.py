@@ -334,3 +334,57 @@ def test_plain_vcrpy_replays_a_cassette_with_timing(tmp_path: Path) -> None:
         chat = openai.OpenAI(base_url="http://llm.test/v1", api_key="sk-test", max_retries=0)
         with chat:
             assert ask_stream(chat) == "Hello there"
+
+
+# -- through pytest --------------------------------------------------------------------------------
+
+PROJECT = """
+import openai
+import pytest
+
+import pytest_llm_guard
+
+
+def pytest_llm_guard_clock(item):
+    return pytest_llm_guard.FakeClock()
+
+
+@pytest.fixture
+def waited(llm_guard):
+    def ask():
+        with openai.OpenAI(base_url="http://llm.test/v1", api_key="sk-test", max_retries=0) as chat:
+            stream = chat.chat.completions.create(model="gpt-test", messages=[{"role": "user", "content": "hello"}],
+                                                  stream=True)
+            assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "Hello there"
+        return round(sum(llm_guard.clock.slept), 3)
+    return ask
+"""
+
+TESTS = """
+import pytest
+
+pytestmark = pytest.mark.llm_cassette(path="timed.yaml")
+
+
+def test_the_option_sets_the_pace(waited):
+    assert waited() == 0.35
+
+
+@pytest.mark.llm_cassette(speed=1)
+def test_the_marker_wins(waited):
+    assert waited() == 0.7
+
+
+@pytest.mark.llm_cassette(speed="fast")
+def test_a_bad_speed(waited):
+    pass
+"""
+
+
+def test_the_option_and_the_marker_pace_a_replay_in_a_suite(pytester: pytest.Pytester) -> None:
+    record_stream(pytester.path / "timed.yaml")
+    pytester.makeconftest(PROJECT)
+    pytester.makepyfile(test_paced=TESTS)
+    result = pytester.runpytest_inprocess("--llm-record=none", "--llm-replay-speed=2")
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(["*llm_cassette on test_paced.py::test_a_bad_speed: speed='fast' is not valid*"])
