@@ -22,7 +22,7 @@ import yaml
 from pytest_llm_guard import FakeClock, LLMBudgetExceeded, cassettes, pipeline, transport
 from pytest_llm_guard.cassettes.timing import pieces
 from pytest_llm_guard.config import Settings, apply_markers
-from pytest_llm_guard.errors import LLMGuardConfigError
+from pytest_llm_guard.errors import LLMCassetteError, LLMGuardConfigError
 from pytest_llm_guard.guard import Guard
 
 BASE_URL = "http://llm.test/v1"
@@ -99,7 +99,12 @@ def guarded(path: Path, clock: FakeClock, mode: str, **values: Any) -> Iterator[
     settings = Settings(**{"deadline": 100.0, "backoff_initial": 0.0, "backoff_max": 0.0, **values})
     guard = Guard(settings, test_id="test_replay_timing::case", clock=clock)
     layer = cassettes.open_cassette(
-        path, settings, mode=mode, nodeid="case", matcher=lambda request, recorded: None, scrubber=guard.scrubber,
+        path,
+        settings,
+        mode=mode,
+        nodeid="case",
+        matcher=lambda request, recorded: None,
+        scrubber=guard.scrubber,
         clock=clock,
     )
     guard.pipeline = pipeline.build(cassette=layer)
@@ -192,7 +197,11 @@ def test_a_whole_answer_keeps_its_time_to_headers_and_to_its_last_byte(tmp_path:
     with guarded(path, clock, "all"), client(Server(clock, headers=0.5, gap=0.25)) as chat:
         assert ask(chat) == "Hello"
     (timing,) = timings(path)
-    assert timing == {"headers": 0.5, "chunks": [0.75, 1.0], "sizes": [len(ANSWER) // 2, len(ANSWER) - len(ANSWER) // 2]}
+    assert timing == {
+        "headers": 0.5,
+        "chunks": [0.75, 1.0],
+        "sizes": [len(ANSWER) // 2, len(ANSWER) - len(ANSWER) // 2],
+    }
     clock, _, text = replay(path, ask, replay_speed=1)
     assert text == "Hello"
     assert sum(clock.slept) == pytest.approx(1.0), "the pretty-printed body arrives whole, when its last byte did"
@@ -388,3 +397,20 @@ def test_the_option_and_the_marker_pace_a_replay_in_a_suite(pytester: pytest.Pyt
     result = pytester.runpytest_inprocess("--llm-record=none", "--llm-replay-speed=2")
     result.assert_outcomes(passed=2, errors=1)
     result.stdout.fnmatch_lines(["*llm_cassette on test_paced.py::test_a_bad_speed: speed='fast' is not valid*"])
+
+
+def test_a_cassette_with_broken_timing_fails_its_test_naming_the_interaction(tmp_path: Path) -> None:
+    path = tmp_path / "stream.yaml"
+    record_stream(path)
+    data = yaml.safe_load(path.read_text())
+    data["interactions"][0]["response"]["timing"]["chunks"] = [0.3, 0.2]
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(LLMCassetteError, match=r"interaction 1's response.timing has 2 chunk times for 5 sizes"):
+        cassettes.open_cassette(
+            path,
+            Settings(),
+            mode="none",
+            nodeid="case",
+            matcher=lambda r, s: None,
+            scrubber=Guard(Settings(), test_id="t").scrubber,
+        )

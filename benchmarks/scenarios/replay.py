@@ -116,7 +116,8 @@ def s9(quick: bool, scale: float) -> Scenario:
     return Scenario(
         "S9",
         "Timed replay of a recorded stream",
-        f"{streams} streamed chat completions of 20 events (after one that warms the client up), recorded by pytest-llm-guard from the fault server, "
+        f"{streams} streamed chat completions of 20 events (after one that warms the client up), recorded by "
+        "pytest-llm-guard from the fault server, "
         f"which sends each answer in 20 slices {INTERVAL * scale * 1000:g} ms apart ({INTERVAL:g} s, scaled); "
         "the cassette keeps each chunk's arrival. Replayed offline through the openai SDK with "
         "--llm-replay-speed=1 (as recorded) and 0 (at once). Value: the median time from the call to the last "

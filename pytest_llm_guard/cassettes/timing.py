@@ -23,7 +23,7 @@ __tracebackhide__ = True  # pytest: a failed test shows where the LLM call was m
 import bisect
 import math
 from collections.abc import Callable
-from itertools import accumulate
+from itertools import accumulate, pairwise
 from typing import TYPE_CHECKING, Any
 
 import httpx2
@@ -78,12 +78,14 @@ def problem(timing: Any) -> str | None:
         return "chunks and sizes must be lists of non-negative numbers"
     if len(chunks) != len(sizes):
         return f"has {len(chunks)} chunk times for {len(sizes)} sizes"
-    if any(later < earlier for earlier, later in zip(chunks, chunks[1:])):
+    if any(later < earlier for earlier, later in pairwise(chunks)):
         return "chunk times go backwards"
     return None
 
 
-def pieces(body: bytes, timing: dict[str, Any] | None, split: Callable[[bytes], list[bytes]]) -> list[tuple[float, bytes]]:
+def pieces(
+    body: bytes, timing: dict[str, Any] | None, split: Callable[[bytes], list[bytes]]
+) -> list[tuple[float, bytes]]:
     """The body in the pieces a replay delivers, each with its recorded arrival (seconds from the start).
 
     The recorded chunks when their sizes add up to the stored body; else ``split(body)`` (its
@@ -98,7 +100,7 @@ def pieces(body: bytes, timing: dict[str, Any] | None, split: Callable[[bytes], 
         return [(float(timing.get("headers", 0.0)), piece) for piece in split(body)]
     if sum(sizes) == len(body):
         ends = list(accumulate(sizes))
-        return [(float(at), body[end - size : end]) for at, size, end in zip(chunks, sizes, ends)]
+        return [(float(at), body[end - size : end]) for at, size, end in zip(chunks, sizes, ends, strict=True)]
     arrived = list(accumulate(sizes))
     out, end = [], 0
     for piece in split(body):
@@ -156,8 +158,10 @@ class Pacer:
         attempt = self._attempt
         attempt.cause = attempt.cap_by
         cap = f"{attempt.cap:.2f} s cap ({attempt.cap_by})"
-        what = f"no response headers within the attempt's {cap}" if phase == "headers" else (
-            f"the attempt took longer than its {cap}"
+        what = (
+            f"no response headers within the attempt's {cap}"
+            if phase == "headers"
+            else (f"the attempt took longer than its {cap}")
         )
         return httpx2.ReadTimeout(
             f"{what}: the cassette is replayed as recorded (replay speed {self.speed:g}), where its {phase} "
