@@ -414,3 +414,14 @@ def test_a_cassette_with_broken_timing_fails_its_test_naming_the_interaction(tmp
             matcher=lambda r, s: None,
             scrubber=Guard(Settings(), test_id="t").scrubber,
         )
+
+
+def test_our_writer_keeps_the_timing_of_what_the_file_held(tmp_path: Path) -> None:
+    path = tmp_path / "stream.yaml"
+    record_stream(path)
+    clock = FakeClock()
+    with guarded(path, clock, "new_episodes"), client(Server(clock)) as chat:
+        assert ask_stream(chat) == "Hello there"  # replayed
+        assert ask(chat) == "Hello"  # recorded beside it
+    first, second = timings(path)
+    assert first["chunks"] == [0.3, 0.4, 0.5, 0.6, 0.7] and second["headers"] == 0.2
