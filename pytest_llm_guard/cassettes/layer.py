@@ -5,7 +5,6 @@ from __future__ import annotations
 __tracebackhide__ = True  # pytest: a failed test shows where the LLM call was made, not our internals
 
 import asyncio
-import contextlib
 import json
 import math
 import re
@@ -38,37 +37,22 @@ def _events(body: bytes) -> list[bytes]:
 
 
 class _Replay(httpx2.SyncByteStream, httpx2.AsyncByteStream):
-    """A recorded body, piece by piece; with a pacer, each piece when its recorded time comes.
+    """A recorded body, piece by piece; with a pacer, each piece when its recorded time comes."""
 
-    A replay cut by the attempt's cap (or interrupted) calls ``on_cut``: its recording is
-    given back, so a retry replays it again as a retry of a live call would be sent again.
-    """
-
-    def __init__(
-        self, pieces: list[tuple[float, bytes]], pacer: Pacer | None = None, on_cut: Callable[[], None] = lambda: None
-    ) -> None:
+    def __init__(self, pieces: list[tuple[float, bytes]], pacer: Pacer | None) -> None:
         self._pieces = pieces
         self._pacer = pacer
-        self._on_cut = on_cut
 
     def __iter__(self) -> Iterator[bytes]:
         for number, (at, piece) in enumerate(self._pieces, 1):
             if self._pacer is not None:
-                try:
-                    self._pacer.until(at, f"chunk {number}")
-                except BaseException:
-                    self._on_cut()
-                    raise
+                self._pacer.until(at, f"chunk {number}")
             yield piece
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         for number, (at, piece) in enumerate(self._pieces, 1):
             if self._pacer is not None:
-                try:
-                    await self._pacer.until_async(at, f"chunk {number}")
-                except BaseException:
-                    self._on_cut()
-                    raise
+                await self._pacer.until_async(at, f"chunk {number}")
             yield piece
 
 
@@ -291,10 +275,9 @@ class CassetteLayer:
         answer = self._replay(recorded, attempt)
         if answer is None:
             return self._record(request, send(request), recorded, attempt, is_async=False)
-        pacer = self._pacer(attempt)
+        pacer = self._pacer(attempt, answer)
         if pacer is not None:
-            with self._given_back_if_cut(answer):
-                pacer.until(_headers_at(answer), "headers")
+            pacer.until(_headers_at(answer), "headers")
         return self._response(request, answer, attempt, pacer)
 
     async def handle_async(self, request: httpx2.Request, attempt: Attempt, send: AsyncSend) -> httpx2.Response:
@@ -303,10 +286,9 @@ class CassetteLayer:
         answer = self._replay(recorded, attempt)
         if answer is None:
             return self._record(request, await send(request), recorded, attempt, is_async=True)
-        pacer = self._pacer(attempt)
+        pacer = self._pacer(attempt, answer)
         if pacer is not None:
-            with self._given_back_if_cut(answer):
-                await pacer.until_async(_headers_at(answer), "headers")
+            await pacer.until_async(_headers_at(answer), "headers")
         return self._response(request, answer, attempt, pacer)
 
     def finish_bodies(self) -> None:
@@ -367,16 +349,12 @@ class CassetteLayer:
             raise self._miss(recorded)
         return None
 
-    def _pacer(self, attempt: Attempt) -> Pacer | None:
-        return Pacer(self.clock, attempt, self.speed) if self.speed > 0 else None
-
-    @contextlib.contextmanager
-    def _given_back_if_cut(self, answer: dict[str, Any]) -> Iterator[None]:
-        try:
-            yield
-        except BaseException:
-            self.cassette.unplay(answer)
-            raise
+    def _pacer(self, attempt: Attempt, answer: dict[str, Any]) -> Pacer | None:
+        """At a speed above 0: a replay cut before its end gives its recording back, so a retry
+        replays it again, as a retry of a live call is sent again."""
+        if self.speed <= 0:
+            return None
+        return Pacer(self.clock, attempt, self.speed, on_cut=lambda: self.cassette.unplay(answer))
 
     def _response(
         self, request: httpx2.Request, recorded: dict[str, Any], attempt: Attempt, pacer: Pacer | None
@@ -385,7 +363,7 @@ class CassetteLayer:
         names = {name.lower(): value for name, value in headers}
         streamed = "text/event-stream" in names.get("content-type", "") and not names.get("content-encoding")
         split = _events if streamed else (lambda whole: [whole])
-        stream = _Replay(pieces(body, recorded.get(TIMING), split), pacer, lambda: self.cassette.unplay(recorded))
+        stream = _Replay(pieces(body, recorded.get(TIMING), split), pacer)
         return hear(
             attempt,
             httpx2.Response(

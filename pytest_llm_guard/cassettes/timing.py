@@ -116,7 +116,8 @@ class Pacer:
     Each wait is one call, :meth:`until` (or :meth:`until_async`), bounded by ``due()``: the
     latest time (on the clock) the next piece may arrive, by default the end of the attempt's
     cap. When ``due`` comes first, the wait ends there and ``late(phase, offset)`` is raised, as
-    a live attempt is cut at its cap: a replay can fail a budget test as live time would.
+    a live attempt is cut at its cap: a replay can fail a budget test as live time would. A
+    wait that raises (cut, or interrupted by the deadline's alarm) calls ``on_cut`` first.
     """
 
     def __init__(
@@ -127,12 +128,14 @@ class Pacer:
         *,
         due: Callable[[], float] | None = None,
         late: Callable[[str, float], BaseException] | None = None,
+        on_cut: Callable[[], None] = lambda: None,
     ) -> None:
         self._clock = clock
         self._attempt = attempt
         self.speed = speed
         self._due = due or (lambda: attempt.start + attempt.cap)
         self._late = late or self._cap_cut
+        self._on_cut = on_cut
 
     def _wait(self, offset: float, phase: str) -> tuple[float, BaseException | None]:
         until, due = self._attempt.start + offset / self.speed, self._due()
@@ -141,17 +144,25 @@ class Pacer:
     def until(self, offset: float, phase: str) -> None:
         """Wait until the piece recorded ``offset`` seconds after the start is due (``phase`` names it)."""
         wait, late = self._wait(offset, phase)
-        if wait > 0:
-            self._clock.sleep(wait)
-        if late is not None:
-            raise late
+        try:
+            if wait > 0:
+                self._clock.sleep(wait)
+            if late is not None:
+                raise late
+        except BaseException:
+            self._on_cut()
+            raise
 
     async def until_async(self, offset: float, phase: str) -> None:
         wait, late = self._wait(offset, phase)
-        if wait > 0:
-            await self._clock.async_sleep(wait)
-        if late is not None:
-            raise late
+        try:
+            if wait > 0:
+                await self._clock.async_sleep(wait)
+            if late is not None:
+                raise late
+        except BaseException:
+            self._on_cut()
+            raise
 
     def _cap_cut(self, phase: str, offset: float) -> BaseException:
         """The attempt's cap ends before the recording's next piece: a read timeout, as live."""
