@@ -15,6 +15,7 @@ from . import report
 from .clock import REAL, Clock
 from .config import Settings
 from .errors import LLMBudgetExceeded
+from .learned import LEARNED_CALL_TIMEOUT
 from .ledger import Attempt, Ledger
 
 log = logging.getLogger("pytest_llm_guard")
@@ -65,10 +66,16 @@ class Budget:
         counted = self.ledger.counted_failures
         if self.settings.retries is not None and counted > self.settings.retries:
             if failed.cause and "call_timeout" in failed.cause:
+                learned = (
+                    f" (learned from {self.settings.learned_timeouts} as p99 x learned_factor: raise learned_factor "
+                    "or learned_floor, or learn again with --llm-learn-timeouts if the model became slower)"
+                    if failed.cause == LEARNED_CALL_TIMEOUT
+                    else ""
+                )
                 raise self.exceeded(
                     "call_timeout",
                     f"{report.plural(counted, 'failed attempt')}, the last cut at its {failed.cause} "
-                    f"({failed.cap:.2f} s), and retries={self.settings.retries} absorbs no more",
+                    f"({failed.cap:.2f} s){learned}, and retries={self.settings.retries} absorbs no more",
                 )
             free = self.ledger.failures - counted
             what = report.plural(counted, "failed attempt") + " charged to retries"

@@ -19,7 +19,21 @@ from typing import Any
 
 from .dialects import DEFAULT_KIND, for_kind
 from .errors import LLMGuardConfigError
-from .values import boolean, choice, count, fraction, names, number, optional, patterns, seconds, subset, text
+from .values import (
+    age,
+    boolean,
+    choice,
+    count,
+    dotted_paths,
+    fraction,
+    names,
+    number,
+    optional,
+    patterns,
+    seconds,
+    subset,
+    text,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -147,6 +161,25 @@ class Settings:
     scrub_body_fields: tuple[str, ...] = _option((), names, "JSON body fields redacted in cassettes")
     scrub_patterns: tuple[str, ...] = _option((), patterns, "regular expressions redacted everywhere in cassettes")
     record_failures: bool = _option(False, boolean, "also record 429/5xx responses (replays would replay the outage)")
+    # keeping cassettes true (cassettes/upkeep.py); also keys of the llm_cassette marker
+    on_unplayed: str = _option(
+        "warn",
+        choice("ignore", "warn", "fail"),
+        "a passing test that leaves recordings of its cassette unplayed (prompt drift): ignore, warn or fail; "
+        "a shared cassette is judged at the session's end, over every test and worker",
+    )
+    prune_unplayed: bool = _option(
+        False, boolean, "with --llm-record=new_episodes, drop the recordings the run did not play"
+    )
+    cassette_max_age: float | None = _option(None, age, "age after which a recorded answer has expired")
+    on_expiry: str = _option(
+        "warn",
+        choice("warn", "fail", "rerecord"),
+        "an expired cassette: warn, fail its test, or record it again (only where recording is allowed, else warn)",
+    )
+    match_ignore: tuple[str, ...] = _option(
+        (), dotted_paths, "JSON body paths left out of matching (metadata, stream_options, messages[*].name)"
+    )
     # endpoints, breakers, failover (breaker.py, routing.py) and session budgets (session.py)
     on_open: str | None = _option(
         None,
@@ -186,6 +219,15 @@ class Settings:
     report: str | None = _option(None, text, "write the JSON report (every attempt, per test and endpoint) here")
     report_html: str | None = _option(None, text, "write the HTML report (tests, timelines, endpoints) here")
     currency: str = _option("USD", text, "what the configured prices are in, for reports")
+    # timeouts learned from history (learned.py)
+    learn_timeouts: str | None = _option(
+        None, text, "merge this run's latencies per endpoint and model into this file (JSON, relative to the rootdir)"
+    )
+    learned_timeouts: str | None = _option(
+        None, text, "read per-model limits from this file: call_timeout and first_token_timeout of p99 x learned_factor"
+    )
+    learned_factor: float = _option(3.0, number(float, 0, positive=True), "learned limits are p99 times this")
+    learned_floor: float = _option(1.0, number(float, 0, positive=True), "seconds no learned limit goes below")
     # per test only, from the llm_breaker and llm_cassette markers
     endpoints: tuple[str, ...] | None = None
     """Endpoints the test may use (``llm_breaker(endpoints=...)``); None: all."""
@@ -364,9 +406,10 @@ MARKERS = {
     "call_timeout seconds per attempt, calls (LLM requests) and tokens (from usage).",
     BREAKER_MARKER: f"{BREAKER_MARKER}(endpoints=[names], on_open='fail'|'skip'|'fallback'): pytest-llm-guard: the "
     "endpoints this test may use, and whether it fails, skips or falls back when none of them is available.",
-    CASSETTE_MARKER: f"{CASSETTE_MARKER}(name=None, *, path=None, speed=None): pytest-llm-guard cassette of this "
-    f"test: a shared cassette name in the same folder, an explicit path, or {CASSETTE_MARKER}(False) for live calls "
-    "without one; speed paces its replay (0 at once, 1 as recorded, N times faster).",
+    CASSETTE_MARKER: f"{CASSETTE_MARKER}(name=None, *, path=None, speed=None, on_unplayed=..., cassette_max_age=..., "
+    "on_expiry=..., match_ignore=[...]): pytest-llm-guard cassette of this test: a shared cassette name in the same "
+    f"folder, an explicit path, or {CASSETTE_MARKER}(False) for live calls without one; the pace of its replay "
+    "(speed: 0 at once, 1 as recorded, N times faster); and how it is kept true.",
 }
 
 
@@ -431,11 +474,16 @@ def _refuse_unknown_keys(marker: Any, source: str, allowed: Sequence[str]) -> No
             raise LLMGuardConfigError(f"pytest-llm-guard: unknown key {key!r} in {source}; {suggest(key, allowed)}")
 
 
+CASSETTE_KEYS = ("on_unplayed", "cassette_max_age", "on_expiry", "match_ignore")
+"""Options the ``llm_cassette`` marker sets for its test, besides its name and path."""
+
+
 def _cassette_marker(settings: Settings, marker: Any, source: str) -> Settings:
-    """The cassette's name or path, and the pace of its replay: each set only when the marker gives it,
-    so ``llm_cassette(speed=1)`` keeps the cassette a farther marker chose."""
-    _refuse_unknown_keys(marker, source, ("name", "path", "speed"))
+    """The cassette's name or path, its replay's pace and how it is kept true: each set only when the marker
+    gives it, so ``llm_cassette(speed=1)`` keeps the cassette a farther marker chose."""
+    _refuse_unknown_keys(marker, source, ("name", "path", "speed", *CASSETTE_KEYS))
     args, kwargs = marker.args, dict(marker.kwargs)
+    settings = settings.merged({k: kwargs.pop(k) for k in CASSETTE_KEYS if k in kwargs}, source, allowed=CASSETTE_KEYS)
     if "speed" in kwargs:
         settings = _replay_speed(settings, kwargs.pop("speed"), source)
         if not args and not kwargs:

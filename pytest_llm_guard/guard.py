@@ -27,13 +27,15 @@ from .clock import REAL, Clock
 from .config import Settings
 from .dialects import Dialect, Usage, key_variables, origin_of, request_json
 from .errors import LLMGuardInterrupt
+from .learned import LEARNED_CALL_TIMEOUT
 from .ledger import CALL, Attempt, Call, Category, Ledger, Stats
-from .pipeline import Pipeline
+from .pipeline import AttemptContext, Pipeline
 from .prices import Prices
 from .scrub import Scrubber
 
 if TYPE_CHECKING:
     from .endpoints import EndpointSet
+    from .learned import Learned, Limits
 
 log = logging.getLogger("pytest_llm_guard")
 
@@ -56,6 +58,7 @@ class Guard:
         prices: Prices | None = None,
         on_attempt: Callable[[Attempt], None] | None = None,
         endpoints: EndpointSet | None = None,
+        learned: Learned | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
@@ -73,6 +76,8 @@ class Guard:
         )
         """Everything this test writes for people or to disk passes it (``scrub.py``)."""
         self.prices = prices or Prices()
+        self.learned = learned
+        """Per-model limits learned from earlier runs (``learned.py``), when configured."""
         self.on_attempt = on_attempt
         """Called with every attempt as it ends (the ``pytest_llm_guard_attempt`` hook)."""
         self.ledger = Ledger(test_id)
@@ -220,6 +225,17 @@ class Guard:
 
     # -- what the seam uses ---------------------------------------------------------
 
+    def context(self, attempt: Attempt) -> AttemptContext:
+        """What the pipeline's stages may know and do about ``attempt`` (never the guard itself)."""
+        return AttemptContext(
+            attempt=attempt,
+            clock=self.clock,
+            remaining=self.budget.remaining,
+            attempt_cap=lambda: self.budget.attempt_cap()[0],
+            cap=lambda request, seconds, by: self.cap(attempt, request, seconds, by),
+            ledger=self.ledger,
+        )
+
     def begin(self, request: httpx2.Request, dialect: Dialect) -> Attempt:
         """Open the attempt, check the budget, cap the attempt's timeouts by the time left."""
         self.scrubber.learn(request.headers, str(request.url) if request.url.query else "")
@@ -267,7 +283,21 @@ class Guard:
             raise self.budget.exceeded(*refusal)
         self.ledger.open(attempt)
         self.cap(attempt, request, *self.budget.attempt_cap())
+        self.cap_learned(attempt, request)
         return attempt
+
+    def learned_limits(self, attempt: Attempt) -> Limits | None:
+        """What earlier runs learned of the attempt's model at its endpoint (``learned.py``), if anything."""
+        if self.learned is None:
+            return None
+        return self.learned.limits(attempt.endpoint_name or attempt.endpoint, attempt.model)
+
+    def cap_learned(self, attempt: Attempt, request: httpx2.Request) -> None:
+        """The model's learned call_timeout, where it is below the cap already set: never above the
+        marker's, the configuration's or the time left."""
+        limits = self.learned_limits(attempt)
+        if limits is not None and limits.call is not None:
+            self.cap(attempt, request, limits.call, LEARNED_CALL_TIMEOUT)
 
     def cap(self, attempt: Attempt, request: httpx2.Request, seconds: float, by: str | None) -> None:
         """Lower the attempt's time cap (body included) and its request's timeouts.

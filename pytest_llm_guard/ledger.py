@@ -323,3 +323,50 @@ def attribution(attempts: Iterable[Mapping[str, Any]], duration: float) -> list[
     spent = sum(part["seconds"] for part in parts)
     parts.append({"what": "other", "seconds": max(0.0, duration - spent)})
     return parts
+
+
+def amplification(attempts: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Logical calls whose attempts came from more than one retry layer, each with its count per layer.
+
+    A logical call is a call and the calls the application made again after it failed (``by ==
+    "app"``, the same path and model): its own retry loop. Within a call, attempts are the
+    SDK's own retries (``by == "sdk"``) or the guard's (``by == "guard"``, failovers not counted).
+    Layers multiply: an SDK allowing 2 retries inside a loop of 5 sends 15 attempts where one
+    layer would send 3 or 5. Reads attempt records (``Attempt.to_dict()``); refused attempts sent nothing.
+    """
+    chains: list[list[Mapping[str, Any]]] = []
+    for attempt in attempts:
+        if attempt["source"] == "refused":
+            continue
+        last = chains[-1][-1] if chains else None
+        again = (
+            last is not None
+            and attempt["kind"] == "first"
+            and attempt["by"] == "app"
+            and (attempt["path"], attempt["model"]) == (chains[-1][0]["path"], chains[-1][0]["model"])
+        )
+        if last is not None and (attempt["call"] == last["call"] or again):
+            chains[-1].append(attempt)
+        else:
+            chains.append([attempt])
+    found = []
+    for chain in chains:
+        layers = {
+            "sdk": sum(1 for a in chain if a["by"] == "sdk"),
+            "app": sum(1 for a in chain if a["kind"] == "first" and a["by"] == "app"),
+            "guard": sum(1 for a in chain if a["by"] == "guard" and a["kind"] == "retry"),
+        }
+        if sum(1 for count in layers.values() if count) < 2:
+            continue
+        limits = sorted({a["sdk_max_retries"] for a in chain if a.get("sdk_max_retries") is not None})
+        found.append(
+            {
+                "call": chain[0]["call"],
+                "attempts": len(chain),
+                "calls": layers["app"] + 1,
+                "retries_by": layers,
+                "sdk_max_retries": limits[-1] if limits else None,
+                "switch_off": "sdk" if layers["sdk"] else "app",
+            }
+        )
+    return found

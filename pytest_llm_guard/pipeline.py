@@ -18,6 +18,10 @@ The order, outermost first, and why each stage sits where it does::
 
 :func:`build` makes the chain for a test once; :meth:`Pipeline.client_for` hands the seam a
 view of the client whose transport runs it, per attempt, without rebuilding anything.
+
+A stage gets an :class:`AttemptContext`: the attempt's record, the test's clock, and the
+time left and caps as numbers and one narrow action (lower this attempt's cap). It never
+gets the guard, so no stage can call back up into what called it.
 """
 
 from __future__ import annotations
@@ -28,11 +32,30 @@ from typing import Protocol
 
 import httpx2
 
+from .clock import Clock
 from .dialects import hear
-from .ledger import Attempt
+from .ledger import Attempt, Ledger
 
 Send = Callable[[httpx2.Request], httpx2.Response]
 AsyncSend = Callable[[httpx2.Request], Awaitable[httpx2.Response]]
+
+
+@dataclass(frozen=True)
+class AttemptContext:
+    """What a stage may know and do about one attempt (built by the seam, per attempt)."""
+
+    attempt: Attempt
+    """The typed record of the attempt; a stage writes on it what it alone knows."""
+    clock: Clock
+    """The test's clock: a stage that waits (a Retry-After, a paced replay) waits on it."""
+    remaining: Callable[[], float]
+    """Seconds left before the test's deadline (``math.inf`` without one)."""
+    attempt_cap: Callable[[], float]
+    """The cap an attempt started now would get: the deadline's time left or ``call_timeout``."""
+    cap: Callable[[httpx2.Request, float, str], None]
+    """Lower this attempt's cap (body included) to ``seconds``, named after the limit that set it."""
+    ledger: Ledger
+    """The test's attempts so far, read-only here: a refusal tells their story."""
 
 
 class Layer(Protocol):
@@ -45,9 +68,9 @@ class Layer(Protocol):
     (source, endpoint, failover).
     """
 
-    def handle(self, request: httpx2.Request, attempt: Attempt, send: Send) -> httpx2.Response: ...
+    def handle(self, request: httpx2.Request, ctx: AttemptContext, send: Send) -> httpx2.Response: ...
 
-    async def handle_async(self, request: httpx2.Request, attempt: Attempt, send: AsyncSend) -> httpx2.Response: ...
+    async def handle_async(self, request: httpx2.Request, ctx: AttemptContext, send: AsyncSend) -> httpx2.Response: ...
 
 
 @dataclass(frozen=True)
@@ -56,14 +79,14 @@ class Pipeline:
 
     layers: tuple[Layer, ...] = ()
 
-    def client_for(self, client: object, request: httpx2.Request, attempt: Attempt) -> object:
+    def client_for(self, client: object, request: httpx2.Request, ctx: AttemptContext) -> object:
         """The client as httpx2 sees it, with the layers in front of its transport.
 
         httpx2 keeps doing its own work around the transport (response.request, cookies,
         elapsed time), so a response a layer makes itself is a complete httpx2 response.
         """
         inner = client._transport_for_url(request.url)  # type: ignore[attr-defined]
-        return _ClientView(client, _Chain(inner, self.layers, attempt))
+        return _ClientView(client, _Chain(inner, self.layers, ctx))
 
 
 def build(*, cassette: Layer | None = None, routing: Layer | None = None) -> Pipeline:
@@ -88,19 +111,19 @@ class _ClientView:
 class _Chain(httpx2.BaseTransport, httpx2.AsyncBaseTransport):
     """Runs the layers, innermost the client's own transport (vcrpy's stubs and mocks included)."""
 
-    def __init__(self, inner: object, layers: tuple[Layer, ...], attempt: Attempt) -> None:
+    def __init__(self, inner: object, layers: tuple[Layer, ...], ctx: AttemptContext) -> None:
         self._inner = inner
         self._layers = layers
-        self._attempt = attempt
+        self._ctx = ctx
 
     def handle_request(self, request: httpx2.Request, depth: int = 0) -> httpx2.Response:
         if depth == len(self._layers):
-            return hear(self._attempt, self._inner.handle_request(request))  # type: ignore[attr-defined]
-        return self._layers[depth].handle(request, self._attempt, lambda r: self.handle_request(r, depth + 1))
+            return hear(self._ctx.attempt, self._inner.handle_request(request))  # type: ignore[attr-defined]
+        return self._layers[depth].handle(request, self._ctx, lambda r: self.handle_request(r, depth + 1))
 
     async def handle_async_request(self, request: httpx2.Request, depth: int = 0) -> httpx2.Response:
         if depth == len(self._layers):
-            return hear(self._attempt, await self._inner.handle_async_request(request))  # type: ignore[attr-defined]
+            return hear(self._ctx.attempt, await self._inner.handle_async_request(request))  # type: ignore[attr-defined]
         return await self._layers[depth].handle_async(
-            request, self._attempt, lambda r: self.handle_async_request(r, depth + 1)
+            request, self._ctx, lambda r: self.handle_async_request(r, depth + 1)
         )

@@ -10,12 +10,12 @@ from __future__ import annotations
 import importlib.util
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from . import hooks
+from . import hooks, learned
 from .config import (
     INI_PREFIX,
     MARKERS,
@@ -48,13 +48,15 @@ if TYPE_CHECKING:
 
 GUARD_FIXTURES = frozenset({"llm_guard"}) | FIXTURES
 REPORTS_WRITTEN = pytest.StashKey["list[str]"]()  # what pytest_sessionfinish says of the reports it wrote
+LISTING = pytest.StashKey["list[Any]"]()  # --llm-cassettes: listing.Entry per cassette
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
     pluginmanager.add_hookspecs(hooks)
 
 
-def pytest_addoption(parser: pytest.Parser) -> None:
+def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
+    pluginmanager.register(_ListingStartsNoWorkers(), "llm_guard_listing_starts_no_workers")
     group = parser.getgroup("llm-guard", "pytest-llm-guard: deadlines and budgets for LLM calls")
     for option in OPTIONS.values():
         if option.boolean:  # a flag (--llm-guard-all, or --llm-guard-all=false), and --no-llm-guard-all
@@ -81,6 +83,27 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="scan every cassette under the root directory for credential-shaped strings and exit "
         "(non-zero when one is found), running no test: for pre-commit hooks and CI",
     )
+    group.addoption(
+        "--llm-cassettes",
+        action="store_true",
+        default=False,
+        help="list every cassette under the root directory with the tests that use it, its size, age, "
+        "interactions and models, and mark orphans (no collected test uses them); runs no test",
+    )
+    group.addoption(
+        "--llm-strict", action="store_true", default=False, help="with --llm-cassettes: exit 1 when there are orphans"
+    )
+
+
+class _ListingStartsNoWorkers:
+    """--llm-cassettes collects here and runs nowhere, so no xdist workers are started: set before
+    xdist's own cmdline_main reads ``-n`` (a wrapper runs first, whatever order plugins loaded in)."""
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_cmdline_main(self, config: pytest.Config) -> Generator[None, int | None, int | None]:
+        if config.getoption("llm_cassettes") and hasattr(config.option, "numprocesses"):
+            config.option.numprocesses = 0
+        return (yield)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -137,6 +160,7 @@ def pytest_configure(config: pytest.Config) -> None:
         distributed=config.getoption("dist", "no") != "no" and bool(config.getoption("tx", None)),
         prices=load_prices(table.get("prices"), str(pyproject)),
     )
+    session.learned = learned.for_session(settings, config.rootpath)
     config.stash[SESSION] = session
     config.pluginmanager.register(_Records(session), "llm_guard_records")
     if session.folder is not None:
@@ -193,6 +217,9 @@ class _Records:
         unguarded = getattr(report, "llm_unguarded", None)
         if isinstance(unguarded, dict):
             self.session.unguarded.append(unguarded)
+        cassette = getattr(report, "llm_cassette", None)
+        if isinstance(cassette, dict):
+            self.session.cassette_notes.append(cassette)
 
 
 class _XdistHandoff:
@@ -233,7 +260,28 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             wrong[item.nodeid] = str(exc)
     if wrong:
         config.pluginmanager.register(_WrongMarkers(wrong), "llm_guard_wrong_markers")
+    if config.getoption("llm_cassettes"):
+        from .listing import listing
+
+        config.stash[LISTING] = listing(config.rootpath, _cassettes_used(items, base))
+        config.hook.pytest_deselected(items=list(items))
+        items[:] = []
+        return
     prepare(config, items, base)
+
+
+def _cassettes_used(items: list[pytest.Item], base: Settings) -> dict[Any, list[str]]:
+    """Each cassette a collected test would use, with its tests (pytest-recording's ``vcr`` tests too)."""
+    from .cassettes import path_for
+
+    used: dict[Any, list[str]] = {}
+    for item in items:
+        settings = item.stash.get(ITEM_SETTINGS, None)
+        if settings is None and item.get_closest_marker("vcr") is not None:
+            settings = base
+        if settings is not None and settings.cassette:
+            used.setdefault(path_for(item.path, item.name, settings), []).append(item.nodeid)
+    return used
 
 
 class _WrongMarkers:
@@ -249,7 +297,23 @@ class _WrongMarkers:
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
+    config = terminalreporter.config
+    if LISTING in config.stash:
+        from .clock import REAL
+        from .listing import lines
+
+        terminalreporter.write_sep("-", "llm-guard: cassettes")
+        for line in lines(config.stash[LISTING], config.rootpath, REAL.wall(), strict=config.getoption("llm_strict")):
+            terminalreporter.write_line(line)
+        return
     _guard_summary(terminalreporter)
+    upkeep = terminalreporter.config.stash[SESSION].upkeep
+    if upkeep:
+        from .report import cassette_lines
+
+        terminalreporter.write_sep("-", "llm-guard: cassettes")
+        for line in cassette_lines(upkeep, terminalreporter.config.rootpath):
+            terminalreporter.write_line(line)
     for line in terminalreporter.config.stash.get(REPORTS_WRITTEN, ()):  # here, on lines of their own
         terminalreporter.write_line(line)
 
@@ -280,24 +344,50 @@ def _guard_summary(terminalreporter: Any) -> None:
         terminalreporter.write_line(f"where the time went ({shown}; {OPTIONS['durations'].flag}=N):")
         for line in slowest:
             terminalreporter.write_line(f"  {line}")
+    amplified = report.amplification_lines(session.records)
+    if amplified:
+        terminalreporter.write_line("retry amplification (calls retried by more than one layer):")
+        for line in amplified:
+            terminalreporter.write_line(f"  {line}")
+    if session.learned is not None:
+        for line in report.learned_lines(
+            learned.in_reports(session.learned, session.records), OPTIONS["learn_timeouts"].flag, settings.call_timeout
+        ):
+            terminalreporter.write_line(line)
     if verbosity > 0:
         for line in report.endpoint_lines(report_json.endpoints(session.records, session.router.health())):
             terminalreporter.write_line(line)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    """The controller (or the only process) writes the JSON and HTML reports, from every worker's records."""
+    """The controller (or the only process) writes the learned timeouts, the JSON and HTML reports, from
+    every worker's records."""
     config = session.config
     guard_session = config.stash.get(SESSION, None)
     if guard_session is None or hasattr(config, "workerinput"):
         return
+    if LISTING in config.stash:
+        orphans = any(entry.orphan for entry in config.stash[LISTING])
+        strict = config.getoption("llm_strict") and orphans
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED if strict else pytest.ExitCode.OK
+        return
+    if guard_session.cassette_notes:
+        from .cassettes import upkeep
+
+        judged = upkeep.judge(guard_session.cassette_notes, guard_session.before)
+        guard_session.upkeep = judged.as_dict() if judged.unplayed or judged.reviews or judged.expired else None
+        if judged.fails and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
     settings = guard_session.settings
+    said = config.stash[REPORTS_WRITTEN] = []
+    if settings.learn_timeouts:
+        said.append(learned.learn(config.rootpath / settings.learn_timeouts, guard_session.records))
     if not (settings.report or settings.report_html):
         return
     from . import report_json
 
     here = config.invocation_params.dir  # an absolute path stays as it is
-    config.stash[REPORTS_WRITTEN] = report_json.write_reports(
+    said += report_json.write_reports(
         guard_session.records,
         guard_session.router.health() if guard_session.records else [],
         duration=guard_session.clock.now() - guard_session.started,
@@ -305,6 +395,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         json_path=here / settings.report if settings.report else None,
         html_path=here / settings.report_html if settings.report_html else None,
         unguarded=guard_session.unguarded,
+        cassettes=guard_session.upkeep,
+        learned_limits=guard_session.learned,
     )
 
 

@@ -36,6 +36,7 @@ SESSION = pytest.StashKey[Session]()
 ITEM_SETTINGS = pytest.StashKey["Settings | None"]()
 GUARD = pytest.StashKey["Guard"]()
 CASSETTE = pytest.StashKey["CassetteLayer"]()
+CASSETTE_NOTE = pytest.StashKey["dict[str, Any]"]()
 ENVIRONMENT = pytest.StashKey[pytest.MonkeyPatch]()
 FAILED = pytest.StashKey[bool]()
 OWN_TIMEOUT = pytest.StashKey[bool]()
@@ -185,6 +186,7 @@ class GuardedTests:
             prices=session.prices,
             on_attempt=_attempt_hook(item),
             endpoints=session.endpoints,
+            learned=session.learned,
         )
         item.stash[GUARD] = guard
         item.stash[STARTED] = guard.clock.wall()
@@ -251,6 +253,7 @@ class GuardedTests:
         layer = _unsaved(item)
         if layer is not None:
             _save(item, layer, failed=item.stash.get(FAILED, False))
+            item.stash[CASSETTE_NOTE] = layer.note(passed=not item.stash.get(FAILED, False))
             guard = item.stash[GUARD]
             for attempt in layer.recorded:
                 # counts tell what reached the file (an answer read on after its close ended as live)
@@ -295,7 +298,7 @@ class GuardedTests:
         from .routing import RouterLayer
 
         guard.pipeline = pipeline.build(
-            cassette=_open_cassette(item, guard), routing=RouterLayer(session.router, guard)
+            cassette=_open_cassette(item, guard), routing=RouterLayer(session.router, guard.settings)
         )
 
     @pytest.hookimpl(trylast=True)
@@ -313,6 +316,15 @@ class GuardedTests:
         for attempt in guard.events:
             if attempt.end is None and attempt.status is not None:  # answered, its body left unread
                 guard.closed_early(attempt)
+        unplayed = layer.test_returned() if layer is not None else None
+        if unplayed is None:
+            return
+        if layer.settings.on_unplayed == "fail":
+            pytest.fail(unplayed, pytrace=False)
+        try:
+            item.warn(pytest.PytestWarning(unplayed))
+        except pytest.PytestWarning as error:  # -W error made it an exception: its text, not this plugin's frames
+            raise pytest.fail.Exception(f"{type(error).__name__}: {error}", pytrace=False) from None
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[pytest.TestReport]:
@@ -358,6 +370,7 @@ class GuardedTests:
                 guard, item.nodeid, outcome, duration, item.stash[STARTED], item.stash.get(WHY, None)
             )
             report_.llm_guard = test  # type: ignore[attr-defined]  # travels to the xdist controller
+            report_.llm_cassette = item.stash.get(CASSETTE_NOTE, None)  # type: ignore[attr-defined]
             report_.user_properties.extend(report_json.junit_properties(test))
         return report_
 
@@ -452,6 +465,12 @@ def _save(item: pytest.Item, layer: CassetteLayer, *, failed: bool, in_wrapper: 
         item.warn(pytest.PytestWarning(warning))
 
 
+def _may_rerecord(settings: Settings, configured: str, layer: CassetteLayer) -> bool:
+    """Expiry may make this test record its cassette again (``on_expiry = "rerecord"``, recording allowed)."""
+    expires = settings.cassette_max_age is not None and settings.on_expiry == "rerecord"
+    return expires and configured != "none" and layer.mode != "all"
+
+
 def _open_cassette(item: pytest.Item, guard: Guard) -> CassetteLayer | None:
     from . import cassettes
 
@@ -461,20 +480,38 @@ def _open_cassette(item: pytest.Item, guard: Guard) -> CassetteLayer | None:
         return None
     path = cassettes.path_for(item.path, item.name, settings)
     session = item.config.stash[SESSION]
-    mode = cassettes.effective_mode(mode, session.existed_at_start(path))
-    try:
-        layer = cassettes.open_cassette(
-            path,
-            settings,
-            mode=mode,
-            nodeid=item.nodeid,
-            matcher=lambda request, recorded: item.ihook.pytest_llm_cassette_match(request=request, recorded=recorded),
-            scrubber=guard.scrubber,
-            session_started=session.started_at,
-            clock=guard.clock,
-        )
-    except LLMCassetteError as exc:  # from None: its message once, without a "During handling" copy
-        raise pytest.fail.Exception(f"{type(exc).__name__}: {exc}", pytrace=False) from None
+    if mode in ("all", "new_episodes"):
+        session.keep_before(path)
+    configured, mode = mode, cassettes.effective_mode(mode, session.existed_at_start(path))
+
+    def open_as(mode: str) -> CassetteLayer:
+        try:
+            return cassettes.open_cassette(
+                path,
+                settings,
+                mode=mode,
+                nodeid=item.nodeid,
+                matcher=lambda request, recorded: item.ihook.pytest_llm_cassette_match(
+                    request=request, recorded=recorded
+                ),
+                scrubber=guard.scrubber,
+                session_started=session.started_at,
+                clock=guard.clock,
+            )
+        except LLMCassetteError as exc:  # from None: its message once, without a "During handling" copy
+            raise pytest.fail.Exception(f"{type(exc).__name__}: {exc}", pytrace=False) from None
+
+    layer = open_as(mode)
+    expired = layer.expired(recording_allowed=configured != "none")
+    if expired is not None and expired[0] == "fail":
+        pytest.fail(expired[1], pytrace=False)
+    elif _may_rerecord(settings, configured, layer) and session.rerecorded(path, now=expired is not None):
+        session.keep_before(path)
+        expiry = layer.expiry
+        layer = open_as("all")
+        layer.expiry = expiry
+    elif expired is not None:
+        item.warn(pytest.PytestWarning(expired[1]))
     item.stash[CASSETTE] = layer
     if layer.replay_only:  # CI needs no secret: the SDKs only insist that a key is set
         endpoints = item.config.stash[SESSION].endpoints.endpoints

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import linecache
 import re
+import shlex
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -24,7 +25,13 @@ if TYPE_CHECKING:
 
     from .ledger import Attempt, Ledger
 
-_PLURALS = {"retry": "retries", "LLM call": "LLM calls", "guarded test": "guarded tests"}
+_PLURALS = {
+    "retry": "retries",
+    "LLM call": "LLM calls",
+    "guarded test": "guarded tests",
+    "SDK retry": "SDK retries",
+    "guard retry": "guard retries",
+}
 
 
 def plural(count: int, word: str) -> str:
@@ -426,6 +433,63 @@ def endpoint_lines(endpoints: Sequence[Mapping[str, Any]]) -> list[str]:
     return lines
 
 
+def learned_lines(section: Mapping[str, Any], flag: str, call_timeout: float | None) -> list[str]:
+    """Which limits were learned (``learned.in_reports``), from how many samples, and how many attempts they capped;
+    a learned call_timeout above the configured one (``call_timeout``) is said not to apply."""
+    file = section["file"]
+    if section["missing"]:
+        return [f"learned timeouts: {file} not found, so no limits were learned; write it with {flag} {file}"]
+    limits = section["limits"]
+    head = f"learned timeouts from {file} (p99 x {section['factor']:g}, at least {section['floor']:g} s): "
+    if not limits:
+        return [head + "no model has enough samples yet"]
+    capped = sum(entry["capped"] for entry in limits)
+    lines = [head + f"{plural(len(limits), 'model')}, {plural(capped, 'attempt')} capped by them this run"]
+    for entry in limits:
+        first, call = entry["first_token_timeout"], entry["call_timeout"]
+        above = call_timeout is not None and call is not None and call >= call_timeout
+        lines.append(
+            f"  {entry['endpoint']} {entry['model']}: "
+            + (f"call_timeout {call:.2f} s" if call is not None else "call_timeout not learned")
+            + (f" (above call_timeout={call_timeout:g} s, which applies)" if above else "")
+            + (f", first_token_timeout {first:.2f} s" if first is not None else "")
+            + f" ({plural(entry['samples'], 'sample')}; capped {plural(entry['capped'], 'attempt')})"
+        )
+    return lines
+
+
+_SWITCH_OFF = {
+    "sdk": "set max_retries=0 on the client (or wrap it with llm_guard.guard(client), whose retries stay within "
+    "the budget) or drop the loop",
+    "app": "drop the loop: the guard already retries each call",
+}
+
+
+def amplification_lines(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Tests whose calls were retried by more than one layer (``ledger.amplification``): by how much, and the
+    layer to switch off. One line per test, for its most amplified call."""
+    lines = []
+    for record in records:
+        found = record.get("amplification") or []
+        if not found:
+            continue
+        worst = max(found, key=lambda a: a["attempts"])
+        by, limit = worst["retries_by"], worst["sdk_max_retries"]
+        layers = []
+        if by["sdk"]:
+            layers.append(f"SDK max_retries={limit}" if limit is not None else plural(by["sdk"], "SDK retry"))
+        if by["guard"]:
+            layers.append(f"{plural(by['guard'], 'guard retry')}")
+        if by["app"]:
+            layers.append(f"your loop of {worst['calls']}")
+        more = f" (and {plural(len(found) - 1, 'more such call')})" if len(found) > 1 else ""
+        lines.append(
+            f"{record['nodeid']}: {plural(worst['attempts'], 'attempt')} for 1 logical call ({' x '.join(layers)})"
+            f"{more}: {_SWITCH_OFF[worst['switch_off']]}"
+        )
+    return lines
+
+
 def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f} s"
 
@@ -475,3 +539,67 @@ def unguarded_lines(tests: Sequence[Mapping[str, Any]]) -> list[str]:
     lines.extend(f"  {t['nodeid']}: {plural(len(t['requests']), 'request')}, first {t['requests'][0]}" for t in tests)
     lines.append(f"To fix: guard {'it' if len(tests) == 1 else 'each'} {_GUARD_WAYS}.")
     return lines
+
+
+def _shown(path: str, root: Path) -> str:
+    found = Path(path)
+    return str(found.relative_to(root)) if found.is_relative_to(root) else path
+
+
+def cassette_lines(upkeep: Mapping[str, Any], root: Path) -> list[str]:
+    """The session's word on its cassettes (``cassettes/upkeep.py``): what a re-record changed, per
+    cassette, and recordings no test played; the commands that act on them."""
+    lines: list[str] = []
+    reviews = upkeep.get("rerecorded") or []
+    if reviews:
+        changed = sum(len(r["changed"]) for r in reviews)
+        added, removed = sum(r["added"] for r in reviews), sum(r["removed"] for r in reviews)
+        unchanged = sum(r["unchanged"] for r in reviews)
+        touched = [r for r in reviews if r["changed"] or r["added"] or r["removed"]]
+        lines.append(
+            f"recorded into {plural(len(reviews), 'cassette')}: {changed} changed, {added} added, {removed} removed, "
+            f"{unchanged} unchanged" + (" (unchanged answers are kept as they were recorded)" if unchanged else "")
+        )
+        for r in touched:
+            counts = [f"{n} {what}" for n, what in ((len(r["changed"]), "changed"), (r["added"], "added"),
+                      (r["removed"], "removed"), (r["unchanged"], "unchanged")) if n]  # fmt: skip
+            lines.append(f"  {_shown(r['path'], root)}: {', '.join(counts)}")
+            for change in r["changed"]:
+                said = "; ".join(part for part in (change["note"], change["diff"]) if part)
+                lines.append(f"    {change['request']}: {said}")
+        if touched:
+            lines.append("  Review them with git diff, then commit the cassettes.")
+    unplayed = upkeep.get("unplayed") or []
+    if unplayed:
+        total = sum(u["count"] for u in unplayed)
+        lines.append(
+            f"{plural(total, 'recording')} in {plural(len(unplayed), 'cassette')} not played by any passing test "
+            "(prompt drift?):"
+        )
+        record, prune = OPTIONS["record"].flag, OPTIONS["prune_unplayed"].flag
+        for u in unplayed:
+            fate = "dropped" if u["pruned"] else f"drop: pytest {shlex.join(u['tests'])} {record}=new_episodes {prune}"
+            lines.append(f"  {_shown(u['path'], root)}: {u['count']} unplayed, first {u['first']}; {fate}")
+    unused = upkeep.get("unused") or []
+    if unused:
+        lines.append(
+            f"{plural(len(unused), 'cassette')} beside these that no test of this run used (an orphan, if the run "
+            "was the whole suite; pytest --llm-cassettes lists them against every collected test):"
+        )
+        lines.extend(f"  {_shown(path, root)}" for path in unused)
+    expired = upkeep.get("expired") or []
+    if expired:
+        lines.append(f"{plural(len(expired), 'cassette')} older than cassette_max_age:")
+        record = OPTIONS["record"].flag
+        for e in expired:
+            fate = "recorded again" if e["rerecorded"] else f"re-record: pytest {shlex.join(e['tests'])} {record}=all"
+            lines.append(f"  {_shown(e['path'], root)}: {days(e['age'])} old; {fate}")
+    return lines
+
+
+def days(seconds: float) -> str:
+    """An age as people say it: ``120 days``, ``5 hours``, ``12 minutes``."""
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            return plural(int(seconds // size), unit)
+    return plural(int(seconds), "second")

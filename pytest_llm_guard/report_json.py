@@ -18,20 +18,21 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import report
-from .ledger import attribution
+from . import learned, report
+from .ledger import amplification, attribution
 
 if TYPE_CHECKING:
     from .breaker import EndpointHealth
     from .endpoints import Endpoint
     from .guard import Guard
+    from .learned import Learned
 
 SCHEMA = 2
 """2: a test's ``why`` (failed and skipped tests); an attempt's ``by`` and ``sdk_max_retries``."""
 _ATTEMPT_FIELDS = (
     "call", "number", "kind", "by", "sdk_max_retries", "source", "outcome", "category", "status", "error", "cause",
     "endpoint", "endpoint_name", "path", "model", "tokens", "input_tokens", "output_tokens", "cost", "first_chunk",
-    "backoff", "retry_after", "failover_to", "dialect", "cache_tokens",
+    "backoff", "retry_after", "failover_to", "dialect", "cache_tokens", "cap", "cap_by",
 )  # fmt: skip
 
 
@@ -79,6 +80,7 @@ def record(
         entry = {name: getattr(attempt, name) if name != "category" else attempt.category for name in _ATTEMPT_FIELDS}
         if entry["error"]:
             entry["error"] = guard.scrubber.text(entry["error"])
+        entry["cap"] = None if math.isinf(attempt.cap) else attempt.cap
         entry["offset"] = attempt.start - guard.budget.started
         entry["duration"] = attempt.duration
         entry["start"], entry["end"] = attempt.start, attempt.end
@@ -93,6 +95,7 @@ def record(
         "stats": stats,
         "cost": stats["cost"],
         "attribution": attribution(attempts, duration),
+        "amplification": amplification(attempts),
         "attempts": attempts,
     }
 
@@ -119,22 +122,19 @@ def junit_properties(test: Mapping[str, Any]) -> list[tuple[str, object]]:
     return properties
 
 
-def _percentile(values: Sequence[float], share: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(share * len(ordered)) - 1)]
-
-
 def endpoints(
     tests: Iterable[Mapping[str, Any]], health: Iterable[tuple[Endpoint, EndpointHealth]]
 ) -> list[dict[str, Any]]:
-    """Per endpoint: attempts by category, latency p50/p95 of whole attempts and of first chunks, transitions."""
+    """Per endpoint: attempts by category, latency p50/p95 of whole attempts and of first chunks, per model
+    p50/p95/p99/n of successful live attempts (what ``--llm-learn-timeouts`` keeps), transitions."""
     grouped: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
     for test in tests:
         for attempt in test["attempts"]:
             if attempt["source"] != "replayed":
                 grouped[attempt["endpoint_name"] or attempt["endpoint"]].append(attempt)
+    per_model: dict[str, dict[str, Any]] = defaultdict(dict)
+    for (name, model), measures in learned.samples(tests).items():
+        per_model[name][model] = {measure: learned.summary(values) for measure, values in measures.items()}
     configured = {endpoint.name: (endpoint, state) for endpoint, state in health}
     names = list(grouped) + [name for name in configured if name not in grouped]
     found = []
@@ -155,9 +155,10 @@ def endpoints(
                 "name": name,
                 "base_url": endpoint.base_url if endpoint is not None else name,
                 "attempts_by_category": dict(counts),
-                "latency": {"p50": _percentile([a["duration"] for a in sent], 0.5),
-                            "p95": _percentile([a["duration"] for a in sent], 0.95)},
-                "first_chunk": {"p50": _percentile(chunks, 0.5), "p95": _percentile(chunks, 0.95)},
+                "latency": {"p50": learned.percentile([a["duration"] for a in sent], 0.5),
+                            "p95": learned.percentile([a["duration"] for a in sent], 0.95)},
+                "first_chunk": {"p50": learned.percentile(chunks, 0.5), "p95": learned.percentile(chunks, 0.95)},
+                "models": per_model.get(name, {}),
                 "transitions": sorted(transitions, key=lambda t: t["time"]),
             }
         )  # fmt: skip
@@ -171,8 +172,12 @@ def build(
     duration: float,
     currency: str = "USD",
     unguarded: Sequence[Mapping[str, Any]] = (),
+    cassettes: Mapping[str, Any] | None = None,
+    learned_limits: Learned | None = None,
 ) -> dict[str, Any]:
-    """The whole report (``SCHEMA``; ``unguarded`` only when some test went live without a guard)."""
+    """The whole report (``SCHEMA``; ``unguarded`` only when some test went live without a guard,
+    ``cassettes`` when the session re-recorded a cassette or left recordings unplayed,
+    ``learned_timeouts`` only when limits were read from a learned file)."""
     try:
         plugin_version = version("pytest-llm-guard")
     except PackageNotFoundError:  # pragma: no cover - running from a source tree
@@ -192,6 +197,8 @@ def build(
         "tests": list(tests),
         "endpoints": endpoints(tests, health),
         **({"unguarded": list(unguarded)} if unguarded else {}),
+        **({"cassettes": dict(cassettes)} if cassettes else {}),
+        **({"learned_timeouts": learned.in_reports(learned_limits, tests)} if learned_limits is not None else {}),
     }
 
 
@@ -225,11 +232,21 @@ def write_reports(
     json_path: Path | None,
     html_path: Path | None,
     unguarded: Sequence[Mapping[str, Any]] = (),
+    cassettes: Mapping[str, Any] | None = None,
+    learned_limits: Learned | None = None,
 ) -> list[str]:
     """Write the JSON and HTML reports asked for; returns what to tell the user about each."""
     from .cassettes.files import write_atomically
 
-    data = build(tests, health, duration=duration, currency=currency, unguarded=unguarded)
+    data = build(
+        tests,
+        health,
+        duration=duration,
+        currency=currency,
+        unguarded=unguarded,
+        cassettes=cassettes,
+        learned_limits=learned_limits,
+    )
     said = []
     for name, path in (("report", json_path), ("report-html", html_path)):
         if path is None:

@@ -49,8 +49,7 @@ from .ledger import CALL, Attempt, Call
 from .state import StateStore
 
 if TYPE_CHECKING:
-    from .guard import Guard
-    from .pipeline import AsyncSend, Send
+    from .pipeline import AsyncSend, AttemptContext, Send
 
 log = logging.getLogger("pytest_llm_guard")
 
@@ -241,30 +240,28 @@ class _Plan:
 class RouterLayer:
     """The routing layer of one test: picks, refuses, records (see the module docstring)."""
 
-    def __init__(self, router: Router, guard: Guard) -> None:
+    def __init__(self, router: Router, settings: Settings) -> None:
         self.router = router
-        self.guard = guard
-        self.settings = guard.settings
-        self.clock = guard.clock
-        """The test's clock: a Retry-After is waited out on it."""
+        self.settings = settings
 
-    def handle(self, request: httpx2.Request, attempt: Attempt, send: Send) -> httpx2.Response:
-        plan = self._plan(request, attempt)
+    def handle(self, request: httpx2.Request, ctx: AttemptContext, send: Send) -> httpx2.Response:
+        plan = self._plan(request, ctx)
         if plan.wait:
-            self.clock.sleep(plan.wait)
-        with self._recording(plan, attempt) as done:
+            ctx.clock.sleep(plan.wait)  # a Retry-After is waited out on the test's clock
+        with self._recording(plan, ctx.attempt) as done:
             return done(send(plan.request))
 
-    async def handle_async(self, request: httpx2.Request, attempt: Attempt, send: AsyncSend) -> httpx2.Response:
-        plan = self._plan(request, attempt)
+    async def handle_async(self, request: httpx2.Request, ctx: AttemptContext, send: AsyncSend) -> httpx2.Response:
+        plan = self._plan(request, ctx)
         if plan.wait:
-            await self.clock.async_sleep(plan.wait)
-        with self._recording(plan, attempt) as done:
+            await ctx.clock.async_sleep(plan.wait)
+        with self._recording(plan, ctx.attempt) as done:
             return done(await send(plan.request))
 
     # -- choosing ---------------------------------------------------------------------
 
-    def _plan(self, request: httpx2.Request, attempt: Attempt) -> _Plan:
+    def _plan(self, request: httpx2.Request, ctx: AttemptContext) -> _Plan:
+        attempt = ctx.attempt
         call: Call | None = request.extensions.get(CALL)
         fixture = call is not None and call.routed
         plan = _Plan(request, call, model=attempt.model or "*")
@@ -278,16 +275,16 @@ class RouterLayer:
             if owner is None:
                 return plan
             if self.settings.endpoints is not None and owner.name not in self.settings.endpoints:
-                raise self._refusal([(owner, Verdict(False, self._not_allowed()))], request, attempt, fixture)
+                raise self._refusal([(owner, Verdict(False, self._not_allowed()))], request, ctx, fixture)
             choices = [owner]
-        refusals = self._admit_first(plan, choices, attempt, max_wait=0.0)
-        remaining = self.guard.remaining()
+        refusals = self._admit_first(plan, choices, ctx, max_wait=0.0)
+        remaining = ctx.remaining()
         rate_limited = [e for e, verdict in refusals if 0 < verdict.wait < remaining]
         if plan.endpoint is None and rate_limited:  # honour the shortest Retry-After that fits the deadline
-            self._admit_first(plan, rate_limited, attempt, max_wait=remaining)
+            self._admit_first(plan, rate_limited, ctx, max_wait=remaining)
         if plan.endpoint is None:
-            raise self._refusal(refusals, request, attempt, fixture)
-        self._send_to(plan, attempt)
+            raise self._refusal(refusals, request, ctx, fixture)
+        self._send_to(plan, ctx)
         return plan
 
     def _order(self, choices: list[Endpoint], call: Call | None) -> list[Endpoint]:
@@ -298,14 +295,14 @@ class RouterLayer:
         return used if len(set(tried)) >= self.router.max_endpoints else fresh + used
 
     def _admit_first(
-        self, plan: _Plan, choices: list[Endpoint], attempt: Attempt, *, max_wait: float
+        self, plan: _Plan, choices: list[Endpoint], ctx: AttemptContext, *, max_wait: float
     ) -> list[tuple[Endpoint, Verdict]]:
         """Admit the first endpoint that can take the attempt (after at most ``max_wait``); returns the refusals."""
         refusals = []
         for endpoint in choices:
-            cap = min(self.guard.budget.attempt_cap()[0], endpoint.call_timeout or math.inf)
+            cap = min(ctx.attempt_cap(), endpoint.call_timeout or math.inf)
             verdict = self.router.admit(
-                endpoint, plan.model, retry=attempt.number > 1, lease=cap + _LEASE_MARGIN, max_wait=max_wait
+                endpoint, plan.model, retry=ctx.attempt.number > 1, lease=cap + _LEASE_MARGIN, max_wait=max_wait
             )
             if verdict.ok:
                 plan.endpoint, plan.wait = endpoint, verdict.wait
@@ -313,8 +310,8 @@ class RouterLayer:
             refusals.append((endpoint, verdict))
         return refusals
 
-    def _send_to(self, plan: _Plan, attempt: Attempt) -> None:
-        endpoint = plan.endpoint
+    def _send_to(self, plan: _Plan, ctx: AttemptContext) -> None:
+        attempt, endpoint = ctx.attempt, plan.endpoint
         assert endpoint is not None
         if plan.routed:
             plan.request = endpoint.address(plan.request, attempt.model, self.router.environ)
@@ -330,9 +327,9 @@ class RouterLayer:
         attempt.backoff += plan.wait  # waited before sending (a Retry-After): the gap to the last attempt grows
         attempt.start += plan.wait
         if endpoint.call_timeout is not None:
-            self.guard.cap(attempt, plan.request, endpoint.call_timeout, f"call_timeout of endpoint {endpoint.name}")
+            ctx.cap(plan.request, endpoint.call_timeout, f"call_timeout of endpoint {endpoint.name}")
         if plan.wait:
-            self.guard.cap(attempt, plan.request, max(0.0, self.guard.budget.attempt_cap()[0] - plan.wait), "deadline")
+            ctx.cap(plan.request, max(0.0, ctx.attempt_cap() - plan.wait), "deadline")
 
     # -- recording --------------------------------------------------------------------
 
@@ -383,11 +380,12 @@ class RouterLayer:
         return f"not among the endpoints this test may use (@pytest.mark.{BREAKER_MARKER}(endpoints=[{names}]))"
 
     def _refusal(
-        self, refusals: list[tuple[Endpoint, Verdict]], request: httpx2.Request, attempt: Attempt, fixture: bool
+        self, refusals: list[tuple[Endpoint, Verdict]], request: httpx2.Request, ctx: AttemptContext, fixture: bool
     ) -> BaseException:
         """Nothing can take the attempt: it is refused, named after the endpoint it was meant for, and the
         on-open policy decides what the caller meets (a failure, a skip, or its own fallback)."""
         policy = self.settings.on_open or ("fail" if fixture else "fallback")
+        attempt = ctx.attempt
         attempt.source = "refused"
         attempt.endpoint_name = refusals[0][0].name
         attempt.error = "\n".join(f"{e.name} ({e.base_url}): {verdict.reason}" for e, verdict in refusals)
@@ -395,7 +393,7 @@ class RouterLayer:
             attempt.test,
             attempt.model,
             [(e.name, e.base_url, verdict.reason) for e, verdict in refusals],
-            self.guard.ledger,
+            ctx.ledger,
             attempt,
             fixture=fixture,
             on_open=policy,

@@ -30,6 +30,7 @@ from .prices import Prices
 from .state import MemoryStore, SqliteStore, StateStore
 
 if TYPE_CHECKING:
+    from .learned import Learned
     from .ledger import Stats
     from .routing import Router
 
@@ -113,12 +114,18 @@ class Session:
         """Every guarded test's record (``report_json.record``), from every worker: for the reports."""
         self.unguarded: list[dict[str, Any]] = []
         """Tests that were not guarded yet sent LLM requests (``unguarded = "warn"``)."""
+        self.cassette_notes: list[dict[str, Any]] = []
+        """Each guarded test's use of its cassette (``CassetteLayer.note``), from every worker."""
+        self.upkeep: dict[str, Any] | None = None
+        """The session's end on its cassettes (``cassettes/upkeep.py``), once judged by the controller."""
         self.store = store
         self.folder = folder
         """The SQLite folder this process created (the xdist controller) and must remove."""
         self.budget = SessionBudget(settings, store, clock=clock)
         self._started_at: float | None = None
         self._router: Router | None = None
+        self.learned: Learned | None = None
+        """Per-model limits from the ``learned_timeouts`` file, when one is configured."""
 
     @classmethod
     def open(
@@ -184,6 +191,30 @@ class Session:
             return bool(record.setdefault("existed", exists))
 
         return self.store.update(f"cassette:{path.resolve()}", change)
+
+    def keep_before(self, path: Path) -> None:
+        """Keep what a cassette being recorded into held when the session started, once (its first
+        opener, before any write of this session), so the session's end reviews the re-record."""
+        key = f"cassette-before:{path.resolve()}"
+        if self.store.get(key):
+            return
+        from .cassettes.files import read_text, written_before
+
+        text = read_text(path) if written_before(path, self.started_at) else None
+        self.store.update(key, lambda record: record.setdefault("text", text))
+
+    def rerecorded(self, path: Path, *, now: bool = False) -> bool:
+        """Whether a test of this session (any worker) found this cassette expired and records it
+        again (``now``: this test does): every later test using it records too, rather than missing
+        the answers that re-record replaced."""
+        key = f"cassette-rerecord:{path.resolve()}"
+        if now:
+            self.store.update(key, lambda record: record.update(rerecord=True))
+        return now or bool(self.store.get(key).get("rerecord"))
+
+    def before(self, path: str) -> str | None:
+        """The text a cassette held when the session started, if :meth:`keep_before` kept it."""
+        return self.store.get(f"cassette-before:{Path(path).resolve()}").get("text")
 
     def configure_node(self, node: Any) -> None:
         """xdist: hand the controller's store folder to a worker."""

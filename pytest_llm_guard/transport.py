@@ -166,7 +166,7 @@ def _send_single_request(client: httpx2.Client, request: httpx2.Request) -> http
     attempt = guard.begin(request, dialect)  # type: ignore[union-attr]
     guard.await_headers(attempt)  # type: ignore[union-attr]
     try:
-        response = _saved[0](guard.pipeline.client_for(client, request, attempt), request)  # type: ignore[index,operator]
+        response = _saved[0](guard.pipeline.client_for(client, request, guard.context(attempt)), request)  # type: ignore[index,operator]
     except BaseException as exc:
         guard.headers_in(attempt)  # type: ignore[union-attr]
         guard.fail(attempt, exc)  # type: ignore[union-attr]
@@ -191,7 +191,7 @@ async def _send_single_request_async(client: httpx2.AsyncClient, request: httpx2
     attempt = guard.begin(request, dialect)  # type: ignore[union-attr]
     guard.await_headers_async(attempt)  # type: ignore[union-attr]
     try:
-        response = await _saved[1](guard.pipeline.client_for(client, request, attempt), request)  # type: ignore[index,operator]
+        response = await _saved[1](guard.pipeline.client_for(client, request, guard.context(attempt)), request)  # type: ignore[index,operator]
     except asyncio.CancelledError:
         if not guard.headers_late(attempt):  # type: ignore[union-attr]
             guard.headers_in(attempt)  # type: ignore[union-attr]

@@ -133,3 +133,32 @@ fraction.description = "a number above 0 and at most 1"  # type: ignore[attr-def
 
 seconds = optional(number(float, 0, positive=True))
 count = optional(number(int, 1, positive=True))
+
+
+_AGE_UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
+
+
+def _age(value: Any) -> float:
+    """``"90d"``, ``"12h"``, ``"30m"``, ``"45s"`` or a number of days, as seconds."""
+    if isinstance(value, str) and value.strip()[-1:].lower() in _AGE_UNITS:
+        amount, unit = value.strip()[:-1], value.strip()[-1].lower()
+        return number(float, 0, positive=True)(amount) * _AGE_UNITS[unit]
+    return number(float, 0, positive=True)(value) * _AGE_UNITS["d"]
+
+
+_age.description = "an age such as 90d, 12h or 30m (a bare number is days)"  # type: ignore[attr-defined]
+age = optional(_age)
+
+
+def dotted_paths(value: Any) -> tuple[str, ...]:
+    """JSON paths such as ``metadata``, ``stream_options.include_usage`` or ``messages[*].name``."""
+    import re
+
+    found = names(value)
+    for path in found:
+        if not re.fullmatch(r"[^.\[\]]+(\[\*\])?(\.[^.\[\]]+(\[\*\])?)*", path):
+            raise ValueError(f"{path!r} is not a dotted path (name.name, name[*].name)")
+    return found
+
+
+dotted_paths.description = "a list of dotted JSON paths such as metadata, messages[*].name"  # type: ignore[attr-defined]

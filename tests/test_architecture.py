@@ -73,13 +73,44 @@ PIPELINE_ORDER = ("retry", "transport", "pipeline", "cassettes", "routing")
 """The stages in the order a request meets them (``pipeline.py``): a call goes only down this list."""
 
 
-def test_a_guarded_call_never_calls_back_up_the_pipeline(llm_client, llm_fault_server) -> None:
-    """Run time: a call retried after a 429 and a 503, recorded as caller module -> callee module
-    within the package. A function a stage hands down (a ``send`` continuation, a closure) is the
-    caller's own and is not an edge back; any other call into a module that called this one is."""
-    from pytest_llm_guard.fault import Fault
+def test_a_guarded_call_never_calls_back_up_the_pipeline(primary, backup, tmp_path: Path) -> None:
+    """Run time, every stage on the path: a guarded client's call, recorded into a cassette, meets
+    a 429 and a 503 at the primary endpoint and fails over to the backup. Calls are recorded as
+    caller module -> callee module within the package. A function a stage hands down (a ``send``
+    continuation, a closure such as the attempt context's ``cap``) is the caller's own and is not
+    an edge back; any other call into a module that called this one is."""
+    import openai
 
-    llm_fault_server.plan(Fault.status(429, retry_after=0), Fault.status(503))
+    from pytest_llm_guard import FakeClock, pipeline, transport
+    from pytest_llm_guard.cassettes import open_cassette
+    from pytest_llm_guard.config import Settings
+    from pytest_llm_guard.endpoints import Endpoint, EndpointSet
+    from pytest_llm_guard.fault import Fault
+    from pytest_llm_guard.guard import Guard
+    from pytest_llm_guard.routing import Router, RouterLayer
+    from pytest_llm_guard.state import MemoryStore
+
+    primary.plan(Fault.status(429, retry_after=0), Fault.status(503))
+    clock = FakeClock()
+    endpoints = EndpointSet(
+        (Endpoint("primary", primary.base_url, priority=0), Endpoint("backup", backup.base_url, priority=1)),
+        configured=True,
+        source="the test",
+    )
+    settings = Settings(backoff_initial=0.01, backoff_max=0.05, deadline=10.0)
+    guard = Guard(settings, test_id="test_architecture::call", clock=clock)
+    cassette = open_cassette(
+        tmp_path / "call.yaml",
+        settings,
+        mode="new_episodes",
+        nodeid=guard.test_id,
+        matcher=lambda request, recorded: None,
+        scrubber=guard.scrubber,
+        clock=clock.now,
+    )
+    router = Router(endpoints, MemoryStore(), Settings(breaker_failures=1), clock=clock)
+    guard.pipeline = pipeline.build(cassette=cassette, routing=RouterLayer(router, settings))
+    client = openai.OpenAI(base_url=primary.base_url, api_key="sk-test")
     edges: set[tuple[str, str]] = set()
 
     def record(frame: types.FrameType, event: str, arg: object) -> None:
@@ -93,24 +124,38 @@ def test_a_guarded_call_never_calls_back_up_the_pipeline(llm_client, llm_fault_s
         if ours and callee != caller and not handed_down:
             edges.add((caller, callee))
 
+    transport.activate(guard)
     sys.setprofile(record)
     try:
-        answer = llm_client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+        answer = guard.fixture_client(client).chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+        )
     finally:
         sys.setprofile(None)
+        transport.deactivate(guard)
+        client.close()
     assert answer.choices
+    assert [(a.endpoint_name, a.source) for a in guard.events] == [
+        ("primary", "live"),
+        ("backup", "recorded"),
+    ], "the path under test: a 429 at the primary, a failover recorded at the backup"
     graph: dict[str, set[str]] = {}
     for caller, callee in edges:  # a package is one stage: a dialect's base class calls its own subclass
         caller, callee = (".".join(m.split(".")[:2]) for m in (caller, callee))
         if caller != callee:
             graph.setdefault(caller, set()).add(callee)
-    assert {"pytest_llm_guard.retry", "pytest_llm_guard.pipeline"} <= set(graph)  # the path was seen
+    stages = {f"pytest_llm_guard.{name}" for name in PIPELINE_ORDER}
+    assert stages <= set(graph) | {"pytest_llm_guard.routing"}, "every stage was seen calling on"
+    assert "pytest_llm_guard.routing" in {b for targets in graph.values() for b in targets}
     cycle = find_cycle(graph)
     assert cycle is None, "a call back up the pipeline: " + " -> ".join(cycle or [])
     stage = {f"pytest_llm_guard.{name}": n for n, name in enumerate(PIPELINE_ORDER)}
     backwards = [(a, b) for a in graph for b in graph[a] if a in stage and b in stage and stage[b] < stage[a]]
     assert backwards == [], "a stage called one before it in the pipeline's order"
-    assert "pytest_llm_guard.guard" not in graph.get("pytest_llm_guard.retry", ()), "the retry loop called the guard"
+    for stage_name in ("retry", "cassettes", "routing", "pipeline"):
+        assert "pytest_llm_guard.guard" not in graph.get(f"pytest_llm_guard.{stage_name}", ()), (
+            f"{stage_name} called the guard: a stage gets an attempt context, never the guard"
+        )
 
 
 # Words only one API (or its SDK) uses, and the modules that may say them: the dialect's own module,

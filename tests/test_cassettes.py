@@ -584,13 +584,15 @@ def test_parametrize_ids_that_sanitise_alike_record_separate_cassettes(project: 
 
 
 SHARED_CASSETTE_TESTS = """
+import os
+
 import pytest
 
 @pytest.mark.llm_cassette("shared")
 @pytest.mark.parametrize("n", range({tests}))
 def test_ask(llm_client, n):
     for turn in range(3):
-        prompt = f"test {{n}} turn {{turn}}"
+        prompt = f"test {{n}} turn {{turn}}{{os.environ.get('ROUND', '')}}"
         reply = llm_client.chat.completions.create(model="m", messages=[{{"role": "user", "content": prompt}}])
         assert reply.choices[0].message.content == f"echo: {{prompt}}"
 """
@@ -635,24 +637,26 @@ def run_two_sessions(project: pytest.Pytester, *args: str) -> list[tuple[int, st
     return [(run.returncode, output) for run, output in zip(runs, outputs, strict=True)]
 
 
-def test_rerecording_under_xdist_replaces_every_old_answer(project: pytest.Pytester) -> None:
+def test_rerecording_under_xdist_replaces_every_old_answer(project: pytest.Pytester, monkeypatch) -> None:
     tests = 10
     project.makepyfile(test_app=SHARED_CASSETTE_TESTS.format(tests=tests))
     project.runpytest("--llm-record=all").assert_outcomes(passed=tests)
     shared = project.path / "cassettes" / "test_app" / "shared.yaml"
     assert sorted(answer_ids(shared)) == list(range(1, tests * 3 + 1))
 
+    monkeypatch.setenv("ROUND", " again")  # new prompts: an answer that is the same is kept as it was
     result = project.runpytest_subprocess("-n", "2", "--llm-record=all")
     result.assert_outcomes(passed=tests)
     assert sorted(answer_ids(shared)) == list(range(tests * 3 + 1, 2 * tests * 3 + 1))  # all new, none old
 
 
-def test_two_sessions_rerecording_at_once_keep_only_new_answers(project: pytest.Pytester) -> None:
+def test_two_sessions_rerecording_at_once_keep_only_new_answers(project: pytest.Pytester, monkeypatch) -> None:
     tests = 6
     project.makepyfile(test_app=SHARED_CASSETTE_TESTS.format(tests=tests))
     project.runpytest("--llm-record=all").assert_outcomes(passed=tests)
     shared = project.path / "cassettes" / "test_app" / "shared.yaml"
 
+    monkeypatch.setenv("ROUND", " again")
     for code, output in run_two_sessions(project, "--llm-record=all"):
         assert code == 0, output
     ids = answer_ids(shared)

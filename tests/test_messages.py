@@ -78,7 +78,7 @@ def test_mistyped_breaker_and_cassette_marker_keys_say_which_key_was_meant(pytes
             "pytest-llm-guard: unknown key 'on_opne' in @pytest.mark.llm_breaker on test_a.py::test_breaker; "
             "did you mean 'on_open'? allowed keys: endpoints, on_open",
             "pytest-llm-guard: unknown key 'paht' in @pytest.mark.llm_cassette on test_a.py::test_cassette; "
-            "did you mean 'path'? allowed keys: name, path",
+            "did you mean 'path'? allowed keys: name, path, on_unplayed, cassette_max_age, on_expiry, match_ignore",
         ]
     )
 

@@ -215,7 +215,8 @@ def test_a_pytester_session_inside_a_guarded_test_nests(project: pytest.Pytester
             pytester.makepyfile(test_inner=(
                 "import openai\\n"
                 "def test_inner(llm_guard):\\n"
-                f"    openai.OpenAI(base_url='{llm_fault_server.base_url}', api_key='k').models.list()\\n"
+                f"    with openai.OpenAI(base_url='{llm_fault_server.base_url}', api_key='k') as client:\\n"
+                "        client.models.list()\\n"
                 "    assert llm_guard.stats.attempts == 1\\n"
             ))
             pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)

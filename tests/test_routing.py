@@ -51,7 +51,7 @@ class Harness:
     def test(self, **settings: Any) -> Iterator[tuple[Guard, openai.OpenAI]]:
         values = {"backoff_initial": 0.01, "backoff_max": 0.05, "deadline": 10.0, **settings}
         guard = Guard(Settings(**values), test_id="test_routing::case", clock=self.clock)
-        guard.pipeline = pipeline.build(routing=RouterLayer(self.router, guard))
+        guard.pipeline = pipeline.build(routing=RouterLayer(self.router, guard.settings))
         client = openai.OpenAI(base_url=self.primary.base_url, api_key="sk-test")
         transport.activate(guard)
         try:

@@ -11,6 +11,12 @@ decompression; this package makes them right for LLM traffic:
 - ``vcr_bridge.py``: the one module that touches vcrpy (its cassette, persister,
   serializer and request types), keeping what another pytest-xdist worker wrote, and
   replacing what a file held before the session when it is re-recorded (``all``);
+- ``metadata.py``: when each interaction was recorded, of which model and endpoint, and a
+  header naming the plugin, SDK and dialect that wrote it (vcrpy reads the file as before);
+- ``review.py``: what a re-record changed (an answer the same but for ids and timestamps is
+  kept as it was recorded, so ``git diff`` shows only what truly changed);
+- ``upkeep.py``: the session's end on its cassettes: recordings no test played (shared cassettes
+  judged over every test and worker), one review per re-recorded cassette, expired cassettes;
 - ``layer.py``: the cassette as a guard layer at the transport boundary, so a streamed
   response reaches the caller chunk by chunk while it is recorded and replays as the
   same events in order; an answer its caller stopped reading is read on and recorded

@@ -20,14 +20,15 @@ from ..clock import REAL, Clock
 from ..config import OPTIONS, Settings
 from ..dialects import DIALECTS, BodyReader, Dialect, decoding, dialect_for, hear
 from ..errors import LLMCassetteMiss
+from ..report import days, plural
 from ..scrub import Scrubber, find_shapes
 from ..stored import as_text
-from . import vcr_bridge
+from . import metadata, vcr_bridge
 from .timing import TIMING, Pacer, Stopwatch, pieces
 
 if TYPE_CHECKING:
     from ..ledger import Attempt
-    from ..pipeline import AsyncSend, Send
+    from ..pipeline import AsyncSend, AttemptContext, Send
 
 
 def _events(body: bytes) -> list[bytes]:
@@ -247,9 +248,14 @@ class CassetteLayer:
         mode: str,
         record_failures: bool,
         clock: Clock = REAL,
-        speed: float = 0.0,
+        settings: Settings | None = None,
     ) -> None:
         self.cassette = cassette
+        self.settings = settings or Settings()
+        self.left_unplayed: list[str] | None = None
+        """Ids of the recordings the test did not replay, once its function returned (:meth:`test_returned`)."""
+        self.expiry: dict[str, Any] | None = None
+        """Set when the cassette had expired: its age (seconds) and what was done (``expired``)."""
         self.scrubber = scrubber
         self.nodeid = nodeid
         self.mode = mode
@@ -264,12 +270,11 @@ class CassetteLayer:
         """Whether what the test recorded reached the file (set by :meth:`save`)."""
         self.clock = clock
         """The guard's clock: an attempt's time left is read from it, a paced replay waits on it."""
-        self.speed = speed
-        """Replay pace: 0 at once, 1 as recorded, N times faster (``replay_speed``)."""
         self._bodies: list[_Tee] = []
         self._abandoned: list[tuple[str, str]] = []
 
-    def handle(self, request: httpx2.Request, attempt: Attempt, send: Send) -> httpx2.Response:
+    def handle(self, request: httpx2.Request, ctx: AttemptContext, send: Send) -> httpx2.Response:
+        attempt = ctx.attempt
         self.scrubber.refresh()  # a key set since the last request is a secret too
         recorded = self._vcr_request(request, request.read())
         answer = self._replay(recorded, attempt)
@@ -280,7 +285,8 @@ class CassetteLayer:
             pacer.until(_headers_at(answer), "headers")
         return self._response(request, answer, attempt, pacer)
 
-    async def handle_async(self, request: httpx2.Request, attempt: Attempt, send: AsyncSend) -> httpx2.Response:
+    async def handle_async(self, request: httpx2.Request, ctx: AttemptContext, send: AsyncSend) -> httpx2.Response:
+        attempt = ctx.attempt
         self.scrubber.refresh()
         recorded = self._vcr_request(request, await request.aread())
         answer = self._replay(recorded, attempt)
@@ -323,6 +329,8 @@ class CassetteLayer:
         """
         if test_failed and (not self.existed or self.mode != "new_episodes"):
             return None
+        if self.prunes and not test_failed:
+            self.cassette.drop_unused_requests = True  # vcrpy's own: played and new interactions are kept
         self.cassette.save()
         self.saved = True
         if not self.redacted:
@@ -333,6 +341,81 @@ class CassetteLayer:
             f"before it was written ({kinds}); a replay returns REDACTED where an answer held one. "
             "Check what the test sends and records."
         )
+
+    @property
+    def shared(self) -> bool:
+        """Named or given a path (``llm_cassette``): other tests may use it, so it is judged at the session's end."""
+        return self.settings.cassette_name is not None or self.settings.cassette_path is not None
+
+    @property
+    def prunes(self) -> bool:
+        """Recordings this test did not play are dropped as it saves (its own cassette, ``new_episodes``)."""
+        return self.settings.prune_unplayed and self.mode == "new_episodes" and not self.shared
+
+    def unplayed(self) -> list[tuple[str, Any]]:
+        """Recordings of the file this test did not replay ((id, request)); none when it was re-recorded."""
+        return [] if self.mode == "all" or not self.existed else self.cassette.unplayed()
+
+    def test_returned(self) -> str | None:
+        """The test's function returned: keep what it left unplayed (for the session's end), and say
+        what a passing test that left recordings of its own cassette unplayed is told, or None."""
+        found = self.unplayed()
+        self.left_unplayed = [iid for iid, _ in found]
+        if not found or self.shared or self.prunes or self.settings.on_unplayed == "ignore":
+            return None
+        from .review import describe_request
+
+        record, prune = OPTIONS["record"].flag, OPTIONS["prune_unplayed"].flag
+        return self.scrubber.text(
+            f"pytest-llm-guard: {self.nodeid} passed without replaying {plural(len(found), 'recording')} of its "
+            f"cassette {self.cassette.path} (first: {describe_request(found[0][1])}): its prompts may have "
+            f"drifted. Drop them with pytest '{self.nodeid}' {record}=new_episodes {prune} (or re-record, "
+            f'{record}=all), or set on_unplayed = "ignore".'
+        )
+
+    def expired(self, recording_allowed: bool) -> tuple[str, str] | None:
+        """When the oldest answer is older than ``cassette_max_age``: what to do (``warn``, ``fail`` or
+        ``rerecord``, which needs ``recording_allowed``, else it warns) and the message a warning or
+        failure says (a cassette recorded again is told in the session's summary)."""
+        max_age, dates = self.settings.cassette_max_age, self.cassette.recorded_dates()
+        if max_age is None or not dates or self.mode == "all" or REAL.wall() - min(dates) <= max_age:
+            return None
+        age = REAL.wall() - min(dates)
+        action = self.settings.on_expiry
+        fallback = ""
+        if action == "rerecord" and not recording_allowed:
+            action = "warn"
+            fallback = (
+                " (on_expiry = rerecord, but recording is not allowed here: record mode 'none', the default "
+                "when CI is set; it warns instead)"
+            )
+        self.expiry = {"age": age, "action": action}
+        record = OPTIONS["record"].flag
+        done = f"re-record it: pytest '{self.nodeid}' {record}=all"
+        message = (
+            f"pytest-llm-guard: cassette {self.cassette.path} of {self.nodeid} has expired: its oldest answer was "
+            f"recorded {days(age)} ago, more than cassette_max_age = {days(max_age)}; {done}{fallback}."
+        )
+        return action, message
+
+    def note(self, *, passed: bool) -> dict[str, Any]:
+        """What the session's end needs to know of this test's use of its cassette (``upkeep.py``);
+        it travels to the xdist controller on the test's teardown report."""
+        s = self.settings
+        return {
+            "path": str(self.cassette.path),
+            "test": self.nodeid,
+            "mode": self.mode,
+            "shared": self.shared,
+            "passed": passed,
+            "saved": self.saved,
+            "unplayed": self.left_unplayed if passed else None,
+            "expiry": self.expiry,
+            "on_unplayed": s.on_unplayed,
+            "prune": s.prune_unplayed and self.mode == "new_episodes",
+            "match_on": list(s.match_on),
+            "ignore": sorted({*s.ignore_body_fields, *s.match_ignore}),
+        }
 
     @staticmethod
     def _vcr_request(request: httpx2.Request, body: bytes) -> Any:
@@ -352,9 +435,10 @@ class CassetteLayer:
     def _pacer(self, attempt: Attempt, answer: dict[str, Any]) -> Pacer | None:
         """At a speed above 0: a replay cut before its end gives its recording back, so a retry
         replays it again, as a retry of a live call is sent again."""
-        if self.speed <= 0:
+        speed = self.settings.replay_speed
+        if speed <= 0:
             return None
-        return Pacer(self.clock, attempt, self.speed, on_cut=lambda: self.cassette.unplay(answer))
+        return Pacer(self.clock, attempt, speed, on_cut=lambda: self.cassette.unplay(answer))
 
     def _response(
         self, request: httpx2.Request, recorded: dict[str, Any], attempt: Attempt, pacer: Pacer | None
@@ -399,6 +483,13 @@ class CassetteLayer:
                     "status": {"code": response.status_code, "message": response.reason_phrase},
                     "headers": dict(headers),
                     "body": {"string": body},
+                    metadata.RECORDED: metadata.stamp(
+                        model=attempt.model,
+                        endpoint=attempt.endpoint_name,
+                        dialect=dialect.name if dialect is not None else None,
+                        sdk=dialect.sdk if dialect is not None else None,
+                        now=REAL.wall(),  # a cassette's dates are the calendar's, whatever clock the test runs on
+                    ),
                     TIMING: stopwatch.stored(),
                 },
             )
@@ -489,10 +580,11 @@ def open_cassette(
         path,
         mode=mode,
         match_on=settings.match_on,
-        ignore=frozenset(settings.ignore_body_fields),
+        ignore=frozenset(settings.ignore_body_fields) | frozenset(settings.match_ignore),
         matcher=matcher,
         scrubber=scrubber,
         session_started=session_started,
+        max_age=settings.cassette_max_age,
     )
     return CassetteLayer(
         cassette,
@@ -501,7 +593,7 @@ def open_cassette(
         mode=mode,
         record_failures=settings.record_failures,
         clock=clock,
-        speed=settings.replay_speed,
+        settings=settings,
     )
 
 

@@ -15,7 +15,11 @@ from ..dialects import DIALECTS
 
 
 def canonical_body(body: Any, ignore: frozenset[str] = frozenset()) -> str:
-    """JSON compared canonically (key order ignored, ignored fields dropped); other bodies as text."""
+    """JSON compared canonically (key order ignored, ignored paths dropped); other bodies as text.
+
+    ``ignore`` holds dotted paths: ``user``, ``stream_options.include_usage``, ``messages[*].name``
+    (``[*]``: every item of a list).
+    """
     if body in (None, b"", ""):
         return ""
     raw = body.decode("utf-8", "replace") if isinstance(body, bytes) else str(body)
@@ -23,9 +27,21 @@ def canonical_body(body: Any, ignore: frozenset[str] = frozenset()) -> str:
         obj = json.loads(raw)
     except ValueError:
         return raw
-    if isinstance(obj, dict):
-        obj = {k: v for k, v in obj.items() if k not in ignore}
+    for path in ignore:
+        _drop(obj, path.split("."))
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _drop(obj: Any, parts: list[str]) -> None:
+    """Remove the field at ``parts`` (one dotted path's names) from parsed JSON, in place."""
+    name, every = (parts[0][:-3], True) if parts[0].endswith("[*]") else (parts[0], False)
+    if not isinstance(obj, dict) or name not in obj:
+        return
+    if len(parts) == 1:
+        del obj[name]
+        return
+    for item in obj[name] if every and isinstance(obj[name], list) else [] if every else [obj[name]]:
+        _drop(item, parts[1:])
 
 
 def route_of(path: str) -> str:

@@ -25,10 +25,12 @@ from vcr.request import Request as VcrRequest
 from vcr.serialize import deserialize, serialize
 from vcr.serializers import compat, yamlserializer
 
+from ..clock import REAL
 from ..errors import LLMCassetteError
 from ..scrub import Scrubber
-from . import files
+from . import files, metadata
 from .matching import closest, request_key
+from .review import ids_of_keys, same_answer
 from .timing import TIMING
 from .timing import problem as timing_problem
 
@@ -53,6 +55,8 @@ class LLMCassette(Cassette):
         self._ignore = ignore
         self._matcher = matcher
         self._index: defaultdict[tuple[str, ...], list[int]] = defaultdict(list)
+        self._keys: list[tuple[str, ...]] = []
+        """The key of each interaction, in order (computed once, as it is appended)."""
         self._appending = threading.Lock()
         self._loading = False
         super().__init__(*args, **kwargs)
@@ -84,7 +88,8 @@ class LLMCassette(Cassette):
             else:
                 super().append(request, response)
             if len(self.data) > before:
-                self._index[self._key(self.data[-1][0])].append(before)
+                self._keys.append(self._key(self.data[-1][0]))
+                self._index[self._keys[-1]].append(before)
 
     def replay(self, request: VcrRequest) -> dict[str, Any] | None:
         """The first recording of ``request`` not played yet (marked played now), or None.
@@ -145,8 +150,20 @@ class LLMCassette(Cassette):
         return notes.get(note_id(self._key(scrubbed))) if isinstance(notes, dict) else None
 
     def save(self) -> None:
-        if self.dirty:
+        if self.dirty or (self.drop_unused_requests and len(self._played_interactions) < self._loaded_count):
             self._save()
+
+    def recorded_dates(self) -> list[float]:
+        """When each answer the file held was recorded (``time.time()``), for those stamped with it."""
+        found = (metadata.recorded_at(response) for _, response in self.data[: self._loaded_count])
+        return [when for when in found if when is not None]
+
+    def unplayed(self) -> list[tuple[str, VcrRequest]]:
+        """Recordings the file held when it was loaded that were not replayed since: (id, request),
+        ids as :func:`review.ids` gives them for the file, so every process names them alike."""
+        loaded = [request for request, _ in self.data[: self._loaded_count]]
+        found = zip(ids_of_keys(self._keys[: self._loaded_count]), loaded, strict=True)
+        return [(iid, request) for index, (iid, request) in enumerate(found) if self.play_counts[index] == 0]
 
     def scrubbed(self, request: VcrRequest) -> VcrRequest:
         """The request as it would be written (and is matched): scrubbed, pretty-printed."""
@@ -164,11 +181,11 @@ class ReadableYaml:
 
     @staticmethod
     def serialize(cassette_dict: dict[str, Any]) -> str:
-        return files.dump_yaml(cassette_dict)
+        return files.dump_yaml(metadata.to_file(cassette_dict))
 
     @staticmethod
     def deserialize(text: str) -> Any:
-        data = yamlserializer.deserialize(text)
+        data = metadata.from_file(yamlserializer.deserialize(text))
         problem = _missing_field(data)
         if problem:
             raise ValueError(problem)
@@ -239,10 +256,25 @@ class AtomicPersister:
     replaces what the file held before the session; later writes (any worker, any
     session started meanwhile) keep what was written since, except the requests they
     recorded again. Judged by the file's time under the lock, so every writer agrees.
+
+    Stable files: an answer recorded again that is the same as the one the file held before
+    the session (``before``, else what this cassette loaded), ids and timestamps aside, is
+    written as it was recorded then; a file whose text would not change is not written.
     """
 
-    def __init__(self, scrubber: Scrubber, *, key: Key | None = None, rerecord_since: float | None = None) -> None:
+    def __init__(
+        self,
+        scrubber: Scrubber,
+        *,
+        key: Key | None = None,
+        rerecord_since: float | None = None,
+        before: tuple[list, list, dict[str, Any]] | None = None,
+        expired_before: float | None = None,
+    ) -> None:
         self._loaded: tuple[list, list] = ([], [])
+        self._before = before
+        self._expired_before = expired_before
+        """An answer recorded before this time (``time.time()``) has expired: kept unchanged, it is dated now."""
         self._scrubber = scrubber
         self._key = key or (lambda request: (request.method, request.uri, str(request.body)))
         self._rerecord_since = rerecord_since
@@ -250,9 +282,11 @@ class AtomicPersister:
         self._response = _readable_response(scrubber)
 
     def load_cassette(self, cassette_path: str | Path, serializer: Any) -> tuple[Any, ...]:
-        requests, responses, metadata = self._read(Path(cassette_path), serializer)
+        requests, responses, found = self._read(Path(cassette_path), serializer)
         self._loaded = (list(requests), copy.deepcopy(responses))  # fingerprinted only if it is saved
-        return (requests, responses, metadata) if metadata else (requests, responses)
+        if self._before is None:
+            self._before = (self._loaded[0], self._loaded[1], found)
+        return (requests, responses, found) if found else (requests, responses)
 
     def save_cassette(self, cassette_path: str | Path, cassette_dict: dict[str, Any], serializer: Any) -> None:
         path = Path(cassette_path)
@@ -272,13 +306,38 @@ class AtomicPersister:
                 known = {_fingerprint(q, r) for q, r in ours}
                 known |= {_fingerprint(q, r) for q, r in zip(*self._loaded, strict=True)}
                 interactions = ours + [(q, r) for q, r in theirs if _fingerprint(q, r) not in known]
-            metadata = self._merged_metadata(their_metadata, cassette_dict.get("metadata") or {}, interactions)
+            interactions = self._as_before(interactions)
+            merged = self._merged_metadata(their_metadata, cassette_dict.get("metadata") or {}, interactions)
+            if self._before is not None and metadata.HEADER in self._before[2]:
+                merged.setdefault(metadata.HEADER, self._before[2][metadata.HEADER])
             files.remove_stale_temporaries(path)
             data: dict[str, Any] = {"requests": [q for q, _ in interactions], "responses": [r for _, r in interactions]}
-            if metadata:
-                data["metadata"] = metadata
+            if merged:
+                data["metadata"] = merged
             # Scrubbed once more as a whole, with every secret known now (some are learned late).
-            files.write_atomically(path, serialize(data, _Scrubbed(serializer, self._scrubber)))
+            text = serialize(data, _Scrubbed(serializer, self._scrubber))
+            if text != files.read_text(path):
+                files.write_atomically(path, text)
+
+    def _as_before(self, interactions: list[tuple[VcrRequest, Any]]) -> list[tuple[VcrRequest, Any]]:
+        """Each answer that is the same as the one recorded for its request before the session,
+        replaced by that recording: its ids, dates and stamp as they were."""
+        if not self._before:
+            return interactions
+        earlier: defaultdict[tuple[str, ...], list[tuple[VcrRequest, Any]]] = defaultdict(list)
+        for q, r in zip(self._before[0], self._before[1], strict=True):
+            earlier[self._key(q)].append((q, r))
+        kept = []
+        for q, r in interactions:
+            candidates = earlier.get(self._key(q))
+            old = candidates.pop(0) if candidates else None
+            if old is not None and same_answer(q, old[1], r):
+                q, r = self._request(copy.deepcopy(old[0])), self._response(copy.deepcopy(old[1]))
+                when = metadata.recorded_at(r)
+                if self._expired_before is not None and when is not None and when < self._expired_before:
+                    r = metadata.restamped(r, REAL.wall())
+            kept.append((q, r))
+        return kept
 
     def _theirs(self, path: Path, serializer: Any) -> tuple[list[tuple[VcrRequest, Any]], dict[str, Any]]:
         """What the file holds now (call holding the lock): nothing when it is being re-recorded and
@@ -357,6 +416,17 @@ def _readable_request(scrubber: Scrubber) -> Callable[[VcrRequest], VcrRequest]:
     return before_record_request
 
 
+def parse(text: str) -> tuple[list, list, dict[str, Any]]:
+    """A cassette's text as requests, responses and metadata; raises ValueError or a YAML error."""
+    requests, responses, *found = deserialize(text, ReadableYaml)
+    return requests, responses, (found[0] if found and isinstance(found[0], dict) else {})
+
+
+def serialized(cassette_dict: dict[str, Any]) -> str:
+    """The text of a cassette (``requests``, ``responses``, ``metadata``) as this plugin writes it."""
+    return serialize(cassette_dict, ReadableYaml)
+
+
 def vcr_request(method: str, url: str, body: bytes, headers: dict[str, str]) -> VcrRequest:
     return VcrRequest(method, url, body, headers)
 
@@ -377,14 +447,22 @@ def load(
     matcher: Matcher,
     scrubber: Scrubber,
     session_started: float | None = None,
+    before: tuple[list, list, dict[str, Any]] | None = None,
+    max_age: float | None = None,
 ) -> LLMCassette:
     """Load (or start) a cassette; raises :class:`LLMCassetteError` for an unreadable file.
 
     ``session_started`` (``time.time()``): in ``all`` mode, what the file held before it is replaced.
+    ``before``: what the file held when the session started (:func:`parse`), when the session kept it.
+    ``max_age`` (seconds): an answer older than this that is recorded again unchanged is dated anew.
     """
     rerecord_since = session_started if mode == "all" else None
     persister = AtomicPersister(
-        scrubber, key=lambda request: request_key(request, match_on, ignore), rerecord_since=rerecord_since
+        scrubber,
+        key=lambda request: request_key(request, match_on, ignore),
+        rerecord_since=rerecord_since,
+        before=before,
+        expired_before=REAL.wall() - max_age if max_age is not None else None,
     )
     return LLMCassette.load(
         path=str(path),

@@ -15,7 +15,7 @@ import copy
 import re
 from typing import TYPE_CHECKING, Any
 
-from .base import EventStreamReader, Usage, Wrap, request_json
+from .base import EventStreamReader, Usage, Wrap, payloads, request_json
 from .stainless import StainlessDialect
 
 if TYPE_CHECKING:
@@ -96,6 +96,23 @@ class AnthropicDialect(StainlessDialect):
             return False
         body = request_json(request)
         return isinstance(body, dict) and isinstance(body.get("model"), str) and "messages" in body
+
+    volatile_fields = frozenset({"id"})
+
+    def answer_text(self, body: str) -> str:
+        texts = []
+        for payload in payloads(body):
+            if not isinstance(payload, dict):
+                continue
+            delta = payload.get("delta")
+            if payload.get("type") == "content_block_delta" and isinstance(delta, dict):
+                texts.append(delta.get("text") or "")
+            elif payload.get("type") == "message":
+                texts += [b.get("text") or "" for b in payload.get("content") or () if isinstance(b, dict)]
+        return "".join(t for t in texts if isinstance(t, str))
+
+    def serves(self, path: str) -> bool:
+        return bool(_ROUTE.search(path))
 
     def route_of(self, path: str) -> str:
         match = _ROUTE.search(path)

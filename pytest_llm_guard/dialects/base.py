@@ -51,6 +51,10 @@ class Dialect:
         """The API route without the base URL's prefix, the same for every endpoint serving it."""
         raise NotImplementedError
 
+    def serves(self, path: str) -> bool:
+        """Is ``path`` (a full URL path, or a route) one of this API's routes?"""
+        return False
+
     def model_of(self, request: httpx2.Request, body: Any) -> str | None:
         """The model a request asks for (``body`` is its parsed JSON, or None)."""
         if isinstance(body, dict) and isinstance(body.get("model"), str):
@@ -62,6 +66,15 @@ class Dialect:
         if not isinstance(body, dict):
             return ""
         return _shorten(_last_user_text(body.get("messages")), limit)
+
+    volatile_fields: frozenset[str] = frozenset({"id", "created"})
+    """Answer fields (at any depth, in JSON and in each event of a stream) that differ on every call:
+    ids and timestamps. A re-recorded answer that differs only in them is the same answer."""
+
+    def answer_text(self, body: str) -> str:
+        """The assistant's text in a recorded answer (JSON or an event stream), for a re-record's diff;
+        "" when the body is not one of this API's answers."""
+        return ""
 
     def retry_number(self, request: httpx2.Request) -> int:
         """How many times the SDK that sent ``request`` has retried it already (0: a new call)."""
@@ -325,6 +338,22 @@ class EventStreamReader(BodyReader):
         if problem or self.ended:
             return problem
         return f"stream ended before its end event after {self.events} events"
+
+
+def payloads(body: str) -> list[Any]:
+    """The JSON of a recorded answer: the body itself, or each ``data:`` event of a stream."""
+    try:
+        return [json.loads(body)]
+    except ValueError:
+        pass
+    found = []
+    for line in body.splitlines():
+        if line.startswith("data:"):
+            try:
+                found.append(json.loads(line[5:]))
+            except ValueError:
+                continue
+    return found
 
 
 def request_json(request: httpx2.Request) -> Any:

@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from .base import EventStreamReader, Usage, Wrap, _last_user_text, _shorten, request_json
+from .base import EventStreamReader, Usage, Wrap, _last_user_text, _shorten, payloads, request_json
 from .stainless import StainlessDialect
 
 if TYPE_CHECKING:
@@ -58,6 +58,22 @@ def _usage(obj: Any) -> Usage | None:
     if total is None and prompt is None and completion is None:
         return None
     return Usage(total if total is not None else (prompt or 0) + (completion or 0), prompt, completion)
+
+
+def _text_of(payload: Any) -> str:
+    """The assistant's text in a chat completion, a chunk of one, or a Responses API answer or event."""
+    if not isinstance(payload, dict):
+        return ""
+    if payload.get("type") == "response.output_text.delta":
+        return str(payload.get("delta") or "")
+    texts = []
+    for choice in payload.get("choices") or ():
+        part = (choice.get("message") or choice.get("delta") or {}) if isinstance(choice, dict) else {}
+        texts.append(part.get("content") or "" if isinstance(part, dict) else "")
+    for item in payload.get("output") or ():
+        for content in (item.get("content") or ()) if isinstance(item, dict) else ():
+            texts.append(content.get("text") or "" if isinstance(content, dict) else "")
+    return "".join(t for t in texts if isinstance(t, str))
 
 
 _END_TYPES = frozenset({"response.completed", "response.incomplete", "response.failed", "error"})
@@ -107,6 +123,14 @@ class OpenAIDialect(StainlessDialect):
         if not isinstance(body, dict) or not any(key in body for key in _PROMPT_KEYS):
             return False
         return isinstance(body.get("model"), str) or bool(_AZURE_DEPLOYMENT.search(request.url.path))
+
+    volatile_fields = frozenset({"id", "created", "created_at", "system_fingerprint"})
+
+    def answer_text(self, body: str) -> str:
+        return "".join(_text_of(payload) for payload in payloads(body))
+
+    def serves(self, path: str) -> bool:
+        return bool(_OPENAI_ROUTE.search(path))
 
     def route_of(self, path: str) -> str:
         match = _OPENAI_ROUTE.search(path)
