@@ -153,6 +153,11 @@ class Settings:
         shown="none when CI is set, else once",
     )
     cassette_dir: str | None = _option("cassettes", text, "cassette folder, relative to each test file's folder")
+    replay_speed: float = _option(
+        0.0,
+        number(float, 0, positive=False),
+        "pace of cassette replays: 0 at once, 1 as recorded, N times faster (llm_cassette(speed=...))",
+    )
     match_on: tuple[str, ...] = _option(
         ("method", "path", "body"),
         subset("method", "scheme", "host", "port", "path", "query", "body"),
@@ -411,9 +416,10 @@ MARKERS = {
     "requests) and tokens (from usage).",
     BREAKER_MARKER: f"{BREAKER_MARKER}(endpoints=[names], on_open='fail'|'skip'|'fallback'): pytest-llm-guard: the "
     "endpoints this test may use, and whether it fails, skips or falls back when none of them is available.",
-    CASSETTE_MARKER: f"{CASSETTE_MARKER}(name=None, *, path=None, on_unplayed=..., cassette_max_age=..., "
+    CASSETTE_MARKER: f"{CASSETTE_MARKER}(name=None, *, path=None, speed=None, on_unplayed=..., cassette_max_age=..., "
     "on_expiry=..., match_ignore=[...]): pytest-llm-guard cassette of this test: a shared cassette name in the same "
-    f"folder, an explicit path, or {CASSETTE_MARKER}(False) for live calls without one; and how it is kept true.",
+    f"folder, an explicit path, or {CASSETTE_MARKER}(False) for live calls without one; the pace of its replay "
+    "(speed: 0 at once, 1 as recorded, N times faster); and how it is kept true.",
 }
 
 
@@ -483,9 +489,15 @@ CASSETTE_KEYS = ("on_unplayed", "cassette_max_age", "on_expiry", "match_ignore")
 
 
 def _cassette_marker(settings: Settings, marker: Any, source: str) -> Settings:
-    _refuse_unknown_keys(marker, source, ("name", "path", *CASSETTE_KEYS))
+    """The cassette's name or path, its replay's pace and how it is kept true: each set only when the marker
+    gives it, so ``llm_cassette(speed=1)`` keeps the cassette a farther marker chose."""
+    _refuse_unknown_keys(marker, source, ("name", "path", "speed", *CASSETTE_KEYS))
     args, kwargs = marker.args, dict(marker.kwargs)
     settings = settings.merged({k: kwargs.pop(k) for k in CASSETTE_KEYS if k in kwargs}, source, allowed=CASSETTE_KEYS)
+    if "speed" in kwargs:
+        settings = _replay_speed(settings, kwargs.pop("speed"), source)
+        if not args and not kwargs:
+            return settings
     path = kwargs.pop("path", None)
     name = kwargs.pop("name", args[0] if args else None)
     if kwargs or len(args) > 1 or not (name is None or name is False or isinstance(name, str)):
@@ -502,3 +514,15 @@ def _cassette_marker(settings: Settings, marker: Any, source: str) -> Settings:
         cassette_path=path,
         sources={**settings.sources, "cassette": source},
     )
+
+
+def _replay_speed(settings: Settings, speed: Any, source: str) -> Settings:
+    try:
+        parsed = OPTIONS["replay_speed"].parse(speed)
+    except ValueError:
+        raise LLMGuardConfigError(
+            f"pytest-llm-guard: {source}: speed={speed!r} is not valid; speed must be a non-negative number "
+            "(0: replay at once, 1: as recorded, 2: twice as fast)"
+        ) from None
+    sources = {**settings.sources, "replay_speed": source}
+    return dataclasses.replace(settings, replay_speed=parsed, sources=sources)

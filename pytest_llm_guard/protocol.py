@@ -496,7 +496,7 @@ def _open_cassette(item: pytest.Item, guard: Guard) -> CassetteLayer | None:
                 ),
                 scrubber=guard.scrubber,
                 session_started=session.started_at,
-                clock=guard.clock.now,
+                clock=guard.clock,
             )
         except LLMCassetteError as exc:  # from None: its message once, without a "During handling" copy
             raise pytest.fail.Exception(f"{type(exc).__name__}: {exc}", pytrace=False) from None

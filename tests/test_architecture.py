@@ -106,7 +106,7 @@ def test_a_guarded_call_never_calls_back_up_the_pipeline(primary, backup, tmp_pa
         nodeid=guard.test_id,
         matcher=lambda request, recorded: None,
         scrubber=guard.scrubber,
-        clock=clock.now,
+        clock=clock,
     )
     router = Router(endpoints, MemoryStore(), Settings(breaker_failures=1), clock=clock)
     guard.pipeline = pipeline.build(cassette=cassette, routing=RouterLayer(router, settings))

@@ -31,6 +31,7 @@ EXPECTED = {
     "S6": [GUARD, GUARD + ", no probe"],
     "S7": CASSETTE_LIBRARIES,
     "S8": [GUARD + " installed", "plugin disabled (-p no:llm_guard)"],
+    "S9": [GUARD + " at speed 1", GUARD + " at speed 0"],
 }
 BENCH_EXTRA = {"pytest-recording (vcrpy)": "pytest_recording", "cassetter": "cassetter"}
 

@@ -243,12 +243,13 @@ def stream_length(server) -> int:
     return len(data.split(b"\r\n\r\n", 1)[1])
 
 
-def slow_stream(scale: float, server) -> None:
+def slow_stream(scale: float, server, interval: float = 0.1) -> None:
+    """Answers streamed in SLICES slices, ``interval`` seconds (scaled) apart."""
     server.reply(text=REPLY)
     length = stream_length(server)
     server.reset()
     server.reply(text=REPLY)
-    server.plan(then=Fault.trickle(interval=0.1 * scale, chunk_size=math.ceil(length / SLICES)))
+    server.plan(then=Fault.trickle(interval=interval * scale, chunk_size=math.ceil(length / SLICES)))
 
 
 def s7(quick: bool, scale: float) -> Scenario:

@@ -30,6 +30,14 @@ _ReadableDumper.add_representer(
     str,
     lambda dumper, data: dumper.represent_scalar("tag:yaml.org,2002:str", data, style="|" if "\n" in data else None),
 )
+_ReadableDumper.add_representer(
+    list,  # a list of numbers (a replay's timing) on one line, not a line per number
+    lambda dumper, data: dumper.represent_sequence(
+        "tag:yaml.org,2002:seq",
+        data,
+        flow_style=bool(data) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in data),
+    ),
+)
 
 
 def dump_yaml(data: dict[str, Any]) -> str:

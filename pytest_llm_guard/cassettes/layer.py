@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx2
 
-from ..clock import REAL
+from ..clock import REAL, Clock
 from ..config import OPTIONS, Settings
 from ..dialects import DIALECTS, BodyReader, Dialect, decoding, dialect_for, hear
 from ..errors import LLMCassetteMiss
@@ -24,6 +24,7 @@ from ..report import days, plural
 from ..scrub import Scrubber, find_shapes
 from ..stored import as_text
 from . import metadata, vcr_bridge
+from .timing import TIMING, Pacer, Stopwatch, pieces
 
 if TYPE_CHECKING:
     from ..ledger import Attempt
@@ -37,15 +38,23 @@ def _events(body: bytes) -> list[bytes]:
 
 
 class _Replay(httpx2.SyncByteStream, httpx2.AsyncByteStream):
-    def __init__(self, chunks: list[bytes]) -> None:
-        self._chunks = chunks
+    """A recorded body, piece by piece; with a pacer, each piece when its recorded time comes."""
+
+    def __init__(self, pieces: list[tuple[float, bytes]], pacer: Pacer | None) -> None:
+        self._pieces = pieces
+        self._pacer = pacer
 
     def __iter__(self) -> Iterator[bytes]:
-        yield from self._chunks
+        for number, (at, piece) in enumerate(self._pieces, 1):
+            if self._pacer is not None:
+                self._pacer.until(at, f"chunk {number}")
+            yield piece
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        for chunk in self._chunks:
-            yield chunk
+        for number, (at, piece) in enumerate(self._pieces, 1):
+            if self._pacer is not None:
+                await self._pacer.until_async(at, f"chunk {number}")
+            yield piece
 
 
 class _Tee(httpx2.SyncByteStream, httpx2.AsyncByteStream):
@@ -66,6 +75,7 @@ class _Tee(httpx2.SyncByteStream, httpx2.AsyncByteStream):
         reader: BodyReader,
         attempt: Attempt,
         clock: Callable[[], float],
+        stopwatch: Stopwatch,
         on_complete: Callable[[bytes, bool], None],
         on_abandoned: Callable[[str], None],
         *,
@@ -75,6 +85,7 @@ class _Tee(httpx2.SyncByteStream, httpx2.AsyncByteStream):
         self._reader = reader
         self.attempt = attempt
         self._clock = clock
+        self._stopwatch = stopwatch
         self._on_complete = on_complete
         self._on_abandoned = on_abandoned
         self._loop = loop
@@ -95,6 +106,7 @@ class _Tee(httpx2.SyncByteStream, httpx2.AsyncByteStream):
         return not self._settled and not self.attempt.failed
 
     def _keep(self, chunk: bytes) -> None:
+        self._stopwatch.chunk(len(chunk))
         self._body += chunk
         self._problem = self._problem or self._reader.feed(chunk)
 
@@ -235,7 +247,7 @@ class CassetteLayer:
         nodeid: str,
         mode: str,
         record_failures: bool,
-        clock: Callable[[], float] = REAL.now,
+        clock: Clock = REAL,
         settings: Settings | None = None,
     ) -> None:
         self.cassette = cassette
@@ -257,7 +269,7 @@ class CassetteLayer:
         self.saved = False
         """Whether what the test recorded reached the file (set by :meth:`save`)."""
         self.clock = clock
-        """The guard's clock: an attempt's time left is read from it."""
+        """The guard's clock: an attempt's time left is read from it, a paced replay waits on it."""
         self._bodies: list[_Tee] = []
         self._abandoned: list[tuple[str, str]] = []
 
@@ -265,19 +277,25 @@ class CassetteLayer:
         attempt = ctx.attempt
         self.scrubber.refresh()  # a key set since the last request is a secret too
         recorded = self._vcr_request(request, request.read())
-        replay = self._replay(request, recorded, attempt)
-        if replay is not None:
-            return replay
-        return self._record(request, send(request), recorded, attempt, is_async=False)
+        answer = self._replay(recorded, attempt)
+        if answer is None:
+            return self._record(request, send(request), recorded, attempt, is_async=False)
+        pacer = self._pacer(attempt, answer)
+        if pacer is not None:
+            pacer.until(_headers_at(answer), "headers")
+        return self._response(request, answer, attempt, pacer)
 
     async def handle_async(self, request: httpx2.Request, ctx: AttemptContext, send: AsyncSend) -> httpx2.Response:
         attempt = ctx.attempt
         self.scrubber.refresh()
         recorded = self._vcr_request(request, await request.aread())
-        replay = self._replay(request, recorded, attempt)
-        if replay is not None:
-            return replay
-        return self._record(request, await send(request), recorded, attempt, is_async=True)
+        answer = self._replay(recorded, attempt)
+        if answer is None:
+            return self._record(request, await send(request), recorded, attempt, is_async=True)
+        pacer = self._pacer(attempt, answer)
+        if pacer is not None:
+            await pacer.until_async(_headers_at(answer), "headers")
+        return self._response(request, answer, attempt, pacer)
 
     def finish_bodies(self) -> None:
         """The test's call has ended: answers it stopped reading are read to their end and recorded
@@ -403,27 +421,42 @@ class CassetteLayer:
     def _vcr_request(request: httpx2.Request, body: bytes) -> Any:
         return vcr_bridge.vcr_request(request.method, str(request.url), body, dict(request.headers))
 
-    def _replay(self, request: httpx2.Request, recorded: Any, attempt: Attempt) -> httpx2.Response | None:
+    def _replay(self, recorded: Any, attempt: Attempt) -> dict[str, Any] | None:
+        """The recorded answer to replay (marked played), None to record it, or a miss raised."""
         answer = self.cassette.replay(recorded)
         if answer is not None:
             attempt.source = "replayed"
-            return hear(attempt, self._response(request, answer))
+            return answer
         if self.cassette.write_protected:
             attempt.source = "refused"
             raise self._miss(recorded)
         return None
 
-    @staticmethod
-    def _response(request: httpx2.Request, recorded: dict[str, Any]) -> httpx2.Response:
+    def _pacer(self, attempt: Attempt, answer: dict[str, Any]) -> Pacer | None:
+        """At a speed above 0: a replay cut before its end gives its recording back, so a retry
+        replays it again, as a retry of a live call is sent again."""
+        speed = self.settings.replay_speed
+        if speed <= 0:
+            return None
+        return Pacer(self.clock, attempt, speed, on_cut=lambda: self.cassette.unplay(answer))
+
+    def _response(
+        self, request: httpx2.Request, recorded: dict[str, Any], attempt: Attempt, pacer: Pacer | None
+    ) -> httpx2.Response:
         status, headers, body, message = vcr_bridge.playable(recorded)
         names = {name.lower(): value for name, value in headers}
         streamed = "text/event-stream" in names.get("content-type", "") and not names.get("content-encoding")
-        return httpx2.Response(
-            status,
-            headers=headers,
-            stream=_Replay(_events(body) if streamed else [body]),
-            extensions={"reason_phrase": message.encode("ascii", "replace")} if message else {},
-            request=request,
+        split = _events if streamed else (lambda whole: [whole])
+        stream = _Replay(pieces(body, recorded.get(TIMING), split), pacer)
+        return hear(
+            attempt,
+            httpx2.Response(
+                status,
+                headers=headers,
+                stream=stream,
+                extensions={"reason_phrase": message.encode("ascii", "replace")} if message else {},
+                request=request,
+            ),
         )
 
     def _record(
@@ -431,6 +464,7 @@ class CassetteLayer:
     ) -> httpx2.Response:
         if response.status_code >= 400 and not self.record_failures:
             return response
+        stopwatch = Stopwatch(self.clock.now, attempt.start)
         dialect: Dialect | None = dialect_for(request)
         content_type = response.headers.get("content-type", "")
         reader = decoding(
@@ -456,6 +490,7 @@ class CassetteLayer:
                         sdk=dialect.sdk if dialect is not None else None,
                         now=REAL.wall(),  # a cassette's dates are the calendar's, whatever clock the test runs on
                     ),
+                    TIMING: stopwatch.stored(),
                 },
             )
             if not read_on:  # else it ends (or ended) as live, and the test's record is corrected
@@ -470,7 +505,7 @@ class CassetteLayer:
             )
 
         loop = asyncio.get_running_loop() if is_async else None
-        body = _Tee(response.stream, reader, attempt, self.clock, on_complete, on_abandoned, loop=loop)
+        body = _Tee(response.stream, reader, attempt, self.clock.now, stopwatch, on_complete, on_abandoned, loop=loop)
         self._bodies.append(body)
         response.stream = body
         return response
@@ -538,7 +573,7 @@ def open_cassette(
     matcher: vcr_bridge.Matcher,
     scrubber: Scrubber,
     session_started: float | None = None,
-    clock: Callable[[], float] = REAL.now,
+    clock: Clock = REAL,
 ) -> CassetteLayer:
     """Load (or start) a test's cassette; raises :class:`LLMCassetteError` for an unreadable file."""
     cassette = vcr_bridge.load(
@@ -560,3 +595,8 @@ def open_cassette(
         clock=clock,
         settings=settings,
     )
+
+
+def _headers_at(recorded: dict[str, Any]) -> float:
+    timing = recorded.get(TIMING)
+    return float(timing.get("headers", 0.0)) if isinstance(timing, dict) else 0.0

@@ -31,6 +31,8 @@ from ..scrub import Scrubber
 from . import files, metadata
 from .matching import closest, request_key
 from .review import ids_of_keys, same_answer
+from .timing import TIMING
+from .timing import problem as timing_problem
 
 Matcher = Callable[[VcrRequest, VcrRequest], "bool | None"]
 Key = Callable[[VcrRequest], tuple[str, ...]]
@@ -108,6 +110,17 @@ class LLMCassette(Cassette):
                 self.play_counts[index] += 1
                 return response
         return None
+
+    def unplay(self, response: dict[str, Any]) -> None:
+        """Give back a replayed answer that was cut before its end (a paced replay ran out of time):
+        a retry of the request replays it again."""
+        with self._appending:
+            for index, (_, played) in enumerate(self.data):
+                if played is response and self.play_counts[index] > 0:
+                    self.play_counts[index] -= 1
+                    if self.play_counts[index] == 0:
+                        self._played_interactions = [p for p in self._played_interactions if p[1] is not response]
+                    return
 
     def _responses(self, request: VcrRequest) -> Iterator[tuple[int, dict[str, Any]]]:
         request = self._before_record_request(request)
@@ -215,6 +228,9 @@ def _missing_field(data: Any) -> str | None:
             return f"interaction {number} has no response.status.code"
         if not isinstance(response["body"], dict) or "string" not in response["body"]:
             return f"interaction {number} has no response.body.string"
+        timing = timing_problem(response.get(TIMING))
+        if timing:
+            return f"interaction {number}'s response.{TIMING} {timing}"
     return None
 
 
