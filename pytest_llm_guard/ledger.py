@@ -112,6 +112,9 @@ class Attempt:
     """While the response headers are awaited: the timer that cuts the attempt at its cap."""
     stream: Any = field(default=None, repr=False, compare=False)
     """Its stream budgets and what has arrived so far (``streams.StreamClock``), set by the guard."""
+    read_ahead: tuple[float, list[float]] | None = field(default=None, repr=False, compare=False)
+    """When the transport answered and when each chunk read ahead to the first content arrived (clock
+    times), set by the seam's read-ahead: a recording keeps the times the answer truly arrived at."""
     backoff: float = 0.0
     """Seconds between the end of the failed attempt before it and its start, whoever waited (the
     guard's backoff, a Retry-After, the SDK's own backoff, the application's ``sleep``): set once, by the ledger."""

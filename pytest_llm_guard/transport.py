@@ -364,6 +364,8 @@ class _Ahead(_Reading, httpx2.SyncByteStream, httpx2.AsyncByteStream):
         super().__init__(response, attempt, dialect, decoded=False)
         self._response = response
         self._read: list[bytes] = []
+        self._arrived: list[float] = []
+        attempt.read_ahead = (self._clock.now(), self._arrived)
 
     def _waiting(self) -> bool:
         reader = self._reader
@@ -377,6 +379,7 @@ class _Ahead(_Reading, httpx2.SyncByteStream, httpx2.AsyncByteStream):
                 raise ended
             return False
         self._read.append(chunk)
+        self._arrived.append(self._clock.now())
         self._judge(chunk)
         return True
 

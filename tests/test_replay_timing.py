@@ -8,6 +8,7 @@ arrives, so recorded offsets are exact, and a paced replay's waits are listed in
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -284,6 +285,23 @@ def test_a_paced_replay_longer_than_call_timeout_fails_as_a_live_one_would(tmp_p
     assert "the attempt took longer than its 0.45 s cap (call_timeout)" in attempt.error
     assert "chunk 3 arrived after 0.50 s" in attempt.error
     assert attempt.end - attempt.start == pytest.approx(0.45), "cut at the cap, not after the recorded time"
+
+
+def test_a_paced_replay_that_stalls_longer_than_idle_timeout_is_cut_by_it(tmp_path: Path) -> None:
+    """Stream budgets bind a paced replay as they bind a live stream: a recorded gap longer than
+    idle_timeout ends the attempt at the budget, with its own message."""
+    path = tmp_path / "stream.yaml"
+    record_stream(path)
+    gaps = [b - a for a, b in itertools.pairwise(timings(path)[0]["chunks"])]
+    idle = min(g for g in gaps if g > 0) / 2  # shorter than every recorded gap: the second chunk is late
+    clock = FakeClock()
+    with pytest.raises(LLMBudgetExceeded):
+        with guarded(path, clock, "none", replay_speed=1, idle_timeout=idle, retries=0) as guard:
+            with client(Server(clock)) as chat:
+                ask_stream(chat)
+    (attempt,) = guard.events
+    assert attempt.source == "replayed" and attempt.cause == "idle_timeout"
+    assert f"stalled {idle:g} s after chunk 1 (idle_timeout)" in (attempt.error or "")
 
 
 def test_a_replay_cut_before_its_headers_is_given_back_and_replayed_again_by_the_retry(tmp_path: Path) -> None:

@@ -464,7 +464,7 @@ class CassetteLayer:
     ) -> httpx2.Response:
         if response.status_code >= 400 and not self.record_failures:
             return response
-        stopwatch = Stopwatch(self.clock.now, attempt.start)
+        stopwatch = Stopwatch(self.clock.now, attempt.start, attempt.read_ahead)
         dialect: Dialect | None = dialect_for(request)
         content_type = response.headers.get("content-type", "")
         reader = decoding(

@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 import httpx2
 
+from ..streams import chunk_due
+
 if TYPE_CHECKING:
     from ..clock import Clock
     from ..ledger import Attempt
@@ -43,16 +45,24 @@ def _ms(seconds: float) -> float:
 class Stopwatch:
     """The arrival times of one answer being recorded, from its attempt's start."""
 
-    def __init__(self, clock: Callable[[], float], start: float) -> None:
+    def __init__(
+        self, clock: Callable[[], float], start: float, read_ahead: tuple[float, list[float]] | None = None
+    ) -> None:
+        """``read_ahead``: the seam read the answer's first chunks before this layer saw it; their
+        times (and the headers') are taken from it, not from when they are handed on."""
         self._clock = clock
         self._start = start
-        self.headers = _ms(clock() - start)
+        answered, self._ahead = read_ahead if read_ahead is not None else (clock(), [])
+        self.headers = _ms(answered - start)
+        self._handed = 0
         self.chunks: list[float] = []
         self.sizes: list[int] = []
 
     def chunk(self, size: int) -> None:
+        ahead = self._ahead[self._handed] if self._handed < len(self._ahead) else None
+        self._handed += 1
         if size:
-            self.chunks.append(_ms(self._clock() - self._start))
+            self.chunks.append(_ms((ahead if ahead is not None else self._clock()) - self._start))
             self.sizes.append(size)
 
     def stored(self) -> dict[str, Any]:
@@ -133,8 +143,8 @@ class Pacer:
         self._clock = clock
         self._attempt = attempt
         self.speed = speed
-        self._due = due or (lambda: attempt.start + attempt.cap)
-        self._late = late or self._cap_cut
+        self._due = due or self._budgets_due
+        self._late = late or self._budget_cut
         self._on_cut = on_cut
 
     def _wait(self, offset: float, phase: str) -> tuple[float, BaseException | None]:
@@ -163,6 +173,15 @@ class Pacer:
         except BaseException:
             self._on_cut()
             raise
+
+    def _budgets_due(self) -> float:
+        """The end of the attempt's cap, or sooner a stream budget (first token, idle gap) the seam keeps."""
+        return min(self._attempt.start + self._attempt.cap, chunk_due(self._attempt)[0])
+
+    def _budget_cut(self, phase: str, offset: float) -> BaseException:
+        """The limit that came first: a stream budget (its own message, cause recorded by the seam) or the cap."""
+        when, error = chunk_due(self._attempt)
+        return error if when < self._attempt.start + self._attempt.cap else self._cap_cut(phase, offset)
 
     def _cap_cut(self, phase: str, offset: float) -> BaseException:
         """The attempt's cap ends before the recording's next piece: a read timeout, as live."""
