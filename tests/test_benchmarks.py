@@ -33,6 +33,8 @@ EXPECTED = {
     "S8": [GUARD + " installed", "plugin disabled (-p no:llm_guard)"],
     "S9": [GUARD + " at speed 1", GUARD + " at speed 0"],
 }
+pytestmark = pytest.mark.benchmarks  # its own command, `pytest -m benchmarks`: see pyproject.toml
+
 BENCH_EXTRA = {"pytest-recording (vcrpy)": "pytest_recording", "cassetter": "cassetter"}
 
 

@@ -206,9 +206,9 @@ import pytest
 URL = os.environ["LEARN_FAULT_URL"]
 
 def ask(prefix, model, times):
-    client = openai.OpenAI(base_url=f"{URL}/{prefix}/v1", api_key="sk-test", max_retries=0)
-    for _ in range(times):
-        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+    with openai.OpenAI(base_url=f"{URL}/{prefix}/v1", api_key="sk-test", max_retries=0) as client:
+        for _ in range(times):
+            client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
 
 @pytest.mark.llm_budget()
 def test_fast():
@@ -228,8 +228,8 @@ from pytest_llm_guard.fault import Fault
 URL = os.environ["LEARN_FAULT_URL"]
 
 def ask(prefix, model, **options):
-    client = openai.OpenAI(base_url=f"{URL}/{prefix}/v1", api_key="sk-test", **options)
-    return client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+    with openai.OpenAI(base_url=f"{URL}/{prefix}/v1", api_key="sk-test", **options) as client:
+        return client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
 
 @pytest.mark.llm_budget()
 def test_fast_hangs():
@@ -244,12 +244,12 @@ def test_slow_is_healthy():
 def test_own_loop(llm_fault_server):
     # the application's own client (the SDK's default max_retries=2) in its own retry loop
     llm_fault_server.plan(then=Fault.status(503, retry_after_ms=1))
-    client = openai.OpenAI(base_url=llm_fault_server.base_url, api_key="sk-test")
-    for _ in range(5):
-        try:
-            client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
-        except Exception:
-            continue
+    with openai.OpenAI(base_url=llm_fault_server.base_url, api_key="sk-test") as client:
+        for _ in range(5):
+            try:
+                client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+            except Exception:
+                continue
 """
 
 

@@ -79,7 +79,8 @@ def test_mistyped_breaker_and_cassette_marker_keys_say_which_key_was_meant(pytes
             "pytest-llm-guard: unknown key 'on_opne' in @pytest.mark.llm_breaker on test_a.py::test_breaker; "
             "did you mean 'on_open'? allowed keys: endpoints, on_open",
             "pytest-llm-guard: unknown key 'paht' in @pytest.mark.llm_cassette on test_a.py::test_cassette; "
-            "did you mean 'path'? allowed keys: name, path, on_unplayed, cassette_max_age, on_expiry, match_ignore",
+            "did you mean 'path'? allowed keys: name, path, speed, on_unplayed, cassette_max_age, on_expiry, "
+            "match_ignore",
         ]
     )
 
@@ -231,8 +232,8 @@ def test_an_unguarded_test_of_the_fault_server_is_told_to_guard_it_without_a_cas
         import openai
 
         def test_retry(llm_fault_server):
-            client = openai.OpenAI(base_url=llm_fault_server.base_url, api_key="sk-test")
-            client.models.list()
+            with openai.OpenAI(base_url=llm_fault_server.base_url, api_key="sk-test") as client:
+                client.models.list()
         """
     )
     result = pytester.runpytest()
