@@ -16,7 +16,7 @@ from vcr.serializers import yamlserializer
 from pytest_llm_guard.cassettes import canonical_body, request_key, review
 from pytest_llm_guard.config import Settings, apply_markers
 from pytest_llm_guard.errors import LLMGuardConfigError
-from pytest_llm_guard.fault import FaultServer
+from pytest_llm_guard.fault import Fault, FaultServer
 
 pytest_plugins = ["pytester"]
 
@@ -156,6 +156,18 @@ def test_metadata_and_a_rerecord_that_changes_nothing_leaves_the_file_alone(
     assert again[0] == data["interactions"][0]  # the unchanged answer as it was recorded
     assert "a new answer" in again[1]["response"]["body"]["string"]
     assert again[1]["recorded"]["at"] >= data["interactions"][1]["recorded"]["at"]
+
+
+def test_a_recording_run_that_recorded_nothing_has_nothing_to_review(project: pytest.Pytester, server) -> None:
+    """Every answer failed (a 503, not recorded): no cassette was written, and the summary does not
+    announce a review of zero interactions."""
+    server.plan(then=Fault.status(503))
+    project.makepyfile(test_app=STABLE_TESTS)
+    result = project.runpytest("--llm-record=all", "--llm-retries=0")
+    result.assert_outcomes(failed=1)
+    assert not (project.path / "cassettes").exists()
+    result.stdout.no_fnmatch_line("*llm-guard: cassettes*")
+    result.stdout.no_fnmatch_line("*recorded into*")
 
 
 DRIFTING_SUITE = """

@@ -112,7 +112,9 @@ def judge(notes: Iterable[Mapping[str, Any]], before: Callable[[str], str | None
                 _prune(Path(path), unplayed, key)
                 now = _interactions(files.read_text(Path(path)))
         if recording:
-            upkeep.reviews.append(review(path, _interactions(kept), now, key, unplayed))
+            found = review(path, _interactions(kept), now, key, unplayed)
+            if found.touched or found.unchanged:  # a cassette nothing was recorded into has nothing to review
+                upkeep.reviews.append(found)
     if upkeep.reviews:
         used = {Path(path).resolve() for path in by_path}
         folders = {path.parent for path in used}
