@@ -193,7 +193,6 @@ async def test_an_async_clients_hang_is_cut_at_its_learned_limit(llm_guard, llm_
             await client.chat.completions.create(model="fast", messages=HELLO)
     [cut] = llm_guard.events
     assert (cut.cap, cut.cause, cut.category) == (pytest.approx(0.15), "learned call_timeout", "timeout")
-    assert cut.duration < 1
 
 
 # -- across pytest runs ---------------------------------------------------------------
