@@ -159,11 +159,13 @@ def pytest_configure(config: pytest.Config) -> None:
         workerinput=getattr(config, "workerinput", None),
         distributed=config.getoption("dist", "no") != "no" and bool(config.getoption("tx", None)),
         prices=load_prices(table.get("prices"), str(pyproject)),
+        root_name=config.rootpath.name,
+        warn=lambda message: _warn(config, ConfigWarning(message, f"state_url ({settings.source_of('state_url')})")),
     )
     session.learned = learned.for_session(settings, config.rootpath)
     config.stash[SESSION] = session
     config.pluginmanager.register(_Records(session), "llm_guard_records")
-    if session.folder is not None:
+    if session.handoff:
         config.pluginmanager.register(_XdistHandoff(session), "llm_guard_xdist_state")
 
 

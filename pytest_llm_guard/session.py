@@ -3,8 +3,9 @@
 Why in the state store: under ``pytest -n`` each worker runs part of the suite, and a
 breaker or a limit that each worker kept alone would rediscover a dead endpoint, or
 allow N times what was asked. The xdist controller creates an SQLite store and hands
-its folder to the workers; a lone process keeps it in memory; a plugin may return a
-network store (``pytest_llm_guard_state_store``).
+its folder to the workers; a lone process keeps it in memory; with ``state_url`` every
+process keeps it in Redis (``state_redis.py``), and falls back to the store it would
+have had otherwise; a plugin may return a store of its own (``pytest_llm_guard_state_store``).
 
 Session budgets are checked when a guarded test starts; once a limit is spent the
 remaining guarded tests skip (or fail, ``on_session_spent``) with the reason, and the
@@ -17,9 +18,10 @@ test asks for it.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +39,12 @@ if TYPE_CHECKING:
 KEY = "session"
 STATE_FOLDER_INPUT = "llm_guard_state_folder"
 """xdist ``workerinput`` key: the folder of the SQLite store the controller created."""
+
+
+def _sqlite_or_memory(folder: Path) -> Callable[[], StateStore]:
+    """The SQLite store in the controller's folder, opened when first needed; in memory on a host
+    where that folder does not exist (an xdist worker on another machine, falling back from Redis)."""
+    return lambda: SqliteStore.in_folder(folder) if folder.is_dir() else MemoryStore()
 
 
 class SessionBudget:
@@ -121,6 +129,8 @@ class Session:
         self.store = store
         self.folder = folder
         """The SQLite folder this process created (the xdist controller) and must remove."""
+        self.handoff: dict[str, str] = {}
+        """What the xdist controller hands each worker (``workerinput``): the store's folder, its session id."""
         self.budget = SessionBudget(settings, store, clock=clock)
         self._started_at: float | None = None
         self._router: Router | None = None
@@ -137,20 +147,38 @@ class Session:
         workerinput: Mapping[str, Any] | None,
         distributed: bool,
         prices: Prices | None = None,
+        root_name: str,
+        warn: Callable[[str], None],
+        environ: Mapping[str, str] = os.environ,
     ) -> Session:
-        """A plugin's store; else an xdist worker opens the controller's SQLite file, the controller
-        creates it (to hand over, and remove at the end), and a lone process stays in memory."""
+        """A plugin's store; else Redis with ``state_url``; else (and as Redis's fallback) an xdist
+        worker opens the controller's SQLite file, the controller creates it (to hand over, and
+        remove at the end), and a lone process stays in memory. ``warn``: how a warning about the
+        store is shown (from the configuration step)."""
         folder = None
+        handoff: dict[str, str] = {}
+        local: Callable[[], StateStore]
+        if workerinput is not None and STATE_FOLDER_INPUT in workerinput:
+            local = _sqlite_or_memory(Path(workerinput[STATE_FOLDER_INPUT]))
+        elif distributed and plugin_store is None:
+            folder = Path(tempfile.mkdtemp(prefix="pytest-llm-guard-"))
+            handoff[STATE_FOLDER_INPUT] = str(folder)
+            local = _sqlite_or_memory(folder)
+        else:
+            local = MemoryStore
         if plugin_store is not None:
             store: StateStore = plugin_store
-        elif workerinput is not None and STATE_FOLDER_INPUT in workerinput:
-            store = SqliteStore.in_folder(Path(workerinput[STATE_FOLDER_INPUT]))
-        elif distributed:
-            folder = Path(tempfile.mkdtemp(prefix="pytest-llm-guard-"))
-            store = SqliteStore.in_folder(folder)
+        elif settings.state_url:
+            from .state_redis import open_store
+
+            store, shared = open_store(
+                settings, local, root_name=root_name, workerinput=workerinput, environ=environ, warn=warn
+            )
+            handoff.update(shared)
         else:
-            store = MemoryStore()
+            store = local()
         session = cls(settings, endpoints, store, folder, prices)
+        session.handoff = handoff
         if workerinput is None:
             session._started_at = session.budget.start()
         return session
@@ -217,9 +245,8 @@ class Session:
         return self.store.get(f"cassette-before:{Path(path).resolve()}").get("text")
 
     def configure_node(self, node: Any) -> None:
-        """xdist: hand the controller's store folder to a worker."""
-        if self.folder is not None:
-            node.workerinput[STATE_FOLDER_INPUT] = str(self.folder)
+        """xdist: hand the controller's store (its folder, its session id) to a worker."""
+        node.workerinput.update(self.handoff)
 
     def close(self) -> None:
         self.store.close()
