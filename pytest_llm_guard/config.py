@@ -41,6 +41,8 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 ENV_PREFIX = "LLM_GUARD_"
+NOT_OPTIONS = frozenset({"LLM_GUARD_RUN_ID"})
+"""``LLM_GUARD_*`` variables that are no option: the run id sessions share a store under (``state_redis.py``)."""
 INI_PREFIX = "llm_"
 PYPROJECT_TABLE = "tool.pytest_llm_guard"
 
@@ -362,7 +364,7 @@ def read_environment(environ: Mapping[str, str]) -> tuple[dict[str, str], list[C
     warnings: list[ConfigWarning] = []
     known = [o.env for o in OPTIONS.values()]
     for var, value in environ.items():
-        if not var.startswith(ENV_PREFIX):
+        if not var.startswith(ENV_PREFIX) or var in NOT_OPTIONS:
             continue
         name = var[len(ENV_PREFIX) :].lower()
         if name not in OPTIONS:

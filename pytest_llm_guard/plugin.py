@@ -160,7 +160,7 @@ def pytest_configure(config: pytest.Config) -> None:
         distributed=config.getoption("dist", "no") != "no" and bool(config.getoption("tx", None)),
         prices=load_prices(table.get("prices"), str(pyproject)),
         root_name=config.rootpath.name,
-        warn=lambda message: _warn(config, ConfigWarning(message, f"state_url ({settings.source_of('state_url')})")),
+        warn=lambda message: _warn(config, ConfigWarning(message, "state_url")),
     )
     session.learned = learned.for_session(settings, config.rootpath)
     config.stash[SESSION] = session

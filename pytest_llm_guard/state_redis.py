@@ -183,6 +183,7 @@ class FallbackStore:
         import redis
 
         self._remote: RedisStore | None = remote
+        self._client = remote
         self._url = remote.url
         self._secrets = remote.secrets
         self._make_local = local
@@ -200,8 +201,7 @@ class FallbackStore:
     def _fallen(self, error: Exception) -> StateStore:
         with self._lock:
             if self._remote is not None:
-                remote, self._remote = self._remote, None
-                _close_quietly(remote)
+                self._remote = None  # closed at the end: other threads may still be waiting on it
                 self._local = self._make_local()
                 _warn_quietly(
                     self._warn,
@@ -234,14 +234,12 @@ class FallbackStore:
         return self._local.update(key, change)
 
     def close(self) -> None:
-        remote = self._remote
-        if remote is not None:
-            if self._forget:
-                try:
-                    remote.forget()
-                except self._lost:
-                    pass  # its keys expire by themselves (TTL)
-            _close_quietly(remote)
+        if self._remote is not None and self._forget:
+            try:
+                self._remote.forget()
+            except self._lost:
+                pass  # its keys expire by themselves (TTL)
+        _close_quietly(self._client)
         if self._local is not None:
             self._local.close()
 
@@ -269,14 +267,14 @@ def open_store(
         import redis
     except ImportError:
         raise LLMGuardConfigError(
-            f"pytest-llm-guard: {where} needs redis-py, which is not installed; "
-            "pip install 'pytest-llm-guard[redis]'"
+            f"pytest-llm-guard: {where} needs redis-py, which is not installed; pip install 'pytest-llm-guard[redis]'"
         ) from None
     own = workerinput[SESSION_ID_INPUT] if workerinput and SESSION_ID_INPUT in workerinput else uuid.uuid4().hex[:12]
     run, shared_by = run_id(environ, own)
     namespace = settings.state_namespace or root_name or "pytest-llm-guard"
     password = environ.get("REDIS_PASSWORD") or None
-    remote = RedisStore(url, prefix=f"{namespace}:{run}:", session_prefix=f"{namespace}:{run}:{own}:", password=password)
+    prefix = f"{namespace}:{run}:"
+    remote = RedisStore(url, prefix=prefix, session_prefix=f"{prefix}{own}:", password=password)
     try:
         remote.ping()
     except redis.AuthenticationError as error:
@@ -293,7 +291,7 @@ def open_store(
         if workerinput is None and settings.state_fallback == "fail":
             raise LLMGuardConfigError(
                 f"pytest-llm-guard: cannot reach the shared state store {masked(url)} ({where}): {why}. "
-                "Start the Redis server or correct the URL; or set state_fallback = \"local\" to keep state on "
+                'Start the Redis server or correct the URL; or set state_fallback = "local" to keep state on '
                 "this machine when it is unreachable."
             ) from None
         _warn_quietly(
