@@ -37,12 +37,12 @@ import json
 import logging
 import random
 import threading
-import time
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from .clock import REAL
 from .config import Settings
 from .errors import LLMGuardConfigError
 from .state import Record, StateStore
@@ -151,7 +151,7 @@ class RedisStore:
                 return result  # nothing changed: nothing to write
             if self._check_and_set(keys=[full], args=[held, json.dumps(record), self.ttl]):
                 return result
-            time.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))
+            REAL.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))
         raise StoreContention(
             f"pytest-llm-guard: {TRIES} updates of {full} in {masked(self.url)} in a row lost to other processes' "
             "writes; if many processes update one key that often, tell the plugin's maintainers"
