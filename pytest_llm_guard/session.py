@@ -37,6 +37,9 @@ if TYPE_CHECKING:
     from .routing import Router
 
 KEY = "session"
+CASSETTE_CLOCK = "cassette-clock"
+"""This session's own start, by which it judges its cassette files: with ``state_url`` the sessions
+of a run share ``KEY`` (its budgets, from the run's first start), never this (``state_redis.py``)."""
 STATE_FOLDER_INPUT = "llm_guard_state_folder"
 """xdist ``workerinput`` key: the folder of the SQLite store the controller created."""
 
@@ -59,7 +62,8 @@ class SessionBudget:
         return any(limit is not None for limit in (s.session_deadline, s.max_calls, s.max_tokens, s.max_cost))
 
     def start(self) -> float:
-        """Mark the session's start, once: by the xdist controller, or the only process. Returns it."""
+        """Mark the session's start (the run's, when sessions share a store), once: by the xdist
+        controller, or the only process. Returns it."""
         now = self.clock.wall()
 
         def change(record: dict[str, Any]) -> float:
@@ -180,7 +184,9 @@ class Session:
         session = cls(settings, endpoints, store, folder, prices)
         session.handoff = handoff
         if workerinput is None:
-            session._started_at = session.budget.start()
+            session.budget.start()
+            now = session.clock.wall()
+            session._started_at = store.update(CASSETTE_CLOCK, lambda record: float(record.setdefault("started", now)))
         return session
 
     @property
@@ -188,7 +194,7 @@ class Session:
         """When the session started (``Clock.wall``), the same for every xdist worker: what a cassette
         held "before this session" is judged by it (``once``, and ``all`` replacing the old file)."""
         if self._started_at is None:
-            self._started_at = float(self.store.get(KEY).get("started", self.clock.wall()))
+            self._started_at = float(self.store.get(CASSETTE_CLOCK).get("started", self.clock.wall()))
         return self._started_at
 
     @property

@@ -24,11 +24,14 @@ server, and a CI run's budgets by its day. A session that ran on its own id (no 
 id) deletes its keys when it ends.
 
 Never hang on it: each call waits at most ``timeout`` (1 s) to connect or answer, with no
-retries by redis-py. Unreachable at the start: a usage error naming the URL (its password
+retries by redis-py (a test's deadline cuts a call in the main thread, as it cuts any other
+wait). Unreachable at the start: a usage error naming the URL (its password
 masked: :func:`masked`), or, with ``state_fallback = "local"``, a warning and this
 machine's store. Lost later: one warning, and this process keeps its state in the local
 store from then on (:class:`FallbackStore`); no test fails for it. A wrong password is
-always an error: it is a mistake to correct, not an outage to ride out.
+always an error: it is a mistake to correct, not an outage to ride out. An xdist worker
+follows its controller: on Redis if the controller is, and warns (never fails) if it cannot
+reach it itself.
 """
 
 from __future__ import annotations
@@ -60,7 +63,8 @@ RUN_IDS = (("LLM_GUARD_RUN_ID",), ("GITHUB_RUN_ID", "GITHUB_RUN_ATTEMPT"), ("CI_
            ("BUILDKITE_BUILD_ID",), ("CIRCLE_WORKFLOW_ID",))  # fmt: skip
 """Environment variables naming a run that several sessions share, first found wins (with its attempt)."""
 SESSION_SCOPED = ("cassette",)
-"""Key prefixes of one session's own records (its checkout's cassettes), never shared by a run."""
+"""Key prefixes of one session's own records, never shared by a run: its checkout's cassettes, and its
+own start they are judged by (``session.CASSETTE_CLOCK``)."""
 SESSION_ID_INPUT = "llm_guard_session_id"
 """xdist ``workerinput`` key: the controller's session id, shared by its workers."""
 
@@ -269,7 +273,9 @@ def open_store(
         raise LLMGuardConfigError(
             f"pytest-llm-guard: {where} needs redis-py, which is not installed; pip install 'pytest-llm-guard[redis]'"
         ) from None
-    own = workerinput[SESSION_ID_INPUT] if workerinput and SESSION_ID_INPUT in workerinput else uuid.uuid4().hex[:12]
+    if workerinput is not None and SESSION_ID_INPUT not in workerinput:
+        return local(), {}  # the controller keeps its state locally (state_fallback = local): so do its workers
+    own = workerinput[SESSION_ID_INPUT] if workerinput is not None else uuid.uuid4().hex[:12]
     run, shared_by = run_id(environ, own)
     namespace = settings.state_namespace or root_name or "pytest-llm-guard"
     password = environ.get("REDIS_PASSWORD") or None
@@ -297,7 +303,8 @@ def open_store(
         _warn_quietly(
             warn,
             f"pytest-llm-guard: cannot reach the shared state store {masked(url)} ({where}): {why}; this "
-            "process keeps breakers, cooldowns and session budgets on this machine (state_fallback = local).",
+            "process keeps breakers, cooldowns and session budgets on this machine"
+            + (" (state_fallback = local)." if workerinput is None else ", unseen by the run's other machines."),
         )
         return local(), {}
     store = FallbackStore(remote, local, warn, forget=shared_by is None and workerinput is None)
