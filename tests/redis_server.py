@@ -14,6 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import pytest
 
@@ -58,10 +59,14 @@ class RedisServer:
         except OSError:
             return False
 
-    def flush(self) -> None:
+    def client(self) -> Any:
+        """A redis-py client of this server, answering strings."""
         import redis
 
-        with redis.Redis.from_url(self.url, password=self.password) as client:
+        return redis.Redis.from_url(self.url, password=self.password, decode_responses=True)
+
+    def flush(self) -> None:
+        with self.client() as client:
             client.flushall()
 
     def pause(self) -> None:

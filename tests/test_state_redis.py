@@ -199,3 +199,27 @@ def test_a_wrong_password_is_a_clear_error_that_shows_no_password(pytester: pyte
     assert f"the Redis server {guarded.url}" in output and "refused REDIS_PASSWORD" in output
     assert "Put the right password in the URL or in REDIS_PASSWORD" in output
     assert PASSWORD not in output
+
+
+def test_a_run_shares_its_session_budgets_and_a_session_alone_leaves_no_keys(
+    pytester: pytest.Pytester, backup: FaultServer, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _redis_project(pytester, backup, url=redis_server.url, options="max_calls = 3")
+    pytester.makepyfile(test_app=calls_file(tests=2, calls=1))
+    for variable in ("GITHUB_RUN_ID", "CI_PIPELINE_ID", "BUILDKITE_BUILD_ID", "CIRCLE_WORKFLOW_ID"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("LLM_GUARD_RUN_ID", "shards")
+    first = pytester.runpytest()
+    first.assert_outcomes(passed=2)
+    assert "unknown environment variable" not in first.stdout.str()
+    pytester.runpytest("-rs").assert_outcomes(passed=1, skipped=1)  # the run's third call was its last
+    keys = redis_server.client().keys("*")
+    assert sorted(k for k in keys if not k.endswith(":cassette-clock")) == [
+        "t:shards:endpoint:primary",
+        "t:shards:session",
+    ]
+    assert len([k for k in keys if k.endswith(":cassette-clock")]) == 2, "each session keeps its own start"
+
+    monkeypatch.delenv("LLM_GUARD_RUN_ID")
+    pytester.runpytest().assert_outcomes(passed=2)  # on its own id: a budget of its own
+    assert sorted(redis_server.client().keys("*")) == sorted(keys), "and it deleted its keys at its end"
