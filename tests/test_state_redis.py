@@ -13,9 +13,11 @@ import pytest
 from redis_server import RedisServer
 from test_routing import calls_file, project
 
+from pytest_llm_guard.config import Settings
+from pytest_llm_guard.errors import LLMGuardConfigError
 from pytest_llm_guard.fault import Fault, FaultServer
 from pytest_llm_guard.state import MemoryStore
-from pytest_llm_guard.state_redis import FallbackStore, RedisStore, masked, run_id
+from pytest_llm_guard.state_redis import FallbackStore, RedisStore, masked, open_store, run_id
 
 PASSWORD = "s3cret:p@ss"
 QUOTED = "s3cret%3Ap%40ss"  # as a URL writes it
@@ -223,3 +225,23 @@ def test_a_run_shares_its_session_budgets_and_a_session_alone_leaves_no_keys(
     monkeypatch.delenv("LLM_GUARD_RUN_ID")
     pytester.runpytest().assert_outcomes(passed=2)  # on its own id: a budget of its own
     assert sorted(redis_server.client().keys("*")) == sorted(keys), "and it deleted its keys at its end"
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        (f"http://:{QUOTED}@cache:6379", "http://:***@cache:6379 is not a Redis URL; write redis://host:6379/0"),
+        (
+            f"redis://:{QUOTED}@cache:6379",
+            "needs redis-py, which is not installed; pip install 'pytest-llm-guard[redis]'",
+        ),
+    ],
+)
+def test_a_wrong_url_or_a_missing_redis_py_is_a_usage_error(
+    url: str, said: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "redis", None)  # import redis fails, as where it is not installed
+    with pytest.raises(LLMGuardConfigError) as raised:
+        open_store(Settings(state_url=url), MemoryStore, root_name="app", workerinput=None, environ={}, warn=print)
+    assert said in str(raised.value)
+    assert QUOTED not in str(raised.value) and PASSWORD not in str(raised.value)
