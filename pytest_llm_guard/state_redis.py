@@ -133,6 +133,7 @@ class RedisStore:
             socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 0),  # one wait of ``timeout`` at most, never several
             decode_responses=True,
+            protocol=2,  # RESP2: every Redis (and Valkey) server speaks it; redis-py 8 asks for RESP3 (Redis 6+)
         )
         self._check_and_set = self._client.register_script(_CHECK_AND_SET)
 
@@ -158,7 +159,7 @@ class RedisStore:
             REAL.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))
         raise StoreContention(
             f"pytest-llm-guard: {TRIES} updates of {full} in {masked(self.url)} in a row lost to other processes' "
-            "writes; if many processes update one key that often, tell the plugin's maintainers"
+            "writes; more processes than this store was built for share one key: tell the plugin's maintainers how many"
         )
 
     def forget(self) -> None:
@@ -187,7 +188,7 @@ class FallbackStore:
         import redis
 
         self._remote: RedisStore | None = remote
-        self._client = remote
+        self._opened = remote  # closed at the end, even after a loss: other threads may have waited on it
         self._url = remote.url
         self._secrets = remote.secrets
         self._make_local = local
@@ -205,7 +206,7 @@ class FallbackStore:
     def _fallen(self, error: Exception) -> StateStore:
         with self._lock:
             if self._remote is not None:
-                self._remote = None  # closed at the end: other threads may still be waiting on it
+                self._remote = None
                 self._local = self._make_local()
                 _warn_quietly(
                     self._warn,
@@ -243,7 +244,7 @@ class FallbackStore:
                 self._remote.forget()
             except self._lost:
                 pass  # its keys expire by themselves (TTL)
-        _close_quietly(self._client)
+        _close_quietly(self._opened)
         if self._local is not None:
             self._local.close()
 

@@ -54,10 +54,11 @@ def test_keys_carry_the_run_and_expire_and_cassette_keys_are_the_sessions_own(re
     store.update("endpoint:primary", lambda record: record.update(open=True))
     store.update("cassette:/x.yaml", lambda record: record.update(existed=True))
     store.update("session", lambda record: None)  # changes nothing: writes nothing
-    client = store._client
+    store.close()
+    client = redis_server.client()
     assert sorted(client.keys("*")) == ["proj:run1:endpoint:primary", "proj:run1:me:cassette:/x.yaml"]
     assert 0 < client.ttl("proj:run1:endpoint:primary") <= 24 * 3600
-    store.close()
+    client.close()
 
 
 _INCREMENTS = """
