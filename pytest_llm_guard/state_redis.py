@@ -301,12 +301,14 @@ def open_store(
                 'Start the Redis server or correct the URL; or set state_fallback = "local" to keep state on '
                 "this machine when it is unreachable."
             ) from None
-        _warn_quietly(
-            warn,
+        message = (
             f"pytest-llm-guard: cannot reach the shared state store {masked(url)} ({where}): {why}; this "
             "process keeps breakers, cooldowns and session budgets on this machine"
-            + (" (state_fallback = local)." if workerinput is None else ", unseen by the run's other machines."),
         )
+        if workerinput is None:
+            warn(message + " (state_fallback = local).")  # at the start: -W error makes it a usage error
+        else:
+            _warn_quietly(warn, message + ", unseen by the run's other machines.")  # a worker: never ends it
         return local(), {}
     store = FallbackStore(remote, local, warn, forget=shared_by is None and workerinput is None)
     return store, {SESSION_ID_INPUT: own}

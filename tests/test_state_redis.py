@@ -112,6 +112,19 @@ def test_a_hung_server_costs_one_timeout_then_the_local_store_answers(own_redis:
     store.close()
 
 
+def test_losing_redis_where_warnings_are_errors_fails_nothing_and_logs_it(
+    own_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    def warn(message: str) -> None:
+        raise pytest.PytestConfigWarning(message)  # what -W error makes of the warning
+
+    store = FallbackStore(RedisStore(own_redis.url, prefix="p:", session_prefix="p:me:"), MemoryStore, warn)
+    own_redis.kill()
+    assert store.update("k", lambda record: record.setdefault("n", 1)) == 1
+    assert [r.getMessage() for r in caplog.records if "lost the shared state store" in r.getMessage()]
+    store.close()
+
+
 def _redis_project(pytester: pytest.Pytester, *servers: FaultServer, url: str, options: str = "") -> None:
     project(pytester, *servers, options=f'state_url = "{url}"\nstate_namespace = "t"\n{options}')
 
