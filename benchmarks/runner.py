@@ -193,7 +193,7 @@ class Runner:
                 path.write_text(text)
             sample = self._pytest(unit, context)
             sample.requests = {name: len(s.requests) for name, s in servers.items()}
-            for _ in range(1, unit.sessions):  # each later session: its time added, its requests apart
+            for _ in range(1, unit.sessions if sample.error is None else 1):  # its time and tests added
                 before = sample.requests
                 later = self._pytest(unit, context)
                 sample.requests = {name: len(s.requests) for name, s in servers.items()}
@@ -205,6 +205,7 @@ class Runner:
                     return sample
                 sample.session_s = (sample.session_s or 0.0) + later.session_s
                 sample.process_s += later.process_s
+                sample.outcomes = {k: sample.outcomes.get(k, 0) + n for k, n in later.outcomes.items()}
             if unit.check is not None and sample.error is None:
                 unit.check(context, servers, sample)
             return sample
