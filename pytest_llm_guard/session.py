@@ -178,7 +178,8 @@ class Session:
             store, shared = open_store(
                 settings, local, root_name=root_name, workerinput=workerinput, environ=environ, warn=warn
             )
-            handoff.update(shared)
+            if distributed:  # only then is there an xdist hook to hand it over with
+                handoff.update(shared)
         else:
             store = local()
         session = cls(settings, endpoints, store, folder, prices)

@@ -178,7 +178,7 @@ def test_redis_killed_mid_session_warns_once_and_the_session_finishes(
     pytester.makepyfile(test_app="import pytest\n" + KILLS_REDIS)
     assert own_redis.process is not None
     monkeypatch.setenv("REDIS_PID", str(own_redis.process.pid))
-    result = pytester.runpytest()
+    result = pytester.runpytest("-p", "no:xdist")  # as where xdist is not installed
     result.assert_outcomes(passed=5)
     output = result.stdout.str()
     assert output.count(f"lost the shared state store {own_redis.url}") == 1, output
