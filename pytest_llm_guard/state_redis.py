@@ -15,8 +15,10 @@ Atomic updates: ``change`` is Python, which a Lua script on the server cannot ru
 update is optimistic: ``GET``, run ``change``, then a compare-and-set script writes the
 new record only if the key still holds what was read; when another process wrote first,
 it reads again (``change`` is pure, so running it again is safe), a bounded number of
-times with a short random backoff. An update that changes nothing writes nothing (one
-round trip), so a healthy suite costs a ``GET`` per check.
+times with a short random backoff. Two round trips, and no connection held between them
+(``WATCH``/``MULTI``/``EXEC`` would take three, on a connection kept for the update). An
+update that changes nothing writes nothing (one round trip), so a healthy suite costs a
+``GET`` per check.
 
 TTLs: every write gives its key a day (:data:`TTL`). Nothing a run keeps matters longer:
 a breaker's cooldown is capped by ``breaker_cooldown_max`` (minutes), a Retry-After by the
@@ -89,7 +91,10 @@ def masked(url: str) -> str:
     host = parts.hostname or ""
     if ":" in host:
         host = f"[{host}]"
-    port = f":{parts.port}" if parts.port else ""
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:  # not a number: shown as "?", redis-py says what is wrong with it
+        port = ":?"
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
 
 
@@ -263,11 +268,11 @@ def open_store(
     url = settings.state_url
     assert url is not None
     where = f"state_url, set by {settings.source_of('state_url')}"
+    not_redis = LLMGuardConfigError(
+        f"pytest-llm-guard: {where}: {masked(url)} is not a Redis URL; write redis://host:6379/0 (or rediss:// for TLS)"
+    )
     if urlsplit(url).scheme not in ("redis", "rediss"):
-        raise LLMGuardConfigError(
-            f"pytest-llm-guard: {where}: {masked(url)} is not a Redis URL; "
-            "write redis://host:6379/0 (or rediss:// for TLS)"
-        )
+        raise not_redis
     try:
         import redis
     except ImportError:
@@ -281,7 +286,10 @@ def open_store(
     namespace = settings.state_namespace or root_name or "pytest-llm-guard"
     password = environ.get("REDIS_PASSWORD") or None
     prefix = f"{namespace}:{run}:"
-    remote = RedisStore(url, prefix=prefix, session_prefix=f"{prefix}{own}:", password=password)
+    try:
+        remote = RedisStore(url, prefix=prefix, session_prefix=f"{prefix}{own}:", password=password)
+    except ValueError:  # a port or database that is not a number
+        raise not_redis from None
     try:
         remote.ping()
     except redis.AuthenticationError as error:
