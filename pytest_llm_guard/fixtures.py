@@ -18,8 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .dialects import for_kind
-from .protocol import SESSION
+from .keys import SESSION
 
 if TYPE_CHECKING:
     import anthropic
@@ -27,6 +26,14 @@ if TYPE_CHECKING:
 
     from .dialects import Dialect
     from .guard import Guard
+
+
+def _dialect(kind: str) -> Dialect:
+    """The dialect of ``kind``, imported when a client fixture is first used (not at the plugin's start)."""
+    from .dialects import for_kind
+
+    return for_kind(kind)
+
 
 FIXTURES = frozenset({"llm_client", "async_llm_client", "anthropic_client", "async_anthropic_client"})
 """The client fixtures: a test that uses one is guarded."""
@@ -90,13 +97,13 @@ def llm_client_options(llm_guard: Guard, pytestconfig: pytest.Config) -> dict[st
     endpoints configured, every request is addressed to the endpoint the router picks (URL, and
     key from its api_key_env).
     """
-    return _options(for_kind("openai"), pytestconfig, llm_guard.settings.base_url)
+    return _options(_dialect("openai"), pytestconfig, llm_guard.settings.base_url)
 
 
 @pytest.fixture
 def llm_client(llm_guard: Guard, llm_client_options: dict[str, Any]) -> Iterator[openai.OpenAI]:
     """A real ``openai.OpenAI`` with the guard's deadline, budgets and retries applied."""
-    client = llm_guard.fixture_client(_build(for_kind("openai"), False, llm_client_options, "llm_client_options"))
+    client = llm_guard.fixture_client(_build(_dialect("openai"), False, llm_client_options, "llm_client_options"))
     yield client
     client.close()
 
@@ -104,7 +111,7 @@ def llm_client(llm_guard: Guard, llm_client_options: dict[str, Any]) -> Iterator
 @pytest.fixture
 def async_llm_client(llm_guard: Guard, llm_client_options: dict[str, Any]) -> openai.AsyncOpenAI:
     """A real ``openai.AsyncOpenAI`` with the guard applied."""
-    return llm_guard.fixture_client(_build(for_kind("openai"), True, llm_client_options, "llm_client_options"))
+    return llm_guard.fixture_client(_build(_dialect("openai"), True, llm_client_options, "llm_client_options"))
 
 
 # -- anthropic --------------------------------------------------------------------------
@@ -114,13 +121,13 @@ def async_llm_client(llm_guard: Guard, llm_client_options: dict[str, Any]) -> op
 def anthropic_client_options(pytestconfig: pytest.Config) -> dict[str, Any]:
     """Keyword arguments for ``anthropic_client`` / ``async_anthropic_client``; override it to point them
     elsewhere. Unset values fall back to the SDK's own environment variables (base URL, API key)."""
-    return _options(for_kind("anthropic"), pytestconfig, None)
+    return _options(_dialect("anthropic"), pytestconfig, None)
 
 
 @pytest.fixture
 def anthropic_client(llm_guard: Guard, anthropic_client_options: dict[str, Any]) -> Iterator[anthropic.Anthropic]:
     """A real ``anthropic.Anthropic`` with the guard's deadline, budgets and retries applied."""
-    built = _build(for_kind("anthropic"), False, anthropic_client_options, "anthropic_client_options")
+    built = _build(_dialect("anthropic"), False, anthropic_client_options, "anthropic_client_options")
     client = llm_guard.fixture_client(built)
     yield client
     client.close()
@@ -129,5 +136,5 @@ def anthropic_client(llm_guard: Guard, anthropic_client_options: dict[str, Any])
 @pytest.fixture
 def async_anthropic_client(llm_guard: Guard, anthropic_client_options: dict[str, Any]) -> anthropic.AsyncAnthropic:
     """A real ``anthropic.AsyncAnthropic`` with the guard applied."""
-    built = _build(for_kind("anthropic"), True, anthropic_client_options, "anthropic_client_options")
+    built = _build(_dialect("anthropic"), True, anthropic_client_options, "anthropic_client_options")
     return llm_guard.fixture_client(built)
