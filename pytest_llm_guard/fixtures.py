@@ -40,10 +40,12 @@ FIXTURES = frozenset({"llm_client", "async_llm_client", "anthropic_client", "asy
 
 
 def _options(dialect: Dialect, pytestconfig: pytest.Config, base_url: str | None) -> dict[str, Any]:
-    endpoints = [e for e in pytestconfig.stash[SESSION].endpoints.endpoints if e.kind in dialect.kinds]
-    if pytestconfig.stash[SESSION].endpoints.configured and endpoints:
-        key = next((os.environ[v] for v in dialect.key_variables if os.environ.get(v)), "routed")
-        return {"base_url": endpoints[0].base_url, "api_key": key}
+    session = pytestconfig.stash.get(SESSION, None)  # none opened yet: no endpoints are configured either
+    if session is not None and session.endpoints.configured:
+        endpoints = [e for e in session.endpoints.endpoints if e.kind in dialect.kinds]
+        if endpoints:
+            key = next((os.environ[v] for v in dialect.key_variables if os.environ.get(v)), "routed")
+            return {"base_url": endpoints[0].base_url, "api_key": key}
     return {"base_url": base_url} if base_url else {}
 
 
