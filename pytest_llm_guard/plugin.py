@@ -3,6 +3,8 @@
 Importing this module (which pytest does for every run once the plugin is installed)
 loads neither httpx2, the openai SDK, vcrpy nor tenacity: they load when the first
 guarded test is collected, so a suite that never uses the plugin does not pay for them.
+Nor is the session (its store, endpoints and prices) opened, or a per-test hook registered,
+before a setting or a collected test needs one.
 """
 
 from __future__ import annotations
