@@ -50,7 +50,7 @@ class Endpoint:
     kind: str = DEFAULT_KIND
     api_version: str | None = None
     rpm: float | None = None
-    """Requests per minute it takes per model, shared by the whole session (``ratelimit.py``); None: the ``rpm`` option."""
+    """Requests per minute it takes per model from the whole session (``ratelimit.py``); None: the ``rpm`` option."""
     tpm: float | None = None
     """Tokens per minute it takes per model; None: the ``tpm`` option."""
     rpm_burst: float | None = None

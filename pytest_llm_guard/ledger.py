@@ -312,7 +312,8 @@ def attribution(attempts: Iterable[Mapping[str, Any]], duration: float) -> list[
     """Where a test's wall time went: its attempts by category, its waits, and the rest (its own code).
 
     ``backoff`` is the attempts' own (``Attempt.backoff``, set by the ledger), summed as
-    ``Stats.backoff_seconds`` sums it; ``rate-limit wait`` the turns waited for under shared rate limits. Reads attempt records (``Attempt.to_dict()``), so it serves the xdist
+    ``Stats.backoff_seconds`` sums it; ``rate-limit wait`` the turns waited for under shared rate limits.
+    Reads attempt records (``Attempt.to_dict()``), so it serves the xdist
     controller too. Attempts made at the same time (threads, ``asyncio.gather``) can add up
     to more than the test took; ``other`` is then 0.
     """

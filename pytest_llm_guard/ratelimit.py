@@ -98,7 +98,7 @@ def limits(endpoint: Endpoint, settings: Settings, endpoints_source: str) -> tup
         if value is None:
             continue
         source = f"endpoint {endpoint.name} in {endpoints_source}" if own is not None else settings.source_of(name)
-        found.append(Limit(name, value, min(burst, value) if name == "rpm" else value, source))
+        found.append(Limit(name, value, burst if name == "rpm" else value, source))
     return tuple(found)
 
 
@@ -116,9 +116,16 @@ class RateLimiter:
         return f"ratelimit:{endpoint.name}:{model}"
 
     def turn(
-        self, endpoint: Endpoint, model: str, tokens: int, attempt: Attempt, settings: Settings, *, after: float,
+        self,
+        endpoint: Endpoint,
+        model: str,
+        tokens: int,
+        attempt: Attempt,
+        settings: Settings,
+        *,
+        after: float,
         max_wait: float,
-    ) -> Turn:  # fmt: skip
+    ) -> Turn:
         """Take the turn of a request estimated at ``tokens``, to be sent ``after`` seconds from now at the
         earliest, within ``max_wait`` seconds from now; the turn's wait counts from ``after``. Once taken,
         the attempt's end corrects the estimate by its usage."""
@@ -150,6 +157,6 @@ class RateLimiter:
         what = "requests" if limit.name == "rpm" else "tokens"
         return (
             f"its shared rate limit {limit} (set by {limit.source}) for model {model} has no turn for {what} "
-            f"before {turn.wait:.1f} s, and this test has {max(0.0, remaining):.1f} s left; raise the test's deadline, send fewer "
-            f"{what} to {endpoint.name} in the session, or raise {limit.name} if the account allows more"
+            f"before {turn.wait:.1f} s, and this test has {max(0.0, remaining):.1f} s left; raise the test's deadline, "
+            f"send fewer {what} to {endpoint.name} in the session, or raise {limit.name} if the account allows more"
         )

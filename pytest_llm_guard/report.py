@@ -216,8 +216,10 @@ def no_endpoint(
     lines = [headline] + [f"  - {name} ({url}): {reason}" for name, url, reason in refusals]
     if on_open != "fallback" and earlier:
         lines.extend(attempt_lines(earlier, "Earlier attempts"))
-    source = on_open_source if on_open_source != "default" else (
-        "default for llm_client" if fixture else "default for clients the code under test builds"
+    source = (
+        on_open_source
+        if on_open_source != "default"
+        else ("default for llm_client" if fixture else "default for clients the code under test builds")
     )
     does = {
         "fallback": "the refusal reaches the code as its SDK's APIConnectionError (LLMEndpointUnavailable) at once, "
@@ -442,7 +444,8 @@ def limit_waits(tests: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Any]]
     for test in tests:
         for attempt in test["attempts"]:
             if attempt.get("limit_wait"):
-                entry = found.setdefault(attempt["endpoint_name"] or attempt["endpoint"], {"seconds": 0.0, "attempts": 0})
+                name = attempt["endpoint_name"] or attempt["endpoint"]
+                entry = found.setdefault(name, {"seconds": 0.0, "attempts": 0})
                 entry["seconds"] += attempt["limit_wait"]
                 entry["attempts"] += 1
     return found
@@ -451,8 +454,8 @@ def limit_waits(tests: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Any]]
 def limit_wait_lines(tests: Iterable[Mapping[str, Any]]) -> list[str]:
     """``endpoint fast: waited 3.2 s on shared rate limits (12 attempts)``, one line per endpoint that waited."""
     return [
-        f"endpoint {name}: waited {entry['seconds']:.1f} s on shared rate limits ({plural(entry['attempts'], 'attempt')})"
-        for name, entry in limit_waits(tests).items()
+        f"endpoint {name}: waited {e['seconds']:.1f} s on shared rate limits ({plural(e['attempts'], 'attempt')})"
+        for name, e in limit_waits(tests).items()
     ]
 
 

@@ -20,13 +20,13 @@ import openai
 import pytest
 
 from pytest_llm_guard import FakeClock, pipeline, report, transport
-from pytest_llm_guard.config import Settings
+from pytest_llm_guard.config import Settings, load_settings
 from pytest_llm_guard.dialects import for_kind
 from pytest_llm_guard.endpoints import Endpoint, EndpointSet, load_endpoints
 from pytest_llm_guard.errors import LLMGuardConfigError, LLMNoEndpoint
 from pytest_llm_guard.fault import FaultServer
 from pytest_llm_guard.guard import Guard
-from pytest_llm_guard.ratelimit import Limit, correct, take
+from pytest_llm_guard.ratelimit import Limit, correct, limits, take
 from pytest_llm_guard.routing import Router, RouterLayer
 from pytest_llm_guard.state import MemoryStore, SqliteStore
 
@@ -91,6 +91,20 @@ def test_a_turn_too_far_away_is_refused_and_takes_nothing() -> None:
     assert (turn.refused, turn.wait, str(turn.by)) == (True, 1.0, "rpm 60")
     assert record == before, "a refused request holds no turn"
     assert not take(record, [(rpm(60), 1)], NOW, max_wait=1.5).refused
+
+
+def test_the_options_are_every_endpoints_limits_unless_it_has_its_own() -> None:
+    settings, _ = load_settings(
+        pyproject=None, ini={}, ini_source="pytest.ini", cli={"rpm": "600"}, environ={"LLM_GUARD_TPM": "90000"}
+    )
+    plain = Endpoint("plain", "http://127.0.0.1:1/v1")
+    own = Endpoint("own", "http://127.0.0.1:1/v1", rpm=60, rpm_burst=5)
+    assert limits(plain, settings, "pyproject.toml") == (
+        Limit("rpm", 600, 1, "the command line"),
+        Limit("tpm", 90000, 90000, "the environment (LLM_GUARD_*)"),
+    )
+    assert limits(own, settings, "pyproject.toml")[0] == Limit("rpm", 60, 5, "endpoint own in pyproject.toml")
+    assert limits(plain, Settings(), "pyproject.toml") == (), "no limit unless one is set"
 
 
 # -- the estimate, per dialect ------------------------------------------------------------------
@@ -163,7 +177,8 @@ def test_a_turn_past_the_tests_time_left_fails_at_once_naming_the_limit(server: 
     assert harness.clock.slept == [1.0], "nothing was waited for a turn that could not come in time"
     assert len(server.requests) == 2
     message = str(refused.value)
-    for words in ("api (", "rate limit rpm 60", "model gpt-test", "before 1.0 s", "0.5 s left", "raise the test's deadline"):
+    told = ("api (", "rate limit rpm 60", "model gpt-test", "before 1.0 s", "0.5 s left", "raise the test's deadline")
+    for words in told:
         assert words in message, message
     assert guard.events[-1].source == "refused"
 
@@ -197,7 +212,8 @@ from pytest_llm_guard.ratelimit import Limit, take
 from pytest_llm_guard.state import SqliteStore
 store = SqliteStore(__import__("pathlib").Path(sys.argv[1]))
 limit = Limit("rpm", 60, 1)
-waits = [store.update("ratelimit:api:m", lambda r: take(r, [(limit, 1)], 1_800_000_000.0, 1000)).wait for _ in range(40)]
+turns = [store.update("ratelimit:api:m", lambda r: take(r, [(limit, 1)], 1_800_000_000.0, 1000)) for _ in range(40)]
+waits = [turn.wait for turn in turns]
 print(json.dumps(waits))
 """
 
