@@ -32,6 +32,7 @@ EXPECTED = {
     "S7": CASSETTE_LIBRARIES,
     "S8": [GUARD + " installed", "plugin disabled (-p no:llm_guard)"],
     "S9": [GUARD + " at speed 1", GUARD + " at speed 0"],
+    "S10b": [GUARD + ", rpm limiter", GUARD + ", no limiter"],
 }
 pytestmark = pytest.mark.benchmarks  # its own command, `pytest -m benchmarks`: see pyproject.toml
 
