@@ -26,6 +26,7 @@ from pytest_llm_guard.endpoints import Endpoint, EndpointSet, load_endpoints
 from pytest_llm_guard.errors import LLMGuardConfigError, LLMNoEndpoint
 from pytest_llm_guard.fault import FaultServer
 from pytest_llm_guard.guard import Guard
+from pytest_llm_guard.ledger import attribution
 from pytest_llm_guard.ratelimit import Limit, correct, limits, take
 from pytest_llm_guard.routing import Router, RouterLayer
 from pytest_llm_guard.state import MemoryStore, SqliteStore
@@ -165,6 +166,19 @@ def test_a_request_waits_its_turn_on_the_tests_clock_and_the_story_tells_it(serv
     assert (first.limit_wait, second.limit_wait, third.limit_by) == (0.0, 1.0, "rpm 60")
     assert second.backoff == 0.0, "a turn waited for is no backoff"
     assert "after waiting 1.00 s its turn under rpm 60" in "\n".join(report.attempt_lines(guard.events))
+    parts = attribution([a.to_dict() for a in guard.events], duration=5.0)
+    assert {"what": "rate-limit wait", "seconds": 2.0} in parts, "where the time went names the waits"
+
+
+async def test_an_async_request_waits_its_turn_too(server: FaultServer) -> None:
+    harness = Harness(server, rpm=30)
+    with harness.test() as (guard, _):
+        client = guard.fixture_client(openai.AsyncOpenAI(base_url=server.base_url, api_key="sk-test"))
+        for _ in range(2):
+            await client.chat.completions.create(model="gpt-test", messages=[{"role": "user", "content": "hi"}])
+        await client.close()
+    assert harness.clock.slept == [2.0]
+    assert [a.limit_wait for a in guard.events] == [0.0, 2.0]
 
 
 def test_a_turn_past_the_tests_time_left_fails_at_once_naming_the_limit(server: FaultServer) -> None:
