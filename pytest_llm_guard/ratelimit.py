@@ -156,7 +156,7 @@ class RateLimiter:
         assert limit is not None
         what = "requests" if limit.name == "rpm" else "tokens"
         return (
-            f"its shared rate limit {limit} (set by {limit.source}) for model {model} has no turn for {what} "
-            f"before {turn.wait:.1f} s, and this test has {max(0.0, remaining):.1f} s left; raise the test's deadline, "
+            f"its shared rate limit {limit} (set by {limit.source}) for model {model} gives this request its turn "
+            f"in {turn.wait:.1f} s, but this test has {max(0.0, remaining):.1f} s left; raise the test's deadline, "
             f"send fewer {what} to {endpoint.name} in the session, or raise {limit.name} if the account allows more"
         )

@@ -191,7 +191,7 @@ def test_a_turn_past_the_tests_time_left_fails_at_once_naming_the_limit(server: 
     assert harness.clock.slept == [1.0], "nothing was waited for a turn that could not come in time"
     assert len(server.requests) == 2
     message = str(refused.value)
-    told = ("api (", "rate limit rpm 60", "model gpt-test", "before 1.0 s", "0.5 s left", "raise the test's deadline")
+    told = ("api (", "rpm 60", "model gpt-test", "its turn in 1.0 s", "0.5 s left", "raise the test's deadline")
     for words in told:
         assert words in message, message
     assert guard.events[-1].source == "refused"
