@@ -243,7 +243,7 @@ def test_two_processes_never_take_the_same_turn(tmp_path: Path) -> None:
 # -- through xdist: a fault server that answers 429 beyond N requests a second -------------------
 
 PER_SECOND = 12
-RPM = 480  # 8 a second: a third below the server's limit, for the time a request takes to reach it
+RPM = 420  # 7 a second: room for a request's way from its turn to the server (0.5 s) on a busy machine
 
 
 def test_four_workers_under_the_limiter_meet_no_429_and_many_without(
@@ -287,7 +287,7 @@ def test_four_workers_under_the_limiter_meet_no_429_and_many_without(
     assert (len(primary.requests), throttled(primary)) == (40, 0), (per_second(primary), result.stdout.str())
     assert throttled(backup) >= 3, f"requests a second to the endpoint without a limit: {per_second(backup)}"
     times = sorted(r.time for r in primary.requests)
-    assert times[-1] - times[0] >= (40 - 1) * 60 / RPM * 0.9, "the turns spread the requests over the limit's time"
+    assert times[-1] - times[0] >= (40 - 1) * 60 / RPM * 0.8, "the turns spread the requests over the limit's time"
     result.stdout.fnmatch_lines(["endpoint limited: waited * s on shared rate limits (* attempts)"])
     report = json.loads((pytester.path / "report.json").read_text())
     waited = {e["name"]: e["rate_limit_wait"]["seconds"] for e in report["endpoints"]}
