@@ -21,7 +21,7 @@ ends: the difference is charged, or given back.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -119,26 +119,28 @@ class RateLimiter:
         self,
         endpoint: Endpoint,
         model: str,
-        tokens: int,
+        tokens: Callable[[], int],
         attempt: Attempt,
         settings: Settings,
         *,
         after: float,
         max_wait: float,
     ) -> Turn:
-        """Take the turn of a request estimated at ``tokens``, to be sent ``after`` seconds from now at the
-        earliest, within ``max_wait`` seconds from now; the turn's wait counts from ``after``. Once taken,
-        the attempt's end corrects the estimate by its usage."""
+        """Take the turn of a request, to be sent ``after`` seconds from now at the earliest, within ``max_wait``
+        seconds from now; the turn's wait counts from ``after``. ``tokens`` estimates what the request costs
+        (asked only under a ``tpm`` limit); once the turn is taken, the attempt's end corrects the estimate
+        by its usage."""
         found = limits(endpoint, settings, self.endpoints_source)
         if not found:
             return Turn()
-        demands = [(limit, 1.0 if limit.name == "rpm" else float(tokens)) for limit in found]
+        estimate = tokens() if any(limit.name == "tpm" for limit in found) else 0
+        demands = [(limit, 1.0 if limit.name == "rpm" else float(estimate)) for limit in found]
         key = self._key(endpoint, model)
         now = self.clock.wall() + after
         turn = self.store.update(key, lambda record: take(record, demands, now, max_wait - after))
         tpm = next((limit for limit in found if limit.name == "tpm"), None)
         if not turn.refused and tpm is not None:
-            attempt.on_end = lambda ended: self._settle(key, tpm, tokens, ended)
+            attempt.on_end = lambda ended: self._settle(key, tpm, estimate, ended)
         return turn
 
     def _settle(self, key: str, tpm: Limit, estimate: int, attempt: Attempt) -> None:

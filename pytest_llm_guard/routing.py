@@ -327,7 +327,10 @@ class RouterLayer:
         endpoint, attempt = plan.endpoint, ctx.attempt
         assert endpoint is not None
         dialect = next((d for d in DIALECTS if d.name == attempt.dialect), None)
-        tokens = dialect.estimated_tokens(request_json(plan.request)) if dialect is not None else 0
+
+        def tokens() -> int:
+            return dialect.estimated_tokens(request_json(plan.request)) if dialect is not None else 0
+
         remaining = ctx.remaining()
         turn = self.limiter.turn(
             endpoint, plan.model, tokens, attempt, self.settings, after=plan.wait, max_wait=remaining
