@@ -133,12 +133,12 @@ class RateLimiter:
         found = limits(endpoint, settings, self.endpoints_source)
         if not found:
             return Turn()
-        estimate = tokens() if any(limit.name == "tpm" for limit in found) else 0
-        demands = [(limit, 1.0 if limit.name == "rpm" else float(estimate)) for limit in found]
+        tpm = next((limit for limit in found if limit.name == "tpm"), None)
+        estimate = tokens() if tpm is not None else 0
+        demands = [(limit, float(estimate) if limit is tpm else 1.0) for limit in found]
         key = self._key(endpoint, model)
         now = self.clock.wall() + after
         turn = self.store.update(key, lambda record: take(record, demands, now, max_wait - after))
-        tpm = next((limit for limit in found if limit.name == "tpm"), None)
         if not turn.refused and tpm is not None:
             attempt.on_end = lambda ended: self._settle(key, tpm, estimate, ended)
         return turn
@@ -146,10 +146,11 @@ class RateLimiter:
     def _settle(self, key: str, tpm: Limit, estimate: int, attempt: Attempt) -> None:
         """The answer said what the request cost: charge or give back the difference (an answer without
         usage, a failed attempt, keeps its estimate)."""
-        if attempt.tokens is None or attempt.tokens == estimate:
+        used = attempt.tokens
+        if used is None or used == estimate:
             return
         now = self.clock.wall()
-        self.store.update(key, lambda record: correct(record, tpm, attempt.tokens - estimate, now))  # type: ignore[operator]
+        self.store.update(key, lambda record: correct(record, tpm, used - estimate, now))
 
     @staticmethod
     def refusal(turn: Turn, endpoint: Endpoint, model: str, remaining: float) -> str:
