@@ -26,8 +26,8 @@ from pytest_llm_guard.endpoints import Endpoint, EndpointSet, load_endpoints
 from pytest_llm_guard.errors import LLMGuardConfigError, LLMNoEndpoint
 from pytest_llm_guard.fault import FaultServer
 from pytest_llm_guard.guard import Guard
-from pytest_llm_guard.ledger import attribution
-from pytest_llm_guard.ratelimit import Limit, correct, limits, take
+from pytest_llm_guard.ledger import Attempt, attribution
+from pytest_llm_guard.ratelimit import Limit, RateLimiter, Turn, correct, limits, take
 from pytest_llm_guard.routing import Router, RouterLayer
 from pytest_llm_guard.state import MemoryStore, SqliteStore
 
@@ -106,6 +106,21 @@ def test_the_options_are_every_endpoints_limits_unless_it_has_its_own() -> None:
     )
     assert limits(own, settings, "pyproject.toml")[0] == Limit("rpm", 60, 5, "endpoint own in pyproject.toml")
     assert limits(plain, Settings(), "pyproject.toml") == (), "no limit unless one is set"
+
+
+def test_a_retry_after_waited_first_counts_toward_the_turn() -> None:
+    limiter = RateLimiter(MemoryStore(), FakeClock(), "the test")
+    endpoint = Endpoint("api", "http://127.0.0.1:1/v1", rpm=60)
+
+    def turn(after: float, max_wait: float = 10.0) -> Turn:
+        attempt = Attempt("t", 1, 1, "first", "http://127.0.0.1:1", "/v1/chat/completions", "m", 0.0, 0.0)
+        return limiter.turn(endpoint, "m", lambda: 0, attempt, Settings(), after=after, max_wait=max_wait)
+
+    assert turn(0.0).wait == 0.0
+    assert turn(0.4).wait == pytest.approx(0.6), "its turn is 1 s away, 0.4 s of it spent on the Retry-After"
+    assert turn(3.0).wait == 0.0, "a Retry-After longer than the turn's wait leaves none"
+    refused = turn(0.5, max_wait=1.0)
+    assert refused.refused and refused.wait == pytest.approx(3.5), "the turn after that is at +4 s"
 
 
 # -- the estimate, per dialect ------------------------------------------------------------------
