@@ -17,6 +17,9 @@ state, its last errors and when the next probe is due.
   :class:`LLMEndpointUnavailable`, the SDK's ``APIConnectionError``, reaches their fallback.
 - Every attempt's outcome feeds the endpoint's breaker, rate-limit cooldown and
   retry tokens (``breaker.py``). Requests to other URLs pass untouched.
+- A routed call that finds an endpoint's half-open probe due while another endpoint can
+  take its attempt sends the attempt there and the probe beside it, off the test's clock
+  (``probes.py``); with no other endpoint available the probe is the attempt.
 
 Breakers see an attempt's status and transport errors, i.e. whether the endpoint
 answered, and what failed before a stream's first content (the seam reads a stream
@@ -43,10 +46,11 @@ from . import report
 from .breaker import EndpointHealth, Outcome, Verdict, classify, describe_error
 from .clock import REAL, Clock
 from .config import BREAKER_MARKER, Settings
-from .dialects import DIALECTS, dialect_for, origin_of
+from .dialects import DIALECTS, Dialect, dialect_for, origin_of
 from .endpoints import Endpoint, EndpointSet
 from .errors import LLMNoEndpoint
-from .ledger import CALL, Attempt, Call
+from .ledger import CALL, Attempt, Call, Probe
+from .probes import Prober
 from .state import StateStore
 
 if TYPE_CHECKING:
@@ -102,6 +106,27 @@ def endpoint_unavailable(message: str, *, request: httpx2.Request, endpoints: tu
     return dressed(message, request=request, endpoints=endpoints)
 
 
+def _readable(request: httpx2.Request) -> bool:
+    """Whether the request's body can be sent twice (an SDK's always can): a probe beside it needs a copy."""
+    try:
+        request.content  # noqa: B018
+    except httpx2.RequestNotRead:
+        return False
+    return True
+
+
+def _probe_verdict(outcome: Outcome, error: BaseException | None) -> str:
+    """What a probe's answer did to its breaker, for the ledger and reports."""
+    if outcome is Outcome.SUCCESS:
+        return "breaker closed: later requests go to it again"
+    if outcome is Outcome.FAILURE:
+        still = "still hanging" if isinstance(error, httpx2.TimeoutException) else "still failing"
+        return f"{still}: breaker open again, its cooldown doubled"
+    if outcome is Outcome.THROTTLED:
+        return "rate-limited: no verdict, a later request probes it again"
+    return "no verdict: a later request probes it again"
+
+
 def _kinds(attempt: Attempt) -> tuple[str, ...] | None:
     """The endpoint kinds that speak the attempt's API: a call never fails over to another API."""
     return next((d.kinds for d in DIALECTS if d.name == attempt.dialect), None)
@@ -128,6 +153,12 @@ class Router:
         """Breakers are shared between processes, so they keep the time of day (``Clock.wall``)."""
         self.rng = rng or random.Random()
         self.environ = environ
+        self.prober = Prober()
+        """Half-open probes sent beside a test's attempt, in the background (``probes.py``)."""
+
+    def close(self) -> None:
+        """The session ends: probes still out are left, and record nothing any more."""
+        self.prober.close()
 
     @staticmethod
     def _key(endpoint: Endpoint) -> str:
@@ -236,6 +267,9 @@ class _Plan:
     model: str = "*"
     routed: bool = False
     wait: float = 0.0
+    aside: tuple[Endpoint, float] | None = None
+    """A half-open endpoint whose probe goes beside the attempt (and that probe's cap), when another
+    endpoint takes the attempt."""
 
 
 class RouterLayer:
@@ -279,12 +313,16 @@ class RouterLayer:
                 raise self._refusal([(owner, Verdict(False, self._not_allowed()))], request, ctx, fixture)
             choices = [owner]
         refusals = self._admit_first(plan, choices, ctx, max_wait=0.0)
+        if plan.aside is not None and plan.endpoint is None:  # no other endpoint can take it: the probe is the attempt
+            plan.endpoint, plan.aside = plan.aside[0], None
         remaining = ctx.remaining()
         rate_limited = [e for e, verdict in refusals if 0 < verdict.wait < remaining]
         if plan.endpoint is None and rate_limited:  # honour the shortest Retry-After that fits the deadline
             self._admit_first(plan, rate_limited, ctx, max_wait=remaining)
         if plan.endpoint is None:
             raise self._refusal(refusals, request, ctx, fixture)
+        if plan.aside is not None:
+            self._probe_beside(plan, ctx)
         self._send_to(plan, ctx)
         return plan
 
@@ -298,18 +336,71 @@ class RouterLayer:
     def _admit_first(
         self, plan: _Plan, choices: list[Endpoint], ctx: AttemptContext, *, max_wait: float
     ) -> list[tuple[Endpoint, Verdict]]:
-        """Admit the first endpoint that can take the attempt (after at most ``max_wait``); returns the refusals."""
+        """Admit the first endpoint that can take the attempt (after at most ``max_wait``); returns the refusals.
+
+        A routed call that takes a half-open probe keeps looking: the probe goes beside the attempt
+        (``plan.aside``) if another endpoint takes the attempt, and is the attempt if none does.
+        """
         refusals = []
+        hedge = plan.routed and _readable(plan.request)
         for endpoint in choices:
             cap = min(ctx.attempt_cap(), endpoint.call_timeout or math.inf)
             verdict = self.router.admit(
                 endpoint, plan.model, retry=ctx.attempt.number > 1, lease=cap + _LEASE_MARGIN, max_wait=max_wait
             )
-            if verdict.ok:
+            if not verdict.ok:
+                refusals.append((endpoint, verdict))
+            elif verdict.probe and hedge and plan.aside is None:
+                plan.aside = (endpoint, cap)
+            else:
                 plan.endpoint, plan.wait = endpoint, verdict.wait
                 break
-            refusals.append((endpoint, verdict))
         return refusals
+
+    def _probe_beside(self, plan: _Plan, ctx: AttemptContext) -> None:
+        """Send the half-open endpoint's probe in the background: a copy of the request as that endpoint
+        must receive it, with the timeouts the attempt would have had there. Its answer feeds the breaker
+        and the test's ledger (a :class:`Probe`), nothing else."""
+        assert plan.aside is not None and plan.endpoint is not None
+        (endpoint, cap), attempt, clock = plan.aside, ctx.attempt, ctx.clock
+        dialect: Dialect | None = dialect_for(plan.request)
+        assert dialect is not None  # only LLM requests reach the layers
+        addressed = endpoint.address(plan.request, attempt.model, self.router.environ)
+        timeouts = [t for t in (plan.request.extensions.get("timeout") or {}).values() if t is not None]
+        bound = min(cap, max(timeouts, default=math.inf))  # the attempt's cap there, else its client's timeout
+        limit = None if math.isinf(bound) else bound
+        request = httpx2.Request(
+            addressed.method,
+            addressed.url,
+            headers=addressed.headers,
+            content=plan.request.content,
+            extensions={"timeout": dict.fromkeys(("connect", "read", "write", "pool"), limit)},
+        )
+        probe = Probe(endpoint.name, attempt.model, attempt.call, plan.endpoint.name, start=clock.now())
+        ctx.ledger.probe(probe)
+        model = plan.model
+
+        def report(status: int | None, error: BaseException | None, retry_after: float | None) -> None:
+            outcome = classify(status, error)
+            self.router.record(
+                endpoint,
+                model,
+                outcome,
+                error=describe_error(status, error) if outcome is Outcome.FAILURE else None,
+                retry_after=retry_after if outcome is Outcome.THROTTLED else None,
+            )
+            probe.outcome = type(error).__name__ if error is not None else "ok" if status < 400 else f"HTTP {status}"  # type: ignore[operator]
+            probe.breaker = _probe_verdict(outcome, error)
+            probe.end = clock.now()
+
+        log.info(
+            "%s: probe of %s beside the attempt to %s (model %s)",
+            attempt.test,
+            endpoint.name,
+            plan.endpoint.name,
+            model,
+        )
+        self.router.prober.send(request, dialect, bound, report, name=f"pytest-llm-guard probe of {endpoint.name}")
 
     def _send_to(self, plan: _Plan, ctx: AttemptContext) -> None:
         attempt, endpoint = ctx.attempt, plan.endpoint
@@ -371,10 +462,18 @@ class RouterLayer:
                 attempt.failover_to = call.failover_to = following.name
 
     def _next_endpoint(self, call: Call, attempt: Attempt) -> Endpoint | None:
-        """Where a retry of this call would go now (without taking a probe)."""
+        """Where a retry of this call would go now (without taking a probe): past a due probe, which
+        goes beside it, to the first endpoint that takes it; to the probed endpoint if none does."""
         choices = self._order(self.router.candidates(attempt.model, self.settings.endpoints, _kinds(attempt)), call)
         model = attempt.model or "*"
-        return next((e for e in choices if self.router.peek(e, model, retry=True).ok), None)
+        probed = None
+        for endpoint in choices:
+            verdict = self.router.peek(endpoint, model, retry=True)
+            if verdict.ok and not verdict.probe:
+                return endpoint
+            if verdict.ok and probed is None:
+                probed = endpoint
+        return probed
 
     # -- refusing ---------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ import httpx2
 import openai
 import pytest
 
-from pytest_llm_guard import FakeClock, pipeline, transport
+from pytest_llm_guard import FakeClock, pipeline, report_json, transport
 from pytest_llm_guard.config import Settings
 from pytest_llm_guard.endpoints import Endpoint, EndpointSet
 from pytest_llm_guard.errors import LLMBudgetExceeded, LLMNoEndpoint
@@ -59,6 +59,10 @@ class Harness:
         finally:
             transport.deactivate(guard)
             client.close()
+
+    def settle(self) -> bool:
+        """Wait for the probes sent in the background (each ends within its cap)."""
+        return self.router.prober.wait(10 * CALL_TIMEOUT)
 
     def trip_primary(self) -> None:
         """Two tests meet a 503 on the primary (breaker_failures=2) and fail over; its breaker is open."""
@@ -114,21 +118,40 @@ def test_the_routed_request_carries_the_endpoints_address_and_nothing_of_ours(ha
     assert sent.headers["host"] == harness.backup.url.removeprefix("http://")
 
 
-def test_half_open_probe_after_the_cooldown_closes_when_the_server_healed(harness: Harness) -> None:
+def test_a_due_probe_goes_beside_the_attempt_and_costs_the_test_no_timeout(harness: Harness) -> None:
+    harness.trip_primary()
+    harness.primary.plan(then=Fault.hang())  # still down, now hanging
+    harness.clock.advance(30)
+    with harness.test() as (guard, client):
+        assert ask(client) == "echo: hello there"
+    assert [(e.endpoint_name, e.outcome) for e in guard.events] == [("backup", "ok")], "no attempt waited on the probe"
+    assert guard.stats.attempts == 1 and guard.stats.failures == 0
+    assert harness.settle(), "the probe ended within its cap"
+    assert len(harness.primary.requests) == 3, "two trips, then the probe"
+    (probe,) = guard.ledger.probes
+    assert (probe.endpoint_name, probe.beside, probe.outcome) == ("primary", "backup", "ReadTimeout")
+    assert "still hanging: breaker open again" in probe.describe()
+    assert "when its probe failed (cooldown now 60 s)" in harness.router.status()[0]
+
+
+def test_a_probe_that_succeeds_closes_the_breaker_and_later_requests_go_back(harness: Harness) -> None:
     harness.trip_primary()
     harness.primary.reset()  # healed
     harness.clock.advance(29)
     with harness.test() as (guard, client):
         ask(client)
-    assert guard.events[0].endpoint_name == "backup", "still cooling down"
+    assert guard.events[0].endpoint_name == "backup" and not guard.ledger.probes, "still cooling down"
     harness.clock.advance(1)
     with harness.test() as (guard, client):
         ask(client)
-    assert [e.endpoint_name for e in guard.events] == ["primary"], "the probe went to the primary"
+    assert [e.endpoint_name for e in guard.events] == ["backup"], "the test's request went to the healthy endpoint"
+    assert harness.settle()
+    assert [p.endpoint_name for p in guard.ledger.probes] == ["primary"]
+    assert "ok, breaker closed" in guard.ledger.probes[0].describe()
     assert "tripped 1x, now breaker closed" in harness.router.status()[0]
     with harness.test() as (guard, client):
         ask(client)
-    assert guard.events[0].endpoint_name == "primary"
+    assert guard.events[0].endpoint_name == "primary" and not guard.ledger.probes
 
 
 def test_failed_probe_reopens_for_twice_the_cooldown(harness: Harness) -> None:
@@ -136,12 +159,75 @@ def test_failed_probe_reopens_for_twice_the_cooldown(harness: Harness) -> None:
     harness.clock.advance(30)
     with harness.test() as (guard, client):
         ask(client)
-    assert [e.endpoint_name for e in guard.events] == ["primary", "backup"], "probe failed, failover"
+    assert [e.endpoint_name for e in guard.events] == ["backup"]
+    assert harness.settle() and guard.ledger.probes[0].outcome == "HTTP 503"
     harness.clock.advance(59)
     with harness.test() as (guard, client):
         ask(client)
-    assert [e.endpoint_name for e in guard.events] == ["backup"]
+    assert [e.endpoint_name for e in guard.events] == ["backup"] and not guard.ledger.probes
     assert "when its probe failed (cooldown now 60 s)" in harness.router.status()[0]
+    harness.clock.advance(1)
+    with harness.test() as (guard, client):
+        ask(client)
+    assert harness.settle() and [p.endpoint_name for p in guard.ledger.probes] == ["primary"], "probed again"
+
+
+def test_with_no_other_endpoint_available_the_probe_is_the_attempt(harness: Harness) -> None:
+    harness.trip_primary()
+    harness.primary.reset()
+    harness.clock.advance(30)
+    with harness.test(endpoints=("primary",)) as (guard, client):
+        ask(client)
+    assert [e.endpoint_name for e in guard.events] == ["primary"] and not guard.ledger.probes
+    assert "now breaker closed" in harness.router.status()[0]
+    harness.trip_primary()
+    harness.primary.reset()
+    harness.clock.advance(30)
+    with harness.test() as (guard, _):
+        harness.app_client().chat.completions.create(model="gpt-test", messages=HELLO)  # not routed: not moved
+    assert [e.endpoint_name for e in guard.events] == ["primary"] and not guard.ledger.probes
+
+
+def test_a_streamed_probe_is_judged_by_its_first_content(harness: Harness) -> None:
+    harness.trip_primary()
+    harness.primary.plan(then=Fault.stall(0))  # headers at once, then no event
+    harness.clock.advance(30)
+    with harness.test() as (guard, client):
+        chunks = client.chat.completions.create(model="gpt-test", messages=HELLO, stream=True)
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert harness.settle() and guard.ledger.probes[0].outcome == "ReadTimeout", "a 200 without content failed it"
+    harness.primary.reset()
+    harness.clock.advance(60)
+    with harness.test() as (guard, client):
+        for _ in client.chat.completions.create(model="gpt-test", messages=HELLO, stream=True):
+            pass
+    assert harness.settle() and guard.ledger.probes[0].outcome == "ok"
+    assert "now breaker closed" in harness.router.status()[0]
+
+
+def test_the_json_report_shows_the_probe_as_a_probe(harness: Harness) -> None:
+    harness.trip_primary()
+    harness.clock.advance(30)
+    with harness.test() as (guard, client):
+        ask(client)
+    harness.settle()
+    record = report_json.record(guard, "test_a.py::t", "passed", 0.1, 0.0)
+    assert [a["endpoint_name"] for a in record["attempts"]] == ["backup"], "the probe is no attempt of the test"
+    (probe,) = record["probes"]
+    assert (probe["endpoint_name"], probe["outcome"]) == ("primary", "HTTP 503")
+    assert probe["text"].startswith("probe of primary (beside call 1's attempt to backup): HTTP 503, still failing")
+
+
+def test_the_session_end_leaves_a_hanging_probe_which_records_nothing_after_it(harness: Harness) -> None:
+    harness.trip_primary()
+    harness.primary.plan(then=Fault.hang())
+    harness.clock.advance(30)
+    with harness.test() as (guard, client):
+        ask(client)
+    harness.router.close()  # the session ends while the probe hangs
+    assert harness.settle(), "its thread ended at its cap, its connection closed"
+    assert guard.ledger.probes[0].end is None
+    assert "half-open" in harness.router.status()[0], "its late answer changed nothing"
 
 
 def test_everything_down_refuses_in_milliseconds_naming_the_breakers(harness: Harness) -> None:
@@ -241,6 +327,19 @@ def test_cap_on_endpoints_tried_per_call(primary: FaultServer, backup: FaultServ
     with harness.test() as (guard, client):
         ask(client)
     assert [e.endpoint_name for e in guard.events] == ["primary", "primary"]
+
+
+async def test_an_async_call_sends_its_probe_beside_it_too(harness: Harness) -> None:
+    harness.trip_primary()
+    harness.primary.plan(then=Fault.hang())
+    harness.clock.advance(30)
+    with harness.test() as (guard, _):
+        client = guard.fixture_client(openai.AsyncOpenAI(base_url=harness.primary.base_url, api_key="k"))
+        completion = await client.chat.completions.create(model="gpt-test", messages=HELLO)
+        await client.close()
+    assert completion.choices[0].message.content == "echo: hello there"
+    assert [e.endpoint_name for e in guard.events] == ["backup"]
+    assert harness.settle() and guard.ledger.probes[0].outcome == "ReadTimeout"
 
 
 async def test_async_clients_are_routed_too(harness: Harness) -> None:

@@ -1,0 +1,143 @@
+"""Half-open probes off the test's clock: a breaker's probe sent beside a test's attempt.
+
+Why: when an open breaker's cooldown ends, the next request routed to its endpoint used
+to be the probe, and an endpoint that still hangs cost that test a whole attempt
+timeout. While another endpoint can take the test's request, the routing layer sends the
+request there and hands a copy for the probed endpoint to the session's :class:`Prober`,
+which sends it from a thread of its own. The copy's answer only feeds the breaker (closed
+again, or re-opened with its cooldown doubled); the test's ledger keeps it as a
+:class:`~ledger.Probe`, never as an attempt. With no other endpoint available the probe
+is the test's attempt, as before (``routing.py``).
+
+A probe:
+
+- goes out through a network transport of its own, below every layer of the pipeline
+  and below any patch a cassette library puts on httpx2's transport (vcrpy's): nothing
+  of it reaches a cassette, the seam or the test's budgets. A thread, not a task, so an
+  async client's probe does not depend on (or outlive) its event loop;
+- is judged as an attempt is: by its status, and for a stream by its first
+  content-bearing event, after which it is closed;
+- ends within its bound, the cap the test's attempt would have had on that endpoint.
+  The session's end waits :data:`SETTLE` seconds for the probes still out, then leaves
+  them (their answers would only update a session that is over): their daemon threads
+  close their connections when their bound ends, and record nothing after the end.
+
+Under xdist one worker probes per half-open window: the breaker leases the probe through
+the state store (``breaker.py``) before anything is sent, as for an attempt.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+
+import httpx2
+
+from . import reads
+from .dialects import Dialect, decoding, retry_after
+
+SETTLE = 0.05
+"""Seconds the session's end waits for the probes still out before leaving them."""
+
+Report = Callable[[int | None, BaseException | None, float | None], None]
+"""Told a probe's answer: its status (None when it failed before one), its error, its Retry-After."""
+
+
+class _NetworkTransport(httpx2.HTTPTransport):
+    """httpx2's network transport as it was when this module was imported: a cassette library that
+    patches ``HTTPTransport.handle_request`` while a cassette is active (vcrpy) never sees a probe."""
+
+    handle_request = httpx2.HTTPTransport.handle_request
+
+
+class Prober:
+    """The session's probes in flight: each in a daemon thread, left behind at the session's end."""
+
+    def __init__(self) -> None:
+        self._threads: set[threading.Thread] = set()
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def send(self, request: httpx2.Request, dialect: Dialect, bound: float, report: Report, *, name: str) -> None:
+        """Send ``request`` now, in the background; ``report`` gets its answer (unless the session ended)."""
+        thread = threading.Thread(target=self._run, args=(request, dialect, bound, report), name=name, daemon=True)
+        with self._lock:
+            if self._closed:
+                return
+            self._threads.add(thread)
+        thread.start()
+
+    def _run(self, request: httpx2.Request, dialect: Dialect, bound: float, report: Report) -> None:
+        try:
+            answer = ask(request, dialect, bound)
+            with self._lock:  # the session's end waits for a report under way, never for one after it
+                if not self._closed:
+                    report(*answer)
+        finally:
+            with self._lock:
+                self._threads.discard(threading.current_thread())
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the probes out now (at most ``timeout`` seconds); True when none is left."""
+        until = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            out = list(self._threads)
+        for thread in out:
+            thread.join(None if until is None else max(0.0, until - time.monotonic()))
+        return not any(thread.is_alive() for thread in out)
+
+    def close(self) -> None:
+        """The session ends: wait :data:`SETTLE` seconds, then record no probe's answer any more."""
+        self.wait(SETTLE)
+        with self._lock:
+            self._closed = True
+
+
+def ask(
+    request: httpx2.Request, dialect: Dialect, bound: float
+) -> tuple[int | None, BaseException | None, float | None]:
+    """Send one probe and judge it as an attempt is judged: its status, a stream's first content.
+
+    Returns the status (None when it failed before one), the error that failed it, the Retry-After
+    of an error status. Every read ends within ``bound`` seconds of the start (``reads.py``, where the
+    seam is installed; the request's own timeouts are at most ``bound`` everywhere).
+    """
+    started = time.monotonic()
+    transport = _NetworkTransport()
+    if not math.isinf(bound):
+        reads.due(time.monotonic, started + bound, f"the probe got no answer within its {bound:.2f} s cap")
+    try:
+        response = transport.handle_request(request)
+        try:
+            status = response.status_code
+            if status >= 400:
+                return status, None, retry_after(response)
+            return status, _first_content(response, dialect, started + bound), None
+        finally:
+            response.close()
+    except Exception as exc:
+        return None, exc, None
+    finally:
+        reads.clear()
+        transport.close()
+
+
+def _first_content(response: httpx2.Response, dialect: Dialect, until: float) -> BaseException | None:
+    """A stream is read to its first content-bearing event (what fails before it fails the probe)."""
+    reader = decoding(
+        dialect.reader(response.headers.get("content-type", "")), response.headers.get("content-encoding", "")
+    )
+    if not reader.events_expected:
+        return None
+    for chunk in response.stream:  # type: ignore[union-attr]
+        problem = reader.feed(chunk)
+        if problem:
+            return httpx2.RemoteProtocolError(f"{problem} in the probe's {response.status_code}")
+        if reader.content or reader.ended:
+            return None
+        if time.monotonic() > until:
+            return httpx2.ReadTimeout("the probe's stream sent no content within its cap")
+    problem = reader.finish()
+    return httpx2.RemoteProtocolError(f"{problem} in the probe's stream") if problem else None
