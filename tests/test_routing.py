@@ -9,15 +9,18 @@ are real. Nothing here asserts on elapsed wall-clock time (``test_end_to_end.py`
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx2
+import jsonschema
 import openai
 import pytest
 
-from pytest_llm_guard import FakeClock, pipeline, report_json, transport
+from pytest_llm_guard import FakeClock, pipeline, report_html, report_json, transport
 from pytest_llm_guard.config import Settings
 from pytest_llm_guard.endpoints import Endpoint, EndpointSet
 from pytest_llm_guard.errors import LLMBudgetExceeded, LLMNoEndpoint
@@ -216,6 +219,10 @@ def test_the_json_report_shows_the_probe_as_a_probe(harness: Harness) -> None:
     (probe,) = record["probes"]
     assert (probe["endpoint_name"], probe["outcome"]) == ("primary", "HTTP 503")
     assert probe["text"].startswith("probe of primary (beside call 1's attempt to backup): HTTP 503, still failing")
+    whole = report_json.build([record], harness.router.health(), duration=0.1)
+    jsonschema.validate(whole, json.loads((Path(__file__).parent.parent / "docs" / "report-schema.json").read_text()))
+    page = report_html.render(whole)
+    assert '<ul class="probes"><li>probe of primary (beside call 1' in page and "still failing" in page
 
 
 def test_the_session_end_leaves_a_hanging_probe_which_records_nothing_after_it(harness: Harness) -> None:
