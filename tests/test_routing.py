@@ -10,6 +10,7 @@ are real. Nothing here asserts on elapsed wall-clock time (``test_end_to_end.py`
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -225,6 +226,31 @@ def test_the_json_report_shows_the_probe_as_a_probe(harness: Harness) -> None:
     assert '<ul class="probes"><li>probe of primary (beside call 1' in page and "still failing" in page
 
 
+def test_a_failure_message_lists_the_probe_apart_from_the_attempts(harness: Harness) -> None:
+    harness.trip_primary()
+    harness.backup.plan(Fault.status(503))
+    harness.clock.advance(30)
+    with harness.test(retries=0) as (_, client), pytest.raises(LLMBudgetExceeded) as info:
+        ask(client)
+    assert harness.settle()
+    message = str(info.value)
+    assert "Attempts (1):" in message and "Breaker probes beside them, off the test's clock (1):" in message
+    assert "  - probe of primary (beside call 1's attempt to backup): " in message
+
+
+def test_a_probe_never_reaches_a_vcrpy_cassette(harness: Harness, tmp_path: Path) -> None:
+    import vcr
+
+    harness.trip_primary()
+    harness.primary.reset()
+    harness.clock.advance(30)
+    with vcr.use_cassette(str(tmp_path / "c.yaml"), record_mode="all") as cassette:
+        with harness.test() as (guard, client):
+            ask(client)
+        assert harness.settle() and guard.ledger.probes[0].outcome == "ok", "the probe went out while recording"
+    assert [r.uri for r in cassette.requests] == [harness.backup.base_url + "/chat/completions"]
+
+
 def test_the_session_end_leaves_a_hanging_probe_which_records_nothing_after_it(harness: Harness) -> None:
     harness.trip_primary()
     harness.primary.plan(then=Fault.hang())
@@ -233,6 +259,7 @@ def test_the_session_end_leaves_a_hanging_probe_which_records_nothing_after_it(h
         ask(client)
     harness.router.close()  # the session ends while the probe hangs
     assert harness.settle(), "its thread ended at its cap, its connection closed"
+    assert not [t for t in threading.enumerate() if t.name.startswith("pytest-llm-guard probe")]
     assert guard.ledger.probes[0].end is None
     assert "half-open" in harness.router.status()[0], "its late answer changed nothing"
 

@@ -174,7 +174,9 @@ def _timeline(i: int, test: Mapping[str, Any]) -> str:
 def _probes(probes: Sequence[Any]) -> str:
     """Half-open probes sent beside the test's attempts: listed apart, they are no attempt of the test."""
     items = "".join(f"<li>{_e(p.get('text') or '')}</li>" for p in probes if isinstance(p, Mapping))
-    return f'<p class="muted">Breaker probes, off the test\'s clock:</p><ul class="probes">{items}</ul>' if items else ""
+    if not items:
+        return ""
+    return f'<p class="muted">Breaker probes, off the test\'s clock:</p><ul class="probes">{items}</ul>'
 
 
 def _timeline_svg(test: Mapping[str, Any], attempts: Sequence[Mapping[str, Any]]) -> str:
