@@ -30,12 +30,12 @@ from __future__ import annotations
 
 import math
 import threading
-import time
 from collections.abc import Callable
 
 import httpx2
 
 from . import reads
+from .clock import REAL
 from .dialects import Dialect, decoding, retry_after
 
 SETTLE = 0.05
@@ -81,11 +81,11 @@ class Prober:
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait for the probes out now (at most ``timeout`` seconds); True when none is left."""
-        until = None if timeout is None else time.monotonic() + timeout
+        until = None if timeout is None else REAL.now() + timeout
         with self._lock:
             out = list(self._threads)
         for thread in out:
-            thread.join(None if until is None else max(0.0, until - time.monotonic()))
+            thread.join(None if until is None else max(0.0, until - REAL.now()))
         return not any(thread.is_alive() for thread in out)
 
     def close(self) -> None:
@@ -104,10 +104,10 @@ def ask(
     of an error status. Every read ends within ``bound`` seconds of the start (``reads.py``, where the
     seam is installed; the request's own timeouts are at most ``bound`` everywhere).
     """
-    started = time.monotonic()
+    started = REAL.now()
     transport = _NetworkTransport()
     if not math.isinf(bound):
-        reads.due(time.monotonic, started + bound, f"the probe got no answer within its {bound:.2f} s cap")
+        reads.due(REAL.now, started + bound, f"the probe got no answer within its {bound:.2f} s cap")
     try:
         response = transport.handle_request(request)
         try:
@@ -137,7 +137,7 @@ def _first_content(response: httpx2.Response, dialect: Dialect, until: float) ->
             return httpx2.RemoteProtocolError(f"{problem} in the probe's {response.status_code}")
         if reader.content or reader.ended:
             return None
-        if time.monotonic() > until:
+        if REAL.now() > until:
             return httpx2.ReadTimeout("the probe's stream sent no content within its cap")
     problem = reader.finish()
     return httpx2.RemoteProtocolError(f"{problem} in the probe's stream") if problem else None
