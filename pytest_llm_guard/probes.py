@@ -11,9 +11,10 @@ is the test's attempt, as before (``routing.py``).
 
 A probe:
 
-- goes out through a network transport of its own, below every layer of the pipeline
-  and below any patch a cassette library puts on httpx2's transport (vcrpy's): nothing
-  of it reaches a cassette, the seam or the test's budgets. A thread, not a task, so an
+- goes out through a network transport of its own (the environment's proxies and
+  certificates, as an SDK's default client), below every layer of the pipeline and below
+  any patch a cassette library puts on httpx2's transport (vcrpy's): nothing of it
+  reaches a cassette, the seam or the test's budgets. A thread, not a task, so an
   async client's probe does not depend on (or outlive) its event loop;
 - is judged as an attempt is: by its status, and for a stream by its first
   content-bearing event, after which it is closed;
@@ -45,11 +46,9 @@ Report = Callable[[int | None, BaseException | None, float | None], None]
 """Told a probe's answer: its status (None when it failed before one), its error, its Retry-After."""
 
 
-class _NetworkTransport(httpx2.HTTPTransport):
-    """httpx2's network transport as it was when this module was imported: a cassette library that
-    patches ``HTTPTransport.handle_request`` while a cassette is active (vcrpy) never sees a probe."""
-
-    handle_request = httpx2.HTTPTransport.handle_request
+_NETWORK_SEND = httpx2.HTTPTransport.handle_request
+"""httpx2's network send as it was when this module was imported: a cassette library that patches
+``HTTPTransport.handle_request`` while a cassette is active (vcrpy) never sees a probe."""
 
 
 class Prober:
@@ -105,11 +104,11 @@ def ask(
     seam is installed; the request's own timeouts are at most ``bound`` everywhere).
     """
     started = REAL.now()
-    transport = _NetworkTransport()
+    client = httpx2.Client()  # only for its transports: the environment's proxies and certificates, as an SDK's
     if not math.isinf(bound):
         reads.due(REAL.now, started + bound, f"the probe got no answer within its {bound:.2f} s cap")
     try:
-        response = transport.handle_request(request)
+        response = _NETWORK_SEND(client._transport_for_url(request.url), request)  # type: ignore[arg-type]
         try:
             status = response.status_code
             if status >= 400:
@@ -121,7 +120,7 @@ def ask(
         return None, exc, None
     finally:
         reads.clear()
-        transport.close()
+        client.close()
 
 
 def _first_content(response: httpx2.Response, dialect: Dialect, until: float) -> BaseException | None:
