@@ -32,6 +32,7 @@ from pytest_llm_guard.state import MemoryStore
 
 HELLO = [{"role": "user", "content": "hello there"}]
 CALL_TIMEOUT = 0.5  # short enough to keep hang tests fast, long enough for a busy machine
+PROBE_CAP = 0.2  # a test's call_timeout where a probe meets a hang: the probe ends at it (nothing waits on it)
 
 
 class Harness:
@@ -126,7 +127,7 @@ def test_a_due_probe_goes_beside_the_attempt_and_costs_the_test_no_timeout(harne
     harness.trip_primary()
     harness.primary.plan(then=Fault.hang())  # still down, now hanging
     harness.clock.advance(30)
-    with harness.test() as (guard, client):
+    with harness.test(call_timeout=PROBE_CAP) as (guard, client):
         assert ask(client) == "echo: hello there"
     assert [(e.endpoint_name, e.outcome) for e in guard.events] == [("backup", "ok")], "no attempt waited on the probe"
     assert guard.stats.attempts == 1 and guard.stats.failures == 0
@@ -196,7 +197,7 @@ def test_a_streamed_probe_is_judged_by_its_first_content(harness: Harness) -> No
     harness.trip_primary()
     harness.primary.plan(then=Fault.stall(0))  # headers at once, then no event
     harness.clock.advance(30)
-    with harness.test() as (guard, client):
+    with harness.test(call_timeout=PROBE_CAP) as (guard, client):
         chunks = client.chat.completions.create(model="gpt-test", messages=HELLO, stream=True)
         assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert harness.settle() and guard.ledger.probes[0].outcome == "ReadTimeout", "a 200 without content failed it"
@@ -257,7 +258,7 @@ def test_the_session_end_leaves_a_hanging_probe_which_records_nothing_after_it(h
     harness.clock.advance(30)
     with harness.test() as (guard, client):
         ask(client)
-    harness.router.close()  # the session ends while the probe hangs
+    harness.router.close()  # the session ends while the probe hangs (its cap: the primary's call_timeout)
     assert harness.settle(), "its thread ended at its cap, its connection closed"
     assert not [t for t in threading.enumerate() if t.name.startswith("pytest-llm-guard probe")]
     assert guard.ledger.probes[0].end is None
@@ -367,7 +368,7 @@ async def test_an_async_call_sends_its_probe_beside_it_too(harness: Harness) -> 
     harness.trip_primary()
     harness.primary.plan(then=Fault.hang())
     harness.clock.advance(30)
-    with harness.test() as (guard, _):
+    with harness.test(call_timeout=PROBE_CAP) as (guard, _):
         client = guard.fixture_client(openai.AsyncOpenAI(base_url=harness.primary.base_url, api_key="k"))
         completion = await client.chat.completions.create(model="gpt-test", messages=HELLO)
         await client.close()
