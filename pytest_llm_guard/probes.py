@@ -39,6 +39,8 @@ from . import reads
 from .clock import REAL
 from .dialects import Dialect, decoding, retry_after
 
+THREAD = "pytest-llm-guard probe"
+"""How a probe's thread is named (then ``of <endpoint>``)."""
 SETTLE = 0.05
 """Seconds the session's end waits for the probes still out before leaving them."""
 
@@ -49,6 +51,26 @@ Report = Callable[[int | None, BaseException | None, float | None], None]
 _NETWORK_SEND = httpx2.HTTPTransport.handle_request
 """httpx2's network send as it was when this module was imported: a cassette library that patches
 ``HTTPTransport.handle_request`` while a cassette is active (vcrpy) never sees a probe."""
+
+
+def copy(addressed: httpx2.Request, body: bytes, bound: float) -> httpx2.Request:
+    """The probe's request: the call's request as the probed endpoint must receive it (``Endpoint.address``)
+    with its ``body``, nothing of the pipeline's extensions, and every timeout at the probe's ``bound``."""
+    limit = None if math.isinf(bound) else bound
+    return httpx2.Request(
+        addressed.method,
+        addressed.url,
+        headers=addressed.headers,
+        content=body,
+        extensions={"timeout": dict.fromkeys(("connect", "read", "write", "pool"), limit)},
+    )
+
+
+def outcome(status: int | None, error: BaseException | None) -> str:
+    """A probe's outcome in an attempt's words: ``ok``, ``HTTP <status>`` or the error's name."""
+    if error is not None:
+        return type(error).__name__
+    return f"HTTP {status}" if status is not None and status >= 400 else "ok"
 
 
 class Prober:

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx2
 
-from . import report
+from . import probes, report
 from .breaker import EndpointHealth, Outcome, Verdict, classify, describe_error
 from .clock import REAL, Clock
 from .config import BREAKER_MARKER, Settings
@@ -50,7 +50,6 @@ from .dialects import DIALECTS, Dialect, dialect_for, origin_of
 from .endpoints import Endpoint, EndpointSet
 from .errors import LLMNoEndpoint
 from .ledger import CALL, Attempt, Call, Probe
-from .probes import Prober
 from .state import StateStore
 
 if TYPE_CHECKING:
@@ -153,7 +152,7 @@ class Router:
         """Breakers are shared between processes, so they keep the time of day (``Clock.wall``)."""
         self.rng = rng or random.Random()
         self.environ = environ
-        self.prober = Prober()
+        self.prober = probes.Prober()
         """Half-open probes sent beside a test's attempt, in the background (``probes.py``)."""
 
     def close(self) -> None:
@@ -313,12 +312,12 @@ class RouterLayer:
                 raise self._refusal([(owner, Verdict(False, self._not_allowed()))], request, ctx, fixture)
             choices = [owner]
         refusals = self._admit_first(plan, choices, ctx, max_wait=0.0)
-        if plan.aside is not None and plan.endpoint is None:  # no other endpoint can take it: the probe is the attempt
-            plan.endpoint, plan.aside = plan.aside[0], None
         remaining = ctx.remaining()
         rate_limited = [e for e, verdict in refusals if 0 < verdict.wait < remaining]
-        if plan.endpoint is None and rate_limited:  # honour the shortest Retry-After that fits the deadline
+        if plan.endpoint is None and plan.aside is None and rate_limited:  # the shortest Retry-After that fits
             self._admit_first(plan, rate_limited, ctx, max_wait=remaining)
+        if plan.endpoint is None and plan.aside is not None:  # no other endpoint takes it: the probe is the attempt
+            plan.endpoint, plan.aside = plan.aside[0], None
         if plan.endpoint is None:
             raise self._refusal(refusals, request, ctx, fixture)
         if plan.aside is not None:
@@ -350,7 +349,7 @@ class RouterLayer:
             )
             if not verdict.ok:
                 refusals.append((endpoint, verdict))
-            elif verdict.probe and hedge and plan.aside is None:
+            elif verdict.probe and hedge and plan.aside is None and not verdict.wait:
                 plan.aside = (endpoint, cap)
             else:
                 plan.endpoint, plan.wait = endpoint, verdict.wait
@@ -365,17 +364,10 @@ class RouterLayer:
         (endpoint, cap), attempt, clock = plan.aside, ctx.attempt, ctx.clock
         dialect: Dialect | None = dialect_for(plan.request)
         assert dialect is not None  # only LLM requests reach the layers
-        addressed = endpoint.address(plan.request, attempt.model, self.router.environ)
         timeouts = [t for t in (plan.request.extensions.get("timeout") or {}).values() if t is not None]
         bound = min(cap, max(timeouts, default=math.inf))  # the attempt's cap there, else its client's timeout
-        limit = None if math.isinf(bound) else bound
-        request = httpx2.Request(
-            addressed.method,
-            addressed.url,
-            headers=addressed.headers,
-            content=plan.request.content,
-            extensions={"timeout": dict.fromkeys(("connect", "read", "write", "pool"), limit)},
-        )
+        addressed = endpoint.address(plan.request, attempt.model, self.router.environ)
+        request = probes.copy(addressed, plan.request.content, bound)
         probe = Probe(endpoint.name, attempt.model, attempt.call, plan.endpoint.name, start=clock.now())
         ctx.ledger.probe(probe)
         model = plan.model
@@ -389,7 +381,7 @@ class RouterLayer:
                 error=describe_error(status, error) if outcome is Outcome.FAILURE else None,
                 retry_after=retry_after if outcome is Outcome.THROTTLED else None,
             )
-            probe.outcome = type(error).__name__ if error is not None else "ok" if status < 400 else f"HTTP {status}"  # type: ignore[operator]
+            probe.outcome = probes.outcome(status, error)
             probe.breaker = _probe_verdict(outcome, error)
             probe.end = clock.now()
 
@@ -400,7 +392,7 @@ class RouterLayer:
             plan.endpoint.name,
             model,
         )
-        self.router.prober.send(request, dialect, bound, report, name=f"pytest-llm-guard probe of {endpoint.name}")
+        self.router.prober.send(request, dialect, bound, report, name=f"{probes.THREAD} of {endpoint.name}")
 
     def _send_to(self, plan: _Plan, ctx: AttemptContext) -> None:
         attempt, endpoint = ctx.attempt, plan.endpoint

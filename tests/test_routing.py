@@ -21,7 +21,7 @@ import jsonschema
 import openai
 import pytest
 
-from pytest_llm_guard import FakeClock, pipeline, report_html, report_json, transport
+from pytest_llm_guard import FakeClock, pipeline, probes, report_html, report_json, transport
 from pytest_llm_guard.config import Settings
 from pytest_llm_guard.endpoints import Endpoint, EndpointSet
 from pytest_llm_guard.errors import LLMBudgetExceeded, LLMNoEndpoint
@@ -260,7 +260,7 @@ def test_the_session_end_leaves_a_hanging_probe_which_records_nothing_after_it(h
         ask(client)
     harness.router.close()  # the session ends while the probe hangs (its cap: the primary's call_timeout)
     assert harness.settle(), "its thread ended at its cap, its connection closed"
-    assert not [t for t in threading.enumerate() if t.name.startswith("pytest-llm-guard probe")]
+    assert not [t for t in threading.enumerate() if t.name.startswith(probes.THREAD)]
     assert guard.ledger.probes[0].end is None
     assert "half-open" in harness.router.status()[0], "its late answer changed nothing"
 
