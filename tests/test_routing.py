@@ -519,6 +519,37 @@ def test_two_xdist_workers_share_one_breaker(
     )
 
 
+def test_a_sessions_json_report_lists_a_probe_under_the_test_it_went_beside(
+    pytester: pytest.Pytester, primary: FaultServer, backup: FaultServer
+) -> None:
+    primary.plan(then=Fault.hang())
+    project(pytester, primary, backup, options="breaker_failures = 1\nbreaker_cooldown = 0.1", call_timeout=0.2)
+    pytester.makepyfile(
+        test_app="""
+import time
+
+def ask(client):
+    reply = client.chat.completions.create(model="gpt-test", messages=[{"role": "user", "content": "hi"}])
+    assert reply.choices[0].message.content == "echo: hi"
+
+def test_trips_the_primary(llm_client):
+    ask(llm_client)
+
+def test_after_its_cooldown(llm_client):
+    time.sleep(0.15)
+    ask(llm_client)
+"""
+    )
+    result = pytester.runpytest("--llm-report=report.json")
+    result.assert_outcomes(passed=2)
+    tests = json.loads((pytester.path / "report.json").read_text())["tests"]
+    assert [[a["endpoint_name"] for a in test["attempts"]] for test in tests] == [["primary", "backup"], ["backup"]]
+    assert "probes" not in tests[0]
+    (probe,) = tests[1]["probes"]
+    assert (probe["endpoint_name"], probe["beside"], probe["call"]) == ("primary", "backup", 1)
+    assert tests[1]["stats"]["attempts"] == 1 and tests[1]["stats"]["failures"] == 0
+
+
 def test_a_plugin_can_provide_the_state_store(pytester: pytest.Pytester, backup: FaultServer) -> None:
     project(pytester, backup, options="max_calls = 5")
     pytester.makeconftest(
