@@ -13,6 +13,8 @@
 - **Backoff** is the time from the end of an attempt that did not succeed to the start of
   the next, whoever waited: measured here once (:meth:`Ledger.open`), read everywhere.
 - **Network seconds** are the time of live and recorded attempts only.
+- A **probe** is a half-open breaker's request sent beside an attempt, off the test's clock
+  (``probes.py``): kept apart (:class:`Probe`), it is no attempt and counts in no total.
 
 Budgets, ``llm_guard.stats``, failure messages, the terminal summary and reports all
 read these records and totals; only the transport seam and the layers write them.
