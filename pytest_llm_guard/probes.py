@@ -7,7 +7,9 @@ request there and hands a copy for the probed endpoint to the session's :class:`
 which sends it from a thread of its own. The copy's answer only feeds the breaker (closed
 again, or re-opened with its cooldown doubled); the test's ledger keeps it as a
 :class:`~ledger.Probe`, never as an attempt. With no other endpoint available the probe
-is the test's attempt, as before (``routing.py``).
+is the test's attempt, as before (``routing.py``); so it is for a client with a transport of its
+own (a mock) and while a library answers httpx2's network transport (vcrpy's cassettes): a
+mocked or replaying suite sends nothing more to the network.
 
 A probe:
 
@@ -51,6 +53,17 @@ Report = Callable[[int | None, BaseException | None, float | None], None]
 _NETWORK_SEND = httpx2.HTTPTransport.handle_request
 """httpx2's network send as it was when this module was imported: a cassette library that patches
 ``HTTPTransport.handle_request`` while a cassette is active (vcrpy) never sees a probe."""
+_NETWORK_SEND_ASYNC = httpx2.AsyncHTTPTransport.handle_async_request
+
+
+def intercepted() -> bool:
+    """Whether a library answers httpx2's network transport now (vcrpy while a cassette is active): a
+    probe beside the attempt would then either land in its cassette or leave a suite that replays, so
+    the probe is the attempt, as the library expects."""
+    return (
+        httpx2.HTTPTransport.handle_request is not _NETWORK_SEND
+        or httpx2.AsyncHTTPTransport.handle_async_request is not _NETWORK_SEND_ASYNC
+    )
 
 
 def copy(addressed: httpx2.Request, body: bytes, bound: float) -> httpx2.Request:

@@ -105,10 +105,13 @@ def endpoint_unavailable(message: str, *, request: httpx2.Request, endpoints: tu
     return dressed(message, request=request, endpoints=endpoints)
 
 
-def _readable(request: httpx2.Request) -> bool:
-    """Whether the request's body can be sent twice (an SDK's always can): a probe beside it needs a copy."""
+def _beside(plan: _Plan, ctx: AttemptContext) -> bool:
+    """May a probe go beside this attempt? A routed call of a client on the network (no mock, no cassette
+    library answering), whose body can be sent twice (an SDK's always can)."""
+    if not (plan.routed and ctx.network) or probes.intercepted():
+        return False
     try:
-        request.content  # noqa: B018
+        plan.request.content  # noqa: B018
     except httpx2.RequestNotRead:
         return False
     return True
@@ -341,7 +344,6 @@ class RouterLayer:
         (``plan.aside``) if another endpoint takes the attempt, and is the attempt if none does.
         """
         refusals = []
-        hedge = plan.routed and _readable(plan.request)
         for endpoint in choices:
             cap = min(ctx.attempt_cap(), endpoint.call_timeout or math.inf)
             verdict = self.router.admit(
@@ -349,7 +351,7 @@ class RouterLayer:
             )
             if not verdict.ok:
                 refusals.append((endpoint, verdict))
-            elif verdict.probe and hedge and plan.aside is None and not verdict.wait:
+            elif verdict.probe and plan.aside is None and not verdict.wait and _beside(plan, ctx):
                 plan.aside = (endpoint, cap)
             else:
                 plan.endpoint, plan.wait = endpoint, verdict.wait

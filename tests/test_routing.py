@@ -239,17 +239,55 @@ def test_a_failure_message_lists_the_probe_apart_from_the_attempts(harness: Harn
     assert "  - probe of primary (beside call 1's attempt to backup): " in message
 
 
-def test_a_probe_never_reaches_a_vcrpy_cassette(harness: Harness, tmp_path: Path) -> None:
+def test_while_vcrpy_answers_the_transport_the_probe_is_the_attempt(harness: Harness, tmp_path: Path) -> None:
     import vcr
 
     harness.trip_primary()
     harness.primary.reset()
     harness.clock.advance(30)
+    with vcr.use_cassette(str(tmp_path / "c.yaml"), record_mode="all") as cassette, harness.test() as (guard, client):
+        ask(client)
+    assert [e.endpoint_name for e in guard.events] == ["primary"] and not guard.ledger.probes
+    assert [r.uri for r in cassette.requests] == [harness.primary.base_url + "/chat/completions"], "one request"
+
+
+def test_a_probe_sent_before_a_cassette_starts_never_reaches_it(harness: Harness, tmp_path: Path) -> None:
+    import vcr
+
+    harness.trip_primary()
+    harness.primary.plan(then=Fault.hang())
+    harness.clock.advance(30)
+    with harness.test(call_timeout=PROBE_CAP) as (guard, client):
+        ask(client)  # its probe hangs on in the background
     with vcr.use_cassette(str(tmp_path / "c.yaml"), record_mode="all") as cassette:
-        with harness.test() as (guard, client):
-            ask(client)
-        assert harness.settle() and guard.ledger.probes[0].outcome == "ok", "the probe went out while recording"
-    assert [r.uri for r in cassette.requests] == [harness.backup.base_url + "/chat/completions"]
+        assert harness.settle() and guard.ledger.probes[0].outcome == "ReadTimeout"
+    assert not cassette.requests
+
+
+def test_a_mocked_client_probes_through_its_mock_as_the_attempt(harness: Harness) -> None:
+    primary = httpx2.URL(harness.primary.base_url).port
+    failing = [True]
+
+    def answer(request: httpx2.Request) -> httpx2.Response:  # 4xx proves an endpoint up, 503 counts against it
+        down = request.url.port == primary and failing[0]
+        return httpx2.Response(503 if down else 400, json={"error": {"message": "mock"}})
+
+    def mocked(guard: Guard) -> openai.OpenAI:
+        http_client = openai.DefaultHttpx2Client(transport=httpx2.MockTransport(answer))
+        return guard.fixture_client(
+            openai.OpenAI(base_url=harness.primary.base_url, api_key="k", http_client=http_client)
+        )
+
+    for _ in range(2):  # breaker_failures=2
+        with harness.test() as (guard, _), pytest.raises(openai.BadRequestError):
+            ask(mocked(guard))
+    failing[0] = False
+    harness.clock.advance(30)
+    with harness.test() as (guard, _), pytest.raises(openai.BadRequestError):
+        ask(mocked(guard))
+    assert [e.endpoint_name for e in guard.events] == ["primary"] and not guard.ledger.probes
+    assert not harness.primary.requests, "nothing of a mocked suite went to the network"
+    assert "now breaker closed" in harness.router.status()[0]
 
 
 def test_the_session_end_leaves_a_hanging_probe_which_records_nothing_after_it(harness: Harness) -> None:
