@@ -15,8 +15,8 @@ A probe:
 
 - goes out through a network transport of its own (the environment's proxies and
   certificates, as an SDK's default client), below every layer of the pipeline and below
-  any patch a cassette library puts on httpx2's transport (vcrpy's): nothing of it
-  reaches a cassette, the seam or the test's budgets. A thread, not a task, so an
+  any patch a cassette library puts on httpx2's transport later (the next test's vcrpy
+  cassette): nothing of it reaches a cassette, the seam or the test's budgets. A thread, not a task, so an
   async client's probe does not depend on (or outlive) its event loop;
 - is judged as an attempt is: by its status, and for a stream by its first
   content-bearing event, after which it is closed;
@@ -32,6 +32,7 @@ the state store (``breaker.py``) before anything is sent, as for an attempt.
 from __future__ import annotations
 
 import math
+import os
 import threading
 from collections.abc import Callable
 
@@ -50,19 +51,21 @@ Report = Callable[[int | None, BaseException | None, float | None], None]
 """Told a probe's answer: its status (None when it failed before one), its error, its Retry-After."""
 
 
-_NETWORK_SEND = httpx2.HTTPTransport.handle_request
-"""httpx2's network send as it was when this module was imported: a cassette library that patches
-``HTTPTransport.handle_request`` while a cassette is active (vcrpy) never sees a probe."""
-_NETWORK_SEND_ASYNC = httpx2.AsyncHTTPTransport.handle_async_request
+Send = Callable[[httpx2.HTTPTransport, httpx2.Request], httpx2.Response]
+_HTTPX2 = os.path.dirname(httpx2.__file__)
+
+
+def _httpx2_own(method: object) -> bool:
+    code = getattr(method, "__code__", None)
+    return code is not None and code.co_filename.startswith(_HTTPX2)
 
 
 def intercepted() -> bool:
-    """Whether a library answers httpx2's network transport now (vcrpy while a cassette is active): a
-    probe beside the attempt would then either land in its cassette or leave a suite that replays, so
-    the probe is the attempt, as the library expects."""
-    return (
-        httpx2.HTTPTransport.handle_request is not _NETWORK_SEND
-        or httpx2.AsyncHTTPTransport.handle_async_request is not _NETWORK_SEND_ASYNC
+    """Whether a library answers httpx2's network transport now (vcrpy patches it while a cassette is
+    active): a probe beside the attempt would then either land in its cassette or leave a suite that
+    replays, so the probe is the attempt, as the library expects."""
+    return not (
+        _httpx2_own(httpx2.HTTPTransport.handle_request) and _httpx2_own(httpx2.AsyncHTTPTransport.handle_async_request)
     )
 
 
@@ -95,17 +98,23 @@ class Prober:
         self._closed = False
 
     def send(self, request: httpx2.Request, dialect: Dialect, bound: float, report: Report, *, name: str) -> None:
-        """Send ``request`` now, in the background; ``report`` gets its answer (unless the session ended)."""
-        thread = threading.Thread(target=self._run, args=(request, dialect, bound, report), name=name, daemon=True)
+        """Send ``request`` now, in the background; ``report`` gets its answer (unless the session ended).
+
+        Called while nothing patches httpx2's network send (:func:`intercepted`): the thread keeps that
+        send, so a cassette library patching it later (the next test's cassette) never sees the probe.
+        """
+        network: Send = httpx2.HTTPTransport.handle_request
+        args = (request, dialect, bound, report, network)
+        thread = threading.Thread(target=self._run, args=args, name=name, daemon=True)
         with self._lock:
             if self._closed:
                 return
             self._threads.add(thread)
         thread.start()
 
-    def _run(self, request: httpx2.Request, dialect: Dialect, bound: float, report: Report) -> None:
+    def _run(self, request: httpx2.Request, dialect: Dialect, bound: float, report: Report, network: Send) -> None:
         try:
-            answer = ask(request, dialect, bound)
+            answer = ask(request, dialect, bound, network)
             with self._lock:  # the session's end waits for a report under way, never for one after it
                 if not self._closed:
                     report(*answer)
@@ -130,7 +139,7 @@ class Prober:
 
 
 def ask(
-    request: httpx2.Request, dialect: Dialect, bound: float
+    request: httpx2.Request, dialect: Dialect, bound: float, network: Send
 ) -> tuple[int | None, BaseException | None, float | None]:
     """Send one probe and judge it as an attempt is judged: its status, a stream's first content.
 
@@ -143,7 +152,7 @@ def ask(
     if not math.isinf(bound):
         reads.due(REAL.now, started + bound, f"the probe got no answer within its {bound:.2f} s cap")
     try:
-        response = _NETWORK_SEND(client._transport_for_url(request.url), request)  # type: ignore[arg-type]
+        response = network(client._transport_for_url(request.url), request)  # type: ignore[arg-type]
         try:
             status = response.status_code
             if status >= 400:
