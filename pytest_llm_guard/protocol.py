@@ -56,7 +56,10 @@ def prepare(config: pytest.Config, items: list[pytest.Item], base: Settings) -> 
         if timeout is not None:
             item.add_marker(pytest.mark.timeout(timeout))
     if guarded and not config.pluginmanager.has_plugin(GUARDED_TESTS):
-        _load_the_guard(base)
+        from .fixtures import FIXTURE_KINDS  # it imports this module
+
+        fixtures = set().union(*(getattr(item, "fixturenames", ()) for item in guarded))
+        _load_the_guard(base, {FIXTURE_KINDS[name] for name in fixtures & FIXTURE_KINDS.keys()})
         config.pluginmanager.register(GuardedTests(), GUARDED_TESTS)
     watched = base.unguarded != "allow" and "httpx2" in sys.modules  # without httpx2 no test can call an LLM
     if watched and len(guarded) < len(items) and not config.pluginmanager.has_plugin(UNGUARDED_TESTS):
@@ -79,12 +82,13 @@ def _hard_timeout(config: pytest.Config, item: pytest.Item, settings: Settings) 
     return backstop
 
 
-def _load_the_guard(settings: Settings) -> None:
+def _load_the_guard(settings: Settings, kinds: set[str]) -> None:
     """Import what guarded tests use now, once, so no test's deadline pays for it (an SDK alone
-    takes a third of a second); and fail with a usage error now if httpx2 lost the seam."""
+    takes a third of a second: those of the client fixtures in use, ``kinds``); and fail with a
+    usage error now if httpx2 lost the seam."""
     from . import dialects, guard, routing, transport  # noqa: F401
 
-    dialects.load_sdks()
+    dialects.load_sdks(kinds)
 
     if settings.record != "off":
         from . import cassettes  # noqa: F401
