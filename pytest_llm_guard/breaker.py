@@ -263,7 +263,7 @@ class EndpointHealth:
                 wait=wait,
             )
         verdict = self.breaker(model).admit(now, lease)
-        return dataclasses.replace(verdict, wait=max(0.0, wait)) if verdict.ok else verdict
+        return dataclasses.replace(verdict, wait=wait) if verdict.ok and wait > 0 else verdict
 
     def peek(self, model: str, now: float, policy: Settings, *, retry: bool) -> Verdict:
         """:meth:`admit` without taking a probe: for predicting where a retry would go."""
