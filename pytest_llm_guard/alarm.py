@@ -23,6 +23,7 @@ __tracebackhide__ = True
 
 import signal
 import threading
+import time
 import types
 from collections.abc import Callable
 from typing import Any
@@ -50,6 +51,8 @@ class Alarm:
         self._user: tuple[int, float] | None = None
         """The application's timer: its event's handle and its interval."""
         self._frame: Any = None
+        self._armed: tuple[float, float] | None = None
+        """What the timer is set for: the event's clock time and the real (monotonic) time it expires."""
 
     @staticmethod
     def available() -> bool:
@@ -71,6 +74,7 @@ class Alarm:
         if not self._running:
             return
         self._running = False
+        self._armed = None
         left, interval = self._user_left()
         for name, function in self._below.items():
             setattr(signal, name, function)
@@ -93,13 +97,22 @@ class Alarm:
             self._schedule()
 
     def _schedule(self) -> None:
-        if not self._events:
+        """Set the timer for the soonest event, unless it is set for that moment already (a call's
+        timer for its headers, due with the deadline, comes and goes without a system call)."""
+        soonest = min((when for when, _, _ in self._events), default=None)
+        if soonest is None:
+            self._armed = None
             self._below["setitimer"](signal.ITIMER_REAL, 0)
             return
-        soonest = min(when for when, _, _ in self._events)
-        self._below["setitimer"](signal.ITIMER_REAL, max(soonest - self._clock(), 1e-4))
+        seconds = max(soonest - self._clock(), 1e-4)
+        expires = time.monotonic() + seconds  # a fake clock moves apart from real time: compare both
+        if self._armed is not None and self._armed[0] == soonest and abs(self._armed[1] - expires) < 1e-3:
+            return
+        self._armed = (soonest, expires)
+        self._below["setitimer"](signal.ITIMER_REAL, seconds)
 
     def _fire(self, signum: int, frame: object) -> None:
+        self._armed = None  # the timer expired
         now = self._clock()
         due = sorted(event for event in self._events if event[0] <= now + 1e-3)
         self._events = [event for event in self._events if event not in due]
