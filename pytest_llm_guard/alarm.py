@@ -51,8 +51,8 @@ class Alarm:
         self._user: tuple[int, float] | None = None
         """The application's timer: its event's handle and its interval."""
         self._frame: Any = None
-        self._armed: tuple[float, float] | None = None
-        """What the timer is set for: the event's clock time and the real (monotonic) time it expires."""
+        self._armed: float | None = None
+        """When the timer expires (``time.monotonic``), while it is set."""
 
     @staticmethod
     def available() -> bool:
@@ -105,10 +105,10 @@ class Alarm:
             self._below["setitimer"](signal.ITIMER_REAL, 0)
             return
         seconds = max(soonest - self._clock(), 1e-4)
-        expires = time.monotonic() + seconds  # a fake clock moves apart from real time: compare both
-        if self._armed is not None and self._armed[0] == soonest and abs(self._armed[1] - expires) < 1e-3:
+        expires = time.monotonic() + seconds  # real time: a fake clock's moves are not the timer's
+        if self._armed is not None and abs(self._armed - expires) < _SAME_MOMENT:
             return
-        self._armed = (soonest, expires)
+        self._armed = expires
         self._below["setitimer"](signal.ITIMER_REAL, seconds)
 
     def _fire(self, signum: int, frame: object) -> None:
@@ -192,6 +192,9 @@ class Alarm:
 
 
 _SHARED = ("alarm", "setitimer", "getitimer", "signal", "getsignal")
+_SAME_MOMENT = 1e-3
+"""Seconds within which the timer is left as it is rather than set again (``_fire`` runs what is due
+within as much)."""
 """The ``signal`` functions the application shares the timer through."""
 
 
