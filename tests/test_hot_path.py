@@ -153,3 +153,15 @@ def test_a_worker_sees_a_trip_at_once_where_it_saw_trouble_and_at_its_next_failu
     assert call(second), "its copy of a healthy endpoint is younger than a tenth of the cooldown"
     clock.advance(POLICY.breaker_cooldown / 20)
     assert not call(second), "read again after a tenth of the cooldown: the trip is seen"
+
+
+def test_a_guarded_session_with_records_off_never_imports_the_cassette_machinery(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import sys
+
+        def test_guarded(llm_guard):
+            assert not any(name.startswith(("pytest_llm_guard.cassettes", "vcr")) for name in sys.modules)
+        """
+    )
+    pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:recording").assert_outcomes(passed=1)
