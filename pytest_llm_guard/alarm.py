@@ -23,7 +23,6 @@ __tracebackhide__ = True
 
 import signal
 import threading
-import time
 import types
 from collections.abc import Callable
 from typing import Any
@@ -52,7 +51,7 @@ class Alarm:
         """The application's timer: its event's handle and its interval."""
         self._frame: Any = None
         self._armed: float | None = None
-        """When the timer expires (``time.monotonic``), while it is set."""
+        """When the timer expires, in real time (``REAL.now``), while it is set."""
 
     @staticmethod
     def available() -> bool:
@@ -105,7 +104,7 @@ class Alarm:
             self._below["setitimer"](signal.ITIMER_REAL, 0)
             return
         seconds = max(soonest - self._clock(), 1e-4)
-        expires = time.monotonic() + seconds  # real time: a fake clock's moves are not the timer's
+        expires = REAL.now() + seconds  # real time: a fake clock's moves are not the timer's
         if self._armed is not None and abs(self._armed - expires) < _SAME_MOMENT:
             return
         self._armed = expires
