@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -25,16 +24,13 @@ from .alarm import with_line_numbers
 from .config import Settings
 from .dialects import key_variables
 from .errors import LLMCassetteError, LLMGuardInterrupt, LLMNoEndpoint, LLMUnguardedRequest, LLMUnguardedWarning
-from .session import Session
+from .fixtures import FIXTURE_KINDS
+from .keys import GUARD, ITEM_SETTINGS, SESSION
 
 if TYPE_CHECKING:
     from .cassettes import CassetteLayer
     from .guard import Guard
 
-SETTINGS = pytest.StashKey[Settings]()
-SESSION = pytest.StashKey[Session]()
-ITEM_SETTINGS = pytest.StashKey["Settings | None"]()
-GUARD = pytest.StashKey["Guard"]()
 CASSETTE = pytest.StashKey["CassetteLayer"]()
 CASSETTE_NOTE = pytest.StashKey["dict[str, Any]"]()
 ENVIRONMENT = pytest.StashKey[pytest.MonkeyPatch]()
@@ -48,20 +44,18 @@ WARNED = pytest.StashKey[int]()
 REPLAY_PLACEHOLDER_KEY = "sk-llm-guard-replay-placeholder"
 
 
-def prepare(config: pytest.Config, items: list[pytest.Item], base: Settings) -> None:
-    """After collection: the backstop marker where there is no SIGALRM, and the hooks the tests need."""
+def prepare(config: pytest.Config, items: list[pytest.Item], base: Settings, *, watched: bool) -> None:
+    """After collection: the backstop marker where there is no SIGALRM, and the hooks the tests need
+    (``watched``: tests that are not guarded are watched for LLM requests)."""
     guarded = [item for item in items if item.stash.get(ITEM_SETTINGS, None) is not None]
     for item in guarded:
         timeout = _hard_timeout(config, item, item.stash[ITEM_SETTINGS])
         if timeout is not None:
             item.add_marker(pytest.mark.timeout(timeout))
     if guarded and not config.pluginmanager.has_plugin(GUARDED_TESTS):
-        from .fixtures import FIXTURE_KINDS  # it imports this module
-
         fixtures = set().union(*(getattr(item, "fixturenames", ()) for item in guarded))
         _load_the_guard(base, {FIXTURE_KINDS[name] for name in fixtures & FIXTURE_KINDS.keys()})
         config.pluginmanager.register(GuardedTests(), GUARDED_TESTS)
-    watched = base.unguarded != "allow" and "httpx2" in sys.modules  # without httpx2 no test can call an LLM
     if watched and len(guarded) < len(items) and not config.pluginmanager.has_plugin(UNGUARDED_TESTS):
         config.pluginmanager.register(UnguardedTests(base), UNGUARDED_TESTS)
 
