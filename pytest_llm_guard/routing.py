@@ -59,6 +59,8 @@ log = logging.getLogger("pytest_llm_guard")
 
 _LEASE_MARGIN = 1.0
 """Seconds a half-open probe is held beyond its attempt's cap before another caller may probe."""
+_TRUSTED_SHARE = 0.1
+"""The share of ``breaker_cooldown`` for which a process trusts its copy of a healthy endpoint's record."""
 
 
 class LLMEndpointUnavailable(httpx2.ConnectError):
@@ -134,8 +136,28 @@ def _kinds(attempt: Attempt) -> tuple[str, ...] | None:
     return next((d.kinds for d in DIALECTS if d.name == attempt.dialect), None)
 
 
+@dataclass
+class _View:
+    """This process's copy of one endpoint's shared health, and when (``Clock.wall``) it was read."""
+
+    health: EndpointHealth
+    read_at: float
+
+
 class Router:
-    """The session's view of its endpoints: their order and their shared health (``state.py``)."""
+    """The session's view of its endpoints: their order and their shared health (``state.py``).
+
+    The healthy path costs no store round trip: each endpoint's health is kept in the process
+    (:class:`_View`) and every change is written at once (a failure, a 429, a probe, a transition,
+    a token spent), but an attempt that changes nothing is not (a success on a breaker whose window
+    holds only successes). While a model's breaker is settled (closed, no failure in its window,
+    tokens full: :meth:`EndpointHealth.settled`) the copy is trusted for a tenth of
+    ``breaker_cooldown`` before the store is read again; otherwise the store is read at every
+    attempt, as before. So what another xdist worker changes is seen at once where the endpoint is
+    in trouble, and where it looked healthy here within a tenth of the cooldown (a trip is seen for
+    nine tenths of its open time at least), or at this process's own next failure there, since each
+    write reads the record afresh.
+    """
 
     def __init__(
         self,
@@ -155,6 +177,7 @@ class Router:
         """Breakers are shared between processes, so they keep the time of day (``Clock.wall``)."""
         self.rng = rng or random.Random()
         self.environ = environ
+        self._views: dict[str, _View] = {}
         self.prober = probes.Prober()
         """Half-open probes sent beside a test's attempt, in the background (``probes.py``)."""
 
@@ -188,15 +211,20 @@ class Router:
         missing = self._missing_key(endpoint)
         if missing is not None:
             return missing
+        key, now = self._key(endpoint), self.clock.wall()
+        health = self._read(key, model, now)
+        if health.breaker(model).state == "closed":  # admitting changes nothing: the copy decides
+            return health.admit(model, now, self.policy, retry=retry, lease=lease, max_wait=max_wait)
 
-        def change(record: dict[str, Any]) -> tuple[Verdict, list[dict[str, Any]]]:
+        def change(record: dict[str, Any]) -> tuple[Verdict, EndpointHealth, list[dict[str, Any]]]:
             health = EndpointHealth.load(record)
             before = len(health.breaker(model).transitions)
-            verdict = health.admit(model, self.clock.wall(), self.policy, retry=retry, lease=lease, max_wait=max_wait)
+            verdict = health.admit(model, now, self.policy, retry=retry, lease=lease, max_wait=max_wait)
             health.dump(record)
-            return verdict, health.breaker(model).transitions[before:]
+            return verdict, health, health.breaker(model).transitions[before:]
 
-        verdict, moved = self.store.update(self._key(endpoint), change)
+        verdict, health, moved = self.store.update(key, change)
+        self._views[key] = _View(health, now)
         self._log(endpoint, model, moved)
         return verdict
 
@@ -205,8 +233,8 @@ class Router:
         missing = self._missing_key(endpoint)
         if missing is not None:
             return missing
-        health = EndpointHealth.load(self.store.get(self._key(endpoint)))
-        return health.peek(model, self.clock.wall(), self.policy, retry=retry)
+        now = self.clock.wall()
+        return self._read(self._key(endpoint), model, now).peek(model, now, self.policy, retry=retry)
 
     def record(
         self,
@@ -217,14 +245,33 @@ class Router:
         error: str | None = None,
         retry_after: float | None = None,
     ) -> None:
-        def change(record: dict[str, Any]) -> list[dict[str, Any]]:
+        key, now = self._key(endpoint), self.clock.wall()
+        view = self._views.get(key)
+        if view is not None and view.health.unchanged_by(model, outcome, now, self.policy):
+            return
+
+        def change(record: dict[str, Any]) -> tuple[EndpointHealth, list[dict[str, Any]]]:
             health = EndpointHealth.load(record)
             before = len(health.breaker(model).transitions)
-            health.record(model, outcome, self.clock.wall(), self.policy, error=error, retry_after=retry_after)
+            health.record(model, outcome, now, self.policy, error=error, retry_after=retry_after)
             health.dump(record)
-            return health.breaker(model).transitions[before:]
+            return health, health.breaker(model).transitions[before:]
 
-        self._log(endpoint, model, self.store.update(self._key(endpoint), change))
+        health, moved = self.store.update(key, change)
+        self._views[key] = _View(health, now)
+        self._log(endpoint, model, moved)
+
+    def _read(self, key: str, model: str, now: float) -> EndpointHealth:
+        """The endpoint's health: this process's copy while it is settled and younger than a tenth of
+        the cooldown, else read from the store now."""
+        view = self._views.get(key)
+        if (
+            view is None
+            or not view.read_at <= now < view.read_at + self.policy.breaker_cooldown * _TRUSTED_SHARE
+            or not view.health.settled(model, now, self.policy)
+        ):
+            view = self._views[key] = _View(EndpointHealth.load(self.store.get(key)), now)
+        return view.health
 
     @staticmethod
     def _log(endpoint: Endpoint, model: str, moved: list[dict[str, Any]]) -> None:
