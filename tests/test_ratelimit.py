@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import openai
 import pytest
 
@@ -307,6 +308,7 @@ def test_four_workers_under_the_limiter_meet_no_429_and_many_without(
     assert times[-1] - times[0] >= (40 - 1) * 60 / RPM * 0.8, "the turns spread the requests over the limit's time"
     result.stdout.fnmatch_lines(["endpoint limited: waited * s on shared rate limits (* attempts)"])
     report = json.loads((pytester.path / "report.json").read_text())
+    jsonschema.validate(report, json.loads((Path(__file__).parent.parent / "docs" / "report-schema.json").read_text()))
     waited = {e["name"]: e["rate_limit_wait"]["seconds"] for e in report["endpoints"]}
     assert waited["free"] == 0 and waited["limited"] > 1.0
     assert sum(1 for t in report["tests"] if t["outcome"] == "passed" and "limited" in t["nodeid"]) == 40
