@@ -35,7 +35,14 @@ def _dialect(kind: str) -> Dialect:
     return for_kind(kind)
 
 
-FIXTURES = frozenset({"llm_client", "async_llm_client", "anthropic_client", "async_anthropic_client"})
+FIXTURE_KINDS = {
+    "llm_client": "openai",
+    "async_llm_client": "openai",
+    "anthropic_client": "anthropic",
+    "async_anthropic_client": "anthropic",
+}
+"""The client fixtures, each with the endpoint kind whose SDK builds it."""
+FIXTURES = frozenset(FIXTURE_KINDS)
 """The client fixtures: a test that uses one is guarded."""
 
 

@@ -24,6 +24,7 @@ from .alarm import with_line_numbers
 from .config import Settings
 from .dialects import key_variables
 from .errors import LLMCassetteError, LLMGuardInterrupt, LLMNoEndpoint, LLMUnguardedRequest, LLMUnguardedWarning
+from .fixtures import FIXTURE_KINDS
 from .keys import GUARD, ITEM_SETTINGS, SESSION
 
 if TYPE_CHECKING:
@@ -52,7 +53,8 @@ def prepare(config: pytest.Config, items: list[pytest.Item], base: Settings, *, 
         if timeout is not None:
             item.add_marker(pytest.mark.timeout(timeout))
     if guarded and not config.pluginmanager.has_plugin(GUARDED_TESTS):
-        _load_the_guard(base)
+        fixtures = set().union(*(getattr(item, "fixturenames", ()) for item in guarded))
+        _load_the_guard(base, {FIXTURE_KINDS[name] for name in fixtures & FIXTURE_KINDS.keys()})
         config.pluginmanager.register(GuardedTests(), GUARDED_TESTS)
     if watched and len(guarded) < len(items) and not config.pluginmanager.has_plugin(UNGUARDED_TESTS):
         config.pluginmanager.register(UnguardedTests(base), UNGUARDED_TESTS)
@@ -74,12 +76,13 @@ def _hard_timeout(config: pytest.Config, item: pytest.Item, settings: Settings) 
     return backstop
 
 
-def _load_the_guard(settings: Settings) -> None:
+def _load_the_guard(settings: Settings, kinds: set[str]) -> None:
     """Import what guarded tests use now, once, so no test's deadline pays for it (an SDK alone
-    takes a third of a second); and fail with a usage error now if httpx2 lost the seam."""
+    takes a third of a second: those of the client fixtures in use, ``kinds``); and fail with a
+    usage error now if httpx2 lost the seam."""
     from . import dialects, guard, routing, transport  # noqa: F401
 
-    dialects.load_sdks()
+    dialects.load_sdks(kinds)
 
     if settings.record != "off":
         from . import cassettes  # noqa: F401
@@ -467,11 +470,13 @@ def _may_rerecord(settings: Settings, configured: str, layer: CassetteLayer) -> 
 
 
 def _open_cassette(item: pytest.Item, guard: Guard) -> CassetteLayer | None:
+    settings = guard.settings
+    if settings.record == "off" or not settings.cassette:  # no cassette: vcrpy is not even imported
+        return None
     from . import cassettes
 
-    settings = guard.settings
     mode = cassettes.record_mode(settings)
-    if mode == "off" or not settings.cassette or _uses_pytest_recording(item):
+    if mode == "off" or _uses_pytest_recording(item):
         return None
     path = cassettes.path_for(item.path, item.name, settings)
     session = item.config.stash[SESSION]
