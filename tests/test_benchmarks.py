@@ -27,7 +27,7 @@ EXPECTED = {
     "S2": FAULTS,
     "S3": FAULTS,
     "S4": [GUARD, "raw client in a guarded test", "raw client, plugin off"],
-    "S5": CASSETTE_LIBRARIES,
+    "S5": [*CASSETTE_LIBRARIES, "SDK alone (in-memory transport)"],
     "S6": [GUARD, GUARD + ", no probe"],
     "S7": CASSETTE_LIBRARIES,
     "S8": [GUARD + " installed", "plugin disabled (-p no:llm_guard)"],
