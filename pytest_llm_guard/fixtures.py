@@ -28,7 +28,13 @@ if TYPE_CHECKING:
     from .dialects import Dialect
     from .guard import Guard
 
-FIXTURES = frozenset({"llm_client", "async_llm_client", "anthropic_client", "async_anthropic_client"})
+SDK_OF_FIXTURE = {
+    "llm_client": "openai",
+    "async_llm_client": "openai",
+    "anthropic_client": "anthropic",
+    "async_anthropic_client": "anthropic",
+}
+FIXTURES = frozenset(SDK_OF_FIXTURE)
 """The client fixtures: a test that uses one is guarded."""
 
 

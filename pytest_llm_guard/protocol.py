@@ -56,7 +56,7 @@ def prepare(config: pytest.Config, items: list[pytest.Item], base: Settings) -> 
         if timeout is not None:
             item.add_marker(pytest.mark.timeout(timeout))
     if guarded and not config.pluginmanager.has_plugin(GUARDED_TESTS):
-        _load_the_guard(base)
+        _load_the_guard(base, guarded)
         config.pluginmanager.register(GuardedTests(), GUARDED_TESTS)
     watched = base.unguarded != "allow" and "httpx2" in sys.modules  # without httpx2 no test can call an LLM
     if watched and len(guarded) < len(items) and not config.pluginmanager.has_plugin(UNGUARDED_TESTS):
@@ -79,12 +79,23 @@ def _hard_timeout(config: pytest.Config, item: pytest.Item, settings: Settings) 
     return backstop
 
 
-def _load_the_guard(settings: Settings) -> None:
+def _load_the_guard(settings: Settings, guarded: list[pytest.Item]) -> None:
     """Import what guarded tests use now, once, so no test's deadline pays for it (an SDK alone
-    takes a third of a second); and fail with a usage error now if httpx2 lost the seam."""
-    from . import dialects, guard, routing, transport  # noqa: F401
+    takes a third of a second to a second); and fail with a usage error now if httpx2 lost the seam.
 
-    dialects.load_sdks()
+    The SDKs: those of the client fixtures the tests use, or every one when some test builds its own
+    client (an SDK its module imported is loaded already)."""
+    from . import dialects, guard, routing, transport  # noqa: F401
+    from .fixtures import SDK_OF_FIXTURE
+
+    needed: set[str] = set()
+    for item in guarded:
+        used = {SDK_OF_FIXTURE[name] for name in getattr(item, "fixturenames", ()) if name in SDK_OF_FIXTURE}
+        if not used:
+            needed = set()
+            break
+        needed |= used
+    dialects.load_sdks(frozenset(needed) if needed else None)
 
     if settings.record != "off":
         from . import cassettes  # noqa: F401

@@ -98,11 +98,14 @@ def hear(attempt: Attempt, response: httpx2.Response) -> httpx2.Response:
     return response
 
 
-def load_sdks() -> None:
-    """Import every installed SDK (its client classes are how clients are told apart)."""
+def load_sdks(names: frozenset[str] | None = None) -> None:
+    """Import the installed SDKs named (every one when None): their client classes are how clients are
+    told apart."""
     import importlib
 
     for dialect in DIALECTS:
+        if names is not None and dialect.sdk not in names:
+            continue
         try:
             importlib.import_module(dialect.sdk)
         except ImportError:
