@@ -132,6 +132,61 @@ def test_saved_file_is_readable_yaml_with_block_strings(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
 
 
+FULL = vcr_bridge.yamlserializer.deserialize
+UNUSUAL = {
+    "anchors and aliases": "a: &x [1, 2]\nb: *x\n",
+    "a merge key": "base: &b {x: 1}\nderived:\n  <<: *b\n  y: 2\n",
+    "vcrpy's python tags": "t: !!python/tuple [1, 2]\ns: !!python/str text\n",
+    "an explicit collection tag": "s: !!set {a, b}\n",
+    "a non-scalar key": "? [1, 2]\n: pair\n",
+    "several documents": "a: 1\n---\nb: 2\n",
+    "no document": "",
+    "a bare scalar": "just text\n",
+}
+
+
+def test_the_fast_loader_builds_what_the_full_loader_builds() -> None:
+    """Every scalar type a cassette holds, written by our dumper, and YAML written by hand or other tools."""
+    data = {
+        "version": 1,
+        "interactions": [
+            {
+                "request": {"method": "POST", "uri": "http://h/v1/x?a=1", "body": '{\n  "a": 1\n}', "headers": {}},
+                "response": {
+                    "status": {"code": 200, "message": "OK"},
+                    "headers": {"x": ["1", "true", "null", "0x1F", "1e3", "2026-01-01", "~", "yes", ""]},
+                    "body": {"string": b"\x1f\x8b binary"},
+                    "timing": {"headers": 0.0, "chunks": [0.01, 1, 2.5e-07]},
+                    "flags": [True, False, None, -3, 1.5, float("inf")],
+                    "unicode": "é ✓ \t tab, 'quotes' \"double\" # not a comment: colon",
+                    "trailing": "line\n",
+                    "multi": "a\n\nb\n\n",
+                },
+            }
+        ],
+    }
+
+    def unused(text: str) -> None:
+        raise AssertionError("the full loader was not needed here")
+
+    written = vcr_bridge.files.dump_yaml(data)
+    assert vcr_bridge.files.load_yaml(written, unused) == FULL(written) == data
+    by_hand = "a: 0o17\nb: 1_000\nc: .inf\nd: 2001-12-14t21:59:43.10-05:00\ne: !!binary aGk=\n"
+    by_hand += "f: !!str 12\ng: [x, {h: i}]\nh: 'single '' quoted'\ni: >\n  folded\n  text\n"
+    assert vcr_bridge.files.load_yaml(by_hand, unused) == FULL(by_hand)
+
+
+@pytest.mark.parametrize("text", list(UNUSUAL.values()), ids=list(UNUSUAL))
+def test_what_the_fast_loader_leaves_to_the_full_loader(text: str) -> None:
+    try:
+        expected = FULL(text)
+    except yaml.YAMLError as exc:
+        with pytest.raises(type(exc)):
+            vcr_bridge.files.load_yaml(text, FULL)
+    else:
+        assert vcr_bridge.files.load_yaml(text, FULL) == expected
+
+
 def test_unparseable_cassette_names_file_line_and_column(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("interactions:\n- request: {method: POST\n")

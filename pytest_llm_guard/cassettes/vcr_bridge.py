@@ -185,7 +185,7 @@ class ReadableYaml:
 
     @staticmethod
     def deserialize(text: str) -> Any:
-        data = metadata.from_file(yamlserializer.deserialize(text))
+        data = metadata.from_file(files.load_yaml(text, yamlserializer.deserialize))
         problem = _missing_field(data)
         if problem:
             raise ValueError(problem)
