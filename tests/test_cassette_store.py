@@ -11,6 +11,7 @@ import pytest
 import yaml
 from vcr.record_mode import RecordMode
 from vcr.request import Request
+from vcr.serialize import deserialize
 
 from pytest_llm_guard.cassettes import (
     AtomicPersister,
@@ -108,6 +109,31 @@ def test_concurrent_writers_keep_each_others_interactions(tmp_path: Path) -> Non
     second._save()
     contents = [i["request"]["body"] for i in yaml.safe_load(path.read_text())["interactions"]]
     assert any("worker one" in c for c in contents) and any("worker two" in c for c in contents)
+
+
+def test_a_cassette_is_parsed_once_per_session_and_again_once_rewritten(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every test of a shared cassette, and the session's end, reuse one parse of its text; a file written
+    since (a recording, here or by another worker) is parsed anew. Parsed answers are shared, so writing
+    the file must not change them (vcrpy's serializer decodes bodies in place)."""
+    parsed = []
+    monkeypatch.setattr(vcr_bridge, "deserialize", lambda text, s: parsed.append(text) or deserialize(text, s))
+    path = tmp_path / "shared.yaml"
+    first = make(path)
+    first.append(chat("one"), answer("1"))
+    first._save()
+    one = path.read_text()
+    worker, other = (make(path) for _ in range(2))
+    assert parsed == [one] and [r["body"]["string"] for r in vcr_bridge.parse(one)[1]] == [b"1"]
+    other.append(chat("two"), answer("2"))
+    other._save()
+    two = path.read_text()
+    assert [r["body"]["string"] for r in vcr_bridge.parse(two)[1]] == [b"1", b"2"] and parsed == [one, two]
+    worker.append(chat("three"), answer("3"))
+    worker._save()  # merges what the file holds now (the shared parse of `two`) into what it writes
+    assert [r["body"]["string"] for r in vcr_bridge.parse(two)[1]] == [b"1", b"2"]  # not changed by the write
+    assert len(make(path).data) == 3 and parsed == [one, two, path.read_text()]
 
 
 def test_rerecording_replaces_rather_than_resurrects(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import copy
 import hashlib
 import json
 import threading
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -283,7 +283,7 @@ class AtomicPersister:
 
     def load_cassette(self, cassette_path: str | Path, serializer: Any) -> tuple[Any, ...]:
         requests, responses, found = self._read(Path(cassette_path), serializer)
-        self._loaded = (list(requests), copy.deepcopy(responses))  # fingerprinted only if it is saved
+        self._loaded = (list(requests), list(responses))  # fingerprinted only if it is saved
         if self._before is None:
             self._before = (self._loaded[0], self._loaded[1], found)
         return (requests, responses, found) if found else (requests, responses)
@@ -299,6 +299,7 @@ class AtomicPersister:
                 for q, r in zip(cassette_dict["requests"], cassette_dict["responses"], strict=True)
             ]
             theirs, their_metadata = self._theirs(path, serializer)
+            theirs = [(q, copy.deepcopy(r)) for q, r in theirs]  # parsed answers are shared; writing changes them
             if self._rerecord_since is not None:
                 again = {self._key(q) for q, _ in ours}
                 interactions = [(q, r) for q, r in theirs if self._key(q) not in again] + ours
@@ -369,6 +370,8 @@ class AtomicPersister:
         if text is None:
             raise CassetteNotFoundError()
         try:
+            if serializer is ReadableYaml:
+                return parse(text)
             requests, responses, *metadata = deserialize(text, serializer)
         except Exception as exc:  # yaml errors, or valid YAML that is not a cassette
             raise files.unreadable(path, exc) from None
@@ -416,15 +419,39 @@ def _readable_request(scrubber: Scrubber) -> Callable[[VcrRequest], VcrRequest]:
     return before_record_request
 
 
+_PARSED: OrderedDict[str, tuple[list, list, dict[str, Any]]] = OrderedDict()
+"""Cassettes parsed in this process, by their text: a file is parsed once per session however many
+tests use it (a shared cassette, the session's end reading what was not replayed), and again only once
+its text changes (recorded into, by this process or another)."""
+_PARSED_LIMIT = 64 * 1024 * 1024
+"""Characters of cassette text whose parse is kept: the least recently used go first."""
+_PARSING = threading.Lock()
+
+
 def parse(text: str) -> tuple[list, list, dict[str, Any]]:
-    """A cassette's text as requests, responses and metadata; raises ValueError or a YAML error."""
-    requests, responses, *found = deserialize(text, ReadableYaml)
-    return requests, responses, (found[0] if found and isinstance(found[0], dict) else {})
+    """A cassette's text as requests, responses and metadata; raises ValueError or a YAML error.
+
+    The requests and answers are shared by every caller given the same text: never changed in place
+    (every change works on a copy: scrubbing, decompressing, restamping)."""
+    with _PARSING:
+        found = _PARSED.get(text)
+        if found is not None:
+            _PARSED.move_to_end(text)
+    if found is None:
+        requests, responses, *more = deserialize(text, ReadableYaml)
+        found = (requests, responses, more[0] if more and isinstance(more[0], dict) else {})
+        with _PARSING:
+            _PARSED[text] = found
+            kept = sum(len(t) for t in _PARSED)
+            while kept > _PARSED_LIMIT and len(_PARSED) > 1:
+                kept -= len(_PARSED.popitem(last=False)[0])
+    return list(found[0]), list(found[1]), copy.deepcopy(found[2])
 
 
 def serialized(cassette_dict: dict[str, Any]) -> str:
     """The text of a cassette (``requests``, ``responses``, ``metadata``) as this plugin writes it."""
-    return serialize(cassette_dict, ReadableYaml)
+    responses = copy.deepcopy(cassette_dict["responses"])  # vcrpy's serialize changes answers in place
+    return serialize({**cassette_dict, "responses": responses}, ReadableYaml)
 
 
 def vcr_request(method: str, url: str, body: bytes, headers: dict[str, str]) -> VcrRequest:
