@@ -93,6 +93,43 @@ def test_look_up_only_consults_requests_with_the_same_key(tmp_path: Path) -> Non
     assert len(calls) == 1
 
 
+def test_a_replay_scrubs_the_request_only_when_its_recording_needs_it(tmp_path: Path) -> None:
+    """Recordings are scrubbed as written: a request carrying a secret (in the query, in the body) is
+    found by its scrubbed key; any other by its key as sent, without a scrub. A matcher hook always
+    sees the scrubbed request."""
+    secret = "sk-proj-" + "a1B2c3D4" * 4
+    path = tmp_path / "c.yaml"
+
+    def opened(mode: str, matcher=None) -> LLMCassette:
+        return vcr_bridge.load(
+            path, mode=mode, match_on=(*MATCH, "query"), ignore=frozenset(), matcher=matcher, scrubber=Scrubber()
+        )
+
+    def sent(content: str, query: str = "") -> Request:
+        request = chat(content)
+        request.uri += query
+        return request
+
+    recording = opened("new_episodes")
+    recording.append(sent(f"my key is {secret}", "?api-key=" + secret), answer("secret"))
+    recording.append(sent("plain"), answer("plain"))
+    recording._save()
+    assert secret not in path.read_text()
+
+    cassette = opened("none")
+    scrubs = []
+    scrub = cassette._before_record_request
+    cassette._before_record_request = lambda request: scrubs.append(request) or scrub(request)
+    assert cassette.replay(sent("plain"))["body"]["string"] == b"plain" and scrubs == []
+    assert cassette.replay(sent(f"my key is {secret}", "?api-key=" + secret))["body"]["string"] == b"secret"
+    assert len(scrubs) == 1 and cassette.replay(sent("plain")) is None  # played: the scrubbed key is tried too
+
+    seen = []
+    hooked = opened("none", matcher=lambda request, recorded: seen.append(request) or None)
+    assert hooked.replay(sent(f"my key is {secret}", "?api-key=" + secret))["body"]["string"] == b"secret"
+    assert seen and all(secret not in f"{r.uri} {r.body}" for r in seen)
+
+
 def test_custom_matcher_can_refuse(tmp_path: Path) -> None:
     cassette = make(tmp_path / "c.yaml", matcher=lambda request, recorded: False)
     cassette.append(chat("hi"), answer("x"))

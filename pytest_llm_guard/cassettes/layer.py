@@ -570,7 +570,7 @@ def open_cassette(
     *,
     mode: str,
     nodeid: str,
-    matcher: vcr_bridge.Matcher,
+    matcher: vcr_bridge.Matcher | None,
     scrubber: Scrubber,
     session_started: float | None = None,
     clock: Clock = REAL,

@@ -49,7 +49,12 @@ class LLMCassette(Cassette):
     """A vcrpy cassette whose look-up is a dict access instead of a scan running every matcher."""
 
     def __init__(
-        self, *args: Any, match_parts: tuple[str, ...], ignore: frozenset[str], matcher: Matcher, **kwargs: Any
+        self,
+        *args: Any,
+        match_parts: tuple[str, ...],
+        ignore: frozenset[str],
+        matcher: Matcher | None,
+        **kwargs: Any,
     ) -> None:
         self._match_parts = match_parts
         self._ignore = ignore
@@ -94,17 +99,32 @@ class LLMCassette(Cassette):
     def replay(self, request: VcrRequest) -> dict[str, Any] | None:
         """The first recording of ``request`` not played yet (marked played now), or None.
 
-        One scrub and one index look-up, where vcrpy's can_play_response_for and
-        play_response would each scrub and scan.
+        Index look-ups, where vcrpy's can_play_response_for and play_response would each scrub
+        and scan. Scrubbing is what is written; a look-up needs it only when the request as sent
+        has no playable recording: a recording holds REDACTED where the request held a secret (a
+        key in the query or the body, a configured body field), so the scrubbed request's key
+        finds it. A matcher hook is handed the scrubbed request, as it always was.
         """
         if self.record_mode == RecordMode.ALL or not (self.rewound or self.allow_playback_repeats):
             return None
-        request = self._before_record_request(request)
-        for index in self._index.get(self._key(request), ()):
-            stored, response = self.data[index]
-            if (self.play_counts[index] == 0 or self.allow_playback_repeats) and self._matcher(
-                request, stored
-            ) is not False:
+        sent_key = self._key(request)
+        scrubbed: VcrRequest | None = None
+        for attempt in range(2):
+            if attempt:
+                scrubbed = scrubbed or self._before_record_request(request)
+                key = self._key(scrubbed)
+                if key == sent_key:
+                    return None
+            else:
+                key = sent_key
+            for index in self._index.get(key, ()):
+                stored, response = self.data[index]
+                if self.play_counts[index] and not self.allow_playback_repeats:
+                    continue
+                if self._matcher is not None:
+                    scrubbed = scrubbed or self._before_record_request(request)
+                    if self._matcher(scrubbed, stored) is False:
+                        continue
                 if self.play_counts[index] == 0 and index < self._loaded_count:
                     self._played_interactions.append((stored, response))
                 self.play_counts[index] += 1
@@ -126,7 +146,7 @@ class LLMCassette(Cassette):
         request = self._before_record_request(request)
         for index in self._index.get(self._key(request), ()):
             stored, response = self.data[index]
-            if self._matcher(request, stored) is not False:
+            if self._matcher is None or self._matcher(request, stored) is not False:
                 yield index, response
 
     def _new_interactions(self) -> list[tuple[VcrRequest, dict[str, Any]]]:
@@ -471,7 +491,7 @@ def load(
     mode: str,
     match_on: tuple[str, ...],
     ignore: frozenset[str],
-    matcher: Matcher,
+    matcher: Matcher | None,
     scrubber: Scrubber,
     session_started: float | None = None,
     before: tuple[list, list, dict[str, Any]] | None = None,
