@@ -276,10 +276,10 @@ class CassetteLayer:
     def handle(self, request: httpx2.Request, ctx: AttemptContext, send: Send) -> httpx2.Response:
         attempt = ctx.attempt
         self.scrubber.refresh()  # a key set since the last request is a secret too
-        recorded = self._vcr_request(request, request.read())
-        answer = self._replay(recorded, attempt)
+        sent = vcr_bridge.Sent(request.method, str(request.url), request.read(), request.headers)
+        answer = self._replay(sent, attempt)
         if answer is None:
-            return self._record(request, send(request), recorded, attempt, is_async=False)
+            return self._record(request, send(request), sent.vcr, attempt, is_async=False)
         pacer = self._pacer(attempt, answer)
         if pacer is not None:
             pacer.until(_headers_at(answer), "headers")
@@ -288,10 +288,10 @@ class CassetteLayer:
     async def handle_async(self, request: httpx2.Request, ctx: AttemptContext, send: AsyncSend) -> httpx2.Response:
         attempt = ctx.attempt
         self.scrubber.refresh()
-        recorded = self._vcr_request(request, await request.aread())
-        answer = self._replay(recorded, attempt)
+        sent = vcr_bridge.Sent(request.method, str(request.url), await request.aread(), request.headers)
+        answer = self._replay(sent, attempt)
         if answer is None:
-            return self._record(request, await send(request), recorded, attempt, is_async=True)
+            return self._record(request, await send(request), sent.vcr, attempt, is_async=True)
         pacer = self._pacer(attempt, answer)
         if pacer is not None:
             await pacer.until_async(_headers_at(answer), "headers")
@@ -417,19 +417,15 @@ class CassetteLayer:
             "ignore": sorted({*s.ignore_body_fields, *s.match_ignore}),
         }
 
-    @staticmethod
-    def _vcr_request(request: httpx2.Request, body: bytes) -> Any:
-        return vcr_bridge.vcr_request(request.method, str(request.url), body, dict(request.headers))
-
-    def _replay(self, recorded: Any, attempt: Attempt) -> dict[str, Any] | None:
+    def _replay(self, sent: vcr_bridge.Sent, attempt: Attempt) -> dict[str, Any] | None:
         """The recorded answer to replay (marked played), None to record it, or a miss raised."""
-        answer = self.cassette.replay(recorded)
+        answer = self.cassette.replay(sent)
         if answer is not None:
             attempt.source = "replayed"
             return answer
         if self.cassette.write_protected:
             attempt.source = "refused"
-            raise self._miss(recorded)
+            raise self._miss(sent.vcr)
         return None
 
     def _pacer(self, attempt: Attempt, answer: dict[str, Any]) -> Pacer | None:

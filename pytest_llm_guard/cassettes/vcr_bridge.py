@@ -9,6 +9,7 @@ means a vcrpy release that moves them breaks one file.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import threading
@@ -16,6 +17,7 @@ from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from vcr.cassette import Cassette
 from vcr.filters import decode_response
@@ -43,6 +45,24 @@ read to its end, by :func:`note_id`, each with the test, the request and the rea
 
 def note_id(key: tuple[str, ...]) -> str:
     return hashlib.sha1(json.dumps(key).encode()).hexdigest()[:12]
+
+
+class Sent:
+    """A request as sent, for look-up: what its key reads at once (``matching.request_key``), vcrpy's
+    request (headers and all) only when it is needed: to scrub, record or explain a miss."""
+
+    def __init__(self, method: str, uri: str, body: bytes, headers: Any) -> None:
+        self.method, self.uri, self.body = method, uri, body
+        self._headers = headers
+        self.parsed_uri = urlparse(uri)
+
+    @property
+    def port(self) -> int | None:
+        return self.parsed_uri.port or {"https": 443, "http": 80}.get(self.parsed_uri.scheme)
+
+    @functools.cached_property
+    def vcr(self) -> VcrRequest:
+        return VcrRequest(self.method, self.uri, self.body, dict(self._headers))
 
 
 class LLMCassette(Cassette):
@@ -96,7 +116,7 @@ class LLMCassette(Cassette):
                 self._keys.append(self._key(self.data[-1][0]))
                 self._index[self._keys[-1]].append(before)
 
-    def replay(self, request: VcrRequest) -> dict[str, Any] | None:
+    def replay(self, request: Sent | VcrRequest) -> dict[str, Any] | None:
         """The first recording of ``request`` not played yet (marked played now), or None.
 
         Index look-ups, where vcrpy's can_play_response_for and play_response would each scrub
@@ -108,10 +128,11 @@ class LLMCassette(Cassette):
         if self.record_mode == RecordMode.ALL or not (self.rewound or self.allow_playback_repeats):
             return None
         sent_key = self._key(request)
+        full = request.vcr if isinstance(request, Sent) else request
         scrubbed: VcrRequest | None = None
         for attempt in range(2):
             if attempt:
-                scrubbed = scrubbed or self._before_record_request(request)
+                scrubbed = scrubbed or self._before_record_request(full)
                 key = self._key(scrubbed)
                 if key == sent_key:
                     return None
@@ -122,7 +143,7 @@ class LLMCassette(Cassette):
                 if self.play_counts[index] and not self.allow_playback_repeats:
                     continue
                 if self._matcher is not None:
-                    scrubbed = scrubbed or self._before_record_request(request)
+                    scrubbed = scrubbed or self._before_record_request(full)
                     if self._matcher(scrubbed, stored) is False:
                         continue
                 if self.play_counts[index] == 0 and index < self._loaded_count:
@@ -474,15 +495,14 @@ def serialized(cassette_dict: dict[str, Any]) -> str:
     return serialize({**cassette_dict, "responses": responses}, ReadableYaml)
 
 
-def vcr_request(method: str, url: str, body: bytes, headers: dict[str, str]) -> VcrRequest:
-    return VcrRequest(method, url, body, headers)
-
-
 def playable(recorded: dict[str, Any]) -> tuple[int, list[tuple[str, str]], bytes, str | None]:
-    """A recorded response as status, header pairs, body bytes and reason phrase."""
-    recorded = compat.convert_to_bytes(copy.deepcopy(recorded))
+    """A recorded response as status, header pairs, body bytes and reason phrase (the recording unchanged:
+    it is shared, and may be replayed again)."""
+    body = recorded["body"]["string"] or b""
+    if isinstance(body, str):
+        body = body.encode("utf-8")
     headers = [(name, value) for name, values in recorded["headers"].items() for value in values]
-    return recorded["status"]["code"], headers, recorded["body"]["string"] or b"", recorded["status"].get("message")
+    return recorded["status"]["code"], headers, body, recorded["status"].get("message")
 
 
 def load(
