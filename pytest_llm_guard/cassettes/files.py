@@ -78,7 +78,7 @@ def load_yaml(text: str, full: Callable[[str], Any]) -> Any:
 
 def _built(parser: Any) -> Any:
     resolver, constructor = yaml.resolver.Resolver(), yaml.constructor.SafeConstructor()
-    resolved: dict[tuple[str, tuple[bool, bool]], str] = {}
+    resolved: dict[str, str] = {}
     constants: dict[tuple[str, str], Any] = {}
     events = yaml.events
     stack: list[tuple[Any, list[Any]]] = []
@@ -94,10 +94,12 @@ def _built(parser: Any) -> Any:
             value: Any = event.value
             tag = event.tag
             if tag is None or tag == "!":
-                implicit = event.implicit
-                tag = resolved.get((value, implicit))
-                if tag is None:
-                    tag = resolved[(value, implicit)] = resolver.resolve(yaml.ScalarNode, value, implicit)
+                if event.implicit[0]:  # plain: what it looks like says its type
+                    tag = resolved.get(value)
+                    if tag is None:
+                        tag = resolved[value] = resolver.resolve(yaml.ScalarNode, value, (True, False))
+                else:  # quoted or a block: a string (the resolver has no path resolvers)
+                    tag = _STR
             if tag != _STR:
                 if tag not in _SCALARS:
                     raise _Unusual

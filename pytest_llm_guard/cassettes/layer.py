@@ -377,8 +377,11 @@ class CassetteLayer:
         """When the oldest answer is older than ``cassette_max_age``: what to do (``warn``, ``fail`` or
         ``rerecord``, which needs ``recording_allowed``, else it warns) and the message a warning or
         failure says (a cassette recorded again is told in the session's summary)."""
-        max_age, dates = self.settings.cassette_max_age, self.cassette.recorded_dates()
-        if max_age is None or not dates or self.mode == "all" or REAL.wall() - min(dates) <= max_age:
+        max_age = self.settings.cassette_max_age
+        if max_age is None or self.mode == "all":
+            return None
+        dates = self.cassette.recorded_dates()
+        if not dates or REAL.wall() - min(dates) <= max_age:
             return None
         age = REAL.wall() - min(dates)
         action = self.settings.on_expiry
