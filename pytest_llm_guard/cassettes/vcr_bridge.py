@@ -128,11 +128,14 @@ class LLMCassette(Cassette):
         if self.record_mode == RecordMode.ALL or not (self.rewound or self.allow_playback_repeats):
             return None
         sent_key = self._key(request)
-        full = request.vcr if isinstance(request, Sent) else request
         scrubbed: VcrRequest | None = None
+
+        def scrub() -> VcrRequest:
+            return self._before_record_request(request.vcr if isinstance(request, Sent) else request)
+
         for attempt in range(2):
             if attempt:
-                scrubbed = scrubbed or self._before_record_request(full)
+                scrubbed = scrubbed or scrub()
                 key = self._key(scrubbed)
                 if key == sent_key:
                     return None
@@ -143,7 +146,7 @@ class LLMCassette(Cassette):
                 if self.play_counts[index] and not self.allow_playback_repeats:
                     continue
                 if self._matcher is not None:
-                    scrubbed = scrubbed or self._before_record_request(full)
+                    scrubbed = scrubbed or scrub()
                     if self._matcher(scrubbed, stored) is False:
                         continue
                 if self.play_counts[index] == 0 and index < self._loaded_count:
