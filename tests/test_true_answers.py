@@ -183,13 +183,13 @@ def test_a_cassette_shared_by_20_tests_records_in_once_mode(
     with FaultServer() as server:
         monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
         monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
-        result = pytester.runpytest_subprocess("--llm-guard-all=true", "--llm-record=once", *workers)
+        result = pytester.runpytest("--llm-guard-all=true", "--llm-record=once", *workers)
         result.assert_outcomes(passed=20)
         assert len(server.requests) == 60
     shared = yaml.safe_load((pytester.path / "cassettes" / "test_app" / "shared.yaml").read_text())
     assert len(shared["interactions"]) == 60
     monkeypatch.delenv("OPENAI_API_KEY")  # the next session in once mode only replays: offline, no key
-    pytester.runpytest_subprocess("--llm-guard-all=true", "--llm-record=once", *workers).assert_outcomes(passed=20)
+    pytester.runpytest("--llm-guard-all=true", "--llm-record=once", *workers).assert_outcomes(passed=20)
 
 
 def test_a_broken_answer_that_fails_a_test_is_reported_in_a_few_lines(pytester: pytest.Pytester) -> None:
