@@ -279,7 +279,7 @@ class CassetteLayer:
         sent = vcr_bridge.Sent(request.method, str(request.url), request.read(), request.headers)
         answer = self._replay(sent, attempt)
         if answer is None:
-            return self._record(request, send(request), sent.vcr, attempt, is_async=False)
+            return self._record(request, send(request), sent, attempt, is_async=False)
         pacer = self._pacer(attempt, answer)
         if pacer is not None:
             pacer.until(_headers_at(answer), "headers")
@@ -291,7 +291,7 @@ class CassetteLayer:
         sent = vcr_bridge.Sent(request.method, str(request.url), await request.aread(), request.headers)
         answer = self._replay(sent, attempt)
         if answer is None:
-            return self._record(request, await send(request), sent.vcr, attempt, is_async=True)
+            return self._record(request, await send(request), sent, attempt, is_async=True)
         pacer = self._pacer(attempt, answer)
         if pacer is not None:
             await pacer.until_async(_headers_at(answer), "headers")
@@ -459,8 +459,15 @@ class CassetteLayer:
         )
 
     def _record(
-        self, request: httpx2.Request, response: httpx2.Response, recorded: Any, attempt: Attempt, *, is_async: bool
+        self,
+        request: httpx2.Request,
+        response: httpx2.Response,
+        sent: vcr_bridge.Sent,
+        attempt: Attempt,
+        *,
+        is_async: bool,
     ) -> httpx2.Response:
+        """The answer handed on as it arrives; recorded (vcrpy's request built) once it is whole."""
         if response.status_code >= 400 and not self.record_failures:
             return response
         stopwatch = Stopwatch(self.clock.now, attempt.start, attempt.read_ahead)
@@ -472,6 +479,7 @@ class CassetteLayer:
         )
 
         def on_complete(body: bytes, read_on: bool) -> None:
+            recorded = sent.vcr
             self._note_shapes(recorded, body)
             headers: dict[str, list[str]] = defaultdict(list)
             for name, value in response.headers.multi_items():
@@ -500,7 +508,7 @@ class CassetteLayer:
             what = f"{request.method} {request.url.path}"
             self._abandoned.append((what, reason))
             self.cassette.note_abandoned(
-                recorded, {"test": self.nodeid, "request": what, "reason": self.scrubber.text(reason)}
+                sent.vcr, {"test": self.nodeid, "request": what, "reason": self.scrubber.text(reason)}
             )
 
         loop = asyncio.get_running_loop() if is_async else None
