@@ -161,16 +161,14 @@ def test_new_episodes_keeps_the_complete_interactions_of_a_failing_test(
 
 
 SHARED = """
-import openai
 import pytest
 
 @pytest.mark.llm_cassette("shared")
 @pytest.mark.parametrize("n", range(20))
-def test_shared(n):
-    client = openai.OpenAI()
+def test_shared(n, llm_client):
     for turn in range(3):
         content = f"test {n} turn {turn}"
-        reply = client.chat.completions.create(model="m", messages=[{"role": "user", "content": content}])
+        reply = llm_client.chat.completions.create(model="m", messages=[{"role": "user", "content": content}])
         assert reply.choices[0].message.content == f"echo: {content}"
 """
 
