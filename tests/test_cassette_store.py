@@ -175,6 +175,18 @@ def test_a_cassette_is_parsed_once_per_session_and_again_once_rewritten(
     assert len(make(path).data) == 3 and parsed == [one, two, path.read_text()]
 
 
+def test_a_shared_cassette_is_indexed_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "shared.yaml"
+    first = make(path)
+    for i in range(5):
+        first.append(chat(f"prompt {i}"), answer(str(i)))
+    first._save()
+    keyed = []
+    monkeypatch.setattr(vcr_bridge, "request_key", lambda *args: keyed.append(args) or request_key(*args))
+    opened = [make(path) for _ in range(4)]
+    assert len(keyed) == 5 and all(c.replay(chat("prompt 3", user="x"))["body"]["string"] == b"3" for c in opened)
+
+
 def test_rerecording_replaces_rather_than_resurrects(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     old = make(path)

@@ -13,6 +13,7 @@ import functools
 import hashlib
 import json
 import threading
+import weakref
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -45,6 +46,21 @@ read to its end, by :func:`note_id`, each with the test, the request and the rea
 
 def note_id(key: tuple[str, ...]) -> str:
     return hashlib.sha1(json.dumps(key).encode()).hexdigest()[:12]
+
+
+_KEYS: weakref.WeakKeyDictionary[VcrRequest, dict[tuple[Any, ...], tuple[str, ...]]] = weakref.WeakKeyDictionary()
+"""The keys of loaded requests, by match rule: a parse is shared by every cassette opened on its text
+(:func:`parse`) and its requests are never changed, so a shared cassette is indexed once, not per test."""
+
+
+def _loaded_key(request: VcrRequest, match_parts: tuple[str, ...], ignore: frozenset[str]) -> tuple[str, ...]:
+    keys = _KEYS.get(request)
+    if keys is None:
+        keys = _KEYS[request] = {}
+    key = keys.get((match_parts, ignore))
+    if key is None:
+        key = keys[(match_parts, ignore)] = request_key(request, match_parts, ignore)
+    return key
 
 
 class Sent:
@@ -113,8 +129,10 @@ class LLMCassette(Cassette):
             else:
                 super().append(request, response)
             if len(self.data) > before:
-                self._keys.append(self._key(self.data[-1][0]))
-                self._index[self._keys[-1]].append(before)
+                stored = self.data[-1][0]
+                key = _loaded_key(stored, self._match_parts, self._ignore) if self._loading else self._key(stored)
+                self._keys.append(key)
+                self._index[key].append(before)
 
     def replay(self, request: Sent | VcrRequest) -> dict[str, Any] | None:
         """The first recording of ``request`` not played yet (marked played now), or None.
