@@ -53,7 +53,8 @@ _KEYS: weakref.WeakKeyDictionary[VcrRequest, dict[tuple[Any, ...], tuple[str, ..
 (:func:`parse`) and its requests are never changed, so a shared cassette is indexed once, not per test."""
 
 
-def _loaded_key(request: VcrRequest, match_parts: tuple[str, ...], ignore: frozenset[str]) -> tuple[str, ...]:
+def loaded_key(request: VcrRequest, match_parts: tuple[str, ...], ignore: frozenset[str]) -> tuple[str, ...]:
+    """The key of a request as :func:`parse` gave it (shared, never changed): computed once per match rule."""
     keys = _KEYS.get(request)
     if keys is None:
         keys = _KEYS[request] = {}
@@ -130,7 +131,7 @@ class LLMCassette(Cassette):
                 super().append(request, response)
             if len(self.data) > before:
                 stored = self.data[-1][0]
-                key = _loaded_key(stored, self._match_parts, self._ignore) if self._loading else self._key(stored)
+                key = loaded_key(stored, self._match_parts, self._ignore) if self._loading else self._key(stored)
                 self._keys.append(key)
                 self._index[key].append(before)
 
