@@ -486,8 +486,8 @@ _PARSED: OrderedDict[str, tuple[list, list, dict[str, Any]]] = OrderedDict()
 """Cassettes parsed in this process, by their text: a file is parsed once per session however many
 tests use it (a shared cassette, the session's end reading what was not replayed), and again only once
 its text changes (recorded into, by this process or another)."""
-_PARSED_LIMIT = 64 * 1024 * 1024
-"""Characters of cassette text whose parse is kept: the least recently used go first."""
+_PARSED_LIMIT = 16 * 1024 * 1024
+"""Characters of cassette text whose parse is kept (some 90 MB with the parse): the least recently used go first."""
 _PARSING = threading.Lock()
 
 
