@@ -72,6 +72,8 @@ class Unit:
     check: Callable[[Context, dict[str, FaultServer], Sample], None] | None = None  # scenario-specific readings
     note: str = ""
     timeout: float = 300.0
+    bytecode: str | None = None  # pytest's rewritten .pyc of the plugin: "cached" (an unmeasured run writes
+    # them first), "none" (removed first, none written: a fresh or read-only install); None: as found, none written
 
     @property
     def key(self) -> str:
@@ -134,6 +136,15 @@ def base_env() -> dict[str, str]:
     env["OPENAI_API_KEY"] = "sk-bench-not-a-key"
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     return env
+
+
+def forget_rewritten_plugin() -> None:
+    """Remove the .pyc files pytest wrote for the plugin's modules (it rewrites the asserts of an installed
+    plugin's package, and caches the result beside the sources unless PYTHONDONTWRITEBYTECODE is set)."""
+    import pytest_llm_guard
+
+    for pyc in Path(pytest_llm_guard.__file__).parent.rglob("__pycache__/*-pytest-*.pyc"):
+        pyc.unlink(missing_ok=True)
 
 
 def plugin_flags(loaded: tuple[str, ...]) -> list[str]:
@@ -204,6 +215,11 @@ class Runner:
         env = base_env()
         env.update(BENCH_RESULT=str(result), BENCH_METRICS=str(metrics), LLM_GUARD_RECORD=unit.record)
         command = [sys.executable, "-m", "pytest", "-q", *plugin_flags(unit.plugins), *unit.args]
+        if unit.bytecode == "cached":
+            del env["PYTHONDONTWRITEBYTECODE"]
+            subprocess.run(command, cwd=context.folder, env=env, capture_output=True, timeout=unit.timeout)
+        elif unit.bytecode == "none":
+            forget_rewritten_plugin()
         started = time.perf_counter()
         try:
             done = subprocess.run(

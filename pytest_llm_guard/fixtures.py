@@ -18,8 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .dialects import for_kind
-from .protocol import SESSION
+from .keys import SESSION
 
 if TYPE_CHECKING:
     import anthropic
@@ -27,6 +26,14 @@ if TYPE_CHECKING:
 
     from .dialects import Dialect
     from .guard import Guard
+
+
+def _dialect(kind: str) -> Dialect:
+    """The dialect of ``kind``, imported when a client fixture is first used (not at the plugin's start)."""
+    from .dialects import for_kind
+
+    return for_kind(kind)
+
 
 SDK_OF_FIXTURE = {
     "llm_client": "openai",
@@ -39,10 +46,12 @@ FIXTURES = frozenset(SDK_OF_FIXTURE)
 
 
 def _options(dialect: Dialect, pytestconfig: pytest.Config, base_url: str | None) -> dict[str, Any]:
-    endpoints = [e for e in pytestconfig.stash[SESSION].endpoints.endpoints if e.kind in dialect.kinds]
-    if pytestconfig.stash[SESSION].endpoints.configured and endpoints:
-        key = next((os.environ[v] for v in dialect.key_variables if os.environ.get(v)), "routed")
-        return {"base_url": endpoints[0].base_url, "api_key": key}
+    session = pytestconfig.stash.get(SESSION, None)  # none opened yet: no endpoints are configured either
+    if session is not None and session.endpoints.configured:
+        endpoints = [e for e in session.endpoints.endpoints if e.kind in dialect.kinds]
+        if endpoints:
+            key = next((os.environ[v] for v in dialect.key_variables if os.environ.get(v)), "routed")
+            return {"base_url": endpoints[0].base_url, "api_key": key}
     return {"base_url": base_url} if base_url else {}
 
 
@@ -96,13 +105,13 @@ def llm_client_options(llm_guard: Guard, pytestconfig: pytest.Config) -> dict[st
     endpoints configured, every request is addressed to the endpoint the router picks (URL, and
     key from its api_key_env).
     """
-    return _options(for_kind("openai"), pytestconfig, llm_guard.settings.base_url)
+    return _options(_dialect("openai"), pytestconfig, llm_guard.settings.base_url)
 
 
 @pytest.fixture
 def llm_client(llm_guard: Guard, llm_client_options: dict[str, Any]) -> Iterator[openai.OpenAI]:
     """A real ``openai.OpenAI`` with the guard's deadline, budgets and retries applied."""
-    client = llm_guard.fixture_client(_build(for_kind("openai"), False, llm_client_options, "llm_client_options"))
+    client = llm_guard.fixture_client(_build(_dialect("openai"), False, llm_client_options, "llm_client_options"))
     yield client
     client.close()
 
@@ -110,7 +119,7 @@ def llm_client(llm_guard: Guard, llm_client_options: dict[str, Any]) -> Iterator
 @pytest.fixture
 def async_llm_client(llm_guard: Guard, llm_client_options: dict[str, Any]) -> openai.AsyncOpenAI:
     """A real ``openai.AsyncOpenAI`` with the guard applied."""
-    return llm_guard.fixture_client(_build(for_kind("openai"), True, llm_client_options, "llm_client_options"))
+    return llm_guard.fixture_client(_build(_dialect("openai"), True, llm_client_options, "llm_client_options"))
 
 
 # -- anthropic --------------------------------------------------------------------------
@@ -120,13 +129,13 @@ def async_llm_client(llm_guard: Guard, llm_client_options: dict[str, Any]) -> op
 def anthropic_client_options(pytestconfig: pytest.Config) -> dict[str, Any]:
     """Keyword arguments for ``anthropic_client`` / ``async_anthropic_client``; override it to point them
     elsewhere. Unset values fall back to the SDK's own environment variables (base URL, API key)."""
-    return _options(for_kind("anthropic"), pytestconfig, None)
+    return _options(_dialect("anthropic"), pytestconfig, None)
 
 
 @pytest.fixture
 def anthropic_client(llm_guard: Guard, anthropic_client_options: dict[str, Any]) -> Iterator[anthropic.Anthropic]:
     """A real ``anthropic.Anthropic`` with the guard's deadline, budgets and retries applied."""
-    built = _build(for_kind("anthropic"), False, anthropic_client_options, "anthropic_client_options")
+    built = _build(_dialect("anthropic"), False, anthropic_client_options, "anthropic_client_options")
     client = llm_guard.fixture_client(built)
     yield client
     client.close()
@@ -135,5 +144,5 @@ def anthropic_client(llm_guard: Guard, anthropic_client_options: dict[str, Any])
 @pytest.fixture
 def async_anthropic_client(llm_guard: Guard, anthropic_client_options: dict[str, Any]) -> anthropic.AsyncAnthropic:
     """A real ``anthropic.AsyncAnthropic`` with the guard applied."""
-    built = _build(for_kind("anthropic"), True, anthropic_client_options, "anthropic_client_options")
+    built = _build(_dialect("anthropic"), True, anthropic_client_options, "anthropic_client_options")
     return llm_guard.fixture_client(built)

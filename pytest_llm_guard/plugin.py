@@ -3,23 +3,28 @@
 Importing this module (which pytest does for every run once the plugin is installed)
 loads neither httpx2, the openai SDK, vcrpy nor tenacity: they load when the first
 guarded test is collected, so a suite that never uses the plugin does not pay for them.
+Nor is the session (its store, endpoints and prices) opened, or a per-test hook registered,
+before a setting or a collected test needs one.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 import warnings
 from collections.abc import Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from . import hooks, learned
+from . import hooks
 from .config import (
     INI_PREFIX,
+    MARKER_KEYS,
     MARKERS,
     OPTIONS,
+    SECTIONS,
     ConfigWarning,
     Settings,
     apply_markers,
@@ -27,7 +32,6 @@ from .config import (
     read_pyproject,
     unknown_ini_keys,
 )
-from .endpoints import load_endpoints
 from .errors import LLMGuardConfigError
 from .fixtures import (  # noqa: F401  (pytest finds the fixtures in the plugin's namespace)
     FIXTURES,
@@ -38,17 +42,21 @@ from .fixtures import (  # noqa: F401  (pytest finds the fixtures in the plugin'
     llm_client,
     llm_client_options,
 )
-from .prices import load_prices
-from .protocol import GUARD, ITEM_SETTINGS, SESSION, SETTINGS, prepare
-from .session import Session
+from .keys import GUARD, ITEM_SETTINGS, SESSION, SETTINGS
 
 if TYPE_CHECKING:
+    from pathlib import Path  # noqa: F401  (named in a stash key's type)
+
     from .fault import FaultServer
     from .guard import Guard
+    from .session import Session
 
 GUARD_FIXTURES = frozenset({"llm_guard"}) | FIXTURES
 REPORTS_WRITTEN = pytest.StashKey["list[str]"]()  # what pytest_sessionfinish says of the reports it wrote
+PER_TEST = frozenset(MARKER_KEYS) | {"record", "unguarded"}
+"""Options that only shape tests: set alone, the session still opens when the first guarded test is collected."""
 LISTING = pytest.StashKey["list[Any]"]()  # --llm-cassettes: listing.Entry per cassette
+PYPROJECT = pytest.StashKey["tuple[Path | None, dict[str, Any]]"]()  # its file, its [tool.pytest_llm_guard] table
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -151,20 +159,52 @@ def pytest_configure(config: pytest.Config) -> None:
             _warn(config, warning)
     config.stash[SETTINGS] = settings
     table = read_pyproject(pyproject) if pyproject is not None else {}
+    config.stash[PYPROJECT] = (pyproject, table)
+    distributed = hasattr(config, "workerinput") or _distributed(config)
+    session_wide = settings.sources.keys() - PER_TEST or table.keys() & SECTIONS
+    if distributed or session_wide or config.hook.pytest_llm_guard_state_store.get_hookimpls():
+        _session(config)  # opened (and its configuration checked) now; else when a guarded test is collected
+    if distributed and not hasattr(config, "workerinput"):  # the controller collects nothing: it cannot wait
+        _collect_records(config)
+
+
+def _distributed(config: pytest.Config) -> bool:
+    return config.getoption("dist", "no") != "no" and bool(config.getoption("tx", None))
+
+
+def _session(config: pytest.Config) -> Session:
+    """The session, opened on first need: at configure when anything is configured, else when collection
+    finds a guarded test. A suite that configures and guards nothing never opens one (nor imports it)."""
+    session = config.stash.get(SESSION, None)
+    if session is not None:
+        return session
+    from . import learned
+    from .endpoints import load_endpoints
+    from .prices import load_prices
+    from .session import Session
+
+    settings = config.stash[SETTINGS]
+    pyproject, table = config.stash[PYPROJECT]
     endpoints = load_endpoints(table.get("endpoints"), str(pyproject), base_url=settings.base_url, environ=os.environ)
     session = Session.open(
         settings,
         endpoints,
         plugin_store=config.hook.pytest_llm_guard_state_store(config=config),
         workerinput=getattr(config, "workerinput", None),
-        distributed=config.getoption("dist", "no") != "no" and bool(config.getoption("tx", None)),
+        distributed=_distributed(config),
         prices=load_prices(table.get("prices"), str(pyproject)),
     )
     session.learned = learned.for_session(settings, config.rootpath)
     config.stash[SESSION] = session
-    config.pluginmanager.register(_Records(session), "llm_guard_records")
     if session.folder is not None:
         config.pluginmanager.register(_XdistHandoff(session), "llm_guard_xdist_state")
+    return session
+
+
+def _collect_records(config: pytest.Config) -> None:
+    """Registered only where records can come: a guarded or watched test here, or any test's under xdist."""
+    if not config.pluginmanager.has_plugin(RECORDS):
+        config.pluginmanager.register(_Records(_session(config)), RECORDS)
 
 
 def _warn(config: pytest.Config, warning: ConfigWarning) -> None:
@@ -204,6 +244,9 @@ def _ini_overrides(config: pytest.Config) -> dict[str, str]:
     return found
 
 
+RECORDS = "llm_guard_records"
+
+
 class _Records:
     """Collects guarded tests' records, from this process or (under xdist) a worker's."""
 
@@ -238,26 +281,29 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         session.close()
 
 
-def _settings_for(item: pytest.Item, base: Settings, session: Session) -> Settings | None:
+def _settings_for(item: pytest.Item, base: Settings, config: pytest.Config) -> Settings | None:
     """The test's frozen settings, or None when the test is not guarded (and so pays nothing)."""
     markers = [m for m in item.iter_markers() if m.name.startswith("llm_")]
     uses_fixture = not GUARD_FIXTURES.isdisjoint(getattr(item, "fixturenames", ()))
     if not (markers or uses_fixture or base.guard_all):
         return None
-    return apply_markers(
-        base, markers, item.nodeid, endpoint_names=session.endpoints.names, endpoints_source=session.endpoints.source
-    )
+    endpoints = _session(config).endpoints
+    return apply_markers(base, markers, item.nodeid, endpoint_names=endpoints.names, endpoints_source=endpoints.source)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    base, session = config.stash[SETTINGS], config.stash[SESSION]
+    """Which tests are guarded; the per-test hooks are registered only for what was found (a suite that
+    guards nothing, with httpx2 never loaded, gets none: not even the records' collector)."""
+    base = config.stash[SETTINGS]
     wrong: dict[str, str] = {}
+    guarded = False
     for item in items:
         try:
-            item.stash[ITEM_SETTINGS] = _settings_for(item, base, session)
+            settings = _settings_for(item, base, config)
         except LLMGuardConfigError as exc:
-            item.stash[ITEM_SETTINGS] = None
-            wrong[item.nodeid] = str(exc)
+            settings, wrong[item.nodeid] = None, str(exc)
+        if settings is not None:
+            item.stash[ITEM_SETTINGS], guarded = settings, True
     if wrong:
         config.pluginmanager.register(_WrongMarkers(wrong), "llm_guard_wrong_markers")
     if config.getoption("llm_cassettes"):
@@ -267,7 +313,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         config.hook.pytest_deselected(items=list(items))
         items[:] = []
         return
-    prepare(config, items, base)
+    watched = base.unguarded != "allow" and "httpx2" in sys.modules  # without httpx2 no test can call an LLM
+    if guarded or watched:
+        from .protocol import prepare
+
+        _collect_records(config)
+        prepare(config, items, base, watched=watched)
 
 
 def _cassettes_used(items: list[pytest.Item], base: Settings) -> dict[Any, list[str]]:
@@ -306,8 +357,10 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         for line in lines(config.stash[LISTING], config.rootpath, REAL.wall(), strict=config.getoption("llm_strict")):
             terminalreporter.write_line(line)
         return
-    _guard_summary(terminalreporter)
-    upkeep = terminalreporter.config.stash[SESSION].upkeep
+    session = config.stash.get(SESSION, None)
+    if session is not None:
+        _guard_summary(terminalreporter, session)
+    upkeep = session.upkeep if session is not None else None
     if upkeep:
         from .report import cassette_lines
 
@@ -318,8 +371,7 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.write_line(line)
 
 
-def _guard_summary(terminalreporter: Any) -> None:
-    session = terminalreporter.config.stash[SESSION]
+def _guard_summary(terminalreporter: Any, session: Session) -> None:
     if session.unguarded:
         from . import report
 
@@ -350,6 +402,8 @@ def _guard_summary(terminalreporter: Any) -> None:
         for line in amplified:
             terminalreporter.write_line(f"  {line}")
     if session.learned is not None:
+        from . import learned
+
         for line in report.learned_lines(
             learned.in_reports(session.learned, session.records), OPTIONS["learn_timeouts"].flag, settings.call_timeout
         ):
@@ -363,13 +417,15 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     """The controller (or the only process) writes the learned timeouts, the JSON and HTML reports, from
     every worker's records."""
     config = session.config
-    guard_session = config.stash.get(SESSION, None)
-    if guard_session is None or hasattr(config, "workerinput"):
+    if hasattr(config, "workerinput"):
         return
     if LISTING in config.stash:
         orphans = any(entry.orphan for entry in config.stash[LISTING])
         strict = config.getoption("llm_strict") and orphans
         session.exitstatus = pytest.ExitCode.TESTS_FAILED if strict else pytest.ExitCode.OK
+        return
+    guard_session = config.stash.get(SESSION, None)
+    if guard_session is None:  # nothing configured for the session, no test guarded
         return
     if guard_session.cassette_notes:
         from .cassettes import upkeep
@@ -381,6 +437,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     settings = guard_session.settings
     said = config.stash[REPORTS_WRITTEN] = []
     if settings.learn_timeouts:
+        from . import learned
+
         said.append(learned.learn(config.rootpath / settings.learn_timeouts, guard_session.records))
     if not (settings.report or settings.report_html):
         return

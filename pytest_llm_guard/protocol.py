@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -25,16 +24,12 @@ from .alarm import with_line_numbers
 from .config import Settings
 from .dialects import key_variables
 from .errors import LLMCassetteError, LLMGuardInterrupt, LLMNoEndpoint, LLMUnguardedRequest, LLMUnguardedWarning
-from .session import Session
+from .keys import GUARD, ITEM_SETTINGS, SESSION
 
 if TYPE_CHECKING:
     from .cassettes import CassetteLayer
     from .guard import Guard
 
-SETTINGS = pytest.StashKey[Settings]()
-SESSION = pytest.StashKey[Session]()
-ITEM_SETTINGS = pytest.StashKey["Settings | None"]()
-GUARD = pytest.StashKey["Guard"]()
 CASSETTE = pytest.StashKey["CassetteLayer"]()
 CASSETTE_NOTE = pytest.StashKey["dict[str, Any]"]()
 ENVIRONMENT = pytest.StashKey[pytest.MonkeyPatch]()
@@ -48,8 +43,9 @@ WARNED = pytest.StashKey[int]()
 REPLAY_PLACEHOLDER_KEY = "sk-llm-guard-replay-placeholder"
 
 
-def prepare(config: pytest.Config, items: list[pytest.Item], base: Settings) -> None:
-    """After collection: the backstop marker where there is no SIGALRM, and the hooks the tests need."""
+def prepare(config: pytest.Config, items: list[pytest.Item], base: Settings, *, watched: bool) -> None:
+    """After collection: the backstop marker where there is no SIGALRM, and the hooks the tests need
+    (``watched``: tests that are not guarded are watched for LLM requests)."""
     guarded = [item for item in items if item.stash.get(ITEM_SETTINGS, None) is not None]
     for item in guarded:
         timeout = _hard_timeout(config, item, item.stash[ITEM_SETTINGS])
@@ -58,7 +54,6 @@ def prepare(config: pytest.Config, items: list[pytest.Item], base: Settings) -> 
     if guarded and not config.pluginmanager.has_plugin(GUARDED_TESTS):
         _load_the_guard(base, guarded)
         config.pluginmanager.register(GuardedTests(), GUARDED_TESTS)
-    watched = base.unguarded != "allow" and "httpx2" in sys.modules  # without httpx2 no test can call an LLM
     if watched and len(guarded) < len(items) and not config.pluginmanager.has_plugin(UNGUARDED_TESTS):
         config.pluginmanager.register(UnguardedTests(base), UNGUARDED_TESTS)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import sys
 import types
 from pathlib import Path
@@ -204,20 +205,53 @@ def test_api_knowledge_lives_in_its_dialect(home: str, word: str) -> None:
     assert outside == []
 
 
-def test_a_suite_that_never_uses_the_plugin_loads_nothing_heavy(pytester: pytest.Pytester) -> None:
+def test_a_suite_that_never_uses_the_plugin_loads_nothing_heavy_and_runs_no_hook_per_test(
+    pytester: pytest.Pytester,
+) -> None:
+    """Installed and unused, the plugin loads no SDK, opens no session and none of its code runs per test:
+    every hook call into its modules is counted (pluggy's monitoring), and none is a test's."""
     pytester.makeconftest(
         """
+        import json
         import sys
 
+        per_test = []
+
+        def _module(plugin):
+            return getattr(plugin, "__name__", None) or type(plugin).__module__
+
+        def pytest_configure(config):
+            def before(hook_name, hook_impls, kwargs):
+                if hook_name.startswith("pytest_runtest") or "item" in kwargs:
+                    per_test.extend(
+                        f"{hook_name} ({impl.plugin_name})" for impl in hook_impls
+                        if _module(impl.plugin).startswith("pytest_llm_guard")
+                    )
+
+            config.pluginmanager.add_hookcall_monitoring(before, lambda *args: None)
+
         def pytest_sessionfinish(session):
-            heavy = [m for m in ("openai", "vcr", "tenacity", "httpx2", "yaml") if m in sys.modules]
-            (session.config.rootpath / "loaded.txt").write_text(" ".join(heavy))
+            found = {
+                "heavy": [m for m in ("openai", "vcr", "tenacity", "httpx2", "yaml") if m in sys.modules],
+                "modules": sorted(m for m in sys.modules if m.startswith("pytest_llm_guard")),
+                "registered": sorted(
+                    name for name, _ in session.config.pluginmanager.list_name_plugin() if name.startswith("llm_guard")
+                ),
+                "per_test": per_test,
+            }
+            (session.config.rootpath / "found.json").write_text(json.dumps(found))
         """
     )
     pytester.makepyfile("def test_one():\n    assert True\n\ndef test_two():\n    assert True\n")
-    result = pytester.runpytest_subprocess("-p", "no:anyio")
+    result = pytester.runpytest_subprocess("-p", "no:anyio", "-p", "no:xdist")
     result.assert_outcomes(passed=2)
-    assert (pytester.path / "loaded.txt").read_text() == ""
+    found = json.loads((pytester.path / "found.json").read_text())
+    assert found["heavy"] == []
+    assert found["per_test"] == []
+    assert found["registered"] == ["llm_guard", "llm_guard_listing_starts_no_workers"]
+    # what the start-up loads: options, settings, fixtures' definitions; no session, endpoint, guard or report
+    loaded = {m.removeprefix("pytest_llm_guard.") for m in found["modules"]}
+    assert not loaded & {"session", "state", "endpoints", "prices", "learned", "protocol", "alarm", "report"}
     assert "pytest_llm_guard.plugin" in sys.modules  # the plugin itself is installed and loaded here
 
 

@@ -734,8 +734,9 @@ async def test_closes_early_async(async_llm_client):
 def test_a_stream_the_caller_abandons_is_read_on_and_recorded_whole(
     project: pytest.Pytester, server: FaultServer, monkeypatch
 ) -> None:
-    # In subprocesses: the read-on's threads and the clients' sockets end with their session, so
-    # none is left for this process's garbage collector to warn about during a later test.
+    # Recording in a subprocess: the read-on's threads and the clients' sockets end with their session, so
+    # none is left for this process's garbage collector to warn about during a later test. A replay opens
+    # neither, so it runs in this process (without a second start-up, SDK imports included).
     project.makepyfile(test_app=ABANDONING_TESTS)
     recording = project.runpytest_subprocess("--llm-record=new_episodes")
     recording.assert_outcomes(passed=4)
@@ -745,7 +746,7 @@ def test_a_stream_the_caller_abandons_is_read_on_and_recorded_whole(
         assert recorded["response"]["body"]["string"].endswith("data: [DONE]\n\n"), test
 
     go_offline(server, monkeypatch)
-    result = project.runpytest_subprocess()
+    result = project.runpytest()
     result.assert_outcomes(passed=4)
     result.stdout.fnmatch_lines(["*4 guarded tests: 4 LLM calls, 4 attempts (4 replayed)*"])
 
@@ -789,7 +790,7 @@ def test_an_abandoned_stream_that_cannot_be_read_in_time_warns_and_its_miss_says
         )
 
     go_offline(server, monkeypatch)
-    result = project.runpytest_subprocess()
+    result = project.runpytest()  # a replay: in this process (see the test above)
     result.assert_outcomes(failed=2)
     for test in ("test_breaks_out", "test_breaks_out_async"):
         result.stdout.fnmatch_lines(

@@ -102,8 +102,11 @@ def s8(quick: bool, scale: float) -> Scenario:
     files_count, per_file = (2, 10) if quick else (20, 100)
     many = files_count * per_file
     installed, disabled = GUARD + " installed", "plugin disabled (-p no:llm_guard)"
+    # The fixed cost, both ways pytest may find the plugin's modules: its rewritten .pyc cached beside them
+    # (written by an earlier run), or none (a fresh or read-only install, PYTHONDONTWRITEBYTECODE=1).
+    ways = {"cached": "rewritten .pyc cached", "none": "no .pyc cached"}
 
-    def unit(contender: str, tests: int) -> Unit:
+    def unit(contender: str, tests: int, bytecode: str | None = None) -> Unit:
         def files(context: Context) -> dict[str, str]:
             out = {"pyproject.toml": pyproject()}
             count = files_count if tests > 1 else 1
@@ -113,9 +116,11 @@ def s8(quick: bool, scale: float) -> Scenario:
             return out
 
         plugins = ("llm_guard",) if contender == installed else ()
-        return Unit("S8", contender, tests, {}, files, plugins=plugins, work=tests)
+        shown = f"{contender}, {ways[bytecode]}" if bytecode else contender
+        return Unit("S8", shown, tests, {}, files, plugins=plugins, work=tests, bytecode=bytecode)
 
-    units = [unit(contender, tests) for tests in (many, 1) for contender in (installed, disabled)]
+    units = [unit(contender, many) for contender in (installed, disabled)]
+    units += [unit(contender, 1, way) for way in ways for contender in (installed, disabled)]
 
     def value(unit: Unit, sample: Sample) -> float:
         if unit.size == 1:  # the fixed cost is paid at start-up: whole-process time
@@ -125,10 +130,12 @@ def s8(quick: bool, scale: float) -> Scenario:
 
     def targets(rows: list[Row]) -> list[Target]:
         out = []
-        on, off = find(rows, installed, 1), find(rows, disabled, 1)
-        if on and off:
-            fixed = on.median - off.median
-            out.append(Target("<= 30 ms fixed (one test, whole process)", f"{fixed:+.0f} ms", fixed <= 30))
+        for words in ways.values():
+            on, off = find(rows, f"{installed}, {words}", 1), find(rows, f"{disabled}, {words}", 1)
+            if on and off:
+                fixed = on.median - off.median
+                goal = f"<= 15 ms fixed, {words} (one test, whole process)"
+                out.append(Target(goal, f"{fixed:+.0f} ms", fixed <= 15))
         on, off = find(rows, installed, many), find(rows, disabled, many)
         if on and off:
             share = on.median / off.median - 1
@@ -139,7 +146,9 @@ def s8(quick: bool, scale: float) -> Scenario:
         "S8",
         "Cost to a suite that does not use the plugin",
         f"{many} plain tests in {files_count} files, then a single test; the plugin installed against the "
-        "plugin disabled (which pytest then never imports).",
+        "plugin disabled (which pytest then never imports). The single test runs both ways pytest may find "
+        "the plugin's modules: with the .pyc of their rewritten asserts cached beside them by an earlier run, "
+        "and with none (removed first, PYTHONDONTWRITEBYTECODE=1: a fresh or read-only install, as in CI).",
         "ms per test (session) for the suite; whole-process ms for one test",
         units,
         targets=targets,
