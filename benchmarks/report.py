@@ -95,6 +95,7 @@ def scenario_json(scenario: Scenario, samples: dict[str, list[Sample]], run: dic
     rows = rows_of(scenario, samples)
     guard_by_size = {row.unit.size: row for row in rows if row.unit.contender == GUARD and row.values}
     ideal = next((row for row in rows if row.unit.contender == IDEAL and row.values), None)
+    floor_by_size = {row.unit.size: row for row in rows if row.unit.contender == scenario.floor and row.values}
     out_rows = []
     for row in rows:
         unit: Unit = row.unit
@@ -123,6 +124,10 @@ def scenario_json(scenario: Scenario, samples: dict[str, list[Sample]], run: dic
         }
         if unit.contender == GUARD and ideal and row.values:
             entry["ratio_to_ideal"] = row.median / ideal.median
+        floor = floor_by_size.get(unit.size)
+        if floor is not None and row.values and unit.contender != scenario.floor:
+            entry["ratio_to_floor"] = row.median / floor.median
+            entry["above_floor"] = row.median - floor.median
         out_rows.append(entry)
     targets = [t.__dict__ for t in scenario.targets(rows)]
     return {
@@ -236,6 +241,12 @@ def markdown(results: dict[str, Any]) -> str:
                 ratio = f"{row['ratio_to_ideal']:.2f}× the ideal"
             else:
                 ratio = ratio_text(row["ratio_to_guard"]) if row["contender"] != GUARD else ""
+            if row.get("ratio_to_floor"):
+                above = f"{ratio_text(row['ratio_to_floor'])} the floor, {row['above_floor']:+.3f} {s['metric'].split()[0]} above it"
+                ratio = f"{ratio}; {above}" if ratio else above
+            cpu = row["metrics"].get("cpu_ms", {}).get("median")
+            if cpu is not None:
+                ratio += f"{'; ' if ratio else ''}CPU {number(cpu)} ms per call"
             size = "" if row["size"] is None else f"{row['size']:,}"
             lines.append(
                 f"| {s['id']} | {row['contender']} | {size} | {value} | {process_text} | {requests_text(row)} | "

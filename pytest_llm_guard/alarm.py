@@ -50,6 +50,8 @@ class Alarm:
         self._user: tuple[int, float] | None = None
         """The application's timer: its event's handle and its interval."""
         self._frame: Any = None
+        self._armed: float | None = None
+        """When the timer expires, in real time (``REAL.now``), while it is set."""
 
     @staticmethod
     def available() -> bool:
@@ -71,6 +73,7 @@ class Alarm:
         if not self._running:
             return
         self._running = False
+        self._armed = None
         left, interval = self._user_left()
         for name, function in self._below.items():
             setattr(signal, name, function)
@@ -93,13 +96,22 @@ class Alarm:
             self._schedule()
 
     def _schedule(self) -> None:
-        if not self._events:
+        """Set the timer for the soonest event, unless it is set for that moment already (a call's
+        timer for its headers, due with the deadline, comes and goes without a system call)."""
+        soonest = min((when for when, _, _ in self._events), default=None)
+        if soonest is None:
+            self._armed = None
             self._below["setitimer"](signal.ITIMER_REAL, 0)
             return
-        soonest = min(when for when, _, _ in self._events)
-        self._below["setitimer"](signal.ITIMER_REAL, max(soonest - self._clock(), 1e-4))
+        seconds = max(soonest - self._clock(), 1e-4)
+        expires = REAL.now() + seconds  # real time: a fake clock's moves are not the timer's
+        if self._armed is not None and abs(self._armed - expires) < _SAME_MOMENT:
+            return
+        self._armed = expires
+        self._below["setitimer"](signal.ITIMER_REAL, seconds)
 
     def _fire(self, signum: int, frame: object) -> None:
+        self._armed = None  # the timer expired
         now = self._clock()
         due = sorted(event for event in self._events if event[0] <= now + 1e-3)
         self._events = [event for event in self._events if event not in due]
@@ -179,6 +191,9 @@ class Alarm:
 
 
 _SHARED = ("alarm", "setitimer", "getitimer", "signal", "getsignal")
+_SAME_MOMENT = 1e-3
+"""Seconds within which the timer is left as it is rather than set again (``_fire`` runs what is due
+within as much)."""
 """The ``signal`` functions the application shares the timer through."""
 
 

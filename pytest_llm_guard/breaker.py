@@ -207,8 +207,39 @@ class EndpointHealth:
         )
 
     def dump(self, record: dict[str, Any]) -> None:
+        """Into ``record`` as plain data (its lists copied: the record is written, this object may live on)."""
+        breakers = {
+            model: {**vars(b), "errors": [*b.errors], "transitions": [*b.transitions]}
+            for model, b in self.breakers.items()
+        }
         record.clear()
-        record.update(dataclasses.asdict(self))
+        record.update(vars(self), breakers=breakers)
+
+    def settled(self, model: str, now: float, policy: Settings) -> bool:
+        """Healthy with nothing pending: the model's breaker closed with no failure in its window, every
+        retry token there, no Retry-After to wait out. Only a failure can change such a record."""
+        breaker = self.breakers.get(model)
+        return (
+            breaker is not None
+            and breaker.state == "closed"
+            and not breaker.consecutive
+            and "1" not in breaker.recent
+            and (self.tokens is None or self.tokens >= policy.retry_tokens)
+            and self.not_before <= now
+        )
+
+    def unchanged_by(self, model: str, outcome: Outcome, now: float, policy: Settings) -> bool:
+        """Would :meth:`record` leave the record as it is? An attempt that says nothing (neutral) to a
+        closed breaker; a success to a settled one whose window is all successes already."""
+        breaker = self.breakers.get(model)
+        if outcome is Outcome.NEUTRAL:
+            return breaker is not None and breaker.state == "closed"
+        return (
+            outcome is Outcome.SUCCESS
+            and self.settled(model, now, policy)
+            and self.tokens is not None
+            and len(self.breakers[model].recent) >= policy.breaker_window
+        )
 
     def breaker(self, model: str) -> Breaker:
         return self.breakers.setdefault(model, Breaker())
@@ -232,7 +263,7 @@ class EndpointHealth:
                 wait=wait,
             )
         verdict = self.breaker(model).admit(now, lease)
-        return dataclasses.replace(verdict, wait=max(0.0, wait)) if verdict.ok else verdict
+        return dataclasses.replace(verdict, wait=wait) if verdict.ok and wait > 0 else verdict
 
     def peek(self, model: str, now: float, policy: Settings, *, retry: bool) -> Verdict:
         """:meth:`admit` without taking a probe: for predicting where a retry would go."""

@@ -93,6 +93,10 @@ class EndpointSet:
     endpoints: tuple[Endpoint, ...]
     configured: bool
     source: str
+    _last: list[tuple[Any, Endpoint | None]] = field(
+        default_factory=lambda: [(None, None)], init=False, repr=False, compare=False
+    )
+    """The last URL asked about and its owner: the seam and the routing layer ask of the same request."""
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -100,8 +104,13 @@ class EndpointSet:
 
     def owner(self, url: httpx2.URL) -> Endpoint | None:
         """The endpoint a request URL goes to (the longest base path wins), or None: not ours to manage."""
+        last, found = self._last[0]
+        if last is url:  # URLs are immutable, and the one kept here is not freed (nor its id reused)
+            return found
         owners = [e for e in self.endpoints if e.owns(url)]
-        return max(owners, key=lambda e: e.base_path_length, default=None)
+        found = max(owners, key=lambda e: e.base_path_length, default=None)
+        self._last[0] = (url, found)
+        return found
 
 
 def default_endpoints(base_url: str | None, environ: Mapping[str, str]) -> EndpointSet:

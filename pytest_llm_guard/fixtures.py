@@ -35,13 +35,14 @@ def _dialect(kind: str) -> Dialect:
     return for_kind(kind)
 
 
-SDK_OF_FIXTURE = {
+FIXTURE_KINDS = {
     "llm_client": "openai",
     "async_llm_client": "openai",
     "anthropic_client": "anthropic",
     "async_anthropic_client": "anthropic",
 }
-FIXTURES = frozenset(SDK_OF_FIXTURE)
+"""The client fixtures, each with the endpoint kind whose SDK builds it."""
+FIXTURES = frozenset(FIXTURE_KINDS)
 """The client fixtures: a test that uses one is guarded."""
 
 

@@ -13,6 +13,8 @@
 - **Backoff** is the time from the end of an attempt that did not succeed to the start of
   the next, whoever waited: measured here once (:meth:`Ledger.open`), read everywhere.
 - **Network seconds** are the time of live and recorded attempts only.
+- A **probe** is a half-open breaker's request sent beside an attempt, off the test's clock
+  (``probes.py``): kept apart (:class:`Probe`), it is no attempt and counts in no total.
 
 Budgets, ``llm_guard.stats``, failure messages, the terminal summary and reports all
 read these records and totals; only the transport seam and the layers write them.
@@ -177,6 +179,38 @@ class Attempt:
         return record
 
 
+@dataclass
+class Probe:
+    """A half-open breaker's probe sent beside one of the test's attempts, off its clock (``probes.py``).
+
+    Its answer only feeds the endpoint's breaker: it is no attempt, retry or failure of the test, counts
+    in no total and no budget. ``start``/``end`` are the test's clock, like an attempt's.
+    """
+
+    endpoint_name: str
+    model: str | None
+    call: int
+    """The test's call whose attempt it went beside."""
+    beside: str
+    """The endpoint that attempt went to meanwhile."""
+    start: float
+    end: float | None = None
+    outcome: str = "pending"
+    """As an attempt's: ``ok``, ``HTTP <status>``, or the error's name (``ReadTimeout``)."""
+    breaker: str = ""
+    """What its answer did to the breaker, in a few words."""
+
+    def describe(self) -> str:
+        """One line for people: ``probe of primary (beside ...): ReadTimeout, still hanging: breaker open ...``."""
+        what = f"probe of {self.endpoint_name} (beside call {self.call}'s attempt to {self.beside})"
+        if self.end is None:
+            return f"{what}: no answer yet when the test ended; its answer updates the breaker"
+        return f"{what}: {self.outcome}, {self.breaker}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**vars(self), "text": self.describe()}
+
+
 @dataclass(frozen=True)
 class Stats:
     """A test's totals in the ledger's words (``llm_guard.stats``)."""
@@ -215,6 +249,8 @@ class Ledger:
         self.network_seconds = 0.0
         self.backoff_seconds = 0.0
         self.by_source = dict.fromkeys(SOURCES, 0)
+        self.probes: list[Probe] = []
+        """Half-open probes sent beside its attempts (``probes.py``): in no total."""
         self._lock = threading.RLock()  # re-entered when the deadline's alarm interrupts an update
 
     def open(self, attempt: Attempt) -> None:
@@ -233,6 +269,11 @@ class Ledger:
             self.attempts.append(attempt)
             if attempt.kind == "first":
                 self.calls += 1
+
+    def probe(self, probe: Probe) -> None:
+        """Keep a probe sent beside one of the attempts; it counts nowhere."""
+        with self._lock:
+            self.probes.append(probe)
 
     def new_call(self) -> int:
         """The number the next call gets."""

@@ -24,6 +24,7 @@ from .alarm import with_line_numbers
 from .config import Settings
 from .dialects import key_variables
 from .errors import LLMCassetteError, LLMGuardInterrupt, LLMNoEndpoint, LLMUnguardedRequest, LLMUnguardedWarning
+from .fixtures import FIXTURE_KINDS
 from .keys import GUARD, ITEM_SETTINGS, SESSION
 
 if TYPE_CHECKING:
@@ -52,7 +53,8 @@ def prepare(config: pytest.Config, items: list[pytest.Item], base: Settings, *, 
         if timeout is not None:
             item.add_marker(pytest.mark.timeout(timeout))
     if guarded and not config.pluginmanager.has_plugin(GUARDED_TESTS):
-        _load_the_guard(base, guarded)
+        fixtures = set().union(*(getattr(item, "fixturenames", ()) for item in guarded))
+        _load_the_guard(base, {FIXTURE_KINDS[name] for name in fixtures & FIXTURE_KINDS.keys()})
         config.pluginmanager.register(GuardedTests(), GUARDED_TESTS)
     if watched and len(guarded) < len(items) and not config.pluginmanager.has_plugin(UNGUARDED_TESTS):
         config.pluginmanager.register(UnguardedTests(base), UNGUARDED_TESTS)
@@ -74,23 +76,13 @@ def _hard_timeout(config: pytest.Config, item: pytest.Item, settings: Settings) 
     return backstop
 
 
-def _load_the_guard(settings: Settings, guarded: list[pytest.Item]) -> None:
+def _load_the_guard(settings: Settings, kinds: set[str]) -> None:
     """Import what guarded tests use now, once, so no test's deadline pays for it (an SDK alone
-    takes a third of a second to a second); and fail with a usage error now if httpx2 lost the seam.
-
-    The SDKs: those of the client fixtures the tests use, or every one when some test builds its own
-    client (an SDK its module imported is loaded already)."""
+    takes a third of a second: those of the client fixtures in use, ``kinds``); and fail with a
+    usage error now if httpx2 lost the seam."""
     from . import dialects, guard, routing, transport  # noqa: F401
-    from .fixtures import SDK_OF_FIXTURE
 
-    needed: set[str] = set()
-    for item in guarded:
-        used = {SDK_OF_FIXTURE[name] for name in getattr(item, "fixturenames", ()) if name in SDK_OF_FIXTURE}
-        if not used:
-            needed = set()
-            break
-        needed |= used
-    dialects.load_sdks(frozenset(needed) if needed else None)
+    dialects.load_sdks(kinds)
 
     if settings.record != "off":
         from . import cassettes  # noqa: F401
@@ -478,20 +470,19 @@ def _may_rerecord(settings: Settings, configured: str, layer: CassetteLayer) -> 
 
 
 def _open_cassette(item: pytest.Item, guard: Guard) -> CassetteLayer | None:
+    settings = guard.settings
+    if settings.record == "off" or not settings.cassette:  # no cassette: vcrpy is not even imported
+        return None
     from . import cassettes
 
-    settings = guard.settings
     mode = cassettes.record_mode(settings)
-    if mode == "off" or not settings.cassette or _uses_pytest_recording(item):
+    if mode == "off" or _uses_pytest_recording(item):
         return None
     path = cassettes.path_for(item.path, item.name, settings)
     session = item.config.stash[SESSION]
     if mode in ("all", "new_episodes"):
         session.keep_before(path)
     configured, mode = mode, cassettes.effective_mode(mode, session.existed_at_start(path))
-
-    hook = item.ihook.pytest_llm_cassette_match
-    matcher = (lambda request, recorded: hook(request=request, recorded=recorded)) if hook.get_hookimpls() else None
 
     def open_as(mode: str) -> CassetteLayer:
         try:
@@ -500,7 +491,9 @@ def _open_cassette(item: pytest.Item, guard: Guard) -> CassetteLayer | None:
                 settings,
                 mode=mode,
                 nodeid=item.nodeid,
-                matcher=matcher,
+                matcher=lambda request, recorded: item.ihook.pytest_llm_cassette_match(
+                    request=request, recorded=recorded
+                ),
                 scrubber=guard.scrubber,
                 session_started=session.started_at,
                 clock=guard.clock,

@@ -108,6 +108,16 @@ def attempt_lines(attempts: Sequence[Attempt], title: str = "Attempts") -> list[
     return lines
 
 
+def probe_lines(ledger: Ledger) -> list[str]:
+    """Half-open probes sent beside the test's attempts, listed apart: they are none of its attempts."""
+    probes = list(ledger.probes)
+    if not probes:
+        return []
+    return [f"Breaker probes beside them, off the test's clock ({len(probes)}):"] + [
+        f"  - {probe.describe()}" for probe in probes
+    ]
+
+
 def sdk_retry_advice(attempts: Sequence[Attempt]) -> str | None:
     """When the SDK's own retries multiplied the attempts: how many, and how to turn them off."""
     sdk = [a for a in attempts if a.by == "sdk" and a.source != "refused"]
@@ -172,6 +182,7 @@ def budget_message(
         lines.append(where)
     if attempts:
         lines.extend(attempt_lines(attempts))
+        lines.extend(probe_lines(ledger))
     option = OPTIONS[budget]
     advice = (
         _ADVICE[budget] if in_call else "raise `deadline`, or cut the test's own waiting (its sleeps, backoffs, loops)"
@@ -214,6 +225,7 @@ def no_endpoint(
     lines = [headline] + [f"  - {name} ({url}): {reason}" for name, url, reason in refusals]
     if on_open != "fallback" and earlier:
         lines.extend(attempt_lines(earlier, "Earlier attempts"))
+        lines.extend(probe_lines(ledger))
     source = on_open_source if on_open_source != "default" else (
         "default for llm_client" if fixture else "default for clients the code under test builds"
     )

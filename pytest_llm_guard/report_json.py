@@ -86,6 +86,10 @@ def record(
         entry["start"], entry["end"] = attempt.start, attempt.end
         attempts.append(entry)
     stats = dataclasses.asdict(guard.stats)
+    probes = [
+        {**probe.to_dict(), "offset": probe.start - guard.budget.started, "text": guard.scrubber.text(probe.describe())}
+        for probe in guard.ledger.probes
+    ]
     return {
         "nodeid": nodeid,
         "outcome": outcome,
@@ -97,6 +101,7 @@ def record(
         "attribution": attribution(attempts, duration),
         "amplification": amplification(attempts),
         "attempts": attempts,
+        **({"probes": probes} if probes else {}),
     }
 
 

@@ -53,7 +53,8 @@ def is_retryable_error(exc: BaseException) -> bool:
 
 
 def _retryable_response(response: httpx2.Response) -> bool:
-    return of_response(response).should_retry(response.status_code, response.headers)
+    """An answer below 400 is never retried (by any API's rules): no dialect is asked."""
+    return response.status_code >= 400 and of_response(response).should_retry(response.status_code, response.headers)
 
 
 class wait_server_hint(wait_base):

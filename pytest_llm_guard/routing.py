@@ -17,6 +17,9 @@ state, its last errors and when the next probe is due.
   :class:`LLMEndpointUnavailable`, the SDK's ``APIConnectionError``, reaches their fallback.
 - Every attempt's outcome feeds the endpoint's breaker, rate-limit cooldown and
   retry tokens (``breaker.py``). Requests to other URLs pass untouched.
+- A routed call that finds an endpoint's half-open probe due while another endpoint can
+  take its attempt sends the attempt there and the probe beside it, off the test's clock
+  (``probes.py``); with no other endpoint available the probe is the attempt.
 
 Breakers see an attempt's status and transport errors, i.e. whether the endpoint
 answered, and what failed before a stream's first content (the seam reads a stream
@@ -39,14 +42,14 @@ from typing import TYPE_CHECKING, Any
 
 import httpx2
 
-from . import report
+from . import probes, report
 from .breaker import EndpointHealth, Outcome, Verdict, classify, describe_error
 from .clock import REAL, Clock
 from .config import BREAKER_MARKER, Settings
-from .dialects import DIALECTS, dialect_for, origin_of
+from .dialects import DIALECTS, Dialect, dialect_for, origin_of
 from .endpoints import Endpoint, EndpointSet
 from .errors import LLMNoEndpoint
-from .ledger import CALL, Attempt, Call
+from .ledger import CALL, Attempt, Call, Probe
 from .state import StateStore
 
 if TYPE_CHECKING:
@@ -56,6 +59,8 @@ log = logging.getLogger("pytest_llm_guard")
 
 _LEASE_MARGIN = 1.0
 """Seconds a half-open probe is held beyond its attempt's cap before another caller may probe."""
+_TRUSTED_SHARE = 0.1
+"""The share of ``breaker_cooldown`` for which a process trusts its copy of a healthy endpoint's record."""
 
 
 class LLMEndpointUnavailable(httpx2.ConnectError):
@@ -102,13 +107,57 @@ def endpoint_unavailable(message: str, *, request: httpx2.Request, endpoints: tu
     return dressed(message, request=request, endpoints=endpoints)
 
 
+def _beside(plan: _Plan, ctx: AttemptContext) -> bool:
+    """May a probe go beside this attempt? A routed call of a client on the network (no mock, no cassette
+    library answering), whose body can be sent twice (an SDK's always can)."""
+    if not (plan.routed and ctx.network) or probes.intercepted():
+        return False
+    try:
+        plan.request.content  # noqa: B018
+    except httpx2.RequestNotRead:
+        return False
+    return True
+
+
+def _probe_verdict(outcome: Outcome, error: BaseException | None) -> str:
+    """What a probe's answer did to its breaker, for the ledger and reports."""
+    if outcome is Outcome.SUCCESS:
+        return "breaker closed: later requests go to it again"
+    if outcome is Outcome.FAILURE:
+        still = "still hanging" if isinstance(error, httpx2.TimeoutException) else "still failing"
+        return f"{still}: breaker open again, its cooldown doubled"
+    if outcome is Outcome.THROTTLED:
+        return "rate-limited: no verdict, a later request probes it again"
+    return "no verdict: a later request probes it again"
+
+
 def _kinds(attempt: Attempt) -> tuple[str, ...] | None:
     """The endpoint kinds that speak the attempt's API: a call never fails over to another API."""
     return next((d.kinds for d in DIALECTS if d.name == attempt.dialect), None)
 
 
+@dataclass
+class _View:
+    """This process's copy of one endpoint's shared health, and when (``Clock.wall``) it was read."""
+
+    health: EndpointHealth
+    read_at: float
+
+
 class Router:
-    """The session's view of its endpoints: their order and their shared health (``state.py``)."""
+    """The session's view of its endpoints: their order and their shared health (``state.py``).
+
+    The healthy path costs no store round trip: each endpoint's health is kept in the process
+    (:class:`_View`) and every change is written at once (a failure, a 429, a probe, a transition,
+    a token spent), but an attempt that changes nothing is not (a success on a breaker whose window
+    holds only successes). While a model's breaker is settled (closed, no failure in its window,
+    tokens full: :meth:`EndpointHealth.settled`) the copy is trusted for a tenth of
+    ``breaker_cooldown`` before the store is read again; otherwise the store is read at every
+    attempt, as before. So what another xdist worker changes is seen at once where the endpoint is
+    in trouble, and where it looked healthy here within a tenth of the cooldown (a trip is seen for
+    nine tenths of its open time at least), or at this process's own next failure there, since each
+    write reads the record afresh.
+    """
 
     def __init__(
         self,
@@ -128,6 +177,13 @@ class Router:
         """Breakers are shared between processes, so they keep the time of day (``Clock.wall``)."""
         self.rng = rng or random.Random()
         self.environ = environ
+        self._views: dict[str, _View] = {}
+        self.prober = probes.Prober()
+        """Half-open probes sent beside a test's attempt, in the background (``probes.py``)."""
+
+    def close(self) -> None:
+        """The session ends: probes still out are left, and record nothing any more."""
+        self.prober.close()
 
     @staticmethod
     def _key(endpoint: Endpoint) -> str:
@@ -155,15 +211,20 @@ class Router:
         missing = self._missing_key(endpoint)
         if missing is not None:
             return missing
+        key, now = self._key(endpoint), self.clock.wall()
+        health = self._read(key, model, now)
+        if health.breaker(model).state == "closed":  # admitting changes nothing: the copy decides
+            return health.admit(model, now, self.policy, retry=retry, lease=lease, max_wait=max_wait)
 
-        def change(record: dict[str, Any]) -> tuple[Verdict, list[dict[str, Any]]]:
+        def change(record: dict[str, Any]) -> tuple[Verdict, EndpointHealth, list[dict[str, Any]]]:
             health = EndpointHealth.load(record)
             before = len(health.breaker(model).transitions)
-            verdict = health.admit(model, self.clock.wall(), self.policy, retry=retry, lease=lease, max_wait=max_wait)
+            verdict = health.admit(model, now, self.policy, retry=retry, lease=lease, max_wait=max_wait)
             health.dump(record)
-            return verdict, health.breaker(model).transitions[before:]
+            return verdict, health, health.breaker(model).transitions[before:]
 
-        verdict, moved = self.store.update(self._key(endpoint), change)
+        verdict, health, moved = self.store.update(key, change)
+        self._views[key] = _View(health, now)
         self._log(endpoint, model, moved)
         return verdict
 
@@ -172,8 +233,8 @@ class Router:
         missing = self._missing_key(endpoint)
         if missing is not None:
             return missing
-        health = EndpointHealth.load(self.store.get(self._key(endpoint)))
-        return health.peek(model, self.clock.wall(), self.policy, retry=retry)
+        now = self.clock.wall()
+        return self._read(self._key(endpoint), model, now).peek(model, now, self.policy, retry=retry)
 
     def record(
         self,
@@ -184,14 +245,33 @@ class Router:
         error: str | None = None,
         retry_after: float | None = None,
     ) -> None:
-        def change(record: dict[str, Any]) -> list[dict[str, Any]]:
+        key, now = self._key(endpoint), self.clock.wall()
+        view = self._views.get(key)
+        if view is not None and view.health.unchanged_by(model, outcome, now, self.policy):
+            return
+
+        def change(record: dict[str, Any]) -> tuple[EndpointHealth, list[dict[str, Any]]]:
             health = EndpointHealth.load(record)
             before = len(health.breaker(model).transitions)
-            health.record(model, outcome, self.clock.wall(), self.policy, error=error, retry_after=retry_after)
+            health.record(model, outcome, now, self.policy, error=error, retry_after=retry_after)
             health.dump(record)
-            return health.breaker(model).transitions[before:]
+            return health, health.breaker(model).transitions[before:]
 
-        self._log(endpoint, model, self.store.update(self._key(endpoint), change))
+        health, moved = self.store.update(key, change)
+        self._views[key] = _View(health, now)
+        self._log(endpoint, model, moved)
+
+    def _read(self, key: str, model: str, now: float) -> EndpointHealth:
+        """The endpoint's health: this process's copy while it is settled and younger than a tenth of
+        the cooldown, else read from the store now."""
+        view = self._views.get(key)
+        if (
+            view is None
+            or not view.read_at <= now < view.read_at + self.policy.breaker_cooldown * _TRUSTED_SHARE
+            or not view.health.settled(model, now, self.policy)
+        ):
+            view = self._views[key] = _View(EndpointHealth.load(self.store.get(key)), now)
+        return view.health
 
     @staticmethod
     def _log(endpoint: Endpoint, model: str, moved: list[dict[str, Any]]) -> None:
@@ -236,6 +316,9 @@ class _Plan:
     model: str = "*"
     routed: bool = False
     wait: float = 0.0
+    aside: tuple[Endpoint, float] | None = None
+    """A half-open endpoint whose probe goes beside the attempt (and that probe's cap), when another
+    endpoint takes the attempt."""
 
 
 class RouterLayer:
@@ -281,10 +364,14 @@ class RouterLayer:
         refusals = self._admit_first(plan, choices, ctx, max_wait=0.0)
         remaining = ctx.remaining()
         rate_limited = [e for e, verdict in refusals if 0 < verdict.wait < remaining]
-        if plan.endpoint is None and rate_limited:  # honour the shortest Retry-After that fits the deadline
+        if plan.endpoint is None and plan.aside is None and rate_limited:  # the shortest Retry-After that fits
             self._admit_first(plan, rate_limited, ctx, max_wait=remaining)
+        if plan.endpoint is None and plan.aside is not None:  # no other endpoint takes it: the probe is the attempt
+            plan.endpoint, plan.aside = plan.aside[0], None
         if plan.endpoint is None:
             raise self._refusal(refusals, request, ctx, fixture)
+        if plan.aside is not None:
+            self._probe_beside(plan, ctx)
         self._send_to(plan, ctx)
         return plan
 
@@ -298,18 +385,63 @@ class RouterLayer:
     def _admit_first(
         self, plan: _Plan, choices: list[Endpoint], ctx: AttemptContext, *, max_wait: float
     ) -> list[tuple[Endpoint, Verdict]]:
-        """Admit the first endpoint that can take the attempt (after at most ``max_wait``); returns the refusals."""
+        """Admit the first endpoint that can take the attempt (after at most ``max_wait``); returns the refusals.
+
+        A routed call that takes a half-open probe keeps looking: the probe goes beside the attempt
+        (``plan.aside``) if another endpoint takes the attempt, and is the attempt if none does.
+        """
         refusals = []
         for endpoint in choices:
             cap = min(ctx.attempt_cap(), endpoint.call_timeout or math.inf)
             verdict = self.router.admit(
                 endpoint, plan.model, retry=ctx.attempt.number > 1, lease=cap + _LEASE_MARGIN, max_wait=max_wait
             )
-            if verdict.ok:
+            if not verdict.ok:
+                refusals.append((endpoint, verdict))
+            elif verdict.probe and plan.aside is None and not verdict.wait and _beside(plan, ctx):
+                plan.aside = (endpoint, cap)
+            else:
                 plan.endpoint, plan.wait = endpoint, verdict.wait
                 break
-            refusals.append((endpoint, verdict))
         return refusals
+
+    def _probe_beside(self, plan: _Plan, ctx: AttemptContext) -> None:
+        """Send the half-open endpoint's probe in the background: a copy of the request as that endpoint
+        must receive it, with the timeouts the attempt would have had there. Its answer feeds the breaker
+        and the test's ledger (a :class:`Probe`), nothing else."""
+        assert plan.aside is not None and plan.endpoint is not None
+        (endpoint, cap), attempt, clock = plan.aside, ctx.attempt, ctx.clock
+        dialect: Dialect | None = dialect_for(plan.request)
+        assert dialect is not None  # only LLM requests reach the layers
+        timeouts = [t for t in (plan.request.extensions.get("timeout") or {}).values() if t is not None]
+        bound = min(cap, max(timeouts, default=math.inf))  # the attempt's cap there, else its client's timeout
+        addressed = endpoint.address(plan.request, attempt.model, self.router.environ)
+        request = probes.copy(addressed, plan.request.content, bound)
+        probe = Probe(endpoint.name, attempt.model, attempt.call, plan.endpoint.name, start=clock.now())
+        ctx.ledger.probe(probe)
+        model = plan.model
+
+        def report(status: int | None, error: BaseException | None, retry_after: float | None) -> None:
+            outcome = classify(status, error)
+            self.router.record(
+                endpoint,
+                model,
+                outcome,
+                error=describe_error(status, error) if outcome is Outcome.FAILURE else None,
+                retry_after=retry_after if outcome is Outcome.THROTTLED else None,
+            )
+            probe.outcome = probes.outcome(status, error)
+            probe.breaker = _probe_verdict(outcome, error)
+            probe.end = clock.now()
+
+        log.info(
+            "%s: probe of %s beside the attempt to %s (model %s)",
+            attempt.test,
+            endpoint.name,
+            plan.endpoint.name,
+            model,
+        )
+        self.router.prober.send(request, dialect, bound, report, name=f"{probes.THREAD} of {endpoint.name}")
 
     def _send_to(self, plan: _Plan, ctx: AttemptContext) -> None:
         attempt, endpoint = ctx.attempt, plan.endpoint
@@ -371,10 +503,18 @@ class RouterLayer:
                 attempt.failover_to = call.failover_to = following.name
 
     def _next_endpoint(self, call: Call, attempt: Attempt) -> Endpoint | None:
-        """Where a retry of this call would go now (without taking a probe)."""
+        """Where a retry of this call would go now (without taking a probe): past a due probe, which
+        goes beside it, to the first endpoint that takes it; to the probed endpoint if none does."""
         choices = self._order(self.router.candidates(attempt.model, self.settings.endpoints, _kinds(attempt)), call)
         model = attempt.model or "*"
-        return next((e for e in choices if self.router.peek(e, model, retry=True).ok), None)
+        probed = None
+        for endpoint in choices:
+            verdict = self.router.peek(endpoint, model, retry=True)
+            if verdict.ok and not verdict.probe:
+                return endpoint
+            if verdict.ok and probed is None:
+                probed = endpoint
+        return probed
 
     # -- refusing ---------------------------------------------------------------------
 

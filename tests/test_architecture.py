@@ -255,25 +255,6 @@ def test_a_suite_that_never_uses_the_plugin_loads_nothing_heavy_and_runs_no_hook
     assert "pytest_llm_guard.plugin" in sys.modules  # the plugin itself is installed and loaded here
 
 
-def test_guarded_tests_load_the_sdks_of_their_client_fixtures_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Importing an SDK no test uses costs a session up to a second (the anthropic SDK's types): a session
-    whose guarded tests all use openai's fixtures loads openai only; one test building its own client
-    (no client fixture) loads every SDK, so that no test's deadline pays for an import."""
-    from pytest_llm_guard import dialects, protocol
-    from pytest_llm_guard.config import Settings
-
-    loaded: list[frozenset[str] | None] = []
-    monkeypatch.setattr(dialects, "load_sdks", loaded.append)
-
-    def items(*fixtures: tuple[str, ...]) -> list[pytest.Item]:
-        return [types.SimpleNamespace(fixturenames=names) for names in fixtures]  # type: ignore[misc]
-
-    protocol._load_the_guard(Settings(), items(("llm_client",), ("async_llm_client", "tmp_path")))
-    protocol._load_the_guard(Settings(), items(("anthropic_client",), ("llm_client",)))
-    protocol._load_the_guard(Settings(), items(("llm_client",), ("llm_guard",)))
-    assert loaded == [frozenset({"openai"}), frozenset({"openai", "anthropic"}), None]
-
-
 TIME_READS = {("time", name) for name in ("monotonic", "time", "perf_counter", "sleep")} | {("asyncio", "sleep")}
 REAL_TIME_ALLOWED = {"pytest_llm_guard.clock", "pytest_llm_guard.fault"}
 """The clock itself, and the fault server, whose hangs and trickles are real by nature."""

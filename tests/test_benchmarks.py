@@ -20,14 +20,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 GUARD = "pytest-llm-guard"
 FAULTS = [GUARD, "ideal", "naive loop", "SDK defaults + fallback", "tenacity"]
+S4_FLOOR = "SDK over an in-memory transport, plugin off (the floor)"
 CASSETTE_LIBRARIES = [GUARD, "pytest-recording (vcrpy)", "cassetter", "live call, no cassette"]
 EXPECTED = {
     "S0": ["fault server alone (http.client)"],
     "S1": FAULTS,
     "S2": FAULTS,
     "S3": FAULTS,
-    "S4": [GUARD, "raw client in a guarded test", "raw client, plugin off"],
-    "S5": [*CASSETTE_LIBRARIES, "SDK alone (in-memory transport)"],
+    "S4": [GUARD, "raw client in a guarded test", "raw client, plugin off", S4_FLOOR],
+    "S5": [*CASSETTE_LIBRARIES, S4_FLOOR],  # the same floor: the SDK answered in memory
     "S6": [GUARD, GUARD + ", no probe"],
     "S7": CASSETTE_LIBRARIES,
     "S8": [
@@ -111,3 +112,20 @@ def test_the_markdown_names_every_scenario_and_contender(quick_run) -> None:
     results = table[table.index("## Results") :].splitlines()
     rows = [line for line in results if line.startswith("| S")]
     assert rows and all(line.count("|") == width for line in rows)
+
+
+def test_s4_reads_every_contender_against_its_floor_with_cpu_time(quick_run) -> None:
+    _, out = quick_run
+    s4 = next(s for s in json.loads((out / "latest.json").read_text())["scenarios"] if s["id"] == "S4")
+    for row in s4["rows"]:
+        assert row["metrics"]["cpu_ms"]["median"] > 0, row["contender"]
+        if row["contender"] == S4_FLOOR:
+            assert "ratio_to_floor" not in row and all(not r for r in row["requests"]), "the floor sends nothing"
+        else:
+            assert row["ratio_to_floor"] == pytest.approx(row["median"] / floor_median(s4, row["size"]))
+            assert row["above_floor"] == pytest.approx(row["median"] - floor_median(s4, row["size"]))
+    assert "the floor, " in (out / "latest.md").read_text()
+
+
+def floor_median(scenario: dict, size: int) -> float:
+    return next(r["median"] for r in scenario["rows"] if r["contender"] == S4_FLOOR and r["size"] == size)

@@ -55,6 +55,7 @@ class Scenario:
     targets: Callable[[list[Row]], list[Target]] = lambda rows: []
     value: Callable[[Unit, Sample], float] | None = None  # default: session seconds x extrapolation / work
     ratios: bool = True  # show each contender's ratio to pytest-llm-guard
+    floor: str | None = None  # the contender that is the physical floor: every row is also read against it
     notes: list[str] = field(default_factory=list)
 
 

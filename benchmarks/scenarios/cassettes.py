@@ -22,6 +22,7 @@ from pytest_llm_guard.fault.openai_api import chat
 from ..projects import MODEL, app, pyproject, sdk_conftest
 from ..runner import Context, Sample, Unit
 from . import CASSETTER, GUARD, LIVE, VCRPY, Row, Scenario, Target, find
+from .overhead import FLOOR
 
 REPLAYED = 100  # at most this many requests replayed per session (see s5)
 
@@ -95,7 +96,6 @@ URL = {url!r}
 """
 
 RAW_CLIENT = "benchapp.client(URL, benchapp.SDK_DEFAULT_TIMEOUT)"
-FLOOR = "SDK alone (in-memory transport)"
 FLOOR_CLIENT = """\
 \"\"\"The floor: the openai SDK on an in-memory transport that hands back the answers the fault server gives.\"\"\"
 
@@ -272,6 +272,7 @@ def s5(quick: bool, scale: float) -> Scenario:
         units,
         targets=targets,
         value=value,
+        floor=FLOOR,
     )
 
 
@@ -297,11 +298,11 @@ def floor_targets(rows: list[Row], sizes: tuple[int, ...]) -> list[Target]:
                 within &= max(loop / floor_loop, mine.median / floor.median) <= FLOOR_GOAL
         else:
             if contender == GUARD:
-                goal = f"within {FLOOR_GOAL:.2f}x of the {FLOOR} per request at 100 and more (in-test, with load)"
+                goal = f"within {FLOOR_GOAL:.2f}x of the floor per request at 100 and more (in-test, with load)"
                 judged = within if any(size >= 100 for size in sizes) else None
                 out.append(Target(goal, "; ".join(parts), judged))
             else:
-                out.append(Target(f"{contender} against the {FLOOR}", "; ".join(parts), None, "for reading"))
+                out.append(Target(f"{contender} against the floor", "; ".join(parts), None, "for reading"))
     return out
 
 

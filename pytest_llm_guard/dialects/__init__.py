@@ -24,6 +24,8 @@ from .base import BodyReader, Dialect, Usage, decoding, origin_of, parse_retry_a
 from .openai import OpenAIDialect
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     import httpx2
 
     from ..ledger import Attempt
@@ -98,13 +100,17 @@ def hear(attempt: Attempt, response: httpx2.Response) -> httpx2.Response:
     return response
 
 
-def load_sdks(names: frozenset[str] | None = None) -> None:
-    """Import the installed SDKs named (every one when None): their client classes are how clients are
-    told apart."""
+def load_sdks(kinds: Iterable[str]) -> None:
+    """Import the installed SDKs of these endpoint kinds (their client fixtures build clients of them).
+
+    Only those: an SDK the suite imports itself is loaded at collection, and one nobody uses
+    would cost every session its import time (the anthropic SDK's is over a second).
+    """
     import importlib
 
+    wanted = set(kinds)
     for dialect in DIALECTS:
-        if names is not None and dialect.sdk not in names:
+        if wanted.isdisjoint(dialect.kinds):
             continue
         try:
             importlib.import_module(dialect.sdk)

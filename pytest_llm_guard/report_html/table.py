@@ -167,7 +167,16 @@ def _timeline(i: int, test: Mapping[str, Any]) -> str:
         content = '<p class="empty">No LLM attempts in this test.</p>'
     else:
         content = _timeline_svg(test, attempts) + _attempts_table(attempts)
+    content += _probes(test.get("probes") or [])
     return f'<template id="tl-{i}"><div class="timeline-box">{content}</div></template>'
+
+
+def _probes(probes: Sequence[Any]) -> str:
+    """Half-open probes sent beside the test's attempts: listed apart, they are no attempt of the test."""
+    items = "".join(f"<li>{_e(p.get('text') or '')}</li>" for p in probes if isinstance(p, Mapping))
+    if not items:
+        return ""
+    return f'<p class="muted">Breaker probes, off the test\'s clock:</p><ul class="probes">{items}</ul>'
 
 
 def _timeline_svg(test: Mapping[str, Any], attempts: Sequence[Mapping[str, Any]]) -> str:

@@ -1,0 +1,167 @@
+"""The healthy path costs almost nothing: what a guarded session and a guarded call do not do.
+
+A session loads only the SDKs its client fixtures build; a healthy endpoint's breaker is
+kept in the process (``routing.Router``): no store round trip while nothing changes, the
+shared store read at most once per breaker cooldown, and every change (a failure, a
+transition, a spent token, a Retry-After) written and seen at once. Stores are counted,
+never timed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from pytest_llm_guard import FakeClock, dialects
+from pytest_llm_guard.breaker import EndpointHealth, Outcome
+from pytest_llm_guard.config import Settings
+from pytest_llm_guard.endpoints import Endpoint, EndpointSet
+from pytest_llm_guard.routing import Router
+from pytest_llm_guard.state import MemoryStore, Record, StateStore
+
+pytest_plugins = ["pytester"]
+
+
+def test_a_guarded_session_loads_only_the_sdks_of_the_client_fixtures_it_uses(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: list[set[str]] = []
+    monkeypatch.setattr(dialects, "load_sdks", lambda kinds: asked.append(set(kinds)))
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")  # the fixture builds its client; nothing is sent
+    pytester.makepyfile(
+        """
+        def test_fixture(llm_client):
+            pass
+
+        def test_guard_only(llm_guard):
+            pass
+        """
+    )
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=2)
+    assert asked == [{"openai"}], "the anthropic SDK (over a second to import) is loaded only for its fixtures"
+
+
+def test_loading_sdks_imports_those_of_the_kinds_asked_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    imported: list[str] = []
+    monkeypatch.setattr(importlib, "import_module", imported.append)
+    dialects.load_sdks({"openai"})
+    assert imported == ["openai"]
+    imported.clear()
+    dialects.load_sdks(set())
+    assert imported == []
+
+
+# -- the router's copy of endpoint health -------------------------------------------------------------
+
+POLICY = Settings(breaker_failures=3, breaker_window=10, breaker_min_calls=6, breaker_cooldown=30)
+ENDPOINT = Endpoint("primary", "http://127.0.0.1:9/v1")
+MODEL = "gpt-test"
+S, F, N, T = Outcome.SUCCESS, Outcome.FAILURE, Outcome.NEUTRAL, Outcome.THROTTLED
+
+
+class CountingStore(MemoryStore):
+    """A process's store, counting its round trips."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gets = self.updates = 0
+
+    def get(self, key: str) -> Record:
+        self.gets += 1
+        return super().get(key)
+
+    def update(self, key: str, change: Callable[[Record], Any]) -> Any:
+        self.updates += 1
+        return super().update(key, change)
+
+
+def router(store: StateStore, clock: FakeClock) -> Router:
+    return Router(EndpointSet((ENDPOINT,), configured=True, source="the test"), store, POLICY, clock=clock)
+
+
+def call(worker: Router, outcome: Outcome = S, **record: Any) -> bool:
+    """One attempt: admitted? Then its outcome recorded."""
+    admitted = worker.admit(ENDPOINT, MODEL, retry=False, lease=5.0).ok
+    if admitted:
+        worker.record(ENDPOINT, MODEL, outcome, **record)
+    return admitted
+
+
+def test_a_healthy_endpoint_costs_no_store_round_trip_once_its_window_is_full() -> None:
+    store, clock = CountingStore(), FakeClock()
+    worker = router(store, clock)
+    for _ in range(POLICY.breaker_window):
+        call(worker)
+    assert store.updates == POLICY.breaker_window, "each success that changes the record is written"
+    store.gets = store.updates = 0
+    for _ in range(1000):
+        assert call(worker)
+        clock.advance(0.002)  # 2 s in all, inside a tenth of the cooldown (30 s)
+    assert (store.gets, store.updates) == (0, 0)
+    clock.advance(POLICY.breaker_cooldown / 10)
+    for _ in range(100):
+        call(worker)
+    assert (store.gets, store.updates) == (1, 0), "the shared record is read again once per tenth of the cooldown"
+
+
+def test_every_change_is_written_at_once_and_the_record_is_what_each_attempt_would_have_written() -> None:
+    store, clock = CountingStore(), FakeClock()
+    worker, reference = router(store, clock), EndpointHealth()
+    outcomes = [S] * 12 + [F, S, N, S, F, F] + [S] * 15 + [T, S] + [F] * 3
+    for outcome in outcomes:
+        now = clock.wall()
+        expected = reference.admit(MODEL, now, POLICY, retry=False, lease=5.0)
+        retry_after = 0.5 if outcome is T else None
+        assert call(worker, outcome, error="HTTP 503", retry_after=retry_after) == expected.ok
+        if expected.ok:
+            reference.record(MODEL, outcome, now, POLICY, error="HTTP 503", retry_after=retry_after)
+        clock.advance(1.0)
+    written, wanted = {}, {}
+    EndpointHealth.load(store.get("endpoint:primary")).dump(written)
+    reference.dump(wanted)
+    assert written == wanted and reference.breaker(MODEL).state == "open"
+    assert "primary" in worker.status()[0] and "tripped 1x" in worker.status()[0]
+
+
+def test_a_worker_sees_a_trip_at_once_where_it_saw_trouble_and_at_its_next_failure_where_it_did_not() -> None:
+    store, clock = MemoryStore(), FakeClock()
+    first, second = router(store, clock), router(store, clock)
+    call(second, F)  # the second worker saw a failure there: it reads the shared record at every attempt
+    for _ in range(3):
+        call(first, F)
+    assert not call(second), "tripped by the first worker, refused at once"
+
+    store, clock = MemoryStore(), FakeClock()
+    first, second = router(store, clock), router(store, clock)
+    for _ in range(POLICY.breaker_window):
+        call(second)  # healthy here: its copy is trusted for a tenth of the cooldown
+    for _ in range(3):
+        call(first, F)
+    assert call(second, F), "one attempt before it learns of the trip: the failure it writes"
+    assert not call(second)
+
+    store, clock = MemoryStore(), FakeClock()
+    first, second = router(store, clock), router(store, clock)
+    for _ in range(POLICY.breaker_window):
+        call(second)
+    for _ in range(3):
+        call(first, F)
+    clock.advance(POLICY.breaker_cooldown / 20)
+    assert call(second), "its copy of a healthy endpoint is younger than a tenth of the cooldown"
+    clock.advance(POLICY.breaker_cooldown / 20)
+    assert not call(second), "read again after a tenth of the cooldown: the trip is seen"
+
+
+def test_a_guarded_session_with_records_off_never_imports_the_cassette_machinery(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import sys
+
+        def test_guarded(llm_guard):
+            assert not any(name.startswith(("pytest_llm_guard.cassettes", "vcr")) for name in sys.modules)
+        """
+    )
+    pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:recording").assert_outcomes(passed=1)
