@@ -46,10 +46,11 @@ from . import probes, report
 from .breaker import EndpointHealth, Outcome, Verdict, classify, describe_error
 from .clock import REAL, Clock
 from .config import BREAKER_MARKER, Settings
-from .dialects import DIALECTS, Dialect, dialect_for, origin_of
+from .dialects import DIALECTS, Dialect, dialect_for, origin_of, request_json
 from .endpoints import Endpoint, EndpointSet
 from .errors import LLMNoEndpoint
 from .ledger import CALL, Attempt, Call, Probe
+from .ratelimit import RateLimiter
 from .state import StateStore
 
 if TYPE_CHECKING:
@@ -316,9 +317,16 @@ class _Plan:
     model: str = "*"
     routed: bool = False
     wait: float = 0.0
+    """Seconds to wait before sending, asked by the endpoint (a Retry-After)."""
+    limit_wait: float = 0.0
+    """Seconds more to wait for its turn under a shared rate limit (``ratelimit.py``)."""
     aside: tuple[Endpoint, float] | None = None
     """A half-open endpoint whose probe goes beside the attempt (and that probe's cap), when another
     endpoint takes the attempt."""
+
+    @property
+    def delay(self) -> float:
+        return self.wait + self.limit_wait
 
 
 class RouterLayer:
@@ -327,18 +335,19 @@ class RouterLayer:
     def __init__(self, router: Router, settings: Settings) -> None:
         self.router = router
         self.settings = settings
+        self.limiter = RateLimiter(router.store, router.clock, router.endpoints.source)
 
     def handle(self, request: httpx2.Request, ctx: AttemptContext, send: Send) -> httpx2.Response:
         plan = self._plan(request, ctx)
-        if plan.wait:
-            ctx.clock.sleep(plan.wait)  # a Retry-After is waited out on the test's clock
+        if plan.delay:
+            ctx.clock.sleep(plan.delay)  # a Retry-After, a rate limit's turn: waited out on the test's clock
         with self._recording(plan, ctx.attempt) as done:
             return done(send(plan.request))
 
     async def handle_async(self, request: httpx2.Request, ctx: AttemptContext, send: AsyncSend) -> httpx2.Response:
         plan = self._plan(request, ctx)
-        if plan.wait:
-            await ctx.clock.async_sleep(plan.wait)
+        if plan.delay:
+            await ctx.clock.async_sleep(plan.delay)
         with self._recording(plan, ctx.attempt) as done:
             return done(await send(plan.request))
 
@@ -370,6 +379,7 @@ class RouterLayer:
             plan.endpoint, plan.aside = plan.aside[0], None
         if plan.endpoint is None:
             raise self._refusal(refusals, request, ctx, fixture)
+        self._take_turn(plan, ctx, fixture)
         if plan.aside is not None:
             self._probe_beside(plan, ctx)
         self._send_to(plan, ctx)
@@ -404,6 +414,26 @@ class RouterLayer:
                 plan.endpoint, plan.wait = endpoint, verdict.wait
                 break
         return refusals
+
+    def _take_turn(self, plan: _Plan, ctx: AttemptContext, fixture: bool) -> None:
+        """The request's turn under its endpoint's shared rate limits: now, after a wait that fits in the
+        test's time left, or refused at once, as a Retry-After that does not fit is."""
+        endpoint, attempt = plan.endpoint, ctx.attempt
+        assert endpoint is not None
+        dialect = next((d for d in DIALECTS if d.name == attempt.dialect), None)
+
+        def tokens() -> int:
+            return dialect.estimated_tokens(request_json(plan.request)) if dialect is not None else 0
+
+        remaining = ctx.remaining()
+        turn = self.limiter.turn(
+            endpoint, plan.model, tokens, attempt, self.settings, after=plan.wait, max_wait=remaining
+        )
+        if turn.refused:
+            reason = self.limiter.refusal(turn, endpoint, plan.model, remaining - plan.wait)
+            raise self._refusal([(endpoint, Verdict(False, reason))], plan.request, ctx, fixture)
+        plan.limit_wait = attempt.limit_wait = turn.wait
+        attempt.limit_by = str(turn.by) if turn.by is not None else None
 
     def _probe_beside(self, plan: _Plan, ctx: AttemptContext) -> None:
         """Send the half-open endpoint's probe in the background: a copy of the request as that endpoint
@@ -458,13 +488,13 @@ class RouterLayer:
         attempt.endpoint_name = endpoint.name
         attempt.endpoint, attempt.path = origin_of(plan.request.url), plan.request.url.path
         attempt.backoff += plan.wait  # waited before sending (a Retry-After): the gap to the last attempt grows
-        attempt.start += plan.wait
+        attempt.start += plan.delay
         if endpoint.call_timeout is not None:
             ctx.cap(plan.request, endpoint.call_timeout, f"call_timeout of endpoint {endpoint.name}")
         if attempt.stream is not None:
             attempt.stream.limit(endpoint.first_token_timeout, endpoint.idle_timeout, f" of endpoint {endpoint.name}")
-        if plan.wait:
-            ctx.cap(plan.request, max(0.0, ctx.attempt_cap() - plan.wait), "deadline")
+        if plan.delay:
+            ctx.cap(plan.request, max(0.0, ctx.attempt_cap() - plan.delay), "deadline")
 
     # -- recording --------------------------------------------------------------------
 
