@@ -346,7 +346,7 @@ class Guard:
         if math.isinf(due.when):
             return
         if threading.current_thread() is not threading.main_thread():
-            reads.due(self.clock.now, due.when, due.message)
+            reads.due(self.clock.now, due.when, due)
             attempt.headers_timer = _WORKER
         elif self.alarm is not None:
             attempt.headers_timer = self.alarm.at(due.when, lambda: self._headers_late(attempt))

@@ -100,9 +100,13 @@ class Dialect:
     json_usage: Callable[[Any], Usage | None]
     """The usage of one JSON answer of this API."""
 
+    def streams(self, content_type: str) -> bool:
+        """Whether a body of ``content_type`` is a stream of events (read by :attr:`stream_reader`)."""
+        return "text/event-stream" in content_type
+
     def reader(self, content_type: str) -> BodyReader:
         """Follows one response body as it arrives: is it a true answer, and how many tokens did it use?"""
-        if "text/event-stream" in content_type:
+        if self.streams(content_type):
             return self.stream_reader()
         if "json" in content_type:
             return JsonReader(self.json_usage)
