@@ -25,7 +25,7 @@ from .alarm import Alarm
 from .budget import Budget
 from .clock import REAL, Clock
 from .config import Settings
-from .dialects import Dialect, Usage, key_variables, origin_of, request_json
+from .dialects import Dialect, Usage, key_variables, origin_of
 from .errors import LLMGuardInterrupt
 from .learned import LEARNED_CALL_TIMEOUT
 from .ledger import CALL, Attempt, Call, Category, Ledger, Stats
@@ -266,7 +266,7 @@ class Guard:
             kind=kind,
             endpoint=origin_of(url),
             path=url.path,
-            model=dialect.model_of(request, request_json(request)),
+            model=dialect.model_of(request),
             start=self.clock.now(),
             wall_start=self.clock.wall(),
             by=by,
