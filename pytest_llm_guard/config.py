@@ -237,6 +237,24 @@ class Settings:
     )
     learned_factor: float = _option(3.0, number(float, 0, positive=True), "learned limits are p99 times this")
     learned_floor: float = _option(1.0, number(float, 0, positive=True), "seconds no learned limit goes below")
+    # shared rate limits (ratelimit.py)
+    rpm: float | None = _option(
+        None,
+        optional(number(float, 0, positive=True)),
+        "requests per minute each endpoint and model may receive from the whole session, every xdist worker "
+        "and machine sharing the state store (an endpoint's own rpm wins)",
+    )
+    tpm: float | None = _option(
+        None,
+        optional(number(float, 0, positive=True)),
+        "tokens per minute each endpoint and model may receive from the whole session (estimated from the "
+        "request, corrected by the answer's usage; an endpoint's own tpm wins)",
+    )
+    rpm_burst: float = _option(
+        1.0,
+        number(float, 1, positive=True),
+        "requests that may go at once under rpm; the rest are spaced 60/rpm seconds apart",
+    )
     # per test only, from the llm_breaker and llm_cassette markers
     endpoints: tuple[str, ...] | None = None
     """Endpoints the test may use (``llm_breaker(endpoints=...)``); None: all."""

@@ -13,6 +13,8 @@
 - **Backoff** is the time from the end of an attempt that did not succeed to the start of
   the next, whoever waited: measured here once (:meth:`Ledger.open`), read everywhere.
 - **Network seconds** are the time of live and recorded attempts only.
+- A **probe** is a half-open breaker's request sent beside an attempt, off the test's clock
+  (``probes.py``): kept apart (:class:`Probe`), it is no attempt and counts in no total.
 
 Budgets, ``llm_guard.stats``, failure messages, the terminal summary and reports all
 read these records and totals; only the transport seam and the layers write them.
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import enum
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -149,6 +151,12 @@ class Attempt:
     """The API the attempt spoke (``openai``, ``anthropic``: ``dialects/``)."""
     failover_to: str | None = None
     """After this attempt failed, the call's next attempt went to this other endpoint."""
+    limit_wait: float = 0.0
+    """Seconds it waited for its turn under a shared rate limit before it was sent (``ratelimit.py``)."""
+    limit_by: str | None = None
+    """The shared rate limit it waited for (``rpm 600``)."""
+    on_end: Callable[[Attempt], None] | None = field(default=None, repr=False, compare=False)
+    """Called with the attempt once it has ended (a shared tpm limit corrects its estimate by the usage)."""
 
     @property
     def duration(self) -> float:
@@ -172,9 +180,41 @@ class Attempt:
 
     def to_dict(self) -> dict[str, Any]:
         record = dict(vars(self))  # flat: every field is a plain value
-        del record["headers_timer"], record["stream"], record["cap_binds"], record["result"]
+        del record["headers_timer"], record["stream"], record["cap_binds"], record["result"], record["on_end"]
         record["category"] = self.category
         return record
+
+
+@dataclass
+class Probe:
+    """A half-open breaker's probe sent beside one of the test's attempts, off its clock (``probes.py``).
+
+    Its answer only feeds the endpoint's breaker: it is no attempt, retry or failure of the test, counts
+    in no total and no budget. ``start``/``end`` are the test's clock, like an attempt's.
+    """
+
+    endpoint_name: str
+    model: str | None
+    call: int
+    """The test's call whose attempt it went beside."""
+    beside: str
+    """The endpoint that attempt went to meanwhile."""
+    start: float
+    end: float | None = None
+    outcome: str = "pending"
+    """As an attempt's: ``ok``, ``HTTP <status>``, or the error's name (``ReadTimeout``)."""
+    breaker: str = ""
+    """What its answer did to the breaker, in a few words."""
+
+    def describe(self) -> str:
+        """One line for people: ``probe of primary (beside ...): ReadTimeout, still hanging: breaker open ...``."""
+        what = f"probe of {self.endpoint_name} (beside call {self.call}'s attempt to {self.beside})"
+        if self.end is None:
+            return f"{what}: no answer yet when the test ended; its answer updates the breaker"
+        return f"{what}: {self.outcome}, {self.breaker}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**vars(self), "text": self.describe()}
 
 
 @dataclass(frozen=True)
@@ -215,6 +255,8 @@ class Ledger:
         self.network_seconds = 0.0
         self.backoff_seconds = 0.0
         self.by_source = dict.fromkeys(SOURCES, 0)
+        self.probes: list[Probe] = []
+        """Half-open probes sent beside its attempts (``probes.py``): in no total."""
         self._lock = threading.RLock()  # re-entered when the deadline's alarm interrupts an update
 
     def open(self, attempt: Attempt) -> None:
@@ -233,6 +275,11 @@ class Ledger:
             self.attempts.append(attempt)
             if attempt.kind == "first":
                 self.calls += 1
+
+    def probe(self, probe: Probe) -> None:
+        """Keep a probe sent beside one of the attempts; it counts nowhere."""
+        with self._lock:
+            self.probes.append(probe)
 
     def new_call(self) -> int:
         """The number the next call gets."""
@@ -263,7 +310,9 @@ class Ledger:
             self.tokens += attempt.tokens or 0
             if attempt.cost is not None:
                 self.cost = (self.cost or 0.0) + attempt.cost
-            return True
+        if attempt.on_end is not None:
+            attempt.on_end(attempt)
+        return True
 
     def change_source(self, attempt: Attempt, source: str) -> None:
         """Correct what happened to an attempt after it ended (a recording that was never saved is
@@ -304,13 +353,14 @@ def attribution(attempts: Iterable[Mapping[str, Any]], duration: float) -> list[
     """Where a test's wall time went: its attempts by category, its waits, and the rest (its own code).
 
     ``backoff`` is the attempts' own (``Attempt.backoff``, set by the ledger), summed as
-    ``Stats.backoff_seconds`` sums it. Reads attempt records (``Attempt.to_dict()``), so it serves the xdist
+    ``Stats.backoff_seconds`` sums it; ``rate-limit wait`` the turns waited for under shared rate limits.
+    Reads attempt records (``Attempt.to_dict()``), so it serves the xdist
     controller too. Attempts made at the same time (threads, ``asyncio.gather``) can add up
     to more than the test took; ``other`` is then 0.
     """
     seconds: dict[str, float] = dict.fromkeys(CATEGORIES, 0.0)
     counts: dict[str, int] = dict.fromkeys(CATEGORIES, 0)
-    backoff = 0.0
+    backoff = waited = 0.0
     for attempt in attempts:
         category = attempt["category"] if attempt["category"] in seconds else "reset"
         end = attempt["end"] if attempt["end"] is not None else attempt["start"]
@@ -318,6 +368,7 @@ def attribution(attempts: Iterable[Mapping[str, Any]], duration: float) -> list[
         counts[category] += 1
         if attempt["end"] is not None:  # as the ledger's total counts it: when the attempt ends
             backoff += attempt["backoff"]
+            waited += attempt.get("limit_wait") or 0.0
     parts: list[dict[str, Any]] = [
         {"what": category, "seconds": seconds[category], "attempts": counts[category]}
         for category in CATEGORIES
@@ -325,6 +376,8 @@ def attribution(attempts: Iterable[Mapping[str, Any]], duration: float) -> list[
     ]
     if backoff:
         parts.append({"what": "backoff", "seconds": backoff})
+    if waited:
+        parts.append({"what": "rate-limit wait", "seconds": waited})
     spent = sum(part["seconds"] for part in parts)
     parts.append({"what": "other", "seconds": max(0.0, duration - spent)})
     return parts

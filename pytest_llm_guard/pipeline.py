@@ -28,6 +28,7 @@ gets the guard, so no stage can call back up into what called it.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -58,6 +59,9 @@ class AttemptContext:
     """Lower this attempt's cap (body included) to ``seconds``, named after the limit that set it."""
     ledger: Ledger
     """The test's attempts so far, read-only here: a refusal tells their story."""
+    network: bool = True
+    """The client sends through httpx2's own network transport, not a mock: only then may a breaker's
+    probe go beside the attempt, over the network (``probes.py``)."""
 
 
 class Layer(Protocol):
@@ -97,6 +101,8 @@ class Pipeline:
         ``ahead`` (``ahead_async``) gets each response the transport itself makes, before any layer.
         """
         inner = client._transport_for_url(request.url)  # type: ignore[attr-defined]
+        if not isinstance(inner, (httpx2.HTTPTransport, httpx2.AsyncHTTPTransport)):
+            ctx = dataclasses.replace(ctx, network=False)
         return _ClientView(client, _Chain(inner, self.layers, ctx, ahead, ahead_async))
 
 

@@ -390,6 +390,8 @@ def _guard_summary(terminalreporter: Any, session: Session) -> None:
         return
     for line in session.router.status():
         terminalreporter.write_line(f"endpoint {line}")
+    for line in report.limit_wait_lines(session.records):
+        terminalreporter.write_line(line)
     slowest = report.slowest_lines(session.records, settings.durations)
     if slowest:
         shown = "all guarded tests" if settings.durations == 0 else report.plural(len(slowest), "slowest guarded test")

@@ -17,6 +17,9 @@ state, its last errors and when the next probe is due.
   :class:`LLMEndpointUnavailable`, the SDK's ``APIConnectionError``, reaches their fallback.
 - Every attempt's outcome feeds the endpoint's breaker, rate-limit cooldown and
   retry tokens (``breaker.py``). Requests to other URLs pass untouched.
+- A routed call that finds an endpoint's half-open probe due while another endpoint can
+  take its attempt sends the attempt there and the probe beside it, off the test's clock
+  (``probes.py``); with no other endpoint available the probe is the attempt.
 
 Breakers see an attempt's status and transport errors, i.e. whether the endpoint
 answered, and what failed before a stream's first content (the seam reads a stream
@@ -38,14 +41,15 @@ from typing import TYPE_CHECKING, Any
 
 import httpx2
 
-from . import report
+from . import probes, report
 from .breaker import EndpointHealth, Outcome, Verdict, classify, describe_error
 from .clock import REAL, Clock
 from .config import BREAKER_MARKER, Settings
-from .dialects import DIALECTS, dialect_for, origin_of
+from .dialects import DIALECTS, Dialect, dialect_for, origin_of, request_json
 from .endpoints import Endpoint, EndpointSet
 from .errors import LLMNoEndpoint
-from .ledger import CALL, Attempt, Call
+from .ledger import CALL, Attempt, Call, Probe
+from .ratelimit import RateLimiter
 from .state import StateStore
 
 if TYPE_CHECKING:
@@ -103,6 +107,30 @@ def endpoint_unavailable(message: str, *, request: httpx2.Request, endpoints: tu
     return dressed(message, request=request, endpoints=endpoints)
 
 
+def _beside(plan: _Plan, ctx: AttemptContext) -> bool:
+    """May a probe go beside this attempt? A routed call of a client on the network (no mock, no cassette
+    library answering), whose body can be sent twice (an SDK's always can)."""
+    if not (plan.routed and ctx.network) or probes.intercepted():
+        return False
+    try:
+        plan.request.content  # noqa: B018
+    except httpx2.RequestNotRead:
+        return False
+    return True
+
+
+def _probe_verdict(outcome: Outcome, error: BaseException | None) -> str:
+    """What a probe's answer did to its breaker, for the ledger and reports."""
+    if outcome is Outcome.SUCCESS:
+        return "breaker closed: later requests go to it again"
+    if outcome is Outcome.FAILURE:
+        still = "still hanging" if isinstance(error, httpx2.TimeoutException) else "still failing"
+        return f"{still}: breaker open again, its cooldown doubled"
+    if outcome is Outcome.THROTTLED:
+        return "rate-limited: no verdict, a later request probes it again"
+    return "no verdict: a later request probes it again"
+
+
 def _kinds(attempt: Attempt) -> tuple[str, ...] | None:
     """The endpoint kinds that speak the attempt's API: a call never fails over to another API."""
     return next((d.kinds for d in DIALECTS if d.name == attempt.dialect), None)
@@ -150,6 +178,12 @@ class Router:
         self.rng = rng or random.Random()
         self.environ = environ
         self._views: dict[str, _View] = {}
+        self.prober = probes.Prober()
+        """Half-open probes sent beside a test's attempt, in the background (``probes.py``)."""
+
+    def close(self) -> None:
+        """The session ends: probes still out are left, and record nothing any more."""
+        self.prober.close()
 
     @staticmethod
     def _key(endpoint: Endpoint) -> str:
@@ -282,6 +316,16 @@ class _Plan:
     model: str = "*"
     routed: bool = False
     wait: float = 0.0
+    """Seconds to wait before sending, asked by the endpoint (a Retry-After)."""
+    limit_wait: float = 0.0
+    """Seconds more to wait for its turn under a shared rate limit (``ratelimit.py``)."""
+    aside: tuple[Endpoint, float] | None = None
+    """A half-open endpoint whose probe goes beside the attempt (and that probe's cap), when another
+    endpoint takes the attempt."""
+
+    @property
+    def delay(self) -> float:
+        return self.wait + self.limit_wait
 
 
 class RouterLayer:
@@ -290,11 +334,12 @@ class RouterLayer:
     def __init__(self, router: Router, settings: Settings) -> None:
         self.router = router
         self.settings = settings
+        self.limiter = RateLimiter(router.store, router.clock, router.endpoints.source)
 
     def handle(self, request: httpx2.Request, ctx: AttemptContext, send: Send) -> httpx2.Response:
         plan = self._plan(request, ctx)
-        if plan.wait:
-            ctx.clock.sleep(plan.wait)  # a Retry-After is waited out on the test's clock
+        if plan.delay:
+            ctx.clock.sleep(plan.delay)  # a Retry-After, a rate limit's turn: waited out on the test's clock
         try:
             response = send(plan.request)
         except BaseException as exc:
@@ -305,8 +350,8 @@ class RouterLayer:
 
     async def handle_async(self, request: httpx2.Request, ctx: AttemptContext, send: AsyncSend) -> httpx2.Response:
         plan = self._plan(request, ctx)
-        if plan.wait:
-            await ctx.clock.async_sleep(plan.wait)
+        if plan.delay:
+            await ctx.clock.async_sleep(plan.delay)
         try:
             response = await send(plan.request)
         except BaseException as exc:
@@ -337,10 +382,15 @@ class RouterLayer:
         refusals = self._admit_first(plan, choices, ctx, max_wait=0.0)
         remaining = ctx.remaining()
         rate_limited = [e for e, verdict in refusals if 0 < verdict.wait < remaining]
-        if plan.endpoint is None and rate_limited:  # honour the shortest Retry-After that fits the deadline
+        if plan.endpoint is None and plan.aside is None and rate_limited:  # the shortest Retry-After that fits
             self._admit_first(plan, rate_limited, ctx, max_wait=remaining)
+        if plan.endpoint is None and plan.aside is not None:  # no other endpoint takes it: the probe is the attempt
+            plan.endpoint, plan.aside = plan.aside[0], None
         if plan.endpoint is None:
             raise self._refusal(refusals, request, ctx, fixture)
+        self._take_turn(plan, ctx, fixture)
+        if plan.aside is not None:
+            self._probe_beside(plan, ctx)
         self._send_to(plan, ctx)
         return plan
 
@@ -354,18 +404,83 @@ class RouterLayer:
     def _admit_first(
         self, plan: _Plan, choices: list[Endpoint], ctx: AttemptContext, *, max_wait: float
     ) -> list[tuple[Endpoint, Verdict]]:
-        """Admit the first endpoint that can take the attempt (after at most ``max_wait``); returns the refusals."""
+        """Admit the first endpoint that can take the attempt (after at most ``max_wait``); returns the refusals.
+
+        A routed call that takes a half-open probe keeps looking: the probe goes beside the attempt
+        (``plan.aside``) if another endpoint takes the attempt, and is the attempt if none does.
+        """
         refusals = []
         for endpoint in choices:
             cap = min(ctx.attempt_cap(), endpoint.call_timeout or math.inf)
             verdict = self.router.admit(
                 endpoint, plan.model, retry=ctx.attempt.number > 1, lease=cap + _LEASE_MARGIN, max_wait=max_wait
             )
-            if verdict.ok:
+            if not verdict.ok:
+                refusals.append((endpoint, verdict))
+            elif verdict.probe and plan.aside is None and not verdict.wait and _beside(plan, ctx):
+                plan.aside = (endpoint, cap)
+            else:
                 plan.endpoint, plan.wait = endpoint, verdict.wait
                 break
-            refusals.append((endpoint, verdict))
         return refusals
+
+    def _take_turn(self, plan: _Plan, ctx: AttemptContext, fixture: bool) -> None:
+        """The request's turn under its endpoint's shared rate limits: now, after a wait that fits in the
+        test's time left, or refused at once, as a Retry-After that does not fit is."""
+        endpoint, attempt = plan.endpoint, ctx.attempt
+        assert endpoint is not None
+        dialect = next((d for d in DIALECTS if d.name == attempt.dialect), None)
+
+        def tokens() -> int:
+            return dialect.estimated_tokens(request_json(plan.request)) if dialect is not None else 0
+
+        remaining = ctx.remaining()
+        turn = self.limiter.turn(
+            endpoint, plan.model, tokens, attempt, self.settings, after=plan.wait, max_wait=remaining
+        )
+        if turn.refused:
+            reason = self.limiter.refusal(turn, endpoint, plan.model, remaining - plan.wait)
+            raise self._refusal([(endpoint, Verdict(False, reason))], plan.request, ctx, fixture)
+        plan.limit_wait = attempt.limit_wait = turn.wait
+        attempt.limit_by = str(turn.by) if turn.by is not None else None
+
+    def _probe_beside(self, plan: _Plan, ctx: AttemptContext) -> None:
+        """Send the half-open endpoint's probe in the background: a copy of the request as that endpoint
+        must receive it, with the timeouts the attempt would have had there. Its answer feeds the breaker
+        and the test's ledger (a :class:`Probe`), nothing else."""
+        assert plan.aside is not None and plan.endpoint is not None
+        (endpoint, cap), attempt, clock = plan.aside, ctx.attempt, ctx.clock
+        dialect: Dialect | None = dialect_for(plan.request)
+        assert dialect is not None  # only LLM requests reach the layers
+        timeouts = [t for t in (plan.request.extensions.get("timeout") or {}).values() if t is not None]
+        bound = min(cap, max(timeouts, default=math.inf))  # the attempt's cap there, else its client's timeout
+        addressed = endpoint.address(plan.request, attempt.model, self.router.environ)
+        request = probes.copy(addressed, plan.request.content, bound)
+        probe = Probe(endpoint.name, attempt.model, attempt.call, plan.endpoint.name, start=clock.now())
+        ctx.ledger.probe(probe)
+        model = plan.model
+
+        def report(status: int | None, error: BaseException | None, retry_after: float | None) -> None:
+            outcome = classify(status, error)
+            self.router.record(
+                endpoint,
+                model,
+                outcome,
+                error=describe_error(status, error) if outcome is Outcome.FAILURE else None,
+                retry_after=retry_after if outcome is Outcome.THROTTLED else None,
+            )
+            probe.outcome = probes.outcome(status, error)
+            probe.breaker = _probe_verdict(outcome, error)
+            probe.end = clock.now()
+
+        log.info(
+            "%s: probe of %s beside the attempt to %s (model %s)",
+            attempt.test,
+            endpoint.name,
+            plan.endpoint.name,
+            model,
+        )
+        self.router.prober.send(request, dialect, bound, report, name=f"{probes.THREAD} of {endpoint.name}")
 
     def _send_to(self, plan: _Plan, ctx: AttemptContext) -> None:
         attempt, endpoint = ctx.attempt, plan.endpoint
@@ -382,13 +497,13 @@ class RouterLayer:
             call.failover_to = None
         attempt.endpoint_name = endpoint.name
         attempt.backoff += plan.wait  # waited before sending (a Retry-After): the gap to the last attempt grows
-        attempt.start += plan.wait
+        attempt.start += plan.delay
         if endpoint.call_timeout is not None:
             ctx.cap(plan.request, endpoint.call_timeout, f"call_timeout of endpoint {endpoint.name}")
         if attempt.stream is not None:
             attempt.stream.limit(endpoint.first_token_timeout, endpoint.idle_timeout, f" of endpoint {endpoint.name}")
-        if plan.wait:
-            ctx.cap(plan.request, max(0.0, ctx.attempt_cap() - plan.wait), "deadline")
+        if plan.delay:
+            ctx.cap(plan.request, max(0.0, ctx.attempt_cap() - plan.delay), "deadline")
 
     # -- recording --------------------------------------------------------------------
 
@@ -414,10 +529,18 @@ class RouterLayer:
                 attempt.failover_to = call.failover_to = following.name
 
     def _next_endpoint(self, call: Call, attempt: Attempt) -> Endpoint | None:
-        """Where a retry of this call would go now (without taking a probe)."""
+        """Where a retry of this call would go now (without taking a probe): past a due probe, which
+        goes beside it, to the first endpoint that takes it; to the probed endpoint if none does."""
         choices = self._order(self.router.candidates(attempt.model, self.settings.endpoints, _kinds(attempt)), call)
         model = attempt.model or "*"
-        return next((e for e in choices if self.router.peek(e, model, retry=True).ok), None)
+        probed = None
+        for endpoint in choices:
+            verdict = self.router.peek(endpoint, model, retry=True)
+            if verdict.ok and not verdict.probe:
+                return endpoint
+            if verdict.ok and probed is None:
+                probed = endpoint
+        return probed
 
     # -- refusing ---------------------------------------------------------------------
 

@@ -222,6 +222,8 @@ class Session:
             node.workerinput[STATE_FOLDER_INPUT] = str(self.folder)
 
     def close(self) -> None:
+        if self._router is not None:
+            self._router.close()  # before the store: a probe's answer may still be recorded into it
         self.store.close()
         if self.folder is not None:
             shutil.rmtree(self.folder, ignore_errors=True)

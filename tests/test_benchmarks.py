@@ -37,6 +37,7 @@ EXPECTED = {
         for way in ("", ", rewritten .pyc cached", ", no .pyc cached")
     ],
     "S9": [GUARD + " at speed 1", GUARD + " at speed 0"],
+    "S10b": [GUARD + ", rpm limiter", GUARD + ", no limiter"],
 }
 pytestmark = pytest.mark.benchmarks  # its own command, `pytest -m benchmarks`: see pyproject.toml
 

@@ -9,15 +9,19 @@ are real. Nothing here asserts on elapsed wall-clock time (``test_end_to_end.py`
 
 from __future__ import annotations
 
+import json
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx2
+import jsonschema
 import openai
 import pytest
 
-from pytest_llm_guard import FakeClock, pipeline, transport
+from pytest_llm_guard import FakeClock, pipeline, probes, report_html, report_json, transport
 from pytest_llm_guard.config import Settings
 from pytest_llm_guard.endpoints import Endpoint, EndpointSet
 from pytest_llm_guard.errors import LLMBudgetExceeded, LLMNoEndpoint
@@ -28,6 +32,7 @@ from pytest_llm_guard.state import MemoryStore
 
 HELLO = [{"role": "user", "content": "hello there"}]
 CALL_TIMEOUT = 0.5  # short enough to keep hang tests fast, long enough for a busy machine
+PROBE_CAP = 0.2  # a test's call_timeout where a probe meets a hang: the probe ends at it (nothing waits on it)
 
 
 class Harness:
@@ -59,6 +64,10 @@ class Harness:
         finally:
             transport.deactivate(guard)
             client.close()
+
+    def settle(self) -> bool:
+        """Wait for the probes sent in the background (each ends within its cap)."""
+        return self.router.prober.wait(10 * CALL_TIMEOUT)
 
     def trip_primary(self) -> None:
         """Two tests meet a 503 on the primary (breaker_failures=2) and fail over; its breaker is open."""
@@ -114,21 +123,40 @@ def test_the_routed_request_carries_the_endpoints_address_and_nothing_of_ours(ha
     assert sent.headers["host"] == harness.backup.url.removeprefix("http://")
 
 
-def test_half_open_probe_after_the_cooldown_closes_when_the_server_healed(harness: Harness) -> None:
+def test_a_due_probe_goes_beside_the_attempt_and_costs_the_test_no_timeout(harness: Harness) -> None:
+    harness.trip_primary()
+    harness.primary.plan(then=Fault.hang())  # still down, now hanging
+    harness.clock.advance(30)
+    with harness.test(call_timeout=PROBE_CAP) as (guard, client):
+        assert ask(client) == "echo: hello there"
+    assert [(e.endpoint_name, e.outcome) for e in guard.events] == [("backup", "ok")], "no attempt waited on the probe"
+    assert guard.stats.attempts == 1 and guard.stats.failures == 0
+    assert harness.settle(), "the probe ended within its cap"
+    assert len(harness.primary.requests) == 3, "two trips, then the probe"
+    (probe,) = guard.ledger.probes
+    assert (probe.endpoint_name, probe.beside, probe.outcome) == ("primary", "backup", "ReadTimeout")
+    assert "still hanging: breaker open again" in probe.describe()
+    assert "when its probe failed (cooldown now 60 s)" in harness.router.status()[0]
+
+
+def test_a_probe_that_succeeds_closes_the_breaker_and_later_requests_go_back(harness: Harness) -> None:
     harness.trip_primary()
     harness.primary.reset()  # healed
     harness.clock.advance(29)
     with harness.test() as (guard, client):
         ask(client)
-    assert guard.events[0].endpoint_name == "backup", "still cooling down"
+    assert guard.events[0].endpoint_name == "backup" and not guard.ledger.probes, "still cooling down"
     harness.clock.advance(1)
     with harness.test() as (guard, client):
         ask(client)
-    assert [e.endpoint_name for e in guard.events] == ["primary"], "the probe went to the primary"
+    assert [e.endpoint_name for e in guard.events] == ["backup"], "the test's request went to the healthy endpoint"
+    assert harness.settle()
+    assert [p.endpoint_name for p in guard.ledger.probes] == ["primary"]
+    assert "ok, breaker closed" in guard.ledger.probes[0].describe()
     assert "tripped 1x, now breaker closed" in harness.router.status()[0]
     with harness.test() as (guard, client):
         ask(client)
-    assert guard.events[0].endpoint_name == "primary"
+    assert guard.events[0].endpoint_name == "primary" and not guard.ledger.probes
 
 
 def test_failed_probe_reopens_for_twice_the_cooldown(harness: Harness) -> None:
@@ -136,12 +164,143 @@ def test_failed_probe_reopens_for_twice_the_cooldown(harness: Harness) -> None:
     harness.clock.advance(30)
     with harness.test() as (guard, client):
         ask(client)
-    assert [e.endpoint_name for e in guard.events] == ["primary", "backup"], "probe failed, failover"
+    assert [e.endpoint_name for e in guard.events] == ["backup"]
+    assert harness.settle() and guard.ledger.probes[0].outcome == "HTTP 503"
     harness.clock.advance(59)
     with harness.test() as (guard, client):
         ask(client)
-    assert [e.endpoint_name for e in guard.events] == ["backup"]
+    assert [e.endpoint_name for e in guard.events] == ["backup"] and not guard.ledger.probes
     assert "when its probe failed (cooldown now 60 s)" in harness.router.status()[0]
+    harness.clock.advance(1)
+    with harness.test() as (guard, client):
+        ask(client)
+    assert harness.settle() and [p.endpoint_name for p in guard.ledger.probes] == ["primary"], "probed again"
+
+
+def test_with_no_other_endpoint_available_the_probe_is_the_attempt(harness: Harness) -> None:
+    harness.trip_primary()
+    harness.primary.reset()
+    harness.clock.advance(30)
+    with harness.test(endpoints=("primary",)) as (guard, client):
+        ask(client)
+    assert [e.endpoint_name for e in guard.events] == ["primary"] and not guard.ledger.probes
+    assert "now breaker closed" in harness.router.status()[0]
+    harness.trip_primary()
+    harness.primary.reset()
+    harness.clock.advance(30)
+    with harness.test() as (guard, _):
+        harness.app_client().chat.completions.create(model="gpt-test", messages=HELLO)  # not routed: not moved
+    assert [e.endpoint_name for e in guard.events] == ["primary"] and not guard.ledger.probes
+
+
+def test_a_streamed_probe_is_judged_by_its_first_content(harness: Harness) -> None:
+    harness.trip_primary()
+    harness.primary.plan(then=Fault.stall(0))  # headers at once, then no event
+    harness.clock.advance(30)
+    with harness.test(call_timeout=PROBE_CAP) as (guard, client):
+        chunks = client.chat.completions.create(model="gpt-test", messages=HELLO, stream=True)
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert harness.settle() and guard.ledger.probes[0].outcome == "ReadTimeout", "a 200 without content failed it"
+    harness.primary.reset()
+    harness.clock.advance(60)
+    with harness.test() as (guard, client):
+        for _ in client.chat.completions.create(model="gpt-test", messages=HELLO, stream=True):
+            pass
+    assert harness.settle() and guard.ledger.probes[0].outcome == "ok"
+    assert "now breaker closed" in harness.router.status()[0]
+
+
+def test_the_json_report_shows_the_probe_as_a_probe(harness: Harness) -> None:
+    harness.trip_primary()
+    harness.clock.advance(30)
+    with harness.test() as (guard, client):
+        ask(client)
+    harness.settle()
+    record = report_json.record(guard, "test_a.py::t", "passed", 0.1, 0.0)
+    assert [a["endpoint_name"] for a in record["attempts"]] == ["backup"], "the probe is no attempt of the test"
+    (probe,) = record["probes"]
+    assert (probe["endpoint_name"], probe["outcome"]) == ("primary", "HTTP 503")
+    assert probe["text"].startswith("probe of primary (beside call 1's attempt to backup): HTTP 503, still failing")
+    whole = report_json.build([record], harness.router.health(), duration=0.1)
+    jsonschema.validate(whole, json.loads((Path(__file__).parent.parent / "docs" / "report-schema.json").read_text()))
+    page = report_html.render(whole)
+    assert '<ul class="probes"><li>probe of primary (beside call 1' in page and "still failing" in page
+
+
+def test_a_failure_message_lists_the_probe_apart_from_the_attempts(harness: Harness) -> None:
+    harness.trip_primary()
+    harness.backup.plan(Fault.status(503))
+    harness.clock.advance(30)
+    with harness.test(retries=0) as (_, client), pytest.raises(LLMBudgetExceeded) as info:
+        ask(client)
+    assert harness.settle()
+    message = str(info.value)
+    assert "Attempts (1):" in message and "Breaker probes beside them, off the test's clock (1):" in message
+    assert "  - probe of primary (beside call 1's attempt to backup): " in message
+
+
+def test_while_vcrpy_answers_the_transport_the_probe_is_the_attempt(harness: Harness, tmp_path: Path) -> None:
+    import vcr
+
+    harness.trip_primary()
+    harness.primary.reset()
+    harness.clock.advance(30)
+    with vcr.use_cassette(str(tmp_path / "c.yaml"), record_mode="all") as cassette, harness.test() as (guard, client):
+        ask(client)
+    assert [e.endpoint_name for e in guard.events] == ["primary"] and not guard.ledger.probes
+    assert [r.uri for r in cassette.requests] == [harness.primary.base_url + "/chat/completions"], "one request"
+
+
+def test_a_probe_sent_before_a_cassette_starts_never_reaches_it(harness: Harness, tmp_path: Path) -> None:
+    import vcr
+
+    harness.trip_primary()
+    harness.primary.plan(then=Fault.hang())
+    harness.clock.advance(30)
+    with harness.test(call_timeout=PROBE_CAP) as (guard, client):
+        ask(client)  # its probe hangs on in the background
+    with vcr.use_cassette(str(tmp_path / "c.yaml"), record_mode="all") as cassette:
+        assert harness.settle() and guard.ledger.probes[0].outcome == "ReadTimeout"
+    assert not cassette.requests
+
+
+def test_a_mocked_client_probes_through_its_mock_as_the_attempt(harness: Harness) -> None:
+    primary = httpx2.URL(harness.primary.base_url).port
+    failing = [True]
+
+    def answer(request: httpx2.Request) -> httpx2.Response:  # 4xx proves an endpoint up, 503 counts against it
+        down = request.url.port == primary and failing[0]
+        return httpx2.Response(503 if down else 400, json={"error": {"message": "mock"}})
+
+    def mocked(guard: Guard) -> openai.OpenAI:
+        http_client = openai.DefaultHttpx2Client(transport=httpx2.MockTransport(answer))
+        return guard.fixture_client(
+            openai.OpenAI(base_url=harness.primary.base_url, api_key="k", http_client=http_client)
+        )
+
+    for _ in range(2):  # breaker_failures=2
+        with harness.test() as (guard, _), pytest.raises(openai.BadRequestError):
+            ask(mocked(guard))
+    failing[0] = False
+    harness.clock.advance(30)
+    with harness.test() as (guard, _), pytest.raises(openai.BadRequestError):
+        ask(mocked(guard))
+    assert [e.endpoint_name for e in guard.events] == ["primary"] and not guard.ledger.probes
+    assert not harness.primary.requests, "nothing of a mocked suite went to the network"
+    assert "now breaker closed" in harness.router.status()[0]
+
+
+def test_the_session_end_leaves_a_hanging_probe_which_records_nothing_after_it(harness: Harness) -> None:
+    harness.trip_primary()
+    harness.primary.plan(then=Fault.hang())
+    harness.clock.advance(30)
+    with harness.test() as (guard, client):
+        ask(client)
+    harness.router.close()  # the session ends while the probe hangs (its cap: the primary's call_timeout)
+    assert harness.settle(), "its thread ended at its cap, its connection closed"
+    assert not [t for t in threading.enumerate() if t.name.startswith(probes.THREAD)]
+    assert guard.ledger.probes[0].end is None
+    assert "half-open" in harness.router.status()[0], "its late answer changed nothing"
 
 
 def test_everything_down_refuses_in_milliseconds_naming_the_breakers(harness: Harness) -> None:
@@ -241,6 +400,19 @@ def test_cap_on_endpoints_tried_per_call(primary: FaultServer, backup: FaultServ
     with harness.test() as (guard, client):
         ask(client)
     assert [e.endpoint_name for e in guard.events] == ["primary", "primary"]
+
+
+async def test_an_async_call_sends_its_probe_beside_it_too(harness: Harness) -> None:
+    harness.trip_primary()
+    harness.primary.plan(then=Fault.hang())
+    harness.clock.advance(30)
+    with harness.test(call_timeout=PROBE_CAP) as (guard, _):
+        client = guard.fixture_client(openai.AsyncOpenAI(base_url=harness.primary.base_url, api_key="k"))
+        completion = await client.chat.completions.create(model="gpt-test", messages=HELLO)
+        await client.close()
+    assert completion.choices[0].message.content == "echo: hello there"
+    assert [e.endpoint_name for e in guard.events] == ["backup"]
+    assert harness.settle() and guard.ledger.probes[0].outcome == "ReadTimeout"
 
 
 async def test_async_clients_are_routed_too(harness: Harness) -> None:
@@ -383,6 +555,37 @@ def test_two_xdist_workers_share_one_breaker(
     result.stdout.fnmatch_lines(
         ["2 workers [[]20 items[]]", "*", "endpoint primary (*) model gpt-test: tripped 1x, now breaker open*"]
     )
+
+
+def test_a_sessions_json_report_lists_a_probe_under_the_test_it_went_beside(
+    pytester: pytest.Pytester, primary: FaultServer, backup: FaultServer
+) -> None:
+    primary.plan(then=Fault.hang())
+    project(pytester, primary, backup, options="breaker_failures = 1\nbreaker_cooldown = 0.1", call_timeout=0.2)
+    pytester.makepyfile(
+        test_app="""
+import time
+
+def ask(client):
+    reply = client.chat.completions.create(model="gpt-test", messages=[{"role": "user", "content": "hi"}])
+    assert reply.choices[0].message.content == "echo: hi"
+
+def test_trips_the_primary(llm_client):
+    ask(llm_client)
+
+def test_after_its_cooldown(llm_client):
+    time.sleep(0.15)
+    ask(llm_client)
+"""
+    )
+    result = pytester.runpytest("--llm-report=report.json")
+    result.assert_outcomes(passed=2)
+    tests = json.loads((pytester.path / "report.json").read_text())["tests"]
+    assert [[a["endpoint_name"] for a in test["attempts"]] for test in tests] == [["primary", "backup"], ["backup"]]
+    assert "probes" not in tests[0]
+    (probe,) = tests[1]["probes"]
+    assert (probe["endpoint_name"], probe["beside"], probe["call"]) == ("primary", "backup", 1)
+    assert tests[1]["stats"]["attempts"] == 1 and tests[1]["stats"]["failures"] == 0
 
 
 def test_a_plugin_can_provide_the_state_store(pytester: pytest.Pytester, backup: FaultServer) -> None:

@@ -85,4 +85,5 @@ def build(quick: bool, scale: float) -> list[Scenario]:
         cassettes.s7(quick, scale),
         overhead.s8(quick, scale),
         replay.s9(quick, scale),
+        ratelimits.s10b(quick, scale),
     ]

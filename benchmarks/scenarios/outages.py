@@ -130,7 +130,8 @@ def s1(quick: bool, scale: float) -> Scenario:
         f"Attempt timeout {ATTEMPT_TIMEOUT:g} s for everyone (the SDK defaults contender: the SDK's 600 s); "
         f"pytest-llm-guard: both endpoints configured, breaker_failures={BREAKER_FAILURES}, its other "
         "defaults (time scaled), a per-test deadline that does not fire. The ideal counts no half-open "
-        "probe: the breaker's probe after its cooldown (30 s, scaled) costs one more attempt timeout.",
+        "probe: the breaker's probe after its cooldown (30 s, scaled) goes beside a test's request to the "
+        "backup, in the background, so it should cost no test its attempt timeout.",
         "session s",
         outage_units("S1", healthy, tests, calls, scale, fallback_passes=True),
         targets=outage_targets(100, 1.1),

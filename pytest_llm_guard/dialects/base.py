@@ -66,6 +66,20 @@ class Dialect:
             return ""
         return _shorten(_last_user_text(body.get("messages")), limit)
 
+    prompt_fields: tuple[str, ...] = ()
+    """Request body fields whose text the model reads (messages, system prompt, tools): what a request costs."""
+    answer_limit_fields: tuple[str, ...] = ()
+    """Request body fields that cap the answer's tokens, first found wins."""
+
+    def estimated_tokens(self, body: Any) -> int:
+        """Tokens a request may cost before its answer says (shared ``tpm`` limits, ``ratelimit.py``): its
+        prompt's characters / 4, plus the most its answer may take when the request caps it."""
+        if not isinstance(body, dict):
+            return 0
+        characters = sum(_characters(body.get(name)) for name in self.prompt_fields)
+        cap = next((body[k] for k in self.answer_limit_fields if isinstance(body.get(k), int)), 0)
+        return -(-characters // 4) + max(0, cap)
+
     volatile_fields: frozenset[str] = frozenset({"id", "created"})
     """Answer fields (at any depth, in JSON and in each event of a stream) that differ on every call:
     ids and timestamps. A re-recorded answer that differs only in them is the same answer."""
@@ -189,6 +203,19 @@ def _last_user_text(messages: Any) -> str:
     if isinstance(content, list):
         content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
     return content if isinstance(content, str) else ""
+
+
+def _characters(value: Any) -> int:
+    """The characters of every string in a JSON value (a message list, content parts, tool schemas); an
+    image or file sent inline (a ``data:`` URL, a base64 source) is not text, and is left to the usage."""
+    if isinstance(value, str):
+        return 0 if value.startswith("data:") else len(value)
+    if isinstance(value, dict):
+        inline = value.get("type") == "base64"
+        return sum(_characters(v) for k, v in value.items() if not (inline and k == "data"))
+    if isinstance(value, list):
+        return sum(_characters(v) for v in value)
+    return 0
 
 
 def _shorten(text: str, limit: int) -> str:

@@ -152,6 +152,8 @@ class OpenAIDialect(StainlessDialect):
             return False
         return isinstance(body.get("model"), str) or bool(_AZURE_DEPLOYMENT.search(request.url.path))
 
+    prompt_fields = ("messages", "input", "prompt", "instructions", "tools")
+    answer_limit_fields = ("max_completion_tokens", "max_tokens", "max_output_tokens")
     volatile_fields = frozenset({"id", "created", "created_at", "system_fingerprint"})
 
     def answer_text(self, body: str) -> str:

@@ -134,7 +134,9 @@ def _attribution_text(parts: Iterable[Mapping[str, Any]]) -> str:
     return attribution_text(clean) or "no time recorded"
 
 
-_WHATS = frozenset(COLOURS) | {"backoff"}
+_WAITS = frozenset({"backoff", "rate-limit wait"})
+"""Time spent waiting before an attempt: hatched, as a gap."""
+_WHATS = frozenset(COLOURS) | _WAITS
 
 
 def _attribution_bar(parts: Sequence[Mapping[str, Any]], duration: float) -> str:
@@ -148,7 +150,7 @@ def _attribution_bar(parts: Sequence[Mapping[str, Any]], duration: float) -> str
             continue
         width = 1000 * seconds / total
         what = part.get("what")
-        fill = 'fill="url(#llmg-hatch)"' if what == "backoff" else f'class="c-{_key(what, COLOURS)}"'
+        fill = 'fill="url(#llmg-hatch)"' if what in _WAITS else f'class="c-{_key(what, COLOURS)}"'
         rects.append(
             f'<rect x="{x:.2f}" y="0" width="{width:.2f}" height="10" {fill}>'
             f"<title>{_e(_attribution_text([part]))}</title></rect>"
@@ -167,7 +169,16 @@ def _timeline(i: int, test: Mapping[str, Any]) -> str:
         content = '<p class="empty">No LLM attempts in this test.</p>'
     else:
         content = _timeline_svg(test, attempts) + _attempts_table(attempts)
+    content += _probes(test.get("probes") or [])
     return f'<template id="tl-{i}"><div class="timeline-box">{content}</div></template>'
+
+
+def _probes(probes: Sequence[Any]) -> str:
+    """Half-open probes sent beside the test's attempts: listed apart, they are no attempt of the test."""
+    items = "".join(f"<li>{_e(p.get('text') or '')}</li>" for p in probes if isinstance(p, Mapping))
+    if not items:
+        return ""
+    return f'<p class="muted">Breaker probes, off the test\'s clock:</p><ul class="probes">{items}</ul>'
 
 
 def _timeline_svg(test: Mapping[str, Any], attempts: Sequence[Mapping[str, Any]]) -> str:
