@@ -226,16 +226,20 @@ class Guard:
 
     # -- what the seam uses ---------------------------------------------------------
 
-    def context(self, attempt: Attempt) -> AttemptContext:
+    def context(self, attempt: Attempt, network: bool = True) -> AttemptContext:
         """What the pipeline's stages may know and do about ``attempt`` (never the guard itself)."""
         return AttemptContext(
-            attempt=attempt,
-            clock=self.clock,
-            remaining=self.budget.remaining,
-            attempt_cap=lambda: self.budget.attempt_cap()[0],
-            cap=lambda request, seconds, by: self.cap(attempt, request, seconds, by),
-            ledger=self.ledger,
+            attempt,
+            self.clock,
+            self.budget.remaining,
+            self._attempt_cap,
+            lambda request, seconds, by: self.cap(attempt, request, seconds, by),
+            self.ledger,
+            network,
         )
+
+    def _attempt_cap(self) -> float:
+        return self.budget.attempt_cap()[0]
 
     def begin(self, request: httpx2.Request, dialect: Dialect) -> Attempt:
         """Open the attempt, check the budget, cap the attempt's timeouts by the time left."""

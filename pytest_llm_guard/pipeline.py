@@ -28,7 +28,6 @@ gets the guard, so no stage can call back up into what called it.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -89,7 +88,7 @@ class Pipeline:
         self,
         client: object,
         request: httpx2.Request,
-        ctx: AttemptContext,
+        context: Callable[[bool], AttemptContext],
         *,
         ahead: Callable[[httpx2.Response], httpx2.Response] | None = None,
         ahead_async: Callable[[httpx2.Response], Awaitable[httpx2.Response]] | None = None,
@@ -98,11 +97,11 @@ class Pipeline:
 
         httpx2 keeps doing its own work around the transport (response.request, cookies,
         elapsed time), so a response a layer makes itself is a complete httpx2 response.
+        ``context`` makes the attempt's context, told whether the client's transport is the network's.
         ``ahead`` (``ahead_async``) gets each response the transport itself makes, before any layer.
         """
         inner = client._transport_for_url(request.url)  # type: ignore[attr-defined]
-        if not isinstance(inner, (httpx2.HTTPTransport, httpx2.AsyncHTTPTransport)):
-            ctx = dataclasses.replace(ctx, network=False)
+        ctx = context(isinstance(inner, (httpx2.HTTPTransport, httpx2.AsyncHTTPTransport)))
         return _ClientView(client, _Chain(inner, self.layers, ctx, ahead, ahead_async))
 
 
