@@ -28,6 +28,7 @@ __tracebackhide__ = True  # pytest: a failed test shows where the LLM call was m
 
 import asyncio
 import math
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -454,6 +455,7 @@ class _Watch(_Reading):
         super().__init__(response, attempt, dialect, decoded=decoded)
         self._guard = guard
         self._done = False
+        self._response = weakref.ref(response)
 
     def _chunk(self, chunk: bytes) -> None:
         self._guard.progress(self._attempt)
@@ -473,6 +475,9 @@ class _Watch(_Reading):
             self._guard.fail(self._attempt, error)
             raise error
         self._guard.succeeded(self._attempt, self._reader.usage)
+        response = self._response()
+        if self._reader.parsed is not None and response is not None:
+            response.json = _Parsed(self._reader.parsed, self._response)  # type: ignore[method-assign]
 
     def whole(self, body: bytes) -> None:
         try:
@@ -491,6 +496,23 @@ class _Watch(_Reading):
         else:
             self._done = True
             self._guard.closed_early(self._attempt)
+
+
+class _Parsed:
+    """A watched JSON body's ``response.json``: the first call without arguments gets the object the
+    watcher parsed (the SDK's own parse of the same bytes, made once); any other parses the body anew."""
+
+    __slots__ = ("_parsed", "_response")
+
+    def __init__(self, parsed: Any, response: weakref.ref[httpx2.Response]) -> None:
+        self._parsed = parsed
+        self._response = response
+
+    def __call__(self, **kwargs: Any) -> Any:
+        parsed, self._parsed = self._parsed, None
+        if parsed is None or kwargs:
+            return httpx2.Response.json(self._response(), **kwargs)  # type: ignore[arg-type]
+        return parsed
 
 
 class _WatchedStream(_Watch, httpx2.SyncByteStream):

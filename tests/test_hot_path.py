@@ -221,3 +221,26 @@ def test_the_model_found_without_parsing_is_the_parsed_bodys(body: dict[str, Any
     request = httpx2.Request("POST", "http://127.0.0.1:9/v1/chat/completions", content=json.dumps(body).encode())
     model = body.get("model")
     assert request_model(request) == (model if isinstance(model, str) else None)
+
+
+def test_a_json_answer_is_parsed_once_and_the_sdk_gets_the_watchers_object(
+    llm_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    answers: list[object] = []
+    real = json.loads
+
+    def loads(text: Any, **kwargs: Any) -> Any:
+        if b'"choices"' in (text.encode() if isinstance(text, str) else bytes(text)):
+            answers.append(text)
+        return real(text, **kwargs)
+
+    monkeypatch.setattr(json, "loads", loads)
+    raw = llm_client.chat.completions.with_raw_response.create(
+        model="gpt-test", messages=[{"role": "user", "content": "hi"}]
+    )
+    assert raw.parse().choices[0].message.content
+    assert len(answers) == 1, "the watcher's parse (for the body's check and usage) is the SDK's too"
+    again = raw.http_response.json()
+    assert again == json.loads(raw.http_response.content) and len(answers) == 3, "a later call parses anew"

@@ -244,6 +244,8 @@ class BodyReader:
     events: int = 0
     error_event: bool = False
     """The server sent its API's error event: the problem :meth:`feed` returned is the server's, not the body's."""
+    parsed: Any = None
+    """A JSON body's object, parsed once here (None for any other body, or one too large to keep)."""
     content: bool = False
     """A stream's first content-bearing event arrived (its dialect says which): the answer has begun, so
     what goes wrong after it reaches the caller, and what went wrong before it is a failed attempt."""
@@ -270,6 +272,7 @@ class _Decoding(BodyReader):
     def _sync(self) -> None:
         self.usage, self.ended, self.events = self._reader.usage, self._reader.ended, self._reader.events
         self.error_event, self.content = self._reader.error_event, self._reader.content
+        self.parsed = self._reader.parsed
 
     def feed(self, chunk: bytes) -> str | None:
         try:
@@ -314,7 +317,8 @@ class JsonReader(BodyReader):
         if len(self._body) > self._LIMIT:
             return None  # too large to keep: neither judged nor counted
         try:
-            self.usage = self._usage_of(json.loads(self._body))
+            self.parsed = json.loads(self._body)
+            self.usage = self._usage_of(self.parsed)
         except (ValueError, UnicodeDecodeError):
             return "malformed JSON"
         return None
