@@ -161,7 +161,7 @@ def test_a_guarded_session_with_records_off_never_imports_the_cassette_machinery
         import sys
 
         def test_guarded(llm_guard):
-            assert not any(name.startswith(("pytest_llm_guard.cassettes", "vcr")) for name in sys.modules)
+            assert not any(name.startswith(("pytest_llm_guard.cassettes", "vcr", "yaml")) for name in sys.modules)
         """
     )
     pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:recording").assert_outcomes(passed=1)
