@@ -70,6 +70,9 @@ class Unit:
     prepare: Unit | None = None  # run once before the first repeat (recording cassettes), not measured
     same_as: Unit | None = None  # not run itself: shows that unit's samples (one healthy run, several ideals)
     check: Callable[[Context, dict[str, FaultServer], Sample], None] | None = None  # scenario-specific readings
+    env: Mapping[str, str] = field(default_factory=dict)  # more environment for the unit's sessions
+    sessions: int = 1  # the project runs this many times in a row against the same servers (one store, S10)
+    unavailable: Callable[[], str | None] | None = None  # why the unit cannot run on this machine, or None
     note: str = ""
     timeout: float = 300.0
     bytecode: str | None = None  # pytest's rewritten .pyc of the plugin: "cached" (an unmeasured run writes
@@ -177,6 +180,9 @@ class Runner:
         if missing:
             wanted = ", ".join(PLUGIN_MODULES[name] for name in missing)
             return Sample(None, 0.0, {}, {}, skipped=f"not installed ({wanted}): pip install -e '.[bench]'")
+        reason = unit.unavailable() if unit.unavailable is not None else None
+        if reason:
+            return Sample(None, 0.0, {}, {}, skipped=reason)
         if unit.prepare is not None and unit.prepare.key not in self._prepared:
             started = time.perf_counter()
             sample = self.run(unit.prepare)
@@ -198,6 +204,19 @@ class Runner:
                 path.write_text(text)
             sample = self._pytest(unit, context)
             sample.requests = {name: len(s.requests) for name, s in servers.items()}
+            for _ in range(1, unit.sessions if sample.error is None else 1):  # its time and tests added
+                before = sample.requests
+                later = self._pytest(unit, context)
+                sample.requests = {name: len(s.requests) for name, s in servers.items()}
+                sample.extra.setdefault("requests by session", [before]).append(
+                    {name: sample.requests[name] - before[name] for name in servers}
+                )
+                if later.session_s is None or later.error:
+                    sample.error = later.error or "a later session wrote no timing"
+                    return sample
+                sample.session_s = (sample.session_s or 0.0) + later.session_s
+                sample.process_s += later.process_s
+                sample.outcomes = {k: sample.outcomes.get(k, 0) + n for k, n in later.outcomes.items()}
             if unit.check is not None and sample.error is None:
                 unit.check(context, servers, sample)
             return sample
@@ -213,7 +232,7 @@ class Runner:
         for path in (result, metrics):
             path.unlink(missing_ok=True)
         env = base_env()
-        env.update(BENCH_RESULT=str(result), BENCH_METRICS=str(metrics), LLM_GUARD_RECORD=unit.record)
+        env.update(BENCH_RESULT=str(result), BENCH_METRICS=str(metrics), LLM_GUARD_RECORD=unit.record, **unit.env)
         command = [sys.executable, "-m", "pytest", "-q", *plugin_flags(unit.plugins), *unit.args]
         if unit.bytecode == "cached":
             del env["PYTHONDONTWRITEBYTECODE"]

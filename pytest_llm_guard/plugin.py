@@ -193,10 +193,12 @@ def _session(config: pytest.Config) -> Session:
         workerinput=getattr(config, "workerinput", None),
         distributed=_distributed(config),
         prices=load_prices(table.get("prices"), str(pyproject)),
+        root_name=config.rootpath.name,
+        warn=lambda message: _warn(config, ConfigWarning(message, "state_url")),
     )
     session.learned = learned.for_session(settings, config.rootpath)
     config.stash[SESSION] = session
-    if session.folder is not None:
+    if session.handoff:
         config.pluginmanager.register(_XdistHandoff(session), "llm_guard_xdist_state")
     return session
 

@@ -35,8 +35,7 @@ import logging
 import math
 import os
 import random
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -341,15 +340,25 @@ class RouterLayer:
         plan = self._plan(request, ctx)
         if plan.delay:
             ctx.clock.sleep(plan.delay)  # a Retry-After, a rate limit's turn: waited out on the test's clock
-        with self._recording(plan, ctx.attempt) as done:
-            return done(send(plan.request))
+        try:
+            response = send(plan.request)
+        except BaseException as exc:
+            self._finished(plan, ctx.attempt, None, exc)
+            raise
+        self._finished(plan, ctx.attempt, response, None)
+        return response
 
     async def handle_async(self, request: httpx2.Request, ctx: AttemptContext, send: AsyncSend) -> httpx2.Response:
         plan = self._plan(request, ctx)
         if plan.delay:
             await ctx.clock.async_sleep(plan.delay)
-        with self._recording(plan, ctx.attempt) as done:
-            return done(await send(plan.request))
+        try:
+            response = await send(plan.request)
+        except BaseException as exc:
+            self._finished(plan, ctx.attempt, None, exc)
+            raise
+        self._finished(plan, ctx.attempt, response, None)
+        return response
 
     # -- choosing ---------------------------------------------------------------------
 
@@ -476,8 +485,9 @@ class RouterLayer:
     def _send_to(self, plan: _Plan, ctx: AttemptContext) -> None:
         attempt, endpoint = ctx.attempt, plan.endpoint
         assert endpoint is not None
-        if plan.routed:
+        if plan.routed:  # addressed anew: the attempt goes elsewhere than the seam saw
             plan.request = endpoint.address(plan.request, attempt.model, self.router.environ)
+            attempt.endpoint, attempt.path = origin_of(plan.request.url), plan.request.url.path
         call = plan.call
         if call is not None:
             if attempt.kind == "failover":
@@ -486,7 +496,6 @@ class RouterLayer:
             call.tried.append(endpoint.name)
             call.failover_to = None
         attempt.endpoint_name = endpoint.name
-        attempt.endpoint, attempt.path = origin_of(plan.request.url), plan.request.url.path
         attempt.backoff += plan.wait  # waited before sending (a Retry-After): the gap to the last attempt grows
         attempt.start += plan.delay
         if endpoint.call_timeout is not None:
@@ -498,23 +507,10 @@ class RouterLayer:
 
     # -- recording --------------------------------------------------------------------
 
-    @contextmanager
-    def _recording(self, plan: _Plan, attempt: Attempt) -> Iterator[Callable[[httpx2.Response], httpx2.Response]]:
-        """Feed the attempt's outcome to its endpoint's health: ``done(response)``, or the error raised."""
-
-        def done(response: httpx2.Response) -> httpx2.Response:
-            self._finished(plan, attempt, response, None)
-            return response
-
-        try:
-            yield done
-        except BaseException as exc:
-            self._finished(plan, attempt, None, exc)
-            raise
-
     def _finished(
         self, plan: _Plan, attempt: Attempt, response: httpx2.Response | None, error: BaseException | None
     ) -> None:
+        """Feed the attempt's outcome (its response, or the error raised) to its endpoint's health."""
         if plan.endpoint is None:
             return
         status = response.status_code if response is not None else None

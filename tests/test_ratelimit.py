@@ -11,16 +11,16 @@ import collections
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import openai
 import pytest
+from routed import routed_test
 
-from pytest_llm_guard import FakeClock, pipeline, report, transport
+from pytest_llm_guard import FakeClock, report
 from pytest_llm_guard.config import Settings, load_settings
 from pytest_llm_guard.dialects import for_kind
 from pytest_llm_guard.endpoints import Endpoint, EndpointSet, load_endpoints
@@ -29,7 +29,7 @@ from pytest_llm_guard.fault import FaultServer
 from pytest_llm_guard.guard import Guard
 from pytest_llm_guard.ledger import Attempt, attribution
 from pytest_llm_guard.ratelimit import Limit, RateLimiter, Turn, correct, limits, take
-from pytest_llm_guard.routing import Router, RouterLayer
+from pytest_llm_guard.routing import Router
 from pytest_llm_guard.state import MemoryStore, SqliteStore
 
 NOW = 1_800_000_000.0
@@ -154,17 +154,8 @@ class Harness:
         endpoints = EndpointSet((Endpoint("api", server.base_url, **limits),), configured=True, source="the test")
         self.router = Router(endpoints, MemoryStore(), Settings(), clock=self.clock)
 
-    @contextmanager
-    def test(self, **settings: Any) -> Iterator[tuple[Guard, openai.OpenAI]]:
-        guard = Guard(Settings(**{"deadline": 10.0, **settings}), test_id="test_ratelimit::case", clock=self.clock)
-        guard.pipeline = pipeline.build(routing=RouterLayer(self.router, guard.settings))
-        client = openai.OpenAI(base_url=self.server.base_url, api_key="sk-test")
-        transport.activate(guard)
-        try:
-            yield guard, guard.fixture_client(client)
-        finally:
-            transport.deactivate(guard)
-            client.close()
+    def test(self, **settings: Any) -> AbstractContextManager[tuple[Guard, openai.OpenAI]]:
+        return routed_test(self.router, self.server.base_url, "test_ratelimit::case", self.clock, **settings)
 
 
 def ask(client: openai.OpenAI, **extra: Any) -> str:
