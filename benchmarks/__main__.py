@@ -48,6 +48,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def names(scenario_id: str) -> set[str]:
+    """What selects a scenario on the command line: its id, and the number of a part (S10 runs S10b too)."""
+    return {scenario_id.upper(), scenario_id.upper().rstrip("ABCDEFGHIJKLMNOPQRSTUVWXYZ")}
+
+
 def describe(unit: Unit, sample: Sample) -> str:
     if sample.error:
         return f"ERROR {sample.error}"
@@ -78,11 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
     scenarios = build(args.quick, args.scale)
     wanted = {s.upper() for s in args.scenarios}
-    unknown = wanted - {s.id for s in scenarios}
+    unknown = wanted - {name for s in scenarios for name in names(s.id)}
     if unknown:
         print(f"unknown scenario(s) {', '.join(sorted(unknown))}; known: {', '.join(s.id for s in scenarios)}")
         return 2
-    scenarios = [s for s in scenarios if not wanted or s.id in wanted]
+    scenarios = [s for s in scenarios if not wanted or names(s.id) & wanted]
     units = [unit for scenario in scenarios for unit in scenario.units]
     measured = list({u.key: u for u in [*units, *(u.same_as for u in units if u.same_as)] if not u.same_as}.values())
     samples: dict[str, list[Sample]] = {unit.key: [] for unit in [*units, *measured]}

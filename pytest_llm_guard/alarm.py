@@ -98,7 +98,7 @@ class Alarm:
     def _schedule(self) -> None:
         """Set the timer for the soonest event, unless it is set for that moment already (a call's
         timer for its headers, due with the deadline, comes and goes without a system call)."""
-        soonest = min((when for when, _, _ in self._events), default=None)
+        soonest = min(self._events)[0] if self._events else None  # (when, handle, _): handles are unique
         if soonest is None:
             self._armed = None
             self._below["setitimer"](signal.ITIMER_REAL, 0)

@@ -41,6 +41,8 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 ENV_PREFIX = "LLM_GUARD_"
+NOT_OPTIONS = frozenset({"LLM_GUARD_RUN_ID"})
+"""``LLM_GUARD_*`` variables that are no option: the run id sessions share a store under (``state_redis.py``)."""
 INI_PREFIX = "llm_"
 PYPROJECT_TABLE = "tool.pytest_llm_guard"
 
@@ -221,6 +223,21 @@ class Settings:
     max_tokens: int | None = _option(None, count, "tokens the whole session may spend, over all xdist workers")
     max_cost: float | None = _option(None, seconds, "money the whole session may spend, over all xdist workers")
     on_session_spent: str = _option("skip", choice("skip", "fail"), "guarded tests once a session budget is spent")
+    # the shared store across machines (state_redis.py)
+    state_url: str | None = _option(
+        None,
+        text,
+        "a Redis (or Valkey) server holding breakers, cooldowns and session budgets for every machine of a run: "
+        "redis://host:6379/0 or rediss://...; the password in the URL or in REDIS_PASSWORD",
+    )
+    state_namespace: str | None = _option(
+        None, text, "prefix of every key in the shared store", shown="the root folder's name"
+    )
+    state_fallback: str = _option(
+        "fail",
+        choice("fail", "local"),
+        "the shared store is unreachable at the start: fail (a usage error), or warn and keep state on this machine",
+    )
     # reports (report.py, report_json.py, report_html.py)
     durations: int = _option(
         5, number(int, 0, positive=False), "guarded tests listed by where their time went (0: all)"
@@ -237,6 +254,24 @@ class Settings:
     )
     learned_factor: float = _option(3.0, number(float, 0, positive=True), "learned limits are p99 times this")
     learned_floor: float = _option(1.0, number(float, 0, positive=True), "seconds no learned limit goes below")
+    # shared rate limits (ratelimit.py)
+    rpm: float | None = _option(
+        None,
+        optional(number(float, 0, positive=True)),
+        "requests per minute each endpoint and model may receive from the whole session, every xdist worker "
+        "and machine sharing the state store (an endpoint's own rpm wins)",
+    )
+    tpm: float | None = _option(
+        None,
+        optional(number(float, 0, positive=True)),
+        "tokens per minute each endpoint and model may receive from the whole session (estimated from the "
+        "request, corrected by the answer's usage; an endpoint's own tpm wins)",
+    )
+    rpm_burst: float = _option(
+        1.0,
+        number(float, 1, positive=True),
+        "requests that may go at once under rpm; the rest are spaced 60/rpm seconds apart",
+    )
     # per test only, from the llm_breaker and llm_cassette markers
     endpoints: tuple[str, ...] | None = None
     """Endpoints the test may use (``llm_breaker(endpoints=...)``); None: all."""
@@ -347,7 +382,7 @@ def read_environment(environ: Mapping[str, str]) -> tuple[dict[str, str], list[C
     warnings: list[ConfigWarning] = []
     known = [o.env for o in OPTIONS.values()]
     for var, value in environ.items():
-        if not var.startswith(ENV_PREFIX):
+        if not var.startswith(ENV_PREFIX) or var in NOT_OPTIONS:
             continue
         name = var[len(ENV_PREFIX) :].lower()
         if name not in OPTIONS:

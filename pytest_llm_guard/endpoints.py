@@ -49,6 +49,12 @@ class Endpoint:
     weight: float = 1.0
     kind: str = DEFAULT_KIND
     api_version: str | None = None
+    rpm: float | None = None
+    """Requests per minute it takes per model from the whole session (``ratelimit.py``); None: the ``rpm`` option."""
+    tpm: float | None = None
+    """Tokens per minute it takes per model; None: the ``tpm`` option."""
+    rpm_burst: float | None = None
+    """Requests that may go at once under ``rpm``; None: the ``rpm_burst`` option."""
     _origin: tuple[str, str, int | None] = field(init=False, repr=False, compare=False)
     _prefix: str = field(init=False, repr=False, compare=False)
 
@@ -154,6 +160,9 @@ _FIELDS = {
     "weight": "a positive number",
     "kind": f"one of {', '.join(ENDPOINT_KINDS)}",
     "api_version": "the API version its kind requires, such as 2024-10-21",
+    "rpm": "a positive number of requests per minute (per model)",
+    "tpm": "a positive number of tokens per minute (per model)",
+    "rpm_burst": "a number of requests, at least 1",
 }
 
 
@@ -191,6 +200,11 @@ def _endpoint(table: dict[str, Any], index: int, source: str, environ: Mapping[s
     weight = table.get("weight", 1)
     if not _positive(weight):
         raise invalid("weight")
+    for key in ("rpm", "tpm"):
+        if table.get(key) is not None and not _positive(table[key]):
+            raise invalid(key)
+    if table.get("rpm_burst") is not None and not (_positive(table["rpm_burst"]) and table["rpm_burst"] >= 1):
+        raise invalid("rpm_burst")
     kind = table.get("kind", DEFAULT_KIND)
     if kind not in ENDPOINT_KINDS:
         raise invalid("kind")
@@ -203,13 +217,16 @@ def _endpoint(table: dict[str, Any], index: int, source: str, environ: Mapping[s
         base_url=base_url.rstrip("/"),
         models=tuple(models),
         api_key_env=key_env,
-        call_timeout=_seconds(table.get("call_timeout")),
-        first_token_timeout=_seconds(table.get("first_token_timeout")),
-        idle_timeout=_seconds(table.get("idle_timeout")),
+        call_timeout=_float(table.get("call_timeout")),
+        first_token_timeout=_float(table.get("first_token_timeout")),
+        idle_timeout=_float(table.get("idle_timeout")),
         priority=priority,
         weight=float(weight),
         kind=kind,
         api_version=version,
+        rpm=_float(table.get("rpm")),
+        tpm=_float(table.get("tpm")),
+        rpm_burst=_float(table.get("rpm_burst")),
     )
 
 
@@ -217,5 +234,5 @@ def _positive(value: Any) -> bool:
     return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) and value > 0
 
 
-def _seconds(value: Any) -> float | None:
+def _float(value: Any) -> float | None:
     return float(value) if value is not None else None

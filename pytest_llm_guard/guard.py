@@ -25,7 +25,7 @@ from .alarm import Alarm
 from .budget import Budget
 from .clock import REAL, Clock
 from .config import Settings
-from .dialects import Dialect, Usage, key_variables, origin_of, request_json
+from .dialects import Dialect, Usage, key_variables, origin_of
 from .errors import LLMGuardInterrupt
 from .learned import LEARNED_CALL_TIMEOUT
 from .ledger import CALL, Attempt, Call, Category, Ledger, Stats
@@ -266,7 +266,7 @@ class Guard:
             kind=kind,
             endpoint=origin_of(url),
             path=url.path,
-            model=dialect.model_of(request, request_json(request)),
+            model=dialect.model_of(request),
             start=self.clock.now(),
             wall_start=self.clock.wall(),
             by=by,
@@ -346,7 +346,7 @@ class Guard:
         if math.isinf(due.when):
             return
         if threading.current_thread() is not threading.main_thread():
-            reads.due(self.clock.now, due.when, due.message)
+            reads.due(self.clock.now, due.when, due)
             attempt.headers_timer = _WORKER
         elif self.alarm is not None:
             attempt.headers_timer = self.alarm.at(due.when, lambda: self._headers_late(attempt))

@@ -29,8 +29,8 @@ def pytest_llm_guard_state_store(config: pytest.Config) -> StateStore | None:
     """The store holding breakers, rate-limit cooldowns and session budgets, or None for the default.
 
     Called once in every process: the xdist controller and each worker. The default is
-    in memory without xdist, and SQLite in a folder the controller creates under xdist
-    (one machine). Return a network store (Redis, see ``state.py``) for xdist across machines.
+    in memory without xdist, SQLite in a folder the controller creates under xdist (one
+    machine), and Redis with ``state_url`` (``state_redis.py``); a store returned here wins.
     """
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import enum
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -151,6 +151,12 @@ class Attempt:
     """The API the attempt spoke (``openai``, ``anthropic``: ``dialects/``)."""
     failover_to: str | None = None
     """After this attempt failed, the call's next attempt went to this other endpoint."""
+    limit_wait: float = 0.0
+    """Seconds it waited for its turn under a shared rate limit before it was sent (``ratelimit.py``)."""
+    limit_by: str | None = None
+    """The shared rate limit it waited for (``rpm 600``)."""
+    on_end: Callable[[Attempt], None] | None = field(default=None, repr=False, compare=False)
+    """Called with the attempt once it has ended (a shared tpm limit corrects its estimate by the usage)."""
 
     @property
     def duration(self) -> float:
@@ -174,7 +180,7 @@ class Attempt:
 
     def to_dict(self) -> dict[str, Any]:
         record = dict(vars(self))  # flat: every field is a plain value
-        del record["headers_timer"], record["stream"], record["cap_binds"], record["result"]
+        del record["headers_timer"], record["stream"], record["cap_binds"], record["result"], record["on_end"]
         record["category"] = self.category
         return record
 
@@ -304,7 +310,9 @@ class Ledger:
             self.tokens += attempt.tokens or 0
             if attempt.cost is not None:
                 self.cost = (self.cost or 0.0) + attempt.cost
-            return True
+        if attempt.on_end is not None:
+            attempt.on_end(attempt)
+        return True
 
     def change_source(self, attempt: Attempt, source: str) -> None:
         """Correct what happened to an attempt after it ended (a recording that was never saved is
@@ -345,13 +353,14 @@ def attribution(attempts: Iterable[Mapping[str, Any]], duration: float) -> list[
     """Where a test's wall time went: its attempts by category, its waits, and the rest (its own code).
 
     ``backoff`` is the attempts' own (``Attempt.backoff``, set by the ledger), summed as
-    ``Stats.backoff_seconds`` sums it. Reads attempt records (``Attempt.to_dict()``), so it serves the xdist
+    ``Stats.backoff_seconds`` sums it; ``rate-limit wait`` the turns waited for under shared rate limits.
+    Reads attempt records (``Attempt.to_dict()``), so it serves the xdist
     controller too. Attempts made at the same time (threads, ``asyncio.gather``) can add up
     to more than the test took; ``other`` is then 0.
     """
     seconds: dict[str, float] = dict.fromkeys(CATEGORIES, 0.0)
     counts: dict[str, int] = dict.fromkeys(CATEGORIES, 0)
-    backoff = 0.0
+    backoff = waited = 0.0
     for attempt in attempts:
         category = attempt["category"] if attempt["category"] in seconds else "reset"
         end = attempt["end"] if attempt["end"] is not None else attempt["start"]
@@ -359,6 +368,7 @@ def attribution(attempts: Iterable[Mapping[str, Any]], duration: float) -> list[
         counts[category] += 1
         if attempt["end"] is not None:  # as the ledger's total counts it: when the attempt ends
             backoff += attempt["backoff"]
+            waited += attempt.get("limit_wait") or 0.0
     parts: list[dict[str, Any]] = [
         {"what": category, "seconds": seconds[category], "attempts": counts[category]}
         for category in CATEGORIES
@@ -366,6 +376,8 @@ def attribution(attempts: Iterable[Mapping[str, Any]], duration: float) -> list[
     ]
     if backoff:
         parts.append({"what": "backoff", "seconds": backoff})
+    if waited:
+        parts.append({"what": "rate-limit wait", "seconds": waited})
     spent = sum(part["seconds"] for part in parts)
     parts.append({"what": "other", "seconds": max(0.0, duration - spent)})
     return parts

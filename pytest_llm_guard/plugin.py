@@ -193,10 +193,12 @@ def _session(config: pytest.Config) -> Session:
         workerinput=getattr(config, "workerinput", None),
         distributed=_distributed(config),
         prices=load_prices(table.get("prices"), str(pyproject)),
+        root_name=config.rootpath.name,
+        warn=lambda message: _warn(config, ConfigWarning(message, "state_url")),
     )
     session.learned = learned.for_session(settings, config.rootpath)
     config.stash[SESSION] = session
-    if session.folder is not None:
+    if session.handoff:
         config.pluginmanager.register(_XdistHandoff(session), "llm_guard_xdist_state")
     return session
 
@@ -390,6 +392,8 @@ def _guard_summary(terminalreporter: Any, session: Session) -> None:
         return
     for line in session.router.status():
         terminalreporter.write_line(f"endpoint {line}")
+    for line in report.limit_wait_lines(session.records):
+        terminalreporter.write_line(line)
     slowest = report.slowest_lines(session.records, settings.durations)
     if slowest:
         shown = "all guarded tests" if settings.durations == 0 else report.plural(len(slowest), "slowest guarded test")

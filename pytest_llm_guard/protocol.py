@@ -484,6 +484,9 @@ def _open_cassette(item: pytest.Item, guard: Guard) -> CassetteLayer | None:
         session.keep_before(path)
     configured, mode = mode, cassettes.effective_mode(mode, session.existed_at_start(path))
 
+    hook = item.ihook.pytest_llm_cassette_match
+    matcher = (lambda request, recorded: hook(request=request, recorded=recorded)) if hook.get_hookimpls() else None
+
     def open_as(mode: str) -> CassetteLayer:
         try:
             return cassettes.open_cassette(
@@ -491,9 +494,7 @@ def _open_cassette(item: pytest.Item, guard: Guard) -> CassetteLayer | None:
                 settings,
                 mode=mode,
                 nodeid=item.nodeid,
-                matcher=lambda request, recorded: item.ihook.pytest_llm_cassette_match(
-                    request=request, recorded=recorded
-                ),
+                matcher=matcher,
                 scrubber=guard.scrubber,
                 session_started=session.started_at,
                 clock=guard.clock,

@@ -20,8 +20,10 @@ import httpcore2
 from httpcore2._backends.anyio import AnyIOStream
 from httpcore2._backends.sync import SyncStream
 
-_limit: ContextVar[tuple[Callable[[], float], float, str] | None] = ContextVar("pytest_llm_guard_reads", default=None)
-"""Per thread and per task: (clock, clock time reads end, the timeout's message), while set."""
+_limit: ContextVar[tuple[Callable[[], float], float, object] | None] = ContextVar(
+    "pytest_llm_guard_reads", default=None
+)
+"""Per thread and per task: (clock, clock time reads end, the timeout's message as its ``str()``), while set."""
 _saved: Any = None
 
 
@@ -39,8 +41,10 @@ def uninstall() -> None:
         (SyncStream.read, AnyIOStream.read), _saved = _saved, None  # type: ignore[method-assign]
 
 
-def due(clock: Callable[[], float], when: float, message: str) -> None:
-    """This thread's (or task's) reads end at ``when`` (by ``clock``) with ``message``, until :func:`clear`."""
+def due(clock: Callable[[], float], when: float, message: object) -> None:
+    """This thread's (or task's) reads end at ``when`` (by ``clock``) with ``str(message)``, until :func:`clear`.
+
+    ``message`` is formatted only if a read times out (a ``streams.Due`` is passed as it is)."""
     _limit.set((clock, when, message))
 
 
@@ -48,11 +52,11 @@ def clear() -> None:
     _limit.set(None)
 
 
-def _left(limit: tuple[Callable[[], float], float, str], timeout: float | None) -> float:
+def _left(limit: tuple[Callable[[], float], float, object], timeout: float | None) -> float:
     clock, when, message = limit
     left = when - clock()
     if left <= 0:
-        raise httpcore2.ReadTimeout(message)
+        raise httpcore2.ReadTimeout(str(message))
     return left if timeout is None else min(timeout, left)
 
 
@@ -65,7 +69,7 @@ def _read(stream: SyncStream, max_bytes: int, timeout: float | None = None) -> b
     except httpcore2.ReadTimeout:
         if limit[1] - limit[0]() > 0:
             raise
-        raise httpcore2.ReadTimeout(limit[2]) from None
+        raise httpcore2.ReadTimeout(str(limit[2])) from None
 
 
 async def _read_async(stream: AnyIOStream, max_bytes: int, timeout: float | None = None) -> bytes:
@@ -77,4 +81,4 @@ async def _read_async(stream: AnyIOStream, max_bytes: int, timeout: float | None
     except httpcore2.ReadTimeout:
         if limit[1] - limit[0]() > 0:
             raise
-        raise httpcore2.ReadTimeout(limit[2]) from None
+        raise httpcore2.ReadTimeout(str(limit[2])) from None

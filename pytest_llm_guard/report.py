@@ -61,6 +61,8 @@ def describe(attempt: Attempt) -> str:
         line += f", retry-after {attempt.retry_after:g} s"
     if attempt.backoff:
         line += f", after {attempt.backoff:.2f} s backoff"
+    if attempt.limit_wait:
+        line += f", after waiting {attempt.limit_wait:.2f} s its turn under {attempt.limit_by}"
     if attempt.failover_to:
         line += f"; failover to {attempt.failover_to}"
     return line
@@ -416,7 +418,7 @@ def attribution_text(parts: Sequence[Mapping[str, Any]]) -> str:
     """``300.0s in 5 timeouts + 8.1s backoff + 4.3s in 2 ok calls + 0.0s other``"""
     words = []
     for part in parts:
-        if part["what"] in ("backoff", "other"):
+        if part["what"] in ("backoff", "rate-limit wait", "other"):
             words.append(f"{part['seconds']:.1f}s {part['what']}")
         else:
             words.append(f"{part['seconds']:.1f}s in {plural(part['attempts'], _LABELS[part['what']])}")
@@ -443,6 +445,28 @@ def endpoint_lines(endpoints: Sequence[Mapping[str, Any]]) -> list[str]:
             f"  {clock(t['time'])} {t['model']}: breaker {t['from']} -> {t['to']} {t['why']}" for t in e["transitions"]
         )
     return lines
+
+
+def limit_waits(tests: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per endpoint: the seconds its attempts waited for their turns under shared rate limits, and how many
+    waited (test records, ``report_json.record``: every xdist worker's)."""
+    found: dict[str, dict[str, Any]] = {}
+    for test in tests:
+        for attempt in test["attempts"]:
+            if attempt.get("limit_wait"):
+                name = attempt["endpoint_name"] or attempt["endpoint"]
+                entry = found.setdefault(name, {"seconds": 0.0, "attempts": 0})
+                entry["seconds"] += attempt["limit_wait"]
+                entry["attempts"] += 1
+    return found
+
+
+def limit_wait_lines(tests: Iterable[Mapping[str, Any]]) -> list[str]:
+    """``endpoint fast: waited 3.2 s on shared rate limits (12 attempts)``, one line per endpoint that waited."""
+    return [
+        f"endpoint {name}: waited {e['seconds']:.1f} s on shared rate limits ({plural(e['attempts'], 'attempt')})"
+        for name, e in limit_waits(tests).items()
+    ]
 
 
 def learned_lines(section: Mapping[str, Any], flag: str, call_timeout: float | None) -> list[str]:

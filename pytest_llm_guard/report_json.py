@@ -32,7 +32,7 @@ SCHEMA = 2
 _ATTEMPT_FIELDS = (
     "call", "number", "kind", "by", "sdk_max_retries", "source", "outcome", "category", "status", "error", "cause",
     "endpoint", "endpoint_name", "path", "model", "tokens", "input_tokens", "output_tokens", "cost", "first_chunk",
-    "backoff", "retry_after", "failover_to", "dialect", "cache_tokens", "cap", "cap_by",
+    "backoff", "retry_after", "failover_to", "dialect", "cache_tokens", "cap", "cap_by", "limit_wait", "limit_by",
 )  # fmt: skip
 
 
@@ -140,6 +140,7 @@ def endpoints(
     per_model: dict[str, dict[str, Any]] = defaultdict(dict)
     for (name, model), measures in learned.samples(tests).items():
         per_model[name][model] = {measure: learned.summary(values) for measure, values in measures.items()}
+    waits = report.limit_waits(tests)
     configured = {endpoint.name: (endpoint, state) for endpoint, state in health}
     names = list(grouped) + [name for name in configured if name not in grouped]
     found = []
@@ -165,6 +166,7 @@ def endpoints(
                 "first_chunk": {"p50": learned.percentile(chunks, 0.5), "p95": learned.percentile(chunks, 0.95)},
                 "models": per_model.get(name, {}),
                 "transitions": sorted(transitions, key=lambda t: t["time"]),
+                "rate_limit_wait": waits.get(name, {"seconds": 0.0, "attempts": 0}),
             }
         )  # fmt: skip
     return found

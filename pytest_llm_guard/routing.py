@@ -35,8 +35,7 @@ import logging
 import math
 import os
 import random
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -46,10 +45,11 @@ from . import probes, report
 from .breaker import EndpointHealth, Outcome, Verdict, classify, describe_error
 from .clock import REAL, Clock
 from .config import BREAKER_MARKER, Settings
-from .dialects import DIALECTS, Dialect, dialect_for, origin_of
+from .dialects import DIALECTS, Dialect, dialect_for, origin_of, request_json
 from .endpoints import Endpoint, EndpointSet
 from .errors import LLMNoEndpoint
 from .ledger import CALL, Attempt, Call, Probe
+from .ratelimit import RateLimiter
 from .state import StateStore
 
 if TYPE_CHECKING:
@@ -316,9 +316,16 @@ class _Plan:
     model: str = "*"
     routed: bool = False
     wait: float = 0.0
+    """Seconds to wait before sending, asked by the endpoint (a Retry-After)."""
+    limit_wait: float = 0.0
+    """Seconds more to wait for its turn under a shared rate limit (``ratelimit.py``)."""
     aside: tuple[Endpoint, float] | None = None
     """A half-open endpoint whose probe goes beside the attempt (and that probe's cap), when another
     endpoint takes the attempt."""
+
+    @property
+    def delay(self) -> float:
+        return self.wait + self.limit_wait
 
 
 class RouterLayer:
@@ -327,20 +334,31 @@ class RouterLayer:
     def __init__(self, router: Router, settings: Settings) -> None:
         self.router = router
         self.settings = settings
+        self.limiter = RateLimiter(router.store, router.clock, router.endpoints.source)
 
     def handle(self, request: httpx2.Request, ctx: AttemptContext, send: Send) -> httpx2.Response:
         plan = self._plan(request, ctx)
-        if plan.wait:
-            ctx.clock.sleep(plan.wait)  # a Retry-After is waited out on the test's clock
-        with self._recording(plan, ctx.attempt) as done:
-            return done(send(plan.request))
+        if plan.delay:
+            ctx.clock.sleep(plan.delay)  # a Retry-After, a rate limit's turn: waited out on the test's clock
+        try:
+            response = send(plan.request)
+        except BaseException as exc:
+            self._finished(plan, ctx.attempt, None, exc)
+            raise
+        self._finished(plan, ctx.attempt, response, None)
+        return response
 
     async def handle_async(self, request: httpx2.Request, ctx: AttemptContext, send: AsyncSend) -> httpx2.Response:
         plan = self._plan(request, ctx)
-        if plan.wait:
-            await ctx.clock.async_sleep(plan.wait)
-        with self._recording(plan, ctx.attempt) as done:
-            return done(await send(plan.request))
+        if plan.delay:
+            await ctx.clock.async_sleep(plan.delay)
+        try:
+            response = await send(plan.request)
+        except BaseException as exc:
+            self._finished(plan, ctx.attempt, None, exc)
+            raise
+        self._finished(plan, ctx.attempt, response, None)
+        return response
 
     # -- choosing ---------------------------------------------------------------------
 
@@ -370,6 +388,7 @@ class RouterLayer:
             plan.endpoint, plan.aside = plan.aside[0], None
         if plan.endpoint is None:
             raise self._refusal(refusals, request, ctx, fixture)
+        self._take_turn(plan, ctx, fixture)
         if plan.aside is not None:
             self._probe_beside(plan, ctx)
         self._send_to(plan, ctx)
@@ -404,6 +423,26 @@ class RouterLayer:
                 plan.endpoint, plan.wait = endpoint, verdict.wait
                 break
         return refusals
+
+    def _take_turn(self, plan: _Plan, ctx: AttemptContext, fixture: bool) -> None:
+        """The request's turn under its endpoint's shared rate limits: now, after a wait that fits in the
+        test's time left, or refused at once, as a Retry-After that does not fit is."""
+        endpoint, attempt = plan.endpoint, ctx.attempt
+        assert endpoint is not None
+        dialect = next((d for d in DIALECTS if d.name == attempt.dialect), None)
+
+        def tokens() -> int:
+            return dialect.estimated_tokens(request_json(plan.request)) if dialect is not None else 0
+
+        remaining = ctx.remaining()
+        turn = self.limiter.turn(
+            endpoint, plan.model, tokens, attempt, self.settings, after=plan.wait, max_wait=remaining
+        )
+        if turn.refused:
+            reason = self.limiter.refusal(turn, endpoint, plan.model, remaining - plan.wait)
+            raise self._refusal([(endpoint, Verdict(False, reason))], plan.request, ctx, fixture)
+        plan.limit_wait = attempt.limit_wait = turn.wait
+        attempt.limit_by = str(turn.by) if turn.by is not None else None
 
     def _probe_beside(self, plan: _Plan, ctx: AttemptContext) -> None:
         """Send the half-open endpoint's probe in the background: a copy of the request as that endpoint
@@ -446,8 +485,9 @@ class RouterLayer:
     def _send_to(self, plan: _Plan, ctx: AttemptContext) -> None:
         attempt, endpoint = ctx.attempt, plan.endpoint
         assert endpoint is not None
-        if plan.routed:
+        if plan.routed:  # addressed anew: the attempt goes elsewhere than the seam saw
             plan.request = endpoint.address(plan.request, attempt.model, self.router.environ)
+            attempt.endpoint, attempt.path = origin_of(plan.request.url), plan.request.url.path
         call = plan.call
         if call is not None:
             if attempt.kind == "failover":
@@ -456,35 +496,21 @@ class RouterLayer:
             call.tried.append(endpoint.name)
             call.failover_to = None
         attempt.endpoint_name = endpoint.name
-        attempt.endpoint, attempt.path = origin_of(plan.request.url), plan.request.url.path
         attempt.backoff += plan.wait  # waited before sending (a Retry-After): the gap to the last attempt grows
-        attempt.start += plan.wait
+        attempt.start += plan.delay
         if endpoint.call_timeout is not None:
             ctx.cap(plan.request, endpoint.call_timeout, f"call_timeout of endpoint {endpoint.name}")
         if attempt.stream is not None:
             attempt.stream.limit(endpoint.first_token_timeout, endpoint.idle_timeout, f" of endpoint {endpoint.name}")
-        if plan.wait:
-            ctx.cap(plan.request, max(0.0, ctx.attempt_cap() - plan.wait), "deadline")
+        if plan.delay:
+            ctx.cap(plan.request, max(0.0, ctx.attempt_cap() - plan.delay), "deadline")
 
     # -- recording --------------------------------------------------------------------
-
-    @contextmanager
-    def _recording(self, plan: _Plan, attempt: Attempt) -> Iterator[Callable[[httpx2.Response], httpx2.Response]]:
-        """Feed the attempt's outcome to its endpoint's health: ``done(response)``, or the error raised."""
-
-        def done(response: httpx2.Response) -> httpx2.Response:
-            self._finished(plan, attempt, response, None)
-            return response
-
-        try:
-            yield done
-        except BaseException as exc:
-            self._finished(plan, attempt, None, exc)
-            raise
 
     def _finished(
         self, plan: _Plan, attempt: Attempt, response: httpx2.Response | None, error: BaseException | None
     ) -> None:
+        """Feed the attempt's outcome (its response, or the error raised) to its endpoint's health."""
         if plan.endpoint is None:
             return
         status = response.status_code if response is not None else None

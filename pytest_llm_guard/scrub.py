@@ -151,14 +151,19 @@ class Scrubber:
         self._raw_seen: set[bytes] = set()
         self._exact: re.Pattern[str] | None = None
         self._lock = threading.Lock()
+        self._refreshed: list[str] = []
         self.refresh()
 
     # -- what is known --------------------------------------------------------------
 
     def refresh(self) -> None:
         """Take in the ``*_API_KEY`` and key variables' values set now (a fixture may have set one since the
-        test began)."""
-        self._add(v for k, v in self._environ.items() if k.upper().endswith("API_KEY") or k in self._key_variables)
+        test began). Runs on every request: names are read first, and values only of those that hold keys."""
+        environ = self._environ
+        values = [environ[k] for k in environ if k in self._key_variables or k.upper().endswith("API_KEY")]
+        if values != self._refreshed:
+            self._refreshed = values
+            self._add(values)
 
     def learn(self, headers: Any, url: str) -> None:
         """Take in the credentials a request carries, wherever they may show up later.

@@ -3,8 +3,9 @@
 Why in the state store: under ``pytest -n`` each worker runs part of the suite, and a
 breaker or a limit that each worker kept alone would rediscover a dead endpoint, or
 allow N times what was asked. The xdist controller creates an SQLite store and hands
-its folder to the workers; a lone process keeps it in memory; a plugin may return a
-network store (``pytest_llm_guard_state_store``).
+its folder to the workers; a lone process keeps it in memory; with ``state_url`` every
+process keeps it in Redis (``state_redis.py``), and falls back to the store it would
+have had otherwise; a plugin may return a store of its own (``pytest_llm_guard_state_store``).
 
 Session budgets are checked when a guarded test starts; once a limit is spent the
 remaining guarded tests skip (or fail, ``on_session_spent``) with the reason, and the
@@ -17,9 +18,10 @@ test asks for it.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,8 +37,17 @@ if TYPE_CHECKING:
     from .routing import Router
 
 KEY = "session"
+CASSETTE_CLOCK = "cassette-clock"
+"""This session's own start, by which it judges its cassette files: with ``state_url`` the sessions
+of a run share ``KEY`` (its budgets, from the run's first start), never this (``state_redis.py``)."""
 STATE_FOLDER_INPUT = "llm_guard_state_folder"
 """xdist ``workerinput`` key: the folder of the SQLite store the controller created."""
+
+
+def _sqlite_or_memory(folder: Path) -> Callable[[], StateStore]:
+    """The SQLite store in the controller's folder, opened when first needed; in memory on a host
+    where that folder does not exist (an xdist worker on another machine, falling back from Redis)."""
+    return lambda: SqliteStore.in_folder(folder) if folder.is_dir() else MemoryStore()
 
 
 class SessionBudget:
@@ -51,7 +62,8 @@ class SessionBudget:
         return any(limit is not None for limit in (s.session_deadline, s.max_calls, s.max_tokens, s.max_cost))
 
     def start(self) -> float:
-        """Mark the session's start, once: by the xdist controller, or the only process. Returns it."""
+        """Mark the session's start (the run's, when sessions share a store), once: by the xdist
+        controller, or the only process. Returns it."""
         now = self.clock.wall()
 
         def change(record: dict[str, Any]) -> float:
@@ -121,6 +133,8 @@ class Session:
         self.store = store
         self.folder = folder
         """The SQLite folder this process created (the xdist controller) and must remove."""
+        self.handoff: dict[str, str] = {}
+        """What the xdist controller hands each worker (``workerinput``): the store's folder, its session id."""
         self.budget = SessionBudget(settings, store, clock=clock)
         self._started_at: float | None = None
         self._router: Router | None = None
@@ -137,22 +151,43 @@ class Session:
         workerinput: Mapping[str, Any] | None,
         distributed: bool,
         prices: Prices | None = None,
+        root_name: str,
+        warn: Callable[[str], None],
+        environ: Mapping[str, str] = os.environ,
     ) -> Session:
-        """A plugin's store; else an xdist worker opens the controller's SQLite file, the controller
-        creates it (to hand over, and remove at the end), and a lone process stays in memory."""
+        """A plugin's store; else Redis with ``state_url``; else (and as Redis's fallback) an xdist
+        worker opens the controller's SQLite file, the controller creates it (to hand over, and
+        remove at the end), and a lone process stays in memory. ``warn``: how a warning about the
+        store is shown (from the configuration step)."""
         folder = None
+        handoff: dict[str, str] = {}
+        local: Callable[[], StateStore]
+        if workerinput is not None and STATE_FOLDER_INPUT in workerinput:
+            local = _sqlite_or_memory(Path(workerinput[STATE_FOLDER_INPUT]))
+        elif distributed and plugin_store is None:
+            folder = Path(tempfile.mkdtemp(prefix="pytest-llm-guard-"))
+            handoff[STATE_FOLDER_INPUT] = str(folder)
+            local = _sqlite_or_memory(folder)
+        else:
+            local = MemoryStore
         if plugin_store is not None:
             store: StateStore = plugin_store
-        elif workerinput is not None and STATE_FOLDER_INPUT in workerinput:
-            store = SqliteStore.in_folder(Path(workerinput[STATE_FOLDER_INPUT]))
-        elif distributed:
-            folder = Path(tempfile.mkdtemp(prefix="pytest-llm-guard-"))
-            store = SqliteStore.in_folder(folder)
+        elif settings.state_url:
+            from .state_redis import open_store
+
+            store, shared = open_store(
+                settings, local, root_name=root_name, workerinput=workerinput, environ=environ, warn=warn
+            )
+            if distributed:  # only then is there an xdist hook to hand it over with
+                handoff.update(shared)
         else:
-            store = MemoryStore()
+            store = local()
         session = cls(settings, endpoints, store, folder, prices)
+        session.handoff = handoff
         if workerinput is None:
-            session._started_at = session.budget.start()
+            session.budget.start()
+            now = session.clock.wall()
+            session._started_at = store.update(CASSETTE_CLOCK, lambda record: float(record.setdefault("started", now)))
         return session
 
     @property
@@ -160,7 +195,7 @@ class Session:
         """When the session started (``Clock.wall``), the same for every xdist worker: what a cassette
         held "before this session" is judged by it (``once``, and ``all`` replacing the old file)."""
         if self._started_at is None:
-            self._started_at = float(self.store.get(KEY).get("started", self.clock.wall()))
+            self._started_at = float(self.store.get(CASSETTE_CLOCK).get("started", self.clock.wall()))
         return self._started_at
 
     @property
@@ -217,9 +252,8 @@ class Session:
         return self.store.get(f"cassette-before:{Path(path).resolve()}").get("text")
 
     def configure_node(self, node: Any) -> None:
-        """xdist: hand the controller's store folder to a worker."""
-        if self.folder is not None:
-            node.workerinput[STATE_FOLDER_INPUT] = str(self.folder)
+        """xdist: hand the controller's store (its folder, its session id) to a worker."""
+        node.workerinput.update(self.handoff)
 
     def close(self) -> None:
         if self._router is not None:

@@ -10,19 +10,17 @@ operations on a small record:
   return a value, write it back, all atomically against every other process;
   ``update`` returns what ``change`` returned.
 
-Two implementations ship: :class:`MemoryStore` (one process) and
+Two local implementations are here: :class:`MemoryStore` (one process) and
 :class:`SqliteStore` (every process on one machine: stdlib ``sqlite3`` in WAL mode,
 one row per key, ``BEGIN IMMEDIATE`` as the cross-process lock). Under ``pytest -n``
 the controller creates the database in a temporary folder and hands its path to the
 workers (``pytest_configure_node`` / ``workerinput``).
 
-A network store (xdist across machines) plugs in through the
-``pytest_llm_guard_state_store(config)`` hook: return an object with the three
-methods below. With Redis, ``get`` is ``GET key`` + ``json.loads``; ``update`` is
-optimistic: ``WATCH key``, ``GET``, run ``change``, ``MULTI``/``SET``/``EXEC``, and
-start again when ``EXEC`` reports that another worker wrote first (``WatchError``);
-prefix keys with the run's id (xdist's ``testrunuid``) so concurrent sessions do not
-share breakers. ``change`` is a pure function of the record, so running it again is safe.
+Across machines (CI shards, xdist over several hosts), ``state_url`` puts the records
+in Redis: ``state_redis.py``, with why its updates are optimistic and how it falls back
+to these stores. Any other store plugs in through the ``pytest_llm_guard_state_store(config)``
+hook: return an object with the three methods below. ``change`` is a pure function of the
+record, so a store may run it again (an optimistic store does when another process wrote first).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 import httpx2
 
@@ -23,13 +23,25 @@ if TYPE_CHECKING:
     from .ledger import Attempt
 
 
-class Due(NamedTuple):
+class Due:
     """When the next chunk (or the headers) must be there at the latest, the limit that says so, and
-    the timeout's message when it is not."""
+    the timeout's message when it is not: formatted only when asked for (most reads never time out),
+    and what its ``str()`` is, so a read that ends at ``when`` can carry it unformatted (``reads.py``)."""
 
-    when: float
-    cause: str | None
-    message: str
+    __slots__ = ("when", "cause", "_message", "_args")
+
+    def __init__(self, when: float, cause: str | None, message: Callable[..., str], *args: object) -> None:
+        self.when = when
+        self.cause = cause
+        self._message = message
+        self._args = args
+
+    @property
+    def message(self) -> str:
+        return self._message(*self._args)
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class StreamClock:
@@ -77,37 +89,26 @@ class StreamClock:
     def due(self, *, headers: bool = False) -> Due:
         """The earliest limit on what comes next: the attempt's cap, the first token, the idle gap."""
         attempt = self.attempt
-        where = f" from {attempt.endpoint}" + (f" (model {attempt.model})" if attempt.model else "")
-        cap = (
-            f"no response headers within the attempt's {attempt.cap:.2f} s cap ({attempt.cap_by}); "
-            "the server sent its status line and headers too slowly, or not at all"
-            if headers
-            else f"the attempt reached its {attempt.cap:.2f} s cap ({attempt.cap_by}) "
-            "while the response was still arriving"
-        )
-        found = [Due(attempt.start + attempt.cap, attempt.cap_by, cap)]
+        due = Due(attempt.start + attempt.cap, attempt.cap_by, _cap_message, attempt.cap, attempt.cap_by, headers)
         if self.first_token is not None and not self.content:
             seconds, by = self.first_token
-            found.append(
-                Due(
+            if attempt.start + seconds < due.when:
+                due = Due(
                     attempt.start + seconds,
                     by,
-                    f"no first token within {_seconds(seconds)} s ({by}){where}; the endpoint "
-                    + ("sent no response headers" if headers else "sent its headers but no content")
-                    + f" in time: raise {by.split()[0]} if this model takes longer to start its answer",
+                    _first_token_message,
+                    seconds,
+                    by,
+                    headers,
+                    attempt.endpoint,
+                    attempt.model,
                 )
-            )
         if self.idle is not None and self.chunks and self._last is not None:
             seconds, by = self.idle
-            found.append(
-                Due(
-                    max(self._last, self._asked or self._last) + seconds,
-                    by,
-                    f"stalled {_seconds(seconds)} s after chunk {self.chunks} ({by}){where}; the answer "
-                    f"stopped arriving: raise {by.split()[0]} if this endpoint pauses that long mid-answer",
-                )
-            )
-        return min(found, key=lambda due: due.when)
+            when = max(self._last, self._asked or self._last) + seconds
+            if when < due.when:
+                due = Due(when, by, _idle_message, seconds, by, self.chunks, attempt.endpoint, attempt.model)
+        return due
 
     def cause_of(self, error: BaseException) -> str | None:
         """The limit whose timeout ``error`` is (its message is one :meth:`due` gave), else None."""
@@ -127,6 +128,34 @@ def chunk_due(attempt: Attempt) -> tuple[float, httpx2.ReadTimeout]:
         return math.inf, httpx2.ReadTimeout("no limit")
     due = clock.due()
     return due.when, httpx2.ReadTimeout(due.message)
+
+
+def _where(endpoint: str, model: str | None) -> str:
+    return f" from {endpoint}" + (f" (model {model})" if model else "")
+
+
+def _cap_message(cap: float, by: str | None, headers: bool) -> str:
+    if headers:
+        return (
+            f"no response headers within the attempt's {cap:.2f} s cap ({by}); "
+            "the server sent its status line and headers too slowly, or not at all"
+        )
+    return f"the attempt reached its {cap:.2f} s cap ({by}) while the response was still arriving"
+
+
+def _first_token_message(seconds: float, by: str, headers: bool, endpoint: str, model: str | None) -> str:
+    return (
+        f"no first token within {_seconds(seconds)} s ({by}){_where(endpoint, model)}; the endpoint "
+        + ("sent no response headers" if headers else "sent its headers but no content")
+        + f" in time: raise {by.split()[0]} if this model takes longer to start its answer"
+    )
+
+
+def _idle_message(seconds: float, by: str, chunks: int, endpoint: str, model: str | None) -> str:
+    return (
+        f"stalled {_seconds(seconds)} s after chunk {chunks} ({by}){_where(endpoint, model)}; the answer "
+        f"stopped arriving: raise {by.split()[0]} if this endpoint pauses that long mid-answer"
+    )
 
 
 def _seconds(value: float) -> str:

@@ -40,6 +40,7 @@ from .ledger import Attempt, Category
 
 if TYPE_CHECKING:
     from .guard import Guard
+    from .streams import Due
 
 _guards: list[Guard] = []
 """Active guards, innermost last (a pytester session inside a guarded test nests one)."""
@@ -175,7 +176,8 @@ def _send_single_request(client: httpx2.Client, request: httpx2.Request) -> http
 
     def ahead(response: httpx2.Response) -> httpx2.Response:
         guard.headers_in(attempt)  # type: ignore[union-attr]
-        return _Ahead(response, attempt, dialect).read()
+        reading = _ahead(response, attempt, dialect)
+        return response if reading is None else reading.read()
 
     try:
         view = guard.pipeline.client_for(client, request, guard.context(attempt), ahead=ahead)  # type: ignore[union-attr]
@@ -206,7 +208,8 @@ async def _send_single_request_async(client: httpx2.AsyncClient, request: httpx2
 
     async def ahead(response: httpx2.Response) -> httpx2.Response:
         guard.headers_in(attempt)  # type: ignore[union-attr]
-        return await _Ahead(response, attempt, dialect).read_async()
+        reading = _ahead(response, attempt, dialect)
+        return response if reading is None else await reading.read_async()
 
     try:
         view = guard.pipeline.client_for(client, request, guard.context(attempt), ahead_async=ahead)  # type: ignore[union-attr]
@@ -286,19 +289,18 @@ class _Reading:
         self._chunks: Any = None
         """The one iterator over the inner stream."""
 
-    def _due(self) -> tuple[float, str]:
-        """The caller asks for the next chunk: when the read must end, and its timeout's message."""
+    def _due(self) -> Due:
+        """The caller asks for the next chunk: when the read must end, and the limit that says so."""
         self._clock.asked()
-        due = self._clock.due()
-        return due.when, due.message
+        return self._clock.due()
 
     def _next(self) -> bytes:
         """The next chunk (or :data:`_END`), its read ending at the first limit due."""
         self._chunks = self._chunks or iter(self._inner)  # type: ignore[call-overload]
-        when, message = self._due()
-        if math.isinf(when):
+        due = self._due()
+        if math.isinf(due.when):
             return next(self._chunks, _END)
-        reads.due(self._clock.now, when, message)
+        reads.due(self._clock.now, due.when, due)
         try:
             return next(self._chunks, _END)
         finally:
@@ -306,9 +308,9 @@ class _Reading:
 
     async def _next_async(self) -> bytes:
         self._chunks = self._chunks or self._inner.__aiter__()  # type: ignore[union-attr]
-        when, message = self._due()
-        if not math.isinf(when):
-            reads.due(self._clock.now, when, message)
+        due = self._due()
+        if not math.isinf(due.when):
+            reads.due(self._clock.now, due.when, due)
         try:
             return await self._chunks.__anext__()
         except StopAsyncIteration:
@@ -348,6 +350,17 @@ class _Reading:
         if self._reader.ended:
             return LLMMalformedResponse(f"{problem} in a {self._status} from {self._attempt.endpoint}")
         return LLMStreamCut(f"{problem}, from {self._attempt.endpoint}")
+
+
+def _ahead(response: httpx2.Response, attempt: Attempt, dialect: Dialect) -> _Ahead | None:
+    """A stream still to be read, to be read ahead; None for any other answer, which is handed on as it is."""
+    events = dialect.streams(response.headers.get("content-type", ""))
+    if events and response.status_code < 400 and not response.is_stream_consumed:
+        return _Ahead(response, attempt, dialect)
+    attempt.read_ahead = (attempt.stream.now(), [])
+    if not events:
+        attempt.stream.content = True  # an answer that is not a stream of events begins with its headers
+    return None
 
 
 class _Ahead(_Reading, httpx2.SyncByteStream, httpx2.AsyncByteStream):

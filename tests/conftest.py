@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 # pytester's in-process runs drop the modules first imported inside them, and the
@@ -16,6 +17,7 @@ import openai  # noqa: F401
 import pytest
 import tenacity  # noqa: F401
 import vcr  # noqa: F401
+from redis_server import RedisServer
 
 from pytest_llm_guard import FakeClock
 from pytest_llm_guard.fault import FaultServer
@@ -94,3 +96,24 @@ def server(module_server: FaultServer) -> Iterator[FaultServer]:
     module_server.reset()
     yield module_server
     module_server.reset()  # frees anything a failed test left hanging
+
+
+@pytest.fixture(scope="module")
+def module_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One redis-server per test module (skips, naming why, where none is installed)."""
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture
+def redis_server(module_redis: RedisServer) -> RedisServer:
+    """The module's redis-server with no keys left by the test before."""
+    module_redis.flush()
+    return module_redis
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own, which it may pause or kill."""
+    with RedisServer(tmp_path) as server:
+        yield server

@@ -11,6 +11,7 @@ import pytest
 import yaml
 from vcr.record_mode import RecordMode
 from vcr.request import Request
+from vcr.serialize import deserialize
 
 from pytest_llm_guard.cassettes import (
     AtomicPersister,
@@ -92,6 +93,45 @@ def test_look_up_only_consults_requests_with_the_same_key(tmp_path: Path) -> Non
     assert len(calls) == 1
 
 
+def test_a_replay_scrubs_the_request_only_when_its_recording_needs_it(tmp_path: Path) -> None:
+    """Recordings are scrubbed as written: a request carrying a secret (in the query, in the body) is
+    found by its scrubbed key; any other by its key as sent, without a scrub. A matcher hook always
+    sees the scrubbed request."""
+    secret = "sk-proj-" + "a1B2c3D4" * 4
+    path = tmp_path / "c.yaml"
+
+    def opened(mode: str, matcher=None) -> LLMCassette:
+        return vcr_bridge.load(
+            path, mode=mode, match_on=(*MATCH, "query"), ignore=frozenset(), matcher=matcher, scrubber=Scrubber()
+        )
+
+    def sent(content: str, query: str = "") -> Request:
+        request = chat(content)
+        request.uri += query
+        return request
+
+    recording = opened("new_episodes")
+    recording.append(sent(f"my key is {secret}", "?api-key=" + secret), answer("secret"))
+    recording.append(sent("plain"), answer("plain"))
+    recording._save()
+    assert secret not in path.read_text()
+
+    cassette = opened("none")
+    scrubs = []
+    scrub = cassette._before_record_request
+    cassette._before_record_request = lambda request: scrubs.append(request) or scrub(request)
+    plain = vcr_bridge.Sent("POST", sent("plain").uri, sent("plain").body, {"authorization": "Bearer " + secret})
+    assert cassette.replay(plain)["body"]["string"] == b"plain" and scrubs == []
+    assert "vcr" not in plain.__dict__  # vcrpy's request (its headers) was not even built
+    assert cassette.replay(sent(f"my key is {secret}", "?api-key=" + secret))["body"]["string"] == b"secret"
+    assert len(scrubs) == 1 and cassette.replay(sent("plain")) is None  # played: the scrubbed key is tried too
+
+    seen = []
+    hooked = opened("none", matcher=lambda request, recorded: seen.append(request) or None)
+    assert hooked.replay(sent(f"my key is {secret}", "?api-key=" + secret))["body"]["string"] == b"secret"
+    assert seen and all(secret not in f"{r.uri} {r.body}" for r in seen)
+
+
 def test_custom_matcher_can_refuse(tmp_path: Path) -> None:
     cassette = make(tmp_path / "c.yaml", matcher=lambda request, recorded: False)
     cassette.append(chat("hi"), answer("x"))
@@ -108,6 +148,46 @@ def test_concurrent_writers_keep_each_others_interactions(tmp_path: Path) -> Non
     second._save()
     contents = [i["request"]["body"] for i in yaml.safe_load(path.read_text())["interactions"]]
     assert any("worker one" in c for c in contents) and any("worker two" in c for c in contents)
+
+
+def test_a_cassette_is_parsed_once_per_session_and_again_once_rewritten(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every test of a shared cassette, and the session's end, reuse one parse of its text; a file written
+    since (a recording, here or by another worker) is parsed anew. Parsed answers are shared, so writing
+    the file must not change them (vcrpy's serializer decodes bodies in place)."""
+    parsed = []
+    read = vcr_bridge.ReadableYaml.deserialize
+    monkeypatch.setattr(
+        vcr_bridge.ReadableYaml, "deserialize", staticmethod(lambda text: parsed.append(text) or read(text))
+    )
+    path = tmp_path / "shared.yaml"
+    first = make(path)
+    first.append(chat("one"), answer("1"))
+    first._save()
+    one = path.read_text()
+    worker, other = (make(path) for _ in range(2))
+    assert parsed == [one] and [r["body"]["string"] for r in vcr_bridge.parse(one)[1]] == [b"1"]
+    other.append(chat("two"), answer("2"))
+    other._save()
+    two = path.read_text()
+    assert [r["body"]["string"] for r in vcr_bridge.parse(two)[1]] == [b"1", b"2"] and parsed == [one, two]
+    worker.append(chat("three"), answer("3"))
+    worker._save()  # merges what the file holds now (the shared parse of `two`) into what it writes
+    assert [r["body"]["string"] for r in vcr_bridge.parse(two)[1]] == [b"1", b"2"]  # not changed by the write
+    assert len(make(path).data) == 3 and parsed == [one, two, path.read_text()]
+
+
+def test_a_shared_cassette_is_indexed_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "shared.yaml"
+    first = make(path)
+    for i in range(5):
+        first.append(chat(f"prompt {i}"), answer(str(i)))
+    first._save()
+    keyed = []
+    monkeypatch.setattr(vcr_bridge, "request_key", lambda *args: keyed.append(args) or request_key(*args))
+    opened = [make(path) for _ in range(4)]
+    assert len(keyed) == 5 and all(c.replay(chat("prompt 3", user="x"))["body"]["string"] == b"3" for c in opened)
 
 
 def test_rerecording_replaces_rather_than_resurrects(tmp_path: Path) -> None:
@@ -130,6 +210,80 @@ def test_saved_file_is_readable_yaml_with_block_strings(tmp_path: Path) -> None:
     text = path.read_text()
     assert "string: |-\n" in text and "!!binary" not in text
     assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
+
+
+FULL = vcr_bridge.yamlserializer.deserialize
+UNUSUAL = {
+    "anchors and aliases": "a: &x [1, 2]\nb: *x\n",
+    "a merge key": "base: &b {x: 1}\nderived:\n  <<: *b\n  y: 2\n",
+    "vcrpy's python tags": "t: !!python/tuple [1, 2]\ns: !!python/str text\n",
+    "an explicit collection tag": "s: !!set {a, b}\n",
+    "a non-scalar key": "? [1, 2]\n: pair\n",
+    "several documents": "a: 1\n---\nb: 2\n",
+    "no document": "",
+    "a bare scalar": "just text\n",
+}
+
+
+def test_the_fast_loader_builds_what_the_full_loader_builds() -> None:
+    """Every scalar type a cassette holds, written by our dumper, and YAML written by hand or other tools."""
+    data = {
+        "version": 1,
+        "interactions": [
+            {
+                "request": {"method": "POST", "uri": "http://h/v1/x?a=1", "body": '{\n  "a": 1\n}', "headers": {}},
+                "response": {
+                    "status": {"code": 200, "message": "OK"},
+                    "headers": {"x": ["1", "true", "null", "0x1F", "1e3", "2026-01-01", "~", "yes", ""]},
+                    "body": {"string": b"\x1f\x8b binary"},
+                    "timing": {"headers": 0.0, "chunks": [0.01, 1, 2.5e-07]},
+                    "flags": [True, False, None, -3, 1.5, float("inf")],
+                    "unicode": "é ✓ \t tab, 'quotes' \"double\" # not a comment: colon",
+                    "trailing": "line\n",
+                    "multi": "a\n\nb\n\n",
+                },
+            }
+        ],
+    }
+
+    def unused(text: str) -> None:
+        raise AssertionError("the full loader was not needed here")
+
+    written = vcr_bridge.files.dump_yaml(data)
+    assert vcr_bridge.files.load_yaml(written, unused) == FULL(written) == data
+    by_hand = "a: 0o17\nb: 1_000\nc: .inf\nd: 2001-12-14t21:59:43.10-05:00\ne: !!binary aGk=\n"
+    by_hand += "f: !!str 12\ng: [x, {h: i}]\nh: 'single '' quoted'\ni: >\n  folded\n  text\n"
+    assert vcr_bridge.files.load_yaml(by_hand, unused) == FULL(by_hand)
+
+
+def test_a_parse_builds_the_requests_vcrpy_builds() -> None:
+    """Requests are built without vcrpy's per-header calls: the same method, URL, body and headers."""
+    response = {"status": {"code": 200, "message": "OK"}, "headers": {}, "body": {"string": "ok"}}
+    recorded = [
+        {"method": "POST", "uri": "http://h/v1/x?a=1", "body": '{"a": 1}', "headers": {"A": ["1"], "b": "2"}},
+        {"method": "POST", "uri": "http://h/v1/x?a=1", "body": b"\x1f\x8b", "headers": {"X-K": ["1"], "x-k": ["2"]}},
+        {"method": "GET", "uri": "https://h:8/v1/y", "body": None, "headers": {}},
+        {"method": "GET", "uri": "https://h:8/v1/y", "body": "", "headers": [["odd", "shape"]]},
+    ]
+    text = yaml.safe_dump({"version": 1, "interactions": [{"request": r, "response": response} for r in recorded]})
+    ours, theirs = vcr_bridge.parse(text)[0], deserialize(text, vcr_bridge.ReadableYaml)[0]
+    assert len(ours) == len(theirs) == len(recorded)
+    for mine, vcrs in zip(ours, theirs, strict=True):
+        assert vars(mine).keys() == vars(vcrs).keys()
+        fields = ("method", "uri", "parsed_uri", "body")
+        assert [getattr(mine, f) for f in fields] == [getattr(vcrs, f) for f in fields]
+        assert list(mine.headers.items()) == list(vcrs.headers.items()) and type(mine.headers) is type(vcrs.headers)
+
+
+@pytest.mark.parametrize("text", list(UNUSUAL.values()), ids=list(UNUSUAL))
+def test_what_the_fast_loader_leaves_to_the_full_loader(text: str) -> None:
+    try:
+        expected = FULL(text)
+    except yaml.YAMLError as exc:
+        with pytest.raises(type(exc)):
+            vcr_bridge.files.load_yaml(text, FULL)
+    else:
+        assert vcr_bridge.files.load_yaml(text, FULL) == expected
 
 
 def test_unparseable_cassette_names_file_line_and_column(tmp_path: Path) -> None:

@@ -796,3 +796,22 @@ def test_an_abandoned_stream_that_cannot_be_read_in_time_warns_and_its_miss_says
         result.stdout.fnmatch_lines(
             ["*LLMCassetteMiss*", f"*Its recording was abandoned, not missed: test_app.py::{test} stopped*"]
         )
+
+
+def test_only_a_registered_matcher_hook_makes_replay_scrub_the_request(pytester: pytest.Pytester) -> None:
+    """The hook is handed the scrubbed request; without one, a replay looks the request up as sent
+    and scrubs nothing (scrubbing is for what is written)."""
+    check = """
+        from pytest_llm_guard.protocol import CASSETTE
+
+        def test_it(llm_guard, request):
+            assert (request.node.stash[CASSETTE].cassette._matcher is None) is {expected}
+    """
+    pytester.makepyfile(
+        **{"plain/test_plain": check.format(expected=True), "hooked/test_hooked": check.format(expected=False)}
+    )
+    pytester.makeconftest("")
+    (pytester.path / "hooked" / "conftest.py").write_text(
+        "def pytest_llm_cassette_match(request, recorded):\n    return None\n"
+    )
+    pytester.runpytest("--llm-record=none").assert_outcomes(passed=2)

@@ -69,6 +69,19 @@ def test_a_flaky_prefix_fails_one_request_in_n_starting_with_the_first() -> None
     assert [prefix.fault_for(n) == Fault.status(503) for n in range(1, 8)] == [1, 0, 0, 1, 0, 0, 1]
 
 
+def test_a_limit_prefix_answers_429_beyond_n_requests_in_the_same_second(server: FaultServer) -> None:
+    prefix = parse("limit-2")
+    assert prefix is not None and prefix.fault == Fault.status(429, message=prefix.fault.message)
+    assert [prefix.fault_for(9, in_second=k) for k in (1, 2, 3)] == [Fault.ok(), Fault.ok(), prefix.fault]
+    for _ in range(3):  # two requests land in the same second at the first or second try
+        server.reset()
+        answers = [httpx2.get(server.url + "/limit-1/v1/models") for _ in range(2)]
+        if answers[1].status_code != 200:
+            break
+    assert [a.status_code for a in answers] == [200, 429]
+    assert "1 requests per second" in answers[1].json()["error"]["message"]
+
+
 def test_a_path_without_a_prefix_is_left_whole() -> None:
     assert split("/v1/chat/completions") == (None, "/v1/chat/completions")
     assert split("/openai/models") == (None, "/openai/models")
@@ -117,8 +130,8 @@ def test_a_mistyped_prefix_is_a_404_that_says_what_was_meant(server: FaultServer
     assert answer.status_code == 404
     assert answer.json()["error"]["message"] == (
         "Unknown route GET /hangg/v1/models: /hangg is not a fault prefix; did you mean 'hang'? the prefixes are "
-        "hang, delay-S, sCODE[-N], flaky-N, trickle[-S], trickle-body[-S], stall-first, stall-after-N, paced-M, "
-        "malformed, cut[-N], stream-error[-N], reset[-N]"
+        "hang, delay-S, sCODE[-N], flaky-N, limit-N, trickle[-S], trickle-body[-S], stall-first, stall-after-N, "
+        "paced-M, malformed, cut[-N], stream-error[-N], reset[-N]"
     )
 
 

@@ -189,3 +189,59 @@ def test_fixture_clients_load_the_ca_bundle_once_not_once_per_test(monkeypatch: 
     assert len(built) == 1  # the SDKs alone build one per client: about 30 ms on every test
     sync = clients[0]
     assert sync.timeout == openai.DEFAULT_TIMEOUT and sync._client.follow_redirects  # still the SDK's defaults
+
+
+# -- what a healthy call does not do ---------------------------------------------------------------
+
+
+def test_a_healthy_call_parses_no_request_body_formats_no_timeout_message_and_reads_ahead_only_a_stream(
+    llm_client: Any, llm_guard: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pytest_llm_guard import streams, transport
+    from pytest_llm_guard.dialects import base
+
+    counted: dict[str, int] = {}
+
+    def count(module: object, name: str) -> None:
+        real = getattr(module, name)
+
+        def counting(*args: Any, **kwargs: Any) -> Any:
+            counted[name] = counted.get(name, 0) + 1
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, counting)
+
+    for name in ("_cap_message", "_first_token_message", "_idle_message"):
+        count(streams, name)
+    count(base, "request_json")
+    count(transport, "_Ahead")
+    messages = [{"role": "user", "content": 'say "model": "no"'}]
+    reply = llm_client.chat.completions.create(model="gpt-test", messages=messages)
+    assert reply.choices[0].message.content
+    assert counted == {}, "a JSON answer: no body parsed for its model, no message formatted, nothing read ahead"
+    stream = llm_client.chat.completions.create(model="gpt-test", messages=messages, stream=True)
+    assert "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+    assert counted == {"_Ahead": 1}, "a stream is read ahead; still no message formatted"
+    assert [event.model for event in llm_guard.events] == ["gpt-test", "gpt-test"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"model": 'a"b\u00e9', "messages": []},
+        {"messages": [{"role": "user", "content": '"model": "x"'}], "model": "m"},
+        {"model": "top", "metadata": {"model": "nested"}},
+        {"model": 3},
+        {"messages": [], "tags": ["model"]},
+    ],
+)
+def test_the_model_found_without_parsing_is_the_parsed_bodys(body: dict[str, Any]) -> None:
+    import json
+
+    import httpx2
+
+    from pytest_llm_guard.dialects.base import request_model
+
+    request = httpx2.Request("POST", "http://127.0.0.1:9/v1/chat/completions", content=json.dumps(body).encode())
+    model = body.get("model")
+    assert request_model(request) == (model if isinstance(model, str) else None)

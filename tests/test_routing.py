@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +19,15 @@ import httpx2
 import jsonschema
 import openai
 import pytest
+from routed import routed_test
 
-from pytest_llm_guard import FakeClock, pipeline, probes, report_html, report_json, transport
+from pytest_llm_guard import FakeClock, probes, report_html, report_json
 from pytest_llm_guard.config import Settings
 from pytest_llm_guard.endpoints import Endpoint, EndpointSet
 from pytest_llm_guard.errors import LLMBudgetExceeded, LLMNoEndpoint
 from pytest_llm_guard.fault import Fault, FaultServer
 from pytest_llm_guard.guard import Guard
-from pytest_llm_guard.routing import LLMEndpointUnavailable, Router, RouterLayer
+from pytest_llm_guard.routing import LLMEndpointUnavailable, Router
 from pytest_llm_guard.state import MemoryStore
 
 HELLO = [{"role": "user", "content": "hello there"}]
@@ -52,18 +52,9 @@ class Harness:
         policy = Settings(breaker_failures=2, breaker_cooldown=30, breaker_cooldown_max=100)
         self.router = Router(endpoints, MemoryStore(), policy, clock=self.clock)
 
-    @contextmanager
-    def test(self, **settings: Any) -> Iterator[tuple[Guard, openai.OpenAI]]:
-        values = {"backoff_initial": 0.01, "backoff_max": 0.05, "deadline": 10.0, **settings}
-        guard = Guard(Settings(**values), test_id="test_routing::case", clock=self.clock)
-        guard.pipeline = pipeline.build(routing=RouterLayer(self.router, guard.settings))
-        client = openai.OpenAI(base_url=self.primary.base_url, api_key="sk-test")
-        transport.activate(guard)
-        try:
-            yield guard, guard.fixture_client(client)
-        finally:
-            transport.deactivate(guard)
-            client.close()
+    def test(self, **settings: Any) -> AbstractContextManager[tuple[Guard, openai.OpenAI]]:
+        values = {"backoff_initial": 0.01, "backoff_max": 0.05, **settings}
+        return routed_test(self.router, self.primary.base_url, "test_routing::case", self.clock, **values)
 
     def settle(self) -> bool:
         """Wait for the probes sent in the background (each ends within its cap)."""

@@ -1,4 +1,5 @@
-"""The shared state store: the same behaviour in memory and in SQLite, and no lost writes across processes."""
+"""The shared state store: the same behaviour in memory, in SQLite and in Redis, and no lost writes across
+processes."""
 
 from __future__ import annotations
 
@@ -12,9 +13,15 @@ import pytest
 from pytest_llm_guard.state import MemoryStore, SqliteStore, StateStore
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "redis"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StateStore]:
-    made: StateStore = MemoryStore() if request.param == "memory" else SqliteStore.in_folder(tmp_path)
+    made: StateStore
+    if request.param == "redis":  # a real server (tests/redis_server.py); state_redis.py's own tests are beside
+        from pytest_llm_guard.state_redis import RedisStore
+
+        made = RedisStore(request.getfixturevalue("redis_server").url, prefix="test:run:", session_prefix="test:me:")
+    else:
+        made = MemoryStore() if request.param == "memory" else SqliteStore.in_folder(tmp_path)
     yield made
     made.close()
 

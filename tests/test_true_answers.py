@@ -163,16 +163,14 @@ def test_new_episodes_keeps_the_complete_interactions_of_a_failing_test(
 
 
 SHARED = """
-import openai
 import pytest
 
 @pytest.mark.llm_cassette("shared")
 @pytest.mark.parametrize("n", range(20))
-def test_shared(n):
-    client = openai.OpenAI()
+def test_shared(n, llm_client):
     for turn in range(3):
         content = f"test {n} turn {turn}"
-        reply = client.chat.completions.create(model="m", messages=[{"role": "user", "content": content}])
+        reply = llm_client.chat.completions.create(model="m", messages=[{"role": "user", "content": content}])
         assert reply.choices[0].message.content == f"echo: {content}"
 """
 
@@ -185,13 +183,13 @@ def test_a_cassette_shared_by_20_tests_records_in_once_mode(
     with FaultServer() as server:
         monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
         monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
-        result = pytester.runpytest_subprocess("--llm-guard-all=true", "--llm-record=once", *workers)
+        result = pytester.runpytest("--llm-guard-all=true", "--llm-record=once", *workers)
         result.assert_outcomes(passed=20)
         assert len(server.requests) == 60
     shared = yaml.safe_load((pytester.path / "cassettes" / "test_app" / "shared.yaml").read_text())
     assert len(shared["interactions"]) == 60
     monkeypatch.delenv("OPENAI_API_KEY")  # the next session in once mode only replays: offline, no key
-    pytester.runpytest_subprocess("--llm-guard-all=true", "--llm-record=once", *workers).assert_outcomes(passed=20)
+    pytester.runpytest("--llm-guard-all=true", "--llm-record=once", *workers).assert_outcomes(passed=20)
 
 
 def test_a_broken_answer_that_fails_a_test_is_reported_in_a_few_lines(pytester: pytest.Pytester) -> None:

@@ -1,4 +1,4 @@
-"""The scenarios S0-S9: what each sets up, who competes, and the targets it is judged by.
+"""The scenarios S0-S10: what each sets up, who competes, and the targets it is judged by.
 
 A scenario is a list of units (contender x size) plus a function that turns the rows of
 its results into target verdicts. Sizes come in two sets: the full run's and ``--quick``'s
@@ -72,7 +72,7 @@ def find(rows: list[Row], contender: str, size: int | None = None) -> Row | None
 
 
 def build(quick: bool, scale: float) -> list[Scenario]:
-    from . import baseline, cassettes, outages, overhead, ratelimits, replay
+    from . import baseline, cassettes, outages, overhead, ratelimits, replay, shared
 
     return [
         baseline.s0(quick, scale),
@@ -85,4 +85,6 @@ def build(quick: bool, scale: float) -> list[Scenario]:
         cassettes.s7(quick, scale),
         overhead.s8(quick, scale),
         replay.s9(quick, scale),
+        shared.s10(quick, scale),
+        ratelimits.s10b(quick, scale),
     ]

@@ -16,10 +16,13 @@ from itertools import pairwise
 from urllib.parse import urlsplit
 
 from pytest_llm_guard.fault import Fault
+from pytest_llm_guard.fault.dialect import Call
+from pytest_llm_guard.fault.openai_api import chat
 
 from ..projects import MODEL, app, pyproject, sdk_conftest
 from ..runner import Context, Sample, Unit
 from . import CASSETTER, GUARD, LIVE, VCRPY, Row, Scenario, Target, find
+from .overhead import FLOOR
 
 REPLAYED = 100  # at most this many requests replayed per session (see s5)
 
@@ -93,6 +96,49 @@ URL = {url!r}
 """
 
 RAW_CLIENT = "benchapp.client(URL, benchapp.SDK_DEFAULT_TIMEOUT)"
+FLOOR_CLIENT = """\
+\"\"\"The floor: the openai SDK on an in-memory transport that hands back the answers the fault server gives.\"\"\"
+
+import httpx2
+import openai
+
+ANSWERS = {answers!r}
+
+
+def client(url, timeout):
+    answers = iter(ANSWERS)
+
+    def answer(request):
+        request.read()
+        status, headers, body = next(answers)
+        return httpx2.Response(status, headers=headers, content=body)
+
+    transport = httpx2.MockTransport(answer)
+    http_client = openai.DefaultHttpx2Client(transport=transport)
+    return openai.OpenAI(base_url=url, api_key="sk-bench", timeout=timeout, http_client=http_client)
+"""
+
+
+def answers(indices: list[int]) -> list[tuple[int, list[tuple[str, str]], bytes]]:
+    """The fault server's answers to the replayed questions, in order, as it builds them."""
+    out = []
+    for seq, i in enumerate(indices, 1):
+        body = {"model": MODEL, "messages": [{"role": "user", "content": f"question {i}"}]}
+        call = Call("POST", "/v1/chat/completions", {}, {}, {}, body, ())
+        response = chat(call, seq)
+        out.append((response.status, response.headers, b"".join(response.pieces)))
+    return out
+
+
+def floor_project(context: Context, indices: list[int]) -> dict[str, str]:
+    """S5's floor: the same test and SDK calls, plugin off, answered in memory (no socket, no cassette)."""
+    files = project(context, LIVE, "test_replay.py", REPLAY, indices=indices)
+    client = "floor.client(URL, benchapp.SDK_DEFAULT_TIMEOUT)"
+    files["test_replay.py"] = (
+        files["test_replay.py"].replace(RAW_CLIENT, client).replace("import benchapp", "import benchapp\nimport floor")
+    )
+    files["floor.py"] = FLOOR_CLIENT.format(answers=answers(indices))
+    return files
 
 
 def project(
@@ -133,11 +179,13 @@ def s5(quick: bool, scale: float) -> Scenario:
         indices = sampled(size)
 
         def files(which: list[int], recording: bool = False):
+            if contender == FLOOR:
+                return lambda context: floor_project(context, which)
             return lambda context: project(context, contender, "test_replay.py", REPLAY, recording, indices=which)
 
         healthy = {"api": lambda server: None}
         prepare = None
-        if contender != LIVE:
+        if contender not in (LIVE, FLOOR):
             prepare = Unit(
                 "S5",
                 contender + " (recording)",
@@ -155,7 +203,7 @@ def s5(quick: bool, scale: float) -> Scenario:
             size,
             healthy,
             files(indices),
-            plugins=PLUGINS[contender],
+            plugins=PLUGINS.get(contender, ()),
             args=record_args(contender, "none"),
             record="none" if contender == GUARD else "off",
             work=len(indices),
@@ -164,7 +212,7 @@ def s5(quick: bool, scale: float) -> Scenario:
             note="" if len(indices) == size else f"{len(indices)} of the {size:,} interactions replayed",
         )
 
-    units = [unit(contender, size) for size in sizes for contender in (GUARD, VCRPY, CASSETTER, LIVE)]
+    units = [unit(contender, size) for size in sizes for contender in (GUARD, VCRPY, CASSETTER, LIVE, FLOOR)]
 
     def value(unit: Unit, sample: Sample) -> float:
         """ms per request of a full replay: the in-test look-ups as measured, plus the session's other
@@ -186,6 +234,13 @@ def s5(quick: bool, scale: float) -> Scenario:
                 ratios = [a.median / b.median for a, b in pairs]  # type: ignore[union-attr]
                 shown = ", ".join(f"{r:.2f}x at {s}" for r, s in zip(ratios, sizes, strict=True))
                 out.append(Target(goal + " (pytest-llm-guard / it)", shown, all(r <= 1.0 for r in ratios)))
+        pairs = [(find(rows, GUARD, s), find(rows, CASSETTER, s)) for s in sizes]
+        if all(a and b for a, b in pairs):
+            ratios = [median(a.samples, "loop") / median(b.samples, "loop") for a, b in pairs]  # type: ignore[union-attr]
+            shown = ", ".join(f"{r:.2f}x at {s}" for r, s in zip(ratios, sizes, strict=True))
+            goal = "at least as fast as cassetter in-test (pytest-llm-guard / it)"
+            out.append(Target(goal, shown, all(r <= 1.0 for r in ratios)))
+        out += floor_targets(rows, sizes)
         loops = [find(rows, GUARD, s) for s in sizes]
         if len(sizes) > 1 and all(loops):
             per = [median(row.samples, "loop") * 1000 for row in loops]  # type: ignore[union-attr]
@@ -210,12 +265,45 @@ def s5(quick: bool, scale: float) -> Scenario:
         "of 1,000 takes minutes. The value is the in-test time per request plus the session's other costs "
         "(cassette load, fixtures) spread over all the interactions, as a full replay spreads them; below "
         "1,000 that is simply session time / requests. The live row sends the same requests to the fault "
-        "server, no cassette, plugin off.",
+        f"server, no cassette, plugin off. The floor row ({FLOOR}) is the same test and SDK calls, plugin off, "
+        "answered in memory (httpx2.MockTransport) with the bytes the fault server sends: what any cassette "
+        "library must at least cost.",
         "ms per request (session time / requests; see the setup at 1,000)",
         units,
         targets=targets,
         value=value,
+        floor=FLOOR,
     )
+
+
+FLOOR_GOAL = 1.10  # pytest-llm-guard's replay, per request, over the SDK alone (at 100 interactions and more)
+
+
+def floor_targets(rows: list[Row], sizes: tuple[int, ...]) -> list[Target]:
+    """Each cassette library against the floor, per request: in-test, and with the session's other costs
+    (cassette load) spread as the value spreads them; ratios and ms above it. Only ours has a goal."""
+    out = []
+    for contender in (GUARD, VCRPY, CASSETTER):
+        parts, within = [], True
+        for size in sizes:
+            mine, floor = find(rows, contender, size), find(rows, FLOOR, size)
+            if not (mine and floor):
+                break
+            loop, floor_loop = median(mine.samples, "loop") * 1000, median(floor.samples, "loop") * 1000
+            parts.append(
+                f"{size:,}: in-test {loop / floor_loop:.2f}x ({loop - floor_loop:+.2f} ms), with load "
+                f"{mine.median / floor.median:.2f}x ({mine.median - floor.median:+.2f} ms)"
+            )
+            if size >= 100:
+                within &= max(loop / floor_loop, mine.median / floor.median) <= FLOOR_GOAL
+        else:
+            if contender == GUARD:
+                goal = f"within {FLOOR_GOAL:.2f}x of the floor per request at 100 and more (in-test, with load)"
+                judged = within if any(size >= 100 for size in sizes) else None
+                out.append(Target(goal, "; ".join(parts), judged))
+            else:
+                out.append(Target(f"{contender} against the floor", "; ".join(parts), None, "for reading"))
+    return out
 
 
 def median(samples: list[Sample], metric: str) -> float:

@@ -1,7 +1,11 @@
-"""S3: a 429 storm with Retry-After. Who waits as told, and what it costs.
+"""Rate limits: what 429s cost, and who keeps clear of them.
 
-A request is *early* when it reaches the server less than the Retry-After of the 429 answered
-just before it: the suite's requests are sequential, so the server's arrival times tell.
+S3: a 429 storm with Retry-After. Who waits as told, and what it costs. A request is *early* when it
+reaches the server less than the Retry-After of the 429 answered just before it: the suite's requests
+are sequential, so the server's arrival times tell.
+
+S10b: xdist workers recording against an API that answers 429 beyond N requests a second, with and
+without the shared limiter (``rpm``): how many 429s, and how far the session is from the limit's bound.
 """
 
 from __future__ import annotations
@@ -84,4 +88,85 @@ def s3(quick: bool, scale: float) -> Scenario:
         "session s",
         units,
         targets=targets,
+    )
+
+
+# -- S10b: xdist workers recording against a rate-limited API, with and without the shared limiter ----------
+
+PER_SECOND = 20  # the server's limit: a 429 beyond this many requests in one second
+LIMITER = GUARD + ", rpm limiter"
+UNLIMITED = GUARD + ", no limiter"
+HEADROOM = 0.75  # the limiter's rpm is this share of the server's limit: room for a request's way to it
+
+
+def count_429(context: Context, servers: dict, sample: Sample) -> None:
+    sample.extra["429s"] = sum(1 for r in servers["api"].requests if getattr(r.fault, "code", None) == 429)
+
+
+def s10b(quick: bool, scale: float) -> Scenario:
+    tests, calls, workers = (8, 1, 2) if quick else (40, 3, 8)  # --quick only proves the units run
+    requests = tests * calls
+    rpm = PER_SECOND * 60 * HEADROOM
+    bound = requests / PER_SECOND
+
+    def unit(contender: str, limited: bool, note: str) -> Unit:
+        def files(context: Context) -> dict[str, str]:
+            # The server's limit is per real second, so are the turns: real-time limits that never cut a wait
+            # or an answer on a busy machine; the backoff after a 429 stays scaled.
+            guard = scaled_guard(context.scale, retries=RETRIES) | {"deadline": 60.0, "call_timeout": 10.0}
+            base_url = context.urls["api"].removesuffix("/v1") + f"/limit-{PER_SECOND}/v1"
+            endpoint = {"name": "api", "base_url": base_url, "api_key_env": "OPENAI_API_KEY"}
+            if limited:
+                endpoint["rpm"] = rpm
+            return suite_files(context, "llm_client", tests, calls, guard, [endpoint])
+
+        return Unit(
+            "S10b",
+            contender,
+            None,
+            {"api": lambda server: None},
+            files,
+            plugins=("llm_guard",),
+            args=("-n", str(workers)),
+            record="once",
+            check=count_429,
+            note=note,
+        )
+
+    units = [
+        unit(LIMITER, True, f"rpm = {rpm:g} ({HEADROOM:.0%} of the server's limit), shared by the {workers} workers"),
+        unit(UNLIMITED, False, f"no rpm: each worker sends at once; a 429 is retried (retries={RETRIES})"),
+    ]
+
+    def targets(rows: list[Row]) -> list[Target]:
+        out = []
+        limited, unlimited = find(rows, LIMITER), find(rows, UNLIMITED)
+        if limited is not None:
+            worst = max(sample.extra.get("429s", 0) for sample in limited.samples)
+            out.append(Target("0 429s with the limiter", f"{worst} (most of any repeat)", worst == 0))
+            out.append(
+                Target(
+                    f"session time near the limit's lower bound ({requests} requests at {PER_SECOND}/s: "
+                    f"{bound:.1f} s; at the limiter's rpm: {bound / HEADROOM:.1f} s)",
+                    f"{limited.median:.1f} s (median), workers' start-up included",
+                    None,
+                )
+            )
+        if unlimited is not None:
+            fewest = min(sample.extra.get("429s", 0) for sample in unlimited.samples)
+            out.append(Target("the same suite without it meets 429s", f"{fewest} (fewest of any repeat)", fewest > 0))
+        return out
+
+    return Scenario(
+        "S10b",
+        f"{workers} workers recording against a rate-limited API",
+        f"{tests} tests x {calls} calls under pytest -n {workers}, recording cassettes, against one endpoint that "
+        f"answers 429 beyond {PER_SECOND} requests in one second (real time, not scaled). With the limiter the "
+        f"workers take turns through the session's shared store (rpm = {rpm:g}); without it each sends at once and "
+        f"retries its 429s. The lower bound is the limit's: {requests} requests at {PER_SECOND}/s, {bound:.1f} s. "
+        "Session time includes starting the workers.",
+        "session s",
+        units,
+        targets=targets,
+        ratios=False,
     )

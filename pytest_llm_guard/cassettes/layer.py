@@ -276,10 +276,10 @@ class CassetteLayer:
     def handle(self, request: httpx2.Request, ctx: AttemptContext, send: Send) -> httpx2.Response:
         attempt = ctx.attempt
         self.scrubber.refresh()  # a key set since the last request is a secret too
-        recorded = self._vcr_request(request, request.read())
-        answer = self._replay(recorded, attempt)
+        sent = vcr_bridge.Sent(request.method, str(request.url), request.read(), request.headers)
+        answer = self._replay(sent, attempt)
         if answer is None:
-            return self._record(request, send(request), recorded, attempt, is_async=False)
+            return self._record(request, send(request), sent, attempt, is_async=False)
         pacer = self._pacer(attempt, answer)
         if pacer is not None:
             pacer.until(_headers_at(answer), "headers")
@@ -288,10 +288,10 @@ class CassetteLayer:
     async def handle_async(self, request: httpx2.Request, ctx: AttemptContext, send: AsyncSend) -> httpx2.Response:
         attempt = ctx.attempt
         self.scrubber.refresh()
-        recorded = self._vcr_request(request, await request.aread())
-        answer = self._replay(recorded, attempt)
+        sent = vcr_bridge.Sent(request.method, str(request.url), await request.aread(), request.headers)
+        answer = self._replay(sent, attempt)
         if answer is None:
-            return self._record(request, await send(request), recorded, attempt, is_async=True)
+            return self._record(request, await send(request), sent, attempt, is_async=True)
         pacer = self._pacer(attempt, answer)
         if pacer is not None:
             await pacer.until_async(_headers_at(answer), "headers")
@@ -377,8 +377,11 @@ class CassetteLayer:
         """When the oldest answer is older than ``cassette_max_age``: what to do (``warn``, ``fail`` or
         ``rerecord``, which needs ``recording_allowed``, else it warns) and the message a warning or
         failure says (a cassette recorded again is told in the session's summary)."""
-        max_age, dates = self.settings.cassette_max_age, self.cassette.recorded_dates()
-        if max_age is None or not dates or self.mode == "all" or REAL.wall() - min(dates) <= max_age:
+        max_age = self.settings.cassette_max_age
+        if max_age is None or self.mode == "all":
+            return None
+        dates = self.cassette.recorded_dates()
+        if not dates or REAL.wall() - min(dates) <= max_age:
             return None
         age = REAL.wall() - min(dates)
         action = self.settings.on_expiry
@@ -417,19 +420,15 @@ class CassetteLayer:
             "ignore": sorted({*s.ignore_body_fields, *s.match_ignore}),
         }
 
-    @staticmethod
-    def _vcr_request(request: httpx2.Request, body: bytes) -> Any:
-        return vcr_bridge.vcr_request(request.method, str(request.url), body, dict(request.headers))
-
-    def _replay(self, recorded: Any, attempt: Attempt) -> dict[str, Any] | None:
+    def _replay(self, sent: vcr_bridge.Sent, attempt: Attempt) -> dict[str, Any] | None:
         """The recorded answer to replay (marked played), None to record it, or a miss raised."""
-        answer = self.cassette.replay(recorded)
+        answer = self.cassette.replay(sent)
         if answer is not None:
             attempt.source = "replayed"
             return answer
         if self.cassette.write_protected:
             attempt.source = "refused"
-            raise self._miss(recorded)
+            raise self._miss(sent.vcr)
         return None
 
     def _pacer(self, attempt: Attempt, answer: dict[str, Any]) -> Pacer | None:
@@ -460,8 +459,15 @@ class CassetteLayer:
         )
 
     def _record(
-        self, request: httpx2.Request, response: httpx2.Response, recorded: Any, attempt: Attempt, *, is_async: bool
+        self,
+        request: httpx2.Request,
+        response: httpx2.Response,
+        sent: vcr_bridge.Sent,
+        attempt: Attempt,
+        *,
+        is_async: bool,
     ) -> httpx2.Response:
+        """The answer handed on as it arrives; recorded (vcrpy's request built) once it is whole."""
         if response.status_code >= 400 and not self.record_failures:
             return response
         stopwatch = Stopwatch(self.clock.now, attempt.start, attempt.read_ahead)
@@ -473,6 +479,7 @@ class CassetteLayer:
         )
 
         def on_complete(body: bytes, read_on: bool) -> None:
+            recorded = sent.vcr
             self._note_shapes(recorded, body)
             headers: dict[str, list[str]] = defaultdict(list)
             for name, value in response.headers.multi_items():
@@ -501,7 +508,7 @@ class CassetteLayer:
             what = f"{request.method} {request.url.path}"
             self._abandoned.append((what, reason))
             self.cassette.note_abandoned(
-                recorded, {"test": self.nodeid, "request": what, "reason": self.scrubber.text(reason)}
+                sent.vcr, {"test": self.nodeid, "request": what, "reason": self.scrubber.text(reason)}
             )
 
         loop = asyncio.get_running_loop() if is_async else None
@@ -570,7 +577,7 @@ def open_cassette(
     *,
     mode: str,
     nodeid: str,
-    matcher: vcr_bridge.Matcher,
+    matcher: vcr_bridge.Matcher | None,
     scrubber: Scrubber,
     session_started: float | None = None,
     clock: Clock = REAL,

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from . import files, vcr_bridge
-from .matching import request_key
 from .review import Review, describe_request, ids, review
 
 RECORDING_MODES = ("all", "new_episodes")
@@ -87,7 +86,7 @@ def judge(notes: Iterable[Mapping[str, Any]], before: Callable[[str], str | None
         match_on, ignore = tuple(first["match_on"]), frozenset(first["ignore"])
 
         def key(request: Any, match_on: tuple[str, ...] = match_on, ignore: frozenset[str] = ignore) -> tuple:
-            return request_key(request, match_on, ignore)
+            return vcr_bridge.loaded_key(request, match_on, ignore)  # keyed at load already, in this process
 
         expired = [n for n in group if n.get("expiry")]
         if expired:

@@ -9,18 +9,22 @@ means a vcrpy release that moves them breaks one file.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import threading
-from collections import defaultdict
+import weakref
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import ParseResult, urlparse
 
 from vcr.cassette import Cassette
 from vcr.filters import decode_response
 from vcr.persisters.filesystem import CassetteNotFoundError
 from vcr.record_mode import RecordMode
+from vcr.request import HeadersDict
 from vcr.request import Request as VcrRequest
 from vcr.serialize import deserialize, serialize
 from vcr.serializers import compat, yamlserializer
@@ -45,11 +49,50 @@ def note_id(key: tuple[str, ...]) -> str:
     return hashlib.sha1(json.dumps(key).encode()).hexdigest()[:12]
 
 
+_KEYS: weakref.WeakKeyDictionary[VcrRequest, dict[tuple[Any, ...], tuple[str, ...]]] = weakref.WeakKeyDictionary()
+"""The keys of loaded requests, by match rule: a parse is shared by every cassette opened on its text
+(:func:`parse`) and its requests are never changed, so a shared cassette is indexed once, not per test."""
+
+
+def loaded_key(request: VcrRequest, match_parts: tuple[str, ...], ignore: frozenset[str]) -> tuple[str, ...]:
+    """The key of a request as :func:`parse` gave it (shared, never changed): computed once per match rule."""
+    keys = _KEYS.get(request)
+    if keys is None:
+        keys = _KEYS[request] = {}
+    key = keys.get((match_parts, ignore))
+    if key is None:
+        key = keys[(match_parts, ignore)] = request_key(request, match_parts, ignore)
+    return key
+
+
+class Sent:
+    """A request as sent, for look-up: what its key reads at once (``matching.request_key``), vcrpy's
+    request (headers and all) only when it is needed: to scrub, record or explain a miss."""
+
+    def __init__(self, method: str, uri: str, body: bytes, headers: Any) -> None:
+        self.method, self.uri, self.body = method, uri, body
+        self._headers = headers
+        self.parsed_uri = urlparse(uri)
+
+    @property
+    def port(self) -> int | None:
+        return self.parsed_uri.port or {"https": 443, "http": 80}.get(self.parsed_uri.scheme)
+
+    @functools.cached_property
+    def vcr(self) -> VcrRequest:
+        return VcrRequest(self.method, self.uri, self.body, dict(self._headers))
+
+
 class LLMCassette(Cassette):
     """A vcrpy cassette whose look-up is a dict access instead of a scan running every matcher."""
 
     def __init__(
-        self, *args: Any, match_parts: tuple[str, ...], ignore: frozenset[str], matcher: Matcher, **kwargs: Any
+        self,
+        *args: Any,
+        match_parts: tuple[str, ...],
+        ignore: frozenset[str],
+        matcher: Matcher | None,
+        **kwargs: Any,
     ) -> None:
         self._match_parts = match_parts
         self._ignore = ignore
@@ -88,23 +131,44 @@ class LLMCassette(Cassette):
             else:
                 super().append(request, response)
             if len(self.data) > before:
-                self._keys.append(self._key(self.data[-1][0]))
-                self._index[self._keys[-1]].append(before)
+                stored = self.data[-1][0]
+                key = loaded_key(stored, self._match_parts, self._ignore) if self._loading else self._key(stored)
+                self._keys.append(key)
+                self._index[key].append(before)
 
-    def replay(self, request: VcrRequest) -> dict[str, Any] | None:
+    def replay(self, request: Sent | VcrRequest) -> dict[str, Any] | None:
         """The first recording of ``request`` not played yet (marked played now), or None.
 
-        One scrub and one index look-up, where vcrpy's can_play_response_for and
-        play_response would each scrub and scan.
+        Index look-ups, where vcrpy's can_play_response_for and play_response would each scrub
+        and scan. Scrubbing is what is written; a look-up needs it only when the request as sent
+        has no playable recording: a recording holds REDACTED where the request held a secret (a
+        key in the query or the body, a configured body field), so the scrubbed request's key
+        finds it. A matcher hook is handed the scrubbed request, as it always was.
         """
         if self.record_mode == RecordMode.ALL or not (self.rewound or self.allow_playback_repeats):
             return None
-        request = self._before_record_request(request)
-        for index in self._index.get(self._key(request), ()):
-            stored, response = self.data[index]
-            if (self.play_counts[index] == 0 or self.allow_playback_repeats) and self._matcher(
-                request, stored
-            ) is not False:
+        sent_key = self._key(request)
+        scrubbed: VcrRequest | None = None
+
+        def scrub() -> VcrRequest:
+            return self._before_record_request(request.vcr if isinstance(request, Sent) else request)
+
+        for attempt in range(2):
+            if attempt:
+                scrubbed = scrubbed or scrub()
+                key = self._key(scrubbed)
+                if key == sent_key:
+                    return None
+            else:
+                key = sent_key
+            for index in self._index.get(key, ()):
+                stored, response = self.data[index]
+                if self.play_counts[index] and not self.allow_playback_repeats:
+                    continue
+                if self._matcher is not None:
+                    scrubbed = scrubbed or scrub()
+                    if self._matcher(scrubbed, stored) is False:
+                        continue
                 if self.play_counts[index] == 0 and index < self._loaded_count:
                     self._played_interactions.append((stored, response))
                 self.play_counts[index] += 1
@@ -126,7 +190,7 @@ class LLMCassette(Cassette):
         request = self._before_record_request(request)
         for index in self._index.get(self._key(request), ()):
             stored, response = self.data[index]
-            if self._matcher(request, stored) is not False:
+            if self._matcher is None or self._matcher(request, stored) is not False:
                 yield index, response
 
     def _new_interactions(self) -> list[tuple[VcrRequest, dict[str, Any]]]:
@@ -185,7 +249,7 @@ class ReadableYaml:
 
     @staticmethod
     def deserialize(text: str) -> Any:
-        data = metadata.from_file(yamlserializer.deserialize(text))
+        data = metadata.from_file(files.load_yaml(text, yamlserializer.deserialize))
         problem = _missing_field(data)
         if problem:
             raise ValueError(problem)
@@ -283,7 +347,7 @@ class AtomicPersister:
 
     def load_cassette(self, cassette_path: str | Path, serializer: Any) -> tuple[Any, ...]:
         requests, responses, found = self._read(Path(cassette_path), serializer)
-        self._loaded = (list(requests), copy.deepcopy(responses))  # fingerprinted only if it is saved
+        self._loaded = (list(requests), list(responses))  # fingerprinted only if it is saved
         if self._before is None:
             self._before = (self._loaded[0], self._loaded[1], found)
         return (requests, responses, found) if found else (requests, responses)
@@ -299,6 +363,7 @@ class AtomicPersister:
                 for q, r in zip(cassette_dict["requests"], cassette_dict["responses"], strict=True)
             ]
             theirs, their_metadata = self._theirs(path, serializer)
+            theirs = [(q, copy.deepcopy(r)) for q, r in theirs]  # parsed answers are shared; writing changes them
             if self._rerecord_since is not None:
                 again = {self._key(q) for q, _ in ours}
                 interactions = [(q, r) for q, r in theirs if self._key(q) not in again] + ours
@@ -369,6 +434,8 @@ class AtomicPersister:
         if text is None:
             raise CassetteNotFoundError()
         try:
+            if serializer is ReadableYaml:
+                return parse(text)
             requests, responses, *metadata = deserialize(text, serializer)
         except Exception as exc:  # yaml errors, or valid YAML that is not a cassette
             raise files.unreadable(path, exc) from None
@@ -416,26 +483,74 @@ def _readable_request(scrubber: Scrubber) -> Callable[[VcrRequest], VcrRequest]:
     return before_record_request
 
 
+_PARSED: OrderedDict[str, tuple[list, list, dict[str, Any]]] = OrderedDict()
+"""Cassettes parsed in this process, by their text: a file is parsed once per session however many
+tests use it (a shared cassette, the session's end reading what was not replayed), and again only once
+its text changes (recorded into, by this process or another)."""
+_PARSED_LIMIT = 16 * 1024 * 1024
+"""Characters of cassette text whose parse is kept (some 90 MB with the parse): the least recently used go first."""
+_PARSING = threading.Lock()
+
+
 def parse(text: str) -> tuple[list, list, dict[str, Any]]:
-    """A cassette's text as requests, responses and metadata; raises ValueError or a YAML error."""
-    requests, responses, *found = deserialize(text, ReadableYaml)
-    return requests, responses, (found[0] if found and isinstance(found[0], dict) else {})
+    """A cassette's text as requests, responses and metadata; raises ValueError or a YAML error.
+
+    The requests and answers are shared by every caller given the same text: never changed in place
+    (every change works on a copy: scrubbing, decompressing, restamping)."""
+    with _PARSING:
+        found = _PARSED.get(text)
+        if found is not None:
+            _PARSED.move_to_end(text)
+    if found is None:
+        data = ReadableYaml.deserialize(text)
+        uris: dict[str, ParseResult] = {}
+        requests = [_recorded_request(i["request"], uris) for i in data["interactions"]]
+        responses = [compat.convert_to_bytes(i["response"]) for i in data["interactions"]]
+        more = data.get("metadata")
+        found = (requests, responses, more if isinstance(more, dict) else {})
+        with _PARSING:
+            _PARSED[text] = found
+            kept = sum(len(t) for t in _PARSED)
+            while kept > _PARSED_LIMIT and len(_PARSED) > 1:
+                kept -= len(_PARSED.popitem(last=False)[0])
+    return list(found[0]), list(found[1]), copy.deepcopy(found[2])
+
+
+def _recorded_request(fields: dict[str, Any], uris: dict[str, ParseResult]) -> VcrRequest:
+    """vcrpy's request for a recorded one (``Request._from_dict``), built without its per-header and
+    per-URL Python calls (a URL is parsed once per file): some 7 ms of a 1,000-interaction load."""
+    body, headers = fields["body"], fields["headers"]
+    if not (body is None or isinstance(body, (str, bytes))) or type(headers) is not dict:
+        return VcrRequest._from_dict(fields)
+    request = VcrRequest.__new__(VcrRequest)
+    request.method, request._was_file, request._was_iter = fields["method"], False, False
+    request._body = body.encode("utf-8") if isinstance(body, str) else body
+    uri = request._uri = fields["uri"]
+    parsed = uris.get(uri)
+    request.parsed_uri = uris[uri] = parsed if parsed is not None else urlparse(uri)
+    kept = HeadersDict()
+    store = kept._store  # as HeadersDict.__setitem__ sets it: a list's first value, the first spelling kept
+    for name, value in headers.items():
+        old = store.get(name.lower())
+        store[name.lower()] = (old[0] if old else name, value[0] if isinstance(value, (tuple, list)) else value)
+    request._headers = kept
+    return request
 
 
 def serialized(cassette_dict: dict[str, Any]) -> str:
     """The text of a cassette (``requests``, ``responses``, ``metadata``) as this plugin writes it."""
-    return serialize(cassette_dict, ReadableYaml)
-
-
-def vcr_request(method: str, url: str, body: bytes, headers: dict[str, str]) -> VcrRequest:
-    return VcrRequest(method, url, body, headers)
+    responses = copy.deepcopy(cassette_dict["responses"])  # vcrpy's serialize changes answers in place
+    return serialize({**cassette_dict, "responses": responses}, ReadableYaml)
 
 
 def playable(recorded: dict[str, Any]) -> tuple[int, list[tuple[str, str]], bytes, str | None]:
-    """A recorded response as status, header pairs, body bytes and reason phrase."""
-    recorded = compat.convert_to_bytes(copy.deepcopy(recorded))
+    """A recorded response as status, header pairs, body bytes and reason phrase (the recording unchanged:
+    it is shared, and may be replayed again)."""
+    body = recorded["body"]["string"] or b""
+    if isinstance(body, str):
+        body = body.encode("utf-8")
     headers = [(name, value) for name, values in recorded["headers"].items() for value in values]
-    return recorded["status"]["code"], headers, recorded["body"]["string"] or b"", recorded["status"].get("message")
+    return recorded["status"]["code"], headers, body, recorded["status"].get("message")
 
 
 def load(
@@ -444,7 +559,7 @@ def load(
     mode: str,
     match_on: tuple[str, ...],
     ignore: frozenset[str],
-    matcher: Matcher,
+    matcher: Matcher | None,
     scrubber: Scrubber,
     session_started: float | None = None,
     before: tuple[list, list, dict[str, Any]] | None = None,

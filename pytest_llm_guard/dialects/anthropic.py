@@ -100,6 +100,8 @@ class AnthropicDialect(StainlessDialect):
         body = request_json(request)
         return isinstance(body, dict) and isinstance(body.get("model"), str) and "messages" in body
 
+    prompt_fields = ("system", "messages", "tools")
+    answer_limit_fields = ("max_tokens",)
     volatile_fields = frozenset({"id"})
 
     def answer_text(self, body: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import email.utils
 import json
 import math
+import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -55,17 +56,29 @@ class Dialect:
         """Is ``path`` (a full URL path, or a route) one of this API's routes?"""
         return False
 
-    def model_of(self, request: httpx2.Request, body: Any) -> str | None:
-        """The model a request asks for (``body`` is its parsed JSON, or None)."""
-        if isinstance(body, dict) and isinstance(body.get("model"), str):
-            return body["model"]
-        return None
+    def model_of(self, request: httpx2.Request) -> str | None:
+        """The model a request asks for: its JSON body's ``model``."""
+        return request_model(request)
 
     def summary(self, body: Any, limit: int = 80) -> str:
         """The request's last user message, shortened, for messages about it (a cassette miss)."""
         if not isinstance(body, dict):
             return ""
         return _shorten(_last_user_text(body.get("messages")), limit)
+
+    prompt_fields: tuple[str, ...] = ()
+    """Request body fields whose text the model reads (messages, system prompt, tools): what a request costs."""
+    answer_limit_fields: tuple[str, ...] = ()
+    """Request body fields that cap the answer's tokens, first found wins."""
+
+    def estimated_tokens(self, body: Any) -> int:
+        """Tokens a request may cost before its answer says (shared ``tpm`` limits, ``ratelimit.py``): its
+        prompt's characters / 4, plus the most its answer may take when the request caps it."""
+        if not isinstance(body, dict):
+            return 0
+        characters = sum(_characters(body.get(name)) for name in self.prompt_fields)
+        cap = next((body[k] for k in self.answer_limit_fields if isinstance(body.get(k), int)), 0)
+        return -(-characters // 4) + max(0, cap)
 
     volatile_fields: frozenset[str] = frozenset({"id", "created"})
     """Answer fields (at any depth, in JSON and in each event of a stream) that differ on every call:
@@ -100,9 +113,13 @@ class Dialect:
     json_usage: Callable[[Any], Usage | None]
     """The usage of one JSON answer of this API."""
 
+    def streams(self, content_type: str) -> bool:
+        """Whether a body of ``content_type`` is a stream of events (read by :attr:`stream_reader`)."""
+        return "text/event-stream" in content_type
+
     def reader(self, content_type: str) -> BodyReader:
         """Follows one response body as it arrives: is it a true answer, and how many tokens did it use?"""
-        if "text/event-stream" in content_type:
+        if self.streams(content_type):
             return self.stream_reader()
         if "json" in content_type:
             return JsonReader(self.json_usage)
@@ -186,6 +203,19 @@ def _last_user_text(messages: Any) -> str:
     if isinstance(content, list):
         content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
     return content if isinstance(content, str) else ""
+
+
+def _characters(value: Any) -> int:
+    """The characters of every string in a JSON value (a message list, content parts, tool schemas); an
+    image or file sent inline (a ``data:`` URL, a base64 source) is not text, and is left to the usage."""
+    if isinstance(value, str):
+        return 0 if value.startswith("data:") else len(value)
+    if isinstance(value, dict):
+        inline = value.get("type") == "base64"
+        return sum(_characters(v) for k, v in value.items() if not (inline and k == "data"))
+    if isinstance(value, list):
+        return sum(_characters(v) for v in value)
+    return 0
 
 
 def _shorten(text: str, limit: int) -> str:
@@ -370,6 +400,34 @@ def request_json(request: httpx2.Request) -> Any:
         return json.loads(content)
     except (ValueError, UnicodeDecodeError):
         return None
+
+
+_MODEL = re.compile(rb'"model"\s*:\s*"((?:[^"\\]|\\.)*)"')
+"""A key ``"model"`` and its string value, in JSON text (a quote inside a JSON string is escaped, so
+``"model"`` appears unescaped only as a whole string: a key, or a value)."""
+
+
+def request_model(request: httpx2.Request) -> str | None:
+    """The ``model`` a request's JSON body names, or None.
+
+    Read on every attempt, so without parsing the body where ``"model"`` appears in it once, as a
+    key with a string value, as in what the SDKs send; any other body is parsed.
+    """
+    if not hasattr(request, "_content"):  # a streamed body not read yet
+        return None
+    content = request.content
+    if content.count(b'"model"') == 1:
+        found = _MODEL.search(content)
+        if found is not None:
+            value = found.group(1)
+            try:
+                return json.loads(b'"' + value + b'"') if b"\\" in value else value.decode()
+            except (ValueError, UnicodeDecodeError):
+                pass
+    body = request_json(request)
+    if isinstance(body, dict) and isinstance(body.get("model"), str):
+        return body["model"]
+    return None
 
 
 def origin_of(url: httpx2.URL) -> str:

@@ -41,6 +41,15 @@ _AZURE_DEPLOYMENT_ROUTES = frozenset(
 )
 
 
+def _count(usage: dict[str, Any], *keys: str) -> int | None:
+    """The first of ``keys`` whose count is there."""
+    for key in keys:
+        value = usage.get(key)
+        if isinstance(value, int):
+            return value
+    return None
+
+
 def _usage(obj: Any) -> Usage | None:
     if not isinstance(obj, dict):
         return None
@@ -50,11 +59,9 @@ def _usage(obj: Any) -> Usage | None:
     if not isinstance(usage, dict):
         return None
 
-    def count(*keys: str) -> int | None:
-        return next((usage[k] for k in keys if isinstance(usage.get(k), int)), None)
-
-    prompt, completion = count("prompt_tokens", "input_tokens"), count("completion_tokens", "output_tokens")
-    total = count("total_tokens")
+    prompt = _count(usage, "prompt_tokens", "input_tokens")
+    completion = _count(usage, "completion_tokens", "output_tokens")
+    total = _count(usage, "total_tokens")
     if total is None and prompt is None and completion is None:
         return None
     return Usage(total if total is not None else (prompt or 0) + (completion or 0), prompt, completion)
@@ -145,6 +152,8 @@ class OpenAIDialect(StainlessDialect):
             return False
         return isinstance(body.get("model"), str) or bool(_AZURE_DEPLOYMENT.search(request.url.path))
 
+    prompt_fields = ("messages", "input", "prompt", "instructions", "tools")
+    answer_limit_fields = ("max_completion_tokens", "max_tokens", "max_output_tokens")
     volatile_fields = frozenset({"id", "created", "created_at", "system_fingerprint"})
 
     def answer_text(self, body: str) -> str:
@@ -157,9 +166,9 @@ class OpenAIDialect(StainlessDialect):
         match = _OPENAI_ROUTE.search(path)
         return path[match.start() :] if match else path
 
-    def model_of(self, request: httpx2.Request, body: Any) -> str | None:
+    def model_of(self, request: httpx2.Request) -> str | None:
         match = _AZURE_DEPLOYMENT.search(request.url.path)
-        return super().model_of(request, body) or (match.group(1) if match else None)
+        return super().model_of(request) or (match.group(1) if match else None)
 
     def summary(self, body: Any, limit: int = 80) -> str:
         if not isinstance(body, dict):

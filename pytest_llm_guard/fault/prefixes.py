@@ -5,7 +5,7 @@ A request whose path starts with a fault prefix (``/hang/v1/chat/completions``,
 picks its fault by its base URL (``http://127.0.0.1:8765/hang/v1``) and needs no plan;
 paths without a prefix still follow the server's plan. Counting prefixes
 (``s429-2``, ``flaky-3``) count the requests under that exact prefix since the server
-started or was last reset.
+started or was last reset; ``limit-N`` counts them per second of the clock.
 """
 
 from __future__ import annotations
@@ -31,9 +31,12 @@ class Prefix:
     fault: Fault
     first: int | None = None  # only the first N requests meet the fault, then answers are normal
     every: int | None = None  # requests 1, N+1, 2N+1, ... meet the fault, the others are normal
+    per_second: int | None = None  # the first N requests of each second are normal, the rest meet the fault
 
-    def fault_for(self, n: int) -> Fault:
-        """The fault of the ``n``-th request (from 1) under this prefix."""
+    def fault_for(self, n: int, in_second: int = 1) -> Fault:
+        """The fault of the ``n``-th request (from 1) under this prefix, the ``in_second``-th of its second."""
+        if self.per_second is not None:
+            return self.fault if in_second > self.per_second else _OK
         if self.first is not None and n > self.first:
             return _OK
         if self.every is not None and (n - 1) % self.every:
@@ -55,6 +58,12 @@ def _status(m: re.Match[str]) -> Prefix:
     return Prefix(m[0], Fault.status(int(m[1])), first=None if m[2] is None else int(m[2]))
 
 
+def _limit(m: re.Match[str]) -> Prefix:
+    limit = count(f"/{m[0]}: N", int(m[1]), 1)
+    message = f"Rate limit reached: {limit} requests per second (fault prefix /{m[0]})"
+    return Prefix(m[0], Fault.status(429, message=message), per_second=limit)
+
+
 def _flaky(m: re.Match[str]) -> Prefix:
     return Prefix(m[0], Fault.status(503), every=count(f"/{m[0]}: N", int(m[1]), 1))
 
@@ -64,6 +73,7 @@ PREFIXES: tuple[_Form, ...] = (
     _Form("delay-S", rf"delay-({_NUMBER})", lambda m: Prefix(m[0], Fault.ok(float(m[1]))), "answer after S seconds"),
     _Form("sCODE[-N]", r"s(\d{3})(?:-(\d+))?", _status, "HTTP error CODE; with N only the first N requests"),
     _Form("flaky-N", r"flaky-(\d+)", _flaky, "HTTP 503 for requests 1, N+1, 2N+1, ...; the others answer"),
+    _Form("limit-N", r"limit-(\d+)", _limit, "HTTP 429 beyond N requests in the same second (a rate-limited API)"),
     _Form(
         "trickle[-S]",
         rf"trickle(?:-({_NUMBER}))?",

@@ -72,6 +72,7 @@ class FaultServer:
         self._replies: tuple[Reply, ...] = ()  # replaced, never mutated: handlers read it without the lock
         self._log: list[RecordedRequest] = []
         self._prefixed: dict[str, int] = {}  # requests seen under each fault prefix (prefixes.py)
+        self._seconds: dict[str, tuple[int, int]] = {}  # per fault prefix: the current second, its requests
 
     # lifecycle ---------------------------------------------------------------
 
@@ -143,6 +144,7 @@ class FaultServer:
             self._replies = ()
             self._log.clear()
             self._prefixed.clear()
+            self._seconds.clear()
             released, self._release = self._release, threading.Event()
         released.set()
 
@@ -218,7 +220,11 @@ class FaultServer:
         with self._lock:
             if prefix is not None:
                 self._prefixed[prefix.text] = seen = self._prefixed.get(prefix.text, 0) + 1
-                fault = prefix.fault_for(seen)
+                second, in_second = self._seconds.get(prefix.text, (0, 0))
+                now = int(time.time())
+                in_second = in_second + 1 if second == now else 1
+                self._seconds[prefix.text] = (now, in_second)
+                fault = prefix.fault_for(seen, in_second)
             else:
                 fault = self._planned(route)
             request = record(fault)

@@ -134,7 +134,9 @@ def _attribution_text(parts: Iterable[Mapping[str, Any]]) -> str:
     return attribution_text(clean) or "no time recorded"
 
 
-_WHATS = frozenset(COLOURS) | {"backoff"}
+_WAITS = frozenset({"backoff", "rate-limit wait"})
+"""Time spent waiting before an attempt: hatched, as a gap."""
+_WHATS = frozenset(COLOURS) | _WAITS
 
 
 def _attribution_bar(parts: Sequence[Mapping[str, Any]], duration: float) -> str:
@@ -148,7 +150,7 @@ def _attribution_bar(parts: Sequence[Mapping[str, Any]], duration: float) -> str
             continue
         width = 1000 * seconds / total
         what = part.get("what")
-        fill = 'fill="url(#llmg-hatch)"' if what == "backoff" else f'class="c-{_key(what, COLOURS)}"'
+        fill = 'fill="url(#llmg-hatch)"' if what in _WAITS else f'class="c-{_key(what, COLOURS)}"'
         rects.append(
             f'<rect x="{x:.2f}" y="0" width="{width:.2f}" height="10" {fill}>'
             f"<title>{_e(_attribution_text([part]))}</title></rect>"
