@@ -242,7 +242,8 @@ def markdown(results: dict[str, Any]) -> str:
             else:
                 ratio = ratio_text(row["ratio_to_guard"]) if row["contender"] != GUARD else ""
             if row.get("ratio_to_floor"):
-                above = f"{ratio_text(row['ratio_to_floor'])} the floor, {row['above_floor']:+.3f} {s['metric'].split()[0]} above it"
+                unit = s["metric"].split()[0]
+                above = f"{ratio_text(row['ratio_to_floor'])} the floor, {row['above_floor']:+.3f} {unit} above it"
                 ratio = f"{ratio}; {above}" if ratio else above
             cpu = row["metrics"].get("cpu_ms", {}).get("median")
             if cpu is not None:

@@ -75,8 +75,9 @@ class Unit:
     unavailable: Callable[[], str | None] | None = None  # why the unit cannot run on this machine, or None
     note: str = ""
     timeout: float = 300.0
-    bytecode: str | None = None  # pytest's rewritten .pyc of the plugin: "cached" (an unmeasured run writes
-    # them first), "none" (removed first, none written: a fresh or read-only install); None: as found, none written
+    bytecode: str = "cached"  # pytest's rewritten .pyc of the plugins: "cached" (an unmeasured session wrote them
+    # first, as any run after a suite's first finds them), "none" (removed first, none written: a fresh or
+    # read-only install). Measured sessions never write bytecode.
 
     @property
     def key(self) -> str:
@@ -150,6 +151,30 @@ def forget_rewritten_plugin() -> None:
         pyc.unlink(missing_ok=True)
 
 
+WARM_CONFTEST = """\
+import importlib
+import pkgutil
+
+for _name in {packages!r}:
+    _package = importlib.import_module(_name)
+    for _module in pkgutil.walk_packages(getattr(_package, "__path__", []), _name + "."):
+        importlib.import_module(_module.name)
+"""
+
+
+def cache_rewritten_plugins(plugins: tuple[str, ...], folder: Path) -> None:
+    """Let pytest write the rewritten .pyc of every module of these plugins (and of this one), as a suite's
+    first run does: one session in ``folder`` whose conftest imports them all, bytecode writing on."""
+    packages = ["pytest_llm_guard"] + [PLUGIN_MODULES[name] for name in plugins if name in PLUGIN_MODULES]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "conftest.py").write_text(WARM_CONFTEST.format(packages=packages))
+    (folder / "test_warm.py").write_text("def test_warm():\n    pass\n")
+    env = base_env()
+    del env["PYTHONDONTWRITEBYTECODE"]
+    command = [sys.executable, "-m", "pytest", "-q", *plugin_flags(plugins)]
+    subprocess.run(command, cwd=folder, env=env, capture_output=True, timeout=300)
+
+
 def plugin_flags(loaded: tuple[str, ...]) -> list[str]:
     flags = ["-p", "no:cacheprovider"]
     for name in OPTIONAL_PLUGINS:
@@ -167,6 +192,7 @@ class Runner:
         self.keep = keep
         self.log = log
         self._prepared: set[str] = set()
+        self._cached: set[tuple[str, ...]] = set()  # plugin sets whose rewritten .pyc are known to be written
 
     def folder(self, unit: Unit) -> Path:
         if unit.keep_folder:
@@ -234,11 +260,12 @@ class Runner:
         env = base_env()
         env.update(BENCH_RESULT=str(result), BENCH_METRICS=str(metrics), LLM_GUARD_RECORD=unit.record, **unit.env)
         command = [sys.executable, "-m", "pytest", "-q", *plugin_flags(unit.plugins), *unit.args]
-        if unit.bytecode == "cached":
-            del env["PYTHONDONTWRITEBYTECODE"]
-            subprocess.run(command, cwd=context.folder, env=env, capture_output=True, timeout=unit.timeout)
-        elif unit.bytecode == "none":
+        if unit.bytecode == "none":
             forget_rewritten_plugin()
+            self._cached.clear()
+        elif unit.plugins not in self._cached:
+            cache_rewritten_plugins(unit.plugins, self.root / ("warm-" + "-".join(unit.plugins or ("none",))))
+            self._cached.add(unit.plugins)
         started = time.perf_counter()
         try:
             done = subprocess.run(

@@ -11,6 +11,7 @@ idle connections (each closes after its response) and so leave none open on the 
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 from collections.abc import Iterator
@@ -21,6 +22,8 @@ import pytest
 from .keys import SESSION
 
 if TYPE_CHECKING:
+    import ssl
+
     import anthropic
     import openai
 
@@ -66,15 +69,35 @@ def _sdk(dialect: Dialect) -> Any:
         )
 
 
+@functools.cache
+def _tls(cert_file: str | None, cert_dir: str | None) -> ssl.SSLContext:
+    """httpx2's default TLS context for these SSL_CERT_FILE / SSL_CERT_DIR values, built once.
+
+    Building one loads the CA bundle (about 30 ms); an SDK client left to itself builds one
+    per client, so a suite paid that on every test's fixture client.
+    """
+    import httpx2
+
+    return httpx2.create_ssl_context()
+
+
+def _http_client(sdk: Any, dialect: Dialect, asynchronous: bool) -> Any:
+    """The SDK's own default HTTP client (its timeouts, limits, redirects), on the shared TLS context."""
+    tls = _tls(os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+    suffix = "Httpx2Client" if dialect.sdk == "openai" else "HttpxClient"
+    if not asynchronous:
+        return getattr(sdk, "Default" + suffix)(verify=tls)
+    import httpx2
+
+    no_idle = httpx2.Limits(max_connections=1000, max_keepalive_connections=0)
+    return getattr(sdk, "DefaultAsync" + suffix)(verify=tls, limits=no_idle)
+
+
 def _build(dialect: Dialect, asynchronous: bool, options: dict[str, Any], variable: str) -> Any:
     sdk = _sdk(dialect)
     cls = dialect.client_classes()[asynchronous]
-    if asynchronous and "http_client" not in options:
-        import httpx2
-
-        no_idle = httpx2.Limits(max_connections=1000, max_keepalive_connections=0)
-        http_client = sdk.DefaultAsyncHttpx2Client if dialect.sdk == "openai" else sdk.DefaultAsyncHttpxClient
-        options = {"http_client": http_client(limits=no_idle), **options}
+    if "http_client" not in options:
+        options = {"http_client": _http_client(sdk, dialect, asynchronous), **options}
     try:
         client = cls(**options)
     except sdk_error(dialect) as exc:

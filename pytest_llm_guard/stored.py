@@ -16,10 +16,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import yaml
-
 _BINARY = "tag:yaml.org,2002:binary"
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def _brotli() -> Any:
@@ -70,11 +67,15 @@ def strings(text: str, *, json_file: bool = False) -> Iterator[tuple[int | None,
     if json_file:
         yield from ((None, value) for value in _json_strings(json.loads(text)))
         return
-    for document in yaml.compose_all(text, Loader=_Loader):
+    import yaml  # here, not at the top: a guarded test scrubs its report without it, and it costs ~10 ms
+
+    for document in yaml.compose_all(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
         yield from _node_strings(document)
 
 
 def _node_strings(node: Any) -> Iterator[tuple[int | None, str]]:
+    import yaml
+
     stack = [node]
     while stack:
         node = stack.pop()

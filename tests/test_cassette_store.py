@@ -157,7 +157,10 @@ def test_a_cassette_is_parsed_once_per_session_and_again_once_rewritten(
     since (a recording, here or by another worker) is parsed anew. Parsed answers are shared, so writing
     the file must not change them (vcrpy's serializer decodes bodies in place)."""
     parsed = []
-    monkeypatch.setattr(vcr_bridge, "deserialize", lambda text, s: parsed.append(text) or deserialize(text, s))
+    read = vcr_bridge.ReadableYaml.deserialize
+    monkeypatch.setattr(
+        vcr_bridge.ReadableYaml, "deserialize", staticmethod(lambda text: parsed.append(text) or read(text))
+    )
     path = tmp_path / "shared.yaml"
     first = make(path)
     first.append(chat("one"), answer("1"))
@@ -251,6 +254,25 @@ def test_the_fast_loader_builds_what_the_full_loader_builds() -> None:
     by_hand = "a: 0o17\nb: 1_000\nc: .inf\nd: 2001-12-14t21:59:43.10-05:00\ne: !!binary aGk=\n"
     by_hand += "f: !!str 12\ng: [x, {h: i}]\nh: 'single '' quoted'\ni: >\n  folded\n  text\n"
     assert vcr_bridge.files.load_yaml(by_hand, unused) == FULL(by_hand)
+
+
+def test_a_parse_builds_the_requests_vcrpy_builds() -> None:
+    """Requests are built without vcrpy's per-header calls: the same method, URL, body and headers."""
+    response = {"status": {"code": 200, "message": "OK"}, "headers": {}, "body": {"string": "ok"}}
+    recorded = [
+        {"method": "POST", "uri": "http://h/v1/x?a=1", "body": '{"a": 1}', "headers": {"A": ["1"], "b": "2"}},
+        {"method": "POST", "uri": "http://h/v1/x?a=1", "body": b"\x1f\x8b", "headers": {"X-K": ["1"], "x-k": ["2"]}},
+        {"method": "GET", "uri": "https://h:8/v1/y", "body": None, "headers": {}},
+        {"method": "GET", "uri": "https://h:8/v1/y", "body": "", "headers": [["odd", "shape"]]},
+    ]
+    text = yaml.safe_dump({"version": 1, "interactions": [{"request": r, "response": response} for r in recorded]})
+    ours, theirs = vcr_bridge.parse(text)[0], deserialize(text, vcr_bridge.ReadableYaml)[0]
+    assert len(ours) == len(theirs) == len(recorded)
+    for mine, vcrs in zip(ours, theirs, strict=True):
+        assert vars(mine).keys() == vars(vcrs).keys()
+        fields = ("method", "uri", "parsed_uri", "body")
+        assert [getattr(mine, f) for f in fields] == [getattr(vcrs, f) for f in fields]
+        assert list(mine.headers.items()) == list(vcrs.headers.items()) and type(mine.headers) is type(vcrs.headers)
 
 
 @pytest.mark.parametrize("text", list(UNUSUAL.values()), ids=list(UNUSUAL))

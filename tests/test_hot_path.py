@@ -161,10 +161,34 @@ def test_a_guarded_session_with_records_off_never_imports_the_cassette_machinery
         import sys
 
         def test_guarded(llm_guard):
-            assert not any(name.startswith(("pytest_llm_guard.cassettes", "vcr")) for name in sys.modules)
+            assert not any(name.startswith(("pytest_llm_guard.cassettes", "vcr", "yaml")) for name in sys.modules)
         """
     )
     pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:recording").assert_outcomes(passed=1)
+
+
+def test_fixture_clients_load_the_ca_bundle_once_not_once_per_test(monkeypatch: pytest.MonkeyPatch) -> None:
+    import httpcore2
+    import openai
+
+    from pytest_llm_guard import fixtures
+
+    built: list[object] = []
+    real = httpcore2.default_ssl_context
+    monkeypatch.setattr(httpcore2, "default_ssl_context", lambda **kw: built.append(real(**kw)) or built[-1])
+    for variable in ("SSL_CERT_FILE", "SSL_CERT_DIR"):
+        monkeypatch.delenv(variable, raising=False)
+    fixtures._tls.cache_clear()
+    options = {"base_url": "http://127.0.0.1:9/v1", "api_key": "sk-test"}
+    sdks = ["openai"] + (["anthropic"] if importlib.util.find_spec("anthropic") else [])
+    clients = [  # nothing is sent: no connection to close
+        fixtures._build(fixtures._dialect(sdk), asynchronous, options, "options")
+        for sdk in sdks
+        for asynchronous in (False, True, False)
+    ]
+    assert len(built) == 1  # the SDKs alone build one per client: about 30 ms on every test
+    sync = clients[0]
+    assert sync.timeout == openai.DEFAULT_TIMEOUT and sync._client.follow_redirects  # still the SDK's defaults
 
 
 # -- what a healthy call does not do ---------------------------------------------------------------

@@ -169,7 +169,7 @@ def s8(quick: bool, scale: float) -> Scenario:
 
         plugins = ("llm_guard",) if contender == installed else ()
         shown = f"{contender}, {ways[bytecode]}" if bytecode else contender
-        return Unit("S8", shown, tests, {}, files, plugins=plugins, work=tests, bytecode=bytecode)
+        return Unit("S8", shown, tests, {}, files, plugins=plugins, work=tests, bytecode=bytecode or "cached")
 
     units = [unit(contender, many) for contender in (installed, disabled)]
     units += [unit(contender, 1, way) for way in ways for contender in (installed, disabled)]

@@ -18,12 +18,13 @@ from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import ParseResult, urlparse
 
 from vcr.cassette import Cassette
 from vcr.filters import decode_response
 from vcr.persisters.filesystem import CassetteNotFoundError
 from vcr.record_mode import RecordMode
+from vcr.request import HeadersDict
 from vcr.request import Request as VcrRequest
 from vcr.serialize import deserialize, serialize
 from vcr.serializers import compat, yamlserializer
@@ -501,14 +502,39 @@ def parse(text: str) -> tuple[list, list, dict[str, Any]]:
         if found is not None:
             _PARSED.move_to_end(text)
     if found is None:
-        requests, responses, *more = deserialize(text, ReadableYaml)
-        found = (requests, responses, more[0] if more and isinstance(more[0], dict) else {})
+        data = ReadableYaml.deserialize(text)
+        uris: dict[str, ParseResult] = {}
+        requests = [_recorded_request(i["request"], uris) for i in data["interactions"]]
+        responses = [compat.convert_to_bytes(i["response"]) for i in data["interactions"]]
+        more = data.get("metadata")
+        found = (requests, responses, more if isinstance(more, dict) else {})
         with _PARSING:
             _PARSED[text] = found
             kept = sum(len(t) for t in _PARSED)
             while kept > _PARSED_LIMIT and len(_PARSED) > 1:
                 kept -= len(_PARSED.popitem(last=False)[0])
     return list(found[0]), list(found[1]), copy.deepcopy(found[2])
+
+
+def _recorded_request(fields: dict[str, Any], uris: dict[str, ParseResult]) -> VcrRequest:
+    """vcrpy's request for a recorded one (``Request._from_dict``), built without its per-header and
+    per-URL Python calls (a URL is parsed once per file): some 7 ms of a 1,000-interaction load."""
+    body, headers = fields["body"], fields["headers"]
+    if not (body is None or isinstance(body, (str, bytes))) or type(headers) is not dict:
+        return VcrRequest._from_dict(fields)
+    request = VcrRequest.__new__(VcrRequest)
+    request.method, request._was_file, request._was_iter = fields["method"], False, False
+    request._body = body.encode("utf-8") if isinstance(body, str) else body
+    uri = request._uri = fields["uri"]
+    parsed = uris.get(uri)
+    request.parsed_uri = uris[uri] = parsed if parsed is not None else urlparse(uri)
+    kept = HeadersDict()
+    store = kept._store  # as HeadersDict.__setitem__ sets it: a list's first value, the first spelling kept
+    for name, value in headers.items():
+        old = store.get(name.lower())
+        store[name.lower()] = (old[0] if old else name, value[0] if isinstance(value, (tuple, list)) else value)
+    request._headers = kept
+    return request
 
 
 def serialized(cassette_dict: dict[str, Any]) -> str:
