@@ -113,8 +113,11 @@ class EndpointSet:
         last, found = self._last[0]
         if last is url:  # URLs are immutable, and the one kept here is not freed (nor its id reused)
             return found
-        owners = [e for e in self.endpoints if e.owns(url)]
-        found = max(owners, key=lambda e: e.base_path_length, default=None)
+        if len(self.endpoints) == 1:  # the common case: nothing to compare
+            found = self.endpoints[0] if self.endpoints[0].owns(url) else None
+        else:
+            owners = [e for e in self.endpoints if e.owns(url)]
+            found = max(owners, key=lambda e: e.base_path_length, default=None)
         self._last[0] = (url, found)
         return found
 
