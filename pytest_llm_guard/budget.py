@@ -48,6 +48,10 @@ class Budget:
             return math.inf, None
         return max(0.0, remaining), "deadline"
 
+    def attempt_cap_seconds(self) -> float:
+        """:meth:`attempt_cap`'s seconds alone (what a pipeline stage is told)."""
+        return self.attempt_cap()[0]
+
     def refuse_start(self, *, new_call: bool) -> tuple[str, str] | None:
         """Before an attempt: no time left, or (for a new call) no call budget? The budget and why."""
         if self.remaining() <= 0:

@@ -232,14 +232,11 @@ class Guard:
             attempt,
             self.clock,
             self.budget.remaining,
-            self._attempt_cap,
+            self.budget.attempt_cap_seconds,
             lambda request, seconds, by: self.cap(attempt, request, seconds, by),
             self.ledger,
             network,
         )
-
-    def _attempt_cap(self) -> float:
-        return self.budget.attempt_cap()[0]
 
     def begin(self, request: httpx2.Request, dialect: Dialect) -> Attempt:
         """Open the attempt, check the budget, cap the attempt's timeouts by the time left."""

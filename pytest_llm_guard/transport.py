@@ -30,7 +30,6 @@ import asyncio
 import math
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import httpx2
@@ -182,7 +181,12 @@ def _send_single_request(client: httpx2.Client, request: httpx2.Request) -> http
         return response if reading is None else reading.read()
 
     try:
-        view = guard.pipeline.client_for(client, request, partial(guard.context, attempt), ahead=ahead)  # type: ignore[union-attr]
+        view = guard.pipeline.client_for(  # type: ignore[union-attr]
+            client,
+            request,
+            lambda network: guard.context(attempt, network),  # type: ignore[union-attr]
+            ahead=ahead,
+        )
         response = _saved[0](view, request)  # type: ignore[index,operator]
     except BaseException as exc:
         guard.headers_in(attempt)  # type: ignore[union-attr]
@@ -214,7 +218,12 @@ async def _send_single_request_async(client: httpx2.AsyncClient, request: httpx2
         return response if reading is None else await reading.read_async()
 
     try:
-        view = guard.pipeline.client_for(client, request, partial(guard.context, attempt), ahead_async=ahead)  # type: ignore[union-attr]
+        view = guard.pipeline.client_for(  # type: ignore[union-attr]
+            client,
+            request,
+            lambda network: guard.context(attempt, network),  # type: ignore[union-attr]
+            ahead_async=ahead,
+        )
         response = await _saved[1](view, request)  # type: ignore[index,operator]
     except asyncio.CancelledError:
         if not guard.headers_late(attempt):  # type: ignore[union-attr]
