@@ -134,7 +134,7 @@ def s1(quick: bool, scale: float) -> Scenario:
         "backup, in the background, so it should cost no test its attempt timeout.",
         "session s",
         outage_units("S1", healthy, tests, calls, scale, fallback_passes=True),
-        targets=outage_targets(100, 1.1),
+        targets=outage_targets(100, 1.05),
     )
 
 
