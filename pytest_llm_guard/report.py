@@ -228,8 +228,10 @@ def no_endpoint(
     if on_open != "fallback" and earlier:
         lines.extend(attempt_lines(earlier, "Earlier attempts"))
         lines.extend(probe_lines(ledger))
-    source = on_open_source if on_open_source != "default" else (
-        "default for llm_client" if fixture else "default for clients the code under test builds"
+    source = (
+        on_open_source
+        if on_open_source != "default"
+        else ("default for llm_client" if fixture else "default for clients the code under test builds")
     )
     does = {
         "fallback": "the refusal reaches the code as its SDK's APIConnectionError (LLMEndpointUnavailable) at once, "

@@ -27,7 +27,6 @@ from pytest_llm_guard.fault import server as server_module
 USER = [{"role": "user", "content": "hello big world"}]
 
 
-
 @pytest.fixture
 def client(server: FaultServer) -> Iterator[openai.OpenAI]:
     with openai.OpenAI(base_url=server.base_url, api_key="test-key", max_retries=0, timeout=5) as c:

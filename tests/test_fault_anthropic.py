@@ -32,7 +32,6 @@ EVENTS = ["message_start", "content_block_start", *["content_block_delta"] * 4, 
 EVENTS += ["message_delta", "message_stop"]  # the SDK skips the ping
 
 
-
 def claude(base_url: str, **options: Any) -> anthropic.Anthropic:
     return anthropic.Anthropic(base_url=base_url, api_key="sk-ant-test", **{"max_retries": 0, "timeout": 5, **options})
 

@@ -182,9 +182,7 @@ def test_two_tests_against_a_hanging_endpoint_tell_one_story(
     )
 
     cases = {case.get("name"): case for case in ET.parse(pytester.path / "junit.xml").iter("testcase")}
-    junit = {
-        name: {p.get("name"): p.get("value") for p in case.iter("property")} for name, case in cases.items()
-    }
+    junit = {name: {p.get("name"): p.get("value") for p in case.iter("property")} for name, case in cases.items()}
     hang = junit["test_first_meets_the_hang"]
     assert (hang["llm_attempts"], hang["llm_retries"], hang["llm_live"]) == ("3", "2", "3")
     assert float(hang["llm_backoff_seconds"]) == round(backoff, 3)

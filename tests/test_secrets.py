@@ -332,12 +332,11 @@ def test_audit_sees_gzip_bodies_folded_strings_and_json_cassettes(pytester: pyte
 
     body = base64.encodebytes(gzip.compress(json.dumps({"echo": f"key {GZIP_KEY}"}).encode())).decode()
     (pytester.path / "gzipped.yaml").write_text(
-        "interactions:\n- response:\n    body:\n      string: !!binary |\n"
-        + textwrap.indent(body, "        ")
+        "interactions:\n- response:\n    body:\n      string: !!binary |\n" + textwrap.indent(body, "        ")
     )
     (pytester.path / "folded.yaml").write_text(  # as PyYAML folds a long double-quoted string at spaces
-        "interactions:\n- request:\n    body: \"send Authorization: Bearer\\\n"
-        f"      \\ {FOLDED_TOKEN} and \\\"api-key\\\":\\\n      \\ {AZURE_KEY}\"\n"
+        'interactions:\n- request:\n    body: "send Authorization: Bearer\\\n'
+        f'      \\ {FOLDED_TOKEN} and \\"api-key\\":\\\n      \\ {AZURE_KEY}"\n'
     )
     (pytester.path / "plain.json").write_text(
         json.dumps({"interactions": [{"request": {"body": f"x {SHAPED['Anthropic API key']}"}}]})

@@ -234,7 +234,6 @@ class FaultServer:
             self.on_request(request)
         return fault, seq
 
-
     def _planned(self, route: str) -> Fault:
         """The route's next planned fault, else (for a route that generates) the plan made without a route."""
         names = (route, _GENERATING) if route in self._table.generating else (route,)
