@@ -142,12 +142,13 @@ def base_env() -> dict[str, str]:
     return env
 
 
-def forget_rewritten_plugin() -> None:
-    """Remove the .pyc files pytest wrote for the plugin's modules (it rewrites the asserts of an installed
-    plugin's package, and caches the result beside the sources unless PYTHONDONTWRITEBYTECODE is set)."""
+def forget_plugin_bytecode() -> None:
+    """Remove every .pyc of the plugin's modules: those pytest wrote for their rewritten asserts (an installed
+    plugin's package) and Python's own (an editable install, which pytest does not rewrite, uses these), so
+    the next session compiles every module it imports, as a fresh or read-only install without either does."""
     import pytest_llm_guard
 
-    for pyc in Path(pytest_llm_guard.__file__).parent.rglob("__pycache__/*-pytest-*.pyc"):
+    for pyc in Path(pytest_llm_guard.__file__).parent.rglob("__pycache__/*.pyc"):
         pyc.unlink(missing_ok=True)
 
 
@@ -261,7 +262,7 @@ class Runner:
         env.update(BENCH_RESULT=str(result), BENCH_METRICS=str(metrics), LLM_GUARD_RECORD=unit.record, **unit.env)
         command = [sys.executable, "-m", "pytest", "-q", *plugin_flags(unit.plugins), *unit.args]
         if unit.bytecode == "none":
-            forget_rewritten_plugin()
+            forget_plugin_bytecode()
             self._cached.clear()
         elif unit.plugins not in self._cached:
             cache_rewritten_plugins(unit.plugins, self.root / ("warm-" + "-".join(unit.plugins or ("none",))))
