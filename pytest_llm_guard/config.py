@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .dialects import DEFAULT_KIND, for_kind
+from . import default_dialect
 from .errors import LLMGuardConfigError
 from .values import (
     age,
@@ -34,11 +34,6 @@ from .values import (
     subset,
     text,
 )
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on Python 3.10 only
-    import tomli as tomllib
 
 ENV_PREFIX = "LLM_GUARD_"
 NOT_OPTIONS = frozenset({"LLM_GUARD_RUN_ID"})
@@ -143,11 +138,9 @@ class Settings:
     backoff_initial: float = _option(0.5, number(float, 0, positive=False), "first retry backoff of guarded clients")
     backoff_max: float = _option(8.0, number(float, 0, positive=False), "largest retry backoff of guarded clients")
     base_url: str | None = _option(
-        None, text, "endpoint of the llm_client fixtures", shown=for_kind(DEFAULT_KIND).base_url_variable
+        None, text, "endpoint of the llm_client fixtures", shown=default_dialect.BASE_URL_VARIABLE
     )
-    model: str | None = _option(
-        for_kind(DEFAULT_KIND).default_model, text, "model name tests read from llm_guard.model"
-    )
+    model: str | None = _option(default_dialect.MODEL, text, "model name tests read from llm_guard.model")
     record: str | None = _option(
         None,
         choice("none", "once", "new_episodes", "all", "off"),
@@ -360,7 +353,14 @@ SECTIONS = ("endpoints", "prices")
 
 
 def read_pyproject(path: Path) -> dict[str, Any]:
-    """The ``[tool.pytest_llm_guard]`` table, or {} when the file or table is absent."""
+    """The ``[tool.pytest_llm_guard]`` table, or {} when the file or table is absent.
+
+    The TOML parser loads here, on a pyproject's first read, not with the plugin: a suite
+    configured elsewhere never pays for it."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - exercised on Python 3.10 only
+        import tomli as tomllib
     try:
         with path.open("rb") as f:
             data = tomllib.load(f)

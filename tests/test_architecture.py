@@ -187,6 +187,8 @@ DIALECT_WORDS = {
     "dialects/stainless.py": ["x-stainless", "_base_client", "retry-after-ms", "x-should-retry"],
 }
 SHARED = ("fault/", "fixtures.py")
+DEFAULT_NAMES = {"dialects/openai.py": "default_dialect.py"}
+"""The default kind's model and base-URL variable, read by configuration without loading its dialect."""
 
 
 @pytest.mark.parametrize(
@@ -195,6 +197,7 @@ SHARED = ("fault/", "fixtures.py")
 def test_api_knowledge_lives_in_its_dialect(home: str, word: str) -> None:
     """Adding an API dialect touches its module in dialects/, the fault server's answers and the fixtures."""
     allowed = {home, *(("dialects/openai.py", "dialects/anthropic.py") if home == "dialects/stainless.py" else ())}
+    allowed |= {DEFAULT_NAMES[home]} if home in DEFAULT_NAMES and word == "OPENAI_" else set()
     outside = [
         name
         for p in PACKAGE.rglob("*.py")
@@ -238,6 +241,7 @@ def test_a_suite_that_never_uses_the_plugin_loads_nothing_heavy_and_runs_no_hook
                     name for name, _ in session.config.pluginmanager.list_name_plugin() if name.startswith("llm_guard")
                 ),
                 "per_test": per_test,
+                "toml": "tomllib" in sys.modules or "tomli" in sys.modules,
             }
             (session.config.rootpath / "found.json").write_text(json.dumps(found))
         """
@@ -249,9 +253,12 @@ def test_a_suite_that_never_uses_the_plugin_loads_nothing_heavy_and_runs_no_hook
     assert found["heavy"] == []
     assert found["per_test"] == []
     assert found["registered"] == ["llm_guard", "llm_guard_listing_starts_no_workers"]
-    # what the start-up loads: options, settings, fixtures' definitions; no session, endpoint, guard or report
+    # what the start-up loads: options, settings, fixtures' definitions; no session, endpoint, guard, report
+    # or dialect (configuration reads the default model from default_dialect), nor the TOML parser
     loaded = {m.removeprefix("pytest_llm_guard.") for m in found["modules"]}
     assert not loaded & {"session", "state", "endpoints", "prices", "learned", "protocol", "alarm", "report"}
+    assert not {m for m in loaded if m == "dialects" or m.startswith("dialects.")}
+    assert found["toml"] is False
     assert "pytest_llm_guard.plugin" in sys.modules  # the plugin itself is installed and loaded here
 
 

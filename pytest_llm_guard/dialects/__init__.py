@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .. import default_dialect
 from .anthropic import AnthropicDialect
 from .base import BodyReader, Dialect, Usage, decoding, origin_of, parse_retry_after, request_json
 from .openai import OpenAIDialect
@@ -53,7 +54,7 @@ __all__ = [
 ]
 
 DIALECTS: tuple[Dialect, ...] = (AnthropicDialect(), OpenAIDialect())
-DEFAULT_KIND = "openai"
+DEFAULT_KIND = default_dialect.KIND
 """The kind of the endpoint a session has when it configures none, and of the default model."""
 
 

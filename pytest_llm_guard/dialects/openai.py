@@ -11,6 +11,7 @@ import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from .. import default_dialect
 from .base import EventStreamReader, Usage, Wrap, _last_user_text, _shorten, payloads, request_json
 from .stainless import StainlessDialect
 
@@ -132,9 +133,9 @@ class OpenAIDialect(StainlessDialect):
     stream_reader = _EventStreamReader
     json_usage = staticmethod(_usage)
     key_variables = ("OPENAI_API_KEY", "AZURE_OPENAI_API_KEY")
-    base_url_variable = "OPENAI_BASE_URL"
+    base_url_variable = default_dialect.BASE_URL_VARIABLE
     default_base_url = "https://api.openai.com/v1"
-    default_model = "gpt-4o-mini"
+    default_model = default_dialect.MODEL
     sdk = "openai"
     sdk_error_name = "OpenAIError"
     client_names = ("OpenAI", "AsyncOpenAI")
