@@ -1,7 +1,7 @@
 """pytest-llm-guard: LLM calls in tests finish in bounded, explained time.
 
-Names that need httpx2 or the openai SDK load on first use, so a suite that never
-uses the plugin does not pay for importing them.
+Names that need httpx2 or the openai SDK, and the clock, load on first use, so a suite
+that never uses the plugin does not pay for importing them.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from .clock import Clock, FakeClock
 from .config import Settings
 from .errors import (
     LLMBudgetExceeded,
@@ -23,11 +22,12 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
+    from .clock import Clock, FakeClock
     from .guard import Guard
     from .ledger import Attempt, Stats
     from .routing import LLMEndpointUnavailable
 
-_LAZY = {"Attempt": ".ledger", "Stats": ".ledger", "Guard": ".guard", "LLMEndpointUnavailable": ".routing"}
+_LAZY = {"Clock": ".clock", "FakeClock": ".clock", "Attempt": ".ledger", "Stats": ".ledger", "Guard": ".guard", "LLMEndpointUnavailable": ".routing"}
 
 __all__ = [
     "Attempt",

@@ -256,7 +256,7 @@ def test_a_suite_that_never_uses_the_plugin_loads_nothing_heavy_and_runs_no_hook
     # what the start-up loads: options, settings, fixtures' definitions; no session, endpoint, guard, report
     # or dialect (configuration reads the default model from default_dialect), nor the TOML parser
     loaded = {m.removeprefix("pytest_llm_guard.") for m in found["modules"]}
-    assert not loaded & {"session", "state", "endpoints", "prices", "learned", "protocol", "alarm", "report"}
+    assert not loaded & {"session", "state", "endpoints", "prices", "learned", "protocol", "alarm", "report", "clock"}
     assert not {m for m in loaded if m == "dialects" or m.startswith("dialects.")}
     assert found["toml"] is False
     assert "pytest_llm_guard.plugin" in sys.modules  # the plugin itself is installed and loaded here
