@@ -27,7 +27,14 @@ if TYPE_CHECKING:
     from .ledger import Attempt, Stats
     from .routing import LLMEndpointUnavailable
 
-_LAZY = {"Clock": ".clock", "FakeClock": ".clock", "Attempt": ".ledger", "Stats": ".ledger", "Guard": ".guard", "LLMEndpointUnavailable": ".routing"}
+_LAZY = {
+    "Clock": ".clock",
+    "FakeClock": ".clock",
+    "Attempt": ".ledger",
+    "Stats": ".ledger",
+    "Guard": ".guard",
+    "LLMEndpointUnavailable": ".routing",
+}
 
 __all__ = [
     "Attempt",
