@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import default_dialect
 from .errors import LLMGuardConfigError
@@ -42,8 +42,10 @@ INI_PREFIX = "llm_"
 PYPROJECT_TABLE = "tool.pytest_llm_guard"
 
 
-@dataclass(frozen=True)
-class Option:
+class Option(NamedTuple):
+    """One option as its flag, ini key and environment variable show it (a tuple: cheaper to define
+    than a dataclass, and the plugin's start-up defines it)."""
+
     name: str
     parse: Callable[[Any], Any]
     default: Any
@@ -339,8 +341,7 @@ def suggest(key: str, allowed: Sequence[str]) -> str:
     )
 
 
-@dataclass(frozen=True)
-class ConfigWarning:
+class ConfigWarning(NamedTuple):
     """A warning about the configuration, and where the setting that caused it is (a file and line)."""
 
     message: str
