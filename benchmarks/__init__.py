@@ -13,6 +13,6 @@ One module per concern:
   servers saw, test outcomes.
 - ``projects``: the files of a generated project (pyproject.toml, conftest.py, the
   contenders' application code).
-- ``scenarios``: S0-S9, each a list of units and the targets it is judged by.
+- ``scenarios``: S0-S10, each a list of units and the targets it is judged by.
 - ``report``: medians, ratios, targets met or missed; the markdown table and the JSON.
 """
