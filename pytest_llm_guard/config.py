@@ -422,15 +422,18 @@ def load_settings(
     cli: Mapping[str, Any],
     overridden: Mapping[str, str] = {},
     environ: Mapping[str, str] = os.environ,
+    table: Mapping[str, Any] | None = None,
 ) -> tuple[Settings, list[ConfigWarning]]:
     """Session settings from every layer below the markers, and warnings to show.
 
     ``overridden``: ini keys given on the command line with ``-o``, by option name: they
-    are attributed to the command line, not to the ini file.
+    are attributed to the command line, not to the ini file. ``table``: the pyproject's
+    ``[tool.pytest_llm_guard]`` when the caller has read it already (read here otherwise).
     """
     settings = Settings()
     if pyproject is not None:
-        options = {k: v for k, v in read_pyproject(pyproject).items() if k not in SECTIONS}
+        table = read_pyproject(pyproject) if table is None else table
+        options = {k: v for k, v in table.items() if k not in SECTIONS}
         settings = settings.merged(options, f"[{PYPROJECT_TABLE}] in {pyproject}")
     from_ini = {k: v for k, v in ini.items() if v not in (None, "") and k not in overridden}
     settings = settings.merged(from_ini, ini_source)

@@ -146,8 +146,10 @@ def pytest_configure(config: pytest.Config) -> None:
     pyproject = inipath if inipath is not None and inipath.name == "pyproject.toml" else None
     if pyproject is None and (config.rootpath / "pyproject.toml").is_file():
         pyproject = config.rootpath / "pyproject.toml"
+    table = read_pyproject(pyproject) if pyproject is not None else {}  # read once: settings, endpoints, prices
     settings, warned = load_settings(
         pyproject=pyproject,
+        table=table,
         ini={o.name: config.getini(o.ini) for o in OPTIONS.values()},
         ini_source=f"the pytest ini keys llm_* in {inipath or 'the ini file'}",
         cli={o.name: config.getoption(f"llm_{o.name}") for o in OPTIONS.values()} | _record_mode(config),
@@ -158,7 +160,6 @@ def pytest_configure(config: pytest.Config) -> None:
         for warning in warned + unknown_ini_keys(unknown, config.inipath):
             _warn(config, warning)
     config.stash[SETTINGS] = settings
-    table = read_pyproject(pyproject) if pyproject is not None else {}
     config.stash[PYPROJECT] = (pyproject, table)
     distributed = hasattr(config, "workerinput") or _distributed(config)
     session_wide = settings.sources.keys() - PER_TEST or table.keys() & SECTIONS
