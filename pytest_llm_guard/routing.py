@@ -35,9 +35,9 @@ import logging
 import math
 import os
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx2
 
@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from .pipeline import AsyncSend, AttemptContext, Send
 
 log = logging.getLogger("pytest_llm_guard")
+T = TypeVar("T")
 
 _LEASE_MARGIN = 1.0
 """Seconds a half-open probe is held beyond its attempt's cap before another caller may probe."""
@@ -216,17 +217,13 @@ class Router:
         if health.breaker(model).state == "closed":  # admitting changes nothing: the copy decides
             return health.admit(model, now, self.policy, retry=retry, lease=lease, max_wait=max_wait)
 
-        def change(record: dict[str, Any]) -> tuple[Verdict, EndpointHealth, list[dict[str, Any]]]:
-            health = EndpointHealth.load(record)
-            before = len(health.breaker(model).transitions)
-            verdict = health.admit(model, now, self.policy, retry=retry, lease=lease, max_wait=max_wait)
-            health.dump(record)
-            return verdict, health, health.breaker(model).transitions[before:]
-
-        verdict, health, moved = self.store.update(key, change)
-        self._views[key] = _View(health, now)
-        self._log(endpoint, model, moved)
-        return verdict
+        return self._change(
+            endpoint,
+            key,
+            model,
+            now,
+            lambda h: h.admit(model, now, self.policy, retry=retry, lease=lease, max_wait=max_wait),
+        )
 
     def peek(self, endpoint: Endpoint, model: str, *, retry: bool) -> Verdict:
         """:meth:`admit` without taking the probe: where would a retry go?"""
@@ -250,16 +247,29 @@ class Router:
         if view is not None and view.health.unchanged_by(model, outcome, now, self.policy):
             return
 
-        def change(record: dict[str, Any]) -> tuple[EndpointHealth, list[dict[str, Any]]]:
+        self._change(
+            endpoint,
+            key,
+            model,
+            now,
+            lambda h: h.record(model, outcome, now, self.policy, error=error, retry_after=retry_after),
+        )
+
+    def _change(self, endpoint: Endpoint, key: str, model: str, now: float, act: Callable[[EndpointHealth], T]) -> T:
+        """``act`` on the endpoint's shared health in one atomic store update; this process's copy becomes
+        what was written, and the breaker's transitions are logged."""
+
+        def change(record: dict[str, Any]) -> tuple[T, EndpointHealth, list[dict[str, Any]]]:
             health = EndpointHealth.load(record)
             before = len(health.breaker(model).transitions)
-            health.record(model, outcome, now, self.policy, error=error, retry_after=retry_after)
+            result = act(health)
             health.dump(record)
-            return health, health.breaker(model).transitions[before:]
+            return result, health, health.breaker(model).transitions[before:]
 
-        health, moved = self.store.update(key, change)
+        result, health, moved = self.store.update(key, change)
         self._views[key] = _View(health, now)
         self._log(endpoint, model, moved)
+        return result
 
     def _read(self, key: str, model: str, now: float) -> EndpointHealth:
         """The endpoint's health: this process's copy while it is settled and younger than a tenth of
