@@ -45,7 +45,7 @@ from . import probes, report
 from .breaker import EndpointHealth, Outcome, Verdict, classify, describe_error
 from .clock import REAL, Clock
 from .config import BREAKER_MARKER, Settings
-from .dialects import DIALECTS, Dialect, dialect_for, origin_of, request_json
+from .dialects import Dialect, dialect_for, named, origin_of, request_json
 from .endpoints import Endpoint, EndpointSet
 from .errors import LLMNoEndpoint
 from .ledger import CALL, Attempt, Call, Probe
@@ -134,7 +134,8 @@ def _probe_verdict(outcome: Outcome, error: BaseException | None) -> str:
 
 def _kinds(attempt: Attempt) -> tuple[str, ...] | None:
     """The endpoint kinds that speak the attempt's API: a call never fails over to another API."""
-    return next((d.kinds for d in DIALECTS if d.name == attempt.dialect), None)
+    dialect = named(attempt.dialect)
+    return dialect.kinds if dialect is not None else None
 
 
 @dataclass
@@ -439,7 +440,7 @@ class RouterLayer:
         test's time left, or refused at once, as a Retry-After that does not fit is."""
         endpoint, attempt = plan.endpoint, ctx.attempt
         assert endpoint is not None
-        dialect = next((d for d in DIALECTS if d.name == attempt.dialect), None)
+        dialect = named(attempt.dialect)
 
         def tokens() -> int:
             return dialect.estimated_tokens(request_json(plan.request)) if dialect is not None else 0

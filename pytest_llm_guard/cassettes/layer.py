@@ -5,7 +5,6 @@ from __future__ import annotations
 __tracebackhide__ = True  # pytest: a failed test shows where the LLM call was made, not our internals
 
 import asyncio
-import json
 import math
 import re
 import threading
@@ -18,12 +17,12 @@ import httpx2
 
 from ..clock import REAL, Clock
 from ..config import OPTIONS, Settings
-from ..dialects import DIALECTS, BodyReader, Dialect, decoding, dialect_for, hear
+from ..dialects import BodyReader, Dialect, decoding, dialect_for, hear
 from ..errors import LLMCassetteMiss
 from ..report import days, plural
 from ..scrub import Scrubber, find_shapes
 from ..stored import as_text
-from . import metadata, vcr_bridge
+from . import metadata, review, vcr_bridge
 from .timing import TIMING, Pacer, Stopwatch, pieces
 
 if TYPE_CHECKING:
@@ -363,12 +362,11 @@ class CassetteLayer:
         self.left_unplayed = [iid for iid, _ in found]
         if not found or self.shared or self.prunes or self.settings.on_unplayed == "ignore":
             return None
-        from .review import describe_request
 
         record, prune = OPTIONS["record"].flag, OPTIONS["prune_unplayed"].flag
         return self.scrubber.text(
             f"pytest-llm-guard: {self.nodeid} passed without replaying {plural(len(found), 'recording')} of its "
-            f"cassette {self.cassette.path} (first: {describe_request(found[0][1])}): its prompts may have "
+            f"cassette {self.cassette.path} (first: {review.describe_request(found[0][1])}): its prompts may have "
             f"drifted. Drop them with pytest '{self.nodeid}' {record}=new_episodes {prune} (or re-record, "
             f'{record}=all), or set on_unplayed = "ignore".'
         )
@@ -532,13 +530,7 @@ class CassetteLayer:
     def _miss(self, recorded: Any) -> LLMCassetteMiss:
         path = self.cassette.path
         shown = self.cassette.scrubbed(recorded)  # the message lands in CI logs
-        payload: Any = None
-        try:
-            payload = json.loads(shown.body) if shown.body else None
-        except (ValueError, TypeError, UnicodeDecodeError):
-            payload = None
-        model = payload.get("model") if isinstance(payload, dict) else None
-        last = next((text for d in DIALECTS if (text := d.summary(payload))), "")
+        model, last = review.gist(shown.body)
         lines = [
             f"No recorded response for this request in cassette {path} (record mode {self.mode!r}); "
             "no network request was made.",

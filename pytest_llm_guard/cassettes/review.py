@@ -109,15 +109,20 @@ def word_diff(old: str, new: str, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def describe_request(request: Any) -> str:
-    """``model=gpt-4o-mini, last user message 'hi'``: how a message names a recorded request."""
-    body = _text(request.body)
+def gist(body: Any) -> tuple[str | None, str]:
+    """A request body's model and last user message (``""`` when none), for messages that name a request."""
+    text = _text(body)
     try:
-        payload = json.loads(body) if body else None
+        payload = json.loads(text) if text else None
     except ValueError:
         payload = None
     model = payload.get("model") if isinstance(payload, dict) else None
-    last = next((text for d in DIALECTS if (text := d.summary(payload))), "")
+    return model, next((summary for d in DIALECTS if (summary := d.summary(payload))), "")
+
+
+def describe_request(request: Any) -> str:
+    """``model=gpt-4o-mini, last user message 'hi'``: how a message names a recorded request."""
+    model, last = gist(request.body)
     return f"model={model or '?'}" + (f", last user message {last!r}" if last else "")
 
 

@@ -71,6 +71,11 @@ def for_kind(kind: str) -> Dialect:
     return next(d for d in DIALECTS if kind in d.kinds)
 
 
+def named(name: str | None) -> Dialect | None:
+    """The dialect called ``name`` (an attempt records its dialect by name), or None."""
+    return next((d for d in DIALECTS if d.name == name), None)
+
+
 def for_client(client: Any) -> Dialect | None:
     """The dialect whose SDK built ``client``, or None."""
     return next((d for d in DIALECTS if d.owns_client(client)), None)
