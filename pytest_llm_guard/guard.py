@@ -240,7 +240,8 @@ class Guard:
 
     def begin(self, request: httpx2.Request, dialect: Dialect) -> Attempt:
         """Open the attempt, check the budget, cap the attempt's timeouts by the time left."""
-        self.scrubber.learn(request.headers, str(request.url) if request.url.query else "")
+        url = request.url
+        self.scrubber.learn(request.headers, str(url) if url.query else "")
         call: Call | None = request.extensions.get(CALL)
         by, max_retries = None, None
         if call is None:  # a client the guard does not wrap: its SDK's own retries are told by a header
@@ -258,7 +259,6 @@ class Guard:
             else:
                 by = "guard"
             call_number = call.number
-        url = request.url
         owner = self.endpoints.owner(url) if self.endpoints is not None else None
         attempt = Attempt(
             test=self.test_id,
@@ -278,7 +278,9 @@ class Guard:
         if call is not None:
             call.last = attempt
         attempt.stream = StreamClock(attempt, self.clock.now, lowered=lambda: self._rearm(attempt))
-        attempt.stream.limit(self.settings.first_token_timeout, self.settings.idle_timeout)
+        first_token, idle = self.settings.first_token_timeout, self.settings.idle_timeout
+        if first_token is not None or idle is not None:
+            attempt.stream.limit(first_token, idle)
         refusal = self.budget.refuse_start(new_call=kind == "first")
         if refusal is not None:
             attempt.source = "refused"
@@ -287,7 +289,8 @@ class Guard:
             raise self.budget.exceeded(*refusal)
         self.ledger.open(attempt)
         self.cap(attempt, request, *self.budget.attempt_cap())
-        self.cap_learned(attempt, request)
+        if self.learned is not None:
+            self.cap_learned(attempt, request)
         return attempt
 
     def learned_limits(self, attempt: Attempt) -> Limits | None:
@@ -317,14 +320,16 @@ class Guard:
             return
         # The client's own timeouts, kept apart from our caps: a guarded client sends the same
         # request object again on a retry, and each attempt is capped afresh.
-        timeouts = request.extensions.get(CLIENT_TIMEOUT)
+        extensions = request.extensions
+        timeouts = extensions.get(CLIENT_TIMEOUT)
         if timeouts is None:
-            timeouts = request.extensions[CLIENT_TIMEOUT] = request.extensions.get("timeout") or {}
-        own = max((t for t in timeouts.values() if t is not None), default=math.inf)
-        attempt.cap, attempt.cap_by, attempt.cap_binds = seconds, by, seconds < own
-        self._rearm(attempt)
+            timeouts = extensions[CLIENT_TIMEOUT] = extensions.get("timeout") or {}
+        given = [t for t in timeouts.values() if t is not None]
+        attempt.cap, attempt.cap_by, attempt.cap_binds = seconds, by, seconds < (max(given) if given else math.inf)
+        if attempt.headers_timer is not None:
+            self._rearm(attempt)
         request.extensions = {
-            **request.extensions,
+            **extensions,
             "timeout": {
                 phase: min(seconds, timeouts.get(phase) or seconds) for phase in ("connect", "read", "write", "pool")
             },
@@ -368,6 +373,8 @@ class Guard:
 
     def headers_in(self, attempt: Attempt) -> None:
         timer, attempt.headers_timer = attempt.headers_timer, None
+        if timer is None:
+            return
         if timer == _WORKER:
             reads.clear()
         elif isinstance(timer, int) and self.alarm is not None:
