@@ -430,13 +430,14 @@ class Guard:
 
     def progress(self, attempt: Attempt) -> None:
         """A chunk arrived: the per-chunk read timeout restarted, so check the totals here."""
+        now = self.clock.now()
         try:
-            self.budget.check_progress()
+            self.budget.check_progress(now)
         except LLMGuardInterrupt:
             attempt.cause = "deadline"
             self._close(attempt, "cut", Category.CUT, error="cut at the deadline while the body was arriving")
             raise
-        if self.clock.now() - attempt.start > attempt.cap:
+        if now - attempt.start > attempt.cap:
             attempt.cause = attempt.cap_by
             raise httpx2.ReadTimeout(f"the attempt took longer than its {attempt.cap:.2f} s cap ({attempt.cap_by})")
 

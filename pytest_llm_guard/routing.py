@@ -557,13 +557,15 @@ class RouterLayer:
             call.failover_to = None
         attempt.endpoint_name = endpoint.name
         attempt.backoff += plan.wait  # waited before sending (a Retry-After): the gap to the last attempt grows
-        attempt.start += plan.delay
+        delay = plan.delay
+        attempt.start += delay
         if endpoint.call_timeout is not None:
             ctx.cap(plan.request, endpoint.call_timeout, f"call_timeout of endpoint {endpoint.name}")
-        if attempt.stream is not None:
-            attempt.stream.limit(endpoint.first_token_timeout, endpoint.idle_timeout, f" of endpoint {endpoint.name}")
-        if plan.delay:
-            ctx.cap(plan.request, max(0.0, ctx.attempt_cap() - plan.delay), "deadline")
+        first_token, idle = endpoint.first_token_timeout, endpoint.idle_timeout
+        if attempt.stream is not None and (first_token is not None or idle is not None):
+            attempt.stream.limit(first_token, idle, f" of endpoint {endpoint.name}")
+        if delay:
+            ctx.cap(plan.request, max(0.0, ctx.attempt_cap() - delay), "deadline")
 
     # -- recording --------------------------------------------------------------------
 
