@@ -183,6 +183,7 @@ class Router:
         self.rng = rng or random.Random()
         self.environ = environ
         self._views: dict[str, _View] = {}
+        """This process's copy of each endpoint's health, by endpoint name."""
         self.prober = probes.Prober()
         """Half-open probes sent beside a test's attempt, in the background (``probes.py``)."""
 
@@ -216,14 +217,13 @@ class Router:
         missing = self._missing_key(endpoint)
         if missing is not None:
             return missing
-        key, now = self._key(endpoint), self.clock.wall()
-        health = self._read(key, model, now)
+        now = self.clock.wall()
+        health = self._read(endpoint, model, now)
         if health.breaker(model).state == "closed":  # admitting changes nothing: the copy decides
             return health.admit(model, now, self.policy, retry=retry, lease=lease, max_wait=max_wait)
 
         return self._change(
             endpoint,
-            key,
             model,
             now,
             lambda h: h.admit(model, now, self.policy, retry=retry, lease=lease, max_wait=max_wait),
@@ -233,9 +233,9 @@ class Router:
         """Would :meth:`admit` take an attempt at once, and would its success change nothing? Told by this
         process's trusted copy alone (:meth:`_read`): a settled breaker whose window is all successes, every
         retry token there, no Retry-After to wait out, its key set. Then an attempt needs no verdict."""
-        if self._missing_key(endpoint) is not None:
+        if endpoint.api_key_env and endpoint.api_key(self.environ) is None:
             return False
-        view = self._views.get(self._key(endpoint))
+        view = self._views.get(endpoint.name)
         if view is None:
             return False
         now = self.clock.wall()
@@ -257,7 +257,7 @@ class Router:
         if missing is not None:
             return missing
         now = self.clock.wall()
-        return self._read(self._key(endpoint), model, now).peek(model, now, self.policy, retry=retry)
+        return self._read(endpoint, model, now).peek(model, now, self.policy, retry=retry)
 
     def record(
         self,
@@ -268,8 +268,8 @@ class Router:
         error: str | None = None,
         retry_after: float | None = None,
     ) -> None:
-        key, now = self._key(endpoint), self.clock.wall()
-        view = self._views.get(key)
+        now = self.clock.wall()
+        view = self._views.get(endpoint.name)
         if view is not None and (
             self._quiet(view, model, now)
             if outcome is Outcome.SUCCESS
@@ -279,13 +279,12 @@ class Router:
 
         self._change(
             endpoint,
-            key,
             model,
             now,
             lambda h: h.record(model, outcome, now, self.policy, error=error, retry_after=retry_after),
         )
 
-    def _change(self, endpoint: Endpoint, key: str, model: str, now: float, act: Callable[[EndpointHealth], T]) -> T:
+    def _change(self, endpoint: Endpoint, model: str, now: float, act: Callable[[EndpointHealth], T]) -> T:
         """``act`` on the endpoint's shared health in one atomic store update; this process's copy becomes
         what was written, and the breaker's transitions are logged."""
 
@@ -296,21 +295,21 @@ class Router:
             health.dump(record)
             return result, health, health.breaker(model).transitions[before:]
 
-        result, health, moved = self.store.update(key, change)
-        self._views[key] = _View(health, now)
+        result, health, moved = self.store.update(self._key(endpoint), change)
+        self._views[endpoint.name] = _View(health, now)
         self._log(endpoint, model, moved)
         return result
 
-    def _read(self, key: str, model: str, now: float) -> EndpointHealth:
+    def _read(self, endpoint: Endpoint, model: str, now: float) -> EndpointHealth:
         """The endpoint's health: this process's copy while it is settled and younger than a tenth of
         the cooldown, else read from the store now."""
-        view = self._views.get(key)
+        view = self._views.get(endpoint.name)
         if (
             view is None
             or not view.read_at <= now < view.read_at + self.policy.breaker_cooldown * _TRUSTED_SHARE
             or not view.health.settled(model, now, self.policy)
         ):
-            view = self._views[key] = _View(EndpointHealth.load(self.store.get(key)), now)
+            view = self._views[endpoint.name] = _View(EndpointHealth.load(self.store.get(self._key(endpoint))), now)
         return view.health
 
     @staticmethod
