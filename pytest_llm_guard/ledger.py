@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import enum
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -114,7 +114,7 @@ class Attempt:
     """While the response headers are awaited: the timer that cuts the attempt at its cap."""
     stream: Any = field(default=None, repr=False, compare=False)
     """Its stream budgets and what has arrived so far (``streams.StreamClock``), set by the guard."""
-    read_ahead: tuple[float, list[float]] | None = field(default=None, repr=False, compare=False)
+    read_ahead: tuple[float, Sequence[float]] | None = field(default=None, repr=False, compare=False)
     """When the transport answered and when each chunk read ahead to the first content arrived (clock
     times), set by the seam's read-ahead: a recording keeps the times the answer truly arrived at."""
     backoff: float = 0.0

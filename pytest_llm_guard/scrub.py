@@ -168,12 +168,15 @@ class Scrubber:
     def learn(self, headers: Any, url: str) -> None:
         """Take in the credentials a request carries, wherever they may show up later.
 
-        Runs on every attempt: one pass over the raw headers, and nothing more for a
-        credential already known.
+        Runs on every attempt: one pass over the headers' lowered names, and nothing more for a
+        credential already known (a set look-up).
         """
         found = []
-        for name, value in getattr(headers, "raw", None) or [(k.encode(), v.encode()) for k, v in headers.items()]:
-            if name.lower() in _CREDENTIAL_HEADERS and value not in self._raw_seen:
+        items = getattr(headers, "_list", None)  # httpx2's (name, lowered name, value): nothing to lower
+        if items is None:
+            items = [(b"", k.lower().encode(), v.encode()) for k, v in headers.items()]
+        for _, name, value in items:
+            if name in _CREDENTIAL_HEADERS and value not in self._raw_seen:
                 self._raw_seen.add(value)
                 text = value.decode("latin-1")
                 found.append(text.split(" ", 1)[1] if text.lower().startswith("bearer ") else text)

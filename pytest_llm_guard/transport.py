@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import httpx2
 
 from . import reads
-from .dialects import Dialect, decoding, dialect_for
+from .dialects import Dialect, decoding, dialect_for, header
 from .errors import LLMGuardConfigError, LLMGuardInterrupt
 from .ledger import Attempt, Category
 
@@ -289,13 +289,18 @@ class _Reading:
 
     def __init__(self, response: httpx2.Response, attempt: Attempt, dialect: Dialect, *, decoded: bool) -> None:
         self._inner = response.stream
-        reader = dialect.reader(response.headers.get("content-type", ""))
-        self._reader = reader if decoded else decoding(reader, response.headers.get("content-encoding", ""))
+        reader = dialect.reader(header(response.headers, b"content-type"))
+        self._reader = reader if decoded else decoding(reader, header(response.headers, b"content-encoding"))
         self._attempt = attempt
         self._status = response.status_code
-        self._clock = attempt.stream
+        self._clock = clock = attempt.stream
+        self._fixed: Due | None = None
+        """The one limit on every read of a body that is not a stream of events, when no idle gap is
+        limited: the attempt's cap, the same for each read (a stream's limits move with its chunks)."""
         if not self._reader.events_expected:
-            self._clock.content = True  # an answer that is not a stream of events begins with its headers
+            clock.content = True  # an answer that is not a stream of events begins with its headers
+            if clock.idle is None:
+                self._fixed = clock.due()
         self._reads = 0
         self._chunks: Any = None
         """The one iterator over the inner stream."""
@@ -304,8 +309,7 @@ class _Reading:
         """The next chunk (or :data:`_END`), its read ending at the first limit due (the caller asks for it
         now: a gap is the server's from here)."""
         self._chunks = self._chunks or iter(self._inner)  # type: ignore[call-overload]
-        self._clock.asked()
-        due: Due = self._clock.due()
+        due = self._fixed or self._due()
         if math.isinf(due.when):
             return next(self._chunks, _END)
         reads.due(self._clock.now, due.when, due)
@@ -316,8 +320,7 @@ class _Reading:
 
     async def _next_async(self) -> bytes:
         self._chunks = self._chunks or self._inner.__aiter__()  # type: ignore[union-attr]
-        self._clock.asked()
-        due: Due = self._clock.due()
+        due = self._fixed or self._due()
         if not math.isinf(due.when):
             reads.due(self._clock.now, due.when, due)
         try:
@@ -327,13 +330,21 @@ class _Reading:
         finally:
             reads.clear()
 
+    def _due(self) -> Due:
+        """The limit on the next read of a stream (asked for now: a gap is the server's from here)."""
+        self._clock.asked()
+        return self._clock.due()  # type: ignore[no-any-return]
+
     def _judge(self, chunk: bytes) -> None:
         """Feed a chunk to the reader; raises what is wrong with the body so far."""
         if self._attempt.first_chunk is None:
             self._attempt.first_chunk = self._clock.now() - self._attempt.start
         problem = self._reader.feed(chunk)
         self._reads += 1
-        self._clock.arrived(self._reader.events if self._reader.events_expected else self._reads, self._reader.content)
+        if self._fixed is None:  # no limit moves with the chunks of a body read under a fixed one
+            self._clock.arrived(
+                self._reader.events if self._reader.events_expected else self._reads, self._reader.content
+            )
         if problem:
             error = LLMStreamError if self._reader.error_event else LLMMalformedResponse
             raise error(f"{problem} in a {self._status} from {self._attempt.endpoint}")
@@ -363,10 +374,10 @@ class _Reading:
 
 def _ahead(response: httpx2.Response, attempt: Attempt, dialect: Dialect) -> _Ahead | None:
     """A stream still to be read, to be read ahead; None for any other answer, which is handed on as it is."""
-    events = dialect.streams(response.headers.get("content-type", ""))
+    events = dialect.streams(header(response.headers, b"content-type"))
     if events and response.status_code < 400 and not response.is_stream_consumed:
         return _Ahead(response, attempt, dialect)
-    attempt.read_ahead = (attempt.stream.now(), [])
+    attempt.read_ahead = (attempt.stream.now(), ())
     if not events:
         attempt.stream.content = True  # an answer that is not a stream of events begins with its headers
     return None

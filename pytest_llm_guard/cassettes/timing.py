@@ -22,7 +22,7 @@ __tracebackhide__ = True  # pytest: a failed test shows where the LLM call was m
 
 import bisect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from itertools import accumulate, pairwise
 from typing import TYPE_CHECKING, Any
 
@@ -46,7 +46,7 @@ class Stopwatch:
     """The arrival times of one answer being recorded, from its attempt's start."""
 
     def __init__(
-        self, clock: Callable[[], float], start: float, read_ahead: tuple[float, list[float]] | None = None
+        self, clock: Callable[[], float], start: float, read_ahead: tuple[float, Sequence[float]] | None = None
     ) -> None:
         """``read_ahead``: the seam read the answer's first chunks before this layer saw it; their
         times (and the headers') are taken from it, not from when they are handed on."""

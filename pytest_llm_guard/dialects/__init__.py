@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import default_dialect
 from .anthropic import AnthropicDialect
-from .base import BodyReader, Dialect, Usage, decoding, origin_of, parse_retry_after, request_json
+from .base import BodyReader, Dialect, Usage, decoding, header, origin_of, parse_retry_after, request_json
 from .openai import OpenAIDialect
 
 if TYPE_CHECKING:
@@ -48,6 +48,7 @@ __all__ = [
     "of_response",
     "retry_after",
     "hear",
+    "header",
     "origin_of",
     "parse_retry_after",
     "request_json",

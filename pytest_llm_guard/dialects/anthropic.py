@@ -17,7 +17,7 @@ import copy
 import re
 from typing import TYPE_CHECKING, Any
 
-from .base import EventStreamReader, Usage, Wrap, payloads, request_json
+from .base import EventStreamReader, Usage, Wrap, has_header, payloads, request_json
 from .stainless import StainlessDialect
 
 if TYPE_CHECKING:
@@ -93,7 +93,7 @@ class AnthropicDialect(StainlessDialect):
     client_names = ("Anthropic", "AsyncAnthropic")
 
     def claims(self, request: httpx2.Request) -> bool:
-        if "anthropic-version" in request.headers:
+        if has_header(request.headers, b"anthropic-version"):
             return True
         if request.method != "POST" or not _GENERATION_ROUTE.search(request.url.path):
             return False

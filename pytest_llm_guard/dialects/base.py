@@ -434,5 +434,33 @@ def request_model(request: httpx2.Request) -> str | None:
     return None
 
 
+def header(headers: Any, name: bytes) -> str:
+    """The value of header ``name`` (lower case), "" when absent: as ``headers.get(name, "")``.
+
+    Read on every attempt, so from httpx2's own list of lowered names where it has one (its
+    ``get`` lowers and encodes the name, and works out the headers' encoding, on each call).
+    """
+    items = getattr(headers, "_list", None)
+    if items is None:
+        return headers.get(name.decode(), "")  # type: ignore[no-any-return]
+    found = [value for _, key, value in items if key == name]
+    if not found:
+        return ""
+    if len(found) == 1 and found[0].isascii():
+        return found[0].decode("ascii")
+    return headers.get(name.decode(), "")  # type: ignore[no-any-return]
+
+
+def has_header(headers: Any, name: bytes) -> bool:
+    """Whether header ``name`` (lower case) is there: as ``name in headers``, without its per-call work."""
+    items = getattr(headers, "_list", None)
+    if items is None:
+        return name.decode() in headers
+    for _, key, _ in items:
+        if key == name:
+            return True
+    return False
+
+
 def origin_of(url: httpx2.URL) -> str:
     return f"{url.scheme}://{url.netloc.decode('ascii', 'replace')}"

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..clock import REAL
-from .base import Dialect
+from .base import Dialect, has_header
 
 if TYPE_CHECKING:
     import httpx2
@@ -29,7 +29,7 @@ class StainlessDialect(Dialect):
 
     def sent_by_sdk(self, request: httpx2.Request) -> bool:
         """Was ``request`` sent by a Stainless SDK (this one or another)?"""
-        return "x-stainless-lang" in request.headers
+        return has_header(request.headers, b"x-stainless-lang")
 
     def retry_number(self, request: httpx2.Request) -> int:
         count = request.headers.get("x-stainless-retry-count", "0")
