@@ -11,6 +11,7 @@ from __future__ import annotations
 __tracebackhide__ = True  # pytest: a failed test shows where the LLM call was made, not our internals
 
 import asyncio
+import functools
 import logging
 import math
 import os
@@ -64,6 +65,8 @@ class Guard:
         self.settings = settings
         self.clock = clock
         """The test's one clock: its budget, alarm, layers, backoff and ledger read and wait on it."""
+        self._now = clock.now
+        """Its reading, made once: every attempt's stream clock keeps it."""
         self.endpoints = endpoints
         """The configured endpoints: every attempt to one carries its name, refused ones too."""
         self.test_id = test_id
@@ -277,7 +280,7 @@ class Guard:
         )
         if call is not None:
             call.last = attempt
-        attempt.stream = StreamClock(attempt, self.clock.now, lowered=lambda: self._rearm(attempt))
+        attempt.stream = StreamClock(attempt, self._now, lowered=functools.partial(self._rearm, attempt))
         first_token, idle = self.settings.first_token_timeout, self.settings.idle_timeout
         if first_token is not None or idle is not None:
             attempt.stream.limit(first_token, idle)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import enum
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 SOURCES = ("live", "recorded", "replayed", "refused")
@@ -85,9 +85,12 @@ class Call:
     """Its latest attempt: the retry policy reads the Retry-After the dialect parsed into it."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Attempt:
     """One try of a call, as seen at the httpx2 seam.
+
+    Slotted: a test keeps every attempt, and a long test makes thousands (no per-attempt dict for
+    the garbage collector to walk).
 
     ``start``/``end`` are read from the guard's clock (monotonic seconds);
     ``wall_start`` is the clock's time of day (``Clock.wall``) at the start, for timelines.
@@ -179,10 +182,17 @@ class Attempt:
         return self.result._value_  # the member's value, without the descriptor's calls: a hot path reads it
 
     def to_dict(self) -> dict[str, Any]:
-        record = dict(vars(self))  # flat: every field is a plain value
-        del record["headers_timer"], record["stream"], record["cap_binds"], record["result"], record["on_end"]
+        record = {name: getattr(self, name) for name in _RECORDED}  # flat: every field is a plain value
         record["category"] = self.category
         return record
+
+
+_RECORDED = tuple(
+    f.name
+    for f in fields(Attempt)
+    if f.name not in ("headers_timer", "stream", "cap_binds", "result", "on_end")
+)
+"""An attempt's fields in its record (``Attempt.to_dict``), in their order."""
 
 
 @dataclass

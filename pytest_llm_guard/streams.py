@@ -47,6 +47,8 @@ class Due:
 class StreamClock:
     """One attempt's stream budgets, and what has arrived so far."""
 
+    __slots__ = ("attempt", "now", "_lowered", "first_token", "idle", "content", "chunks", "_last", "_asked")
+
     def __init__(
         self, attempt: Attempt, now: Callable[[], float], *, lowered: Callable[[], None] = lambda: None
     ) -> None:
