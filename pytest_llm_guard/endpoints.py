@@ -100,10 +100,9 @@ class EndpointSet:
     endpoints: tuple[Endpoint, ...]
     configured: bool
     source: str
-    _last: list[tuple[Any, Endpoint | None]] = field(
-        default_factory=lambda: [(None, None)], init=False, repr=False, compare=False
-    )
-    """The last URL asked about and its owner: the seam and the routing layer ask of the same request."""
+    _owners: dict[Any, Endpoint | None] = field(default_factory=dict, init=False, repr=False, compare=False)
+    """Owners of the URLs asked about, by their parts: a client sends to the same few URLs on every call,
+    and the seam and the routing layer ask of each request."""
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -111,16 +110,23 @@ class EndpointSet:
 
     def owner(self, url: httpx2.URL) -> Endpoint | None:
         """The endpoint a request URL goes to (the longest base path wins), or None: not ours to manage."""
-        last, found = self._last[0]
-        if last is url:  # URLs are immutable, and the one kept here is not freed (nor its id reused)
-            return found
+        key = getattr(url, "_uri_reference", url)  # httpx2's parsed parts (a named tuple), else the URL
+        found = self._owners.get(key, _UNKNOWN)
+        if found is not _UNKNOWN:
+            return found  # type: ignore[return-value]
         if len(self.endpoints) == 1:  # the common case: nothing to compare
             found = self.endpoints[0] if self.endpoints[0].owns(url) else None
         else:
             owners = [e for e in self.endpoints if e.owns(url)]
             found = max(owners, key=lambda e: e.base_path_length, default=None)
-        self._last[0] = (url, found)
+        if len(self._owners) < _KEPT:
+            self._owners[key] = found
         return found
+
+
+_UNKNOWN = object()
+_KEPT = 256
+"""URLs whose owner is kept, at most (a test asking with ever new query strings stops adding)."""
 
 
 def default_endpoints(base_url: str | None, environ: Mapping[str, str]) -> EndpointSet:

@@ -36,7 +36,7 @@ from .scrub import Scrubber
 from .streams import StreamClock
 
 if TYPE_CHECKING:
-    from .endpoints import EndpointSet
+    from .endpoints import Endpoint, EndpointSet
     from .learned import Learned, Limits
 
 log = logging.getLogger("pytest_llm_guard")
@@ -91,6 +91,7 @@ class Guard:
         self.alarm: Alarm | None = None
         """The main thread's SIGALRM schedule while the test runs, where the platform has one."""
         self._deadline_deferred = False
+        self._places: dict[object, tuple[str, str, Endpoint | None]] = {}
         self._threads_before = {thread.ident for thread in threading.enumerate()}
         """Threads alive before the test: the backstop names those the test started and waits for."""
         self.interruptible = False
@@ -262,14 +263,14 @@ class Guard:
             else:
                 by = "guard"
             call_number = call.number
-        owner = self.endpoints.owner(url) if self.endpoints is not None else None
+        origin, path, owner = self._place(url)
         attempt = Attempt(
             test=self.test_id,
             call=call_number,
             number=number,
             kind=kind,
-            endpoint=origin_of(url),
-            path=url.path,
+            endpoint=origin,
+            path=path,
             model=dialect.model_of(request),
             start=self.clock.now(),
             wall_start=self.clock.wall(),
@@ -295,6 +296,17 @@ class Guard:
         if self.learned is not None:
             self.cap_learned(attempt, request)
         return attempt
+
+    def _place(self, url: httpx2.URL) -> tuple[str, str, Endpoint | None]:
+        """Where a request goes (origin, path, configured endpoint), worked out once per URL of the test."""
+        key = getattr(url, "_uri_reference", url)  # httpx2's parsed parts (a named tuple), else the URL
+        place = self._places.get(key)
+        if place is None:
+            owner = self.endpoints.owner(url) if self.endpoints is not None else None
+            place = (origin_of(url), url.path, owner)
+            if len(self._places) < _PLACES_KEPT:
+                self._places[key] = place
+        return place
 
     def learned_limits(self, attempt: Attempt) -> Limits | None:
         """What earlier runs learned of the attempt's model at its endpoint (``learned.py``), if anything."""
@@ -486,6 +498,9 @@ def key_source(request: httpx2.Request) -> str:
         return f"the key came from {' / '.join(names)}"
     return "the key was passed to the client directly (no environment variable holds it)"
 
+
+_PLACES_KEPT = 256
+"""URLs whose place a guard keeps, at most (a test asking with ever new query strings stops adding)."""
 
 _WORKER = "worker"
 """``Attempt.headers_timer`` of an attempt whose headers are awaited outside the main thread."""

@@ -443,12 +443,15 @@ def header(headers: Any, name: bytes) -> str:
     items = getattr(headers, "_list", None)
     if items is None:
         return headers.get(name.decode(), "")  # type: ignore[no-any-return]
-    found = [value for _, key, value in items if key == name]
-    if not found:
+    found = None
+    for _, key, value in items:
+        if key == name:
+            if found is not None:  # said twice: joined as httpx2 joins them
+                return headers.get(name.decode(), "")  # type: ignore[no-any-return]
+            found = value
+    if found is None:
         return ""
-    if len(found) == 1 and found[0].isascii():
-        return found[0].decode("ascii")
-    return headers.get(name.decode(), "")  # type: ignore[no-any-return]
+    return found.decode("ascii") if found.isascii() else headers.get(name.decode(), "")
 
 
 def has_header(headers: Any, name: bytes) -> bool:
