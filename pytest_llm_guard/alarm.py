@@ -92,8 +92,8 @@ class Alarm:
 
     def cancel(self, handle: int) -> None:
         self._events = [event for event in self._events if event[1] != handle]
-        if self._running:
-            self._schedule()
+        if self._running and (self._armed is None or not self._events):
+            self._schedule()  # a timer set already expires by the soonest event left (see _schedule)
 
     def _schedule(self) -> None:
         """Set the timer for the soonest event, unless it is set for that moment or sooner already.

@@ -34,13 +34,14 @@ class Budget:
     def elapsed(self) -> float:
         return self.clock.now() - self.started
 
-    def remaining(self) -> float:
-        """Seconds left before the deadline (``math.inf`` without one)."""
-        return self._deadline_at - self.clock.now()
+    def remaining(self, now: float | None = None) -> float:
+        """Seconds left before the deadline (``math.inf`` without one); ``now``: the clock's time, when the
+        caller has just read it."""
+        return self._deadline_at - (self.clock.now() if now is None else now)
 
-    def attempt_cap(self) -> tuple[float, str | None]:
+    def attempt_cap(self, now: float | None = None) -> tuple[float, str | None]:
         """The most one attempt may take now, body included, and the limit that sets it."""
-        remaining = self.remaining()
+        remaining = self.remaining(now)
         call_timeout = self.settings.call_timeout
         if call_timeout is not None and call_timeout <= remaining:
             return call_timeout, "call_timeout"
@@ -52,9 +53,9 @@ class Budget:
         """:meth:`attempt_cap`'s seconds alone (what a pipeline stage is told)."""
         return self.attempt_cap()[0]
 
-    def refuse_start(self, *, new_call: bool) -> tuple[str, str] | None:
+    def refuse_start(self, *, new_call: bool, now: float | None = None) -> tuple[str, str] | None:
         """Before an attempt: no time left, or (for a new call) no call budget? The budget and why."""
-        if self.remaining() <= 0:
+        if self.remaining(now) <= 0:
             return "deadline", "no time left to start another attempt"
         limit = self.settings.calls
         if new_call and limit is not None and self.ledger.calls >= limit:

@@ -264,6 +264,7 @@ class Guard:
                 by = "guard"
             call_number = call.number
         origin, path, owner = self._place(url)
+        start = self.clock.now()
         attempt = Attempt(
             test=self.test_id,
             call=call_number,
@@ -272,7 +273,7 @@ class Guard:
             endpoint=origin,
             path=path,
             model=dialect.model_of(request),
-            start=self.clock.now(),
+            start=start,
             wall_start=self.clock.wall(),
             by=by,
             sdk_max_retries=max_retries,
@@ -285,14 +286,14 @@ class Guard:
         first_token, idle = self.settings.first_token_timeout, self.settings.idle_timeout
         if first_token is not None or idle is not None:
             attempt.stream.limit(first_token, idle)
-        refusal = self.budget.refuse_start(new_call=kind == "first")
+        refusal = self.budget.refuse_start(new_call=kind == "first", now=start)
         if refusal is not None:
             attempt.source = "refused"
             self.ledger.open(attempt)
             self._close(attempt, "LLMBudgetExceeded", Category.REFUSED, error=f"{refusal[0]} budget spent")
             raise self.budget.exceeded(*refusal)
         self.ledger.open(attempt)
-        self.cap(attempt, request, *self.budget.attempt_cap())
+        self.cap(attempt, request, *self.budget.attempt_cap(start))
         if self.learned is not None:
             self.cap_learned(attempt, request)
         return attempt
@@ -339,16 +340,19 @@ class Guard:
         timeouts = extensions.get(CLIENT_TIMEOUT)
         if timeouts is None:
             timeouts = extensions[CLIENT_TIMEOUT] = extensions.get("timeout") or {}
-        given = [t for t in timeouts.values() if t is not None]
-        attempt.cap, attempt.cap_by, attempt.cap_binds = seconds, by, seconds < (max(given) if given else math.inf)
+        longest = -math.inf  # the client's longest timeout; none at all: the cap binds only below infinity
+        for given in timeouts.values():
+            if given is not None and given > longest:
+                longest = given
+        attempt.cap, attempt.cap_by = seconds, by
+        attempt.cap_binds = seconds < (longest if longest != -math.inf else math.inf)
         if attempt.headers_timer is not None:
             self._rearm(attempt)
-        request.extensions = {
-            **extensions,
-            "timeout": {
-                phase: min(seconds, timeouts.get(phase) or seconds) for phase in ("connect", "read", "write", "pool")
-            },
-        }
+        capped = {}  # each phase's timeout, never above the cap (a loop: this runs on every attempt)
+        for phase in ("connect", "read", "write", "pool"):
+            given = timeouts.get(phase)
+            capped[phase] = given if given and given < seconds else seconds
+        request.extensions = {**extensions, "timeout": capped}
 
     def _rearm(self, attempt: Attempt) -> None:
         """A limit was lowered while the headers are awaited: their timer moves to the new time."""
@@ -443,8 +447,9 @@ class Guard:
         self._check_failure(attempt)
         return True
 
-    def progress(self, attempt: Attempt) -> None:
-        """A chunk arrived: the per-chunk read timeout restarted, so check the totals here."""
+    def progress(self, attempt: Attempt) -> float:
+        """A chunk arrived: the per-chunk read timeout restarted, so check the totals here. Returns the
+        clock's time it read."""
         now = self.clock.now()
         try:
             self.budget.check_progress(now)
@@ -455,12 +460,14 @@ class Guard:
         if now - attempt.start > attempt.cap:
             attempt.cause = attempt.cap_by
             raise httpx2.ReadTimeout(f"the attempt took longer than its {attempt.cap:.2f} s cap ({attempt.cap_by})")
+        return now
 
     def succeeded(self, attempt: Attempt, usage: Usage | None) -> None:
         if usage is not None:
             attempt.tokens, attempt.input_tokens, attempt.output_tokens = usage.total, usage.input, usage.output
             attempt.cache_tokens = usage.cache
-            attempt.cost = self.prices.cost(attempt.model, usage.total, usage.input, usage.output)
+            if self.prices.by_model:  # no prices configured: no cost
+                attempt.cost = self.prices.cost(attempt.model, usage.total, usage.input, usage.output)
         self._close(attempt, "ok", Category.OK)
         self.budget.check_spending()
 

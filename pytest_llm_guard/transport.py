@@ -335,10 +335,10 @@ class _Reading:
         self._clock.asked()
         return self._clock.due()  # type: ignore[no-any-return]
 
-    def _judge(self, chunk: bytes) -> None:
-        """Feed a chunk to the reader; raises what is wrong with the body so far."""
+    def _judge(self, chunk: bytes, now: float) -> None:
+        """Feed a chunk that arrived at ``now`` to the reader; raises what is wrong with the body so far."""
         if self._attempt.first_chunk is None:
-            self._attempt.first_chunk = self._clock.now() - self._attempt.start
+            self._attempt.first_chunk = now - self._attempt.start
         problem = self._reader.feed(chunk)
         self._reads += 1
         if self._fixed is None:  # no limit moves with the chunks of a body read under a fixed one
@@ -412,8 +412,9 @@ class _Ahead(_Reading, httpx2.SyncByteStream, httpx2.AsyncByteStream):
                 raise ended
             return False
         self._read.append(chunk)
-        self._arrived.append(self._clock.now())
-        self._judge(chunk)
+        now = self._clock.now()
+        self._arrived.append(now)
+        self._judge(chunk, now)
         return True
 
     def read(self) -> httpx2.Response:
@@ -476,8 +477,7 @@ class _Watch(_Reading):
         self._response = weakref.ref(response)
 
     def _chunk(self, chunk: bytes) -> None:
-        self._guard.progress(self._attempt)
-        self._judge(chunk)
+        self._judge(chunk, self._guard.progress(self._attempt))
 
     def _error(self, exc: BaseException) -> BaseException:
         """The body broke off: fail the attempt, naming a cut stream as such. Returns what to raise."""
