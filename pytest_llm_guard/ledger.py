@@ -188,9 +188,7 @@ class Attempt:
 
 
 _RECORDED = tuple(
-    f.name
-    for f in fields(Attempt)
-    if f.name not in ("headers_timer", "stream", "cap_binds", "result", "on_end")
+    f.name for f in fields(Attempt) if f.name not in ("headers_timer", "stream", "cap_binds", "result", "on_end")
 )
 """An attempt's fields in its record (``Attempt.to_dict``), in their order."""
 
