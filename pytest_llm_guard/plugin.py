@@ -179,7 +179,6 @@ def _session(config: pytest.Config) -> Session:
     session = config.stash.get(SESSION, None)
     if session is not None:
         return session
-    from . import learned
     from .endpoints import load_endpoints
     from .prices import load_prices
     from .session import Session
@@ -197,7 +196,10 @@ def _session(config: pytest.Config) -> Session:
         root_name=config.rootpath.name,
         warn=lambda message: _warn(config, ConfigWarning(message, "state_url")),
     )
-    session.learned = learned.for_session(settings, config.rootpath)
+    if settings.learned_timeouts is not None:  # learned.py loads only for a session that reads limits
+        from . import learned
+
+        session.learned = learned.for_session(settings, config.rootpath)
     config.stash[SESSION] = session
     if session.handoff:
         config.pluginmanager.register(_XdistHandoff(session), "llm_guard_xdist_state")
