@@ -15,7 +15,7 @@ from tenacity.wait import wait_base, wait_exponential_jitter
 
 from .dialects import dialect_for
 from .ledger import CALL, Call
-from .retry import is_retryable_error, retryable_response, unwrap
+from .retry import is_retryable_error, retryable_response
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -112,16 +112,11 @@ async def _aclose_retried_response(retry_state: RetryCallState) -> None:
 def retry_sync(
     context: RetryContext,
     call: Call,
-    first: Any,
-    send: Callable[..., httpx2.Response],
+    attempt: Callable[..., httpx2.Response],
     request: httpx2.Request,
     **send_kwargs: Any,
 ) -> httpx2.Response:
-    """Retry a call whose first attempt ended in ``first`` (an answer or an exception) that is retried."""
-    made = [first]
-
-    def attempt(request: httpx2.Request, **send_kwargs: Any) -> httpx2.Response:
-        return unwrap(made.pop()) if made else send(request, **send_kwargs)
+    """Retry a call whose first attempt is due a retry: ``attempt`` hands that first outcome back, then sends."""
 
     def before_sleep(retry_state: RetryCallState) -> None:
         _log_retry(context.test_id, call, retry_state)
@@ -134,16 +129,11 @@ def retry_sync(
 async def retry_async(
     context: RetryContext,
     call: Call,
-    first: Any,
-    send: Callable[..., Awaitable[httpx2.Response]],
+    attempt: Callable[..., Awaitable[httpx2.Response]],
     request: httpx2.Request,
     **send_kwargs: Any,
 ) -> httpx2.Response:
     """The async twin of :func:`retry_sync`."""
-    made = [first]
-
-    async def attempt(request: httpx2.Request, **send_kwargs: Any) -> httpx2.Response:
-        return unwrap(made.pop()) if made else await send(request, **send_kwargs)
 
     async def before_sleep(retry_state: RetryCallState) -> None:
         _log_retry(context.test_id, call, retry_state)

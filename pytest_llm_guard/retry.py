@@ -86,9 +86,14 @@ def sync_sender(
             first = exc
         if not _needs_retry(first):
             return unwrap(first)
+        made = [first]
+
+        def attempt(request: httpx2.Request, **send_kwargs: Any) -> httpx2.Response:
+            return unwrap(made.pop()) if made else send(request, **send_kwargs)
+
         from .backoff import retry_sync
 
-        return retry_sync(context, call, first, send, request, **send_kwargs)
+        return retry_sync(context, call, attempt, request, **send_kwargs)
 
     return send_with_retries
 
@@ -106,9 +111,14 @@ def async_sender(
             first = exc
         if not _needs_retry(first):
             return unwrap(first)
+        made = [first]
+
+        async def attempt(request: httpx2.Request, **send_kwargs: Any) -> httpx2.Response:
+            return unwrap(made.pop()) if made else await send(request, **send_kwargs)
+
         from .backoff import retry_async
 
-        return await retry_async(context, call, first, send, request, **send_kwargs)
+        return await retry_async(context, call, attempt, request, **send_kwargs)
 
     return send_with_retries
 
