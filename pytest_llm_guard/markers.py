@@ -12,6 +12,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from .config import BREAKER_MARKER, BUDGET_MARKER, CASSETTE_MARKER, MARKER_KEYS, OPTIONS, Settings, suggest
 from .errors import LLMGuardConfigError
 
@@ -119,3 +121,16 @@ def _replay_speed(settings: Settings, speed: Any, source: str) -> Settings:
         ) from None
     sources = {**settings.sources, "replay_speed": source}
     return dataclasses.replace(settings, replay_speed=parsed, sources=sources)
+
+
+class WrongMarkers:
+    """The plugin that errors each test whose ``llm_*`` markers are wrong, at its setup, with what is wrong;
+    the others run."""
+
+    def __init__(self, errors: dict[str, str]) -> None:
+        self.errors = errors
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        if item.nodeid in self.errors:
+            pytest.fail(self.errors[item.nodeid], pytrace=False)

@@ -185,14 +185,21 @@ def _session(config: pytest.Config) -> Session:
         session.learned = learned.for_session(settings, config.rootpath)
     config.stash[SESSION] = session
     if session.handoff:
-        config.pluginmanager.register(_XdistHandoff(session), "llm_guard_xdist_state")
+        from .session import XdistHandoff
+
+        config.pluginmanager.register(XdistHandoff(session), "llm_guard_xdist_state")
     return session
+
+
+RECORDS = "llm_guard_records"
 
 
 def _collect_records(config: pytest.Config) -> None:
     """Registered only where records can come: a guarded or watched test here, or any test's under xdist."""
     if not config.pluginmanager.has_plugin(RECORDS):
-        config.pluginmanager.register(_Records(_session(config)), RECORDS)
+        from .session import Records
+
+        config.pluginmanager.register(Records(_session(config)), RECORDS)
 
 
 def _warn(config: pytest.Config, warning: ConfigWarning) -> None:
@@ -232,37 +239,6 @@ def _ini_overrides(config: pytest.Config) -> dict[str, str]:
     return found
 
 
-RECORDS = "llm_guard_records"
-
-
-class _Records:
-    """Collects guarded tests' records, from this process or (under xdist) a worker's."""
-
-    def __init__(self, session: Session) -> None:
-        self.session = session
-
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        test = getattr(report, "llm_guard", None)
-        if isinstance(test, dict):
-            self.session.records.append(test)
-        unguarded = getattr(report, "llm_unguarded", None)
-        if isinstance(unguarded, dict):
-            self.session.unguarded.append(unguarded)
-        cassette = getattr(report, "llm_cassette", None)
-        if isinstance(cassette, dict):
-            self.session.cassette_notes.append(cassette)
-
-
-class _XdistHandoff:
-    """Registered only when xdist distributes tests (its hook does not exist otherwise)."""
-
-    def __init__(self, session: Session) -> None:
-        self.session = session
-
-    def pytest_configure_node(self, node: Any) -> None:
-        self.session.configure_node(node)
-
-
 def pytest_unconfigure(config: pytest.Config) -> None:
     session = config.stash.get(SESSION, None)
     if session is not None:
@@ -295,11 +271,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if settings is not None:
             item.stash[ITEM_SETTINGS], guarded = settings, True
     if wrong:
-        config.pluginmanager.register(_WrongMarkers(wrong), "llm_guard_wrong_markers")
-    if config.getoption("llm_cassettes"):
-        from .listing import listing
+        from .markers import WrongMarkers
 
-        config.stash[LISTING] = listing(config.rootpath, _cassettes_used(items, base))
+        config.pluginmanager.register(WrongMarkers(wrong), "llm_guard_wrong_markers")
+    if config.getoption("llm_cassettes"):
+        from .listing import listing, used_by
+
+        config.stash[LISTING] = listing(config.rootpath, used_by(items, base))
         config.hook.pytest_deselected(items=list(items))
         items[:] = []
         return
@@ -309,32 +287,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
         _collect_records(config)
         prepare(config, items, base, watched=watched)
-
-
-def _cassettes_used(items: list[pytest.Item], base: Settings) -> dict[Any, list[str]]:
-    """Each cassette a collected test would use, with its tests (pytest-recording's ``vcr`` tests too)."""
-    from .cassettes import path_for
-
-    used: dict[Any, list[str]] = {}
-    for item in items:
-        settings = item.stash.get(ITEM_SETTINGS, None)
-        if settings is None and item.get_closest_marker("vcr") is not None:
-            settings = base
-        if settings is not None and settings.cassette:
-            used.setdefault(path_for(item.path, item.name, settings), []).append(item.nodeid)
-    return used
-
-
-class _WrongMarkers:
-    """Each test whose ``llm_*`` markers are wrong errors at its setup with what is wrong; the others run."""
-
-    def __init__(self, errors: dict[str, str]) -> None:
-        self.errors = errors
-
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_runtest_setup(self, item: pytest.Item) -> None:
-        if item.nodeid in self.errors:
-            pytest.fail(self.errors[item.nodeid], pytrace=False)
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
