@@ -251,9 +251,11 @@ def _settings_for(item: pytest.Item, base: Settings, config: pytest.Config) -> S
     uses_fixture = not GUARD_FIXTURES.isdisjoint(getattr(item, "fixturenames", ()))
     if not (markers or uses_fixture or base.guard_all):
         return None
+    endpoints = _session(config).endpoints
+    if not markers:  # the session's settings as they are: markers.py is not even imported
+        return base
     from .markers import apply_markers
 
-    endpoints = _session(config).endpoints
     return apply_markers(base, markers, item.nodeid, endpoint_names=endpoints.names, endpoints_source=endpoints.source)
 
 
