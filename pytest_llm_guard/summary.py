@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from . import report
 from .config import OPTIONS
 
 if TYPE_CHECKING:
@@ -22,17 +21,24 @@ def terminal_summary(terminalreporter: Any, session: Session) -> None:
     """The unguarded requests, the totals, endpoints and slowest tests, then the cassettes' upkeep."""
     _guard_summary(terminalreporter, session)
     if session.upkeep:
+        from . import report
+
         terminalreporter.write_sep("-", "llm-guard: cassettes")
         for line in report.cassette_lines(session.upkeep, terminalreporter.config.rootpath):
             terminalreporter.write_line(line)
 
 
 def _guard_summary(terminalreporter: Any, session: Session) -> None:
+    attempted = any(test["stats"]["attempts"] for test in session.records)
+    if not (session.unguarded or attempted):
+        return  # nothing to say: report.py is not even imported
+    from . import report
+
     if session.unguarded:
         terminalreporter.write_sep("-", "llm-guard: unguarded LLM requests")
         for line in report.unguarded_lines(session.unguarded):
             terminalreporter.write_line(line)
-    if not any(test["stats"]["attempts"] for test in session.records):
+    if not attempted:
         return
     settings = session.settings
     verbosity = terminalreporter.config.get_verbosity()
