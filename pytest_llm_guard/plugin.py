@@ -164,7 +164,7 @@ def _session(config: pytest.Config) -> Session:
         return session
     from .endpoints import load_endpoints
     from .prices import load_prices
-    from .session import Session
+    from .session import Session, XdistHandoff
 
     settings = config.stash[SETTINGS]
     pyproject, table = config.stash[PYPROJECT]
@@ -185,8 +185,6 @@ def _session(config: pytest.Config) -> Session:
         session.learned = learned.for_session(settings, config.rootpath)
     config.stash[SESSION] = session
     if session.handoff:
-        from .session import XdistHandoff
-
         config.pluginmanager.register(XdistHandoff(session), "llm_guard_xdist_state")
     return session
 
