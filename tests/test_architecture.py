@@ -270,7 +270,8 @@ def test_a_healthy_guarded_session_loads_only_what_its_settings_use(
 ) -> None:
     """A guarded test whose one call succeeds, with records off, one endpoint and no report, limit or
     learned timeouts asked for: the retry policy (tenacity), learned limits, cassettes, the reports'
-    writers and the other start-up-free parts are never imported, through to the terminal summary."""
+    writers and the other start-up-free parts are never imported, through to the terminal summary; the
+    scrubber compiles none of its patterns (no text was scrubbed)."""
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-real-key")
     pytester.makeconftest(
         """
@@ -279,7 +280,8 @@ def test_a_healthy_guarded_session_loads_only_what_its_settings_use(
 
         def pytest_unconfigure(config):
             found = sorted(m for m in sys.modules if m.startswith("pytest_llm_guard") or m in WATCHED)
-            (config.rootpath / "found.json").write_text(json.dumps(found))
+            compiled = sys.modules["pytest_llm_guard.scrub"]._compiled.cache_info().currsize
+            (config.rootpath / "found.json").write_text(json.dumps({"modules": found, "compiled": compiled}))
 
         WATCHED = {"tenacity", "gzip", "vcr", "yaml"}
         """
@@ -294,10 +296,12 @@ def test_a_healthy_guarded_session_loads_only_what_its_settings_use(
     )
     result = pytester.runpytest_subprocess("-p", "no:anyio", "-p", "no:xdist", "-p", "no:recording")
     result.assert_outcomes(passed=1)
-    loaded = {m.removeprefix("pytest_llm_guard.") for m in json.loads((pytester.path / "found.json").read_text())}
+    found = json.loads((pytester.path / "found.json").read_text())
+    loaded = {m.removeprefix("pytest_llm_guard.") for m in found["modules"]}
     assert {"guard", "transport", "summary", "report_json"} <= loaded, "the guarded path and its summary ran"
     unused = {"tenacity", "gzip", "vcr", "yaml", "backoff", "learned", "cassettes", "audit", "listing", "state_redis"}
     assert loaded & unused == set()
+    assert found["compiled"] == 0
 
 
 TIME_READS = {("time", name) for name in ("monotonic", "time", "perf_counter", "sleep")} | {("asyncio", "sleep")}
