@@ -15,7 +15,6 @@ from . import report
 from .clock import REAL, Clock
 from .config import Settings
 from .errors import LLMBudgetExceeded
-from .learned import LEARNED_CALL_TIMEOUT
 from .ledger import Attempt, Ledger
 
 log = logging.getLogger("pytest_llm_guard")
@@ -71,6 +70,8 @@ class Budget:
         counted = self.ledger.counted_failures
         if self.settings.retries is not None and counted > self.settings.retries:
             if failed.cause and "call_timeout" in failed.cause:
+                from .learned import LEARNED_CALL_TIMEOUT  # here: a session without learned limits never loads it
+
                 learned = (
                     f" (learned from {self.settings.learned_timeouts} as p99 x learned_factor: raise learned_factor "
                     "or learned_floor, or learn again with --llm-learn-timeouts if the model became slower)"

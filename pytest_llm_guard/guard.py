@@ -28,7 +28,6 @@ from .clock import REAL, Clock
 from .config import Settings
 from .dialects import Dialect, Usage, key_variables, origin_of
 from .errors import LLMGuardInterrupt
-from .learned import LEARNED_CALL_TIMEOUT
 from .ledger import CALL, Attempt, Call, Category, Ledger, Stats
 from .pipeline import AttemptContext, Pipeline
 from .prices import Prices
@@ -322,6 +321,8 @@ class Guard:
         if limits is None:
             return
         if limits.call is not None:
+            from .learned import LEARNED_CALL_TIMEOUT  # loaded already: the session read the limits
+
             self.cap(attempt, request, limits.call, LEARNED_CALL_TIMEOUT)
         if limits.first_token is not None and attempt.stream is not None:
             attempt.stream.limit(limits.first_token, None, " (learned)")

@@ -171,20 +171,18 @@ def test_fixture_clients_load_the_ca_bundle_once_not_once_per_test(monkeypatch: 
     import httpcore2
     import openai
 
-    from pytest_llm_guard import fixtures
+    from pytest_llm_guard import clients
 
     built: list[object] = []
     real = httpcore2.default_ssl_context
     monkeypatch.setattr(httpcore2, "default_ssl_context", lambda **kw: built.append(real(**kw)) or built[-1])
     for variable in ("SSL_CERT_FILE", "SSL_CERT_DIR"):
         monkeypatch.delenv(variable, raising=False)
-    fixtures._tls.cache_clear()
+    clients.tls.cache_clear()
     options = {"base_url": "http://127.0.0.1:9/v1", "api_key": "sk-test"}
     sdks = ["openai"] + (["anthropic"] if importlib.util.find_spec("anthropic") else [])
     clients = [  # nothing is sent: no connection to close
-        fixtures._build(fixtures._dialect(sdk), asynchronous, options, "options")
-        for sdk in sdks
-        for asynchronous in (False, True, False)
+        clients.build(sdk, asynchronous, options, "options") for sdk in sdks for asynchronous in (False, True, False)
     ]
     assert len(built) == 1  # the SDKs alone build one per client: about 30 ms on every test
     sync = clients[0]
