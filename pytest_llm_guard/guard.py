@@ -83,6 +83,15 @@ class Guard:
         """Per-model limits learned from earlier runs (``learned.py``), when configured."""
         self.on_attempt = on_attempt
         """Called with every attempt as it ends (the ``pytest_llm_guard_attempt`` hook)."""
+        self._limited = (
+            settings.first_token_timeout is not None
+            or settings.idle_timeout is not None
+            or learned is not None
+            or endpoints is None
+            or any(e.first_token_timeout is not None or e.idle_timeout is not None for e in endpoints.endpoints)
+        )
+        """Whether a first-token or idle limit may be set on an attempt (by the settings, what was learned,
+        or an endpoint): only then is its stream clock told to move the header timer when one is lowered."""
         self.ledger = Ledger(test_id)
         self.budget = Budget(settings, self.ledger, clock=clock)
         self.pipeline = Pipeline()
@@ -281,7 +290,11 @@ class Guard:
         )
         if call is not None:
             call.last = attempt
-        attempt.stream = StreamClock(attempt, self._now, lowered=functools.partial(self._rearm, attempt))
+        attempt.stream = (
+            StreamClock(attempt, self._now, lowered=functools.partial(self._rearm, attempt))
+            if self._limited
+            else StreamClock(attempt, self._now)
+        )
         first_token, idle = self.settings.first_token_timeout, self.settings.idle_timeout
         if first_token is not None or idle is not None:
             attempt.stream.limit(first_token, idle)
