@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import httpx2
 
-from . import reads, report, retry
+from . import reads, report, retry, streams
 from .alarm import Alarm
 from .budget import Budget
 from .clock import REAL, Clock
@@ -91,7 +91,8 @@ class Guard:
             or any(e.first_token_timeout is not None or e.idle_timeout is not None for e in endpoints.endpoints)
         )
         """Whether a first-token or idle limit may be set on an attempt (by the settings, what was learned,
-        or an endpoint): only then is its stream clock told to move the header timer when one is lowered."""
+        or an endpoint): only then does every attempt get a stream clock at its start, told to move the
+        header timer when a limit is lowered; otherwise only a stream gets one (:meth:`stream_clock`)."""
         self.ledger = Ledger(test_id)
         self.budget = Budget(settings, self.ledger, clock=clock)
         self.pipeline = Pipeline()
@@ -290,11 +291,8 @@ class Guard:
         )
         if call is not None:
             call.last = attempt
-        attempt.stream = (
-            StreamClock(attempt, self._now, lowered=functools.partial(self._rearm, attempt))
-            if self._limited
-            else StreamClock(attempt, self._now)
-        )
+        if self._limited:
+            attempt.stream = StreamClock(attempt, self._now, lowered=functools.partial(self._rearm, attempt))
         first_token, idle = self.settings.first_token_timeout, self.settings.idle_timeout
         if first_token is not None or idle is not None:
             attempt.stream.limit(first_token, idle)
@@ -320,6 +318,14 @@ class Guard:
             if len(self._places) < _PLACES_KEPT:
                 self._places[key] = place
         return place
+
+    def stream_clock(self, attempt: Attempt) -> StreamClock:
+        """The attempt's stream clock, made now for a stream of an attempt that had none (no limit of its
+        could be lowered: see ``_limited``)."""
+        clock = attempt.stream
+        if clock is None:
+            clock = attempt.stream = StreamClock(attempt, self._now)
+        return clock  # type: ignore[no-any-return]
 
     def learned_limits(self, attempt: Attempt) -> Limits | None:
         """What earlier runs learned of the attempt's model at its endpoint (``learned.py``), if anything."""
@@ -381,7 +387,7 @@ class Guard:
         """A status line and headers trickling in never time out by themselves: cut them at the cap (or
         the first token's limit), by the alarm in the main thread, by the reads themselves in any
         other (``reads.py``)."""
-        due = attempt.stream.due(headers=True)
+        due = streams.due_of(attempt, headers=True)
         if math.isinf(due.when):
             return
         if threading.current_thread() is not threading.main_thread():
@@ -391,7 +397,7 @@ class Guard:
             attempt.headers_timer = self.alarm.at(due.when, lambda: self._headers_late(attempt))
 
     def await_headers_async(self, attempt: Attempt) -> None:
-        due = attempt.stream.due(headers=True)
+        due = streams.due_of(attempt, headers=True)
         if math.isinf(due.when):
             return
         loop, task = asyncio.get_running_loop(), asyncio.current_task()
@@ -426,7 +432,7 @@ class Guard:
         return True
 
     def late_headers_error(self, attempt: Attempt) -> httpx2.ReadTimeout:
-        due = attempt.stream.due(headers=True)
+        due = streams.due_of(attempt, headers=True)
         attempt.cause = due.cause
         return httpx2.ReadTimeout(due.message)
 
@@ -444,7 +450,7 @@ class Guard:
             self._close(attempt, type(error).__name__, category_of(error), error=given or _first_line(error))
             return
         if isinstance(error, httpx2.TimeoutException) and attempt.cause is None:
-            attempt.cause = attempt.stream.cause_of(error) if attempt.stream is not None else None
+            attempt.cause = streams.cause_of(attempt, error)
             if attempt.cause is None and attempt.cap_binds:
                 attempt.cause = attempt.cap_by  # the client's timeouts were ours: the cap cut it
         if not self._close(attempt, type(error).__name__, category_of(error), error=given or str(error) or None):

@@ -4,7 +4,9 @@ A read timeout restarts with every byte, so it never fires on a trickle; one tot
 enough for a five-minute answer is far too long for a dead endpoint. These two tell "nothing
 yet" and "stalled" apart, beside the attempt's cap (``call_timeout``, the deadline).
 
-Each attempt carries one :class:`StreamClock` (``attempt.stream``): the guard sets its limits,
+An attempt that may need one carries a :class:`StreamClock` (``attempt.stream``): a stream of
+events, or any attempt where a first-token or idle limit may be set; any other is bounded by its
+cap alone (:func:`due_of`). The guard sets its limits,
 the seam (``transport.py``) tells it of every chunk and bounds each read by :meth:`StreamClock.due`
 (``reads.py``); a replay that keeps recorded time asks :func:`chunk_due` when its next chunk
 must be there at the latest. First content is a stream's first content-bearing event (its
@@ -91,7 +93,7 @@ class StreamClock:
     def due(self, *, headers: bool = False) -> Due:
         """The earliest limit on what comes next: the attempt's cap, the first token, the idle gap."""
         attempt = self.attempt
-        due = Due(attempt.start + attempt.cap, attempt.cap_by, _cap_message, attempt.cap, attempt.cap_by, headers)
+        due = cap_due(attempt, headers)
         if self.first_token is not None and not self.content:
             seconds, by = self.first_token
             if attempt.start + seconds < due.when:
@@ -116,6 +118,27 @@ class StreamClock:
         """The limit whose timeout ``error`` is (its message is one :meth:`due` gave), else None."""
         text = str(error)
         return next((due.cause for due in (self.due(), self.due(headers=True)) if text == due.message), None)
+
+
+def cap_due(attempt: Attempt, headers: bool = False) -> Due:
+    """The attempt's cap as a limit on its headers (or its body)."""
+    return Due(attempt.start + attempt.cap, attempt.cap_by, _cap_message, attempt.cap, attempt.cap_by, headers)
+
+
+def due_of(attempt: Attempt, *, headers: bool = False) -> Due:
+    """The earliest limit on what comes next of ``attempt``: its cap, and its stream clock's limits where it
+    has one (an attempt gets one for a stream, or where a first-token or idle limit may be set)."""
+    clock = attempt.stream
+    return cap_due(attempt, headers) if clock is None else clock.due(headers=headers)  # type: ignore[no-any-return]
+
+
+def cause_of(attempt: Attempt, error: BaseException) -> str | None:
+    """The limit whose timeout ``error`` is (its message is one :func:`due_of` gave), else None."""
+    clock = attempt.stream
+    if clock is not None:
+        return clock.cause_of(error)  # type: ignore[no-any-return]
+    text = str(error)
+    return next((due.cause for due in (cap_due(attempt), cap_due(attempt, True)) if text == due.message), None)
 
 
 def chunk_due(attempt: Attempt) -> tuple[float, httpx2.ReadTimeout]:

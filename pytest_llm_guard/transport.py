@@ -34,14 +34,14 @@ from typing import TYPE_CHECKING, Any
 
 import httpx2
 
-from . import reads
+from . import reads, streams
 from .dialects import Dialect, decoding, dialect_for, header
 from .errors import LLMGuardConfigError, LLMGuardInterrupt
 from .ledger import Attempt, Category
 
 if TYPE_CHECKING:
     from .guard import Guard
-    from .streams import Due
+    from .streams import Due, StreamClock
 
 _guards: list[Guard] = []
 """Active guards, innermost last (a pytester session inside a guarded test nests one)."""
@@ -177,7 +177,7 @@ def _send_single_request(client: httpx2.Client, request: httpx2.Request) -> http
 
     def ahead(response: httpx2.Response) -> httpx2.Response:
         guard.headers_in(attempt)  # type: ignore[union-attr]
-        reading = _ahead(response, attempt, dialect)
+        reading = _ahead(response, guard, attempt, dialect)  # type: ignore[arg-type]
         return response if reading is None else reading.read()
 
     try:
@@ -214,7 +214,7 @@ async def _send_single_request_async(client: httpx2.AsyncClient, request: httpx2
 
     async def ahead(response: httpx2.Response) -> httpx2.Response:
         guard.headers_in(attempt)  # type: ignore[union-attr]
-        reading = _ahead(response, attempt, dialect)
+        reading = _ahead(response, guard, attempt, dialect)  # type: ignore[arg-type]
         return response if reading is None else await reading.read_async()
 
     try:
@@ -287,20 +287,26 @@ class _Reading:
     """One body read chunk by chunk: its dialect's reader judges each chunk, each read ends at the first
     limit due (the attempt's cap, its first token, the idle gap: ``streams.py``)."""
 
-    def __init__(self, response: httpx2.Response, attempt: Attempt, dialect: Dialect, *, decoded: bool) -> None:
+    def __init__(
+        self, response: httpx2.Response, guard: Guard, attempt: Attempt, dialect: Dialect, *, decoded: bool
+    ) -> None:
         self._inner = response.stream
         reader = dialect.reader(header(response.headers, b"content-type"))
         self._reader = reader if decoded else decoding(reader, header(response.headers, b"content-encoding"))
         self._attempt = attempt
         self._status = response.status_code
-        self._clock = clock = attempt.stream
+        self._now = guard.clock.now
         self._fixed: Due | None = None
         """The one limit on every read of a body that is not a stream of events, when no idle gap is
         limited: the attempt's cap, the same for each read (a stream's limits move with its chunks)."""
-        if not self._reader.events_expected:
-            clock.content = True  # an answer that is not a stream of events begins with its headers
-            if clock.idle is None:
-                self._fixed = clock.due()
+        if self._reader.events_expected:
+            self._clock: StreamClock | None = guard.stream_clock(attempt)
+        else:
+            self._clock = clock = attempt.stream
+            if clock is not None:
+                clock.content = True  # an answer that is not a stream of events begins with its headers
+            if clock is None or clock.idle is None:
+                self._fixed = streams.due_of(attempt)
         self._reads = 0
         self._chunks: Any = None
         """The one iterator over the inner stream."""
@@ -312,7 +318,7 @@ class _Reading:
         due = self._fixed or self._due()
         if math.isinf(due.when):
             return next(self._chunks, _END)
-        reads.due(self._clock.now, due.when, due)
+        reads.due(self._now, due.when, due)
         try:
             return next(self._chunks, _END)
         finally:
@@ -322,7 +328,7 @@ class _Reading:
         self._chunks = self._chunks or self._inner.__aiter__()  # type: ignore[union-attr]
         due = self._fixed or self._due()
         if not math.isinf(due.when):
-            reads.due(self._clock.now, due.when, due)
+            reads.due(self._now, due.when, due)
         try:
             return await self._chunks.__anext__()
         except StopAsyncIteration:
@@ -332,8 +338,8 @@ class _Reading:
 
     def _due(self) -> Due:
         """The limit on the next read of a stream (asked for now: a gap is the server's from here)."""
-        self._clock.asked()
-        return self._clock.due()  # type: ignore[no-any-return]
+        self._clock.asked()  # type: ignore[union-attr]
+        return self._clock.due()  # type: ignore[no-any-return,union-attr]
 
     def _judge(self, chunk: bytes, now: float) -> None:
         """Feed a chunk that arrived at ``now`` to the reader; raises what is wrong with the body so far."""
@@ -342,7 +348,7 @@ class _Reading:
         problem = self._reader.feed(chunk)
         self._reads += 1
         if self._fixed is None:  # no limit moves with the chunks of a body read under a fixed one
-            self._clock.arrived(
+            self._clock.arrived(  # type: ignore[union-attr]
                 self._reader.events if self._reader.events_expected else self._reads, self._reader.content
             )
         if problem:
@@ -372,13 +378,13 @@ class _Reading:
         return LLMStreamCut(f"{problem}, from {self._attempt.endpoint}")
 
 
-def _ahead(response: httpx2.Response, attempt: Attempt, dialect: Dialect) -> _Ahead | None:
+def _ahead(response: httpx2.Response, guard: Guard, attempt: Attempt, dialect: Dialect) -> _Ahead | None:
     """A stream still to be read, to be read ahead; None for any other answer, which is handed on as it is."""
     events = dialect.streams(header(response.headers, b"content-type"))
     if events and response.status_code < 400 and not response.is_stream_consumed:
-        return _Ahead(response, attempt, dialect)
-    attempt.read_ahead = (attempt.stream.now(), ())
-    if not events:
+        return _Ahead(response, guard, attempt, dialect)
+    attempt.read_ahead = (guard.clock.now(), ())
+    if not events and attempt.stream is not None:
         attempt.stream.content = True  # an answer that is not a stream of events begins with its headers
     return None
 
@@ -393,12 +399,12 @@ class _Ahead(_Reading, httpx2.SyncByteStream, httpx2.AsyncByteStream):
     then handed on unchanged, followed by the rest; the seam's :class:`_Watch` judges them all.
     """
 
-    def __init__(self, response: httpx2.Response, attempt: Attempt, dialect: Dialect) -> None:
-        super().__init__(response, attempt, dialect, decoded=False)
+    def __init__(self, response: httpx2.Response, guard: Guard, attempt: Attempt, dialect: Dialect) -> None:
+        super().__init__(response, guard, attempt, dialect, decoded=False)
         self._response = response
         self._read: list[bytes] = []
         self._arrived: list[float] = []
-        attempt.read_ahead = (self._clock.now(), self._arrived)
+        attempt.read_ahead = (self._now(), self._arrived)
 
     def _waiting(self) -> bool:
         reader = self._reader
@@ -412,7 +418,7 @@ class _Ahead(_Reading, httpx2.SyncByteStream, httpx2.AsyncByteStream):
                 raise ended
             return False
         self._read.append(chunk)
-        now = self._clock.now()
+        now = self._now()
         self._arrived.append(now)
         self._judge(chunk, now)
         return True
@@ -471,7 +477,7 @@ class _Watch(_Reading):
     def __init__(
         self, response: httpx2.Response, guard: Guard, attempt: Attempt, dialect: Dialect, *, decoded: bool = False
     ) -> None:
-        super().__init__(response, attempt, dialect, decoded=decoded)
+        super().__init__(response, guard, attempt, dialect, decoded=decoded)
         self._guard = guard
         self._done = False
         self._response = weakref.ref(response)
