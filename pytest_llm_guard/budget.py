@@ -38,9 +38,9 @@ class Budget:
         caller has just read it."""
         return self._deadline_at - (self.clock.now() if now is None else now)
 
-    def attempt_cap(self, now: float | None = None) -> tuple[float, str | None]:
+    def attempt_cap(self) -> tuple[float, str | None]:
         """The most one attempt may take now, body included, and the limit that sets it."""
-        remaining = self.remaining(now)
+        remaining = self.remaining()
         call_timeout = self.settings.call_timeout
         if call_timeout is not None and call_timeout <= remaining:
             return call_timeout, "call_timeout"

@@ -303,7 +303,9 @@ class Guard:
             self._close(attempt, "LLMBudgetExceeded", Category.REFUSED, error=f"{refusal[0]} budget spent")
             raise self.budget.exceeded(*refusal)
         self.ledger.open(attempt)
-        self.cap(attempt, request, *self.budget.attempt_cap(start))
+        # The cap reads the clock anew: the header timer it sets falls due just before the deadline's own
+        # alarm, so a hang is cut there as a ReadTimeout of the attempt.
+        self.cap(attempt, request, *self.budget.attempt_cap())
         if self.learned is not None:
             self.cap_learned(attempt, request)
         return attempt
