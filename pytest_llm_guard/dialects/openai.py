@@ -42,15 +42,6 @@ _AZURE_DEPLOYMENT_ROUTES = frozenset(
 )
 
 
-def _count(usage: dict[str, Any], *keys: str) -> int | None:
-    """The first of ``keys`` whose count is there."""
-    for key in keys:
-        value = usage.get(key)
-        if isinstance(value, int):
-            return value
-    return None
-
-
 def _usage(obj: Any) -> Usage | None:
     if not isinstance(obj, dict):
         return None
@@ -60,9 +51,10 @@ def _usage(obj: Any) -> Usage | None:
     if not isinstance(usage, dict):
         return None
 
-    prompt = _count(usage, "prompt_tokens", "input_tokens")
-    completion = _count(usage, "completion_tokens", "output_tokens")
-    total = _count(usage, "total_tokens")
+    counts = {key: value for key, value in usage.items() if isinstance(value, int)}  # once per answer
+    prompt = counts.get("prompt_tokens", counts.get("input_tokens"))  # chat completions', else the Responses API's
+    completion = counts.get("completion_tokens", counts.get("output_tokens"))
+    total = counts.get("total_tokens")
     if total is None and prompt is None and completion is None:
         return None
     return Usage(total if total is not None else (prompt or 0) + (completion or 0), prompt, completion)
