@@ -116,7 +116,8 @@ class Attempt:
     headers_timer: Any = field(default=None, repr=False, compare=False)
     """While the response headers are awaited: the timer that cuts the attempt at its cap."""
     stream: Any = field(default=None, repr=False, compare=False)
-    """Its stream budgets and what has arrived so far (``streams.StreamClock``), set by the guard."""
+    """Its stream budgets and what has arrived so far (``streams.StreamClock``), set by the guard where a
+    first-token or idle limit may apply, else by the seam for a stream; None for any other answer."""
     read_ahead: tuple[float, Sequence[float]] | None = field(default=None, repr=False, compare=False)
     """When the transport answered and when each chunk read ahead to the first content arrived (clock
     times), set by the seam's read-ahead: a recording keeps the times the answer truly arrived at."""
