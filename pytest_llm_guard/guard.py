@@ -101,6 +101,8 @@ class Guard:
         """The main thread's SIGALRM schedule while the test runs, where the platform has one."""
         self._deadline_deferred = False
         self._places: dict[object, tuple[str, str, Endpoint | None]] = {}
+        self._main_thread = threading.main_thread().ident
+        """The thread the alarm interrupts (read per test: a fork makes its own main thread)."""
         self._threads_before = {thread.ident for thread in threading.enumerate()}
         """Threads alive before the test: the backstop names those the test started and waits for."""
         self.interruptible = False
@@ -392,7 +394,7 @@ class Guard:
         due = streams.due_of(attempt, headers=True)
         if math.isinf(due.when):
             return
-        if threading.current_thread() is not threading.main_thread():
+        if threading.get_ident() != self._main_thread:
             reads.due(self.clock.now, due.when, due)
             attempt.headers_timer = _WORKER
         elif self.alarm is not None:

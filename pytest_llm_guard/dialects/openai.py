@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from .. import default_dialect
-from .base import EventStreamReader, Usage, Wrap, _last_user_text, _shorten, payloads, request_json
+from .base import EventStreamReader, Usage, Wrap, _last_user_text, _shorten, payloads, request_json, request_model
 from .stainless import StainlessDialect
 
 if TYPE_CHECKING:
@@ -160,7 +160,7 @@ class OpenAIDialect(StainlessDialect):
         return path[match.start() :] if match else path
 
     def model_of(self, request: httpx2.Request) -> str | None:
-        model = super().model_of(request)
+        model = request_model(request)
         if model:
             return model
         match = _AZURE_DEPLOYMENT.search(request.url.path)  # an Azure deployment's body may name no model
