@@ -159,7 +159,8 @@ import pkgutil
 for _name in {packages!r}:
     _package = importlib.import_module(_name)
     for _module in pkgutil.walk_packages(getattr(_package, "__path__", []), _name + "."):
-        importlib.import_module(_module.name)
+        if not _module.name.endswith(".__main__"):  # a program (the fault server's CLI), not a module: it exits
+            importlib.import_module(_module.name)
 """
 
 
