@@ -4,8 +4,8 @@ vcrpy's format (``interactions`` of ``request`` and ``response``, our stamps and
 them) parsed once per text per process (shared by every cassette opened on it), each recorded
 request as a :class:`Recorded`: what look-up reads (method, URL, body) and the file's fields, from
 which ``vcr_bridge`` builds vcrpy's request when recording or a matcher hook needs one. A replay
-loads, matches and answers through this module alone, so it never imports vcrpy (a third of a
-replaying session's start-up, with wrapt); the full YAML loader of vcrpy is imported only for a
+loads, matches and answers through this module alone, so it never imports vcrpy (with wrapt, some
+40 modules and 10 ms of a replaying session); the full YAML loader of vcrpy is imported only for a
 file the fast loader leaves to it (anchors, Python tags).
 """
 
