@@ -13,6 +13,9 @@ from typing import Any
 
 from ..dialects import DIALECTS
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+"""``json.dumps`` with these options builds an encoder per call; a key needs one per process."""
+
 
 def canonical_body(body: Any, ignore: frozenset[str] = frozenset()) -> str:
     """JSON compared canonically (key order ignored, ignored paths dropped); other bodies as text.
@@ -29,7 +32,7 @@ def canonical_body(body: Any, ignore: frozenset[str] = frozenset()) -> str:
         return raw
     for path in ignore:
         _drop(obj, path.split("."))
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _CANONICAL.encode(obj)
 
 
 def _drop(obj: Any, parts: list[str]) -> None:
