@@ -106,6 +106,8 @@ class ReplayCassette:
 
     def unplayed(self) -> list[tuple[str, Any]]:
         """Recordings not replayed: (id, request), ids as :func:`review.ids` gives them for the file."""
+        if all(self.play_counts):  # every one played: nothing to name
+            return []
         found = zip(ids_of_keys(self._keys), (request for request, _ in self.data), strict=True)
         return [(iid, request) for index, (iid, request) in enumerate(found) if self.play_counts[index] == 0]
 
