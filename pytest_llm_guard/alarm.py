@@ -96,8 +96,13 @@ class Alarm:
             self._schedule()
 
     def _schedule(self) -> None:
-        """Set the timer for the soonest event, unless it is set for that moment already (a call's
-        timer for its headers, due with the deadline, comes and goes without a system call)."""
+        """Set the timer for the soonest event, unless it is set for that moment or sooner already.
+
+        A timer that expires before the soonest event is left as it is: :meth:`_fire` then finds
+        nothing due and sets it for the soonest. So a call's timer for its headers (its cap, sooner
+        than the deadline) comes and goes without a system call: set by the first call, it serves
+        the calls after it, at the cost of one early signal per cap's length.
+        """
         soonest = min(self._events)[0] if self._events else None  # (when, handle, _): handles are unique
         if soonest is None:
             self._armed = None
@@ -105,7 +110,7 @@ class Alarm:
             return
         seconds = max(soonest - self._clock(), 1e-4)
         expires = REAL.now() + seconds  # real time: a fake clock's moves are not the timer's
-        if self._armed is not None and abs(self._armed - expires) < _SAME_MOMENT:
+        if self._armed is not None and self._armed < expires + _SAME_MOMENT:
             return
         self._armed = expires
         self._below["setitimer"](signal.ITIMER_REAL, seconds)

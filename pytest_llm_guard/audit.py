@@ -81,3 +81,22 @@ def audit(root: Path) -> tuple[int, list[str]]:
         scanned += 1
         lines.extend(findings(path, root))
     return scanned, lines
+
+
+def main(root: Path) -> int:
+    """``--llm-audit``'s run: each finding, a verdict and what to do, printed (before pytest configures:
+    there is no terminal reporter yet); 1 when a credential-shaped string was found, else 0."""
+    from .report import plural
+
+    scanned, found = audit(root)
+    for line in found:
+        print(line)
+    verdict = plural(len(found), "credential-shaped string") if found else "no credential-shaped strings"
+    print(f"pytest-llm-guard audit: {plural(scanned, 'cassette')} under {root}, {verdict} found")
+    if found:
+        one = len(found) == 1
+        print(
+            f"Re-record {'that cassette' if one else 'those cassettes'} (recording redacts such strings), "
+            f"or edit the {'line' if one else 'lines'} above."
+        )
+    return 1 if found else 0

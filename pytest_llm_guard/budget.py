@@ -15,7 +15,6 @@ from . import report
 from .clock import REAL, Clock
 from .config import Settings
 from .errors import LLMBudgetExceeded
-from .learned import LEARNED_CALL_TIMEOUT
 from .ledger import Attempt, Ledger
 
 log = logging.getLogger("pytest_llm_guard")
@@ -70,6 +69,8 @@ class Budget:
         counted = self.ledger.counted_failures
         if self.settings.retries is not None and counted > self.settings.retries:
             if failed.cause and "call_timeout" in failed.cause:
+                from .learned import LEARNED_CALL_TIMEOUT  # here: a session without learned limits never loads it
+
                 learned = (
                     f" (learned from {self.settings.learned_timeouts} as p99 x learned_factor: raise learned_factor "
                     "or learned_floor, or learn again with --llm-learn-timeouts if the model became slower)"
@@ -94,9 +95,10 @@ class Budget:
                 f"only {self.remaining():.2f} s remain, so the test fails now instead of sleeping into a certain miss",
             )
 
-    def check_progress(self) -> None:
-        """While a body streams in: the read timeout restarts per chunk, the deadline does not."""
-        if self.remaining() <= 0:
+    def check_progress(self, now: float | None = None) -> None:
+        """While a body streams in: the read timeout restarts per chunk, the deadline does not. ``now``: the
+        clock's time, when the caller has just read it."""
+        if (self._deadline_at - now if now is not None else self.remaining()) <= 0:
             raise self.exceeded("deadline", "the deadline passed while the response was still arriving")
 
     def check_spending(self) -> None:

@@ -70,7 +70,8 @@ class Endpoint:
         """Does a request to ``url`` go to this endpoint? (same origin, path under the base path)"""
         if _origin(url.scheme, url.host, url.port) != self._origin:
             return False
-        return url.path == self._prefix or url.path.startswith(self._prefix + "/")
+        path = url.path
+        return path == self._prefix or path.startswith(self._prefix + "/")
 
     @property
     def base_path_length(self) -> int:

@@ -27,7 +27,6 @@ from .clock import REAL, Clock
 from .config import Settings
 from .dialects import Dialect, Usage, key_variables, origin_of
 from .errors import LLMGuardInterrupt
-from .learned import LEARNED_CALL_TIMEOUT
 from .ledger import CALL, Attempt, Call, Category, Ledger, Stats
 from .pipeline import AttemptContext, Pipeline
 from .prices import Prices
@@ -240,7 +239,8 @@ class Guard:
 
     def begin(self, request: httpx2.Request, dialect: Dialect) -> Attempt:
         """Open the attempt, check the budget, cap the attempt's timeouts by the time left."""
-        self.scrubber.learn(request.headers, str(request.url) if request.url.query else "")
+        url = request.url
+        self.scrubber.learn(request.headers, str(url) if url.query else "")
         call: Call | None = request.extensions.get(CALL)
         by, max_retries = None, None
         if call is None:  # a client the guard does not wrap: its SDK's own retries are told by a header
@@ -258,7 +258,6 @@ class Guard:
             else:
                 by = "guard"
             call_number = call.number
-        url = request.url
         owner = self.endpoints.owner(url) if self.endpoints is not None else None
         attempt = Attempt(
             test=self.test_id,
@@ -278,7 +277,9 @@ class Guard:
         if call is not None:
             call.last = attempt
         attempt.stream = StreamClock(attempt, self.clock.now, lowered=lambda: self._rearm(attempt))
-        attempt.stream.limit(self.settings.first_token_timeout, self.settings.idle_timeout)
+        first_token, idle = self.settings.first_token_timeout, self.settings.idle_timeout
+        if first_token is not None or idle is not None:
+            attempt.stream.limit(first_token, idle)
         refusal = self.budget.refuse_start(new_call=kind == "first")
         if refusal is not None:
             attempt.source = "refused"
@@ -287,7 +288,8 @@ class Guard:
             raise self.budget.exceeded(*refusal)
         self.ledger.open(attempt)
         self.cap(attempt, request, *self.budget.attempt_cap())
-        self.cap_learned(attempt, request)
+        if self.learned is not None:
+            self.cap_learned(attempt, request)
         return attempt
 
     def learned_limits(self, attempt: Attempt) -> Limits | None:
@@ -303,6 +305,8 @@ class Guard:
         if limits is None:
             return
         if limits.call is not None:
+            from .learned import LEARNED_CALL_TIMEOUT  # loaded already: the session read the limits
+
             self.cap(attempt, request, limits.call, LEARNED_CALL_TIMEOUT)
         if limits.first_token is not None and attempt.stream is not None:
             attempt.stream.limit(limits.first_token, None, " (learned)")
@@ -317,14 +321,16 @@ class Guard:
             return
         # The client's own timeouts, kept apart from our caps: a guarded client sends the same
         # request object again on a retry, and each attempt is capped afresh.
-        timeouts = request.extensions.get(CLIENT_TIMEOUT)
+        extensions = request.extensions
+        timeouts = extensions.get(CLIENT_TIMEOUT)
         if timeouts is None:
-            timeouts = request.extensions[CLIENT_TIMEOUT] = request.extensions.get("timeout") or {}
-        own = max((t for t in timeouts.values() if t is not None), default=math.inf)
-        attempt.cap, attempt.cap_by, attempt.cap_binds = seconds, by, seconds < own
-        self._rearm(attempt)
+            timeouts = extensions[CLIENT_TIMEOUT] = extensions.get("timeout") or {}
+        given = [t for t in timeouts.values() if t is not None]
+        attempt.cap, attempt.cap_by, attempt.cap_binds = seconds, by, seconds < (max(given) if given else math.inf)
+        if attempt.headers_timer is not None:
+            self._rearm(attempt)
         request.extensions = {
-            **request.extensions,
+            **extensions,
             "timeout": {
                 phase: min(seconds, timeouts.get(phase) or seconds) for phase in ("connect", "read", "write", "pool")
             },
@@ -368,6 +374,8 @@ class Guard:
 
     def headers_in(self, attempt: Attempt) -> None:
         timer, attempt.headers_timer = attempt.headers_timer, None
+        if timer is None:
+            return
         if timer == _WORKER:
             reads.clear()
         elif isinstance(timer, int) and self.alarm is not None:
@@ -423,13 +431,14 @@ class Guard:
 
     def progress(self, attempt: Attempt) -> None:
         """A chunk arrived: the per-chunk read timeout restarted, so check the totals here."""
+        now = self.clock.now()
         try:
-            self.budget.check_progress()
+            self.budget.check_progress(now)
         except LLMGuardInterrupt:
             attempt.cause = "deadline"
             self._close(attempt, "cut", Category.CUT, error="cut at the deadline while the body was arriving")
             raise
-        if self.clock.now() - attempt.start > attempt.cap:
+        if now - attempt.start > attempt.cap:
             attempt.cause = attempt.cap_by
             raise httpx2.ReadTimeout(f"the attempt took longer than its {attempt.cap:.2f} s cap ({attempt.cap_by})")
 

@@ -176,7 +176,7 @@ class Attempt:
         """What came of it, in a few words reports group by: see :data:`CATEGORIES`."""
         if self.source in ("refused", "replayed"):
             return self.source
-        return self.result.value
+        return self.result._value_  # the member's value, without the descriptor's calls: a hot path reads it
 
     def to_dict(self) -> dict[str, Any]:
         record = dict(vars(self))  # flat: every field is a plain value

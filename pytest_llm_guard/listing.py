@@ -15,11 +15,17 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from .audit import cassettes
+from .keys import ITEM_SETTINGS
+
+if TYPE_CHECKING:
+    import pytest
+
+    from .config import Settings
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -112,3 +118,17 @@ def lines(entries: list[Entry], root: Path, now: float, *, strict: bool) -> list
 
 def _size(size: int) -> str:
     return f"{size} B" if size < 1024 else f"{size / 1024:.1f} KiB"
+
+
+def used_by(items: list[pytest.Item], base: Settings) -> dict[Any, list[str]]:
+    """Each cassette a collected test would use, with its tests (pytest-recording's ``vcr`` tests too)."""
+    from .cassettes import path_for
+
+    used: dict[Any, list[str]] = {}
+    for item in items:
+        settings = item.stash.get(ITEM_SETTINGS, None)
+        if settings is None and item.get_closest_marker("vcr") is not None:
+            settings = base
+        if settings is not None and settings.cassette:
+            used.setdefault(path_for(item.path, item.name, settings), []).append(item.nodeid)
+    return used

@@ -27,7 +27,6 @@ from .config import (
     SECTIONS,
     ConfigWarning,
     Settings,
-    apply_markers,
     load_settings,
     read_pyproject,
     unknown_ini_keys,
@@ -118,25 +117,9 @@ class _ListingStartsNoWorkers:
 def pytest_cmdline_main(config: pytest.Config) -> int | None:
     if not config.getoption("llm_audit"):
         return None
-    from .audit import audit
-    from .report import plural
+    from .audit import main
 
-    scanned, found = audit(config.rootpath)
-
-    def write(line: str) -> None:
-        print(line)  # before configure: no terminal reporter yet
-
-    for line in found:
-        write(line)
-    verdict = plural(len(found), "credential-shaped string") if found else "no credential-shaped strings"
-    write(f"pytest-llm-guard audit: {plural(scanned, 'cassette')} under {config.rootpath}, {verdict} found")
-    if found:
-        one = len(found) == 1
-        write(
-            f"Re-record {'that cassette' if one else 'those cassettes'} (recording redacts such strings), "
-            f"or edit the {'line' if one else 'lines'} above."
-        )
-    return 1 if found else 0
+    return main(config.rootpath)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -157,7 +140,7 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     if not hasattr(config, "workerinput"):  # warned once, by the controller: xdist workers read the same
         unknown = getattr(config, "_get_unknown_ini_keys", set)()  # pytest's own list, which it warns of
-        for warning in warned + unknown_ini_keys(unknown, config.inipath):
+        for warning in warned + (unknown_ini_keys(unknown, config.inipath) if unknown else []):
             _warn(config, warning)
     config.stash[SETTINGS] = settings
     config.stash[PYPROJECT] = (pyproject, table)
@@ -179,10 +162,9 @@ def _session(config: pytest.Config) -> Session:
     session = config.stash.get(SESSION, None)
     if session is not None:
         return session
-    from . import learned
     from .endpoints import load_endpoints
     from .prices import load_prices
-    from .session import Session
+    from .session import Session, XdistHandoff
 
     settings = config.stash[SETTINGS]
     pyproject, table = config.stash[PYPROJECT]
@@ -197,17 +179,25 @@ def _session(config: pytest.Config) -> Session:
         root_name=config.rootpath.name,
         warn=lambda message: _warn(config, ConfigWarning(message, "state_url")),
     )
-    session.learned = learned.for_session(settings, config.rootpath)
+    if settings.learned_timeouts is not None:  # learned.py loads only for a session that reads limits
+        from . import learned
+
+        session.learned = learned.for_session(settings, config.rootpath)
     config.stash[SESSION] = session
     if session.handoff:
-        config.pluginmanager.register(_XdistHandoff(session), "llm_guard_xdist_state")
+        config.pluginmanager.register(XdistHandoff(session), "llm_guard_xdist_state")
     return session
+
+
+RECORDS = "llm_guard_records"
 
 
 def _collect_records(config: pytest.Config) -> None:
     """Registered only where records can come: a guarded or watched test here, or any test's under xdist."""
     if not config.pluginmanager.has_plugin(RECORDS):
-        config.pluginmanager.register(_Records(_session(config)), RECORDS)
+        from .session import Records
+
+        config.pluginmanager.register(Records(_session(config)), RECORDS)
 
 
 def _warn(config: pytest.Config, warning: ConfigWarning) -> None:
@@ -247,37 +237,6 @@ def _ini_overrides(config: pytest.Config) -> dict[str, str]:
     return found
 
 
-RECORDS = "llm_guard_records"
-
-
-class _Records:
-    """Collects guarded tests' records, from this process or (under xdist) a worker's."""
-
-    def __init__(self, session: Session) -> None:
-        self.session = session
-
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        test = getattr(report, "llm_guard", None)
-        if isinstance(test, dict):
-            self.session.records.append(test)
-        unguarded = getattr(report, "llm_unguarded", None)
-        if isinstance(unguarded, dict):
-            self.session.unguarded.append(unguarded)
-        cassette = getattr(report, "llm_cassette", None)
-        if isinstance(cassette, dict):
-            self.session.cassette_notes.append(cassette)
-
-
-class _XdistHandoff:
-    """Registered only when xdist distributes tests (its hook does not exist otherwise)."""
-
-    def __init__(self, session: Session) -> None:
-        self.session = session
-
-    def pytest_configure_node(self, node: Any) -> None:
-        self.session.configure_node(node)
-
-
 def pytest_unconfigure(config: pytest.Config) -> None:
     session = config.stash.get(SESSION, None)
     if session is not None:
@@ -291,6 +250,10 @@ def _settings_for(item: pytest.Item, base: Settings, config: pytest.Config) -> S
     if not (markers or uses_fixture or base.guard_all):
         return None
     endpoints = _session(config).endpoints
+    if not markers:  # the session's settings as they are: markers.py is not even imported
+        return base
+    from .markers import apply_markers
+
     return apply_markers(base, markers, item.nodeid, endpoint_names=endpoints.names, endpoints_source=endpoints.source)
 
 
@@ -308,11 +271,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if settings is not None:
             item.stash[ITEM_SETTINGS], guarded = settings, True
     if wrong:
-        config.pluginmanager.register(_WrongMarkers(wrong), "llm_guard_wrong_markers")
-    if config.getoption("llm_cassettes"):
-        from .listing import listing
+        from .markers import WrongMarkers
 
-        config.stash[LISTING] = listing(config.rootpath, _cassettes_used(items, base))
+        config.pluginmanager.register(WrongMarkers(wrong), "llm_guard_wrong_markers")
+    if config.getoption("llm_cassettes"):
+        from .listing import listing, used_by
+
+        config.stash[LISTING] = listing(config.rootpath, used_by(items, base))
         config.hook.pytest_deselected(items=list(items))
         items[:] = []
         return
@@ -322,32 +287,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
         _collect_records(config)
         prepare(config, items, base, watched=watched)
-
-
-def _cassettes_used(items: list[pytest.Item], base: Settings) -> dict[Any, list[str]]:
-    """Each cassette a collected test would use, with its tests (pytest-recording's ``vcr`` tests too)."""
-    from .cassettes import path_for
-
-    used: dict[Any, list[str]] = {}
-    for item in items:
-        settings = item.stash.get(ITEM_SETTINGS, None)
-        if settings is None and item.get_closest_marker("vcr") is not None:
-            settings = base
-        if settings is not None and settings.cassette:
-            used.setdefault(path_for(item.path, item.name, settings), []).append(item.nodeid)
-    return used
-
-
-class _WrongMarkers:
-    """Each test whose ``llm_*`` markers are wrong errors at its setup with what is wrong; the others run."""
-
-    def __init__(self, errors: dict[str, str]) -> None:
-        self.errors = errors
-
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_runtest_setup(self, item: pytest.Item) -> None:
-        if item.nodeid in self.errors:
-            pytest.fail(self.errors[item.nodeid], pytrace=False)
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
@@ -362,60 +301,11 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         return
     session = config.stash.get(SESSION, None)
     if session is not None:
-        _guard_summary(terminalreporter, session)
-    upkeep = session.upkeep if session is not None else None
-    if upkeep:
-        from .report import cassette_lines
+        from .summary import terminal_summary
 
-        terminalreporter.write_sep("-", "llm-guard: cassettes")
-        for line in cassette_lines(upkeep, terminalreporter.config.rootpath):
-            terminalreporter.write_line(line)
-    for line in terminalreporter.config.stash.get(REPORTS_WRITTEN, ()):  # here, on lines of their own
+        terminal_summary(terminalreporter, session)
+    for line in config.stash.get(REPORTS_WRITTEN, ()):  # here, on lines of their own
         terminalreporter.write_line(line)
-
-
-def _guard_summary(terminalreporter: Any, session: Session) -> None:
-    if session.unguarded:
-        from . import report
-
-        terminalreporter.write_sep("-", "llm-guard: unguarded LLM requests")
-        for line in report.unguarded_lines(session.unguarded):
-            terminalreporter.write_line(line)
-    if not any(test["stats"]["attempts"] for test in session.records):
-        return
-    from . import report, report_json
-
-    settings = session.settings
-    verbosity = terminalreporter.config.get_verbosity()
-    terminalreporter.write_sep("-", "llm-guard")
-    terminalreporter.write_line(report.totals_line([t["stats"] for t in session.records], settings.currency))
-    if verbosity < 0:
-        return
-    for line in session.router.status():
-        terminalreporter.write_line(f"endpoint {line}")
-    for line in report.limit_wait_lines(session.records):
-        terminalreporter.write_line(line)
-    slowest = report.slowest_lines(session.records, settings.durations)
-    if slowest:
-        shown = "all guarded tests" if settings.durations == 0 else report.plural(len(slowest), "slowest guarded test")
-        terminalreporter.write_line(f"where the time went ({shown}; {OPTIONS['durations'].flag}=N):")
-        for line in slowest:
-            terminalreporter.write_line(f"  {line}")
-    amplified = report.amplification_lines(session.records)
-    if amplified:
-        terminalreporter.write_line("retry amplification (calls retried by more than one layer):")
-        for line in amplified:
-            terminalreporter.write_line(f"  {line}")
-    if session.learned is not None:
-        from . import learned
-
-        for line in report.learned_lines(
-            learned.in_reports(session.learned, session.records), OPTIONS["learn_timeouts"].flag, settings.call_timeout
-        ):
-            terminalreporter.write_line(line)
-    if verbosity > 0:
-        for line in report.endpoint_lines(report_json.endpoints(session.records, session.router.health())):
-            terminalreporter.write_line(line)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -432,35 +322,9 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     guard_session = config.stash.get(SESSION, None)
     if guard_session is None:  # nothing configured for the session, no test guarded
         return
-    if guard_session.cassette_notes:
-        from .cassettes import upkeep
+    from .summary import finish
 
-        judged = upkeep.judge(guard_session.cassette_notes, guard_session.before)
-        guard_session.upkeep = judged.as_dict() if judged.unplayed or judged.reviews or judged.expired else None
-        if judged.fails and session.exitstatus == pytest.ExitCode.OK:
-            session.exitstatus = pytest.ExitCode.TESTS_FAILED
-    settings = guard_session.settings
-    said = config.stash[REPORTS_WRITTEN] = []
-    if settings.learn_timeouts:
-        from . import learned
-
-        said.append(learned.learn(config.rootpath / settings.learn_timeouts, guard_session.records))
-    if not (settings.report or settings.report_html):
-        return
-    from . import report_json
-
-    here = config.invocation_params.dir  # an absolute path stays as it is
-    said += report_json.write_reports(
-        guard_session.records,
-        guard_session.router.health() if guard_session.records else [],
-        duration=guard_session.clock.now() - guard_session.started,
-        currency=settings.currency,
-        json_path=here / settings.report if settings.report else None,
-        html_path=here / settings.report_html if settings.report_html else None,
-        unguarded=guard_session.unguarded,
-        cassettes=guard_session.upkeep,
-        learned_limits=guard_session.learned,
-    )
+    config.stash[REPORTS_WRITTEN] = finish(guard_session, session)
 
 
 # -- fixtures -------------------------------------------------------------------------

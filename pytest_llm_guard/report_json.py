@@ -18,7 +18,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import learned, report
+from . import report
 from .ledger import amplification, attribution
 
 if TYPE_CHECKING:
@@ -132,6 +132,8 @@ def endpoints(
 ) -> list[dict[str, Any]]:
     """Per endpoint: attempts by category, latency p50/p95 of whole attempts and of first chunks, per model
     p50/p95/p99/n of successful live attempts (what ``--llm-learn-timeouts`` keeps), transitions."""
+    from . import learned  # its statistics; here, not with the per-test records every guarded test builds
+
     grouped: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
     for test in tests:
         for attempt in test["attempts"]:
@@ -190,6 +192,11 @@ def build(
     except PackageNotFoundError:  # pragma: no cover - running from a source tree
         plugin_version = "unknown"
     totals = report.totals([t["stats"] for t in tests]) if tests else report.totals([])
+    learned_section = {}
+    if learned_limits is not None:
+        from . import learned
+
+        learned_section = {"learned_timeouts": learned.in_reports(learned_limits, tests)}
     return {
         "schema": SCHEMA,
         "created": datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds"),
@@ -205,7 +212,7 @@ def build(
         "endpoints": endpoints(tests, health),
         **({"unguarded": list(unguarded)} if unguarded else {}),
         **({"cassettes": dict(cassettes)} if cassettes else {}),
-        **({"learned_timeouts": learned.in_reports(learned_limits, tests)} if learned_limits is not None else {}),
+        **learned_section,
     }
 
 

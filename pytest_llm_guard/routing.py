@@ -36,7 +36,7 @@ import math
 import os
 import random
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx2
@@ -49,7 +49,7 @@ from .dialects import Dialect, dialect_for, named, origin_of, request_json
 from .endpoints import Endpoint, EndpointSet
 from .errors import LLMNoEndpoint
 from .ledger import CALL, Attempt, Call, Probe
-from .ratelimit import RateLimiter
+from .ratelimit import RateLimiter, limits
 from .state import StateStore
 
 if TYPE_CHECKING:
@@ -144,6 +144,9 @@ class _View:
 
     health: EndpointHealth
     read_at: float
+    quiet: set[str] = field(default_factory=set)
+    """Models for which a success changes nothing here (:meth:`EndpointHealth.unchanged_by`): known once,
+    true while this copy lives (a change makes a new copy; only time passes, which keeps it true)."""
 
 
 class Router:
@@ -180,6 +183,7 @@ class Router:
         self.rng = rng or random.Random()
         self.environ = environ
         self._views: dict[str, _View] = {}
+        """This process's copy of each endpoint's health, by endpoint name."""
         self.prober = probes.Prober()
         """Half-open probes sent beside a test's attempt, in the background (``probes.py``)."""
 
@@ -213,18 +217,39 @@ class Router:
         missing = self._missing_key(endpoint)
         if missing is not None:
             return missing
-        key, now = self._key(endpoint), self.clock.wall()
-        health = self._read(key, model, now)
+        now = self.clock.wall()
+        health = self._read(endpoint, model, now)
         if health.breaker(model).state == "closed":  # admitting changes nothing: the copy decides
             return health.admit(model, now, self.policy, retry=retry, lease=lease, max_wait=max_wait)
 
         return self._change(
             endpoint,
-            key,
             model,
             now,
             lambda h: h.admit(model, now, self.policy, retry=retry, lease=lease, max_wait=max_wait),
         )
+
+    def quiet(self, endpoint: Endpoint, model: str) -> bool:
+        """Would :meth:`admit` take an attempt at once, and would its success change nothing? Told by this
+        process's trusted copy alone (:meth:`_read`): a settled breaker whose window is all successes, every
+        retry token there, no Retry-After to wait out, its key set. Then an attempt needs no verdict."""
+        if endpoint.api_key_env and endpoint.api_key(self.environ) is None:
+            return False
+        view = self._views.get(endpoint.name)
+        if view is None:
+            return False
+        now = self.clock.wall()
+        if not view.read_at <= now < view.read_at + self.policy.breaker_cooldown * _TRUSTED_SHARE:
+            return False
+        return self._quiet(view, model, now)
+
+    def _quiet(self, view: _View, model: str, now: float) -> bool:
+        if model in view.quiet:
+            return True
+        if view.health.unchanged_by(model, Outcome.SUCCESS, now, self.policy):
+            view.quiet.add(model)
+            return True
+        return False
 
     def peek(self, endpoint: Endpoint, model: str, *, retry: bool) -> Verdict:
         """:meth:`admit` without taking the probe: where would a retry go?"""
@@ -232,7 +257,7 @@ class Router:
         if missing is not None:
             return missing
         now = self.clock.wall()
-        return self._read(self._key(endpoint), model, now).peek(model, now, self.policy, retry=retry)
+        return self._read(endpoint, model, now).peek(model, now, self.policy, retry=retry)
 
     def record(
         self,
@@ -243,20 +268,23 @@ class Router:
         error: str | None = None,
         retry_after: float | None = None,
     ) -> None:
-        key, now = self._key(endpoint), self.clock.wall()
-        view = self._views.get(key)
-        if view is not None and view.health.unchanged_by(model, outcome, now, self.policy):
+        now = self.clock.wall()
+        view = self._views.get(endpoint.name)
+        if view is not None and (
+            self._quiet(view, model, now)
+            if outcome is Outcome.SUCCESS
+            else view.health.unchanged_by(model, outcome, now, self.policy)
+        ):
             return
 
         self._change(
             endpoint,
-            key,
             model,
             now,
             lambda h: h.record(model, outcome, now, self.policy, error=error, retry_after=retry_after),
         )
 
-    def _change(self, endpoint: Endpoint, key: str, model: str, now: float, act: Callable[[EndpointHealth], T]) -> T:
+    def _change(self, endpoint: Endpoint, model: str, now: float, act: Callable[[EndpointHealth], T]) -> T:
         """``act`` on the endpoint's shared health in one atomic store update; this process's copy becomes
         what was written, and the breaker's transitions are logged."""
 
@@ -267,21 +295,21 @@ class Router:
             health.dump(record)
             return result, health, health.breaker(model).transitions[before:]
 
-        result, health, moved = self.store.update(key, change)
-        self._views[key] = _View(health, now)
+        result, health, moved = self.store.update(self._key(endpoint), change)
+        self._views[endpoint.name] = _View(health, now)
         self._log(endpoint, model, moved)
         return result
 
-    def _read(self, key: str, model: str, now: float) -> EndpointHealth:
+    def _read(self, endpoint: Endpoint, model: str, now: float) -> EndpointHealth:
         """The endpoint's health: this process's copy while it is settled and younger than a tenth of
         the cooldown, else read from the store now."""
-        view = self._views.get(key)
+        view = self._views.get(endpoint.name)
         if (
             view is None
             or not view.read_at <= now < view.read_at + self.policy.breaker_cooldown * _TRUSTED_SHARE
             or not view.health.settled(model, now, self.policy)
         ):
-            view = self._views[key] = _View(EndpointHealth.load(self.store.get(key)), now)
+            view = self._views[endpoint.name] = _View(EndpointHealth.load(self.store.get(self._key(endpoint))), now)
         return view.health
 
     @staticmethod
@@ -346,6 +374,8 @@ class RouterLayer:
         self.router = router
         self.settings = settings
         self.limiter = RateLimiter(router.store, router.clock, router.endpoints.source)
+        self._unlimited: dict[str, bool] = {}
+        """Per endpoint: no shared rate limit applies to this test's requests there (its settings are fixed)."""
 
     def handle(self, request: httpx2.Request, ctx: AttemptContext, send: Send) -> httpx2.Response:
         plan = self._plan(request, ctx)
@@ -383,12 +413,16 @@ class RouterLayer:
             if not choices:
                 raise self._no_endpoint_serves(attempt.model, _kinds(attempt))
             plan.routed = True
+            if self._quiet(choices[0], plan.model):
+                return self._go(plan, choices[0], ctx)
         else:
             owner = self.router.endpoints.owner(request.url)
             if owner is None:
                 return plan
             if self.settings.endpoints is not None and owner.name not in self.settings.endpoints:
                 raise self._refusal([(owner, Verdict(False, self._not_allowed()))], request, ctx, fixture)
+            if self._quiet(owner, plan.model):
+                return self._go(plan, owner, ctx)
             choices = [owner]
         refusals = self._admit_first(plan, choices, ctx, max_wait=0.0)
         remaining = ctx.remaining()
@@ -402,6 +436,20 @@ class RouterLayer:
         self._take_turn(plan, ctx, fixture)
         if plan.aside is not None:
             self._probe_beside(plan, ctx)
+        self._send_to(plan, ctx)
+        return plan
+
+    def _quiet(self, endpoint: Endpoint, model: str) -> bool:
+        """The healthy path: the endpoint takes the attempt at once, with no verdict, turn or probe to take
+        (``Router.quiet``, and no shared rate limit). What the full path would conclude, without its work."""
+        unlimited = self._unlimited.get(endpoint.name)
+        if unlimited is None:
+            found = limits(endpoint, self.settings, self.limiter.endpoints_source)
+            unlimited = self._unlimited[endpoint.name] = not found
+        return unlimited and self.router.quiet(endpoint, model)
+
+    def _go(self, plan: _Plan, endpoint: Endpoint, ctx: AttemptContext) -> _Plan:
+        plan.endpoint = endpoint
         self._send_to(plan, ctx)
         return plan
 
@@ -508,13 +556,15 @@ class RouterLayer:
             call.failover_to = None
         attempt.endpoint_name = endpoint.name
         attempt.backoff += plan.wait  # waited before sending (a Retry-After): the gap to the last attempt grows
-        attempt.start += plan.delay
+        delay = plan.delay
+        attempt.start += delay
         if endpoint.call_timeout is not None:
             ctx.cap(plan.request, endpoint.call_timeout, f"call_timeout of endpoint {endpoint.name}")
-        if attempt.stream is not None:
-            attempt.stream.limit(endpoint.first_token_timeout, endpoint.idle_timeout, f" of endpoint {endpoint.name}")
-        if plan.delay:
-            ctx.cap(plan.request, max(0.0, ctx.attempt_cap() - plan.delay), "deadline")
+        first_token, idle = endpoint.first_token_timeout, endpoint.idle_timeout
+        if attempt.stream is not None and (first_token is not None or idle is not None):
+            attempt.stream.limit(first_token, idle, f" of endpoint {endpoint.name}")
+        if delay:
+            ctx.cap(plan.request, max(0.0, ctx.attempt_cap() - delay), "deadline")
 
     # -- recording --------------------------------------------------------------------
 

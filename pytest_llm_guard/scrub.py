@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -36,58 +37,59 @@ REDACTED = "REDACTED"
 SECRET_HEADERS = KEY_HEADERS | {"proxy-authorization", "cookie", "set-cookie"}
 """Every dialect's credential headers, and the web's."""
 SECRET_QUERY = frozenset({"api-key", "api_key", "apikey", "key", "access_token", "token", "code"})
-_SECRET_HEADER_WORDS = re.compile(
-    r"(api[-_]?key|authorization|secret|cookie|password|session[-_]?id|access[-_]?token|auth[-_]?token)",
-    re.IGNORECASE,
+_SECRET_HEADER_WORDS = (
+    r"(?i)(api[-_]?key|authorization|secret|cookie|password|session[-_]?id|access[-_]?token|auth[-_]?token)"
 )
 
-SHAPES: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("Anthropic API key", re.compile(r"\bsk-ant-[A-Za-z0-9_\-]{16,}")),
-    ("OpenAI API key", re.compile(r"\b(?:sk|sess|rk)-(?!ant-)[A-Za-z0-9_\-]{16,}")),
-    ("AWS access key", re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b")),
-    ("Google API key", re.compile(r"\bAIza[0-9A-Za-z_\-]{35}(?![0-9A-Za-z_\-])")),
-    ("JSON Web Token", re.compile(r"\beyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}")),
+SHAPES: tuple[tuple[str, str], ...] = (
+    ("Anthropic API key", r"\bsk-ant-[A-Za-z0-9_\-]{16,}"),
+    ("OpenAI API key", r"\b(?:sk|sess|rk)-(?!ant-)[A-Za-z0-9_\-]{16,}"),
+    ("AWS access key", r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"),
+    ("Google API key", r"\bAIza[0-9A-Za-z_\-]{35}(?![0-9A-Za-z_\-])"),
+    ("JSON Web Token", r"\beyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}"),
     (
         "Authorization credential",
-        re.compile(
-            r"""(?ix)\b(?:proxy-)?authorization['"]?\s*[:=]\s*\[?\s*['"]?(?:bearer|basic|token)\s+
-            (?!REDACTED\b)([^\s'",}\]{$<%][^\s'",}\]]{7,})  # not a template: {token}, ${KEY}, <key>"""
-        ),
+        r"""(?ix)\b(?:proxy-)?authorization['"]?\s*[:=]\s*\[?\s*['"]?(?:bearer|basic|token)\s+
+        (?!REDACTED\b)([^\s'",}\]{$<%][^\s'",}\]]{7,})  # not a template: {token}, ${KEY}, <key>""",
     ),
-    ("bearer token", re.compile(r"(?i)\bbearer\s+([A-Za-z0-9._~+/\-]{16,}=*)")),
-    ("Azure api-key", re.compile(r"(?i)api-key['\"]?(?:\s*[:=]\s*|:\s*\n\s*-\s*)['\"]?([0-9a-f]{32})\b")),
+    ("bearer token", r"(?i)\bbearer\s+([A-Za-z0-9._~+/\-]{16,}=*)"),
+    ("Azure api-key", r"(?i)api-key['\"]?(?:\s*[:=]\s*|:\s*\n\s*-\s*)['\"]?([0-9a-f]{32})\b"),
 )
 """Credential shapes, for redaction and for ``--llm-audit``: (kind, pattern); a group, if any, is the secret.
+Every pattern here is compiled on its first use (:func:`_compiled`): a test that scrubs no text never pays for it.
 Kinds in :data:`_RANDOM_ONLY` count only where the value looks random (:func:`looks_random`)."""
 _RANDOM_ONLY = frozenset({"OpenAI API key", "bearer token"})
 """Shapes that ordinary text can take: ``sk-learn-compatible``, "ring bearer responsibilities"."""
 _CREDENTIAL_HEADERS = frozenset({b"authorization", b"proxy-authorization", b"api-key", b"x-api-key"})
 _MIN_SECRET = 8
 """Shorter values are not treated as secrets (they would redact ordinary words)."""
-_HEADER_VALUES = re.compile(
-    r"""(?ix)
+_HEADER_VALUES = r"""(?ix)
     (?<![\w-])(['"]?(?:set-cookie|cookie|authorization|proxy-authorization|api-key|x-api-key)['"]?\s*[:=]\s*)
     (\[[^\]]*\]|'[^']*'|"[^"]*"|[^,}\s]+)
     """
-)
 """Header values inside log text (``'set-cookie': ['...']``, ``authorization: Bearer ...``); a name only as a
 whole word, so ``test_cookie: attempt ...`` (a test's name in our own log line) is left alone."""
-_HEADER_PAIRS = re.compile(
-    r"""(?x)
+_HEADER_PAIRS = r"""(?x)
     (\(\s*b?(['"])([A-Za-z0-9_\-]+)\2\s*,\s*)
     (b?)('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")
     (?=\s*\))
     """
-)
 """Header pairs inside log text, str or bytes: httpcore's ``(b'Set-Cookie', b'...')``, httpx's ``('cookie', '...')``."""
-_QUERY_VALUES = re.compile(r"(?i)([?&](?:api[-_]?key|key|access_token|token|code)=)[^&\s'\"]+")
+_QUERY_VALUES = r"(?i)([?&](?:api[-_]?key|key|access_token|token|code)=)[^&\s'\"]+"
+
+
+@functools.cache
+def _compiled(pattern: str) -> re.Pattern[str]:
+    """One of this module's patterns, compiled on its first use and kept: their compilation is most of
+    this module's import time, and a test whose calls all succeed with records off scrubs no text."""
+    return re.compile(pattern)
 
 
 def find_shapes(text: str) -> Iterator[tuple[str, int, int]]:
     """(kind, start, end) of every credential-shaped string in ``text``, each string once."""
     seen = set()
     for kind, pattern in SHAPES:
-        for match in pattern.finditer(text):
+        for match in _compiled(pattern).finditer(text):
             start, end = match.span(match.lastindex or 0)
             if (start, end) not in seen and (kind not in _RANDOM_ONLY or looks_random(text[start:end])):
                 seen.add((start, end))
@@ -111,12 +113,12 @@ def looks_random(token: str) -> bool:
     return False
 
 
-_TRIGGERS = re.compile(r"(?i)sk-|sess-|rk-|AKIA|ASIA|AIza|eyJ|bearer|authorization|api-key")
+_TRIGGERS = r"(?i)sk-|sess-|rk-|AKIA|ASIA|AIza|eyJ|bearer|authorization|api-key"
 """What every shape contains: text without any is passed over in one scan (most header values)."""
 
 
 def redact_shapes(text: str) -> str:
-    if not _TRIGGERS.search(text):
+    if not _compiled(_TRIGGERS).search(text):
         return text
     spans: list[list[int]] = []
     for start, end in sorted((start, end) for _, start, end in find_shapes(text)):
@@ -195,7 +197,7 @@ class Scrubber:
 
     def is_secret_header(self, name: str) -> bool:
         lower = name.lower()
-        return lower in self.headers or bool(_SECRET_HEADER_WORDS.search(lower))
+        return lower in self.headers or bool(_compiled(_SECRET_HEADER_WORDS).search(lower))
 
     def text(self, value: str) -> str:
         for pattern in self._patterns:
@@ -215,12 +217,12 @@ class Scrubber:
 
     def log_text(self, value: str) -> str:
         """Text of a log record: also header values and key query parameters, which logs print whole."""
-        value = _HEADER_VALUES.sub(lambda m: m.group(1) + f"'{REDACTED}'", value)
-        value = _HEADER_PAIRS.sub(
+        value = _compiled(_HEADER_VALUES).sub(lambda m: m.group(1) + f"'{REDACTED}'", value)
+        value = _compiled(_HEADER_PAIRS).sub(
             lambda m: f"{m.group(1)}{m.group(4)}'{REDACTED}'" if self.is_secret_header(m.group(3)) else m.group(0),
             value,
         )
-        value = _QUERY_VALUES.sub(lambda m: m.group(1) + REDACTED, value)
+        value = _compiled(_QUERY_VALUES).sub(lambda m: m.group(1) + REDACTED, value)
         return self.text(value)
 
     def body(self, body: Any) -> Any:

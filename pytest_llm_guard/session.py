@@ -25,6 +25,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pytest
+
 from .clock import REAL, Clock
 from .config import Settings
 from .endpoints import EndpointSet
@@ -261,3 +263,32 @@ class Session:
         self.store.close()
         if self.folder is not None:
             shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class Records:
+    """The plugin that collects guarded tests' records into the session, from this process or (under xdist)
+    a worker's; registered only where records can come."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        test = getattr(report, "llm_guard", None)
+        if isinstance(test, dict):
+            self.session.records.append(test)
+        unguarded = getattr(report, "llm_unguarded", None)
+        if isinstance(unguarded, dict):
+            self.session.unguarded.append(unguarded)
+        cassette = getattr(report, "llm_cassette", None)
+        if isinstance(cassette, dict):
+            self.session.cassette_notes.append(cassette)
+
+
+class XdistHandoff:
+    """Registered only when xdist distributes tests (its hook does not exist otherwise)."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def pytest_configure_node(self, node: Any) -> None:
+        self.session.configure_node(node)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import gzip
 import json
 import zlib
 from collections.abc import Callable, Iterator
@@ -28,7 +27,11 @@ def _brotli() -> Any:
 
 
 def _codecs() -> list[tuple[Callable[[bytes], bytes], Callable[[bytes], bytes]]]:
-    """(decompress, compress) of gzip, deflate (zlib-wrapped, then raw) and br: the likeliest first."""
+    """(decompress, compress) of gzip, deflate (zlib-wrapped, then raw) and br: the likeliest first.
+
+    Asked only of a body that is not UTF-8 text, so gzip loads here: most sessions never need it."""
+    import gzip
+
     codecs = [
         (gzip.decompress, gzip.compress),
         (zlib.decompress, zlib.compress),

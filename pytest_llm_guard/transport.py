@@ -300,15 +300,12 @@ class _Reading:
         self._chunks: Any = None
         """The one iterator over the inner stream."""
 
-    def _due(self) -> Due:
-        """The caller asks for the next chunk: when the read must end, and the limit that says so."""
-        self._clock.asked()
-        return self._clock.due()
-
     def _next(self) -> bytes:
-        """The next chunk (or :data:`_END`), its read ending at the first limit due."""
+        """The next chunk (or :data:`_END`), its read ending at the first limit due (the caller asks for it
+        now: a gap is the server's from here)."""
         self._chunks = self._chunks or iter(self._inner)  # type: ignore[call-overload]
-        due = self._due()
+        self._clock.asked()
+        due: Due = self._clock.due()
         if math.isinf(due.when):
             return next(self._chunks, _END)
         reads.due(self._clock.now, due.when, due)
@@ -319,7 +316,8 @@ class _Reading:
 
     async def _next_async(self) -> bytes:
         self._chunks = self._chunks or self._inner.__aiter__()  # type: ignore[union-attr]
-        due = self._due()
+        self._clock.asked()
+        due: Due = self._clock.due()
         if not math.isinf(due.when):
             reads.due(self._clock.now, due.when, due)
         try:

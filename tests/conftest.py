@@ -19,6 +19,7 @@ import tenacity  # noqa: F401
 import vcr  # noqa: F401
 from redis_server import RedisServer
 
+import pytest_llm_guard.clients  # noqa: F401  (the client fixtures' TLS context, built once, outlives those runs)
 from pytest_llm_guard import FakeClock
 from pytest_llm_guard.fault import FaultServer
 

@@ -7,6 +7,7 @@ import json
 import sys
 import types
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -257,9 +258,50 @@ def test_a_suite_that_never_uses_the_plugin_loads_nothing_heavy_and_runs_no_hook
     # or dialect (configuration reads the default model from default_dialect), nor the TOML parser
     loaded = {m.removeprefix("pytest_llm_guard.") for m in found["modules"]}
     assert not loaded & {"session", "state", "endpoints", "prices", "learned", "protocol", "alarm", "report", "clock"}
+    # nor what only a configured or guarded session runs: markers applied, clients built, the summary's sections
+    assert not loaded & {"markers", "clients", "summary", "audit", "listing", "backoff"}
     assert not {m for m in loaded if m == "dialects" or m.startswith("dialects.")}
     assert found["toml"] is False
     assert "pytest_llm_guard.plugin" in sys.modules  # the plugin itself is installed and loaded here
+
+
+def test_a_healthy_guarded_session_loads_only_what_its_settings_use(
+    pytester: pytest.Pytester, server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A guarded test whose one call succeeds, with records off, one endpoint and no report, limit or
+    learned timeouts asked for: the retry policy (tenacity), learned limits, cassettes, the reports'
+    writers and the other start-up-free parts are never imported, through to the terminal summary; the
+    scrubber compiles none of its patterns (no text was scrubbed)."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-real-key")
+    pytester.makeconftest(
+        """
+        import json
+        import sys
+
+        def pytest_unconfigure(config):
+            found = sorted(m for m in sys.modules if m.startswith("pytest_llm_guard") or m in WATCHED)
+            compiled = sys.modules["pytest_llm_guard.scrub"]._compiled.cache_info().currsize
+            (config.rootpath / "found.json").write_text(json.dumps({"modules": found, "compiled": compiled}))
+
+        WATCHED = {"tenacity", "gzip", "vcr", "yaml"}
+        """
+    )
+    pytester.makepyprojecttoml(f'[tool.pytest_llm_guard]\nbase_url = "{server.base_url}"\nrecord = "off"\n')
+    pytester.makepyfile(
+        """
+        def test_one(llm_client):
+            reply = llm_client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+            assert reply.choices[0].message.content
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:anyio", "-p", "no:xdist", "-p", "no:recording")
+    result.assert_outcomes(passed=1)
+    found = json.loads((pytester.path / "found.json").read_text())
+    loaded = {m.removeprefix("pytest_llm_guard.") for m in found["modules"]}
+    assert {"guard", "transport", "summary", "report_json"} <= loaded, "the guarded path and its summary ran"
+    unused = {"tenacity", "gzip", "vcr", "yaml", "backoff", "learned", "cassettes", "audit", "listing", "state_redis"}
+    assert loaded & unused == set()
+    assert found["compiled"] == 0
 
 
 TIME_READS = {("time", name) for name in ("monotonic", "time", "perf_counter", "sleep")} | {("asyncio", "sleep")}

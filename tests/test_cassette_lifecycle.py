@@ -14,9 +14,10 @@ from vcr.request import Request
 from vcr.serializers import yamlserializer
 
 from pytest_llm_guard.cassettes import canonical_body, request_key, review
-from pytest_llm_guard.config import Settings, apply_markers
+from pytest_llm_guard.config import Settings
 from pytest_llm_guard.errors import LLMGuardConfigError
 from pytest_llm_guard.fault import Fault, FaultServer
+from pytest_llm_guard.markers import apply_markers
 
 pytest_plugins = ["pytester"]
 

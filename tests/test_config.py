@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llm_guard.config import ConfigWarning, LLMGuardConfigError, Settings, apply_markers, load_settings
+from pytest_llm_guard.config import ConfigWarning, LLMGuardConfigError, Settings, load_settings
+from pytest_llm_guard.markers import apply_markers
 
 
 def load(tmp_path: Path, *, toml: str = "", ini=None, env=None, cli=None, overridden=None) -> Settings:

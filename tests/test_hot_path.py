@@ -218,20 +218,18 @@ def test_fixture_clients_load_the_ca_bundle_once_not_once_per_test(monkeypatch: 
     import httpcore2
     import openai
 
-    from pytest_llm_guard import fixtures
+    from pytest_llm_guard import clients
 
     built: list[object] = []
     real = httpcore2.default_ssl_context
     monkeypatch.setattr(httpcore2, "default_ssl_context", lambda **kw: built.append(real(**kw)) or built[-1])
     for variable in ("SSL_CERT_FILE", "SSL_CERT_DIR"):
         monkeypatch.delenv(variable, raising=False)
-    fixtures._tls.cache_clear()
+    clients.tls.cache_clear()
     options = {"base_url": "http://127.0.0.1:9/v1", "api_key": "sk-test"}
     sdks = ["openai"] + (["anthropic"] if importlib.util.find_spec("anthropic") else [])
     clients = [  # nothing is sent: no connection to close
-        fixtures._build(fixtures._dialect(sdk), asynchronous, options, "options")
-        for sdk in sdks
-        for asynchronous in (False, True, False)
+        clients.build(sdk, asynchronous, options, "options") for sdk in sdks for asynchronous in (False, True, False)
     ]
     assert len(built) == 1  # the SDKs alone build one per client: about 30 ms on every test
     sync = clients[0]
@@ -315,3 +313,80 @@ def test_a_json_answer_is_parsed_once_and_the_sdk_gets_the_watchers_object(
     assert len(answers) == 1, "the watcher's parse (for the body's check and usage) is the SDK's too"
     again = raw.http_response.json()
     assert again == json.loads(raw.http_response.content) and len(answers) == 3, "a later call parses anew"
+
+
+def test_a_quiet_endpoint_takes_its_attempts_without_a_verdict_and_anything_else_goes_the_full_way(
+    primary: Any, backup: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from routed import routed_test
+
+    from pytest_llm_guard.fault import Fault
+
+    clock, store = FakeClock(), CountingStore()
+    endpoints = EndpointSet(
+        (Endpoint("primary", primary.base_url), Endpoint("backup", backup.base_url, priority=1)),
+        configured=True,
+        source="the test",
+    )
+    router = Router(endpoints, store, Settings(breaker_failures=3, breaker_window=3, breaker_cooldown=30), clock=clock)
+    verdicts: list[str] = []
+    admit = Router.admit
+    monkeypatch.setattr(Router, "admit", lambda self, e, *a, **k: verdicts.append(e.name) or admit(self, e, *a, **k))
+
+    def calls(n: int, **settings: Any) -> list[str | None]:
+        """``n`` calls of one test; where their attempts went."""
+        verdicts.clear()
+        store.gets = store.updates = 0
+        with routed_test(router, primary.base_url, "test_hot_path::quiet", clock, **settings) as (guard, client):
+            for _ in range(n):
+                client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+        return [attempt.endpoint_name for attempt in guard.events]
+
+    assert calls(3) == ["primary"] * 3 and verdicts == ["primary"] * 3, "its window fills: each success is written"
+    assert calls(5) == ["primary"] * 5 and verdicts == [] and (store.gets, store.updates) == (0, 0)
+    assert calls(2, rpm=6000) == ["primary"] * 2 and verdicts == ["primary"] * 2 and store.updates == 2, (
+        "a shared rate limit: each attempt takes its turn through the store"
+    )
+    primary.plan(Fault.status(503))
+    assert calls(1) == ["primary", "backup"] and verdicts == ["backup"], "the failover goes the full way"
+    assert calls(1) == ["primary"] and verdicts == ["primary"], "a failure in its window: the full way until it is out"
+    calls(12)  # its window all successes again, and the retry token the failure took given back (0.1 a success)
+    assert calls(1) == ["primary"] and verdicts == []
+    clock.advance(3.0)  # a tenth of the cooldown: the copy is read again, the full way
+    assert calls(1) == ["primary"] and verdicts == ["primary"] and store.gets == 1
+
+
+def test_a_header_timer_sooner_than_the_deadline_costs_no_system_call_and_an_early_signal_sets_the_next(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import signal
+    import time
+
+    from pytest_llm_guard.alarm import Alarm
+
+    if signal.getitimer(signal.ITIMER_REAL) != (0.0, 0.0):
+        pytest.skip("a timer of the outer session is armed")
+    real, set_to = signal.setitimer, []
+    monkeypatch.setattr(
+        signal,
+        "setitimer",
+        lambda which, seconds, interval=0.0: set_to.append(seconds) or real(which, seconds, interval),
+    )
+    fired: list[str] = []
+    alarm, now = Alarm(), time.monotonic()
+    alarm.start()
+    try:
+        alarm.at(now + 0.3, lambda: fired.append("deadline"))
+        set_to.clear()
+        for call in range(100):  # each call's timer for its headers, at its cap, cancelled when they arrive
+            alarm.cancel(alarm.at(now + 0.1 + call / 1e6, lambda: fired.append("headers")))
+        assert len(set_to) == 1, "the first call's header timer sets it sooner; the other 99 cost nothing"
+        waited = time.monotonic() + 10
+        while not fired and time.monotonic() < waited:
+            time.sleep(0.01)
+        assert fired == ["deadline"] and time.monotonic() >= now + 0.3
+        assert len(set_to) == 3 and 0.0 < set_to[1] <= 0.3 and set_to[2] == 0, (
+            "the early signal found nothing due and set the timer for the deadline; with nothing left, it is unset"
+        )
+    finally:
+        alarm.stop()

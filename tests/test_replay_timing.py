@@ -22,9 +22,10 @@ import yaml
 
 from pytest_llm_guard import FakeClock, LLMBudgetExceeded, cassettes, pipeline, transport
 from pytest_llm_guard.cassettes.timing import pieces
-from pytest_llm_guard.config import Settings, apply_markers
+from pytest_llm_guard.config import Settings
 from pytest_llm_guard.errors import LLMCassetteError, LLMGuardConfigError
 from pytest_llm_guard.guard import Guard
+from pytest_llm_guard.markers import apply_markers
 
 BASE_URL = "http://llm.test/v1"
 HELLO = [{"role": "user", "content": "hello"}]

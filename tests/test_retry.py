@@ -9,9 +9,10 @@ import pytest
 from tenacity import RetryCallState, Retrying
 from tenacity.wait import wait_fixed
 
+from pytest_llm_guard.backoff import wait_server_hint, wait_within_deadline
 from pytest_llm_guard.dialects import DIALECTS, Dialect, hear
 from pytest_llm_guard.ledger import CALL, Attempt, Call
-from pytest_llm_guard.retry import is_retryable_error, wait_server_hint, wait_within_deadline
+from pytest_llm_guard.retry import is_retryable_error
 
 NOW = 1_800_000_000.0
 

@@ -168,8 +168,11 @@ class OpenAIDialect(StainlessDialect):
         return path[match.start() :] if match else path
 
     def model_of(self, request: httpx2.Request) -> str | None:
-        match = _AZURE_DEPLOYMENT.search(request.url.path)
-        return super().model_of(request) or (match.group(1) if match else None)
+        model = super().model_of(request)
+        if model:
+            return model
+        match = _AZURE_DEPLOYMENT.search(request.url.path)  # an Azure deployment's body may name no model
+        return match.group(1) if match else None
 
     def summary(self, body: Any, limit: int = 80) -> str:
         if not isinstance(body, dict):
