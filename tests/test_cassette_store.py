@@ -19,11 +19,13 @@ from pytest_llm_guard.cassettes import (
     ReadableYaml,
     canonical_body,
     file_safe,
+    open_cassette,
     path_for,
     record_mode,
     request_key,
     vcr_bridge,
 )
+from pytest_llm_guard.cassettes.replaying import ReplayCassette, replay_only
 from pytest_llm_guard.config import Settings
 from pytest_llm_guard.errors import LLMCassetteError
 from pytest_llm_guard.scrub import Scrubber
@@ -404,3 +406,63 @@ def test_an_abandoned_note_is_kept_until_the_request_is_recorded(tmp_path: Path)
     again.append(chat("hi"), answer("whole"))
     again.save()
     assert "metadata" not in yaml.safe_load(path.read_text())
+
+
+# -- the replay-only cassette (no vcrpy) -----------------------------------------------------------
+
+
+def replaying(path: Path, mode: str = "none", matcher=None) -> ReplayCassette:
+    layer = open_cassette(
+        path, Settings(match_on=(*MATCH, "query")), mode=mode, nodeid="t", matcher=matcher, scrubber=Scrubber()
+    )
+    assert isinstance(layer.cassette, ReplayCassette) and layer.replay_only
+    return layer.cassette
+
+
+def test_a_replay_only_cassette_looks_up_as_vcrpys_does(tmp_path: Path) -> None:
+    """Record mode none, and once on a recorded file: the first unplayed recording of the key as sent,
+    then of the scrubbed key (a recording holds REDACTED where the request held a secret); a matcher
+    hook sees the scrubbed request and vcrpy's recorded one; an answer cut short is given back."""
+    secret = "sk-proj-" + "a1B2c3D4" * 4
+    path = tmp_path / "c.yaml"
+    recording = vcr_bridge.load(
+        path, mode="new_episodes", match_on=(*MATCH, "query"), ignore=frozenset(), matcher=None, scrubber=Scrubber()
+    )
+    recording.append(Request("POST", chat("s").uri + "?api-key=" + secret, chat(secret).body, {}), answer("secret"))
+    for text in ("first", "second"):
+        recording.append(chat("same"), answer(text))
+    recording._save()
+
+    def sent(content: str, query: str = "") -> vcr_bridge.Sent:
+        return vcr_bridge.Sent("POST", chat(content).uri + query, chat(content).body, {"authorization": secret})
+
+    cassette = replaying(path)
+    plain = sent("same")
+    assert cassette.replay(plain)["body"]["string"] == b"first" and "vcr" not in plain.__dict__
+    second = cassette.replay(sent("same"))
+    assert second["body"]["string"] == b"second" and cassette.replay(sent("same")) is None
+    cassette.unplay(second)
+    assert cassette.replay(sent("same")) is second
+    assert cassette.replay(sent(secret, "?api-key=" + secret))["body"]["string"] == b"secret"
+    assert [iid for iid, _ in cassette.unplayed()] == [] and cassette.save() is None
+
+    seen = []
+    hooked = replaying(path, "once", matcher=lambda request, recorded: seen.append((request, recorded)) or None)
+    assert hooked.replay(sent(secret, "?api-key=" + secret))["body"]["string"] == b"secret"
+    assert all(secret not in f"{q.uri} {q.body}" and isinstance(r, Request) for q, r in seen)
+    refused = replaying(path, matcher=lambda request, recorded: False)
+    assert refused.replay(sent("same")) is None and len(refused.unplayed()) == 3
+
+
+def test_a_replay_only_cassette_is_chosen_by_mode_and_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    assert replay_only(path, "none") == (True, None) and replay_only(path, "once") == (False, None)
+    path.write_text("\n")  # empty counts as missing: once records into it
+    assert replay_only(path, "once") == (False, None)
+    assert len(replaying(path).data) == 0
+    path.write_text("interactions: []\n")
+    assert replay_only(path, "once") == (True, "interactions: []\n")
+    assert all(replay_only(path, mode)[0] is False for mode in ("new_episodes", "all"))
+    path.write_text("interactions:\n- request: {method: POST\n")
+    with pytest.raises(LLMCassetteError, match=rf"cannot parse cassette {path} at line 3, column 1"):
+        replaying(path)

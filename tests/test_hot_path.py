@@ -167,6 +167,53 @@ def test_a_guarded_session_with_records_off_never_imports_the_cassette_machinery
     pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:recording").assert_outcomes(passed=1)
 
 
+REPLAYED = """\
+version: 1
+interactions:
+- request:
+    method: POST
+    uri: http://127.0.0.1:9/v1/chat/completions
+    body: '{"model": "m", "messages": [{"role": "user", "content": "hi"}]}'
+    headers: {}
+  response:
+    status: {code: 200, message: OK}
+    headers:
+      content-type: [application/json]
+    body:
+      string: '{"id": "c1", "object": "chat.completion", "created": 1, "model": "m", "choices": [{"index": 0,
+        "message": {"role": "assistant", "content": "hello"}, "finish_reason": "stop"}]}'
+"""
+
+
+def test_a_replay_loads_matches_and_answers_without_importing_vcrpy(pytester: pytest.Pytester) -> None:
+    """Record mode none (CI's) only replays: vcrpy, the recorder, is never imported. (``once`` on a recorded
+    file opens the same replay-only cassette: test_cassette_store.py.)"""
+    pytester.makepyprojecttoml('[tool.pytest_llm_guard]\nbase_url = "http://127.0.0.1:9/v1"\n')
+    pytester.makeconftest(
+        """
+        import sys
+
+        def pytest_sessionfinish(session):
+            loaded = sorted(m for m in sys.modules if m == "vcr" or m.startswith(("vcr.", "wrapt")))
+            (session.config.rootpath / "loaded.txt").write_text(" ".join(loaded))
+        """
+    )
+    pytester.makepyfile(
+        test_replayed="""
+        def test_replayed(llm_client):
+            reply = llm_client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+            assert reply.choices[0].message.content == "hello"
+        """
+    )
+    cassette = pytester.path / "cassettes" / "test_replayed" / "test_replayed.yaml"
+    cassette.parent.mkdir(parents=True)
+    cassette.write_text(REPLAYED)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:recording", "--llm-record=none")
+    result.assert_outcomes(passed=1)
+    assert (pytester.path / "loaded.txt").read_text() == ""
+    assert cassette.read_text() == REPLAYED
+
+
 def test_fixture_clients_load_the_ca_bundle_once_not_once_per_test(monkeypatch: pytest.MonkeyPatch) -> None:
     import httpcore2
     import openai

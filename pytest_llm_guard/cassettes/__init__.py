@@ -8,9 +8,12 @@ decompression; this package makes them right for LLM traffic:
   grows; a miss is explained by the closest recording and a diff;
 - ``files.py``: files are written atomically under a folder lock, readable (block
   strings), and a file that cannot be read fails its test with the parser's line and column;
-- ``vcr_bridge.py``: the one module that touches vcrpy (its cassette, persister,
-  serializer and request types), keeping what another pytest-xdist worker wrote, and
+- ``vcr_bridge.py``: the one module that builds on vcrpy (its cassette, persister, serializer and
+  request types), keeping what another pytest-xdist worker wrote, and
   replacing what a file held before the session when it is re-recorded (``all``);
+- ``parsed.py`` and ``replaying.py``: a file's text as recorded requests and answers, and the
+  cassette that only replays (``none``, ``once`` on a recorded file), both without vcrpy: a
+  replaying session never imports it;
 - ``metadata.py``: when each interaction was recorded, of which model and endpoint, and a
   header naming the plugin, SDK and dialect that wrote it (vcrpy reads the file as before);
 - ``review.py``: what a re-record changed (an answer the same but for ids and timestamps is
@@ -30,11 +33,12 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from ..config import Settings
 from .layer import CassetteLayer, open_cassette
 from .matching import canonical_body, request_key
-from .vcr_bridge import AtomicPersister, LLMCassette, ReadableYaml
+from .parsed import ReadableYaml
 
 __all__ = [
     "AtomicPersister",
@@ -49,6 +53,15 @@ __all__ = [
     "record_mode",
     "request_key",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """vcrpy's cassette and persister, imported when asked for (a replay never needs them)."""
+    if name in ("AtomicPersister", "LLMCassette"):
+        from . import vcr_bridge
+
+        return getattr(vcr_bridge, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def record_mode(settings: Settings, environ: Mapping[str, str] = os.environ) -> str:

@@ -22,12 +22,15 @@ from ..errors import LLMCassetteMiss
 from ..report import days, plural
 from ..scrub import Scrubber, find_shapes
 from ..stored import as_text
-from . import metadata, review, vcr_bridge
+from . import metadata, review
+from .parsed import Matcher, Sent, playable
+from .replaying import ReplayCassette, replay_only
 from .timing import TIMING, Pacer, Stopwatch, pieces
 
 if TYPE_CHECKING:
     from ..ledger import Attempt
     from ..pipeline import AsyncSend, AttemptContext, Send
+    from .vcr_bridge import LLMCassette
 
 
 def _events(body: bytes) -> list[bytes]:
@@ -240,7 +243,7 @@ class CassetteLayer:
 
     def __init__(
         self,
-        cassette: vcr_bridge.LLMCassette,
+        cassette: LLMCassette | ReplayCassette,
         scrubber: Scrubber,
         *,
         nodeid: str,
@@ -274,8 +277,9 @@ class CassetteLayer:
 
     def handle(self, request: httpx2.Request, ctx: AttemptContext, send: Send) -> httpx2.Response:
         attempt = ctx.attempt
-        self.scrubber.refresh()  # a key set since the last request is a secret too
-        sent = vcr_bridge.Sent(request.method, str(request.url), request.read(), request.headers)
+        if not self.replay_only:  # a replay scrubs only to look a secret up, or to explain a miss, and refreshes then
+            self.scrubber.refresh()  # a key set since the last request is a secret too
+        sent = Sent(request.method, str(request.url), request.read(), request.headers)
         answer = self._replay(sent, attempt)
         if answer is None:
             return self._record(request, send(request), sent, attempt, is_async=False)
@@ -286,8 +290,9 @@ class CassetteLayer:
 
     async def handle_async(self, request: httpx2.Request, ctx: AttemptContext, send: AsyncSend) -> httpx2.Response:
         attempt = ctx.attempt
-        self.scrubber.refresh()
-        sent = vcr_bridge.Sent(request.method, str(request.url), await request.aread(), request.headers)
+        if not self.replay_only:
+            self.scrubber.refresh()
+        sent = Sent(request.method, str(request.url), await request.aread(), request.headers)
         answer = self._replay(sent, attempt)
         if answer is None:
             return self._record(request, await send(request), sent, attempt, is_async=True)
@@ -418,7 +423,7 @@ class CassetteLayer:
             "ignore": sorted({*s.ignore_body_fields, *s.match_ignore}),
         }
 
-    def _replay(self, sent: vcr_bridge.Sent, attempt: Attempt) -> dict[str, Any] | None:
+    def _replay(self, sent: Sent, attempt: Attempt) -> dict[str, Any] | None:
         """The recorded answer to replay (marked played), None to record it, or a miss raised."""
         answer = self.cassette.replay(sent)
         if answer is not None:
@@ -440,7 +445,7 @@ class CassetteLayer:
     def _response(
         self, request: httpx2.Request, recorded: dict[str, Any], attempt: Attempt, pacer: Pacer | None
     ) -> httpx2.Response:
-        status, headers, body, message = vcr_bridge.playable(recorded)
+        status, headers, body, message = playable(recorded)
         names = {name.lower(): value for name, value in headers}
         streamed = "text/event-stream" in names.get("content-type", "") and not names.get("content-encoding")
         split = _events if streamed else (lambda whole: [whole])
@@ -460,7 +465,7 @@ class CassetteLayer:
         self,
         request: httpx2.Request,
         response: httpx2.Response,
-        sent: vcr_bridge.Sent,
+        sent: Sent,
         attempt: Attempt,
         *,
         is_async: bool,
@@ -569,22 +574,35 @@ def open_cassette(
     *,
     mode: str,
     nodeid: str,
-    matcher: vcr_bridge.Matcher | None,
+    matcher: Matcher | None,
     scrubber: Scrubber,
     session_started: float | None = None,
     clock: Clock = REAL,
 ) -> CassetteLayer:
-    """Load (or start) a test's cassette; raises :class:`LLMCassetteError` for an unreadable file."""
-    cassette = vcr_bridge.load(
-        path,
-        mode=mode,
-        match_on=settings.match_on,
-        ignore=frozenset(settings.ignore_body_fields) | frozenset(settings.match_ignore),
-        matcher=matcher,
-        scrubber=scrubber,
-        session_started=session_started,
-        max_age=settings.cassette_max_age,
-    )
+    """Load (or start) a test's cassette; raises :class:`LLMCassetteError` for an unreadable file.
+
+    A cassette that only replays (``none``; ``once`` on a file that holds recordings) is read without
+    vcrpy; one that may record is vcrpy's (``vcr_bridge``)."""
+    ignore = frozenset(settings.ignore_body_fields) | frozenset(settings.match_ignore)
+    replays, text = replay_only(path, mode)
+    cassette: LLMCassette | ReplayCassette
+    if replays:
+        cassette = ReplayCassette(
+            path, text, match_parts=settings.match_on, ignore=ignore, matcher=matcher, scrubber=scrubber
+        )
+    else:
+        from . import vcr_bridge
+
+        cassette = vcr_bridge.load(
+            path,
+            mode=mode,
+            match_on=settings.match_on,
+            ignore=ignore,
+            matcher=matcher,
+            scrubber=scrubber,
+            session_started=session_started,
+            max_age=settings.cassette_max_age,
+        )
     return CassetteLayer(
         cassette,
         scrubber,

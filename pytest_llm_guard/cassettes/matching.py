@@ -13,6 +13,9 @@ from typing import Any
 
 from ..dialects import DIALECTS
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+"""``json.dumps`` with these options builds an encoder per call; a key needs one per process."""
+
 
 def canonical_body(body: Any, ignore: frozenset[str] = frozenset()) -> str:
     """JSON compared canonically (key order ignored, ignored paths dropped); other bodies as text.
@@ -29,7 +32,7 @@ def canonical_body(body: Any, ignore: frozenset[str] = frozenset()) -> str:
         return raw
     for path in ignore:
         _drop(obj, path.split("."))
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _CANONICAL.encode(obj)
 
 
 def _drop(obj: Any, parts: list[str]) -> None:
@@ -53,19 +56,21 @@ def route_of(path: str) -> str:
     return path
 
 
+_PARTS: dict[str, Callable[[Any, frozenset[str]], str]] = {
+    "method": lambda request, ignore: request.method.upper(),
+    "scheme": lambda request, ignore: request.parsed_uri.scheme,
+    "host": lambda request, ignore: request.parsed_uri.hostname or "",
+    "port": lambda request, ignore: str(request.port),
+    "path": lambda request, ignore: route_of(request.parsed_uri.path),
+    "query": lambda request, ignore: "&".join(sorted(query.split("&"))) if (query := request.parsed_uri.query) else "",
+    "body": lambda request, ignore: canonical_body(request.body, ignore),
+}
+"""How each matched part of a request reads: built once, not per look-up."""
+
+
 def request_key(request: Any, match_on: tuple[str, ...], ignore: frozenset[str]) -> tuple[str, ...]:
     """The index key: one string per matched part, so equal requests share a bucket."""
-    parsed = request.parsed_uri
-    parts: dict[str, Callable[[], str]] = {
-        "method": lambda: request.method.upper(),
-        "scheme": lambda: parsed.scheme,
-        "host": lambda: parsed.hostname or "",
-        "port": lambda: str(request.port),
-        "path": lambda: route_of(parsed.path),
-        "query": lambda: "&".join(sorted(parsed.query.split("&"))) if parsed.query else "",
-        "body": lambda: canonical_body(request.body, ignore),
-    }
-    return tuple(parts[name]() for name in match_on)
+    return tuple([_PARTS[name](request, ignore) for name in match_on])
 
 
 def closest(

@@ -132,12 +132,23 @@ def ids(requests: Iterable[Any], key: Key) -> list[str]:
     return ids_of_keys(key(request) for request in requests)
 
 
+_DIGESTS: dict[tuple[str, ...], str] = {}
+"""Each key's digest, once per process (a test and the session's end name the same recordings); emptied
+past :data:`_DIGESTS_KEPT` keys, so a long session does not keep every key it ever met."""
+_DIGESTS_KEPT = 50_000
+
+
 def ids_of_keys(keys: Iterable[tuple[str, ...]]) -> list[str]:
     """:func:`ids`, from the requests' keys."""
     seen: dict[tuple[str, ...], int] = defaultdict(int)
     found = []
     for k in keys:
-        found.append(f"{hashlib.sha1(json.dumps(k).encode()).hexdigest()[:12]}.{seen[k]}")
+        digest = _DIGESTS.get(k)
+        if digest is None:
+            if len(_DIGESTS) >= _DIGESTS_KEPT:
+                _DIGESTS.clear()
+            digest = _DIGESTS[k] = hashlib.sha1(json.dumps(k).encode()).hexdigest()[:12]
+        found.append(f"{digest}.{seen[k]}")
         seen[k] += 1
     return found
 

@@ -69,22 +69,22 @@ class Stopwatch:
         return {"headers": self.headers, "chunks": list(self.chunks), "sizes": list(self.sizes)}
 
 
+def _numbers(values: Any) -> bool:
+    return isinstance(values, list) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 for v in values
+    )
+
+
 def problem(timing: Any) -> str | None:
     """What is wrong with a response's ``timing`` as read from a file, or None (absent is fine)."""
     if timing is None:
         return None
     if not isinstance(timing, dict):
         return "is not a mapping"
-
-    def numbers(values: Any) -> bool:
-        return isinstance(values, list) and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 for v in values
-        )
-
-    if not numbers([timing.get("headers", 0)]):
+    if not _numbers([timing.get("headers", 0)]):
         return "headers is not a number of seconds"
     chunks, sizes = timing.get("chunks", []), timing.get("sizes", [])
-    if not (numbers(chunks) and numbers(sizes)):
+    if not (_numbers(chunks) and _numbers(sizes)):
         return "chunks and sizes must be lists of non-negative numbers"
     if len(chunks) != len(sizes):
         return f"has {len(chunks)} chunk times for {len(sizes)} sizes"

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import files, vcr_bridge
+from . import files, parsed
 from .review import Review, describe_request, ids, review
 
 RECORDING_MODES = ("all", "new_episodes")
@@ -68,7 +68,7 @@ def _interactions(text: str | None) -> list[tuple[Any, dict[str, Any]]]:
     if text is None:
         return []
     try:
-        requests, responses, _ = vcr_bridge.parse(text)
+        requests, responses, _ = parsed.parse(text)
     except Exception:  # noqa: BLE001 - a file no longer a cassette: its tests said why
         return []
     return list(zip(requests, responses, strict=True))
@@ -86,7 +86,7 @@ def judge(notes: Iterable[Mapping[str, Any]], before: Callable[[str], str | None
         match_on, ignore = tuple(first["match_on"]), frozenset(first["ignore"])
 
         def key(request: Any, match_on: tuple[str, ...] = match_on, ignore: frozenset[str] = ignore) -> tuple:
-            return vcr_bridge.loaded_key(request, match_on, ignore)  # keyed at load already, in this process
+            return parsed.loaded_key(request, match_on, ignore)  # keyed at load already, in this process
 
         expired = [n for n in group if n.get("expiry")]
         if expired:
@@ -142,6 +142,8 @@ def _unplayed(
 
 def _prune(path: Path, unplayed: set[str], key: Any) -> None:
     """Drop a shared cassette's unplayed recordings (``--llm-prune-unplayed``), atomically under its lock."""
+    from . import vcr_bridge  # writes vcrpy's requests
+
     with files.locked(path.parent):
         text = files.read_text(path)
         if text is None:

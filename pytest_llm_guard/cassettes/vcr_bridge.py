@@ -1,24 +1,21 @@
-"""The one module that touches vcrpy: its cassette, persister, serializer and request types.
+"""The one module that builds on vcrpy: its cassette, persister, serializer and request types.
 
 Why a bridge: vcrpy gives us record modes, the file format and decompression, but our
 look-up, saving and hooks reach into its internals (``Cassette._responses``,
 ``_old_interactions``, ``_save``, ``filter_request``...). Keeping every such touch here
-means a vcrpy release that moves them breaks one file.
+means a vcrpy release that moves them breaks one file. A cassette that only replays does without
+vcrpy (``replaying.py``); this module is imported when a test records (or a miss is explained).
 """
 
 from __future__ import annotations
 
 import copy
-import functools
-import hashlib
 import json
 import threading
-import weakref
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import ParseResult, urlparse
 
 from vcr.cassette import Cassette
 from vcr.filters import decode_response
@@ -27,60 +24,24 @@ from vcr.record_mode import RecordMode
 from vcr.request import HeadersDict
 from vcr.request import Request as VcrRequest
 from vcr.serialize import deserialize, serialize
-from vcr.serializers import compat, yamlserializer
+from vcr.serializers import compat, yamlserializer  # noqa: F401 - the full loader, as parsed.py reads with it
 
 from ..clock import REAL
 from ..errors import LLMCassetteError
 from ..scrub import Scrubber
-from . import files, metadata
+from . import files, metadata, parsed
 from .matching import closest, request_key
+from .parsed import ABANDONED, Matcher, ReadableYaml, Sent, note_id, playable
 from .review import ids_of_keys, same_answer
-from .timing import TIMING
-from .timing import problem as timing_problem
 
-Matcher = Callable[[VcrRequest, VcrRequest], "bool | None"]
+__all__ = ["AtomicPersister", "LLMCassette", "Matcher", "ReadableYaml", "Sent", "load", "parse", "playable"]
+
 Key = Callable[[VcrRequest], tuple[str, ...]]
-ABANDONED = "abandoned"
-"""Cassette metadata: requests whose streamed answer the caller abandoned and that could not be
-read to its end, by :func:`note_id`, each with the test, the request and the reason."""
-
-
-def note_id(key: tuple[str, ...]) -> str:
-    return hashlib.sha1(json.dumps(key).encode()).hexdigest()[:12]
-
-
-_KEYS: weakref.WeakKeyDictionary[VcrRequest, dict[tuple[Any, ...], tuple[str, ...]]] = weakref.WeakKeyDictionary()
-"""The keys of loaded requests, by match rule: a parse is shared by every cassette opened on its text
-(:func:`parse`) and its requests are never changed, so a shared cassette is indexed once, not per test."""
 
 
 def loaded_key(request: VcrRequest, match_parts: tuple[str, ...], ignore: frozenset[str]) -> tuple[str, ...]:
     """The key of a request as :func:`parse` gave it (shared, never changed): computed once per match rule."""
-    keys = _KEYS.get(request)
-    if keys is None:
-        keys = _KEYS[request] = {}
-    key = keys.get((match_parts, ignore))
-    if key is None:
-        key = keys[(match_parts, ignore)] = request_key(request, match_parts, ignore)
-    return key
-
-
-class Sent:
-    """A request as sent, for look-up: what its key reads at once (``matching.request_key``), vcrpy's
-    request (headers and all) only when it is needed: to scrub, record or explain a miss."""
-
-    def __init__(self, method: str, uri: str, body: bytes, headers: Any) -> None:
-        self.method, self.uri, self.body = method, uri, body
-        self._headers = headers
-        self.parsed_uri = urlparse(uri)
-
-    @property
-    def port(self) -> int | None:
-        return self.parsed_uri.port or {"https": 443, "http": 80}.get(self.parsed_uri.scheme)
-
-    @functools.cached_property
-    def vcr(self) -> VcrRequest:
-        return VcrRequest(self.method, self.uri, self.body, dict(self._headers))
+    return parsed.loaded_key(request, match_parts, ignore, request_key)
 
 
 class LLMCassette(Cassette):
@@ -151,7 +112,8 @@ class LLMCassette(Cassette):
         scrubbed: VcrRequest | None = None
 
         def scrub() -> VcrRequest:
-            return self._before_record_request(request.vcr if isinstance(request, Sent) else request)
+            # a Sent's own request; by attribute, not class: pytester's in-process runs may hold two copies of it
+            return self._before_record_request(getattr(request, "vcr", request))
 
         for attempt in range(2):
             if attempt:
@@ -240,22 +202,6 @@ class LLMCassette(Cassette):
         return closest(self._key(request), stored, self._match_parts)
 
 
-class ReadableYaml:
-    """vcrpy's YAML format: read by vcrpy's safe loader, written with readable strings."""
-
-    @staticmethod
-    def serialize(cassette_dict: dict[str, Any]) -> str:
-        return files.dump_yaml(metadata.to_file(cassette_dict))
-
-    @staticmethod
-    def deserialize(text: str) -> Any:
-        data = metadata.from_file(files.load_yaml(text, yamlserializer.deserialize))
-        problem = _missing_field(data)
-        if problem:
-            raise ValueError(problem)
-        return data
-
-
 class _Scrubbed:
     """A serializer that scrubs every value as stored (``Scrubber.tree``) before writing it."""
 
@@ -265,37 +211,6 @@ class _Scrubbed:
 
     def serialize(self, data: dict[str, Any]) -> str:
         return self._serializer.serialize(self._scrubber.tree(data))
-
-
-_REQUIRED = {
-    "request": ("method", "uri", "body", "headers"),
-    "response": ("status", "headers", "body"),
-}
-
-
-def _missing_field(data: Any) -> str | None:
-    """What a cassette lacks that replay needs, named by interaction number and field."""
-    if not isinstance(data, dict) or not isinstance(data.get("interactions"), list):
-        return "it has no 'interactions' list"
-    for number, interaction in enumerate(data["interactions"], 1):
-        if not isinstance(interaction, dict):
-            return f"interaction {number} is not a mapping"
-        for part, fields in _REQUIRED.items():
-            value = interaction.get(part)
-            if not isinstance(value, dict):
-                return f"interaction {number} has no {part}"
-            missing = [f for f in fields if f not in value]
-            if missing:
-                return f"interaction {number} has no {part}.{missing[0]}"
-        response = interaction["response"]
-        if not isinstance(response["status"], dict) or "code" not in response["status"]:
-            return f"interaction {number} has no response.status.code"
-        if not isinstance(response["body"], dict) or "string" not in response["body"]:
-            return f"interaction {number} has no response.body.string"
-        timing = timing_problem(response.get(TIMING))
-        if timing:
-            return f"interaction {number}'s response.{TIMING} {timing}"
-    return None
 
 
 def _fingerprint(request: VcrRequest, response: dict[str, Any]) -> str:
@@ -342,7 +257,7 @@ class AtomicPersister:
         self._scrubber = scrubber
         self._key = key or (lambda request: (request.method, request.uri, str(request.body)))
         self._rerecord_since = rerecord_since
-        self._request = _readable_request(scrubber)
+        self._request = readable_request(scrubber)
         self._response = _readable_response(scrubber)
 
     def load_cassette(self, cassette_path: str | Path, serializer: Any) -> tuple[Any, ...]:
@@ -471,7 +386,7 @@ def _readable_response(scrubber: Scrubber) -> Callable[[dict[str, Any]], dict[st
     return before_record_response
 
 
-def _readable_request(scrubber: Scrubber) -> Callable[[VcrRequest], VcrRequest]:
+def readable_request(scrubber: Scrubber) -> Callable[[VcrRequest], VcrRequest]:
     """``before_record_request`` (also run before matching): scrub, pretty-print a JSON body."""
 
     def before_record_request(request: VcrRequest) -> VcrRequest:
@@ -483,74 +398,36 @@ def _readable_request(scrubber: Scrubber) -> Callable[[VcrRequest], VcrRequest]:
     return before_record_request
 
 
-_PARSED: OrderedDict[str, tuple[list, list, dict[str, Any]]] = OrderedDict()
-"""Cassettes parsed in this process, by their text: a file is parsed once per session however many
-tests use it (a shared cassette, the session's end reading what was not replayed), and again only once
-its text changes (recorded into, by this process or another)."""
-_PARSED_LIMIT = 16 * 1024 * 1024
-"""Characters of cassette text whose parse is kept (some 90 MB with the parse): the least recently used go first."""
-_PARSING = threading.Lock()
+def parse(text: str) -> tuple[list[VcrRequest], list[dict[str, Any]], dict[str, Any]]:
+    """:func:`parsed.parse`, each request as vcrpy's (built once per parse, shared like it)."""
+    requests, responses, found = parsed.parse(text)
+    return [as_vcr(request) for request in requests], responses, found
 
 
-def parse(text: str) -> tuple[list, list, dict[str, Any]]:
-    """A cassette's text as requests, responses and metadata; raises ValueError or a YAML error.
-
-    The requests and answers are shared by every caller given the same text: never changed in place
-    (every change works on a copy: scrubbing, decompressing, restamping)."""
-    with _PARSING:
-        found = _PARSED.get(text)
-        if found is not None:
-            _PARSED.move_to_end(text)
-    if found is None:
-        data = ReadableYaml.deserialize(text)
-        uris: dict[str, ParseResult] = {}
-        requests = [_recorded_request(i["request"], uris) for i in data["interactions"]]
-        responses = [compat.convert_to_bytes(i["response"]) for i in data["interactions"]]
-        more = data.get("metadata")
-        found = (requests, responses, more if isinstance(more, dict) else {})
-        with _PARSING:
-            _PARSED[text] = found
-            kept = sum(len(t) for t in _PARSED)
-            while kept > _PARSED_LIMIT and len(_PARSED) > 1:
-                kept -= len(_PARSED.popitem(last=False)[0])
-    return list(found[0]), list(found[1]), copy.deepcopy(found[2])
-
-
-def _recorded_request(fields: dict[str, Any], uris: dict[str, ParseResult]) -> VcrRequest:
-    """vcrpy's request for a recorded one (``Request._from_dict``), built without its per-header and
-    per-URL Python calls (a URL is parsed once per file): some 7 ms of a 1,000-interaction load."""
-    body, headers = fields["body"], fields["headers"]
-    if not (body is None or isinstance(body, (str, bytes))) or type(headers) is not dict:
-        return VcrRequest._from_dict(fields)
-    request = VcrRequest.__new__(VcrRequest)
-    request.method, request._was_file, request._was_iter = fields["method"], False, False
-    request._body = body.encode("utf-8") if isinstance(body, str) else body
-    uri = request._uri = fields["uri"]
-    parsed = uris.get(uri)
-    request.parsed_uri = uris[uri] = parsed if parsed is not None else urlparse(uri)
-    kept = HeadersDict()
-    store = kept._store  # as HeadersDict.__setitem__ sets it: a list's first value, the first spelling kept
-    for name, value in headers.items():
-        old = store.get(name.lower())
-        store[name.lower()] = (old[0] if old else name, value[0] if isinstance(value, (tuple, list)) else value)
-    request._headers = kept
-    return request
+def as_vcr(request: Any) -> VcrRequest:
+    """vcrpy's request for a recorded one (``Request._from_dict``), built once and without its per-header
+    and per-URL Python calls (the URL parsed once per file): some 7 ms of a 1,000-interaction load."""
+    if getattr(request, "fields", None) is None:  # vcrpy's own already (by attribute: see LLMCassette.replay)
+        return request
+    if request.vcr is None:
+        built = VcrRequest.__new__(VcrRequest)
+        built.method, built._was_file, built._was_iter = request.method, False, False
+        built._body, built._uri, built.parsed_uri = request.body, request.uri, request.parsed_uri
+        kept = HeadersDict()
+        store = kept._store  # as HeadersDict.__setitem__ sets it: a list's first value, the first spelling kept
+        for name, value in request.headers.items():
+            old = store.get(name.lower())
+            store[name.lower()] = (old[0] if old else name, value[0] if isinstance(value, (tuple, list)) else value)
+        built._headers = kept
+        parsed.share_keys(request, built)
+        request.vcr = built
+    return request.vcr
 
 
 def serialized(cassette_dict: dict[str, Any]) -> str:
     """The text of a cassette (``requests``, ``responses``, ``metadata``) as this plugin writes it."""
     responses = copy.deepcopy(cassette_dict["responses"])  # vcrpy's serialize changes answers in place
     return serialize({**cassette_dict, "responses": responses}, ReadableYaml)
-
-
-def playable(recorded: dict[str, Any]) -> tuple[int, list[tuple[str, str]], bytes, str | None]:
-    """A recorded response as status, header pairs, body bytes and reason phrase (the recording unchanged:
-    it is shared, and may be replayed again)."""
-    body = recorded["body"]["string"] or b""
-    if isinstance(body, str):
-        body = body.encode("utf-8")
-    headers = [(name, value) for name, values in recorded["headers"].items() for value in values]
-    return recorded["status"]["code"], headers, body, recorded["status"].get("message")
 
 
 def load(
@@ -585,7 +462,7 @@ def load(
         persister=persister,
         record_mode=RecordMode(mode),
         match_on=(),
-        before_record_request=_readable_request(scrubber),
+        before_record_request=readable_request(scrubber),
         before_record_response=_readable_response(scrubber),
         match_parts=match_on,
         ignore=ignore,
