@@ -86,13 +86,13 @@ class Guard:
         self._limited = (
             settings.first_token_timeout is not None
             or settings.idle_timeout is not None
-            or learned is not None
             or endpoints is None
             or any(e.first_token_timeout is not None or e.idle_timeout is not None for e in endpoints.endpoints)
         )
-        """Whether a first-token or idle limit may be set on an attempt (by the settings, what was learned,
-        or an endpoint): only then does every attempt get a stream clock at its start, told to move the
-        header timer when a limit is lowered; otherwise only a stream gets one (:meth:`stream_clock`)."""
+        """Whether a first-token or idle limit may be set on an attempt by the settings or an endpoint (or,
+        when ``learned`` is set, by what was learned): only then does every attempt get a stream clock at
+        its start, told to move the header timer when a limit is lowered; otherwise only a stream gets one
+        (:meth:`stream_clock`)."""
         self.ledger = Ledger(test_id)
         self.budget = Budget(settings, self.ledger, clock=clock)
         self.pipeline = Pipeline()
@@ -293,7 +293,7 @@ class Guard:
         )
         if call is not None:
             call.last = attempt
-        if self._limited:
+        if self._limited or self.learned is not None:
             attempt.stream = StreamClock(attempt, self._now, lowered=functools.partial(self._rearm, attempt))
         first_token, idle = self.settings.first_token_timeout, self.settings.idle_timeout
         if first_token is not None or idle is not None:
