@@ -120,6 +120,16 @@ class _ClientView:
     def _transport_for_url(self, url: httpx2.URL) -> _Chain:
         return self._transport
 
+    # What httpx2's ``_send_single_request`` reads of every answer, forwarded without a failed look-up
+    # first (``__getattr__`` runs only after one, which raises and catches an AttributeError).
+    @property
+    def cookies(self) -> object:
+        return self._client.cookies  # type: ignore[attr-defined]
+
+    @property
+    def _default_encoding(self) -> object:
+        return self._client._default_encoding  # type: ignore[attr-defined]
+
     def __getattr__(self, name: str) -> object:
         return getattr(self._client, name)
 
