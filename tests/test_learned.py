@@ -215,7 +215,7 @@ def test_fast():
 
 @pytest.mark.llm_budget()
 def test_slow():
-    ask("delay-0.1", "slow", 5)
+    ask("delay-0.3", "slow", 5)  # well above a fast call, first connections under load included
 """
 
 USING = """
@@ -258,7 +258,7 @@ def server() -> Iterator[FaultServer]:
         yield server
 
 
-FACTOR = 10  # wide: a 0.1 s answer must stay under its learned cap on a busy machine, a hang is cut well before 5 s
+FACTOR = 10  # wide: a 0.1 s answer stays under the cap learned from 0.3 s ones, even on a busy machine
 
 
 def test_a_learned_file_cuts_a_hang_on_a_fast_model_and_leaves_the_slow_one_alone(
@@ -303,7 +303,8 @@ def test_a_learned_file_cuts_a_hang_on_a_fast_model_and_leaves_the_slow_one_alon
         "learned call_timeout",
     )
     assert hang["cap"] == pytest.approx(max(0.05, FACTOR * models["fast"]["attempt"]["p99"]))
-    assert hang["duration"] < 5  # cut at its learned cap, not at call_timeout's 30 s
+    assert hang["duration"] == pytest.approx(hang["cap"], abs=1.0)  # cut at its learned cap,
+    assert hang["duration"] < 30 / 2  # not at call_timeout's 30 s
     assert (healthy["category"], healthy["cap_by"]) == ("ok", "learned call_timeout")
     assert healthy["cap"] == pytest.approx(max(0.05, FACTOR * models["slow"]["attempt"]["p99"]))
     limits = {entry["model"]: entry for entry in report["learned_timeouts"]["limits"]}
