@@ -333,7 +333,15 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 @pytest.fixture
 def llm_guard(request: pytest.FixtureRequest) -> Guard:
     """The per-test guard: ``remaining()``, ``stats``, ``events`` and ``guard(client)``."""
-    return request.node.stash[GUARD]
+    guard = request.node.stash.get(GUARD, None)
+    if guard is None:  # which tests are guarded is settled at collection, from markers and arguments
+        pytest.fail(
+            f"pytest-llm-guard: {request.node.nodeid} asks for llm_guard (or a client fixture, which uses it) "
+            "through request.getfixturevalue, so it was not guarded when collected. Name the fixture among "
+            "the test's arguments, or mark the test with @pytest.mark.llm_budget.",
+            pytrace=False,
+        )
+    return guard
 
 
 @pytest.fixture(scope="session")

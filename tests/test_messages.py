@@ -136,6 +136,33 @@ def test_an_unknown_environment_variable_warning_points_at_the_variable(
     assert "plugin.py" not in result.stdout.str()
 
 
+def test_a_guard_fixture_asked_for_only_at_run_time_says_how_to_guard_the_test(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(
+        """
+        import pytest
+
+        def test_dynamic(request):
+            request.getfixturevalue("llm_client")
+
+        @pytest.mark.llm_budget(deadline=5)
+        def test_dynamic_and_marked(request):
+            request.getfixturevalue("llm_client").chat.completions.create(
+                model="m", messages=[{"role": "user", "content": "hi"}]
+            )
+        """
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines([
+        "*pytest-llm-guard: test_a_guard_fixture_asked_for_only_at_run_time_says_how_to_guard_the_test.py::"
+        "test_dynamic asks for llm_guard (or a client fixture, which uses it) through request.getfixturevalue, "
+        "so it was not guarded when collected. Name the fixture among the test's arguments, or mark the test "
+        "with @pytest.mark.llm_budget.",
+    ])  # fmt: skip
+    result.stdout.no_fnmatch_line("*KeyError*")
+
+
 def test_one_slowest_test_is_one_test(pytester: pytest.Pytester) -> None:
     pytester.makeconftest(CONFTEST)
     pytester.makepyfile(test_one=ONE_CALL)
