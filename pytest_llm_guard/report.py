@@ -256,7 +256,12 @@ def session_spent(settings: Settings, name: str, used: float, limit: float) -> s
     shown = f"{used:.1f}" if name == "session_deadline" else f"{used:.4f}" if name == "max_cost" else str(int(used))
     option = OPTIONS[name]
     action = "fail" if settings.on_session_spent == "fail" else "are skipped"
-    over = "since the session started" if name == "session_deadline" else "summed over all workers"
+    if name == "session_deadline":
+        over = "since the session started"
+    elif settings.state_url:
+        over = "summed over every session of this run (shared through state_url)"
+    else:
+        over = "summed over the session's tests, on every worker"
     return (
         f"pytest-llm-guard: session budget spent: {shown}{unit} of {name}={limit:g}{unit} "
         f"(set by {settings.source_of(name)}), {over}; the remaining LLM tests {action} "

@@ -506,7 +506,11 @@ def test_bad_endpoint_config_is_a_usage_error(pytester: pytest.Pytester) -> None
 @pytest.mark.parametrize(
     ("options", "outcomes", "reason"),
     [
-        ("max_calls = 3", {"passed": 3, "skipped": 2}, "3 LLM calls of max_calls=3 LLM calls"),
+        (
+            "max_calls = 3",
+            {"passed": 3, "skipped": 2},
+            "3 LLM calls of max_calls=3 LLM calls (set by *), summed over the session's tests, on every worker",
+        ),
         ('max_calls = 3\non_session_spent = "fail"', {"passed": 3, "errors": 2}, "remaining LLM tests fail"),
         ("max_tokens = 10", {"passed": 4, "skipped": 1}, "12 tokens of max_tokens=10 tokens"),  # 3 per call
     ],

@@ -228,7 +228,9 @@ def test_a_run_shares_its_session_budgets_and_a_session_alone_leaves_no_keys(
     first = pytester.runpytest()
     first.assert_outcomes(passed=2)
     assert "unknown environment variable" not in first.stdout.str()
-    pytester.runpytest("-rs").assert_outcomes(passed=1, skipped=1)  # the run's third call was its last
+    second = pytester.runpytest("-rs")
+    second.assert_outcomes(passed=1, skipped=1)  # the run's third call was its last
+    second.stdout.fnmatch_lines(["*max_calls=3 LLM calls *, summed over every session of this run (shared through*"])
     keys = redis_server.client().keys("*")
     assert sorted(k for k in keys if not k.endswith(":cassette-clock")) == [
         "t:shards:endpoint:primary",
