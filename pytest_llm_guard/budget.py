@@ -99,7 +99,7 @@ class Budget:
     def check_progress(self, now: float | None = None) -> None:
         """While a body streams in: the read timeout restarts per chunk, the deadline does not. ``now``: the
         clock's time, when the caller has just read it."""
-        if (self._deadline_at - now if now is not None else self.remaining()) <= 0:
+        if self.remaining(now) <= 0:
             raise self.exceeded("deadline", "the deadline passed while the response was still arriving")
 
     def check_spending(self) -> None:

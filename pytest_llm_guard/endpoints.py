@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from .config import PYPROJECT_TABLE
-from .dialects import DEFAULT_KIND, ENDPOINT_KINDS, for_kind
+from .dialects import DEFAULT_KIND, ENDPOINT_KINDS, for_kind, origin_of
 from .errors import LLMGuardConfigError
 
 if TYPE_CHECKING:
@@ -100,8 +100,10 @@ class EndpointSet:
     endpoints: tuple[Endpoint, ...]
     configured: bool
     source: str
-    _owners: dict[Any, Endpoint | None] = field(default_factory=dict, init=False, repr=False, compare=False)
-    """Owners of the URLs asked about, by their parts: a client sends to the same few URLs on every call,
+    _places: dict[Any, tuple[str, str, Endpoint | None]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    """Where the URLs asked about go, by their parts: a client sends to the same few URLs on every call,
     and the seam and the routing layer ask of each request."""
 
     @property
@@ -110,21 +112,25 @@ class EndpointSet:
 
     def owner(self, url: httpx2.URL) -> Endpoint | None:
         """The endpoint a request URL goes to (the longest base path wins), or None: not ours to manage."""
+        return self.place(url)[2]
+
+    def place(self, url: httpx2.URL) -> tuple[str, str, Endpoint | None]:
+        """Where a request goes: its origin, its path and its :meth:`owner`, worked out once per URL."""
         key = getattr(url, "_uri_reference", url)  # httpx2's parsed parts (a named tuple), else the URL
-        found = self._owners.get(key, _UNKNOWN)
-        if found is not _UNKNOWN:
-            return found  # type: ignore[return-value]
+        found = self._places.get(key)
+        if found is not None:
+            return found
         if len(self.endpoints) == 1:  # the common case: nothing to compare
-            found = self.endpoints[0] if self.endpoints[0].owns(url) else None
+            owner = self.endpoints[0] if self.endpoints[0].owns(url) else None
         else:
             owners = [e for e in self.endpoints if e.owns(url)]
-            found = max(owners, key=lambda e: e.base_path_length, default=None)
-        if len(self._owners) < _KEPT:
-            self._owners[key] = found
+            owner = max(owners, key=lambda e: e.base_path_length, default=None)
+        found = (origin_of(url), url.path, owner)
+        if len(self._places) < _KEPT:
+            self._places[key] = found
         return found
 
 
-_UNKNOWN = object()
 _KEPT = 256
 """URLs whose owner is kept, at most (a test asking with ever new query strings stops adding)."""
 

@@ -100,7 +100,6 @@ class Guard:
         self.alarm: Alarm | None = None
         """The main thread's SIGALRM schedule while the test runs, where the platform has one."""
         self._deadline_deferred = False
-        self._places: dict[object, tuple[str, str, Endpoint | None]] = {}
         self._main_thread = threading.main_thread().ident
         """The thread the alarm interrupts (read per test: a fork makes its own main thread)."""
         self._threads_before = {thread.ident for thread in threading.enumerate()}
@@ -313,15 +312,10 @@ class Guard:
         return attempt
 
     def _place(self, url: httpx2.URL) -> tuple[str, str, Endpoint | None]:
-        """Where a request goes (origin, path, configured endpoint), worked out once per URL of the test."""
-        key = getattr(url, "_uri_reference", url)  # httpx2's parsed parts (a named tuple), else the URL
-        place = self._places.get(key)
-        if place is None:
-            owner = self.endpoints.owner(url) if self.endpoints is not None else None
-            place = (origin_of(url), url.path, owner)
-            if len(self._places) < _PLACES_KEPT:
-                self._places[key] = place
-        return place
+        """Where a request goes (origin, path, configured endpoint): the endpoints keep it per URL."""
+        if self.endpoints is not None:
+            return self.endpoints.place(url)
+        return origin_of(url), url.path, None
 
     def stream_clock(self, attempt: Attempt) -> StreamClock:
         """The attempt's stream clock, made now for a stream of an attempt that had none (no limit of its
@@ -529,9 +523,6 @@ def key_source(request: httpx2.Request) -> str:
         return f"the key came from {' / '.join(names)}"
     return "the key was passed to the client directly (no environment variable holds it)"
 
-
-_PLACES_KEPT = 256
-"""URLs whose place a guard keeps, at most (a test asking with ever new query strings stops adding)."""
 
 _WORKER = "worker"
 """``Attempt.headers_timer`` of an attempt whose headers are awaited outside the main thread."""

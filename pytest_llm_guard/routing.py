@@ -236,12 +236,12 @@ class Router:
         if endpoint.api_key_env and endpoint.api_key(self.environ) is None:
             return False
         view = self._views.get(endpoint.name)
-        if view is None:
-            return False
         now = self.clock.wall()
-        if not view.read_at <= now < view.read_at + self.policy.breaker_cooldown * _TRUSTED_SHARE:
-            return False
-        return self._quiet(view, model, now)
+        return view is not None and self._trusted(view, now) and self._quiet(view, model, now)
+
+    def _trusted(self, view: _View, now: float) -> bool:
+        """Is this process's copy young enough to decide alone (read within a tenth of the cooldown)?"""
+        return view.read_at <= now < view.read_at + self.policy.breaker_cooldown * _TRUSTED_SHARE
 
     def _quiet(self, view: _View, model: str, now: float) -> bool:
         if model in view.quiet:
@@ -304,11 +304,7 @@ class Router:
         """The endpoint's health: this process's copy while it is settled and younger than a tenth of
         the cooldown, else read from the store now."""
         view = self._views.get(endpoint.name)
-        if (
-            view is None
-            or not view.read_at <= now < view.read_at + self.policy.breaker_cooldown * _TRUSTED_SHARE
-            or not view.health.settled(model, now, self.policy)
-        ):
+        if view is None or not self._trusted(view, now) or not view.health.settled(model, now, self.policy):
             view = self._views[endpoint.name] = _View(EndpointHealth.load(self.store.get(self._key(endpoint))), now)
         return view.health
 
@@ -413,17 +409,17 @@ class RouterLayer:
             if not choices:
                 raise self._no_endpoint_serves(attempt.model, _kinds(attempt))
             plan.routed = True
-            if self._quiet(choices[0], plan.model):
-                return self._go(plan, choices[0], ctx)
         else:
             owner = self.router.endpoints.owner(request.url)
             if owner is None:
                 return plan
             if self.settings.endpoints is not None and owner.name not in self.settings.endpoints:
                 raise self._refusal([(owner, Verdict(False, self._not_allowed()))], request, ctx, fixture)
-            if self._quiet(owner, plan.model):
-                return self._go(plan, owner, ctx)
             choices = [owner]
+        if self._quiet(choices[0], plan.model):  # the healthy path: no verdict, turn or probe to take
+            plan.endpoint = choices[0]
+            self._send_to(plan, ctx)
+            return plan
         refusals = self._admit_first(plan, choices, ctx, max_wait=0.0)
         remaining = ctx.remaining()
         rate_limited = [e for e, verdict in refusals if 0 < verdict.wait < remaining]
@@ -447,11 +443,6 @@ class RouterLayer:
             found = limits(endpoint, self.settings, self.limiter.endpoints_source)
             unlimited = self._unlimited[endpoint.name] = not found
         return unlimited and self.router.quiet(endpoint, model)
-
-    def _go(self, plan: _Plan, endpoint: Endpoint, ctx: AttemptContext) -> _Plan:
-        plan.endpoint = endpoint
-        self._send_to(plan, ctx)
-        return plan
 
     def _order(self, choices: list[Endpoint], call: Call | None) -> list[Endpoint]:
         """Endpoints the call has not tried first, unless it has tried ``max_endpoints`` already."""

@@ -15,6 +15,7 @@ dialect says which); for an answer that is not an event stream, its response hea
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -116,8 +117,7 @@ class StreamClock:
 
     def cause_of(self, error: BaseException) -> str | None:
         """The limit whose timeout ``error`` is (its message is one :meth:`due` gave), else None."""
-        text = str(error)
-        return next((due.cause for due in (self.due(), self.due(headers=True)) if text == due.message), None)
+        return _cause(self.due, error)
 
 
 def cap_due(attempt: Attempt, headers: bool = False) -> Due:
@@ -134,11 +134,12 @@ def due_of(attempt: Attempt, *, headers: bool = False) -> Due:
 
 def cause_of(attempt: Attempt, error: BaseException) -> str | None:
     """The limit whose timeout ``error`` is (its message is one :func:`due_of` gave), else None."""
-    clock = attempt.stream
-    if clock is not None:
-        return clock.cause_of(error)  # type: ignore[no-any-return]
+    return _cause(functools.partial(due_of, attempt), error)
+
+
+def _cause(due: Callable[..., Due], error: BaseException) -> str | None:
     text = str(error)
-    return next((due.cause for due in (cap_due(attempt), cap_due(attempt, True)) if text == due.message), None)
+    return next((limit.cause for limit in (due(), due(headers=True)) if text == limit.message), None)
 
 
 def chunk_due(attempt: Attempt) -> tuple[float, httpx2.ReadTimeout]:
