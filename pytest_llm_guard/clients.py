@@ -49,12 +49,13 @@ def _sdk(dialect: Dialect) -> Any:
 def tls(cert_file: str | None, cert_dir: str | None) -> ssl.SSLContext:
     """httpx2's default TLS context for these SSL_CERT_FILE / SSL_CERT_DIR values, built once.
 
-    Building one loads the CA bundle (about 30 ms); an SDK client left to itself builds one
-    per client, so a suite paid that on every test's fixture client.
+    Building one loads the CA bundle (about 20 ms); an SDK client left to itself builds one
+    per client, so a suite paid that on every test's fixture client. The bundle is read at the
+    first handshake (``tls.py``): a session that makes none, replaying, never reads it.
     """
-    import httpx2
+    from .tls import default_context
 
-    return httpx2.create_ssl_context()
+    return default_context()
 
 
 def _http_client(sdk: Any, dialect: Dialect, asynchronous: bool) -> Any:

@@ -215,14 +215,15 @@ def test_a_replay_loads_matches_and_answers_without_importing_vcrpy(pytester: py
 
 
 def test_fixture_clients_load_the_ca_bundle_once_not_once_per_test(monkeypatch: pytest.MonkeyPatch) -> None:
-    import httpcore2
+    import ssl
+
     import openai
 
     from pytest_llm_guard import clients
 
-    built: list[object] = []
-    real = httpcore2.default_ssl_context
-    monkeypatch.setattr(httpcore2, "default_ssl_context", lambda **kw: built.append(real(**kw)) or built[-1])
+    loaded: list[object] = []
+    real = ssl.SSLContext.load_verify_locations
+    monkeypatch.setattr(ssl.SSLContext, "load_verify_locations", lambda *a, **kw: loaded.append(a) or real(*a, **kw))
     for variable in ("SSL_CERT_FILE", "SSL_CERT_DIR"):
         monkeypatch.delenv(variable, raising=False)
     clients.tls.cache_clear()
@@ -231,7 +232,9 @@ def test_fixture_clients_load_the_ca_bundle_once_not_once_per_test(monkeypatch: 
     clients = [  # nothing is sent: no connection to close
         clients.build(sdk, asynchronous, options, "options") for sdk in sdks for asynchronous in (False, True, False)
     ]
-    assert len(built) == 1  # the SDKs alone build one per client: about 30 ms on every test
+    contexts = {id(c._client._transport._pool._ssl_context) for c in clients}
+    assert len(contexts) == 1  # the SDKs alone build one per client: about 20 ms on every test
+    assert len(loaded) <= 1  # and none until its first handshake (tls.py), where httpx2's default reads a bundle
     sync = clients[0]
     assert sync.timeout == openai.DEFAULT_TIMEOUT and sync._client.follow_redirects  # still the SDK's defaults
 
