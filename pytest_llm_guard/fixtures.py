@@ -55,7 +55,7 @@ def llm_client(llm_guard: Guard, llm_client_options: dict[str, Any]) -> Iterator
     """A real ``openai.OpenAI`` with the guard's deadline, budgets and retries applied."""
     from .clients import build
 
-    client = llm_guard.fixture_client(build("openai", False, llm_client_options, "llm_client_options"))
+    client = llm_guard.fixture_client(build("openai", False, llm_client_options, "llm_client_options"), in_place=True)
     yield client
     client.close()
 
@@ -65,7 +65,7 @@ def async_llm_client(llm_guard: Guard, llm_client_options: dict[str, Any]) -> op
     """A real ``openai.AsyncOpenAI`` with the guard applied."""
     from .clients import build
 
-    return llm_guard.fixture_client(build("openai", True, llm_client_options, "llm_client_options"))
+    return llm_guard.fixture_client(build("openai", True, llm_client_options, "llm_client_options"), in_place=True)
 
 
 # -- anthropic --------------------------------------------------------------------------
@@ -86,7 +86,7 @@ def anthropic_client(llm_guard: Guard, anthropic_client_options: dict[str, Any])
     from .clients import build
 
     built = build("anthropic", False, anthropic_client_options, "anthropic_client_options")
-    client = llm_guard.fixture_client(built)
+    client = llm_guard.fixture_client(built, in_place=True)
     yield client
     client.close()
 
@@ -97,4 +97,4 @@ def async_anthropic_client(llm_guard: Guard, anthropic_client_options: dict[str,
     from .clients import build
 
     built = build("anthropic", True, anthropic_client_options, "anthropic_client_options")
-    return llm_guard.fixture_client(built)
+    return llm_guard.fixture_client(built, in_place=True)

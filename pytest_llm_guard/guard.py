@@ -223,9 +223,10 @@ class Guard:
         """
         return retry.guarded_client(self._retry_context(), client, routed=False)
 
-    def fixture_client(self, client: ClientT) -> ClientT:
-        """:meth:`guard`, and the client's calls are routed over the configured endpoints."""
-        return retry.guarded_client(self._retry_context(), client, routed=True)
+    def fixture_client(self, client: ClientT, *, in_place: bool = False) -> ClientT:
+        """:meth:`guard`, and the client's calls are routed over the configured endpoints; ``in_place``: the
+        client was built for this alone (a fixture's), so it is guarded itself rather than copied."""
+        return retry.guarded_client(self._retry_context(), client, routed=True, in_place=in_place)
 
     def _retry_context(self) -> retry.RetryContext:
         return retry.RetryContext(self.test_id, self.settings, self.budget.remaining, self.clock)

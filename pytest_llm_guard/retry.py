@@ -123,8 +123,9 @@ def async_sender(
     return send_with_retries
 
 
-def guarded_client(context: RetryContext, client: Any, *, routed: bool) -> Any:
-    """A copy of an SDK client whose retries are the guard's (the SDK's own are turned off)."""
+def guarded_client(context: RetryContext, client: Any, *, routed: bool, in_place: bool = False) -> Any:
+    """A copy of an SDK client whose retries are the guard's (the SDK's own are turned off); the client
+    itself, so changed, with ``in_place``."""
     dialect = for_client(client)
     if dialect is None:
         supported = "; ".join(f"{d.sdk}.{', '.join(d.client_names)} and their subclasses" for d in DIALECTS)
@@ -133,4 +134,5 @@ def guarded_client(context: RetryContext, client: Any, *, routed: bool) -> Any:
         client,
         lambda send: sync_sender(context, send, routed=routed),
         lambda send: async_sender(context, send, routed=routed),
+        in_place=in_place,
     )

@@ -239,6 +239,21 @@ def test_fixture_clients_load_the_ca_bundle_once_not_once_per_test(monkeypatch: 
     assert sync.timeout == openai.DEFAULT_TIMEOUT and sync._client.follow_redirects  # still the SDK's defaults
 
 
+@pytest.mark.llm_budget  # guarded: its client fixture is asked for once the SDK's constructor is counted
+def test_a_fixture_client_is_built_once_and_guarded_itself_not_copied(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import openai
+
+    built: list[dict[str, Any]] = []
+    real = openai.OpenAI.__init__
+    monkeypatch.setattr(openai.OpenAI, "__init__", lambda self, **kw: built.append(kw) or real(self, **kw))
+    client = request.getfixturevalue("llm_client")
+    assert len(built) == 1  # with_options(max_retries=0) built a second client on every test
+    assert "max_retries" not in built[0] and client.max_retries == 0  # the SDK's own retries are off all the same
+    assert client.timeout == openai.DEFAULT_TIMEOUT and client._client.follow_redirects  # the SDK's defaults
+
+
 # -- what a healthy call does not do ---------------------------------------------------------------
 
 

@@ -143,11 +143,11 @@ class AnthropicDialect(StainlessDialect):
                 headers["authorization"] = f"Bearer {key}"
         return url.copy_with(params=request.url.params), headers
 
-    def wrap_client(self, client: Any, wrap_sync: Wrap, wrap_async: Wrap) -> Any:
+    def wrap_client(self, client: Any, wrap_sync: Wrap, wrap_async: Wrap, *, in_place: bool = False) -> Any:
         # The SDK sends each attempt with its httpx2 client's ``send`` (anthropic/_base_client.py,
-        # ``_attempt_request``); the copy gets a view of that client whose ``send`` is the guard's loop
-        # (the original client is left as it was).
-        guarded = client.with_options(max_retries=0)
+        # ``_attempt_request``); the guarded client gets a view of that client whose ``send`` is the guard's
+        # loop (the httpx2 client itself is left as it was).
+        guarded = self.without_retries(client, in_place)
         wrap = wrap_async if self.is_async(client) else wrap_sync
         view = copy.copy(guarded._client)  # still an httpx2 client, so the SDK's own copies accept it
         view.send = wrap(guarded._client.send)

@@ -147,9 +147,10 @@ class Dialect:
         """Was ``client`` built by this dialect's SDK?"""
         return False
 
-    def wrap_client(self, client: Any, wrap_sync: Wrap, wrap_async: Wrap) -> Any:
+    def wrap_client(self, client: Any, wrap_sync: Wrap, wrap_async: Wrap, *, in_place: bool = False) -> Any:
         """A copy of ``client`` (one :meth:`owns_client` accepts) with its SDK's retries off and every
-        attempt passed through ``wrap_sync``/``wrap_async`` (the guard's retry loop)."""
+        attempt passed through ``wrap_sync``/``wrap_async`` (the guard's retry loop); ``client`` itself,
+        so changed, with ``in_place`` (a client built for the guard alone: a copy would build it twice)."""
         raise NotImplementedError
 
     def client_classes(self) -> tuple[type, type]:

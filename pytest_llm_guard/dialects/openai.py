@@ -207,10 +207,10 @@ class OpenAIDialect(StainlessDialect):
             )
         return version
 
-    def wrap_client(self, client: Any, wrap_sync: Wrap, wrap_async: Wrap) -> Any:
+    def wrap_client(self, client: Any, wrap_sync: Wrap, wrap_async: Wrap, *, in_place: bool = False) -> Any:
         # The SDK sends each attempt through ``_send_request`` (openai/_base_client.py): the guard's loop
         # goes around it, and the SDK's own loop is turned off.
-        guarded = client.with_options(max_retries=0)
+        guarded = self.without_retries(client, in_place)
         wrap = wrap_async if self.is_async(client) else wrap_sync
         guarded._send_request = wrap(guarded._send_request)
         return guarded

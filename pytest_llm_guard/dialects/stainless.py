@@ -77,6 +77,15 @@ class StainlessDialect(Dialect):
         base = sys.modules.get(f"{self.sdk}._base_client")
         return base is not None and isinstance(client, (base.SyncAPIClient, base.AsyncAPIClient))
 
+    def without_retries(self, client: Any, in_place: bool) -> Any:
+        """``client`` with its SDK's retry loop turned off: a copy (``with_options``), or itself. The loop
+        reads ``max_retries`` from the client at each request, and a copy is built from the client's own
+        options, so the two differ only in what else holds the original."""
+        if not in_place:
+            return client.with_options(max_retries=0)
+        client.max_retries = 0
+        return client
+
     def is_async(self, client: Any) -> bool:
         return isinstance(client, sys.modules[f"{self.sdk}._base_client"].AsyncAPIClient)
 
