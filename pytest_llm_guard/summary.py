@@ -80,12 +80,15 @@ def finish(guard_session: Session, session: pytest.Session) -> list[str]:
     reports, from every worker's records; what was written, as lines for the terminal summary."""
     config = session.config
     if guard_session.cassette_notes:
-        from .cassettes import upkeep
+        from .cassettes import nothing_to_judge
 
-        judged = upkeep.judge(guard_session.cassette_notes, guard_session.before)
-        guard_session.upkeep = judged.as_dict() if judged.unplayed or judged.reviews or judged.expired else None
-        if judged.fails and session.exitstatus == pytest.ExitCode.OK:
-            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        if not all(map(nothing_to_judge, guard_session.cassette_notes)):
+            from .cassettes import upkeep
+
+            judged = upkeep.judge(guard_session.cassette_notes, guard_session.before)
+            guard_session.upkeep = judged.as_dict() if judged.unplayed or judged.reviews or judged.expired else None
+            if judged.fails and session.exitstatus == pytest.ExitCode.OK:
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
     settings = guard_session.settings
     said = []
     if settings.learn_timeouts:

@@ -410,3 +410,43 @@ def test_llm_cassettes_lists_every_cassette_and_its_tests_and_marks_orphans(proj
     (project.path / "notes.yaml").unlink()
     (project.path / "cassettes" / "test_app" / "test_gone.yaml").unlink()
     assert project.runpytest("--llm-cassettes", "--llm-strict").ret == 0
+
+
+def _note(**changes: object) -> dict[str, object]:
+    """A test's note of its cassette (``CassetteLayer.note``): by default a replay that played everything."""
+    note = {
+        "path": "/nowhere/cassette.yaml",  # never read when there is nothing to judge
+        "test": "test_x.py::test_x",
+        "mode": "none",
+        "shared": False,
+        "passed": True,
+        "saved": False,
+        "unplayed": [],
+        "expiry": None,
+        "on_unplayed": "warn",
+        "prune": False,
+        "match_on": ["method", "path", "body"],
+        "ignore": [],
+    }
+    return {**note, **changes}
+
+
+QUIET = [_note(), _note(passed=False, unplayed=None), _note(mode="once"), _note(on_unplayed="fail")]
+BUSY = [_note(unplayed=["a1b2c3"]), _note(expiry={"age": 9e9, "action": "warn"}), _note(mode="all")]
+
+
+@pytest.mark.parametrize("note", QUIET, ids=["played all", "failed", "once", "fail on unplayed"])
+def test_a_replay_that_played_everything_leaves_the_sessions_end_nothing_to_judge(note: dict[str, object]) -> None:
+    """The session's end skips upkeep.py (not even imported) for such notes: upkeep finds nothing in them."""
+    from pytest_llm_guard.cassettes import nothing_to_judge, upkeep
+
+    assert nothing_to_judge(note)
+    judged = upkeep.judge([note, _note()], lambda path: None)
+    assert judged.as_dict() == {"unplayed": [], "rerecorded": [], "expired": [], "unused": []}
+
+
+@pytest.mark.parametrize("note", BUSY, ids=["unplayed", "expired", "recorded"])
+def test_unplayed_expired_or_recorded_cassettes_are_judged(note: dict[str, object]) -> None:
+    from pytest_llm_guard.cassettes import nothing_to_judge
+
+    assert not nothing_to_judge(note)

@@ -10,6 +10,7 @@ never timed.
 from __future__ import annotations
 
 import importlib
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -185,17 +186,39 @@ interactions:
 """
 
 
-def test_a_replay_loads_matches_and_answers_without_importing_vcrpy(pytester: pytest.Pytester) -> None:
+def test_a_replay_loads_matches_and_answers_without_importing_vcrpy(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Record mode none (CI's) only replays: vcrpy, the recorder, is never imported. (``once`` on a recorded
-    file opens the same replay-only cassette: test_cassette_store.py.)"""
+    file opens the same replay-only cassette: test_cassette_store.py.) Through to the session's end, neither
+    is the cassettes' upkeep (every recording was played), nor is a CA bundle read (no handshake is made)."""
     pytester.makepyprojecttoml('[tool.pytest_llm_guard]\nbase_url = "http://127.0.0.1:9/v1"\n')
+    monkeypatch.setenv("SSL_CERT_FILE", str(pytester.path / "ca.pem"))  # httpx2 reads it on every platform
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    (pytester.path / "ca.pem").write_text("no certificate: a replay makes no handshake, so never reads it\n")
     pytester.makeconftest(
         """
+        import json
+        import ssl
         import sys
+
+        READ = []  # CA files read (a directory is only named: OpenSSL reads it during handshakes)
+        _real = ssl.SSLContext.load_verify_locations
+
+        def _reading(self, cafile=None, capath=None, cadata=None):
+            if cafile is not None or cadata is not None:
+                READ.append(cafile)
+            return _real(self, cafile, capath, cadata)
+
+        ssl.SSLContext.load_verify_locations = _reading
 
         def pytest_sessionfinish(session):
             loaded = sorted(m for m in sys.modules if m == "vcr" or m.startswith(("vcr.", "wrapt")))
             (session.config.rootpath / "loaded.txt").write_text(" ".join(loaded))
+
+        def pytest_unconfigure(config):
+            later = sorted(m for m in sys.modules if m.startswith("pytest_llm_guard.cassettes."))
+            (config.rootpath / "later.json").write_text(json.dumps({"modules": later, "read": READ}))
         """
     )
     pytester.makepyfile(
@@ -212,6 +235,10 @@ def test_a_replay_loads_matches_and_answers_without_importing_vcrpy(pytester: py
     result.assert_outcomes(passed=1)
     assert (pytester.path / "loaded.txt").read_text() == ""
     assert cassette.read_text() == REPLAYED
+    later = json.loads((pytester.path / "later.json").read_text())
+    assert {"pytest_llm_guard.cassettes.replaying", "pytest_llm_guard.cassettes.parsed"} <= set(later["modules"])
+    assert {"pytest_llm_guard.cassettes.upkeep", "pytest_llm_guard.cassettes.review"} & set(later["modules"]) == set()
+    assert later["read"] == []
 
 
 def test_fixture_clients_load_the_ca_bundle_once_not_once_per_test(monkeypatch: pytest.MonkeyPatch) -> None:

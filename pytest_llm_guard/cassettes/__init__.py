@@ -64,6 +64,18 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+RECORDING_MODES = ("all", "new_episodes")
+"""The modes in which a test writes into its cassette (``once`` on a new file runs as ``new_episodes``)."""
+
+
+def nothing_to_judge(note: Mapping[str, Any]) -> bool:
+    """Whether a test's note of its cassette (``CassetteLayer.note``) leaves the session's end nothing to
+    say (``upkeep.judge`` finds nothing in a cassette all of whose notes are so): the test replayed every
+    recording, wrote nothing, and the cassette had not expired. A replaying session then never loads
+    ``upkeep.py``."""
+    return not note["unplayed"] and not note.get("expiry") and note["mode"] not in RECORDING_MODES
+
+
 def record_mode(settings: Settings, environ: Mapping[str, str] = os.environ) -> str:
     """The configured mode, else ``none`` on CI (CI must never reach a real endpoint) and ``once`` elsewhere."""
     if settings.record is not None:

@@ -22,7 +22,7 @@ from ..errors import LLMCassetteMiss
 from ..report import days, plural
 from ..scrub import Scrubber, find_shapes
 from ..stored import as_text
-from . import metadata, review
+from . import metadata
 from .parsed import Matcher, Sent, playable
 from .replaying import ReplayCassette, replay_only
 from .timing import TIMING, Pacer, Stopwatch, pieces
@@ -368,10 +368,12 @@ class CassetteLayer:
         if not found or self.shared or self.prunes or self.settings.on_unplayed == "ignore":
             return None
 
+        from .review import describe_request  # messages only: a replay that played all never loads it
+
         record, prune = OPTIONS["record"].flag, OPTIONS["prune_unplayed"].flag
         return self.scrubber.text(
             f"pytest-llm-guard: {self.nodeid} passed without replaying {plural(len(found), 'recording')} of its "
-            f"cassette {self.cassette.path} (first: {review.describe_request(found[0][1])}): its prompts may have "
+            f"cassette {self.cassette.path} (first: {describe_request(found[0][1])}): its prompts may have "
             f"drifted. Drop them with pytest '{self.nodeid}' {record}=new_episodes {prune} (or re-record, "
             f'{record}=all), or set on_unplayed = "ignore".'
         )
@@ -534,8 +536,10 @@ class CassetteLayer:
 
     def _miss(self, recorded: Any) -> LLMCassetteMiss:
         path = self.cassette.path
+        from .review import gist
+
         shown = self.cassette.scrubbed(recorded)  # the message lands in CI logs
-        model, last = review.gist(shown.body)
+        model, last = gist(shown.body)
         lines = [
             f"No recorded response for this request in cassette {path} (record mode {self.mode!r}); "
             "no network request was made.",

@@ -19,7 +19,6 @@ from ..scrub import Scrubber
 from . import files, metadata
 from .matching import closest, request_key
 from .parsed import ABANDONED, Matcher, Sent, loaded_key, note_id, parse
-from .review import ids_of_keys
 
 
 class ReplayCassette:
@@ -106,8 +105,10 @@ class ReplayCassette:
 
     def unplayed(self) -> list[tuple[str, Any]]:
         """Recordings not replayed: (id, request), ids as :func:`review.ids` gives them for the file."""
-        if all(self.play_counts):  # every one played: nothing to name
+        if all(self.play_counts):  # every one played: nothing to name (nor review.py to import)
             return []
+        from .review import ids_of_keys
+
         found = zip(ids_of_keys(self._keys), (request for request, _ in self.data), strict=True)
         return [(iid, request) for index, (iid, request) in enumerate(found) if self.play_counts[index] == 0]
 

@@ -16,10 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import files, parsed
+from . import RECORDING_MODES, files, parsed
 from .review import Review, describe_request, ids, review
-
-RECORDING_MODES = ("all", "new_episodes")
 
 
 @dataclass
