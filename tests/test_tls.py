@@ -225,6 +225,19 @@ def test_a_cert_dir_or_a_missing_cert_file_get_httpx2s_own_context(
     assert str(ours.value) == str(httpx2s.value)
 
 
+def test_a_cert_file_that_holds_no_certificate_fails_the_first_handshake(
+    https_server: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Read at the handshake, a broken bundle refuses every connection (httpx2 would refuse to build the
+    client): verification never falls back to anything looser."""
+    (tmp_path / "broken.pem").write_text("not a certificate\n")
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "broken.pem"))
+    context = tls.default_context()
+    for _ in range(2):  # and the next handshake tries again, failing the same way
+        with pytest.raises(httpx2.ConnectError, match="NO_CERTIFICATE_OR_CRL_FOUND|no certificate"):
+            _get(https_server, context, asynchronous=False)
+
+
 def _get(url: str, context: ssl.SSLContext, *, asynchronous: bool) -> httpx2.Response:
     if not asynchronous:
         with httpx2.Client(verify=context, timeout=10) as client:
