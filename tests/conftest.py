@@ -20,6 +20,7 @@ import vcr  # noqa: F401
 from redis_server import RedisServer
 
 import pytest_llm_guard.clients  # noqa: F401  (the client fixtures' TLS context, built once, outlives those runs)
+import pytest_llm_guard.tls  # noqa: F401  (its class, which that context is an instance of)
 from pytest_llm_guard import FakeClock
 from pytest_llm_guard.fault import FaultServer
 
