@@ -535,9 +535,9 @@ class CassetteLayer:
             self.redacted[key] = self.redacted.get(key, 0) + 1
 
     def _miss(self, recorded: Any) -> LLMCassetteMiss:
-        path = self.cassette.path
-        from .review import gist
+        from .review import gist  # a miss only: a replay that finds every request never loads it
 
+        path = self.cassette.path
         shown = self.cassette.scrubbed(recorded)  # the message lands in CI logs
         model, last = gist(shown.body)
         lines = [

@@ -79,8 +79,8 @@ class StainlessDialect(Dialect):
 
     def without_retries(self, client: Any, in_place: bool) -> Any:
         """``client`` with its SDK's retry loop turned off: a copy (``with_options``), or itself. The loop
-        reads ``max_retries`` from the client at each request, and a copy is built from the client's own
-        options, so the two differ only in what else holds the original."""
+        reads ``max_retries`` from the client at each request and a copy is built from the client's own
+        options, so for a client nothing else holds, changing it does what the copy does, building nothing."""
         if not in_place:
             return client.with_options(max_retries=0)
         client.max_retries = 0
