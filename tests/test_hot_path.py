@@ -281,6 +281,21 @@ def test_a_fixture_client_is_built_once_and_guarded_itself_not_copied(
     assert client.timeout == openai.DEFAULT_TIMEOUT and client._client.follow_redirects  # the SDK's defaults
 
 
+@pytest.mark.llm_budget
+def test_an_anthropic_fixture_client_is_built_once_too(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    anthropic = pytest.importorskip("anthropic")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-not-a-real-key")
+    built: list[dict[str, Any]] = []
+    real = anthropic.Anthropic.__init__
+    monkeypatch.setattr(anthropic.Anthropic, "__init__", lambda self, **kw: built.append(kw) or real(self, **kw))
+    client = request.getfixturevalue("anthropic_client")
+    assert len(built) == 1 and client.max_retries == 0
+    assert client._client.send is not built[0]["http_client"].send  # a view whose send is the guard's loop
+    assert "send" not in vars(built[0]["http_client"])  # the httpx2 client itself is left as it was
+
+
 # -- what a healthy call does not do ---------------------------------------------------------------
 
 
