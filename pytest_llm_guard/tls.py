@@ -52,7 +52,7 @@ class DeferredCAContext(ssl.SSLContext):
         """``like``: a context whose settings this one takes (``ssl.create_default_context``'s, which vary
         with Python's version), its certificates aside."""
         for name in _SETTINGS if like is not None else ():
-            if getattr(self, name) != getattr(like, name):
+            if hasattr(like, name) and getattr(self, name) != getattr(like, name):  # some need OpenSSL 1.1.1
                 setattr(self, name, getattr(like, name))
         self._locations = (cafile, capath)
         self._pending = bool(cafile or capath)
