@@ -19,15 +19,18 @@ The order, outermost first, and why each stage sits where it does::
       <- the seam watches the body: deadline and cap per chunk, usage at the end
 
 :func:`build` makes the chain for a test once; :meth:`Pipeline.client_for` hands the seam a
-view of the client whose transport runs it, per attempt, without rebuilding anything.
+view of the client whose transport runs it, per attempt, without rebuilding anything: one small
+object per attempt for the view and its transport, one for the attempt's context.
 
 A stage gets an :class:`AttemptContext`: the attempt's record, the test's clock, and the
-time left and caps as numbers and one narrow action (lower this attempt's cap). It never
+time left and caps as numbers and one narrow action (lower this attempt's cap); what is the
+test's comes from its :class:`StageTools`, made once per test. It never
 gets the guard, so no stage can call back up into what called it.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -43,24 +46,58 @@ AsyncSend = Callable[[httpx2.Request], Awaitable[httpx2.Response]]
 
 
 @dataclass(frozen=True)
-class AttemptContext:
-    """What a stage may know and do about one attempt (built by the seam, per attempt)."""
+class StageTools:
+    """What a stage may use of the test, the same for each of its attempts: made once per test by its guard."""
 
-    attempt: Attempt
-    """The typed record of the attempt; a stage writes on it what it alone knows."""
     clock: Clock
     """The test's clock: a stage that waits (a Retry-After, a paced replay) waits on it."""
     remaining: Callable[[], float]
     """Seconds left before the test's deadline (``math.inf`` without one)."""
     attempt_cap: Callable[[], float]
     """The cap an attempt started now would get: the deadline's time left or ``call_timeout``."""
-    cap: Callable[[httpx2.Request, float, str], None]
-    """Lower this attempt's cap (body included) to ``seconds``, named after the limit that set it."""
+    cap: Callable[[Attempt, httpx2.Request, float, str], None]
+    """Lower an attempt's cap (body included) to ``seconds``, named after the limit that set it."""
     ledger: Ledger
     """The test's attempts so far, read-only here: a refusal tells their story."""
-    network: bool = True
-    """The client sends through httpx2's own network transport, not a mock: only then may a breaker's
-    probe go beside the attempt, over the network (``probes.py``)."""
+
+
+class AttemptContext:
+    """What a stage may know and do about one attempt (built by the pipeline, per attempt: the attempt and
+    its transport; what is the test's is :class:`StageTools`, made once)."""
+
+    __slots__ = ("attempt", "network", "_tools")
+
+    def __init__(self, attempt: Attempt, tools: StageTools, network: bool = True) -> None:
+        self.attempt = attempt
+        """The typed record of the attempt; a stage writes on it what it alone knows."""
+        self.network = network
+        """The client sends through httpx2's own network transport, not a mock: only then may a breaker's
+        probe go beside the attempt, over the network (``probes.py``)."""
+        self._tools = tools
+
+    @property
+    def clock(self) -> Clock:
+        """The test's clock: a stage that waits (a Retry-After, a paced replay) waits on it."""
+        return self._tools.clock
+
+    @property
+    def remaining(self) -> Callable[[], float]:
+        """Seconds left before the test's deadline (``math.inf`` without one)."""
+        return self._tools.remaining
+
+    @property
+    def attempt_cap(self) -> Callable[[], float]:
+        """The cap an attempt started now would get: the deadline's time left or ``call_timeout``."""
+        return self._tools.attempt_cap
+
+    @property
+    def ledger(self) -> Ledger:
+        """The test's attempts so far, read-only here: a refusal tells their story."""
+        return self._tools.ledger
+
+    def cap(self, request: httpx2.Request, seconds: float, by: str) -> None:
+        """Lower this attempt's cap (body included) to ``seconds``, named after the limit that set it."""
+        self._tools.cap(self.attempt, request, seconds, by)
 
 
 class Layer(Protocol):
@@ -88,21 +125,24 @@ class Pipeline:
         self,
         client: object,
         request: httpx2.Request,
-        context: Callable[[bool], AttemptContext],
+        attempt: Attempt,
+        tools: StageTools,
         *,
         ahead: Callable[[httpx2.Response], httpx2.Response] | None = None,
         ahead_async: Callable[[httpx2.Response], Awaitable[httpx2.Response]] | None = None,
     ) -> object:
-        """The client as httpx2 sees it, with the layers in front of its transport.
+        """The client as httpx2 sees it for ``attempt``, with the layers in front of its transport.
 
         httpx2 keeps doing its own work around the transport (response.request, cookies,
         elapsed time), so a response a layer makes itself is a complete httpx2 response.
-        ``context`` makes the attempt's context, told whether the client's transport is the network's.
         ``ahead`` (``ahead_async``) gets each response the transport itself makes, before any layer.
         """
         inner = client._transport_for_url(request.url)  # type: ignore[attr-defined]
-        ctx = context(isinstance(inner, (httpx2.HTTPTransport, httpx2.AsyncHTTPTransport)))
-        return _ClientView(client, _Chain(inner, self.layers, ctx, ahead, ahead_async))
+        ctx = AttemptContext(attempt, tools, isinstance(inner, _NETWORK))
+        return _AttemptClient(client, inner, self.layers, ctx, ahead, ahead_async)
+
+
+_NETWORK = (httpx2.HTTPTransport, httpx2.AsyncHTTPTransport)
 
 
 def build(*, cassette: Layer | None = None, routing: Layer | None = None) -> Pipeline:
@@ -110,15 +150,35 @@ def build(*, cassette: Layer | None = None, routing: Layer | None = None) -> Pip
     return Pipeline(tuple(layer for layer in (cassette, routing) if layer is not None))
 
 
-class _ClientView:
-    """Stands in for a client inside ``_send_single_request``, handing out another transport."""
+class _AttemptClient(httpx2.BaseTransport, httpx2.AsyncBaseTransport):
+    """Stands in for a client inside ``_send_single_request`` for one attempt, and is the transport it
+    hands out there: the layers, innermost the client's own transport (vcrpy's stubs and mocks included).
 
-    def __init__(self, client: object, transport: _Chain) -> None:
+    One object per attempt for both roles: httpx2 asks the client for its transport, then sends through it.
+    """
+
+    __slots__ = ("_client", "_inner", "_layers", "_ctx", "_ahead", "_ahead_async")
+
+    def __init__(
+        self,
+        client: object,
+        inner: object,
+        layers: tuple[Layer, ...],
+        ctx: AttemptContext,
+        ahead: Callable[[httpx2.Response], httpx2.Response] | None,
+        ahead_async: Callable[[httpx2.Response], Awaitable[httpx2.Response]] | None,
+    ) -> None:
         self._client = client
-        self._transport = transport
+        self._inner = inner
+        self._layers = layers
+        self._ctx = ctx
+        self._ahead = ahead
+        self._ahead_async = ahead_async
 
-    def _transport_for_url(self, url: httpx2.URL) -> _Chain:
-        return self._transport
+    # -- the client's part ------------------------------------------------------------
+
+    def _transport_for_url(self, url: httpx2.URL) -> _AttemptClient:
+        return self
 
     # What httpx2's ``_send_single_request`` reads of every answer, forwarded without a failed look-up
     # first (``__getattr__`` runs only after one, which raises and catches an AttributeError).
@@ -133,34 +193,18 @@ class _ClientView:
     def __getattr__(self, name: str) -> object:
         return getattr(self._client, name)
 
-
-class _Chain(httpx2.BaseTransport, httpx2.AsyncBaseTransport):
-    """Runs the layers, innermost the client's own transport (vcrpy's stubs and mocks included)."""
-
-    def __init__(
-        self,
-        inner: object,
-        layers: tuple[Layer, ...],
-        ctx: AttemptContext,
-        ahead: Callable[[httpx2.Response], httpx2.Response] | None,
-        ahead_async: Callable[[httpx2.Response], Awaitable[httpx2.Response]] | None,
-    ) -> None:
-        self._inner = inner
-        self._layers = layers
-        self._ctx = ctx
-        self._ahead = ahead
-        self._ahead_async = ahead_async
+    # -- the transport's part ---------------------------------------------------------
 
     def handle_request(self, request: httpx2.Request, depth: int = 0) -> httpx2.Response:
         if depth == len(self._layers):
             response = hear(self._ctx.attempt, self._inner.handle_request(request))  # type: ignore[attr-defined]
             return response if self._ahead is None else self._ahead(response)
-        return self._layers[depth].handle(request, self._ctx, lambda r: self.handle_request(r, depth + 1))
+        return self._layers[depth].handle(request, self._ctx, functools.partial(self.handle_request, depth=depth + 1))
 
     async def handle_async_request(self, request: httpx2.Request, depth: int = 0) -> httpx2.Response:
         if depth == len(self._layers):
             response = hear(self._ctx.attempt, await self._inner.handle_async_request(request))  # type: ignore[attr-defined]
             return response if self._ahead_async is None else await self._ahead_async(response)
         return await self._layers[depth].handle_async(
-            request, self._ctx, lambda r: self.handle_async_request(r, depth + 1)
+            request, self._ctx, functools.partial(self.handle_async_request, depth=depth + 1)
         )
