@@ -40,6 +40,8 @@ class Alarm:
     def __init__(self, clock: Callable[[], float] = REAL.now) -> None:
         """``clock``: the guard's ``Clock.now``; the timer itself runs in real seconds."""
         self._clock = clock
+        self._real = clock == REAL.now
+        """The clock is real time itself: one reading serves the schedule and the timer's expiry."""
         self._events: list[tuple[float, int, Action]] = []
         self._next_id = 0
         self._running = False
@@ -108,8 +110,9 @@ class Alarm:
             self._armed = None
             self._below["setitimer"](signal.ITIMER_REAL, 0)
             return
-        seconds = max(soonest - self._clock(), 1e-4)
-        expires = REAL.now() + seconds  # real time: a fake clock's moves are not the timer's
+        now = self._clock()
+        seconds = max(soonest - now, 1e-4)
+        expires = (now if self._real else REAL.now()) + seconds  # real time: a fake clock's moves are not the timer's
         if self._armed is not None and self._armed < expires + _SAME_MOMENT:
             return
         self._armed = expires

@@ -107,6 +107,33 @@ def test_a_healthy_endpoint_costs_no_store_round_trip_once_its_window_is_full() 
     assert (store.gets, store.updates) == (1, 0), "the shared record is read again once per tenth of the cooldown"
 
 
+class CountingClock(FakeClock):
+    """A fake clock counting its readings of the time of day (what breakers keep)."""
+
+    walls = 0
+
+    def wall(self) -> float:
+        self.walls += 1
+        return super().wall()
+
+
+def test_a_success_where_its_model_is_known_quiet_reads_no_clock_and_anything_else_is_judged_and_written() -> None:
+    store, clock = CountingStore(), CountingClock()
+    worker = router(store, clock)
+    for _ in range(POLICY.breaker_window):
+        call(worker)
+    assert worker.quiet(ENDPOINT, MODEL), "the routing layer asks before it sends: now known quiet"
+    store.updates = clock.walls = 0
+    worker.record(ENDPOINT, MODEL, S)
+    assert (store.updates, clock.walls) == (0, 0), "known quiet: nothing to read, nothing to write"
+    worker.record(ENDPOINT, "another-model", S)
+    assert store.updates == 1, "another model's window at the same endpoint is not full: its success is written"
+    worker.record(ENDPOINT, MODEL, F, error="HTTP 503")
+    assert store.updates == 2, "a failure is written at once"
+    worker.record(ENDPOINT, MODEL, S)
+    assert store.updates == 3, "a success after a failure changes the window: the copy written anew is not quiet"
+
+
 def test_every_change_is_written_at_once_and_the_record_is_what_each_attempt_would_have_written() -> None:
     store, clock = CountingStore(), FakeClock()
     worker, reference = router(store, clock), EndpointHealth()
@@ -389,4 +416,40 @@ def test_a_header_timer_sooner_than_the_deadline_costs_no_system_call_and_an_ear
             "the early signal found nothing due and set the timer for the deadline; with nothing left, it is unset"
         )
     finally:
+        alarm.stop()
+
+
+@pytest.mark.parametrize("fake", [False, True], ids=["real clock", "fake clock"])
+def test_an_alarm_reads_the_time_once_per_schedule_on_a_real_clock_and_its_timer_keeps_real_time_on_either(
+    monkeypatch: pytest.MonkeyPatch, fake: bool
+) -> None:
+    import signal
+    import time
+
+    from pytest_llm_guard.alarm import Alarm
+    from pytest_llm_guard.clock import REAL
+
+    if signal.getitimer(signal.ITIMER_REAL) != (0.0, 0.0):
+        pytest.skip("a timer of the outer session is armed")
+    real_setitimer, real_monotonic = signal.setitimer, time.monotonic
+    set_to: list[float] = []
+    reads: list[float] = []
+    monkeypatch.setattr(
+        signal,
+        "setitimer",
+        lambda which, seconds, interval=0.0: set_to.append(seconds) or real_setitimer(which, seconds, interval),
+    )
+    clock = FakeClock(start=5.0) if fake else REAL
+    alarm = Alarm(clock.now)
+    alarm.start()
+    try:
+        monkeypatch.setattr(time, "monotonic", lambda: reads.append(1) or real_monotonic())
+        set_to.clear()
+        alarm.at(clock.now() + 100, lambda: None)
+        assert len(reads) == (1 if fake else 2), "a real clock: the caller's reading and one for the schedule"
+        alarm.at(clock.now() + 50, lambda: None)
+        alarm.at(clock.now() + 75, lambda: None)
+        assert [round(s) for s in set_to] == [100, 50], "sooner re-arms the timer, later costs no system call"
+    finally:
+        monkeypatch.setattr(time, "monotonic", real_monotonic)
         alarm.stop()
