@@ -453,3 +453,24 @@ def test_an_alarm_reads_the_time_once_per_schedule_on_a_real_clock_and_its_timer
     finally:
         monkeypatch.setattr(time, "monotonic", real_monotonic)
         alarm.stop()
+
+
+def test_every_credential_header_of_a_request_is_learned_and_only_those() -> None:
+    import httpx2
+
+    from pytest_llm_guard.scrub import Scrubber
+
+    scrubber = Scrubber(key_variables=(), environ={})
+    headers = httpx2.Headers(
+        [
+            ("Accept", "application/json"),
+            ("Authorization", "Bearer sk-first-of-two-0001"),
+            ("X-Note", "not-a-secret-but-long"),
+            ("authorization", "Bearer sk-second-of-two-0002"),
+            ("Api-Key", "azure-key-0003"),
+        ]
+    )
+    scrubber.learn(headers, "")
+    text = scrubber.text("sk-first-of-two-0001 sk-second-of-two-0002 azure-key-0003 not-a-secret-but-long")
+    assert text.count("0001") + text.count("0002") + text.count("0003") == 0
+    assert "not-a-secret-but-long" in text
