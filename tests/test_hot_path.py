@@ -474,3 +474,31 @@ def test_every_credential_header_of_a_request_is_learned_and_only_those() -> Non
     text = scrubber.text("sk-first-of-two-0001 sk-second-of-two-0002 azure-key-0003 not-a-secret-but-long")
     assert text.count("0001") + text.count("0002") + text.count("0003") == 0
     assert "not-a-secret-but-long" in text
+
+
+@pytest.mark.parametrize(
+    ("given", "capped", "binds"),
+    [
+        ({"connect": 0.5, "read": 9.0, "write": None, "pool": 0.0}, (0.5, 2.0, 2.0, 2.0), True),
+        ({"connect": 0.5, "read": 0.5, "write": 2.0, "pool": 0.5}, (0.5, 0.5, 2.0, 0.5), False),
+        ({"connect": None, "read": None, "write": None, "pool": None}, (2.0, 2.0, 2.0, 2.0), True),
+        ({}, (2.0, 2.0, 2.0, 2.0), True),
+    ],
+    ids=["mixed", "none above the cap", "no limits", "none given"],
+)
+def test_a_cap_keeps_each_phases_own_lower_timeout_and_binds_only_below_the_clients_longest(
+    given: dict[str, float | None], capped: tuple[float, ...], binds: bool
+) -> None:
+    import httpx2
+
+    from pytest_llm_guard.guard import CLIENT_TIMEOUT, Guard
+    from pytest_llm_guard.ledger import Attempt
+
+    guard = Guard(Settings(deadline=60), test_id="t")
+    request = httpx2.Request("POST", "http://127.0.0.1:9/v1/chat/completions", extensions={"timeout": dict(given)})
+    attempt = Attempt("t", 1, 1, "first", "http://127.0.0.1:9", "/v1/chat/completions", None, 0.0, 0.0)
+    guard.cap(attempt, request, 2.0, "call_timeout")
+    assert tuple(request.extensions["timeout"].values()) == capped and request.extensions[CLIENT_TIMEOUT] == given
+    assert (attempt.cap, attempt.cap_by, attempt.cap_binds) == (2.0, "call_timeout", binds)
+    guard.cap(attempt, request, 1.0, "deadline")
+    assert tuple(request.extensions["timeout"].values()) == tuple(min(c, 1.0) for c in capped), "capped afresh"
