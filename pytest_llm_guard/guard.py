@@ -14,7 +14,6 @@ import asyncio
 import functools
 import logging
 import math
-import operator
 import os
 import threading
 from collections.abc import Callable
@@ -349,13 +348,18 @@ class Guard:
         timeouts = extensions.get(CLIENT_TIMEOUT)
         if timeouts is None:
             timeouts = extensions[CLIENT_TIMEOUT] = extensions.get("timeout") or {}
-        # the client's longest timeout; none at all: the cap binds only below infinity
-        longest = max(filter(_GIVEN, timeouts.values()), default=math.inf)
+        longest = -math.inf  # the client's longest timeout; none at all: the cap binds only below infinity
+        for given in timeouts.values():
+            if given is not None and given > longest:
+                longest = given
         attempt.cap, attempt.cap_by = seconds, by
-        attempt.cap_binds = seconds < longest
+        attempt.cap_binds = seconds < (longest if longest != -math.inf else math.inf)
         if attempt.headers_timer is not None:
             self._rearm(attempt)
-        capped = {phase: min(timeouts.get(phase) or seconds, seconds) for phase in _PHASES}  # never above the cap
+        capped = {}  # each phase's timeout, never above the cap (a loop: this runs on every attempt)
+        for phase in ("connect", "read", "write", "pool"):
+            given = timeouts.get(phase)
+            capped[phase] = given if given and given < seconds else seconds
         request.extensions = {**extensions, "timeout": capped}
 
     def _rearm(self, attempt: Attempt) -> None:
@@ -509,11 +513,6 @@ def key_source(request: httpx2.Request) -> str:
         return f"the key came from {' / '.join(names)}"
     return "the key was passed to the client directly (no environment variable holds it)"
 
-
-_PHASES = ("connect", "read", "write", "pool")
-"""httpx2's timeout phases, each capped."""
-_GIVEN = functools.partial(operator.is_not, None)
-"""A timeout the client set (None: no limit)."""
 
 _WORKER = "worker"
 """``Attempt.headers_timer`` of an attempt whose headers are awaited outside the main thread."""

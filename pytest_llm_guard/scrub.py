@@ -19,12 +19,10 @@ import dataclasses
 import functools
 import json
 import logging
-import operator
 import os
 import re
 import threading
 from collections.abc import Iterable, Iterator, Mapping
-from itertools import compress
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -63,8 +61,6 @@ Kinds in :data:`_RANDOM_ONLY` count only where the value looks random (:func:`lo
 _RANDOM_ONLY = frozenset({"OpenAI API key", "bearer token"})
 """Shapes that ordinary text can take: ``sk-learn-compatible``, "ring bearer responsibilities"."""
 _CREDENTIAL_HEADERS = frozenset({b"authorization", b"proxy-authorization", b"api-key", b"x-api-key"})
-_NAME = operator.itemgetter(1)
-"""The lowered name in an entry of httpx2's header list ``(name, lowered name, value)``."""
 _MIN_SECRET = 8
 """Shorter values are not treated as secrets (they would redact ordinary words)."""
 _HEADER_VALUES = r"""(?ix)
@@ -181,9 +177,8 @@ class Scrubber:
         items = getattr(headers, "_list", None)  # httpx2's (name, lowered name, value): nothing to lower
         if items is None:
             items = [(b"", k.lower().encode(), v.encode()) for k, v in headers.items()]
-        credentials = compress(items, map(_CREDENTIAL_HEADERS.__contains__, map(_NAME, items)))  # picked in C
-        for _, _, value in credentials:
-            if value not in self._raw_seen:
+        for _, name, value in items:
+            if name in _CREDENTIAL_HEADERS and value not in self._raw_seen:
                 self._raw_seen.add(value)
                 text = value.decode("latin-1")
                 found.append(text.split(" ", 1)[1] if text.lower().startswith("bearer ") else text)

@@ -9,12 +9,10 @@ from __future__ import annotations
 import email.utils
 import json
 import math
-import operator
 import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from itertools import compress
 from typing import TYPE_CHECKING, Any
 
 from ..clock import REAL
@@ -436,18 +434,6 @@ def request_model(request: httpx2.Request) -> str | None:
     return None
 
 
-_NAME, _VALUE = operator.itemgetter(1), operator.itemgetter(2)
-"""The lowered name and the raw value of an entry of httpx2's header list ``(name, lowered name, value)``."""
-
-
-def raw_values(items: list[tuple[bytes, bytes, bytes]], name: bytes) -> list[bytes]:
-    """The raw values of header ``name`` (lower case) in httpx2's list of headers, in order.
-
-    Read on every attempt, so picked out in C (``map`` and ``compress`` over the list), not by a Python loop.
-    """
-    return list(compress(map(_VALUE, items), map(name.__eq__, map(_NAME, items))))
-
-
 def header(headers: Any, name: bytes) -> str:
     """The value of header ``name`` (lower case), "" when absent: as ``headers.get(name, "")``.
 
@@ -457,12 +443,15 @@ def header(headers: Any, name: bytes) -> str:
     items = getattr(headers, "_list", None)
     if items is None:
         return headers.get(name.decode(), "")  # type: ignore[no-any-return]
-    found = raw_values(items, name)
-    if not found:
+    found = None
+    for _, key, value in items:
+        if key == name:
+            if found is not None:  # said twice: joined as httpx2 joins them
+                return headers.get(name.decode(), "")  # type: ignore[no-any-return]
+            found = value
+    if found is None:
         return ""
-    if len(found) == 1 and found[0].isascii():
-        return found[0].decode("ascii")
-    return headers.get(name.decode(), "")  # type: ignore[no-any-return]  # said twice (joined as httpx2 joins them), or not ASCII
+    return found.decode("ascii") if found.isascii() else headers.get(name.decode(), "")
 
 
 def has_header(headers: Any, name: bytes) -> bool:
@@ -470,7 +459,10 @@ def has_header(headers: Any, name: bytes) -> bool:
     items = getattr(headers, "_list", None)
     if items is None:
         return name.decode() in headers
-    return name in map(_NAME, items)
+    for _, key, _ in items:
+        if key == name:
+            return True
+    return False
 
 
 def origin_of(url: httpx2.URL) -> str:
