@@ -30,7 +30,6 @@ gets the guard, so no stage can call back up into what called it.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -199,12 +198,12 @@ class _AttemptClient(httpx2.BaseTransport, httpx2.AsyncBaseTransport):
         if depth == len(self._layers):
             response = hear(self._ctx.attempt, self._inner.handle_request(request))  # type: ignore[attr-defined]
             return response if self._ahead is None else self._ahead(response)
-        return self._layers[depth].handle(request, self._ctx, functools.partial(self.handle_request, depth=depth + 1))
+        return self._layers[depth].handle(request, self._ctx, lambda r: self.handle_request(r, depth + 1))
 
     async def handle_async_request(self, request: httpx2.Request, depth: int = 0) -> httpx2.Response:
         if depth == len(self._layers):
             response = hear(self._ctx.attempt, await self._inner.handle_async_request(request))  # type: ignore[attr-defined]
             return response if self._ahead_async is None else await self._ahead_async(response)
         return await self._layers[depth].handle_async(
-            request, self._ctx, functools.partial(self.handle_async_request, depth=depth + 1)
+            request, self._ctx, lambda r: self.handle_async_request(r, depth + 1)
         )
