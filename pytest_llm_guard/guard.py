@@ -97,7 +97,9 @@ class Guard:
         self.budget = Budget(settings, self.ledger, clock=clock)
         self.pipeline = Pipeline()
         """The layers between the seam and the transport, built once for the test (``pipeline.build``)."""
-        self.stage_tools = StageTools(clock, self.budget.remaining, self.budget.attempt_cap_seconds, self.cap, self.ledger)
+        self.stage_tools = StageTools(
+            clock, self.budget.remaining, self.budget.attempt_cap_seconds, self.cap, self.ledger
+        )
         """What the pipeline's stages may use of the test (never the guard itself), made once."""
         self.alarm: Alarm | None = None
         """The main thread's SIGALRM schedule while the test runs, where the platform has one."""

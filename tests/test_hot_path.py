@@ -502,3 +502,47 @@ def test_a_cap_keeps_each_phases_own_lower_timeout_and_binds_only_below_the_clie
     assert (attempt.cap, attempt.cap_by, attempt.cap_binds) == (2.0, "call_timeout", binds)
     guard.cap(attempt, request, 1.0, "deadline")
     assert tuple(request.extensions["timeout"].values()) == tuple(min(c, 1.0) for c in capped), "capped afresh"
+
+
+@pytest.mark.parametrize(
+    ("sent", "number"),
+    [
+        ([], 0),
+        ([("X-Stainless-Retry-Count", "0")], 0),
+        ([("x-stainless-retry-count", "2")], 2),
+        ([("x-stainless-retry-count", "1"), ("x-stainless-retry-count", "1")], 0),
+        ([("x-stainless-retry-count", "two")], 0),
+    ],
+    ids=["absent", "first", "second retry", "said twice", "not a number"],
+)
+def test_an_sdks_retry_number_is_read_from_its_header_as_httpx2_would(sent: list[tuple[str, str]], number: int) -> None:
+    import httpx2
+
+    request = httpx2.Request("POST", "http://127.0.0.1:9/v1/chat/completions", headers=sent)
+    for dialect in dialects.DIALECTS:
+        assert dialect.retry_number(request) == number
+
+
+@pytest.mark.parametrize(
+    ("answer", "usage"),
+    [
+        (
+            {"usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7, "prompt_tokens_details": {}}},
+            (7, 5, 2),
+        ),
+        ({"response": {"usage": {"input_tokens": 3, "output_tokens": 4, "total_tokens": 7}}}, (7, 3, 4)),
+        ({"usage": {"prompt_tokens": 5, "completion_tokens": 2}}, (7, 5, 2)),
+        ({"usage": {"prompt_tokens": "5", "input_tokens": 6, "completion_tokens": None}}, (6, 6, None)),
+        ({"usage": {"completion_tokens_details": {"reasoning_tokens": 3}}}, None),
+        ({"usage": None}, None),
+    ],
+    ids=["chat", "responses stream end", "no total", "not a number", "details only", "none"],
+)
+def test_an_openai_answers_usage_is_read_from_the_counts_it_names(answer: dict[str, Any], usage: Any) -> None:
+    from pytest_llm_guard.dialects.openai import OpenAIDialect
+
+    found = OpenAIDialect.json_usage(answer)
+    if usage is None:
+        assert found is None
+    else:
+        assert found is not None and (found.total, found.input, found.output) == usage
