@@ -546,3 +546,49 @@ def test_an_openai_answers_usage_is_read_from_the_counts_it_names(answer: dict[s
         assert found is None
     else:
         assert found is not None and (found.total, found.input, found.output) == usage
+
+
+def test_each_attempt_gets_its_own_context_over_the_tests_tools_made_once() -> None:
+    import json
+
+    import httpx2
+
+    from pytest_llm_guard import pipeline, transport
+    from pytest_llm_guard.guard import Guard
+
+    seen: list[Any] = []
+
+    class Looking:
+        def handle(self, request: httpx2.Request, ctx: Any, send: Any) -> httpx2.Response:
+            ctx.cap(request, 5.0 + len(seen), "call_timeout of endpoint e")
+            seen.append((ctx, ctx.attempt, ctx.network, ctx.clock, ctx.remaining, ctx.attempt_cap, ctx.ledger))
+            return send(request)
+
+    class Network(httpx2.HTTPTransport):
+        """httpx2's network transport as the pipeline sees it, answering without a socket."""
+
+        def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+            return httpx2.Response(200, json={"choices": []})
+
+    guard = Guard(Settings(deadline=60), test_id="t")
+    guard.pipeline = pipeline.build(routing=Looking())
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    transport.activate(guard)
+    try:
+        for inner in (Network(), httpx2.MockTransport(lambda request: httpx2.Response(200, json={"choices": []}))):
+            with httpx2.Client(transport=inner) as client:
+                assert client.post("http://127.0.0.1:9/v1/chat/completions", content=body).json() == {"choices": []}
+    finally:
+        transport.deactivate(guard)
+    (first, *tools_first), (second, *tools_second) = [(s[0], *s[3:]) for s in seen]
+    assert first is not second and [s[1] for s in seen] == guard.events, "one context per attempt, its own"
+    assert [s[2] for s in seen] == [True, False], "network only for httpx2's own transport"
+    assert (
+        tools_first
+        == tools_second
+        == [guard.clock, guard.budget.remaining, guard.budget.attempt_cap_seconds, guard.ledger]
+    )
+    assert [(a.cap, a.cap_by) for a in guard.events] == [
+        (5.0, "call_timeout of endpoint e"),
+        (6.0, "call_timeout of endpoint e"),
+    ]
