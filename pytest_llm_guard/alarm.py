@@ -93,7 +93,11 @@ class Alarm:
         return self._next_id
 
     def cancel(self, handle: int) -> None:
-        self._events = [event for event in self._events if event[1] != handle]
+        events = self._events  # replaced, never changed in place: a signal may read it meanwhile
+        if events and events[-1][1] == handle:  # the latest, as a call's header timer is: a slice, no loop
+            self._events = events[:-1]
+        else:
+            self._events = [event for event in events if event[1] != handle]
         if self._running and (self._armed is None or not self._events):
             self._schedule()  # a timer set already expires by the soonest event left (see _schedule)
 

@@ -592,3 +592,20 @@ def test_each_attempt_gets_its_own_context_over_the_tests_tools_made_once() -> N
         (5.0, "call_timeout of endpoint e"),
         (6.0, "call_timeout of endpoint e"),
     ]
+
+
+def test_an_alarm_cancels_the_event_it_is_told_whichever_it_is_and_keeps_the_others_in_order() -> None:
+    from pytest_llm_guard.alarm import Alarm
+
+    alarm, clock = Alarm(FakeClock().now), FakeClock()
+    handles = [alarm.at(clock.now() + seconds, lambda: None) for seconds in (30.0, 10.0, 20.0, 40.0)]
+    alarm.cancel(handles[-1])  # the latest
+    alarm.cancel(handles[1])  # one before it
+    alarm.cancel(12345)  # none: nothing changes
+    assert [(when - clock.now(), handle) for when, handle, _ in alarm._events] == [
+        (30.0, handles[0]),
+        (20.0, handles[2]),
+    ]
+    alarm.cancel(handles[2])
+    alarm.cancel(handles[0])
+    assert alarm._events == []
