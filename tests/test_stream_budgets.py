@@ -166,7 +166,8 @@ def check_cut(info: pytest.ExceptionInfo[BaseException], llm_guard: Any, message
     (cut,) = llm_guard.events
     assert (cut.cause, cut.category, cut.outcome) == (cause, "timeout", "ReadTimeout")
     assert cut.error.startswith(message + f" from {cut.endpoint} (model ")
-    assert BUDGET <= cut.duration < BUDGET + 0.1, "cut within 0.1 s of its budget"
+    # a stall lasts until the client gives up: nothing but its budget cuts it within a second
+    assert BUDGET <= cut.duration < BUDGET + 1.0, "cut at its budget, not by a later limit"
 
 
 @pytest.mark.parametrize(("fault", "message", "cause"), CUTS)
@@ -250,7 +251,7 @@ async def test_a_non_streamed_answer_gets_its_headers_within_the_first_token_bud
     cut, ok = llm_guard.events
     assert cut.error.startswith(f"no first token within {BUDGET} s (first_token_timeout)")
     assert "sent no response headers" in cut.error and cut.cause == "first_token_timeout"
-    assert BUDGET <= cut.duration < BUDGET + 0.1 and ok.outcome == "ok"
+    assert BUDGET <= cut.duration < BUDGET * 3 and ok.outcome == "ok"  # cut before the headers came
 
 
 @pytest.mark.llm_budget(first_token_timeout=BUDGET, retries=0)
