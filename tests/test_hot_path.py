@@ -609,3 +609,9 @@ def test_an_alarm_cancels_the_event_it_is_told_whichever_it_is_and_keeps_the_oth
     alarm.cancel(handles[2])
     alarm.cancel(handles[0])
     assert alarm._events == []
+
+
+def test_a_dialect_is_found_by_the_name_an_attempt_records() -> None:
+    for dialect in dialects.DIALECTS:
+        assert dialects.named(dialect.name) is dialect
+    assert dialects.named(None) is None and dialects.named("gopher") is None
