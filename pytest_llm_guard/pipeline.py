@@ -196,14 +196,23 @@ class _AttemptClient(httpx2.BaseTransport, httpx2.AsyncBaseTransport):
 
     def handle_request(self, request: httpx2.Request, depth: int = 0) -> httpx2.Response:
         if depth == len(self._layers):
-            response = hear(self._ctx.attempt, self._inner.handle_request(request))  # type: ignore[attr-defined]
-            return response if self._ahead is None else self._ahead(response)
-        return self._layers[depth].handle(request, self._ctx, lambda r: self.handle_request(r, depth + 1))
+            return self._send(request)
+        following = self._send if depth + 1 == len(self._layers) else lambda r: self.handle_request(r, depth + 1)
+        return self._layers[depth].handle(request, self._ctx, following)
 
     async def handle_async_request(self, request: httpx2.Request, depth: int = 0) -> httpx2.Response:
         if depth == len(self._layers):
-            response = hear(self._ctx.attempt, await self._inner.handle_async_request(request))  # type: ignore[attr-defined]
-            return response if self._ahead_async is None else await self._ahead_async(response)
-        return await self._layers[depth].handle_async(
-            request, self._ctx, lambda r: self.handle_async_request(r, depth + 1)
+            return await self._send_async(request)
+        following = (
+            self._send_async if depth + 1 == len(self._layers) else lambda r: self.handle_async_request(r, depth + 1)
         )
+        return await self._layers[depth].handle_async(request, self._ctx, following)
+
+    def _send(self, request: httpx2.Request) -> httpx2.Response:
+        """The innermost step: the client's own transport (the last layer's ``send``, handed it directly)."""
+        response = hear(self._ctx.attempt, self._inner.handle_request(request))  # type: ignore[attr-defined]
+        return response if self._ahead is None else self._ahead(response)
+
+    async def _send_async(self, request: httpx2.Request) -> httpx2.Response:
+        response = hear(self._ctx.attempt, await self._inner.handle_async_request(request))  # type: ignore[attr-defined]
+        return response if self._ahead_async is None else await self._ahead_async(response)

@@ -614,3 +614,41 @@ def test_a_dialect_is_found_by_the_name_an_attempt_records() -> None:
     for dialect in dialects.DIALECTS:
         assert dialects.named(dialect.name) is dialect
     assert dialects.named(None) is None and dialects.named("gopher") is None
+
+
+@pytest.mark.parametrize("layers", [0, 1, 2])
+def test_every_layer_runs_in_order_around_the_clients_transport_whatever_their_number(layers: int) -> None:
+    import json
+
+    import httpx2
+
+    from pytest_llm_guard import pipeline, transport
+    from pytest_llm_guard.guard import Guard
+
+    met: list[str] = []
+
+    class Layer:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def handle(self, request: httpx2.Request, ctx: Any, send: Any) -> httpx2.Response:
+            met.append(f"{self.name} in")
+            response = send(request)
+            met.append(f"{self.name} out {ctx.attempt.status}")
+            return response
+
+    def answer(request: httpx2.Request) -> httpx2.Response:
+        met.append("transport")
+        return httpx2.Response(200, json={"choices": []})
+
+    guard = Guard(Settings(deadline=60), test_id="t")
+    names = ["outer", "inner"][:layers]
+    guard.pipeline = pipeline.Pipeline(tuple(Layer(name) for name in names))
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    transport.activate(guard)
+    try:
+        with httpx2.Client(transport=httpx2.MockTransport(answer)) as client:
+            assert client.post("http://127.0.0.1:9/v1/chat/completions", content=body).json() == {"choices": []}
+    finally:
+        transport.deactivate(guard)
+    assert met == [f"{n} in" for n in names] + ["transport"] + [f"{n} out 200" for n in reversed(names)]
