@@ -29,7 +29,7 @@ from .config import Settings
 from .dialects import Dialect, Usage, key_variables, origin_of
 from .errors import LLMGuardInterrupt
 from .ledger import CALL, Attempt, Call, Category, Ledger, Stats
-from .pipeline import Pipeline, StageTools
+from .pipeline import AttemptContext, Pipeline
 from .prices import Prices
 from .scrub import Scrubber
 from .streams import StreamClock
@@ -97,10 +97,6 @@ class Guard:
         self.budget = Budget(settings, self.ledger, clock=clock)
         self.pipeline = Pipeline()
         """The layers between the seam and the transport, built once for the test (``pipeline.build``)."""
-        self.stage_tools = StageTools(
-            clock, self.budget.remaining, self.budget.attempt_cap_seconds, self.cap, self.ledger
-        )
-        """What the pipeline's stages may use of the test (never the guard itself), made once."""
         self.alarm: Alarm | None = None
         """The main thread's SIGALRM schedule while the test runs, where the platform has one."""
         self._deadline_deferred = False
@@ -243,6 +239,18 @@ class Guard:
         await self.clock.async_sleep(seconds)
 
     # -- what the seam uses ---------------------------------------------------------
+
+    def context(self, attempt: Attempt, network: bool = True) -> AttemptContext:
+        """What the pipeline's stages may know and do about ``attempt`` (never the guard itself)."""
+        return AttemptContext(
+            attempt,
+            self.clock,
+            self.budget.remaining,
+            self.budget.attempt_cap_seconds,
+            lambda request, seconds, by: self.cap(attempt, request, seconds, by),
+            self.ledger,
+            network,
+        )
 
     def begin(self, request: httpx2.Request, dialect: Dialect) -> Attempt:
         """Open the attempt, check the budget, cap the attempt's timeouts by the time left."""

@@ -20,11 +20,10 @@ The order, outermost first, and why each stage sits where it does::
 
 :func:`build` makes the chain for a test once; :meth:`Pipeline.client_for` hands the seam a
 view of the client whose transport runs it, per attempt, without rebuilding anything: one small
-object per attempt for the view and its transport, one for the attempt's context.
+object per attempt is both the view and its transport.
 
 A stage gets an :class:`AttemptContext`: the attempt's record, the test's clock, and the
-time left and caps as numbers and one narrow action (lower this attempt's cap); what is the
-test's comes from its :class:`StageTools`, made once per test. It never
+time left and caps as numbers and one narrow action (lower this attempt's cap). It never
 gets the guard, so no stage can call back up into what called it.
 """
 
@@ -32,7 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import httpx2
 
@@ -44,59 +43,27 @@ Send = Callable[[httpx2.Request], httpx2.Response]
 AsyncSend = Callable[[httpx2.Request], Awaitable[httpx2.Response]]
 
 
-@dataclass(frozen=True)
-class StageTools:
-    """What a stage may use of the test, the same for each of its attempts: made once per test by its guard."""
+class AttemptContext(NamedTuple):
+    """What a stage may know and do about one attempt (built by the seam, per attempt).
 
+    A named tuple: immutable like a frozen dataclass, and made at a third of its cost (each attempt makes one).
+    """
+
+    attempt: Attempt
+    """The typed record of the attempt; a stage writes on it what it alone knows."""
     clock: Clock
     """The test's clock: a stage that waits (a Retry-After, a paced replay) waits on it."""
     remaining: Callable[[], float]
     """Seconds left before the test's deadline (``math.inf`` without one)."""
     attempt_cap: Callable[[], float]
     """The cap an attempt started now would get: the deadline's time left or ``call_timeout``."""
-    cap: Callable[[Attempt, httpx2.Request, float, str], None]
-    """Lower an attempt's cap (body included) to ``seconds``, named after the limit that set it."""
+    cap: Callable[[httpx2.Request, float, str], None]
+    """Lower this attempt's cap (body included) to ``seconds``, named after the limit that set it."""
     ledger: Ledger
     """The test's attempts so far, read-only here: a refusal tells their story."""
-
-
-class AttemptContext:
-    """What a stage may know and do about one attempt (built by the pipeline, per attempt: the attempt and
-    its transport; what is the test's is :class:`StageTools`, made once)."""
-
-    __slots__ = ("attempt", "network", "_tools")
-
-    def __init__(self, attempt: Attempt, tools: StageTools, network: bool = True) -> None:
-        self.attempt = attempt
-        """The typed record of the attempt; a stage writes on it what it alone knows."""
-        self.network = network
-        """The client sends through httpx2's own network transport, not a mock: only then may a breaker's
-        probe go beside the attempt, over the network (``probes.py``)."""
-        self._tools = tools
-
-    @property
-    def clock(self) -> Clock:
-        """The test's clock: a stage that waits (a Retry-After, a paced replay) waits on it."""
-        return self._tools.clock
-
-    @property
-    def remaining(self) -> Callable[[], float]:
-        """Seconds left before the test's deadline (``math.inf`` without one)."""
-        return self._tools.remaining
-
-    @property
-    def attempt_cap(self) -> Callable[[], float]:
-        """The cap an attempt started now would get: the deadline's time left or ``call_timeout``."""
-        return self._tools.attempt_cap
-
-    @property
-    def ledger(self) -> Ledger:
-        """The test's attempts so far, read-only here: a refusal tells their story."""
-        return self._tools.ledger
-
-    def cap(self, request: httpx2.Request, seconds: float, by: str) -> None:
-        """Lower this attempt's cap (body included) to ``seconds``, named after the limit that set it."""
-        self._tools.cap(self.attempt, request, seconds, by)
+    network: bool = True
+    """The client sends through httpx2's own network transport, not a mock: only then may a breaker's
+    probe go beside the attempt, over the network (``probes.py``)."""
 
 
 class Layer(Protocol):
@@ -124,20 +91,20 @@ class Pipeline:
         self,
         client: object,
         request: httpx2.Request,
-        attempt: Attempt,
-        tools: StageTools,
+        context: Callable[[bool], AttemptContext],
         *,
         ahead: Callable[[httpx2.Response], httpx2.Response] | None = None,
         ahead_async: Callable[[httpx2.Response], Awaitable[httpx2.Response]] | None = None,
     ) -> object:
-        """The client as httpx2 sees it for ``attempt``, with the layers in front of its transport.
+        """The client as httpx2 sees it, with the layers in front of its transport.
 
         httpx2 keeps doing its own work around the transport (response.request, cookies,
         elapsed time), so a response a layer makes itself is a complete httpx2 response.
+        ``context`` makes the attempt's context, told whether the client's transport is the network's.
         ``ahead`` (``ahead_async``) gets each response the transport itself makes, before any layer.
         """
         inner = client._transport_for_url(request.url)  # type: ignore[attr-defined]
-        ctx = AttemptContext(attempt, tools, isinstance(inner, _NETWORK))
+        ctx = context(isinstance(inner, _NETWORK))
         return _AttemptClient(client, inner, self.layers, ctx, ahead, ahead_async)
 
 
@@ -196,23 +163,14 @@ class _AttemptClient(httpx2.BaseTransport, httpx2.AsyncBaseTransport):
 
     def handle_request(self, request: httpx2.Request, depth: int = 0) -> httpx2.Response:
         if depth == len(self._layers):
-            return self._send(request)
-        following = self._send if depth + 1 == len(self._layers) else lambda r: self.handle_request(r, depth + 1)
-        return self._layers[depth].handle(request, self._ctx, following)
+            response = hear(self._ctx.attempt, self._inner.handle_request(request))  # type: ignore[attr-defined]
+            return response if self._ahead is None else self._ahead(response)
+        return self._layers[depth].handle(request, self._ctx, lambda r: self.handle_request(r, depth + 1))
 
     async def handle_async_request(self, request: httpx2.Request, depth: int = 0) -> httpx2.Response:
         if depth == len(self._layers):
-            return await self._send_async(request)
-        following = (
-            self._send_async if depth + 1 == len(self._layers) else lambda r: self.handle_async_request(r, depth + 1)
+            response = hear(self._ctx.attempt, await self._inner.handle_async_request(request))  # type: ignore[attr-defined]
+            return response if self._ahead_async is None else await self._ahead_async(response)
+        return await self._layers[depth].handle_async(
+            request, self._ctx, lambda r: self.handle_async_request(r, depth + 1)
         )
-        return await self._layers[depth].handle_async(request, self._ctx, following)
-
-    def _send(self, request: httpx2.Request) -> httpx2.Response:
-        """The innermost step: the client's own transport (the last layer's ``send``, handed it directly)."""
-        response = hear(self._ctx.attempt, self._inner.handle_request(request))  # type: ignore[attr-defined]
-        return response if self._ahead is None else self._ahead(response)
-
-    async def _send_async(self, request: httpx2.Request) -> httpx2.Response:
-        response = hear(self._ctx.attempt, await self._inner.handle_async_request(request))  # type: ignore[attr-defined]
-        return response if self._ahead_async is None else await self._ahead_async(response)

@@ -184,8 +184,7 @@ def _send_single_request(client: httpx2.Client, request: httpx2.Request) -> http
         view = guard.pipeline.client_for(  # type: ignore[union-attr]
             client,
             request,
-            attempt,
-            guard.stage_tools,  # type: ignore[union-attr]
+            lambda network: guard.context(attempt, network),  # type: ignore[union-attr]
             ahead=ahead,
         )
         response = _saved[0](view, request)  # type: ignore[index,operator]
@@ -223,8 +222,7 @@ async def _send_single_request_async(client: httpx2.AsyncClient, request: httpx2
         view = guard.pipeline.client_for(  # type: ignore[union-attr]
             client,
             request,
-            attempt,
-            guard.stage_tools,  # type: ignore[union-attr]
+            lambda network: guard.context(attempt, network),  # type: ignore[union-attr]
             ahead_async=ahead,
         )
         response = await _saved[1](view, request)  # type: ignore[index,operator]

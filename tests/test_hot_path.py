@@ -547,7 +547,7 @@ def test_an_openai_answers_usage_is_read_from_the_counts_it_names(answer: dict[s
         assert found is not None and (found.total, found.input, found.output) == usage
 
 
-def test_each_attempt_gets_its_own_context_over_the_tests_tools_made_once() -> None:
+def test_each_attempt_gets_its_own_context_with_the_tests_clock_budget_and_ledger() -> None:
     import json
 
     import httpx2
