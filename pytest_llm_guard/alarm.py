@@ -40,6 +40,8 @@ class Alarm:
     def __init__(self, clock: Callable[[], float] = REAL.now) -> None:
         """``clock``: the guard's ``Clock.now``; the timer itself runs in real seconds."""
         self._clock = clock
+        self._real = clock == REAL.now
+        """The clock is real time itself: one reading serves the schedule and the timer's expiry."""
         self._events: list[tuple[float, int, Action]] = []
         self._next_id = 0
         self._running = False
@@ -91,7 +93,11 @@ class Alarm:
         return self._next_id
 
     def cancel(self, handle: int) -> None:
-        self._events = [event for event in self._events if event[1] != handle]
+        events = self._events  # replaced, never changed in place: a signal may read it meanwhile
+        if events and events[-1][1] == handle:  # the latest, as a call's header timer is: a slice, no loop
+            self._events = events[:-1]
+        else:
+            self._events = [event for event in events if event[1] != handle]
         if self._running and (self._armed is None or not self._events):
             self._schedule()  # a timer set already expires by the soonest event left (see _schedule)
 
@@ -108,8 +114,9 @@ class Alarm:
             self._armed = None
             self._below["setitimer"](signal.ITIMER_REAL, 0)
             return
-        seconds = max(soonest - self._clock(), 1e-4)
-        expires = REAL.now() + seconds  # real time: a fake clock's moves are not the timer's
+        now = self._clock()
+        seconds = max(soonest - now, 1e-4)
+        expires = (now if self._real else REAL.now()) + seconds  # real time: a fake clock's moves are not the timer's
         if self._armed is not None and self._armed < expires + _SAME_MOMENT:
             return
         self._armed = expires

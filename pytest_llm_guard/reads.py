@@ -12,6 +12,7 @@ Installed with the seam, so unguarded tests read through untouched httpcore2 cod
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
@@ -48,8 +49,9 @@ def due(clock: Callable[[], float], when: float, message: object) -> None:
     _limit.set((clock, when, message))
 
 
-def clear() -> None:
-    _limit.set(None)
+clear = functools.partial(_limit.set, None)
+"""This thread's (or task's) reads end when they end again (after every read of a body: a call of the
+context variable's own ``set``, no Python frame)."""
 
 
 def _left(limit: tuple[Callable[[], float], float, object], timeout: float | None) -> float:

@@ -268,8 +268,10 @@ class Router:
         error: str | None = None,
         retry_after: float | None = None,
     ) -> None:
-        now = self.clock.wall()
         view = self._views.get(endpoint.name)
+        if view is not None and outcome is Outcome.SUCCESS and model in view.quiet:
+            return  # the healthy path: known quiet (``_quiet``), so not even the clock is read
+        now = self.clock.wall()
         if view is not None and (
             self._quiet(view, model, now)
             if outcome is Outcome.SUCCESS
@@ -357,10 +359,8 @@ class _Plan:
     aside: tuple[Endpoint, float] | None = None
     """A half-open endpoint whose probe goes beside the attempt (and that probe's cap), when another
     endpoint takes the attempt."""
-
-    @property
-    def delay(self) -> float:
-        return self.wait + self.limit_wait
+    delay: float = 0.0
+    """Seconds it waits before it is sent, in all (``wait + limit_wait``): set once the endpoint is chosen."""
 
 
 class RouterLayer:
@@ -547,7 +547,7 @@ class RouterLayer:
             call.failover_to = None
         attempt.endpoint_name = endpoint.name
         attempt.backoff += plan.wait  # waited before sending (a Retry-After): the gap to the last attempt grows
-        delay = plan.delay
+        delay = plan.delay = plan.wait + plan.limit_wait
         attempt.start += delay
         if endpoint.call_timeout is not None:
             ctx.cap(plan.request, endpoint.call_timeout, f"call_timeout of endpoint {endpoint.name}")

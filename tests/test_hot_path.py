@@ -108,6 +108,33 @@ def test_a_healthy_endpoint_costs_no_store_round_trip_once_its_window_is_full() 
     assert (store.gets, store.updates) == (1, 0), "the shared record is read again once per tenth of the cooldown"
 
 
+class CountingClock(FakeClock):
+    """A fake clock counting its readings of the time of day (what breakers keep)."""
+
+    walls = 0
+
+    def wall(self) -> float:
+        self.walls += 1
+        return super().wall()
+
+
+def test_a_success_where_its_model_is_known_quiet_reads_no_clock_and_anything_else_is_judged_and_written() -> None:
+    store, clock = CountingStore(), CountingClock()
+    worker = router(store, clock)
+    for _ in range(POLICY.breaker_window):
+        call(worker)
+    assert worker.quiet(ENDPOINT, MODEL), "the routing layer asks before it sends: now known quiet"
+    store.updates = clock.walls = 0
+    worker.record(ENDPOINT, MODEL, S)
+    assert (store.updates, clock.walls) == (0, 0), "known quiet: nothing to read, nothing to write"
+    worker.record(ENDPOINT, "another-model", S)
+    assert store.updates == 1, "another model's window at the same endpoint is not full: its success is written"
+    worker.record(ENDPOINT, MODEL, F, error="HTTP 503")
+    assert store.updates == 2, "a failure is written at once"
+    worker.record(ENDPOINT, MODEL, S)
+    assert store.updates == 3, "a success after a failure changes the window: the copy written anew is not quiet"
+
+
 def test_every_change_is_written_at_once_and_the_record_is_what_each_attempt_would_have_written() -> None:
     store, clock = CountingStore(), FakeClock()
     worker, reference = router(store, clock), EndpointHealth()
@@ -450,3 +477,238 @@ def test_a_header_timer_sooner_than_the_deadline_costs_no_system_call_and_an_ear
         )
     finally:
         alarm.stop()
+
+
+@pytest.mark.parametrize("fake", [False, True], ids=["real clock", "fake clock"])
+def test_an_alarms_timer_keeps_real_time_whether_its_clock_is_real_or_fake(
+    monkeypatch: pytest.MonkeyPatch, fake: bool
+) -> None:
+    import signal
+
+    from pytest_llm_guard.alarm import Alarm
+    from pytest_llm_guard.clock import REAL
+
+    if signal.getitimer(signal.ITIMER_REAL) != (0.0, 0.0):
+        pytest.skip("a timer of the outer session is armed")
+    real_setitimer = signal.setitimer
+    set_to: list[float] = []
+    monkeypatch.setattr(
+        signal,
+        "setitimer",
+        lambda which, seconds, interval=0.0: set_to.append(seconds) or real_setitimer(which, seconds, interval),
+    )
+    clock = FakeClock(start=5.0) if fake else REAL  # a fake clock's time is far from the real one's
+    alarm = Alarm(clock.now)
+    alarm.start()
+    try:
+        set_to.clear()
+        alarm.at(clock.now() + 100, lambda: None)
+        alarm.at(clock.now() + 50, lambda: None)
+        alarm.at(clock.now() + 75, lambda: None)
+        assert [round(s) for s in set_to] == [100, 50], "sooner re-arms the timer, later costs no system call"
+        if fake:
+            clock.advance(45)  # no real time passed: the timer set for 50 real seconds has 50 left
+            alarm.at(clock.now() + 100, lambda: None)
+            assert [round(s) for s in set_to] == [100, 50, 5], "the soonest event is 5 s ahead now: re-armed"
+    finally:
+        alarm.stop()
+
+
+def test_every_credential_header_of_a_request_is_learned_and_only_those() -> None:
+    import httpx2
+
+    from pytest_llm_guard.scrub import Scrubber
+
+    scrubber = Scrubber(key_variables=(), environ={})
+    headers = httpx2.Headers(
+        [
+            ("Accept", "application/json"),
+            ("Authorization", "Bearer sk-first-of-two-0001"),
+            ("X-Note", "not-a-secret-but-long"),
+            ("authorization", "Bearer sk-second-of-two-0002"),
+            ("Api-Key", "azure-key-0003"),
+        ]
+    )
+    scrubber.learn(headers, "")
+    text = scrubber.text("sk-first-of-two-0001 sk-second-of-two-0002 azure-key-0003 not-a-secret-but-long")
+    assert text.count("0001") + text.count("0002") + text.count("0003") == 0
+    assert "not-a-secret-but-long" in text
+
+
+@pytest.mark.parametrize(
+    ("given", "capped", "binds"),
+    [
+        ({"connect": 0.5, "read": 9.0, "write": None, "pool": 0.0}, (0.5, 2.0, 2.0, 2.0), True),
+        ({"connect": 0.5, "read": 0.5, "write": 2.0, "pool": 0.5}, (0.5, 0.5, 2.0, 0.5), False),
+        ({"connect": None, "read": None, "write": None, "pool": None}, (2.0, 2.0, 2.0, 2.0), True),
+        ({}, (2.0, 2.0, 2.0, 2.0), True),
+    ],
+    ids=["mixed", "none above the cap", "no limits", "none given"],
+)
+def test_a_cap_keeps_each_phases_own_lower_timeout_and_binds_only_below_the_clients_longest(
+    given: dict[str, float | None], capped: tuple[float, ...], binds: bool
+) -> None:
+    import httpx2
+
+    from pytest_llm_guard.guard import CLIENT_TIMEOUT, Guard
+    from pytest_llm_guard.ledger import Attempt
+
+    guard = Guard(Settings(deadline=60), test_id="t")
+    request = httpx2.Request("POST", "http://127.0.0.1:9/v1/chat/completions", extensions={"timeout": dict(given)})
+    attempt = Attempt("t", 1, 1, "first", "http://127.0.0.1:9", "/v1/chat/completions", None, 0.0, 0.0)
+    guard.cap(attempt, request, 2.0, "call_timeout")
+    assert tuple(request.extensions["timeout"].values()) == capped and request.extensions[CLIENT_TIMEOUT] == given
+    assert (attempt.cap, attempt.cap_by, attempt.cap_binds) == (2.0, "call_timeout", binds)
+    guard.cap(attempt, request, 1.0, "deadline")
+    assert tuple(request.extensions["timeout"].values()) == tuple(min(c, 1.0) for c in capped), "capped afresh"
+
+
+@pytest.mark.parametrize(
+    ("sent", "number"),
+    [
+        ([], 0),
+        ([("X-Stainless-Retry-Count", "0")], 0),
+        ([("x-stainless-retry-count", "2")], 2),
+        ([("x-stainless-retry-count", "1"), ("x-stainless-retry-count", "1")], 0),
+        ([("x-stainless-retry-count", "two")], 0),
+    ],
+    ids=["absent", "first", "second retry", "said twice", "not a number"],
+)
+def test_an_sdks_retry_number_is_read_from_its_header_as_httpx2_would(sent: list[tuple[str, str]], number: int) -> None:
+    import httpx2
+
+    request = httpx2.Request("POST", "http://127.0.0.1:9/v1/chat/completions", headers=sent)
+    for dialect in dialects.DIALECTS:
+        assert dialect.retry_number(request) == number
+
+
+@pytest.mark.parametrize(
+    ("answer", "usage"),
+    [
+        (
+            {"usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7, "prompt_tokens_details": {}}},
+            (7, 5, 2),
+        ),
+        ({"response": {"usage": {"input_tokens": 3, "output_tokens": 4, "total_tokens": 7}}}, (7, 3, 4)),
+        ({"usage": {"prompt_tokens": 5, "completion_tokens": 2}}, (7, 5, 2)),
+        ({"usage": {"prompt_tokens": "5", "input_tokens": 6, "completion_tokens": None}}, (6, 6, None)),
+        ({"usage": {"completion_tokens_details": {"reasoning_tokens": 3}}}, None),
+        ({"usage": None}, None),
+    ],
+    ids=["chat", "responses stream end", "no total", "not a number", "details only", "none"],
+)
+def test_an_openai_answers_usage_is_read_from_the_counts_it_names(answer: dict[str, Any], usage: Any) -> None:
+    from pytest_llm_guard.dialects.openai import OpenAIDialect
+
+    found = OpenAIDialect.json_usage(answer)
+    if usage is None:
+        assert found is None
+    else:
+        assert found is not None and (found.total, found.input, found.output) == usage
+
+
+def test_each_attempt_gets_its_own_context_with_the_tests_clock_budget_and_ledger() -> None:
+    import json
+
+    import httpx2
+
+    from pytest_llm_guard import pipeline, transport
+    from pytest_llm_guard.guard import Guard
+
+    seen: list[Any] = []
+
+    class Looking:
+        def handle(self, request: httpx2.Request, ctx: Any, send: Any) -> httpx2.Response:
+            ctx.cap(request, 5.0 + len(seen), "call_timeout of endpoint e")
+            seen.append((ctx, ctx.attempt, ctx.network, ctx.clock, ctx.remaining, ctx.attempt_cap, ctx.ledger))
+            return send(request)
+
+    class Network(httpx2.HTTPTransport):
+        """httpx2's network transport as the pipeline sees it, answering without a socket."""
+
+        def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+            return httpx2.Response(200, json={"choices": []})
+
+    guard = Guard(Settings(deadline=60), test_id="t")
+    guard.pipeline = pipeline.build(routing=Looking())
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    transport.activate(guard)
+    try:
+        for inner in (Network(), httpx2.MockTransport(lambda request: httpx2.Response(200, json={"choices": []}))):
+            with httpx2.Client(transport=inner) as client:
+                assert client.post("http://127.0.0.1:9/v1/chat/completions", content=body).json() == {"choices": []}
+    finally:
+        transport.deactivate(guard)
+    (first, *tools_first), (second, *tools_second) = [(s[0], *s[3:]) for s in seen]
+    assert first is not second and [s[1] for s in seen] == guard.events, "one context per attempt, its own"
+    assert [s[2] for s in seen] == [True, False], "network only for httpx2's own transport"
+    assert (
+        tools_first
+        == tools_second
+        == [guard.clock, guard.budget.remaining, guard.budget.attempt_cap_seconds, guard.ledger]
+    )
+    assert [(a.cap, a.cap_by) for a in guard.events] == [
+        (5.0, "call_timeout of endpoint e"),
+        (6.0, "call_timeout of endpoint e"),
+    ]
+
+
+def test_an_alarm_cancels_the_event_it_is_told_whichever_it_is_and_keeps_the_others_in_order() -> None:
+    from pytest_llm_guard.alarm import Alarm
+
+    alarm, clock = Alarm(FakeClock().now), FakeClock()
+    handles = [alarm.at(clock.now() + seconds, lambda: None) for seconds in (30.0, 10.0, 20.0, 40.0)]
+    alarm.cancel(handles[-1])  # the latest
+    alarm.cancel(handles[1])  # one before it
+    alarm.cancel(12345)  # none: nothing changes
+    assert [(when - clock.now(), handle) for when, handle, _ in alarm._events] == [
+        (30.0, handles[0]),
+        (20.0, handles[2]),
+    ]
+    alarm.cancel(handles[2])
+    alarm.cancel(handles[0])
+    assert alarm._events == []
+
+
+def test_a_dialect_is_found_by_the_name_an_attempt_records() -> None:
+    for dialect in dialects.DIALECTS:
+        assert dialects.named(dialect.name) is dialect
+    assert dialects.named(None) is None and dialects.named("gopher") is None
+
+
+@pytest.mark.parametrize("layers", [0, 1, 2])
+def test_every_layer_runs_in_order_around_the_clients_transport_whatever_their_number(layers: int) -> None:
+    import json
+
+    import httpx2
+
+    from pytest_llm_guard import pipeline, transport
+    from pytest_llm_guard.guard import Guard
+
+    met: list[str] = []
+
+    class Layer:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def handle(self, request: httpx2.Request, ctx: Any, send: Any) -> httpx2.Response:
+            met.append(f"{self.name} in")
+            response = send(request)
+            met.append(f"{self.name} out {ctx.attempt.status}")
+            return response
+
+    def answer(request: httpx2.Request) -> httpx2.Response:
+        met.append("transport")
+        return httpx2.Response(200, json={"choices": []})
+
+    guard = Guard(Settings(deadline=60), test_id="t")
+    names = ["outer", "inner"][:layers]
+    guard.pipeline = pipeline.Pipeline(tuple(Layer(name) for name in names))
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    transport.activate(guard)
+    try:
+        with httpx2.Client(transport=httpx2.MockTransport(answer)) as client:
+            assert client.post("http://127.0.0.1:9/v1/chat/completions", content=body).json() == {"choices": []}
+    finally:
+        transport.deactivate(guard)
+    assert met == [f"{n} in" for n in names] + ["transport"] + [f"{n} out 200" for n in reversed(names)]

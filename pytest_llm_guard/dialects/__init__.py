@@ -74,7 +74,11 @@ def for_kind(kind: str) -> Dialect:
 
 def named(name: str | None) -> Dialect | None:
     """The dialect called ``name`` (an attempt records its dialect by name), or None."""
-    return next((d for d in DIALECTS if d.name == name), None)
+    return _BY_NAME.get(name)  # type: ignore[arg-type]
+
+
+_BY_NAME = {d.name: d for d in DIALECTS}
+"""Routing asks for an attempt's dialect by its name on every attempt it judges."""
 
 
 def for_client(client: Any) -> Dialect | None:

@@ -51,13 +51,22 @@ def _usage(obj: Any) -> Usage | None:
     if not isinstance(usage, dict):
         return None
 
-    counts = {key: value for key, value in usage.items() if isinstance(value, int)}  # once per answer
-    prompt = counts.get("prompt_tokens", counts.get("input_tokens"))  # chat completions', else the Responses API's
-    completion = counts.get("completion_tokens", counts.get("output_tokens"))
-    total = counts.get("total_tokens")
+    prompt = _count(usage, "prompt_tokens", "input_tokens")  # chat completions', else the Responses API's
+    completion = _count(usage, "completion_tokens", "output_tokens")
+    total = _count(usage, "total_tokens")
     if total is None and prompt is None and completion is None:
         return None
     return Usage(total if total is not None else (prompt or 0) + (completion or 0), prompt, completion)
+
+
+def _count(usage: dict[str, Any], key: str, other: str | None = None) -> int | None:
+    """The count under ``key``, else under ``other``; only whole numbers count. Only the keys asked for are
+    looked at (a usage also holds nested details, never read)."""
+    value = usage.get(key)
+    if isinstance(value, int):
+        return value
+    value = usage.get(other) if other is not None else None
+    return value if isinstance(value, int) else None
 
 
 def _text_of(payload: Any) -> str:

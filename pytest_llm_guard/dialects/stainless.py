@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..clock import REAL
-from .base import Dialect, has_header
+from .base import Dialect, has_header, header
 
 if TYPE_CHECKING:
     import httpx2
@@ -32,7 +32,7 @@ class StainlessDialect(Dialect):
         return has_header(request.headers, b"x-stainless-lang")
 
     def retry_number(self, request: httpx2.Request) -> int:
-        count = request.headers.get("x-stainless-retry-count", "0")
+        count = header(request.headers, b"x-stainless-retry-count")  # read on every attempt: not httpx2's get
         return int(count) if count.isdigit() else 0
 
     def mark_retry(self, request: httpx2.Request, retries_taken: int) -> None:
