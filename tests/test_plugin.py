@@ -270,7 +270,8 @@ UNMARKED = """
 import openai
 
 def test_unmarked(fault_url):
-    openai.OpenAI(base_url=fault_url, api_key="sk-real-looking").models.list()
+    with openai.OpenAI(base_url=fault_url, api_key="sk-real-looking") as client:  # closed: no socket left to the GC
+        client.models.list()
 
 def test_plain():
     assert True
