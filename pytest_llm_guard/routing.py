@@ -359,8 +359,11 @@ class _Plan:
     aside: tuple[Endpoint, float] | None = None
     """A half-open endpoint whose probe goes beside the attempt (and that probe's cap), when another
     endpoint takes the attempt."""
-    delay: float = 0.0
-    """Seconds it waits before it is sent, in all (``wait + limit_wait``): set once the endpoint is chosen."""
+
+    @property
+    def delay(self) -> float:
+        """Seconds it waits before it is sent, in all."""
+        return self.wait + self.limit_wait
 
 
 class RouterLayer:
@@ -547,7 +550,7 @@ class RouterLayer:
             call.failover_to = None
         attempt.endpoint_name = endpoint.name
         attempt.backoff += plan.wait  # waited before sending (a Retry-After): the gap to the last attempt grows
-        delay = plan.delay = plan.wait + plan.limit_wait
+        delay = plan.delay
         attempt.start += delay
         if endpoint.call_timeout is not None:
             ctx.cap(plan.request, endpoint.call_timeout, f"call_timeout of endpoint {endpoint.name}")
