@@ -149,6 +149,7 @@ def ask(
     """
     started = REAL.now()
     client = httpx2.Client()  # only for its transports: the environment's proxies and certificates, as an SDK's
+    reads.catch_up()  # its transport may be the first to load httpcore2 in this session
     if not math.isinf(bound):
         reads.due(REAL.now, started + bound, f"the probe got no answer within its {bound:.2f} s cap")
     try:

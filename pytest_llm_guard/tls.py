@@ -22,7 +22,11 @@ import platform
 import re
 import ssl
 import threading
+from collections.abc import Callable
 from typing import Any
+
+Locations = tuple[str | None, str | None] | Callable[[], tuple[str | None, str | None]]
+"""A CA file and directory (either may be None), or what finds them."""
 
 _SETTINGS = (
     "options",
@@ -43,19 +47,18 @@ class DeferredCAContext(ssl.SSLContext):
     """A client context (``PROTOCOL_TLS_CLIENT``: hostname checked, certificate required) that loads
     ``cafile``/``capath`` into itself before its first handshake, or before its CAs are first listed."""
 
-    def __new__(
-        cls, cafile: str | None, capath: str | None, *, like: ssl.SSLContext | None = None
-    ) -> DeferredCAContext:
+    def __new__(cls, locations: Locations, *, like: ssl.SSLContext | None = None) -> DeferredCAContext:
         return super().__new__(cls, ssl.PROTOCOL_TLS_CLIENT)
 
-    def __init__(self, cafile: str | None, capath: str | None, *, like: ssl.SSLContext | None = None) -> None:
-        """``like``: a context whose settings this one takes (``ssl.create_default_context``'s, which vary
+    def __init__(self, locations: Locations, *, like: ssl.SSLContext | None = None) -> None:
+        """``locations``: the CA file and directory, or what finds them when they are first needed;
+        ``like``: a context whose settings this one takes (``ssl.create_default_context``'s, which vary
         with Python's version), its certificates aside."""
         for name in _SETTINGS if like is not None else ():
             if hasattr(like, name) and getattr(self, name) != getattr(like, name):  # some need OpenSSL 1.1.1
                 setattr(self, name, getattr(like, name))
-        self._locations = (cafile, capath)
-        self._pending = bool(cafile or capath)
+        self._locations = locations
+        self._pending = True
         self._loading = threading.Lock()
 
     def _load(self) -> None:
@@ -63,7 +66,9 @@ class DeferredCAContext(ssl.SSLContext):
             return
         with self._loading:  # handshakes on several threads at once load it once
             if self._pending:
-                self.load_verify_locations(*self._locations)
+                cafile, capath = self._locations() if callable(self._locations) else self._locations
+                if cafile or capath:
+                    self.load_verify_locations(cafile, capath)
                 self._pending = False
 
     def wrap_socket(self, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
@@ -89,12 +94,12 @@ def default_context() -> ssl.SSLContext:
     cafile = os.environ.get("SSL_CERT_FILE")
     if cafile and os.path.isfile(cafile):
         like = ssl.create_default_context(capath=os.path.dirname(os.path.abspath(cafile)))  # no bundle read
-        return DeferredCAContext(cafile, None, like=like)
+        return DeferredCAContext((cafile, None), like=like)
     if cafile or os.environ.get("SSL_CERT_DIR") or platform.system() in ("Windows", "Darwin"):
         import httpx2
 
         return httpx2.create_ssl_context()
-    return DeferredCAContext(*_default_locations())
+    return DeferredCAContext(_default_locations)  # found at the first handshake: they are httpcore2's
 
 
 def _default_locations() -> tuple[str | None, str | None]:

@@ -172,6 +172,8 @@ def _send_single_request(client: httpx2.Client, request: httpx2.Request) -> http
     if dialect is None:
         _unguarded(request)
         return _saved[0](client, request)  # type: ignore[index,operator]
+    if reads.pending:  # httpcore2 was not loaded when the seam went in: it may be now (a client built since)
+        reads.catch_up()
     attempt = guard.begin(request, dialect)  # type: ignore[union-attr]
     guard.await_headers(attempt)  # type: ignore[union-attr]
 
@@ -210,6 +212,8 @@ async def _send_single_request_async(client: httpx2.AsyncClient, request: httpx2
     if dialect is None:
         _unguarded(request)
         return await _saved[1](client, request)  # type: ignore[index,operator]
+    if reads.pending:
+        reads.catch_up()
     attempt = guard.begin(request, dialect)  # type: ignore[union-attr]
     guard.await_headers_async(attempt)  # type: ignore[union-attr]
 
