@@ -9,10 +9,12 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+import sys
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from .deferred import deferring
 from .dialects import for_kind
 from .keys import SESSION
 
@@ -59,15 +61,23 @@ def tls(cert_file: str | None, cert_dir: str | None) -> ssl.SSLContext:
 
 
 def _http_client(sdk: Any, dialect: Dialect, asynchronous: bool) -> Any:
-    """The SDK's own default HTTP client (its timeouts, limits, redirects), on the shared TLS context."""
-    context = tls(os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
-    suffix = "Httpx2Client" if dialect.sdk == "openai" else "HttpxClient"
-    if not asynchronous:
-        return getattr(sdk, "Default" + suffix)(verify=context)
+    """The SDK's own default HTTP client (its timeouts, limits, redirects), on the shared TLS context,
+    its network transport built at its first request that reaches the network (``deferred.py``)."""
     import httpx2
 
-    no_idle = httpx2.Limits(max_connections=1000, max_keepalive_connections=0)
-    return getattr(sdk, "DefaultAsync" + suffix)(verify=context, limits=no_idle)
+    context = tls(os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+    kwargs: dict[str, Any] = {"verify": context}
+    if asynchronous:
+        kwargs["limits"] = httpx2.Limits(max_connections=1000, max_keepalive_connections=0)
+    # openai's default client is httpx2's own, given the SDK's defaults by this helper: the same defaults,
+    # given to a client whose transport waits. Without it (anthropic's client class builds its transport
+    # itself), the SDK's own default client, built at once.
+    defaults = getattr(sys.modules.get(sdk.__name__ + "._httpx2"), "_set_httpx2_defaults", None)
+    if defaults is None:
+        suffix = "Httpx2Client" if dialect.sdk == "openai" else "HttpxClient"
+        return getattr(sdk, ("DefaultAsync" if asynchronous else "Default") + suffix)(**kwargs)
+    defaults(kwargs)
+    return deferring(httpx2.AsyncClient if asynchronous else httpx2.Client)(**kwargs)
 
 
 def build(kind: str, asynchronous: bool, options: dict[str, Any], variable: str) -> Any:

@@ -36,6 +36,7 @@ from typing import NamedTuple, Protocol
 import httpx2
 
 from .clock import Clock
+from .deferred import NETWORK
 from .dialects import hear
 from .ledger import Attempt, Ledger
 
@@ -104,11 +105,8 @@ class Pipeline:
         ``ahead`` (``ahead_async``) gets each response the transport itself makes, before any layer.
         """
         inner = client._transport_for_url(request.url)  # type: ignore[attr-defined]
-        ctx = context(isinstance(inner, _NETWORK))
+        ctx = context(isinstance(inner, NETWORK))
         return _AttemptClient(client, inner, self.layers, ctx, ahead, ahead_async)
-
-
-_NETWORK = (httpx2.HTTPTransport, httpx2.AsyncHTTPTransport)
 
 
 def build(*, cassette: Layer | None = None, routing: Layer | None = None) -> Pipeline:

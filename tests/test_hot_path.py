@@ -213,12 +213,14 @@ interactions:
 """
 
 
-def test_a_replay_loads_matches_and_answers_without_importing_vcrpy(
+def test_a_replay_loads_matches_and_answers_without_importing_vcrpy_or_httpcore2(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Record mode none (CI's) only replays: vcrpy, the recorder, is never imported. (``once`` on a recorded
-    file opens the same replay-only cassette: test_cassette_store.py.) Through to the session's end, neither
-    is the cassettes' upkeep (every recording was played), nor is a CA bundle read (no handshake is made)."""
+    file opens the same replay-only cassette: test_cassette_store.py.) Nor is httpcore2: the fixture client's
+    network transport is built at its first request that reaches the network (deferred.py). Through to the
+    session's end, neither is the cassettes' upkeep (every recording was played), nor is a CA bundle read
+    (no handshake is made)."""
     pytester.makepyprojecttoml('[tool.pytest_llm_guard]\nbase_url = "http://127.0.0.1:9/v1"\n')
     monkeypatch.setenv("SSL_CERT_FILE", str(pytester.path / "ca.pem"))  # httpx2 reads it on every platform
     monkeypatch.delenv("SSL_CERT_DIR", raising=False)
@@ -240,7 +242,7 @@ def test_a_replay_loads_matches_and_answers_without_importing_vcrpy(
         ssl.SSLContext.load_verify_locations = _reading
 
         def pytest_sessionfinish(session):
-            loaded = sorted(m for m in sys.modules if m == "vcr" or m.startswith(("vcr.", "wrapt")))
+            loaded = sorted(m for m in sys.modules if m in ("vcr", "httpcore2") or m.startswith(("vcr.", "wrapt")))
             (session.config.rootpath / "loaded.txt").write_text(" ".join(loaded))
 
         def pytest_unconfigure(config):
@@ -286,7 +288,9 @@ def test_fixture_clients_load_the_ca_bundle_once_not_once_per_test(monkeypatch: 
     clients = [  # nothing is sent: no connection to close
         clients.build(sdk, asynchronous, options, "options") for sdk in sdks for asynchronous in (False, True, False)
     ]
-    contexts = {id(c._client._transport._pool._ssl_context) for c in clients}
+    transports = [c._client._transport for c in clients]
+    transports = [getattr(t, "transport", t) for t in transports]  # built now, where one was deferred
+    contexts = {id(t._pool._ssl_context) for t in transports}
     assert len(contexts) == 1  # the SDKs alone build one per client: about 20 ms on every test
     assert len(loaded) <= 1  # and none until its first handshake (tls.py), where httpx2's default reads a bundle
     sync = clients[0]
