@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from .config import PYPROJECT_TABLE
+from .config import PYPROJECT_TABLE, Settings
 from .dialects import DEFAULT_KIND, ENDPOINT_KINDS, for_kind, origin_of
 from .errors import LLMGuardConfigError
 
@@ -62,6 +62,11 @@ class Endpoint:
         parts = urlsplit(self.base_url)
         object.__setattr__(self, "_origin", _origin(parts.scheme, parts.hostname or "", parts.port))
         object.__setattr__(self, "_prefix", parts.path.rstrip("/"))
+
+    def rate_limited(self, settings: Settings) -> bool:
+        """Whether a shared rate limit applies here: this endpoint's own ``rpm``/``tpm``, else the settings'
+        (``ratelimit.limits`` finds which; without one, none is looked up, nor its module loaded)."""
+        return not (self.rpm is None and self.tpm is None and settings.rpm is None and settings.tpm is None)
 
     def serves(self, model: str | None) -> bool:
         return not self.models or model is None or model in self.models

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 __tracebackhide__ = True  # pytest: a failed test shows where the LLM call was made, not our internals
 
+import functools
 import logging
 import math
 import os
@@ -49,11 +50,11 @@ from .dialects import Dialect, dialect_for, named, origin_of, request_json
 from .endpoints import Endpoint, EndpointSet
 from .errors import LLMNoEndpoint
 from .ledger import CALL, Attempt, Call, Probe
-from .ratelimit import RateLimiter, limits
 from .state import StateStore
 
 if TYPE_CHECKING:
     from .pipeline import AsyncSend, AttemptContext, Send
+    from .ratelimit import RateLimiter
 
 log = logging.getLogger("pytest_llm_guard")
 T = TypeVar("T")
@@ -372,9 +373,15 @@ class RouterLayer:
     def __init__(self, router: Router, settings: Settings) -> None:
         self.router = router
         self.settings = settings
-        self.limiter = RateLimiter(router.store, router.clock, router.endpoints.source)
         self._unlimited: dict[str, bool] = {}
         """Per endpoint: no shared rate limit applies to this test's requests there (its settings are fixed)."""
+
+    @functools.cached_property
+    def limiter(self) -> RateLimiter:
+        """The shared limits at work, once a request meets one (a session with none never loads them)."""
+        from .ratelimit import RateLimiter
+
+        return RateLimiter(self.router.store, self.router.clock, self.router.endpoints.source)
 
     def handle(self, request: httpx2.Request, ctx: AttemptContext, send: Send) -> httpx2.Response:
         plan = self._plan(request, ctx)
@@ -443,8 +450,7 @@ class RouterLayer:
         (``Router.quiet``, and no shared rate limit). What the full path would conclude, without its work."""
         unlimited = self._unlimited.get(endpoint.name)
         if unlimited is None:
-            found = limits(endpoint, self.settings, self.limiter.endpoints_source)
-            unlimited = self._unlimited[endpoint.name] = not found
+            unlimited = self._unlimited[endpoint.name] = not endpoint.rate_limited(self.settings)
         return unlimited and self.router.quiet(endpoint, model)
 
     def _order(self, choices: list[Endpoint], call: Call | None) -> list[Endpoint]:
@@ -482,6 +488,8 @@ class RouterLayer:
         test's time left, or refused at once, as a Retry-After that does not fit is."""
         endpoint, attempt = plan.endpoint, ctx.attempt
         assert endpoint is not None
+        if not endpoint.rate_limited(self.settings):  # no turn to take: now, as a turn with no limit is
+            return
         dialect = named(attempt.dialect)
 
         def tokens() -> int:

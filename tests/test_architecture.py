@@ -269,8 +269,8 @@ def test_a_healthy_guarded_session_loads_only_what_its_settings_use(
     pytester: pytest.Pytester, server: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A guarded test whose one call succeeds, with records off, one endpoint and no report, limit or
-    learned timeouts asked for: the retry policy (tenacity), learned limits, cassettes, the reports'
-    writers and the other start-up-free parts are never imported, through to the terminal summary; the
+    learned timeouts asked for: the retry policy (tenacity), learned limits, shared rate limits, cassettes,
+    the reports' writers and the other start-up-free parts are never imported, through to the terminal summary; the
     scrubber compiles none of its patterns (no text was scrubbed)."""
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-real-key")
     pytester.makeconftest(
@@ -300,6 +300,7 @@ def test_a_healthy_guarded_session_loads_only_what_its_settings_use(
     loaded = {m.removeprefix("pytest_llm_guard.") for m in found["modules"]}
     assert {"guard", "transport", "summary", "report_json"} <= loaded, "the guarded path and its summary ran"
     unused = {"tenacity", "gzip", "vcr", "yaml", "backoff", "learned", "cassettes", "audit", "listing", "state_redis"}
+    unused |= {"ratelimit"}
     assert loaded & unused == set()
     assert found["compiled"] == 0
 

@@ -303,3 +303,15 @@ def test_four_workers_under_the_limiter_meet_no_429_and_many_without(
     waited = {e["name"]: e["rate_limit_wait"]["seconds"] for e in report["endpoints"]}
     assert waited["free"] == 0 and waited["limited"] > 1.0
     assert sum(1 for t in report["tests"] if t["outcome"] == "passed" and "limited" in t["nodeid"]) == 40
+
+
+@pytest.mark.parametrize("own", [{}, {"rpm": 60.0}, {"tpm": 1000.0}, {"rpm": 60.0, "tpm": 1000.0}])
+@pytest.mark.parametrize("options", [{}, {"rpm": 30.0}, {"tpm": 500.0}])
+def test_settings_say_an_endpoint_is_rate_limited_exactly_when_it_has_limits(
+    own: dict[str, float], options: dict[str, float]
+) -> None:
+    """The routing layer asks ``Endpoint.rate_limited`` first, and looks limits up (loading this module)
+    only when it says so: the two must agree."""
+    endpoint = Endpoint("e", "http://127.0.0.1:9/v1", **own)
+    settings = Settings(**options)
+    assert endpoint.rate_limited(settings) is bool(limits(endpoint, settings, "the test"))
