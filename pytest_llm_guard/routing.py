@@ -373,8 +373,6 @@ class RouterLayer:
     def __init__(self, router: Router, settings: Settings) -> None:
         self.router = router
         self.settings = settings
-        self._unlimited: dict[str, bool] = {}
-        """Per endpoint: no shared rate limit applies to this test's requests there (its settings are fixed)."""
 
     @functools.cached_property
     def limiter(self) -> RateLimiter:
@@ -448,10 +446,7 @@ class RouterLayer:
     def _quiet(self, endpoint: Endpoint, model: str) -> bool:
         """The healthy path: the endpoint takes the attempt at once, with no verdict, turn or probe to take
         (``Router.quiet``, and no shared rate limit). What the full path would conclude, without its work."""
-        unlimited = self._unlimited.get(endpoint.name)
-        if unlimited is None:
-            unlimited = self._unlimited[endpoint.name] = not endpoint.rate_limited(self.settings)
-        return unlimited and self.router.quiet(endpoint, model)
+        return not endpoint.rate_limited(self.settings) and self.router.quiet(endpoint, model)
 
     def _order(self, choices: list[Endpoint], call: Call | None) -> list[Endpoint]:
         """Endpoints the call has not tried first, unless it has tried ``max_endpoints`` already."""
