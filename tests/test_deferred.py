@@ -141,3 +141,12 @@ def test_a_client_built_in_a_guarded_test_after_the_seam_went_in_has_its_reads_c
     )
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:recording", "--llm-record=off")
     result.assert_outcomes(passed=1)
+
+
+def test_an_anthropic_fixture_client_keeps_its_sdks_own_default_client() -> None:
+    """anthropic's default client class builds its transport itself (TCP keep-alive options and all):
+    it is used as it is, its transport built at once."""
+    anthropic = pytest.importorskip("anthropic")
+    client = clients.build("anthropic", False, {"base_url": "http://127.0.0.1:9", "api_key": "sk-test"}, "options")
+    assert type(client._client) is anthropic.DefaultHttpxClient
+    assert type(client._client._transport) is httpx2.HTTPTransport
